@@ -1,0 +1,25 @@
+//! ringmx: an SMTP mail gateway — inbound MX and relay on io_uring with a durable,
+//! segmented spool.
+//!
+//! # Layout
+//!
+//! The modules follow the flow of a message:
+//!
+//! - [`wire`]: bytes ⇄ SMTP commands and replies; DATA framing. Pure, zero-copy.
+//! - [`session`]: the sans-IO SMTP server session: bytes and time in, replies and actions
+//!   out.
+//! - [`spool`]: the per-shard segmented log that makes an accepted message durable, and its
+//!   recovery.
+//! - [`rt`]: the only place that does I/O: ingress shards on io_uring (or epoll), TLS,
+//!   listeners, group commit.
+//! - [`config`]: the TOML configuration, validated as a whole.
+//! - [`admin`]: the operator commands (`queue list`, `queue show`).
+//! - [`util`]: small helpers (time formatting).
+
+pub mod admin;
+pub mod config;
+pub mod rt;
+pub mod session;
+pub mod spool;
+pub mod util;
+pub mod wire;

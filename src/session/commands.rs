@@ -1,0 +1,182 @@
+//! The verbs outside message content.
+
+use super::{Action, Phase, Session, Transaction};
+use crate::spool::{Envelope, QueueId, Recipient};
+use crate::util::time::Now;
+use crate::wire::{Body, Command, MailParams, Mailbox, Path, RcptParams, Reply, parse_command};
+
+impl Session {
+    pub(super) fn command(&mut self, now: Now, line: &[u8]) {
+        let cmd = match parse_command(line) {
+            Ok(c) => c,
+            Err(e) => return self.reply_error(e.reply()),
+        };
+        match cmd {
+            Command::Ehlo(d) => self.hello(d, true),
+            Command::Helo(d) => self.hello(d, false),
+            Command::Mail { from, params } => self.mail(now, from, params),
+            Command::Rcpt { to, params } => self.rcpt(to, params),
+            Command::Data => self.data_command(now),
+            Command::Bdat { size, last } => self.bdat_command(now, size, last),
+            Command::Rset => {
+                self.tx = Transaction::default();
+                self.reply(Reply::new(250, "2.0.0", "Ok"));
+            }
+            Command::Noop => self.reply(Reply::new(250, "2.0.0", "Ok")),
+            Command::Quit => {
+                let text = format!("{} Bye", self.cfg.hostname);
+                crate::wire::write_reply(&mut self.out, 221, "2.0.0", &text);
+                self.close();
+            }
+            Command::Help(_) => self.reply(Reply::new(214, "2.0.0", "See https://www.rfc-editor.org/rfc/rfc5321")),
+            // VRFY/EXPN give away the directory; off by default as a secure MX has them.
+            Command::Vrfy(_) | Command::Expn(_) | Command::Etrn(_) | Command::Turn => {
+                self.reply_error(Reply::new(502, "5.5.1", "Error: command not implemented"))
+            }
+            Command::StartTls => self.starttls(),
+            Command::Auth { .. } => self.reply_error(Reply::new(503, "5.5.1", "Error: authentication not enabled")),
+        }
+    }
+
+    /// RFC 5321 §4.1.1.1. EHLO also resets any transaction (§4.1.4).
+    fn hello(&mut self, domain: &str, esmtp: bool) {
+        self.tx = Transaction::default();
+        self.helo = Some(domain.to_owned());
+        self.esmtp = esmtp;
+        if !esmtp {
+            crate::wire::write_reply(&mut self.out, 250, "", &self.cfg.hostname);
+            return;
+        }
+        let mut text = String::with_capacity(200);
+        text.push_str(&self.cfg.hostname);
+        text.push_str("\nPIPELINING");
+        if self.cfg.max_message_size > 0 {
+            text.push_str(&format!("\nSIZE {}", self.cfg.max_message_size));
+        } else {
+            text.push_str("\nSIZE");
+        }
+        text.push_str("\n8BITMIME\nSMTPUTF8\nENHANCEDSTATUSCODES\nCHUNKING\nBINARYMIME\nDSN");
+        if self.cfg.starttls && self.tls.is_none() {
+            text.push_str("\nSTARTTLS");
+        }
+        crate::wire::write_reply(&mut self.out, 250, "", &text);
+    }
+
+    fn starttls(&mut self) {
+        if self.tls.is_some() {
+            return self.reply_error(Reply::new(503, "5.5.1", "Error: TLS already active"));
+        }
+        if !self.cfg.starttls {
+            return self.reply_error(Reply::new(502, "5.5.1", "Error: command not implemented"));
+        }
+        self.reply(Reply::new(220, "2.0.0", "Ready to start TLS"));
+        // RFC 3207 §4.2 and §6: anything pipelined after STARTTLS is discarded.
+        self.phase = Phase::TlsPending;
+        self.pending.clear();
+        self.actions.push_back(Action::StartTls);
+    }
+
+    /// RFC 5321 §4.1.1.2.
+    fn mail(&mut self, now: Now, from: Path<'_>, params: MailParams<'_>) {
+        if self.helo.is_none() {
+            return self.reply_error(Reply::new(503, "5.5.1", "Error: send HELO/EHLO first"));
+        }
+        if self.tx.envelope.is_some() {
+            return self.reply_error(Reply::new(503, "5.5.1", "Error: nested MAIL command"));
+        }
+        // Extensions exist only after EHLO (RFC 5321 §4.1.1.1, §2.2.1).
+        if !self.esmtp && params != MailParams::default() {
+            return self.reply_error(Reply::new(555, "5.5.4", "Error: parameters need EHLO"));
+        }
+        if let Path::Mailbox(m) = from
+            && !m.is_ascii()
+            && !params.smtputf8
+        {
+            // RFC 6531 §3.5.
+            return self.reply_error(Reply::new(553, "5.6.7", "Error: non-ASCII sender address needs SMTPUTF8"));
+        }
+        if let (Some(size), true) = (params.size, self.cfg.enforce_size)
+            && self.cfg.max_message_size > 0
+            && size > self.cfg.max_message_size
+        {
+            // RFC 1870 §6.
+            return self.reply_error(Reply::new(
+                552,
+                "5.3.4",
+                "Error: message size exceeds fixed maximum message size",
+            ));
+        }
+        let mut env = Envelope::new(QueueId::default());
+        env.received_ms = now.unix_ms;
+        if let Path::Mailbox(m) = from {
+            env.from = m.to_string();
+        }
+        env.body = params.body;
+        env.smtputf8 = params.smtputf8;
+        env.ret = params.ret;
+        env.envid = params.envid.map(str::to_owned);
+        self.tx = Transaction { envelope: Some(env), ..Transaction::default() };
+        self.reply(Reply::new(250, "2.1.0", "Ok"));
+    }
+
+    /// RFC 5321 §4.1.1.3.
+    fn rcpt(&mut self, to: Mailbox<'_>, params: RcptParams<'_>) {
+        let Some(env) = self.tx.envelope.as_ref() else {
+            return self.reply_error(Reply::new(503, "5.5.1", "Error: need MAIL command"));
+        };
+        if self.tx.bdat {
+            return self.reply_error(Reply::new(503, "5.5.1", "Error: RCPT after BDAT"));
+        }
+        if !to.is_ascii() && !env.smtputf8 {
+            return self.reply_error(Reply::new(553, "5.6.7", "Error: non-ASCII recipient address needs SMTPUTF8"));
+        }
+        if env.rcpts.len() >= self.cfg.max_recipients {
+            // RFC 5321 §4.5.3.1.10.
+            return self.reply_error(Reply::new(452, "4.5.3", "Error: too many recipients"));
+        }
+        if !self.is_local(&to) {
+            return self.reply_error(Reply::new(550, "5.7.1", "Error: relay access denied"));
+        }
+        let rcpt = Recipient { address: to.to_string(), notify: params.notify, orcpt: params.orcpt.map(str::to_owned) };
+        if let Some(env) = self.tx.envelope.as_mut() {
+            env.rcpts.push(rcpt);
+        }
+        self.reply(Reply::new(250, "2.1.5", "Ok"));
+    }
+
+    /// Mail for `postmaster` (RFC 5321 §4.5.1) and for the local domains is ours; anything
+    /// else would be relaying.
+    fn is_local(&self, to: &Mailbox<'_>) -> bool {
+        if to.domain.is_empty() {
+            return to.local.eq_ignore_ascii_case("postmaster");
+        }
+        if to.is_domain_literal() {
+            return false;
+        }
+        // Domains are compared without regard to case (RFC 5321 §2.4).
+        if to.domain.bytes().any(|b| b.is_ascii_uppercase()) {
+            self.cfg.local_domains.contains(&to.domain.to_ascii_lowercase())
+        } else {
+            self.cfg.local_domains.contains(to.domain)
+        }
+    }
+
+    /// Checks common to DATA and BDAT; the reply when the transaction cannot take content.
+    pub(super) fn content_refusal(&self, bdat: bool) -> Option<Reply> {
+        let Some(env) = self.tx.envelope.as_ref() else {
+            return Some(Reply::new(503, "5.5.1", "Error: need MAIL command"));
+        };
+        if env.rcpts.is_empty() {
+            // RFC 5321 §3.3: 554 when no recipient was accepted.
+            return Some(Reply::new(554, "5.5.1", "Error: no valid recipients"));
+        }
+        if !bdat && env.body == Some(Body::BinaryMime) {
+            // RFC 3030 §3: BINARYMIME content only with BDAT.
+            return Some(Reply::new(503, "5.5.1", "Error: BINARYMIME requires BDAT"));
+        }
+        if !bdat && self.tx.bdat {
+            return Some(Reply::new(503, "5.5.1", "Error: DATA after BDAT"));
+        }
+        None
+    }
+}

@@ -1,0 +1,160 @@
+//! Message content: DATA (RFC 5321 §4.1.1.4), BDAT (RFC 3030), the Received header
+//! (RFC 5321 §4.4) and the hand-off to the spool.
+
+use super::{Action, Phase, Session, SpoolRequest, Transaction};
+use crate::util::time::{Now, rfc5322};
+use crate::wire::{BareLinePolicy, DataStatus, Reply};
+use std::io::Write;
+use std::net::IpAddr;
+
+impl Session {
+    pub(super) fn data_command(&mut self, now: Now) {
+        if let Some(r) = self.content_refusal(false) {
+            return self.reply_error(r);
+        }
+        self.begin_content(now);
+        self.reply(Reply::new(354, "", "End data with <CR><LF>.<CR><LF>"));
+        self.scanner.reset();
+        self.phase = Phase::Data;
+        self.deadline = now.mono + self.cfg.data_timeout;
+    }
+
+    pub(super) fn data_input(&mut self, now: Now, buf: &[u8]) -> usize {
+        let p = self.scanner.feed(buf, &mut self.body);
+        self.check_size();
+        if p.status == DataStatus::Done {
+            if self.tx.too_big {
+                self.refuse_content(Reply::new(552, "5.3.4", "Error: message size exceeds fixed maximum message size"));
+            } else if self.scanner.saw_bare_line_ending() && self.cfg.bare_line_policy == BareLinePolicy::Reject {
+                // RFC 5321 §2.3.8: CR and LF only as CRLF. Refused whole (SMTP smuggling).
+                self.refuse_content(Reply::new(
+                    554,
+                    "5.5.2",
+                    "Error: bare CR or LF in message content (RFC 5321 section 2.3.8)",
+                ));
+            } else {
+                self.hand_off(now);
+            }
+        }
+        p.consumed
+    }
+
+    pub(super) fn bdat_command(&mut self, now: Now, size: u64, last: bool) {
+        let refusal = self.content_refusal(true);
+        let discard = refusal.is_some() || self.tx.too_big;
+        if let Some(r) = refusal {
+            // RFC 3030 §2: the chunk is read (and dropped) before the reply.
+            self.tx.refusal = Some(r);
+        } else if !self.tx.started {
+            self.begin_content(now);
+            self.tx.bdat = true;
+        }
+        self.phase = Phase::Bdat { remaining: size, last, discard };
+        self.deadline = now.mono + self.cfg.data_timeout;
+        if size == 0 {
+            self.chunk_done(now, last);
+        }
+    }
+
+    pub(super) fn bdat_input(&mut self, now: Now, buf: &[u8]) -> usize {
+        let Phase::Bdat { remaining, last, discard } = self.phase else { return 0 };
+        let n = remaining.min(buf.len() as u64) as usize;
+        if !discard {
+            self.body.extend_from_slice(&buf[..n]);
+            self.check_size();
+        }
+        let remaining = remaining - n as u64;
+        self.phase = Phase::Bdat { remaining, last, discard: discard || self.tx.too_big };
+        if remaining == 0 {
+            self.chunk_done(now, last);
+        }
+        n
+    }
+
+    fn chunk_done(&mut self, now: Now, last: bool) {
+        if let Some(r) = self.tx.refusal.take() {
+            self.phase = Phase::Command;
+            if r.code != 503 {
+                self.tx = Transaction::default();
+            }
+            return self.reply_error(r);
+        }
+        if self.tx.too_big {
+            return self.refuse_content(Reply::new(
+                552,
+                "5.3.4",
+                "Error: message size exceeds fixed maximum message size",
+            ));
+        }
+        if last {
+            self.hand_off(now);
+        } else {
+            self.phase = Phase::Command;
+            let text = format!("Ok: {} octets received", self.tx.content_len);
+            crate::wire::write_reply(&mut self.out, 250, "2.0.0", &text);
+        }
+    }
+
+    /// Past the size limit, stop storing: the rest is read and dropped (RFC 1870 §6.2).
+    fn check_size(&mut self) {
+        self.tx.content_len = (self.body.len() - self.received_hdr_len) as u64;
+        if self.cfg.enforce_size && self.cfg.max_message_size > 0 && self.tx.content_len > self.cfg.max_message_size {
+            self.tx.too_big = true;
+            self.scanner.set_discard();
+            self.body.truncate(self.received_hdr_len);
+        }
+    }
+
+    fn refuse_content(&mut self, r: Reply) {
+        self.tx = Transaction::default();
+        self.body.clear();
+        self.phase = Phase::Command;
+        self.reply_error(r);
+    }
+
+    /// Mints the queue id and writes our Received header at the top of the message buffer.
+    fn begin_content(&mut self, now: Now) {
+        let id = self.ids.borrow_mut().next(now.unix_secs());
+        let Some(env) = self.tx.envelope.as_mut() else { return };
+        env.id = id;
+        self.tx.started = true;
+        self.body.clear();
+        let helo = self.helo.as_deref().unwrap_or("unknown");
+        let ip = if self.cfg.hide_client_ip { IpAddr::from([127, 0, 0, 1]) } else { self.peer.ip() };
+        let b = &mut self.body;
+        b.extend_from_slice(b"Received: from ");
+        // The HELO argument is the peer's word: keep it to visible ASCII.
+        b.extend(helo.bytes().map(|c| if c.is_ascii_graphic() && c != b'(' && c != b')' { c } else { b'?' }));
+        let _ = match ip {
+            IpAddr::V4(a) => write!(b, " (unknown [{a}])"),
+            IpAddr::V6(a) => write!(b, " (unknown [IPv6:{a}])"),
+        };
+        if let Some(tls) = &self.tls {
+            let _ = write!(b, "\r\n\t(using {} with cipher {})", tls.version, tls.cipher);
+        }
+        let proto = match (env.smtputf8, self.esmtp, self.tls.is_some()) {
+            (true, _, false) => "UTF8SMTP",
+            (true, _, true) => "UTF8SMTPS",
+            (false, true, false) => "ESMTP",
+            (false, true, true) => "ESMTPS",
+            (false, false, _) => "SMTP",
+        };
+        let _ = write!(b, "\r\n\tby {} (ringmx) with {} id {}", self.cfg.hostname, proto, id);
+        if let [only] = env.rcpts.as_slice() {
+            let _ = write!(b, "\r\n\tfor <{}>", only.address);
+        }
+        let _ = write!(b, "; {}\r\n", rfc5322(now.unix_secs()));
+        self.received_hdr_len = b.len();
+        self.tx.content_len = 0;
+    }
+
+    /// The content is complete: give the message to the spool and wait for its answer.
+    fn hand_off(&mut self, now: Now) {
+        let tx = std::mem::take(&mut self.tx);
+        let Some(mut envelope) = tx.envelope else { return };
+        envelope.received_ms = now.unix_ms;
+        let data = std::mem::take(&mut self.body);
+        self.phase = Phase::Spooling;
+        self.actions.push_back(Action::Spool(Box::new(SpoolRequest { envelope, data })));
+    }
+}

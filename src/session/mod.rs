@@ -1,0 +1,393 @@
+//! The SMTP server session, sans-IO.
+//!
+//! A [`Session`] is the whole SMTP conversation of one connection as a state machine. It
+//! does no I/O and reads no clock: the driver (see `rt`) feeds it what the peer sent and the
+//! time, and takes out what to do.
+//!
+//! # The contract
+//!
+//! - [`Session::handle_input`]: bytes from the peer (plaintext, after TLS).
+//! - [`Session::output`]: reply bytes to send; the driver drains it.
+//! - [`Session::poll_action`]: [`Action::Spool`] (make a message durable, then call
+//!   [`Session::spool_done`]), [`Action::StartTls`], [`Action::Close`].
+//! - [`Session::poll_timeout`] / [`Session::handle_timeout`]: the RFC 5321 §4.5.3.2 time-outs.
+//! - [`Session::tls_established`]: after the handshake that STARTTLS asked for.
+//!
+//! While a message is being spooled the session reads no further commands: pipelined input
+//! waits in a buffer, and replies keep their order.
+//!
+//! # Layout
+//!
+//! - `mod.rs`: the type, its configuration, input dispatch, time-outs.
+//! - `commands.rs`: one function per verb outside DATA.
+//! - `data.rs`: DATA and BDAT content, the Received header, handing off to the spool.
+
+mod commands;
+mod data;
+
+use crate::spool::{Envelope, IdGen, QueueId};
+use crate::util::time::Now;
+use crate::wire::{BareLinePolicy, DataScanner, Reply, next_line};
+use std::cell::RefCell;
+use std::collections::{HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Settings of a session that come from the configuration, shared by every connection of
+/// a listener.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// Our name, in the greeting, EHLO reply and Received header.
+    pub hostname: String,
+    /// Text of the 220 greeting after the host name.
+    pub banner: String,
+    /// Largest message accepted, in bytes of content; 0 for no limit (SIZE without a value).
+    pub max_message_size: u64,
+    /// Refuse SIZE= above the maximum and stop storing an oversized body (552 5.3.4).
+    pub enforce_size: bool,
+    /// Recipients per transaction (RFC 5321 §4.5.3.1.8 asks for at least 100); 452 4.5.3 past it.
+    pub max_recipients: usize,
+    /// Longest command line, with CRLF (RFC 5321 §4.5.3.1.4: at least 512).
+    pub max_line: usize,
+    /// Errors (4xx/5xx replies) after which the connection is dropped with 421 4.7.0.
+    pub max_errors: u32,
+    pub bare_line_policy: BareLinePolicy,
+    /// Waiting for a command (RFC 5321 §4.5.3.2.7: 5 minutes).
+    pub command_timeout: Duration,
+    /// Waiting for more message content (RFC 5321 §4.5.3.2.5/6: 3 minutes between blocks).
+    pub data_timeout: Duration,
+    /// Offer STARTTLS (a certificate is configured and the listener is not implicit TLS).
+    pub starttls: bool,
+    /// Domains whose mail is accepted here, lower case. Any other recipient is relaying.
+    pub local_domains: HashSet<String>,
+    /// Show 127.0.0.1 instead of the client address in the Received header.
+    pub hide_client_ip: bool,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig {
+            hostname: "localhost".into(),
+            banner: "ESMTP ringmx".into(),
+            max_message_size: 10 * 1024 * 1024,
+            enforce_size: true,
+            max_recipients: 100,
+            max_line: 2048,
+            max_errors: 20,
+            bare_line_policy: BareLinePolicy::Reject,
+            command_timeout: Duration::from_secs(300),
+            data_timeout: Duration::from_secs(180),
+            starttls: false,
+            local_domains: HashSet::new(),
+            hide_client_ip: false,
+        }
+    }
+}
+
+/// The TLS parameters of a connection, for the Received header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsInfo {
+    pub version: String,
+    pub cipher: String,
+}
+
+/// What the driver must do for the session.
+#[derive(Debug)]
+pub enum Action {
+    /// Make this message durable; answer with [`Session::spool_done`].
+    Spool(Box<SpoolRequest>),
+    /// Send the pending output, then start a TLS handshake as the server.
+    StartTls,
+    /// Send the pending output, then close the connection.
+    Close,
+}
+
+/// A complete message, ready for the spool.
+#[derive(Debug)]
+pub struct SpoolRequest {
+    pub envelope: Envelope,
+    /// The message as stored: our Received header, then the content as received.
+    pub data: Vec<u8>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Reading command lines.
+    Command,
+    /// A command line was too long: discard up to the next LF.
+    SkipLine,
+    /// Reading DATA content.
+    Data,
+    /// Reading a BDAT chunk; `discard` when the chunk is read only to be thrown away.
+    Bdat {
+        remaining: u64,
+        last: bool,
+        discard: bool,
+    },
+    /// A message is with the spool.
+    Spooling,
+    /// STARTTLS accepted; waiting for the handshake.
+    TlsPending,
+    Closed,
+}
+
+/// The transaction between MAIL and the end of data.
+#[derive(Debug, Default)]
+struct Transaction {
+    envelope: Option<Envelope>,
+    /// Content bytes received (for the SIZE limit).
+    content_len: u64,
+    /// The content is being read only to be refused (too big, bare line endings).
+    too_big: bool,
+    /// A BDAT transaction has started (DATA is then out of sequence, RFC 3030 §2).
+    bdat: bool,
+    /// The Received header is written and content follows.
+    started: bool,
+    /// A BDAT chunk is read only to be refused with this reply (RFC 3030 §2).
+    refusal: Option<Reply>,
+}
+
+/// One SMTP server conversation; see the module documentation.
+pub struct Session {
+    cfg: Arc<SessionConfig>,
+    ids: Rc<RefCell<IdGen>>,
+    peer: SocketAddr,
+    phase: Phase,
+    /// The HELO/EHLO argument, once given.
+    helo: Option<String>,
+    esmtp: bool,
+    tls: Option<TlsInfo>,
+    tx: Transaction,
+    scanner: DataScanner,
+    /// Message buffer: Received header and content; handed to the spool and given back.
+    body: Vec<u8>,
+    /// Input not yet processed (a partial line, or pipelined commands while spooling).
+    pending: Vec<u8>,
+    out: Vec<u8>,
+    actions: VecDeque<Action>,
+    errors: u32,
+    deadline: Instant,
+    /// Start of the Received header in `body`, for the Received "for" clause.
+    received_hdr_len: usize,
+    messages: u64,
+}
+
+impl Session {
+    /// A new session; the greeting is already in [`Session::output`].
+    pub fn new(
+        cfg: Arc<SessionConfig>,
+        ids: Rc<RefCell<IdGen>>,
+        peer: SocketAddr,
+        tls: Option<TlsInfo>,
+        now: Now,
+    ) -> Self {
+        let mut s = Session {
+            scanner: DataScanner::new(cfg.bare_line_policy),
+            deadline: now.mono + cfg.command_timeout,
+            cfg,
+            ids,
+            peer,
+            phase: Phase::Command,
+            helo: None,
+            esmtp: false,
+            tls,
+            tx: Transaction::default(),
+            body: Vec::new(),
+            pending: Vec::new(),
+            out: Vec::with_capacity(512),
+            actions: VecDeque::new(),
+            errors: 0,
+            received_hdr_len: 0,
+            messages: 0,
+        };
+        let text = format!("{} {}", s.cfg.hostname, s.cfg.banner);
+        crate::wire::write_reply(&mut s.out, 220, "", &text);
+        s
+    }
+
+    /// Reply bytes waiting to be sent. The driver sends them and clears (or swaps) the vector.
+    pub fn output(&mut self) -> &mut Vec<u8> {
+        &mut self.out
+    }
+
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// True once the session has asked to be closed.
+    pub fn is_closed(&self) -> bool {
+        self.phase == Phase::Closed
+    }
+
+    /// Messages accepted on this connection so far.
+    pub fn messages_accepted(&self) -> u64 {
+        self.messages
+    }
+
+    /// The peer sent `data`.
+    pub fn handle_input(&mut self, now: Now, data: &[u8]) {
+        if self.phase == Phase::Closed || self.phase == Phase::TlsPending {
+            return;
+        }
+        self.deadline = now.mono + self.current_timeout();
+        if self.pending.is_empty() && self.phase != Phase::Spooling {
+            let used = self.process(now, data);
+            if used < data.len() && self.phase != Phase::Closed && self.phase != Phase::TlsPending {
+                self.pending.extend_from_slice(&data[used..]);
+            }
+        } else {
+            self.pending.extend_from_slice(data);
+            self.process_pending(now);
+        }
+    }
+
+    fn process_pending(&mut self, now: Now) {
+        if self.pending.is_empty() || self.phase == Phase::Spooling {
+            return;
+        }
+        let pending = std::mem::take(&mut self.pending);
+        let used = self.process(now, &pending);
+        let mut pending = pending;
+        if self.phase == Phase::Closed || self.phase == Phase::TlsPending {
+            pending.clear();
+        } else {
+            pending.drain(..used);
+        }
+        // Keep whatever arrived meanwhile (nothing can, we are single-threaded) and the
+        // allocation.
+        self.pending = pending;
+    }
+
+    /// Runs the state machine over `buf`; returns the bytes used.
+    fn process(&mut self, now: Now, buf: &[u8]) -> usize {
+        let mut pos = 0;
+        while pos < buf.len() {
+            match self.phase {
+                Phase::Command => match next_line(&buf[pos..], self.cfg.max_line) {
+                    Ok(Some((line, used))) => {
+                        pos += used;
+                        self.command(now, line);
+                    }
+                    Ok(None) => break,
+                    Err(_) => {
+                        self.reply_error(Reply::new(500, "5.5.2", "Error: line too long"));
+                        self.phase = Phase::SkipLine;
+                    }
+                },
+                Phase::SkipLine => match memchr::memchr(b'\n', &buf[pos..]) {
+                    Some(i) => {
+                        pos += i + 1;
+                        if self.phase == Phase::SkipLine {
+                            self.phase = Phase::Command;
+                        }
+                    }
+                    None => pos = buf.len(),
+                },
+                Phase::Data => pos += self.data_input(now, &buf[pos..]),
+                Phase::Bdat { .. } => pos += self.bdat_input(now, &buf[pos..]),
+                Phase::Spooling | Phase::TlsPending | Phase::Closed => break,
+            }
+        }
+        pos
+    }
+
+    /// The spool answered an [`Action::Spool`]: `Ok` once the message is durable. `buffer`
+    /// is the request's data vector, given back for reuse.
+    pub fn spool_done(&mut self, now: Now, result: Result<QueueId, Reply>, mut buffer: Vec<u8>) {
+        debug_assert_eq!(self.phase, Phase::Spooling);
+        match result {
+            Ok(id) => {
+                self.messages += 1;
+                let text = format!("Ok: queued as {id}");
+                crate::wire::write_reply(&mut self.out, 250, "2.0.0", &text);
+            }
+            Err(reply) => self.reply_error(reply),
+        }
+        buffer.clear();
+        if buffer.capacity() <= 4 * 1024 * 1024 {
+            self.body = buffer;
+        }
+        if self.phase == Phase::Spooling {
+            self.phase = Phase::Command;
+        }
+        self.deadline = now.mono + self.cfg.command_timeout;
+        self.process_pending(now);
+    }
+
+    /// The TLS handshake that STARTTLS announced is complete (RFC 3207 §4.2: the session
+    /// starts over, the client must say EHLO again).
+    pub fn tls_established(&mut self, now: Now, info: TlsInfo) {
+        self.tls = Some(info);
+        self.helo = None;
+        self.esmtp = false;
+        self.tx = Transaction::default();
+        self.pending.clear();
+        self.phase = Phase::Command;
+        self.deadline = now.mono + self.cfg.command_timeout;
+    }
+
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match self.phase {
+            Phase::Closed | Phase::Spooling => None,
+            _ => Some(self.deadline),
+        }
+    }
+
+    /// Time passed; closes the session with 421 4.4.2 when its deadline is reached.
+    pub fn handle_timeout(&mut self, now: Now) {
+        if self.phase == Phase::Closed || self.phase == Phase::Spooling || now.mono < self.deadline {
+            return;
+        }
+        let text = format!("{} Error: timeout exceeded", self.cfg.hostname);
+        crate::wire::write_reply(&mut self.out, 421, "4.4.2", &text);
+        self.close();
+    }
+
+    /// Server shutdown: says 421 and closes unless a message is being spooled (then the
+    /// driver asks again after the spool answered).
+    pub fn shutdown(&mut self) -> bool {
+        match self.phase {
+            Phase::Closed => true,
+            Phase::Spooling => false,
+            _ => {
+                let text = format!("{} Service shutting down, closing transmission channel", self.cfg.hostname);
+                crate::wire::write_reply(&mut self.out, 421, "4.3.2", &text);
+                self.close();
+                true
+            }
+        }
+    }
+
+    fn current_timeout(&self) -> Duration {
+        match self.phase {
+            Phase::Data | Phase::Bdat { .. } => self.cfg.data_timeout,
+            _ => self.cfg.command_timeout,
+        }
+    }
+
+    fn close(&mut self) {
+        self.phase = Phase::Closed;
+        self.pending = Vec::new();
+        self.actions.push_back(Action::Close);
+    }
+
+    fn reply(&mut self, r: Reply) {
+        r.write(&mut self.out);
+    }
+
+    /// Sends an error reply and counts it; too many errors end the session.
+    fn reply_error(&mut self, r: Reply) {
+        r.write(&mut self.out);
+        self.errors += 1;
+        if self.cfg.max_errors > 0 && self.errors >= self.cfg.max_errors && self.phase != Phase::Closed {
+            let text = format!("{} Error: too many errors", self.cfg.hostname);
+            crate::wire::write_reply(&mut self.out, 421, "4.7.0", &text);
+            self.close();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
