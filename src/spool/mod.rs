@@ -1,5 +1,275 @@
 //! The spool: a per-shard segmented log that makes accepted messages durable.
+//!
+//! # Layout
+//!
+//! - [`record`]: the bytes on disk (segment header, message and mark records, CRC32C).
+//! - [`log`]: one shard's writer: queued records, batches, group commit.
+//! - [`recover`] (here): replay of every segment at start, and for the queue commands.
+//! - [`envelope`]: queue ids and envelopes.
+//!
+//! On disk: `<spool>/<shard>/<sequence>.seg`, sequence as 16 hex digits, one directory per
+//! ingress shard. A shard only ever appends to its newest segment.
+//!
+//! # The durability contract
+//!
+//! A record is acknowledged (the session says 250) only after the `fdatasync` that covers
+//! it completed. Recovery replays every segment in order and stops a segment at its first
+//! record that does not check (torn or stale tail); the writer resumes there, overwriting
+//! it. So an acknowledged message always comes back, and a record whose write was cut short
+//! never does.
 
 mod envelope;
+pub mod log;
+pub mod record;
 
 pub use envelope::{Envelope, IdGen, QueueId, Recipient};
+pub use log::{Batch, Completion, LogStats, ShardLog};
+pub use record::{Mark, MarkStatus};
+
+use crate::wire::Reply;
+use record::{DecodeError, Record, SEGMENT_HEADER_LEN, SegmentHeader, decode_record};
+use std::collections::HashMap;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Spool failures. Every one is transient for the client: it is told to try again.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum SpoolError {
+    /// An I/O call failed.
+    #[error("{op} {path} at offset {offset}: {source}")]
+    Io { op: &'static str, path: PathBuf, offset: u64, source: Arc<std::io::Error> },
+    /// The file system is full (or over quota): stop accepting until there is room.
+    #[error("no space left for the spool at {path}")]
+    Full { path: PathBuf },
+    /// A segment file is not ours or is damaged beyond its tail.
+    #[error("corrupt segment {path}: {what}")]
+    Corrupt { path: PathBuf, what: String },
+}
+
+impl SpoolError {
+    pub fn io(op: &'static str, path: &Path, offset: u64, e: std::io::Error) -> Self {
+        SpoolError::Io { op, path: path.to_path_buf(), offset, source: Arc::new(e) }
+    }
+
+    fn from_write(e: std::io::Error, path: &Path, offset: u64) -> Self {
+        match e.raw_os_error() {
+            Some(libc::ENOSPC) | Some(libc::EDQUOT) => SpoolError::Full { path: path.to_path_buf() },
+            _ => SpoolError::io("write", path, offset, e),
+        }
+    }
+
+    /// The reply a client gets when its message could not be spooled.
+    pub fn smtp_reply(&self) -> Reply {
+        match self {
+            SpoolError::Full { .. } => Reply::new(452, "4.3.1", "Error: insufficient system storage"),
+            _ => Reply::new(451, "4.3.0", "Error: queue file write error"),
+        }
+    }
+}
+
+/// The directory of one shard's segments.
+pub fn shard_dir(spool: &Path, shard: u8) -> PathBuf {
+    spool.join(format!("{shard:02}"))
+}
+
+/// The file of segment `seq` in a shard directory.
+pub fn segment_path(shard_dir: &Path, seq: u64) -> PathBuf {
+    shard_dir.join(format!("{seq:016x}.seg"))
+}
+
+/// A message found in the spool.
+#[derive(Debug, Clone)]
+pub struct StoredMessage {
+    pub envelope: Envelope,
+    pub shard: u8,
+    pub path: PathBuf,
+    /// Offset and length of the content (Received header and message) in the segment.
+    pub content_offset: u64,
+    pub content_len: u64,
+    /// State marks written for it, oldest first.
+    pub marks: Vec<Mark>,
+    /// The first bytes of the content, enough for the header fields `queue list` shows.
+    pub head: Vec<u8>,
+}
+
+impl StoredMessage {
+    /// True when every recipient has a final mark (or the message as a whole has one).
+    pub fn is_done(&self) -> bool {
+        if self.marks.iter().any(|m| m.rcpt.is_none() && m.status.is_final()) {
+            return true;
+        }
+        (0..self.envelope.rcpts.len())
+            .all(|i| self.marks.iter().rev().find(|m| m.rcpt == Some(i as u16)).is_some_and(|m| m.status.is_final()))
+    }
+
+    /// Reads the content from its segment.
+    pub fn read_content(&self) -> Result<Vec<u8>, SpoolError> {
+        let f = std::fs::File::open(&self.path).map_err(|e| SpoolError::io("open segment", &self.path, 0, e))?;
+        let mut buf = vec![0u8; self.content_len as usize];
+        f.read_exact_at(&mut buf, self.content_offset)
+            .map_err(|e| SpoolError::io("read", &self.path, self.content_offset, e))?;
+        Ok(buf)
+    }
+}
+
+/// Where a shard's writer resumes after recovery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShardTail {
+    pub seq: u64,
+    /// Offset after the last valid record of segment `seq`.
+    pub end: u64,
+}
+
+/// What replay found.
+#[derive(Debug, Default)]
+pub struct Recovery {
+    /// Messages not yet finished, by queue id.
+    pub messages: Vec<StoredMessage>,
+    /// Per shard directory found: where to append next.
+    pub tails: HashMap<u8, ShardTail>,
+    /// The largest queue id seen (ids are minted above it).
+    pub max_id: QueueId,
+    /// Records skipped and segments cut, for the log.
+    pub notes: Vec<String>,
+    /// Messages whose every recipient is final (kept until their segment is reclaimed).
+    pub finished: usize,
+}
+
+/// Bytes of content kept in [`StoredMessage::head`].
+const HEAD_BYTES: usize = 8192;
+
+/// Replays every segment under `spool`. Works on a running server's spool too: a record
+/// still being written fails its CRC and is not shown.
+pub fn recover(spool: &Path) -> Result<Recovery, SpoolError> {
+    let mut rec = Recovery::default();
+    let entries = match std::fs::read_dir(spool) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(rec),
+        Err(e) => return Err(SpoolError::io("read directory", spool, 0, e)),
+    };
+    let mut by_id: HashMap<QueueId, StoredMessage> = HashMap::new();
+    let mut shards: Vec<(u8, PathBuf)> = entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let shard = name.parse::<u8>().ok().filter(|_| name.len() == 2)?;
+            Some((shard, e.path()))
+        })
+        .collect();
+    shards.sort();
+    for (shard, dir) in shards {
+        let mut segs: Vec<(u64, PathBuf)> = std::fs::read_dir(&dir)
+            .map_err(|e| SpoolError::io("read directory", &dir, 0, e))?
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                let name = e.file_name().into_string().ok()?;
+                let seq = u64::from_str_radix(name.strip_suffix(".seg")?, 16).ok()?;
+                Some((seq, e.path()))
+            })
+            .collect();
+        segs.sort();
+        for (i, (seq, path)) in segs.iter().enumerate() {
+            let last = i + 1 == segs.len();
+            let end = replay_segment(shard, *seq, path, &mut by_id, &mut rec, last)?;
+            if last {
+                rec.tails.insert(shard, ShardTail { seq: *seq, end });
+            }
+        }
+    }
+    let mut messages: Vec<StoredMessage> = by_id.into_values().collect();
+    rec.max_id = messages.iter().map(|m| m.envelope.id).max().unwrap_or_default();
+    let before = messages.len();
+    messages.retain(|m| !m.is_done());
+    rec.finished = before - messages.len();
+    messages.sort_by_key(|m| m.envelope.id);
+    rec.messages = messages;
+    Ok(rec)
+}
+
+fn replay_segment(
+    shard: u8,
+    seq: u64,
+    path: &Path,
+    by_id: &mut HashMap<QueueId, StoredMessage>,
+    rec: &mut Recovery,
+    last: bool,
+) -> Result<u64, SpoolError> {
+    let data = std::fs::read(path).map_err(|e| SpoolError::io("read segment", path, 0, e))?;
+    let header = SegmentHeader::decode(&data)
+        .map_err(|e| SpoolError::Corrupt { path: path.to_path_buf(), what: format!("segment header: {e}") })?;
+    if header.seq != seq {
+        return Err(SpoolError::Corrupt {
+            path: path.to_path_buf(),
+            what: format!("header says segment {}, file name {seq}", header.seq),
+        });
+    }
+    let mut pos = SEGMENT_HEADER_LEN;
+    loop {
+        match decode_record(seq, &data[pos..]) {
+            Ok((Record::Message { envelope, content }, len)) => {
+                let content_offset = (pos + len - content.len()) as u64;
+                let head = content[..content.len().min(HEAD_BYTES)].to_vec();
+                by_id.insert(
+                    envelope.id,
+                    StoredMessage {
+                        envelope,
+                        shard,
+                        path: path.to_path_buf(),
+                        content_offset,
+                        content_len: content.len() as u64,
+                        marks: Vec::new(),
+                        head,
+                    },
+                );
+                pos += len;
+            }
+            Ok((Record::Mark(m), len)) => {
+                if let Some(msg) = by_id.get_mut(&m.id) {
+                    msg.marks.push(m);
+                }
+                pos += len;
+            }
+            Err(DecodeError::End) => break,
+            Err(e) => {
+                // A torn tail in the newest segment is normal after a crash; anywhere else it
+                // means damage, and what follows in that segment is lost to replay.
+                let rest_zero = data[pos..].iter().all(|&b| b == 0);
+                if !rest_zero {
+                    let what = if last { "tail cut" } else { "segment damaged, rest skipped" };
+                    rec.notes.push(format!("{}: {what} at offset {pos}: {e}", path.display()));
+                }
+                break;
+            }
+        }
+    }
+    Ok(pos as u64)
+}
+
+/// The value of a header field in a message head, unfolded, if present.
+pub fn header_value(head: &[u8], name: &str) -> Option<String> {
+    let text = String::from_utf8_lossy(head);
+    let mut lines = text.split("\r\n").peekable();
+    while let Some(line) = lines.next() {
+        if line.is_empty() {
+            break;
+        }
+        let Some((n, v)) = line.split_once(':') else { continue };
+        if n.eq_ignore_ascii_case(name) {
+            let mut value = v.trim().to_string();
+            while let Some(next) = lines.peek().filter(|l| l.starts_with([' ', '\t'])) {
+                if !value.is_empty() {
+                    value.push(' ');
+                }
+                value.push_str(next.trim());
+                lines.next();
+            }
+            return Some(value);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,305 @@
+//! The writer side of one shard's log: segments, batching and group commit.
+//!
+//! The shard appends finished messages with [`ShardLog::append`]; nothing is written yet.
+//! Once per loop turn the driver asks for a [`Batch`] ([`ShardLog::begin_batch`]): every
+//! queued record, as one vectored write at the end of the active segment, to be followed by
+//! one `fdatasync`. Only one batch is in flight at a time; what is appended meanwhile waits
+//! for the next, which is how records gather into a group commit. When the sync completes,
+//! [`ShardLog::finish_batch`] hands back each record's token and result: the session may
+//! say 250 only then.
+//!
+//! The driver does the I/O (io_uring: linked `WRITEV` + `FSYNC(DATASYNC)`); the
+//! [`ShardLog::flush_sync`] path does it with plain syscalls for the epoll driver and for
+//! tools.
+
+use super::envelope::QueueId;
+use super::record::{SEGMENT_HEADER_LEN, SegmentHeader, encode_message_header};
+use super::{SpoolError, segment_path};
+use crate::session::SpoolRequest;
+use std::fs::{File, OpenOptions};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+/// Records per batch at most (one vectored write takes at most `IOV_MAX` = 1024 slices).
+const MAX_BATCH: usize = 512;
+
+/// Counters for the group-commit figures.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LogStats {
+    /// `fdatasync` calls completed.
+    pub syncs: u64,
+    /// Message records made durable.
+    pub records: u64,
+    pub bytes: u64,
+    pub segments_created: u64,
+}
+
+struct Queued {
+    token: u64,
+    /// The segment sequence the header's CRC was computed for.
+    sealed: u64,
+    id: QueueId,
+    header: Vec<u8>,
+    data: Vec<u8>,
+}
+
+/// A write in flight: `iov` points into the records it owns, which do not move until
+/// [`ShardLog::finish_batch`].
+pub struct Batch {
+    pub fd: i32,
+    pub offset: u64,
+    pub len: u64,
+    iov: Vec<libc::iovec>,
+    entries: Vec<Queued>,
+}
+
+impl Batch {
+    /// The slices to write, as the kernel wants them.
+    pub fn iovecs(&self) -> &[libc::iovec] {
+        &self.iov
+    }
+}
+
+/// The outcome of one appended record.
+#[derive(Debug)]
+pub struct Completion {
+    pub token: u64,
+    pub result: Result<QueueId, SpoolError>,
+    /// The request's data vector, given back for reuse.
+    pub data: Vec<u8>,
+}
+
+struct Segment {
+    file: File,
+    seq: u64,
+    /// Where the next record goes.
+    end: u64,
+    /// Preallocated size.
+    size: u64,
+}
+
+/// One shard's log writer; see the module documentation.
+pub struct ShardLog {
+    dir: PathBuf,
+    shard: u8,
+    segment_size: u64,
+    active: Segment,
+    queue: Vec<Queued>,
+    inflight: Option<Batch>,
+    stats: LogStats,
+    /// Spare header buffers.
+    spare: Vec<Vec<u8>>,
+}
+
+impl ShardLog {
+    /// Opens the shard's log for appending at `tail` (segment `seq`, byte offset), or starts
+    /// a new segment `seq` when `tail` is `None`. Recovery ([`super::recover`]) finds `tail`.
+    pub fn open(dir: &Path, shard: u8, segment_size: u64, seq: u64, tail: Option<u64>) -> Result<Self, SpoolError> {
+        let dir = dir.to_path_buf();
+        std::fs::create_dir_all(&dir).map_err(|e| SpoolError::io("create directory", &dir, 0, e))?;
+        let active = match tail {
+            Some(end) => {
+                let path = segment_path(&dir, seq);
+                let file = OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(&path)
+                    .map_err(|e| SpoolError::io("open segment", &path, 0, e))?;
+                let size = file.metadata().map_err(|e| SpoolError::io("stat segment", &path, 0, e))?.len();
+                Segment { file, seq, end, size }
+            }
+            None => create_segment(&dir, shard, seq, segment_size)?,
+        };
+        Ok(ShardLog {
+            dir,
+            shard,
+            segment_size,
+            active,
+            queue: Vec::new(),
+            inflight: None,
+            stats: LogStats::default(),
+            spare: Vec::new(),
+        })
+    }
+
+    pub fn stats(&self) -> LogStats {
+        self.stats
+    }
+
+    /// Queues a message; its outcome comes from [`ShardLog::finish_batch`] with `token`.
+    pub fn append(&mut self, token: u64, req: SpoolRequest) {
+        let mut header = self.spare.pop().unwrap_or_default();
+        // The segment sequence is filled in when the batch is placed; encode with the
+        // active one now and again if a rotation moves it.
+        encode_message_header(self.active.seq, &req.envelope, &req.data, &mut header);
+        self.queue.push(Queued { token, sealed: self.active.seq, id: req.envelope.id, header, data: req.data });
+    }
+
+    /// True when records wait for a batch and none is in flight.
+    pub fn wants_batch(&self) -> bool {
+        self.inflight.is_none() && !self.queue.is_empty()
+    }
+
+    pub fn in_flight(&self) -> bool {
+        self.inflight.is_some()
+    }
+
+    /// Takes the queued records into a batch at the end of the active segment, moving to a
+    /// new segment first when they do not fit. Returns `None` when a batch is already in
+    /// flight or nothing waits. On error (e.g. the disk is full when creating a segment) the
+    /// queued records fail and are returned as completions.
+    pub fn begin_batch(&mut self) -> Result<Option<&Batch>, Vec<Completion>> {
+        if !self.wants_batch() {
+            return Ok(None);
+        }
+        let first = rec_len(&self.queue[0]);
+        if self.active.end + first > self.active.size && self.active.end > SEGMENT_HEADER_LEN as u64 {
+            let seq = self.active.seq + 1;
+            let size = self.segment_size.max(first + SEGMENT_HEADER_LEN as u64);
+            match create_segment(&self.dir, self.shard, seq, size) {
+                Ok(seg) => {
+                    self.active = seg;
+                    self.stats.segments_created += 1;
+                }
+                Err(e) => {
+                    let q = std::mem::take(&mut self.queue);
+                    return Err(q
+                        .into_iter()
+                        .map(|r| Completion { token: r.token, result: Err(e.clone()), data: r.data })
+                        .collect());
+                }
+            }
+        }
+        let seq = self.active.seq;
+        let room = self.active.size.saturating_sub(self.active.end).max(first);
+        let mut len = 0u64;
+        let mut n = 0;
+        for r in &self.queue {
+            let l = rec_len(r);
+            if n == MAX_BATCH || len + l > room {
+                break;
+            }
+            len += l;
+            n += 1;
+        }
+        let mut entries: Vec<Queued> = self.queue.drain(..n).collect();
+        let mut iov = Vec::with_capacity(n * 2);
+        for e in &mut entries {
+            // Re-seal if the record was encoded for another segment.
+            if e.sealed != seq {
+                reseal(seq, e);
+            }
+            iov.push(libc::iovec { iov_base: e.header.as_ptr() as *mut _, iov_len: e.header.len() });
+            if !e.data.is_empty() {
+                iov.push(libc::iovec { iov_base: e.data.as_ptr() as *mut _, iov_len: e.data.len() });
+            }
+        }
+        self.inflight = Some(Batch { fd: self.active.file.as_raw_fd(), offset: self.active.end, len, iov, entries });
+        Ok(self.inflight.as_ref())
+    }
+
+    /// The batch's write and sync finished with `result`. Returns one completion per record.
+    pub fn finish_batch(&mut self, result: std::io::Result<()>) -> Vec<Completion> {
+        let Some(batch) = self.inflight.take() else { return Vec::new() };
+        let ok = result.is_ok();
+        if ok {
+            self.active.end += batch.len;
+            self.stats.syncs += 1;
+            self.stats.records += batch.entries.len() as u64;
+            self.stats.bytes += batch.len;
+        }
+        // On failure the end does not move: the next batch overwrites whatever part of this
+        // one reached the file, and no session was told 250 for it.
+        let err =
+            result.err().map(|e| SpoolError::from_write(e, &segment_path(&self.dir, self.active.seq), batch.offset));
+        let mut out = Vec::with_capacity(batch.entries.len());
+        for e in batch.entries {
+            let mut header = e.header;
+            header.clear();
+            if self.spare.len() < 64 {
+                self.spare.push(header);
+            }
+            out.push(Completion {
+                token: e.token,
+                result: match &err {
+                    None => Ok(e.id),
+                    Some(err) => Err(err.clone()),
+                },
+                data: e.data,
+            });
+        }
+        out
+    }
+
+    /// Writes and syncs everything queued with plain syscalls; returns the completions.
+    pub fn flush_sync(&mut self) -> Vec<Completion> {
+        let mut done = Vec::new();
+        while self.wants_batch() {
+            match self.begin_batch() {
+                Ok(Some(batch)) => {
+                    let res = write_all_vectored_at(batch.fd, batch.iovecs(), batch.offset, batch.len)
+                        .and_then(|_| fdatasync(batch.fd));
+                    done.extend(self.finish_batch(res));
+                }
+                Ok(None) => break,
+                Err(failed) => done.extend(failed),
+            }
+        }
+        done
+    }
+}
+
+fn rec_len(r: &Queued) -> u64 {
+    (r.header.len() + r.data.len()) as u64
+}
+
+fn reseal(seq: u64, e: &mut Queued) {
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&seq.to_le_bytes()), &e.header[8..]);
+    let crc = crc32c::crc32c_append(crc, &e.data);
+    e.header[4..8].copy_from_slice(&crc.to_le_bytes());
+    e.sealed = seq;
+}
+
+/// Creates segment `seq`: header, preallocation, and syncs of the file and the directory so
+/// that the segment exists before any record in it is acknowledged.
+fn create_segment(dir: &Path, shard: u8, seq: u64, size: u64) -> Result<Segment, SpoolError> {
+    let path = segment_path(dir, seq);
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| SpoolError::io("create segment", &path, 0, e))?;
+    let created_ms = crate::util::time::Now::system().unix_ms;
+    let header = SegmentHeader { shard: shard as u32, seq, created_ms }.encode();
+    // Preallocate so that appends do not change the file size: fdatasync then flushes data,
+    // not metadata.
+    let r = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, size as libc::off_t) };
+    if r != 0 {
+        let e = std::io::Error::last_os_error();
+        let _ = std::fs::remove_file(&path);
+        return Err(SpoolError::from_write(e, &path, 0));
+    }
+    file.write_all_at(&header, 0).map_err(|e| SpoolError::from_write(e, &path, 0))?;
+    file.sync_all().map_err(|e| SpoolError::from_write(e, &path, 0))?;
+    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| SpoolError::io("sync directory", dir, 0, e))?;
+    Ok(Segment { file, seq, end: SEGMENT_HEADER_LEN as u64, size })
+}
+
+fn write_all_vectored_at(fd: i32, iov: &[libc::iovec], offset: u64, len: u64) -> std::io::Result<()> {
+    let r = unsafe { libc::pwritev(fd, iov.as_ptr(), iov.len() as i32, offset as libc::off_t) };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if r as u64 != len {
+        // Short writes on a regular file mean trouble (space, quota): fail the batch.
+        return Err(std::io::Error::new(std::io::ErrorKind::WriteZero, "short write to segment"));
+    }
+    Ok(())
+}
+
+fn fdatasync(fd: i32) -> std::io::Result<()> {
+    if unsafe { libc::fdatasync(fd) } != 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) }
+}
