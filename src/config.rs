@@ -1,1 +1,542 @@
-//! Config.
+//! The configuration file (TOML), its defaults and its validation.
+//!
+//! Every key has a default, so an empty file (or none: [`Config::embedded`]) is a working
+//! MX. Unknown keys are errors. [`Config::load`] validates the whole file and reports every
+//! problem at once, each naming its key and line. `docs/configuration.md` documents each
+//! key; keep the two in step.
+
+use crate::session::SessionConfig;
+use crate::wire::BareLinePolicy;
+use serde::Deserialize;
+use std::collections::HashSet;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Our host name in the greeting, EHLO and Received. Default: the system's host name.
+    #[serde(default = "default_hostname")]
+    pub hostname: String,
+    /// Where the spool (and later mailboxes) live. Default `./var`.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// Domains whose mail is accepted here. Default `["example.test"]`.
+    #[serde(default = "default_local_domains")]
+    pub local_domains: Vec<String>,
+    /// Text after the host name in the 220 greeting. Default `ESMTP ringmx`.
+    #[serde(default = "default_banner")]
+    pub banner: String,
+    #[serde(default = "default_listeners", rename = "listener")]
+    pub listeners: Vec<ListenerConfig>,
+    #[serde(default)]
+    pub tls: TlsConfig,
+    #[serde(default)]
+    pub runtime: RuntimeConfig,
+    #[serde(default)]
+    pub spool: SpoolConfig,
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    #[serde(default)]
+    pub timeouts: TimeoutsConfig,
+}
+
+/// `[[listener]]`: one port and the addresses it is bound on.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    pub port: u16,
+    /// Addresses to bind. Default: every IPv4 and IPv6 address.
+    #[serde(default = "default_bind")]
+    pub bind: Vec<IpAddr>,
+    /// `none`, `starttls` (offered when a certificate is configured) or `implicit` (RFC 8314).
+    #[serde(default)]
+    pub tls: ListenerTls,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ListenerTls {
+    None,
+    #[default]
+    Starttls,
+    Implicit,
+}
+
+/// `[tls]`: the server certificate, PEM files.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Certificate chain, leaf first. No default: without it, no TLS is offered.
+    pub certificate: Option<PathBuf>,
+    pub private_key: Option<PathBuf>,
+}
+
+/// `[runtime]`: cores and the I/O driver.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeConfig {
+    /// `auto` (io_uring when the kernel allows it, else epoll), `uring` or `epoll`.
+    #[serde(default)]
+    pub io: IoMode,
+    /// Ingress shards (threads, one per core). Default: cores − delivery cores, at least 1.
+    #[serde(default)]
+    pub ingress_cores: Option<usize>,
+    /// Cores for routing and delivery. Default 1.
+    #[serde(default = "one")]
+    pub delivery_cores: usize,
+    /// Pin each shard thread to a core. Default false.
+    #[serde(default)]
+    pub pin_cores: bool,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig { io: IoMode::Auto, ingress_cores: None, delivery_cores: 1, pin_cores: false }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum IoMode {
+    #[default]
+    Auto,
+    Uring,
+    Epoll,
+}
+
+impl std::str::FromStr for IoMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(IoMode::Auto),
+            "uring" => Ok(IoMode::Uring),
+            "epoll" => Ok(IoMode::Epoll),
+            _ => Err(format!("unknown I/O mode {s:?}: auto, uring or epoll")),
+        }
+    }
+}
+
+/// `[spool]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpoolConfig {
+    /// Size of a segment file, preallocated. Default 64 MiB.
+    #[serde(default = "default_segment_size", deserialize_with = "de_size")]
+    pub segment_size: u64,
+    /// Sync before saying 250. Default true. Turning it off trades the durability contract
+    /// for speed: a power loss (not a process crash) can lose acknowledged mail.
+    #[serde(default = "yes")]
+    pub fsync: bool,
+}
+
+impl Default for SpoolConfig {
+    fn default() -> Self {
+        SpoolConfig { segment_size: default_segment_size(), fsync: true }
+    }
+}
+
+/// `[limits]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Largest message in bytes, advertised in SIZE; 0 for none. Default 10 MiB.
+    #[serde(default = "default_max_message_size", deserialize_with = "de_size")]
+    pub max_message_size: u64,
+    /// Refuse larger messages (552 5.3.4). Default true.
+    #[serde(default = "yes")]
+    pub enforce_message_size: bool,
+    /// Recipients per message (452 4.5.3 past it). Default 100.
+    #[serde(default = "default_max_recipients")]
+    pub max_recipients: usize,
+    /// Longest command line in bytes (500 5.5.2). Default 2048, at least 512.
+    #[serde(default = "default_max_line")]
+    pub max_line_length: usize,
+    /// Errors before the connection is dropped (421 4.7.0); 0 for no limit. Default 20.
+    #[serde(default = "default_max_errors")]
+    pub max_errors: u32,
+    /// Concurrent connections in total (421 4.7.0 past it). Default 10000.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Concurrent connections from one client address (421 4.7.0). Default 100.
+    #[serde(default = "default_max_connections_per_ip")]
+    pub max_connections_per_ip: usize,
+    /// Bare CR or LF in DATA: `reject` (554 5.5.2) or `allow`. Default reject.
+    #[serde(default)]
+    pub bare_newlines: BareLinePolicy,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_message_size: default_max_message_size(),
+            enforce_message_size: true,
+            max_recipients: default_max_recipients(),
+            max_line_length: default_max_line(),
+            max_errors: default_max_errors(),
+            max_connections: default_max_connections(),
+            max_connections_per_ip: default_max_connections_per_ip(),
+            bare_newlines: BareLinePolicy::Reject,
+        }
+    }
+}
+
+/// `[timeouts]` (RFC 5321 §4.5.3.2), as `"300s"`, `"5m"`, `"250ms"` or seconds.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimeoutsConfig {
+    /// Waiting for a command. Default 5 minutes.
+    #[serde(default = "default_command_timeout", deserialize_with = "de_duration")]
+    pub command: Duration,
+    /// Waiting for more message content. Default 3 minutes.
+    #[serde(default = "default_data_timeout", deserialize_with = "de_duration")]
+    pub data: Duration,
+    /// Draining on SIGTERM: how long to wait for sessions in a transaction. Default 30 s.
+    #[serde(default = "default_drain_timeout", deserialize_with = "de_duration")]
+    pub shutdown: Duration,
+}
+
+impl Default for TimeoutsConfig {
+    fn default() -> Self {
+        TimeoutsConfig {
+            command: default_command_timeout(),
+            data: default_data_timeout(),
+            shutdown: default_drain_timeout(),
+        }
+    }
+}
+
+fn default_hostname() -> String {
+    let mut buf = [0u8; 256];
+    let r = unsafe { libc::gethostname(buf.as_mut_ptr() as *mut libc::c_char, buf.len()) };
+    let n = buf.iter().position(|&b| b == 0).unwrap_or(0);
+    match std::str::from_utf8(&buf[..n]) {
+        Ok(h) if r == 0 && !h.is_empty() => h.to_string(),
+        _ => "localhost".into(),
+    }
+}
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("./var")
+}
+fn default_local_domains() -> Vec<String> {
+    vec!["example.test".into()]
+}
+fn default_banner() -> String {
+    "ESMTP ringmx".into()
+}
+fn default_listeners() -> Vec<ListenerConfig> {
+    vec![ListenerConfig { port: 2525, bind: vec![IpAddr::from([127, 0, 0, 1])], tls: ListenerTls::Starttls }]
+}
+fn default_bind() -> Vec<IpAddr> {
+    vec![IpAddr::from([0, 0, 0, 0]), IpAddr::from([0u16, 0, 0, 0, 0, 0, 0, 0])]
+}
+fn one() -> usize {
+    1
+}
+fn yes() -> bool {
+    true
+}
+fn default_segment_size() -> u64 {
+    64 << 20
+}
+fn default_max_message_size() -> u64 {
+    10 << 20
+}
+fn default_max_recipients() -> usize {
+    100
+}
+fn default_max_line() -> usize {
+    2048
+}
+fn default_max_errors() -> u32 {
+    20
+}
+fn default_max_connections() -> usize {
+    10_000
+}
+fn default_max_connections_per_ip() -> usize {
+    100
+}
+fn default_command_timeout() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_data_timeout() -> Duration {
+    Duration::from_secs(180)
+}
+fn default_drain_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum NumOrStr {
+    Num(u64),
+    Str(String),
+}
+
+/// Sizes as bytes or with a unit: `"64MiB"`, `"10M"`, `"512k"`.
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n.parse().ok()?;
+    let mult = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
+
+/// Durations as seconds or with a unit: `"300s"`, `"5m"`, `"250ms"`, `"1h"`.
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n.parse().ok()?;
+    Some(match unit.trim() {
+        "" | "s" => Duration::from_secs(n),
+        "ms" => Duration::from_millis(n),
+        "m" => Duration::from_secs(n.checked_mul(60)?),
+        "h" => Duration::from_secs(n.checked_mul(3600)?),
+        _ => return None,
+    })
+}
+
+fn de_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    match NumOrStr::deserialize(d)? {
+        NumOrStr::Num(n) => Ok(n),
+        NumOrStr::Str(s) => parse_size(&s)
+            .ok_or_else(|| serde::de::Error::custom(format!("bad size {s:?} (e.g. 10485760 or \"10MiB\")"))),
+    }
+}
+
+fn de_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    match NumOrStr::deserialize(d)? {
+        NumOrStr::Num(n) => Ok(Duration::from_secs(n)),
+        NumOrStr::Str(s) => parse_duration(&s).ok_or_else(|| {
+            serde::de::Error::custom(format!("bad duration {s:?} (e.g. 300, \"300s\", \"5m\", \"250ms\")"))
+        }),
+    }
+}
+
+/// Configuration errors: every problem found, each with its key and line.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", .problems.join("\n"))]
+pub struct ConfigError {
+    pub problems: Vec<String>,
+}
+
+impl Config {
+    /// The built-in configuration of `ringmx serve` without `--config`.
+    pub fn embedded() -> Config {
+        toml::from_str("").expect("the empty configuration is valid")
+    }
+
+    /// Reads, parses and validates a file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError { problems: vec![format!("{}: {e}", path.display())] })?;
+        Config::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses and validates `text` (named `origin` in messages).
+    pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|e| {
+            let line = e.span().map(|s| text[..s.start].matches('\n').count() + 1);
+            let msg = e.message().to_string();
+            ConfigError {
+                problems: vec![match line {
+                    Some(l) => format!("{origin}:{l}: {msg}"),
+                    None => format!("{origin}: {msg}"),
+                }],
+            }
+        })?;
+        cfg.validate(text, origin)?;
+        Ok(cfg)
+    }
+
+    /// Checks what types alone cannot; every error names the key and, when the key is in
+    /// the file, its line.
+    pub fn validate(&self, text: &str, origin: &str) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        let mut bad = |key: &str, msg: String| {
+            let leaf = key.rsplit('.').next().unwrap_or(key);
+            let line = text
+                .lines()
+                .position(|l| l.trim_start().strip_prefix(leaf).is_some_and(|r| r.trim_start().starts_with('=')))
+                .map(|i| format!(":{}", i + 1))
+                .unwrap_or_default();
+            problems.push(format!("{origin}{line}: {key}: {msg}"));
+        };
+        if self.hostname.is_empty() || self.hostname.contains(char::is_whitespace) {
+            bad("hostname", format!("{:?} is not a host name", self.hostname));
+        }
+        if self.listeners.is_empty() {
+            bad("listener", "at least one listener is needed".into());
+        }
+        for (i, l) in self.listeners.iter().enumerate() {
+            if l.bind.is_empty() {
+                bad(&format!("listener[{i}].bind"), "no address to bind".into());
+            }
+            if l.tls == ListenerTls::Implicit && self.tls.certificate.is_none() {
+                bad(&format!("listener[{i}].tls"), "implicit TLS needs [tls] certificate and private_key".into());
+            }
+        }
+        if self.tls.certificate.is_some() != self.tls.private_key.is_some() {
+            bad("tls.certificate", "certificate and private_key go together".into());
+        }
+        for d in &self.local_domains {
+            if crate::wire::command::parse_mailbox(&format!("postmaster@{d}")).is_none() || d.starts_with('[') {
+                bad("local_domains", format!("{d:?} is not a domain name"));
+            }
+        }
+        if self.runtime.ingress_cores == Some(0) {
+            bad("runtime.ingress_cores", "must be at least 1".into());
+        }
+        if self.runtime.ingress_cores.is_some_and(|n| n > 64) {
+            bad("runtime.ingress_cores", "at most 64".into());
+        }
+        if self.spool.segment_size < 64 * 1024 {
+            bad("spool.segment_size", "at least 64KiB".into());
+        }
+        if self.limits.max_line_length < 512 {
+            bad("limits.max_line_length", "RFC 5321 §4.5.3.1.4 requires at least 512".into());
+        }
+        if self.limits.max_recipients == 0 {
+            bad("limits.max_recipients", "must be at least 1 (RFC 5321 §4.5.3.1.8 asks for 100)".into());
+        }
+        if self.limits.max_connections == 0 || self.limits.max_connections_per_ip == 0 {
+            bad("limits.max_connections", "must be at least 1".into());
+        }
+        if self.timeouts.command.is_zero() || self.timeouts.data.is_zero() {
+            bad("timeouts", "time-outs must be positive".into());
+        }
+        if problems.is_empty() { Ok(()) } else { Err(ConfigError { problems }) }
+    }
+
+    /// The ingress shard count for a machine with `cpus` cores.
+    pub fn ingress_cores(&self, cpus: usize) -> usize {
+        self.runtime.ingress_cores.unwrap_or_else(|| cpus.saturating_sub(self.runtime.delivery_cores).max(1))
+    }
+
+    pub fn spool_dir(&self) -> PathBuf {
+        self.data_dir.join("spool")
+    }
+
+    /// Every address to listen on, with its listener.
+    pub fn bind_addresses(&self) -> Vec<(SocketAddr, ListenerConfig)> {
+        self.listeners
+            .iter()
+            .flat_map(|l| l.bind.iter().map(move |ip| (SocketAddr::new(*ip, l.port), l.clone())))
+            .collect()
+    }
+
+    /// The session settings of one listener.
+    pub fn session_config(&self, listener: &ListenerConfig, tls_available: bool) -> SessionConfig {
+        SessionConfig {
+            hostname: self.hostname.clone(),
+            banner: self.banner.clone(),
+            max_message_size: self.limits.max_message_size,
+            enforce_size: self.limits.enforce_message_size,
+            max_recipients: self.limits.max_recipients,
+            max_line: self.limits.max_line_length,
+            max_errors: self.limits.max_errors,
+            bare_line_policy: self.limits.bare_newlines,
+            command_timeout: self.timeouts.command,
+            data_timeout: self.timeouts.data,
+            starttls: tls_available && listener.tls == ListenerTls::Starttls,
+            local_domains: self.local_domains.iter().map(|d| d.to_ascii_lowercase()).collect::<HashSet<_>>(),
+            hide_client_ip: false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_defaults() {
+        let c = Config::embedded();
+        assert_eq!(c.listeners, default_listeners());
+        assert_eq!(c.local_domains, ["example.test"]);
+        assert_eq!(c.limits.max_recipients, 100);
+        assert_eq!(c.spool.segment_size, 64 << 20);
+        assert!(c.spool.fsync);
+        assert_eq!(c.runtime.io, IoMode::Auto);
+        assert_eq!(c.ingress_cores(2), 1);
+        assert_eq!(c.ingress_cores(8), 7);
+    }
+
+    #[test]
+    fn full_file() {
+        let c = Config::parse(
+            r#"
+hostname = "mx1.example.net"
+local_domains = ["example.net", "Example.ORG"]
+[[listener]]
+port = 25
+[[listener]]
+port = 465
+bind = ["127.0.0.1"]
+tls = "implicit"
+[tls]
+certificate = "/etc/ringmx/cert.pem"
+private_key = "/etc/ringmx/key.pem"
+[runtime]
+io = "epoll"
+ingress_cores = 3
+[spool]
+segment_size = "16MiB"
+fsync = false
+[limits]
+max_message_size = "25M"
+bare_newlines = "allow"
+[timeouts]
+command = "5m"
+data = 120
+"#,
+            "test.toml",
+        )
+        .unwrap();
+        assert_eq!(c.bind_addresses().len(), 3);
+        assert_eq!(c.spool.segment_size, 16 << 20);
+        assert_eq!(c.limits.max_message_size, 25 << 20);
+        assert_eq!(c.timeouts.command, Duration::from_secs(300));
+        assert_eq!(c.timeouts.data, Duration::from_secs(120));
+        let s = c.session_config(&c.listeners[0], true);
+        assert!(s.starttls);
+        assert!(s.local_domains.contains("example.org"));
+        assert!(!c.session_config(&c.listeners[1], true).starttls);
+    }
+
+    #[test]
+    fn every_error_is_reported_with_key_and_line() {
+        let e =
+            Config::parse("hostname = \"bad name\"\n[limits]\nmax_line_length = 100\nmax_recipients = 0\n", "f.toml")
+                .unwrap_err();
+        assert_eq!(e.problems.len(), 3, "{e}");
+        assert!(e.problems[0].starts_with("f.toml:1: hostname:"), "{e}");
+        assert!(e.problems[1].starts_with("f.toml:3: limits.max_line_length:"), "{e}");
+        assert!(e.problems[2].starts_with("f.toml:4: limits.max_recipients:"), "{e}");
+        let e = Config::parse("[limits]\nmax_lines = 3\n", "f.toml").unwrap_err();
+        assert!(e.problems[0].starts_with("f.toml:2: unknown field `max_lines`"), "{e}");
+        let e = Config::parse("[spool]\nsegment_size = \"lots\"\n", "f.toml").unwrap_err();
+        assert!(e.problems[0].contains("bad size"), "{e}");
+    }
+
+    #[test]
+    fn units() {
+        assert_eq!(parse_size("512k"), Some(512 << 10));
+        assert_eq!(parse_size("10 MiB"), Some(10 << 20));
+        assert_eq!(parse_size("x"), None);
+        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_duration("1h"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("1d"), None);
+    }
+}

@@ -1,1 +1,170 @@
-fn main() {}
+//! The `ringmx` command: `serve` (the default), `check-config`, `queue`.
+
+use clap::{Parser, Subcommand};
+use ringmx::config::{Config, IoMode, ListenerConfig, ListenerTls};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser)]
+#[command(name = "ringmx", version, about = "SMTP mail gateway: inbound MX and relay")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Cmd>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the server (the default): SIGTERM drains and exits 0.
+    Serve(ServeArgs),
+    /// Validate a configuration file and print every problem found.
+    CheckConfig {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Inspect the queue (works with the server running or stopped).
+    Queue {
+        #[command(subcommand)]
+        cmd: QueueCmd,
+    },
+}
+
+#[derive(clap::Args, Default)]
+struct ServeArgs {
+    /// Configuration file (TOML); without it, embedded defaults.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Data directory (spool, mailboxes); overrides `data_dir`.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Listen on ADDR:PORT (repeatable); replaces the configured listeners.
+    #[arg(long)]
+    listen: Vec<SocketAddr>,
+    /// A domain to accept mail for (repeatable); replaces `local_domains`.
+    #[arg(long)]
+    local_domain: Vec<String>,
+    /// I/O driver: auto, uring or epoll.
+    #[arg(long)]
+    io: Option<IoMode>,
+    #[arg(long)]
+    ingress_cores: Option<usize>,
+    #[arg(long)]
+    delivery_cores: Option<usize>,
+}
+
+#[derive(clap::Args)]
+struct Where {
+    #[arg(long)]
+    config: Option<PathBuf>,
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum QueueCmd {
+    /// List queued messages.
+    List {
+        #[command(flatten)]
+        at: Where,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a queued message as spooled.
+    Show {
+        id: String,
+        #[command(flatten)]
+        at: Where,
+    },
+}
+
+fn load(config: Option<&PathBuf>) -> Result<Config, ExitCode> {
+    match config {
+        None => Ok(Config::embedded()),
+        Some(p) => Config::load(p).map_err(|e| {
+            for p in &e.problems {
+                eprintln!("ringmx: {p}");
+            }
+            ExitCode::from(2)
+        }),
+    }
+}
+
+fn spool_dir(at: &Where) -> Result<PathBuf, ExitCode> {
+    let mut cfg = load(at.config.as_ref())?;
+    if let Some(d) = &at.data_dir {
+        cfg.data_dir = d.clone();
+    }
+    Ok(cfg.spool_dir())
+}
+
+fn serve(args: ServeArgs) -> Result<(), ExitCode> {
+    let mut cfg = load(args.config.as_ref())?;
+    if let Some(d) = args.data_dir {
+        cfg.data_dir = d;
+    }
+    if !args.listen.is_empty() {
+        cfg.listeners = args
+            .listen
+            .iter()
+            .map(|a| ListenerConfig { port: a.port(), bind: vec![a.ip()], tls: ListenerTls::Starttls })
+            .collect();
+    }
+    if !args.local_domain.is_empty() {
+        cfg.local_domains = args.local_domain;
+    }
+    if let Some(io) = args.io {
+        cfg.runtime.io = io;
+    }
+    if args.ingress_cores.is_some() {
+        cfg.runtime.ingress_cores = args.ingress_cores;
+    }
+    if let Some(n) = args.delivery_cores {
+        cfg.runtime.delivery_cores = n;
+    }
+    if let Err(e) = cfg.validate("", "command line") {
+        for p in &e.problems {
+            eprintln!("ringmx: {p}");
+        }
+        return Err(ExitCode::from(2));
+    }
+    ringmx::rt::serve(&cfg).map(|_| ()).map_err(|e| {
+        log::error!("{e}");
+        ExitCode::from(1)
+    })
+}
+
+fn main() -> ExitCode {
+    ringmx::util::logger::init();
+    let cli = Cli::parse();
+    let r = match cli.command.unwrap_or(Cmd::Serve(ServeArgs::default())) {
+        Cmd::Serve(args) => serve(args),
+        Cmd::CheckConfig { config } => load(config.as_ref()).map(|c| {
+            println!("configuration ok: {} listener(s), {} local domain(s)", c.listeners.len(), c.local_domains.len());
+        }),
+        Cmd::Queue { cmd } => {
+            let mut out = std::io::stdout().lock();
+            let r = match cmd {
+                QueueCmd::List { at, json } => {
+                    spool_dir(&at).map(|d| ringmx::admin::queue_list(&d, json, &mut out).map(|_| ()))
+                }
+                QueueCmd::Show { id, at } => spool_dir(&at).map(|d| ringmx::admin::queue_show(&d, &id, &mut out)),
+            };
+            match r {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => {
+                    eprintln!("ringmx: {e}");
+                    Err(ExitCode::from(1))
+                }
+                Err(code) => Err(code),
+            }
+        }
+    };
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(code) => code,
+    }
+}

@@ -1,1 +1,257 @@
-//! I/O.
+//! The runtime: the only place that does I/O.
+//!
+//! # Layout
+//!
+//! - [`serve`] (here): recovery, binding, one thread per ingress shard, signals, drain.
+//! - `shard`: what a shard owns (listeners, spool log, connection slab, limits).
+//! - `conn`: a connection as the drivers see it: session + TLS + output queue.
+//! - `uring`: the io_uring driver (multishot accept/recv, provided buffers, batched
+//!   submission, linked write + fdatasync for group commit).
+//! - `epoll`: the fallback driver.
+//! - `listener`, `tls`: sockets and certificates.
+
+mod conn;
+mod epoll;
+pub mod listener;
+mod shard;
+pub mod tls;
+mod uring;
+
+pub use shard::{ConnLimits, ShardStats};
+
+use crate::config::{Config, IoMode, ListenerTls};
+use crate::spool::{IdGen, ShardLog, shard_dir};
+use shard::{Shard, ShardListener};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::io::Write;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Failures that stop the server from starting or running.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServeError {
+    #[error("spool: {0}")]
+    Spool(#[from] crate::spool::SpoolError),
+    #[error("binding {addr}: {source}")]
+    Bind { addr: std::net::SocketAddr, source: std::io::Error },
+    #[error("{0}")]
+    Tls(#[from] tls::TlsError),
+    #[error("io_uring is not available: {0} (use --io epoll)")]
+    UringUnavailable(std::io::Error),
+    #[error("starting shard thread: {0}")]
+    Thread(std::io::Error),
+    #[error("shard {shard} failed: {source}")]
+    Shard { shard: u8, source: std::io::Error },
+}
+
+/// Which driver runs the shards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Driver {
+    Uring,
+    Epoll,
+}
+
+/// Picks the driver: io_uring when asked or when `auto` and the kernel allows it.
+pub fn choose_driver(mode: IoMode) -> Result<Driver, ServeError> {
+    match mode {
+        IoMode::Epoll => Ok(Driver::Epoll),
+        IoMode::Uring => uring::probe().map(|_| Driver::Uring).map_err(ServeError::UringUnavailable),
+        IoMode::Auto => match uring::probe() {
+            Ok(()) => Ok(Driver::Uring),
+            Err(e) => {
+                log::warn!("io_uring unavailable ({e}); using epoll");
+                Ok(Driver::Epoll)
+            }
+        },
+    }
+}
+
+/// A running server: its shard threads and the flag that stops them.
+pub struct Server {
+    threads: Vec<std::thread::JoinHandle<Result<ShardStats, std::io::Error>>>,
+    shutdown: Arc<AtomicBool>,
+    /// The addresses actually bound (port 0 resolved).
+    pub local_addrs: Vec<std::net::SocketAddr>,
+    pub driver: Driver,
+    started: std::time::Instant,
+}
+
+impl Server {
+    /// Recovers the spool, binds every listener once per shard and starts the shards.
+    pub fn start(cfg: &Config) -> Result<Server, ServeError> {
+        let driver = choose_driver(cfg.runtime.io)?;
+        let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let shards = cfg.ingress_cores(cpus);
+        let spool = cfg.spool_dir();
+        let rec = crate::spool::recover(&spool)?;
+        for note in &rec.notes {
+            log::warn!("spool recovery: {note}");
+        }
+        log::info!(
+            "spool {}: {} queued message(s) recovered, {} finished",
+            spool.display(),
+            rec.messages.len(),
+            rec.finished
+        );
+        let tls = match (&cfg.tls.certificate, &cfg.tls.private_key) {
+            (Some(c), Some(k)) => Some(tls::server_config(c, k)?),
+            _ => None,
+        };
+        // Bind everything first, so that a bad address fails the start before any thread.
+        let mut per_shard: Vec<Vec<ShardListener>> = (0..shards).map(|_| Vec::new()).collect();
+        let mut local_addrs = Vec::new();
+        for (addr, l) in cfg.bind_addresses() {
+            let socks = listener::bind_shards(addr, shards).map_err(|source| ServeError::Bind { addr, source })?;
+            let actual = socks[0].local_addr().map_err(|source| ServeError::Bind { addr, source })?;
+            local_addrs.push(actual);
+            let session = Arc::new(cfg.session_config(&l, tls.is_some()));
+            for (i, socket) in socks.into_iter().enumerate() {
+                per_shard[i].push(ShardListener {
+                    socket,
+                    session: session.clone(),
+                    implicit_tls: l.tls == ListenerTls::Implicit,
+                });
+            }
+        }
+        let limits = Arc::new(ConnLimits::new(cfg.limits.max_connections, cfg.limits.max_connections_per_ip));
+        let shutdown = Arc::new(AtomicBool::new(false));
+        let mut threads = Vec::new();
+        for (i, listeners) in per_shard.into_iter().enumerate() {
+            let shard_id = i as u8;
+            let tail = rec.tails.get(&shard_id).copied();
+            let dir = shard_dir(&spool, shard_id);
+            let log = match tail {
+                Some(t) => ShardLog::open(&dir, shard_id, cfg.spool.segment_size, t.seq, Some(t.end))?,
+                None => ShardLog::open(&dir, shard_id, cfg.spool.segment_size, 1, None)?,
+            };
+            let max_id = rec.max_id;
+            let tls = tls.clone();
+            let limits = limits.clone();
+            let shutdown = shutdown.clone();
+            let fsync = cfg.spool.fsync;
+            let drain_timeout = cfg.timeouts.shutdown;
+            let pin = cfg.runtime.pin_cores.then_some(i % cpus);
+            let t = std::thread::Builder::new()
+                .name(format!("shard-{i}"))
+                .spawn(move || {
+                    if let Some(core) = pin {
+                        pin_to_core(core);
+                    }
+                    let shard = Shard {
+                        id: shard_id,
+                        listeners,
+                        log,
+                        ids: Rc::new(RefCell::new(IdGen::new(shard_id, max_id))),
+                        tls,
+                        limits,
+                        shutdown,
+                        fsync,
+                        drain_timeout,
+                        stats: ShardStats::default(),
+                    };
+                    match driver {
+                        Driver::Uring => uring::run(shard),
+                        Driver::Epoll => epoll::run(shard),
+                    }
+                })
+                .map_err(ServeError::Thread)?;
+            threads.push(t);
+        }
+        log::info!(
+            "{shards} ingress shard(s), {driver:?} driver, fsync {}",
+            if cfg.spool.fsync { "on" } else { "OFF" }
+        );
+        Ok(Server { threads, shutdown, local_addrs, driver, started: std::time::Instant::now() })
+    }
+
+    /// Asks every shard to drain and stop.
+    pub fn stop(&self) {
+        self.shutdown.store(true, Ordering::Relaxed);
+    }
+
+    /// Waits for the shards; returns their counters.
+    pub fn join(self) -> Result<Vec<ShardStats>, ServeError> {
+        let mut all = Vec::new();
+        for (i, t) in self.threads.into_iter().enumerate() {
+            match t.join() {
+                Ok(Ok(s)) => all.push(s),
+                Ok(Err(source)) => return Err(ServeError::Shard { shard: i as u8, source }),
+                Err(_) => {
+                    return Err(ServeError::Shard { shard: i as u8, source: std::io::Error::other("shard panicked") });
+                }
+            }
+        }
+        let _ = self.started;
+        Ok(all)
+    }
+}
+
+fn pin_to_core(core: usize) {
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(core, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+/// Runs the server until SIGTERM or SIGINT, then drains. Prints `listening on ADDR` per
+/// bound address on stdout once connections are accepted.
+pub fn serve(cfg: &Config) -> Result<Vec<ShardStats>, ServeError> {
+    // Signals are taken synchronously by this thread: block them before the shard
+    // threads start so that they inherit the mask.
+    let set = signal_set(&[libc::SIGTERM, libc::SIGINT, libc::SIGHUP]);
+    unsafe {
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+    }
+    let server = Server::start(cfg)?;
+    {
+        let mut out = std::io::stdout().lock();
+        for a in &server.local_addrs {
+            let _ = writeln!(out, "listening on {a}");
+        }
+        let _ = out.flush();
+    }
+    loop {
+        let mut sig = 0;
+        if unsafe { libc::sigwait(&set, &mut sig) } != 0 {
+            continue;
+        }
+        match sig {
+            libc::SIGHUP => log::info!("SIGHUP: nothing to reload yet (configuration is read at start)"),
+            _ => {
+                log::info!("signal {sig}: draining");
+                break;
+            }
+        }
+    }
+    server.stop();
+    let stats = server.join()?;
+    let mut by: HashMap<&str, u64> = HashMap::new();
+    for s in &stats {
+        *by.entry("connections").or_default() += s.connections;
+        *by.entry("messages").or_default() += s.messages;
+        *by.entry("refused").or_default() += s.refused_connections;
+    }
+    log::info!(
+        "stopped: {} connection(s), {} message(s) accepted, {} refused connection(s)",
+        by["connections"],
+        by["messages"],
+        by["refused"]
+    );
+    Ok(stats)
+}
+
+fn signal_set(sigs: &[i32]) -> libc::sigset_t {
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for &s in sigs {
+            libc::sigaddset(&mut set, s);
+        }
+        set
+    }
+}

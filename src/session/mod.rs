@@ -306,7 +306,8 @@ impl Session {
             Err(reply) => self.reply_error(reply),
         }
         buffer.clear();
-        if buffer.capacity() <= 4 * 1024 * 1024 {
+        // Keep a modest buffer for the next message; an idle connection should stay small.
+        if buffer.capacity() <= 64 * 1024 {
             self.body = buffer;
         }
         if self.phase == Phase::Spooling {
@@ -326,6 +327,11 @@ impl Session {
         self.pending.clear();
         self.phase = Phase::Command;
         self.deadline = now.mono + self.cfg.command_timeout;
+    }
+
+    /// Implicit TLS (RFC 8314): the handshake finished; only the Received header changes.
+    pub fn set_tls(&mut self, info: TlsInfo) {
+        self.tls = Some(info);
     }
 
     pub fn poll_timeout(&self) -> Option<Instant> {

@@ -28,10 +28,10 @@ fn append_sync_recover() {
     for i in 1..=10 {
         log.append(i, request(i, "hello"));
     }
-    let done = log.flush_sync();
+    let done = log.flush_sync(true);
     assert_eq!(done.len(), 10);
     assert!(done.iter().all(|c| c.result.is_ok()));
-    assert_eq!(log.stats().syncs, 1, "one batch, one fdatasync");
+    assert_eq!(log.stats().batches, 1, "one batch, one fdatasync");
     let r = recover(dir.path()).unwrap();
     assert_eq!(r.messages.len(), 10);
     assert_eq!(r.max_id, QueueId(10));
@@ -51,7 +51,7 @@ fn torn_tail_is_cut_and_overwritten() {
     for i in 1..=3 {
         log.append(i, request(i, "durable"));
     }
-    log.flush_sync();
+    log.flush_sync(true);
     let tail = recover(dir.path()).unwrap().tails[&0];
     drop(log);
     // Simulate a torn write of a fourth record: half of it reaches the file.
@@ -72,7 +72,7 @@ fn torn_tail_is_cut_and_overwritten() {
     // The writer resumes at the tail; new records replace the torn bytes.
     let mut log = reopen(dir.path(), 1 << 20);
     log.append(5, request(5, "after restart"));
-    assert!(log.flush_sync()[0].result.is_ok());
+    assert!(log.flush_sync(true)[0].result.is_ok());
     let r = recover(dir.path()).unwrap();
     let ids: Vec<u64> = r.messages.iter().map(|m| m.envelope.id.0).collect();
     assert_eq!(ids, [1, 2, 3, 5]);
@@ -86,10 +86,10 @@ fn rotation_across_segments() {
     for i in 1..=40 {
         log.append(i, request(i, &body));
         if i % 3 == 0 {
-            assert!(log.flush_sync().iter().all(|c| c.result.is_ok()));
+            assert!(log.flush_sync(true).iter().all(|c| c.result.is_ok()));
         }
     }
-    assert!(log.flush_sync().iter().all(|c| c.result.is_ok()));
+    assert!(log.flush_sync(true).iter().all(|c| c.result.is_ok()));
     assert!(log.stats().segments_created >= 4);
     let r = recover(dir.path()).unwrap();
     assert_eq!(r.messages.len(), 40);
@@ -97,7 +97,7 @@ fn rotation_across_segments() {
     // A message larger than a segment gets a segment of its own.
     let mut log = reopen(dir.path(), 8 * 1024);
     log.append(41, request(41, &"y".repeat(20_000)));
-    assert!(log.flush_sync()[0].result.is_ok());
+    assert!(log.flush_sync(true)[0].result.is_ok());
     assert_eq!(recover(dir.path()).unwrap().messages.len(), 41);
 }
 
@@ -132,7 +132,7 @@ fn marks_finish_messages() {
     let mut log = open_fresh(dir.path(), 1 << 20);
     log.append(1, request(1, "a"));
     log.append(2, request(2, "b"));
-    log.flush_sync();
+    log.flush_sync(true);
     let tail = recover(dir.path()).unwrap().tails[&0];
     let mut b = Vec::new();
     record::encode_mark(

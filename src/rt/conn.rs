@@ -1,0 +1,220 @@
+//! One connection as both drivers see it: the SMTP session, TLS when there is any, and
+//! the bytes waiting to go out. The drivers only move bytes between this and the socket.
+
+use crate::session::{Action, Session, SpoolRequest};
+use crate::spool::QueueId;
+use crate::util::time::Now;
+use crate::wire::Reply;
+use rustls::ServerConnection;
+use std::io::{Read, Write};
+use std::sync::Arc;
+
+/// What a connection asks of its shard after it handled input.
+pub enum Effect {
+    /// Make this message durable for connection `token`.
+    Spool(Box<SpoolRequest>),
+}
+
+pub struct Conn {
+    pub session: Session,
+    tls: Option<Box<ServerConnection>>,
+    /// Set for implicit TLS until the handshake completes: the session is told then.
+    tls_pending_info: bool,
+    /// Wire bytes (ciphertext under TLS) ready to be sent.
+    pub outq: Vec<u8>,
+    /// The session asked to close; close once `outq` is flushed.
+    pub closing: bool,
+    /// A message of this connection is with the spool.
+    pub spooling: bool,
+    pub peer_ip: std::net::IpAddr,
+}
+
+/// A TLS failure; the connection is closed after any alert in `outq` is sent.
+#[derive(Debug)]
+pub struct TlsFailure;
+
+impl Conn {
+    pub fn new(session: Session, peer_ip: std::net::IpAddr, implicit_tls: Option<Arc<rustls::ServerConfig>>) -> Self {
+        let mut c = Conn {
+            session,
+            tls: None,
+            tls_pending_info: false,
+            outq: Vec::new(),
+            closing: false,
+            spooling: false,
+            peer_ip,
+        };
+        if let Some(cfg) = implicit_tls {
+            match ServerConnection::new(cfg) {
+                Ok(t) => {
+                    c.tls = Some(Box::new(t));
+                    c.tls_pending_info = true;
+                }
+                Err(_) => c.closing = true,
+            }
+        }
+        c
+    }
+
+    /// Bytes arrived from the socket. `scratch` is a shard buffer for TLS plaintext.
+    pub fn on_bytes(
+        &mut self,
+        now: Now,
+        data: &[u8],
+        scratch: &mut [u8],
+        starttls: Option<&Arc<rustls::ServerConfig>>,
+        effects: &mut Vec<Effect>,
+    ) {
+        if self.closing {
+            return;
+        }
+        match self.tls.as_mut() {
+            None => self.session.handle_input(now, data),
+            Some(_) => {
+                if self.tls_input(now, data, scratch).is_err() {
+                    self.closing = true;
+                }
+            }
+        }
+        self.pump(now, starttls, effects);
+    }
+
+    fn tls_input(&mut self, now: Now, mut data: &[u8], scratch: &mut [u8]) -> Result<(), TlsFailure> {
+        while !data.is_empty() {
+            let tls = self.tls.as_mut().ok_or(TlsFailure)?;
+            tls.read_tls(&mut data).map_err(|_| TlsFailure)?;
+            let state = match tls.process_new_packets() {
+                Ok(s) => s,
+                Err(_) => {
+                    // Send the alert rustls prepared, then close.
+                    let _ = tls.write_tls(&mut self.outq);
+                    return Err(TlsFailure);
+                }
+            };
+            if self.tls_pending_info && !tls.is_handshaking() {
+                self.tls_pending_info = false;
+                let info = super::tls::describe(tls);
+                self.session.set_tls(info);
+            }
+            let mut plain = state.plaintext_bytes_to_read();
+            while plain > 0 {
+                let n = tls.reader().read(scratch).map_err(|_| TlsFailure)?;
+                if n == 0 {
+                    break;
+                }
+                plain -= n.min(plain);
+                self.session.handle_input(now, &scratch[..n]);
+                if self.session.is_closed() {
+                    return Ok(());
+                }
+            }
+            if state.peer_has_closed() {
+                self.closing = true;
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves session output to `outq` and turns session actions into effects.
+    pub fn pump(&mut self, now: Now, starttls: Option<&Arc<rustls::ServerConfig>>, effects: &mut Vec<Effect>) {
+        loop {
+            self.flush_session_output();
+            let Some(action) = self.session.poll_action() else { break };
+            match action {
+                Action::Spool(req) => {
+                    self.spooling = true;
+                    effects.push(Effect::Spool(req));
+                }
+                Action::StartTls => {
+                    // The 220 is already in `outq` in plaintext; what follows is TLS.
+                    match starttls.map(|cfg| ServerConnection::new(cfg.clone())) {
+                        Some(Ok(t)) => {
+                            self.tls = Some(Box::new(t));
+                            // The handshake happens on the next input; the session is told
+                            // when it completes.
+                            self.tls_pending_info = false;
+                            self.session_tls_restart(now);
+                        }
+                        _ => self.closing = true,
+                    }
+                }
+                Action::Close => self.closing = true,
+            }
+        }
+        // Handshake messages and alerts rustls wants to send.
+        if let Some(tls) = self.tls.as_mut() {
+            while tls.wants_write() {
+                if tls.write_tls(&mut self.outq).is_err() {
+                    break;
+                }
+            }
+        }
+    }
+
+    /// STARTTLS: the handshake is driven by later input; tell the session now, with the
+    /// parameters filled in once known, so that it starts over (RFC 3207 §4.2).
+    fn session_tls_restart(&mut self, now: Now) {
+        self.tls_pending_info = true;
+        self.session.tls_established(now, crate::session::TlsInfo { version: "TLS".into(), cipher: String::new() });
+    }
+
+    fn flush_session_output(&mut self) {
+        let out = self.session.output();
+        if out.is_empty() {
+            return;
+        }
+        match self.tls.as_mut() {
+            Some(tls) => {
+                let _ = tls.writer().write_all(out);
+                out.clear();
+                while tls.wants_write() {
+                    if tls.write_tls(&mut self.outq).is_err() {
+                        break;
+                    }
+                }
+            }
+            None if self.outq.is_empty() => std::mem::swap(&mut self.outq, out),
+            None => {
+                self.outq.extend_from_slice(out);
+                out.clear();
+            }
+        }
+    }
+
+    /// The spool answered for this connection's message.
+    pub fn spool_done(
+        &mut self,
+        now: Now,
+        result: Result<QueueId, Reply>,
+        data: Vec<u8>,
+        starttls: Option<&Arc<rustls::ServerConfig>>,
+        effects: &mut Vec<Effect>,
+    ) {
+        self.spooling = false;
+        self.session.spool_done(now, result, data);
+        self.pump(now, starttls, effects);
+    }
+
+    /// Time passed.
+    pub fn on_tick(&mut self, now: Now, starttls: Option<&Arc<rustls::ServerConfig>>, effects: &mut Vec<Effect>) {
+        if let Some(deadline) = self.session.poll_timeout()
+            && now.mono >= deadline
+        {
+            self.session.handle_timeout(now);
+            self.pump(now, starttls, effects);
+        }
+    }
+
+    /// Server shutdown: returns true when the connection can be closed now.
+    pub fn shutdown(&mut self, now: Now, effects: &mut Vec<Effect>) -> bool {
+        let done = self.session.shutdown();
+        self.pump(now, None, effects);
+        done
+    }
+
+    /// True when the connection should be closed once `outq` is empty.
+    pub fn wants_close(&self) -> bool {
+        self.closing && !self.spooling
+    }
+}

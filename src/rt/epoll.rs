@@ -1,0 +1,250 @@
+//! The epoll driver: the fallback where io_uring is not available (seccomp, containers,
+//! `kernel.io_uring_disabled`).
+//!
+//! Level-triggered epoll on non-blocking sockets; the spool batch of a loop turn is written
+//! and synced with plain syscalls at the end of the turn, which is the group commit of this
+//! driver (the loop waits for the sync).
+
+use super::conn::Effect;
+use super::listener;
+use super::shard::{Shard, ShardStats, Slab, TOO_MANY_CONNECTIONS};
+use crate::util::time::Now;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+/// Event data of listener `i`; connections use their slab token, which never has this bit.
+const LISTENER_TAG: u64 = 1 << 63;
+const TICK: Duration = Duration::from_millis(100);
+
+#[derive(Default)]
+struct EpollIo {
+    /// EPOLLOUT is in the interest set.
+    want_write: bool,
+}
+
+struct Driver {
+    ep: OwnedFd,
+    conns: Slab<EpollIo>,
+    effects: Vec<Effect>,
+    scratch: Vec<u8>,
+}
+
+fn ctl(ep: i32, op: i32, fd: i32, events: u32, data: u64) -> io::Result<()> {
+    let mut ev = libc::epoll_event { events, u64: data };
+    if unsafe { libc::epoll_ctl(ep, op, fd, &mut ev) } < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+}
+
+/// Runs a shard until shutdown is requested and drained.
+pub fn run(mut shard: Shard) -> io::Result<ShardStats> {
+    let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+    if ep < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut d = Driver {
+        ep: unsafe { OwnedFd::from_raw_fd(ep) },
+        conns: Slab::new(),
+        effects: Vec::new(),
+        scratch: vec![0u8; 16 * 1024],
+    };
+    for (i, l) in shard.listeners.iter().enumerate() {
+        ctl(ep, libc::EPOLL_CTL_ADD, l.socket.as_raw_fd(), libc::EPOLLIN as u32, LISTENER_TAG | i as u64)?;
+    }
+    let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 256];
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut last_tick = Instant::now();
+    let mut drain_deadline: Option<Instant> = None;
+    loop {
+        let n = unsafe { libc::epoll_wait(ep, events.as_mut_ptr(), events.len() as i32, TICK.as_millis() as i32) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        let now = Now::system();
+        for ev in &events[..n as usize] {
+            let (data, flags) = (ev.u64, ev.events);
+            if data & LISTENER_TAG != 0 {
+                d.accept_all(&mut shard, (data & !LISTENER_TAG) as usize, now);
+                continue;
+            }
+            if flags & (libc::EPOLLIN | libc::EPOLLHUP | libc::EPOLLERR) as u32 != 0 {
+                d.read(&mut shard, data, now, &mut buf);
+            }
+            d.service(&mut shard, data);
+        }
+        d.flush_spool(&mut shard, now);
+        if now.mono.duration_since(last_tick) >= TICK {
+            last_tick = now.mono;
+            for t in d.conns.tokens() {
+                if let Some(s) = d.conns.get_mut(t) {
+                    s.conn.on_tick(now, shard.tls.as_ref(), &mut d.effects);
+                    shard.apply(t, &mut d.effects);
+                }
+                d.service(&mut shard, t);
+            }
+        }
+        if shard.stopping() {
+            let deadline = *drain_deadline.get_or_insert_with(|| {
+                // Stop accepting, tell idle sessions, wait for those with a message in the
+                // spool.
+                for l in &shard.listeners {
+                    let _ = ctl(ep, libc::EPOLL_CTL_DEL, l.socket.as_raw_fd(), 0, 0);
+                }
+                now.mono + shard.drain_timeout
+            });
+            for t in d.conns.tokens() {
+                if let Some(s) = d.conns.get_mut(t) {
+                    s.conn.shutdown(now, &mut d.effects);
+                }
+                d.service(&mut shard, t);
+            }
+            if d.conns.is_empty() || now.mono >= deadline {
+                break;
+            }
+        }
+    }
+    shard.listeners.clear();
+    Ok(shard.stats)
+}
+
+impl Driver {
+    fn accept_all(&mut self, shard: &mut Shard, l: usize, now: Now) {
+        let lfd = shard.listeners[l].socket.as_raw_fd();
+        loop {
+            let (fd, peer) = match listener::accept(lfd) {
+                Ok(x) => x,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // EMFILE and friends: leave the rest in the backlog for now.
+                    log::warn!("shard {}: accept: {e}", shard.id);
+                    return;
+                }
+            };
+            if shard.stopping() {
+                continue;
+            }
+            if !shard.limits.try_acquire(peer.ip()) {
+                shard.stats.refused_connections += 1;
+                listener::send_and_forget(fd.as_raw_fd(), TOO_MANY_CONNECTIONS);
+                continue;
+            }
+            shard.stats.connections += 1;
+            let conn = shard.new_conn(l, peer, now);
+            let raw = fd.as_raw_fd();
+            let token = self.conns.insert(conn, fd, EpollIo::default());
+            if ctl(self.ep.as_raw_fd(), libc::EPOLL_CTL_ADD, raw, (libc::EPOLLIN | libc::EPOLLRDHUP) as u32, token)
+                .is_err()
+            {
+                self.close(shard, token);
+                continue;
+            }
+            if let Some(s) = self.conns.get_mut(token) {
+                s.conn.pump(now, shard.tls.as_ref(), &mut self.effects);
+            }
+            self.service(shard, token);
+        }
+    }
+
+    fn read(&mut self, shard: &mut Shard, token: u64, now: Now, buf: &mut [u8]) {
+        let Some(s) = self.conns.get_mut(token) else { return };
+        // A few reads per event keep one busy client from starving the rest.
+        for _ in 0..4 {
+            let r = unsafe { libc::recv(s.fd.as_raw_fd(), buf.as_mut_ptr() as *mut _, buf.len(), 0) };
+            if r > 0 {
+                s.conn.on_bytes(now, &buf[..r as usize], &mut self.scratch, shard.tls.as_ref(), &mut self.effects);
+                shard.apply(token, &mut self.effects);
+                if (r as usize) < buf.len() {
+                    return;
+                }
+            } else if r == 0 {
+                // The peer closed (or half-closed after QUIT). A message already with the
+                // spool still completes; pending replies are still tried.
+                s.conn.closing = true;
+                return;
+            } else {
+                let e = io::Error::last_os_error();
+                match e.kind() {
+                    io::ErrorKind::WouldBlock => return,
+                    io::ErrorKind::Interrupted => continue,
+                    _ => {
+                        s.conn.closing = true;
+                        s.conn.outq.clear();
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends what is queued, adjusts the interest set, closes when done.
+    fn service(&mut self, shard: &mut Shard, token: u64) {
+        let ep = self.ep.as_raw_fd();
+        let Some(s) = self.conns.get_mut(token) else { return };
+        let fd = s.fd.as_raw_fd();
+        let mut failed = false;
+        while !s.conn.outq.is_empty() {
+            let r = unsafe { libc::send(fd, s.conn.outq.as_ptr() as *const _, s.conn.outq.len(), libc::MSG_NOSIGNAL) };
+            if r >= 0 {
+                s.conn.outq.drain(..r as usize);
+            } else {
+                let e = io::Error::last_os_error();
+                match e.kind() {
+                    io::ErrorKind::WouldBlock => break,
+                    io::ErrorKind::Interrupted => continue,
+                    _ => {
+                        failed = true;
+                        break;
+                    }
+                }
+            }
+        }
+        if failed || (s.conn.wants_close() && s.conn.outq.is_empty()) {
+            self.close(shard, token);
+            return;
+        }
+        let want = !s.conn.outq.is_empty();
+        if want != s.io.want_write {
+            s.io.want_write = want;
+            let mut ev = (libc::EPOLLIN | libc::EPOLLRDHUP) as u32;
+            if want {
+                ev |= libc::EPOLLOUT as u32;
+            }
+            let _ = ctl(ep, libc::EPOLL_CTL_MOD, fd, ev, token);
+        }
+    }
+
+    fn close(&mut self, shard: &mut Shard, token: u64) {
+        if let Some(s) = self.conns.remove(token) {
+            shard.stats.messages += s.conn.session.messages_accepted();
+            shard.limits.release(s.conn.peer_ip);
+            // Dropping the descriptor closes it and removes it from the epoll set.
+            drop(s.fd);
+        }
+    }
+
+    /// Group commit: one write and one fdatasync for everything the turn produced.
+    fn flush_spool(&mut self, shard: &mut Shard, now: Now) {
+        // Completions can release pipelined transactions that finish more messages.
+        for _ in 0..8 {
+            if !shard.log.wants_batch() {
+                return;
+            }
+            let done = shard.log.flush_sync(shard.fsync);
+            for c in done {
+                if let Some(s) = self.conns.get_mut(c.token) {
+                    let result = c.result.map_err(|e| {
+                        log::error!("shard {}: spool: {e}", shard.id);
+                        e.smtp_reply()
+                    });
+                    s.conn.spool_done(now, result, c.data, shard.tls.as_ref(), &mut self.effects);
+                    shard.apply(c.token, &mut self.effects);
+                }
+                self.service(shard, c.token);
+            }
+        }
+    }
+}

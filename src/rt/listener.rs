@@ -1,0 +1,69 @@
+//! Listening sockets: one per shard per address, joined with SO_REUSEPORT so that the
+//! kernel spreads connections over the shards.
+
+use std::io;
+use std::net::{SocketAddr, TcpListener};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+/// Listen backlog: deep enough for a connection-per-message load.
+const BACKLOG: i32 = 4096;
+
+/// Binds `addr` with SO_REUSEPORT (and TCP_NODELAY, which accepted sockets inherit).
+/// For an IPv6 address, IPV6_V6ONLY is set so that `::` and `0.0.0.0` can both be bound.
+pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let domain = if addr.is_ipv6() { Domain::IPV6 } else { Domain::IPV4 };
+    let s = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?;
+    s.set_tcp_nodelay(true)?;
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    s.listen(BACKLOG)?;
+    Ok(s.into())
+}
+
+/// Binds `addr` once per shard. With port 0 the first socket picks the port and the
+/// others join it.
+pub fn bind_shards(addr: SocketAddr, shards: usize) -> io::Result<Vec<TcpListener>> {
+    let first = bind(addr)?;
+    let actual = first.local_addr()?;
+    let mut v = vec![first];
+    for _ in 1..shards {
+        v.push(bind(actual)?);
+    }
+    Ok(v)
+}
+
+/// Accepts one pending connection, non-blocking and close-on-exec.
+pub fn accept(listener_fd: i32) -> io::Result<(OwnedFd, SocketAddr)> {
+    let fd = unsafe {
+        libc::accept4(listener_fd, std::ptr::null_mut(), std::ptr::null_mut(), libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC)
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    let peer = peer_addr(owned.as_raw_fd())?;
+    Ok((owned, peer))
+}
+
+/// The peer address of a connected socket.
+pub fn peer_addr(fd: i32) -> io::Result<SocketAddr> {
+    let s = unsafe { Socket::from_raw_fd(fd) };
+    let r = s.peer_addr();
+    let _ = s.into_raw_fd();
+    r?.as_socket().ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "not an IP socket"))
+}
+
+/// Best-effort, non-blocking write of a short reply on a socket we are about to close
+/// (connection limits).
+pub fn send_and_forget(fd: i32, bytes: &[u8]) {
+    unsafe {
+        libc::send(fd, bytes.as_ptr() as *const _, bytes.len(), libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT);
+    }
+}

@@ -1,0 +1,211 @@
+//! What every ingress shard has, whichever I/O driver runs it: its listeners, its spool
+//! log, its connections, and the shared connection limits.
+
+use super::conn::{Conn, Effect};
+use crate::session::{Session, SessionConfig};
+use crate::spool::{IdGen, ShardLog};
+use crate::util::time::Now;
+use std::cell::RefCell;
+use std::net::{IpAddr, SocketAddr, TcpListener};
+use std::os::fd::OwnedFd;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+
+/// A listening socket of this shard and what its connections get.
+pub struct ShardListener {
+    pub socket: TcpListener,
+    pub session: Arc<SessionConfig>,
+    pub implicit_tls: bool,
+}
+
+/// Connection counts shared by all shards, without locks: a total and a table of per-address
+/// counters indexed by a hash of the address (a collision only makes the limit stricter).
+pub struct ConnLimits {
+    total: AtomicUsize,
+    per_ip: Box<[AtomicU32]>,
+    pub max_total: usize,
+    pub max_per_ip: usize,
+}
+
+const IP_SLOTS: usize = 4096;
+
+impl ConnLimits {
+    pub fn new(max_total: usize, max_per_ip: usize) -> Self {
+        ConnLimits {
+            total: AtomicUsize::new(0),
+            per_ip: (0..IP_SLOTS).map(|_| AtomicU32::new(0)).collect(),
+            max_total,
+            max_per_ip,
+        }
+    }
+
+    fn slot(&self, ip: IpAddr) -> &AtomicU32 {
+        let h = match ip {
+            IpAddr::V4(a) => u32::from(a).wrapping_mul(0x9e37_79b9) as usize,
+            // IPv6 clients are counted per /64, the unit an end site gets.
+            IpAddr::V6(a) => {
+                let b = a.octets();
+                (u64::from_be_bytes(b[..8].try_into().unwrap()).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) as usize
+            }
+        };
+        &self.per_ip[h % IP_SLOTS]
+    }
+
+    /// Counts a new connection; false (and nothing counted) when a limit is reached.
+    pub fn try_acquire(&self, ip: IpAddr) -> bool {
+        if self.total.fetch_add(1, Ordering::Relaxed) >= self.max_total {
+            self.total.fetch_sub(1, Ordering::Relaxed);
+            return false;
+        }
+        let s = self.slot(ip);
+        if s.fetch_add(1, Ordering::Relaxed) as usize >= self.max_per_ip {
+            s.fetch_sub(1, Ordering::Relaxed);
+            self.total.fetch_sub(1, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    pub fn release(&self, ip: IpAddr) {
+        self.slot(ip).fetch_sub(1, Ordering::Relaxed);
+        self.total.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    pub fn current(&self) -> usize {
+        self.total.load(Ordering::Relaxed)
+    }
+}
+
+/// The reply to a connection over a limit (SPEC §2).
+pub const TOO_MANY_CONNECTIONS: &[u8] = b"421 4.7.0 Error: too many connections, try again later\r\n";
+
+/// Everything a shard thread owns.
+pub struct Shard {
+    pub id: u8,
+    pub listeners: Vec<ShardListener>,
+    pub log: ShardLog,
+    pub ids: Rc<RefCell<IdGen>>,
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    pub limits: Arc<ConnLimits>,
+    pub shutdown: Arc<AtomicBool>,
+    /// When false, records are written but not synced before 250 (operator's choice).
+    pub fsync: bool,
+    pub drain_timeout: std::time::Duration,
+    pub stats: ShardStats,
+}
+
+/// Counters a shard reports at exit.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ShardStats {
+    pub connections: u64,
+    pub refused_connections: u64,
+    pub messages: u64,
+}
+
+/// A connection slot: the connection, its socket and the driver's own state.
+pub struct Slot<D> {
+    pub conn: Conn,
+    pub fd: OwnedFd,
+    pub generation: u32,
+    pub io: D,
+}
+
+/// Connections by index, with a generation so that a late completion for a closed
+/// connection is recognised: a token is `generation << 32 | index`, generation 24 bits.
+pub struct Slab<D> {
+    slots: Vec<Option<Slot<D>>>,
+    free: Vec<u32>,
+    next_generation: u32,
+    len: usize,
+}
+
+impl<D> Slab<D> {
+    pub fn new() -> Self {
+        Slab { slots: Vec::new(), free: Vec::new(), next_generation: 1, len: 0 }
+    }
+
+    pub fn insert(&mut self, conn: Conn, fd: OwnedFd, io: D) -> u64 {
+        let generation = self.next_generation;
+        // 24 bits, so that a token fits below the io_uring driver's operation byte.
+        self.next_generation = (self.next_generation + 1) & 0xff_ffff;
+        if self.next_generation == 0 {
+            self.next_generation = 1;
+        }
+        let idx = match self.free.pop() {
+            Some(i) => i,
+            None => {
+                self.slots.push(None);
+                (self.slots.len() - 1) as u32
+            }
+        };
+        self.slots[idx as usize] = Some(Slot { conn, fd, generation, io });
+        self.len += 1;
+        (generation as u64) << 32 | idx as u64
+    }
+
+    pub fn get_mut(&mut self, token: u64) -> Option<&mut Slot<D>> {
+        let idx = (token & 0xffff_ffff) as usize;
+        let generation = (token >> 32) as u32;
+        self.slots.get_mut(idx)?.as_mut().filter(|s| s.generation == generation)
+    }
+
+    pub fn remove(&mut self, token: u64) -> Option<Slot<D>> {
+        let idx = (token & 0xffff_ffff) as usize;
+        let generation = (token >> 32) as u32;
+        let slot = self.slots.get_mut(idx)?;
+        if slot.as_ref().is_some_and(|s| s.generation == generation) {
+            self.free.push(idx as u32);
+            self.len -= 1;
+            slot.take()
+        } else {
+            None
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Tokens of every live connection.
+    pub fn tokens(&self) -> Vec<u64> {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| s.as_ref().map(|s| (s.generation as u64) << 32 | i as u64))
+            .collect()
+    }
+}
+
+impl<D> Default for Slab<D> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Shard {
+    /// A new connection on listener `l`: its session, greeting included.
+    pub fn new_conn(&self, l: usize, peer: SocketAddr, now: Now) -> Conn {
+        let lst = &self.listeners[l];
+        let session = Session::new(lst.session.clone(), self.ids.clone(), peer, None, now);
+        let implicit = if lst.implicit_tls { self.tls.clone() } else { None };
+        Conn::new(session, peer.ip(), implicit)
+    }
+
+    /// Queues the effects of connection `token` (spool requests).
+    pub fn apply(&mut self, token: u64, effects: &mut Vec<Effect>) {
+        for e in effects.drain(..) {
+            match e {
+                Effect::Spool(req) => self.log.append(token, *req),
+            }
+        }
+    }
+
+    pub fn stopping(&self) -> bool {
+        self.shutdown.load(Ordering::Relaxed)
+    }
+}

@@ -1,0 +1,522 @@
+//! The io_uring driver.
+//!
+//! One ring per shard, set up with SINGLE_ISSUER, DEFER_TASKRUN and COOP_TASKRUN: the shard
+//! thread is the only submitter and completions are processed only when it enters the
+//! kernel, once per loop turn. Per turn:
+//!
+//! 1. one `io_uring_enter` submits everything queued and waits for at least one completion
+//!    (or the 100 ms tick);
+//! 2. completions are handled in order: multishot accept, multishot recv into the shard's
+//!    provided-buffer ring (the buffer goes back as soon as the session has taken the
+//!    bytes), send completions, the spool's write and sync;
+//! 3. connections that have output get one send each (one in flight per connection, from a
+//!    buffer nobody touches until it completes);
+//! 4. if the spool has records and no batch is in flight, a linked `WRITEV` + `FSYNC`
+//!    (datasync) pair is queued: the group commit. Its completion releases every waiting
+//!    250 at once.
+//!
+//! Closing follows ARCHITECTURE.md's pitfalls: the multishot recv is cancelled and the
+//! descriptor closed only after both the recv and the cancel have completed and no send is
+//! in flight, so that a reused descriptor number never receives a late operation.
+
+use super::conn::Effect;
+use super::listener;
+use super::shard::{Shard, ShardStats, Slab, TOO_MANY_CONNECTIONS};
+use crate::util::time::Now;
+use io_uring::types::{BufRingEntry, Fd, FsyncFlags, SubmitArgs, Timespec};
+use io_uring::{IoUring, cqueue, opcode, squeue};
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::{Duration, Instant};
+
+const RING_ENTRIES: u32 = 1024;
+const BUF_SIZE: usize = 16 * 1024;
+const BUF_COUNT: u16 = 512;
+const BGID: u16 = 0;
+const TICK: Duration = Duration::from_millis(100);
+
+// user_data: operation kind in the top byte, token (or listener index) below.
+const K_ACCEPT: u64 = 1 << 56;
+const K_RECV: u64 = 2 << 56;
+const K_SEND: u64 = 3 << 56;
+const K_CANCEL: u64 = 4 << 56;
+const K_SPOOL_WRITE: u64 = 5 << 56;
+const K_SPOOL_SYNC: u64 = 6 << 56;
+const K_CANCEL_ACCEPT: u64 = 7 << 56;
+const KIND_MASK: u64 = 0xff << 56;
+
+fn build_ring() -> io::Result<IoUring> {
+    IoUring::builder()
+        .setup_single_issuer()
+        .setup_defer_taskrun()
+        .setup_coop_taskrun()
+        .setup_submit_all()
+        .build(RING_ENTRIES)
+        .or_else(|_| IoUring::builder().setup_coop_taskrun().build(RING_ENTRIES))
+}
+
+/// Checks that io_uring works here: a ring with the flags we use and a provided-buffer ring.
+pub fn probe() -> io::Result<()> {
+    let ring = build_ring()?;
+    let bufs = BufRing::new(&ring, 8, 64)?;
+    ring.submitter().unregister_buf_ring(BGID)?;
+    drop(ring);
+    drop(bufs);
+    Ok(())
+}
+
+/// The provided-buffer ring (IORING_REGISTER_PBUF_RING) and the buffers behind it.
+struct BufRing {
+    entries: *mut BufRingEntry,
+    entries_len: usize,
+    count: u16,
+    size: usize,
+    mem: Vec<u8>,
+    tail: u16,
+}
+
+impl BufRing {
+    fn new(ring: &IoUring, count: u16, size: usize) -> io::Result<Self> {
+        debug_assert!(count.is_power_of_two());
+        let entries_len = count as usize * std::mem::size_of::<BufRingEntry>();
+        // Page-aligned, as the kernel requires.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                entries_len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let mut b = BufRing {
+            entries: ptr as *mut BufRingEntry,
+            entries_len,
+            count,
+            size,
+            mem: vec![0u8; count as usize * size],
+            tail: 0,
+        };
+        unsafe { ring.submitter().register_buf_ring_with_flags(ptr as u64, count, BGID, 0)? };
+        for bid in 0..count {
+            b.push(bid);
+        }
+        b.publish();
+        Ok(b)
+    }
+
+    fn slice(&self, bid: u16, len: usize) -> &[u8] {
+        let start = bid as usize * self.size;
+        &self.mem[start..start + len.min(self.size)]
+    }
+
+    /// Gives buffer `bid` back to the kernel (visible after [`BufRing::publish`]).
+    fn push(&mut self, bid: u16) {
+        let idx = (self.tail & (self.count - 1)) as usize;
+        let e = unsafe { &mut *self.entries.add(idx) };
+        e.set_addr(self.mem.as_ptr() as u64 + (bid as usize * self.size) as u64);
+        e.set_len(self.size as u32);
+        e.set_bid(bid);
+        self.tail = self.tail.wrapping_add(1);
+    }
+
+    /// Publishes the tail with a release store, so the kernel sees the entries first.
+    fn publish(&self) {
+        unsafe {
+            let tail = BufRingEntry::tail(self.entries) as *mut u16;
+            AtomicU16::from_ptr(tail).store(self.tail, Ordering::Release);
+        }
+    }
+}
+
+impl Drop for BufRing {
+    fn drop(&mut self) {
+        unsafe { libc::munmap(self.entries as *mut _, self.entries_len) };
+    }
+}
+
+/// Per-connection state of this driver.
+#[derive(Default)]
+struct UringIo {
+    recv_armed: bool,
+    /// The multishot recv stopped for want of buffers: arm it again after this turn.
+    recv_rearm: bool,
+    send_inflight: bool,
+    /// The buffer being sent; untouched while `send_inflight`.
+    sending: Vec<u8>,
+    send_off: usize,
+    cancel_sent: bool,
+    cancel_inflight: bool,
+}
+
+struct Driver {
+    ring: IoUring,
+    conns: Slab<UringIo>,
+    effects: Vec<Effect>,
+    scratch: Vec<u8>,
+    /// Tokens to look at after this turn's completions (send, close, re-arm).
+    touched: Vec<u64>,
+    accept_armed: Vec<bool>,
+    /// The spool write's result, kept until its linked sync completes.
+    spool_write: Option<i32>,
+    spool_inflight: bool,
+}
+
+/// Runs a shard until shutdown is requested and drained.
+pub fn run(mut shard: Shard) -> io::Result<ShardStats> {
+    let ring = build_ring()?;
+    let mut bufs = BufRing::new(&ring, BUF_COUNT, BUF_SIZE)?;
+    let mut d = Driver {
+        ring,
+        conns: Slab::new(),
+        effects: Vec::new(),
+        scratch: vec![0u8; 16 * 1024],
+        touched: Vec::new(),
+        accept_armed: vec![false; shard.listeners.len()],
+        spool_write: None,
+        spool_inflight: false,
+    };
+    for l in 0..shard.listeners.len() {
+        d.arm_accept(&shard, l);
+    }
+    let mut cqes: Vec<(u64, i32, u32)> = Vec::with_capacity(RING_ENTRIES as usize);
+    let mut last_tick = Instant::now();
+    let mut drain_deadline: Option<Instant> = None;
+    let ts = Timespec::new().nsec(TICK.as_nanos() as u32);
+    loop {
+        let args = SubmitArgs::new().timespec(&ts);
+        match d.ring.submitter().submit_with_args(1, &args) {
+            Ok(_) => {}
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ETIME) | Some(libc::EINTR) | Some(libc::EBUSY)) => {}
+            Err(e) => return Err(e),
+        }
+        let now = Now::system();
+        cqes.clear();
+        cqes.extend(d.ring.completion().map(|c| (c.user_data(), c.result(), c.flags())));
+        for &(ud, res, flags) in &cqes {
+            let token = ud & !KIND_MASK;
+            match ud & KIND_MASK {
+                K_ACCEPT => d.on_accept(&mut shard, token as usize, res, flags, now),
+                K_RECV => d.on_recv(&mut shard, &mut bufs, token, res, flags, now),
+                K_SEND => d.on_send(token, res),
+                K_CANCEL => {
+                    if let Some(s) = d.conns.get_mut(token) {
+                        s.io.cancel_inflight = false;
+                    }
+                    d.touched.push(token);
+                }
+                K_SPOOL_WRITE => d.on_spool_write(&mut shard, res, now),
+                K_SPOOL_SYNC => d.on_spool_sync(&mut shard, res, now),
+                K_CANCEL_ACCEPT => {}
+                _ => {}
+            }
+        }
+        bufs.publish();
+        if now.mono.duration_since(last_tick) >= TICK {
+            last_tick = now.mono;
+            for t in d.conns.tokens() {
+                if let Some(s) = d.conns.get_mut(t) {
+                    s.conn.on_tick(now, shard.tls.as_ref(), &mut d.effects);
+                    shard.apply(t, &mut d.effects);
+                }
+                d.touched.push(t);
+            }
+            for l in 0..shard.listeners.len() {
+                if !d.accept_armed[l] && !shard.stopping() {
+                    d.arm_accept(&shard, l);
+                }
+            }
+        }
+        if shard.stopping() {
+            let deadline = *drain_deadline.get_or_insert_with(|| {
+                for l in 0..shard.listeners.len() {
+                    if d.accept_armed[l] {
+                        let e = opcode::AsyncCancel::new(K_ACCEPT | l as u64).build().user_data(K_CANCEL_ACCEPT);
+                        d.push(e);
+                    }
+                }
+                now.mono + shard.drain_timeout
+            });
+            for t in d.conns.tokens() {
+                if let Some(s) = d.conns.get_mut(t) {
+                    s.conn.shutdown(now, &mut d.effects);
+                }
+                d.touched.push(t);
+            }
+            if d.conns.is_empty() && !d.spool_inflight {
+                break;
+            }
+            if now.mono >= deadline {
+                log::warn!("shard {}: drain time-out with {} connection(s) open", shard.id, d.conns.len());
+                break;
+            }
+        }
+        d.start_spool_batch(&mut shard);
+        let touched = std::mem::take(&mut d.touched);
+        for t in &touched {
+            d.service(&mut shard, *t);
+        }
+        d.touched = touched;
+        d.touched.clear();
+    }
+    let _ = d.ring.submitter().unregister_buf_ring(BGID);
+    let stats = shard.stats;
+    drop(d);
+    drop(bufs);
+    Ok(stats)
+}
+
+impl Driver {
+    /// Queues an SQE, flushing the submission queue to the kernel if it is full.
+    fn push(&mut self, e: squeue::Entry) {
+        loop {
+            if unsafe { self.ring.submission().push(&e) }.is_ok() {
+                return;
+            }
+            let _ = self.ring.submit();
+        }
+    }
+
+    fn arm_accept(&mut self, shard: &Shard, l: usize) {
+        let fd = shard.listeners[l].socket.as_raw_fd();
+        let e = opcode::AcceptMulti::new(Fd(fd)).flags(libc::SOCK_CLOEXEC).build().user_data(K_ACCEPT | l as u64);
+        self.push(e);
+        self.accept_armed[l] = true;
+    }
+
+    fn arm_recv(&mut self, token: u64, fd: i32) {
+        let e = opcode::RecvMulti::new(Fd(fd), BGID).build().user_data(K_RECV | token);
+        self.push(e);
+    }
+
+    fn on_accept(&mut self, shard: &mut Shard, l: usize, res: i32, flags: u32, now: Now) {
+        if !cqueue::more(flags) {
+            self.accept_armed[l] = false;
+            // Re-armed at once, unless stopping or the kernel refuses (then at the next tick).
+            if !shard.stopping() && res != -libc::ECANCELED && res != -libc::EMFILE && res != -libc::ENFILE {
+                self.arm_accept(shard, l);
+            }
+        }
+        if res < 0 {
+            if res != -libc::ECANCELED {
+                log::warn!("shard {}: accept: {}", shard.id, io::Error::from_raw_os_error(-res));
+            }
+            return;
+        }
+        let fd = unsafe { OwnedFd::from_raw_fd(res) };
+        if shard.stopping() {
+            return;
+        }
+        let Ok(peer) = listener::peer_addr(fd.as_raw_fd()) else { return };
+        if !shard.limits.try_acquire(peer.ip()) {
+            shard.stats.refused_connections += 1;
+            listener::send_and_forget(fd.as_raw_fd(), TOO_MANY_CONNECTIONS);
+            return;
+        }
+        shard.stats.connections += 1;
+        let conn = shard.new_conn(l, peer, now);
+        let raw = fd.as_raw_fd();
+        let token = self.conns.insert(conn, fd, UringIo::default());
+        if let Some(s) = self.conns.get_mut(token) {
+            s.io.recv_armed = true;
+            s.conn.pump(now, shard.tls.as_ref(), &mut self.effects);
+        }
+        self.arm_recv(token, raw);
+        self.touched.push(token);
+    }
+
+    fn on_recv(&mut self, shard: &mut Shard, bufs: &mut BufRing, token: u64, res: i32, flags: u32, now: Now) {
+        let bid = cqueue::buffer_select(flags);
+        let more = cqueue::more(flags);
+        let Some(s) = self.conns.get_mut(token) else {
+            if let Some(b) = bid {
+                bufs.push(b);
+            }
+            return;
+        };
+        if !more {
+            s.io.recv_armed = false;
+        }
+        if res > 0 {
+            if let Some(b) = bid {
+                let data = bufs.slice(b, res as usize);
+                s.conn.on_bytes(now, data, &mut self.scratch, shard.tls.as_ref(), &mut self.effects);
+                bufs.push(b);
+                shard.apply(token, &mut self.effects);
+            }
+            if !more && !s.conn.closing {
+                s.io.recv_rearm = true;
+            }
+        } else if res == 0 {
+            // EOF: the peer closed (maybe half-closed after QUIT).
+            if let Some(b) = bid {
+                bufs.push(b);
+            }
+            s.conn.closing = true;
+        } else if res == -libc::ENOBUFS {
+            // Every buffer is in use; they come back this turn.
+            if !s.conn.closing {
+                s.io.recv_rearm = true;
+            }
+        } else if res != -libc::ECANCELED {
+            s.conn.closing = true;
+            s.conn.outq.clear();
+        }
+        self.touched.push(token);
+    }
+
+    fn on_send(&mut self, token: u64, res: i32) {
+        let Some(s) = self.conns.get_mut(token) else { return };
+        s.io.send_inflight = false;
+        if res < 0 {
+            s.io.sending.clear();
+            s.io.send_off = 0;
+            s.conn.outq.clear();
+            s.conn.closing = true;
+        } else {
+            s.io.send_off += res as usize;
+            if s.io.send_off >= s.io.sending.len() {
+                s.io.sending.clear();
+                s.io.send_off = 0;
+            }
+        }
+        self.touched.push(token);
+    }
+
+    /// Starts a send, re-arms a recv, or moves the connection towards closing.
+    fn service(&mut self, shard: &mut Shard, token: u64) {
+        let Some(s) = self.conns.get_mut(token) else { return };
+        let fd = s.fd.as_raw_fd();
+        if !s.io.send_inflight {
+            if s.io.sending.is_empty() && !s.conn.outq.is_empty() {
+                std::mem::swap(&mut s.io.sending, &mut s.conn.outq);
+                s.io.send_off = 0;
+            }
+            if s.io.send_off < s.io.sending.len() {
+                let rest = &s.io.sending[s.io.send_off..];
+                let e = opcode::Send::new(Fd(fd), rest.as_ptr(), rest.len() as u32)
+                    .flags(libc::MSG_NOSIGNAL)
+                    .build()
+                    .user_data(K_SEND | token);
+                s.io.send_inflight = true;
+                self.push(e);
+                return;
+            }
+        }
+        let Some(s) = self.conns.get_mut(token) else { return };
+        let flushed = !s.io.send_inflight && s.io.sending.is_empty() && s.conn.outq.is_empty();
+        if s.conn.wants_close() && flushed {
+            if s.io.recv_armed {
+                if !s.io.cancel_sent {
+                    s.io.cancel_sent = true;
+                    s.io.cancel_inflight = true;
+                    let e = opcode::AsyncCancel::new(K_RECV | token).build().user_data(K_CANCEL | token);
+                    self.push(e);
+                }
+                return;
+            }
+            if s.io.cancel_inflight {
+                return;
+            }
+            if let Some(s) = self.conns.remove(token) {
+                shard.stats.messages += s.conn.session.messages_accepted();
+                shard.limits.release(s.conn.peer_ip);
+                drop(s.fd);
+            }
+            return;
+        }
+        if s.io.recv_rearm && !s.io.recv_armed && !s.conn.closing {
+            s.io.recv_rearm = false;
+            s.io.recv_armed = true;
+            self.arm_recv(token, fd);
+        }
+    }
+
+    /// Group commit: queue the write of every waiting record, linked to one fdatasync.
+    fn start_spool_batch(&mut self, shard: &mut Shard) {
+        if self.spool_inflight || !shard.log.wants_batch() {
+            return;
+        }
+        let fsync = shard.fsync;
+        let (write, fd) = match shard.log.begin_batch() {
+            Ok(Some(b)) => {
+                let iov = b.iovecs();
+                let w = opcode::Writev::new(Fd(b.fd), iov.as_ptr(), iov.len() as u32).offset(b.offset).build();
+                (w, b.fd)
+            }
+            Ok(None) => return,
+            Err(failed) => {
+                let now = Now::system();
+                for c in failed {
+                    let result = c.result.map_err(|e| {
+                        log::error!("shard {}: spool: {e}", shard.id);
+                        e.smtp_reply()
+                    });
+                    self.complete(shard, c.token, result, c.data, now);
+                }
+                return;
+            }
+        };
+        self.spool_inflight = true;
+        self.spool_write = None;
+        if fsync {
+            self.push(write.flags(squeue::Flags::IO_LINK).user_data(K_SPOOL_WRITE));
+            let sync = opcode::Fsync::new(Fd(fd)).flags(FsyncFlags::DATASYNC).build().user_data(K_SPOOL_SYNC);
+            self.push(sync);
+        } else {
+            self.push(write.user_data(K_SPOOL_WRITE));
+        }
+    }
+
+    fn on_spool_write(&mut self, shard: &mut Shard, res: i32, now: Now) {
+        self.spool_write = Some(res);
+        if !shard.fsync {
+            self.finish_spool_batch(shard, 0, now);
+        }
+    }
+
+    fn on_spool_sync(&mut self, shard: &mut Shard, res: i32, now: Now) {
+        self.finish_spool_batch(shard, res, now);
+    }
+
+    fn finish_spool_batch(&mut self, shard: &mut Shard, sync_res: i32, now: Now) {
+        let expected = shard.log.inflight_len();
+        let result = match self.spool_write.take() {
+            Some(w) if w < 0 => Err(io::Error::from_raw_os_error(-w)),
+            Some(w) if Some(w as u64) != expected => {
+                Err(io::Error::new(io::ErrorKind::WriteZero, "short write to segment"))
+            }
+            None => Err(io::Error::other("spool sync completed without its write")),
+            Some(_) if sync_res < 0 => Err(io::Error::from_raw_os_error(-sync_res)),
+            Some(_) => Ok(()),
+        };
+        self.spool_inflight = false;
+        for c in shard.log.finish_batch(result) {
+            let result = c.result.map_err(|e| {
+                log::error!("shard {}: spool: {e}", shard.id);
+                e.smtp_reply()
+            });
+            self.complete(shard, c.token, result, c.data, now);
+        }
+    }
+
+    fn complete(
+        &mut self,
+        shard: &mut Shard,
+        token: u64,
+        result: Result<crate::spool::QueueId, crate::wire::Reply>,
+        data: Vec<u8>,
+        now: Now,
+    ) {
+        if let Some(s) = self.conns.get_mut(token) {
+            s.conn.spool_done(now, result, data, shard.tls.as_ref(), &mut self.effects);
+            shard.apply(token, &mut self.effects);
+            self.touched.push(token);
+        }
+    }
+}
