@@ -1,0 +1,215 @@
+//! The binary's contract: bounds, exit status, the remote-target guard, JSON output, the
+//! sink's counters at exit, and a run against Postfix's smtp-sink.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_ringmx-loadgen");
+
+fn tmp(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("loadgen-cli-{}-{name}", std::process::id()))
+}
+
+/// Runs the binary with a time limit; the test fails (rather than hangs) past it.
+fn run(args: &[&str]) -> Output {
+    let child = Command::new(BIN).args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    wait_bounded(child, Duration::from_secs(60))
+}
+
+fn wait_bounded(mut child: Child, limit: Duration) -> Output {
+    let deadline = Instant::now() + limit;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            child.kill().ok();
+            panic!("process did not end within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// Starts `ringmx-loadgen sink` on a free port; returns it and its address once listening.
+fn spawn_sink(extra: &[&str]) -> (Child, String, mpsc::Receiver<String>) {
+    let mut child = Command::new(BIN)
+        .args(["sink", "--listen", "127.0.0.1:0", "--threads", "1"])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let first = rx.recv_timeout(Duration::from_secs(20)).expect("sink prints its address");
+    let addr = first.strip_prefix("listening on ").expect("listening line").to_string();
+    (child, addr, rx)
+}
+
+fn sink_output(rx: &mpsc::Receiver<String>) -> String {
+    let mut out = String::new();
+    while let Ok(line) = rx.recv_timeout(Duration::from_secs(10)) {
+        out += &line;
+        out.push('\n');
+    }
+    out
+}
+
+fn counter(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn a_remote_target_is_refused_without_allow_remote() {
+    let o = run(&["run", "--target", "192.0.2.1:25", "--messages", "1"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("--allow-remote"), "{}", stderr(&o));
+}
+
+#[test]
+fn a_run_without_bounds_is_refused() {
+    let o = run(&["run", "--target", "127.0.0.1:25"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("--messages"));
+}
+
+#[test]
+fn run_against_the_sink_binary_with_json() {
+    let (sink, addr, rx) = spawn_sink(&["--max-messages", "300"]);
+    let json = tmp("run.json");
+    let svg = tmp("run.svg");
+    let o = run(&[
+        "run",
+        "--target",
+        &addr,
+        "--messages",
+        "300",
+        "--connections",
+        "3",
+        "--json",
+        json.to_str().unwrap(),
+        "--plot",
+        svg.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let report = String::from_utf8_lossy(&o.stdout);
+    assert!(report.contains("300 ok, 0 failed"), "{report}");
+    // The sink stops by itself at --max-messages and prints its counters.
+    let sink = wait_bounded(sink, Duration::from_secs(30));
+    assert!(sink.status.success());
+    let counters = sink_output(&rx);
+    assert_eq!(counter(&counters, "messages"), 300);
+    assert_eq!(counter(&counters, "connections"), 3);
+
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(v["messages"]["ok"], 300);
+    assert_eq!(v["error_rate"], 0.0);
+    for phase in ["connect", "banner", "ehlo", "mail", "rcpt", "data", "data_end", "transaction"] {
+        for k in ["p50", "p90", "p99", "p99_9", "max"] {
+            assert!(v["latency_us"][phase][k].as_f64().unwrap() > 0.0, "{phase}.{k}");
+        }
+    }
+    assert!(v["throughput"]["msgs_per_s"].as_f64().unwrap() > 0.0);
+    assert!(v["cpu"]["seconds"].as_f64().is_some());
+    assert!(v["codes"].as_array().unwrap().iter().any(|c| c["code"] == 354));
+    let plot = std::fs::read_to_string(&svg).unwrap();
+    assert!(plot.starts_with("<svg") && plot.contains("latency by percentile"));
+    std::fs::remove_file(json).ok();
+    std::fs::remove_file(svg).ok();
+}
+
+#[test]
+fn errors_over_the_limit_fail_the_run() {
+    let (mut sink, addr, _rx) = spawn_sink(&["--rcpt-reply", "550 5.1.1 no such user@100%"]);
+    let o = run(&["run", "--target", &addr, "--messages", "20", "-c", "2"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("error rate"));
+    let o = run(&["run", "--target", &addr, "--messages", "20", "-c", "2", "--max-error-rate", "1"]);
+    assert_eq!(o.status.code(), Some(0));
+    sink.kill().ok();
+    sink.wait().ok();
+}
+
+#[test]
+fn the_sink_prints_counters_on_sigterm_and_writes_json() {
+    let json = tmp("sink.json");
+    let (sink, addr, rx) = spawn_sink(&["--json", json.to_str().unwrap()]);
+    let o = run(&["run", "--target", &addr, "--messages", "30", "-c", "5"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let first = counter(&String::from_utf8_lossy(&o.stdout), "connections");
+    // One connection at a time, ten messages on each: two connections.
+    let o = run(&["run", "--target", &addr, "--messages", "20", "-c", "1", "--messages-per-connection", "10"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(counter(&String::from_utf8_lossy(&o.stdout), "connections"), 2);
+    unsafe { libc_kill(sink.id() as i32, 15) };
+    let out = wait_bounded(sink, Duration::from_secs(30));
+    assert!(out.status.success());
+    let counters = sink_output(&rx);
+    assert_eq!(counter(&counters, "messages"), 50);
+    assert_eq!(counter(&counters, "connections"), first + 2);
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(v["messages"], 50);
+    assert_eq!(v["recipients"], 50);
+    assert_eq!(v["connections"], first + 2);
+    std::fs::remove_file(json).ok();
+}
+
+#[test]
+fn the_sink_ends_after_its_duration() {
+    let (sink, _addr, rx) = spawn_sink(&["--duration", "300ms"]);
+    let out = wait_bounded(sink, Duration::from_secs(30));
+    assert!(out.status.success());
+    assert_eq!(counter(&sink_output(&rx), "messages"), 0);
+}
+
+unsafe extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}
+
+#[test]
+fn against_postfix_smtp_sink() {
+    let bin = Path::new("/usr/sbin/smtp-sink");
+    if !bin.exists() {
+        eprintln!("skipped: /usr/sbin/smtp-sink is not installed");
+        return;
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut sink = Command::new(bin)
+        .args(["-u", "nobody", &addr, "1000"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait (bounded) until it accepts.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(&addr).is_err() {
+        assert!(Instant::now() < deadline, "smtp-sink did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let o = run(&["run", "--target", &addr, "--messages", "300", "-c", "4", "--recipients", "2"]);
+    let o2 = run(&["run", "--target", &addr, "--messages", "50", "-c", "2", "--messages-per-connection", "1"]);
+    sink.kill().ok();
+    sink.wait().ok();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("300 ok, 0 failed"));
+    assert_eq!(o2.status.code(), Some(0), "{}", stderr(&o2));
+}
