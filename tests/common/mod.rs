@@ -1,0 +1,307 @@
+//! Test support: a real `ringmx` process on 127.0.0.1:0 with its own data directory, and a
+//! small blocking SMTP client (plain or TLS).
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_ringmx");
+
+/// Both drivers, so that every server test runs on each.
+pub const DRIVERS: [&str; 2] = ["uring", "epoll"];
+
+/// A running server process.
+pub struct Server {
+    pub child: Child,
+    pub addrs: Vec<SocketAddr>,
+    pub dir: PathBuf,
+    stderr: Option<std::thread::JoinHandle<String>>,
+}
+
+impl Server {
+    pub fn addr(&self) -> SocketAddr {
+        self.addrs[0]
+    }
+
+    /// SIGTERM, then the exit status and what the server logged.
+    pub fn stop(mut self) -> (std::process::ExitStatus, String) {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let status = wait_timeout(&mut self.child, Duration::from_secs(20));
+        let log = self.stderr.take().map(|h| h.join().unwrap()).unwrap_or_default();
+        (status, log)
+    }
+
+    /// SIGKILL: no drain, no flush.
+    pub fn kill(mut self) {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGKILL) };
+        let _ = self.child.wait();
+        if let Some(h) = self.stderr.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn wait_timeout(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            return child.wait().unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Starts `ringmx serve` with `config` (TOML, appended to a data_dir line) in `dir`.
+/// The config should bind port 0; the bound addresses are read from stdout.
+pub fn start(dir: &Path, driver: &str, config: &str) -> Server {
+    std::fs::create_dir_all(dir).unwrap();
+    let cfg = dir.join("ringmx.toml");
+    let text = format!("data_dir = {:?}\nhostname = \"mx.example.test\"\n{config}", dir.join("data"));
+    std::fs::write(&cfg, text).unwrap();
+    let mut child = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .args(["--io", driver])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start ringmx");
+    let stdout = child.stdout.take().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let stderr = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = BufReader::new(stderr).read_to_string(&mut s);
+        s
+    });
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(a) = line.strip_prefix("listening on ") {
+                let _ = tx.send(a.parse::<SocketAddr>().unwrap());
+            }
+        }
+    });
+    let mut addrs = Vec::new();
+    // Every listener prints one line; the first arrives once the server accepts.
+    match rx.recv_timeout(Duration::from_secs(20)) {
+        Ok(a) => addrs.push(a),
+        Err(_) => {
+            let _ = child.kill();
+            panic!("server did not start: {}", stderr.join().unwrap());
+        }
+    }
+    while let Ok(a) = rx.recv_timeout(Duration::from_millis(200)) {
+        addrs.push(a);
+    }
+    Server { child, addrs, dir: dir.to_path_buf(), stderr: Some(stderr) }
+}
+
+/// A plain listener on 127.0.0.1:0 plus `extra` configuration.
+pub fn start_plain(dir: &Path, driver: &str, extra: &str) -> Server {
+    start(dir, driver, &format!("[[listener]]\nport = 0\nbind = [\"127.0.0.1\"]\n{extra}"))
+}
+
+/// Runs `ringmx` with `args` against `dir`'s configuration; returns (status, stdout).
+pub fn ringmx(dir: &Path, args: &[&str]) -> (i32, String) {
+    let out = Command::new(BIN).args(args).arg("--config").arg(dir.join("ringmx.toml")).output().expect("run ringmx");
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// `queue list --json`, parsed.
+pub fn queue(dir: &Path) -> Vec<serde_json::Value> {
+    let (code, out) = ringmx(dir, &["queue", "list", "--json"]);
+    assert_eq!(code, 0);
+    out.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+/// A self-signed certificate for `localhost`, written to `dir` as cert.pem and key.pem.
+pub fn make_cert(dir: &Path) -> (PathBuf, PathBuf, rustls::pki_types::CertificateDer<'static>) {
+    std::fs::create_dir_all(dir).unwrap();
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let cert = dir.join("cert.pem");
+    let key = dir.join("key.pem");
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
+    (cert, key, ck.cert.der().clone())
+}
+
+pub fn tls_client_config(ca: &rustls::pki_types::CertificateDer<'static>) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.clone()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Arc::new(
+        rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    )
+}
+
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+    Swapping,
+}
+
+impl Read for Stream {
+    fn read(&mut self, b: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.read(b),
+            Stream::Tls(s) => s.read(b),
+            Stream::Swapping => unreachable!(),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.write(b),
+            Stream::Tls(s) => s.write(b),
+            Stream::Swapping => unreachable!(),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Stream::Plain(s) => s.flush(),
+            Stream::Tls(s) => s.flush(),
+            Stream::Swapping => unreachable!(),
+        }
+    }
+}
+
+/// A blocking SMTP client that reads whole (multi-line) replies.
+pub struct Client {
+    stream: Stream,
+    buf: Vec<u8>,
+}
+
+impl Client {
+    /// Connects and reads the greeting.
+    pub fn connect(addr: SocketAddr) -> (Client, String) {
+        let s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        s.set_nodelay(true).unwrap();
+        let mut c = Client { stream: Stream::Plain(s), buf: Vec::new() };
+        let greeting = c.reply();
+        (c, greeting)
+    }
+
+    /// Connects with implicit TLS (RFC 8314) and reads the greeting.
+    pub fn connect_tls(addr: SocketAddr, cfg: Arc<rustls::ClientConfig>) -> (Client, String) {
+        let s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let conn = rustls::ClientConnection::new(cfg, "localhost".try_into().unwrap()).unwrap();
+        let mut c = Client { stream: Stream::Tls(Box::new(rustls::StreamOwned::new(conn, s))), buf: Vec::new() };
+        let greeting = c.reply();
+        (c, greeting)
+    }
+
+    /// STARTTLS was accepted: continue over TLS.
+    pub fn upgrade(&mut self, cfg: Arc<rustls::ClientConfig>) {
+        let Stream::Plain(s) = std::mem::replace(&mut self.stream, Stream::Swapping) else { panic!("already TLS") };
+        let conn = rustls::ClientConnection::new(cfg, "localhost".try_into().unwrap()).unwrap();
+        self.stream = Stream::Tls(Box::new(rustls::StreamOwned::new(conn, s)));
+    }
+
+    pub fn send(&mut self, data: &[u8]) {
+        self.stream.write_all(data).unwrap();
+        self.stream.flush().unwrap();
+    }
+
+    /// Sends one command line and returns its reply.
+    pub fn cmd(&mut self, line: &str) -> String {
+        self.send(format!("{line}\r\n").as_bytes());
+        self.reply()
+    }
+
+    /// Reads one complete reply (all its lines); empty string at end of stream.
+    pub fn reply(&mut self) -> String {
+        let mut out = String::new();
+        loop {
+            let line = self.line();
+            if line.is_empty() {
+                return out;
+            }
+            out.push_str(&line);
+            if line.as_bytes().get(3) != Some(&b'-') {
+                return out;
+            }
+        }
+    }
+
+    fn line(&mut self) -> String {
+        loop {
+            if let Some(i) = self.buf.iter().position(|&b| b == b'\n') {
+                let l: Vec<u8> = self.buf.drain(..=i).collect();
+                return String::from_utf8_lossy(&l).into_owned();
+            }
+            let mut tmp = [0u8; 4096];
+            match self.stream.read(&mut tmp) {
+                Ok(0) | Err(_) => return String::new(),
+                Ok(n) => self.buf.extend_from_slice(&tmp[..n]),
+            }
+        }
+    }
+
+    /// EHLO, MAIL, RCPT..., DATA with `body` (dot-stuffed here); returns the final reply.
+    pub fn message(&mut self, from: &str, to: &[&str], body: &str) -> String {
+        let r = self.cmd(&format!("MAIL FROM:<{from}>"));
+        assert!(r.starts_with("250"), "MAIL: {r}");
+        for t in to {
+            let r = self.cmd(&format!("RCPT TO:<{t}>"));
+            assert!(r.starts_with("250"), "RCPT {t}: {r}");
+        }
+        let r = self.cmd("DATA");
+        assert!(r.starts_with("354"), "DATA: {r}");
+        self.send(&dot_stuff(body));
+        self.reply()
+    }
+}
+
+/// RFC 5321 §4.5.2: a leading dot is doubled; the terminator is appended.
+pub fn dot_stuff(body: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    for line in body.split_inclusive("\r\n") {
+        if line.starts_with('.') {
+            out.push(b'.');
+        }
+        out.extend_from_slice(line.as_bytes());
+    }
+    out.extend_from_slice(b".\r\n");
+    out
+}
+
+/// Strips our Received header (the first field, with its continuation lines).
+pub fn without_received(msg: &[u8]) -> &[u8] {
+    assert!(msg.starts_with(b"Received: "), "{}", String::from_utf8_lossy(msg));
+    let mut i = 0;
+    loop {
+        let nl = msg[i..].iter().position(|&b| b == b'\n').unwrap() + i + 1;
+        if !matches!(msg.get(nl), Some(b' ') | Some(b'\t')) {
+            return &msg[nl..];
+        }
+        i = nl;
+    }
+}
+
+pub fn queued_id(reply: &str) -> String {
+    assert!(reply.starts_with("250 2.0.0 Ok: queued as "), "{reply}");
+    reply.trim_end().rsplit(' ').next().unwrap().to_string()
+}
