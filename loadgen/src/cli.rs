@@ -74,6 +74,10 @@ pub struct RunArgs {
     /// Do not use PIPELINING even when offered.
     #[arg(long)]
     pub no_pipelining: bool,
+    /// Wait for each message's final reply before sending the next MAIL (by default the
+    /// next MAIL/RCPT/DATA go out with the previous content, as RFC 2920 allows).
+    #[arg(long)]
+    pub no_overlap: bool,
     /// Send with BDAT when the server offers CHUNKING.
     #[arg(long)]
     pub bdat: bool,

@@ -92,6 +92,7 @@ fn run(a: RunArgs) -> Result<u8, Failure> {
         chunking: a.bdat,
         starttls: a.starttls,
         auth,
+        overlap: !a.no_overlap,
         messages_per_connection: a.messages_per_connection,
         reply_timeout: a.timeout,
     };

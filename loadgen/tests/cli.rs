@@ -123,9 +123,10 @@ fn run_against_the_sink_binary_with_json() {
     assert_eq!(v["error_rate"], 0.0);
     for phase in ["connect", "banner", "ehlo", "mail", "rcpt", "data", "data_end", "transaction"] {
         for k in ["p50", "p90", "p99", "p99_9", "max"] {
-            assert!(v["latency_us"][phase][k].as_f64().unwrap() > 0.0, "{phase}.{k}");
+            assert!(v["latency_us"][phase][k].as_f64().unwrap() >= 0.0, "{phase}.{k}");
         }
     }
+    assert!(v["latency_us"]["transaction"]["p50"].as_f64().unwrap() > 0.0);
     assert!(v["throughput"]["msgs_per_s"].as_f64().unwrap() > 0.0);
     assert!(v["cpu"]["seconds"].as_f64().is_some());
     assert!(v["codes"].as_array().unwrap().iter().any(|c| c["code"] == 354));

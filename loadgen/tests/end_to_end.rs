@@ -54,12 +54,14 @@ fn closed_loop_delivers_every_message_over_reused_connections() {
     let rec = &r.recorder;
     assert_eq!((rec.ok, rec.failed()), (200, 0));
     assert_eq!(s.messages, 200);
-    assert_eq!(s.connections, 4, "one connection per configured connection");
-    assert_eq!(rec.connections, 4);
+    // At most one connection per configured connection (a worker that starts late may
+    // find the budget already spent and open none).
+    assert!((1..=4).contains(&s.connections), "{} connections", s.connections);
+    assert_eq!(rec.connections, s.connections);
     assert_eq!(s.bytes, rec.bytes);
     assert_eq!(rec.histogram(Phase::Transaction).len(), 200);
-    assert_eq!(rec.histogram(Phase::Connect).len(), 4);
-    assert_eq!(rec.codes.count(221), 4, "every connection ends with QUIT");
+    assert_eq!(rec.histogram(Phase::Connect).len() as u64, s.connections);
+    assert_eq!(rec.codes.count(221), s.connections, "every connection ends with QUIT");
 }
 
 #[test]

@@ -665,9 +665,28 @@ impl Worker {
                     }
                     None if self.cfg.rate.is_none() || self.no_more_starts => {
                         c.session.quit(now);
-                        self.budget_spent(now);
+                        if !self.no_more_starts {
+                            self.no_more_starts = true;
+                            self.drain_deadline = Some(now + self.cfg.session.reply_timeout);
+                        }
                     }
                     None => {}
+                }
+            }
+            if c.session.can_queue_next() {
+                let start = if self.cfg.rate.is_some() {
+                    self.backlog.pop_front()
+                } else if !self.no_more_starts && self.shared.claim() {
+                    Some(now)
+                } else {
+                    None
+                };
+                if let Some(intended) = start {
+                    if self.cfg.rate.is_some() {
+                        self.rec.record_start_lag(now.saturating_duration_since(intended));
+                    }
+                    self.factory.fill(c.session.next_outbound_mut(), false);
+                    c.session.queue_next(intended);
                 }
             }
         }

@@ -48,6 +48,9 @@ pub struct SessionConfig {
     /// Issue STARTTLS after the first EHLO; the session fails if it is not offered.
     pub starttls: bool,
     pub auth: Option<AuthConfig>,
+    /// Send the next transaction's MAIL, RCPT and DATA with the previous message's content
+    /// (RFC 2920 §3.1 allows content first in a group): one round trip per message.
+    pub overlap: bool,
     /// Transactions per connection before QUIT; 0 means no limit.
     pub messages_per_connection: u64,
     /// How long to wait for any reply.
@@ -62,6 +65,7 @@ impl Default for SessionConfig {
             chunking: false,
             starttls: false,
             auth: None,
+            overlap: true,
             messages_per_connection: 0,
             reply_timeout: Duration::from_secs(30),
         }
@@ -218,6 +222,12 @@ struct Txn {
     bytes: usize,
 }
 
+impl Txn {
+    fn new(start: Instant) -> Self {
+        Txn { start, rcpts_sent: 0, rcpts_replied: 0, rcpts_ok: 0, mail_ok: false, rejected: false, bytes: 0 }
+    }
+}
+
 /// One SMTP client connection's protocol state. See the module docs for the contract.
 #[derive(Debug)]
 pub struct ClientSession {
@@ -237,7 +247,13 @@ pub struct ClientSession {
     /// When a reply is overdue, while one is awaited.
     deadline: Option<Instant>,
     txn: Option<Txn>,
+    /// The next transaction, whose commands went out with the current content; its replies
+    /// follow the current transaction's last reply.
+    pending: Option<Txn>,
+    /// Intended start of the message queued in `next_outbound`, not yet sent.
+    next_start: Option<Instant>,
     outbound: Outbound,
+    next_outbound: Outbound,
     txns_done: u64,
     /// QUIT once the current transaction is over (or already sent with it).
     quit_requested: bool,
@@ -261,7 +277,10 @@ impl ClientSession {
             connected_at: now,
             deadline: None,
             txn: None,
+            pending: None,
+            next_start: None,
             outbound: Outbound::default(),
+            next_outbound: Outbound::default(),
             txns_done: 0,
             quit_requested: false,
             quit_sent: false,
@@ -344,8 +363,13 @@ impl ClientSession {
         let graceful = self.state == State::Quit && kind == ErrorKind::Io;
         if !graceful {
             rec.error(kind, self.txn.is_some());
+            if self.pending.take().is_some() {
+                rec.lose_message();
+            }
         }
         self.txn = None;
+        self.pending = None;
+        self.next_start = None;
         self.state = State::Closed;
         self.deadline = None;
     }
@@ -353,6 +377,8 @@ impl ClientSession {
     /// Ask for QUIT: now if idle, else after the current transaction.
     pub fn quit(&mut self, now: Instant) {
         self.quit_requested = true;
+        // A queued message not yet sent is dropped.
+        self.next_start = None;
         if matches!(self.state, State::Ready) {
             self.send_quit(now);
         } else if matches!(self.state, State::Connecting | State::Banner) {
@@ -366,6 +392,41 @@ impl ClientSession {
         &mut self.outbound
     }
 
+    /// Whether a next message may be queued with [`Self::queue_next`]: overlap is on, the
+    /// server pipelines, the session uses DATA, and nothing is queued yet.
+    pub fn can_queue_next(&self) -> bool {
+        self.cfg.overlap
+            && self.pipelining()
+            && !self.uses_bdat()
+            && self.txn.is_some()
+            && self.next_start.is_none()
+            && !self.quit_requested
+    }
+
+    /// Where to render the message for [`Self::queue_next`].
+    pub fn next_outbound_mut(&mut self) -> &mut Outbound {
+        &mut self.next_outbound
+    }
+
+    /// Queues the message in [`Self::next_outbound_mut`]: its commands go out with the
+    /// current message's content.
+    ///
+    /// # Panics
+    /// If [`Self::can_queue_next`] is false.
+    pub fn queue_next(&mut self, start: Instant) {
+        assert!(self.can_queue_next(), "queue_next while it is not allowed");
+        self.count_transaction();
+        self.next_start = Some(start);
+    }
+
+    /// Counts a started transaction; QUIT follows the last one of the connection.
+    fn count_transaction(&mut self) {
+        self.txns_done += 1;
+        if self.cfg.messages_per_connection != 0 && self.txns_done >= self.cfg.messages_per_connection {
+            self.quit_requested = true;
+        }
+    }
+
     /// Starts a transaction with the message in [`Self::outbound_mut`]. `start` is when it
     /// was meant to start (open loop) or `now` (closed loop).
     ///
@@ -373,20 +434,19 @@ impl ClientSession {
     /// If the session is not [`Self::is_ready`].
     pub fn start_transaction(&mut self, now: Instant, start: Instant) {
         assert!(self.is_ready(), "start_transaction on a session that is not ready");
-        self.txns_done += 1;
-        let last = self.cfg.messages_per_connection != 0 && self.txns_done >= self.cfg.messages_per_connection;
-        if last {
-            self.quit_requested = true;
-        }
-        self.txn = Some(Txn {
-            start,
-            rcpts_sent: 0,
-            rcpts_replied: 0,
-            rcpts_ok: 0,
-            mail_ok: false,
-            rejected: false,
-            bytes: 0,
-        });
+        self.count_transaction();
+        self.begin(now, start);
+    }
+
+    fn begin(&mut self, now: Instant, start: Instant) {
+        self.txn = Some(Txn::new(start));
+        self.write_commands();
+        self.state = State::Transaction(Expect::Mail);
+        self.awaiting(now);
+    }
+
+    /// MAIL, and with PIPELINING the RCPTs and DATA (or BDAT and the content) too.
+    fn write_commands(&mut self) {
         self.write_mail();
         if self.pipelining() {
             while self.write_next_rcpt() {}
@@ -396,8 +456,6 @@ impl ClientSession {
                 self.out.extend_from_slice(b"DATA\r\n");
             }
         }
-        self.state = State::Transaction(Expect::Mail);
-        self.awaiting(now);
     }
 
     fn pipelining(&self) -> bool {
@@ -447,7 +505,7 @@ impl ClientSession {
     fn mark_eod(&mut self) {
         self.eod_mark = Some(self.out.len());
         self.eod_sent_at = None;
-        if self.quit_requested && self.pipelining() {
+        if self.quit_requested && self.pipelining() && self.next_start.is_none() {
             self.out.extend_from_slice(b"QUIT\r\n");
             self.quit_sent = true;
         }
@@ -693,6 +751,13 @@ impl ClientSession {
                 // RFC 2920 §3.1) still needs the terminating dot.
                 self.out.extend_from_slice(b".\r\n");
                 self.mark_eod();
+                if let Some(start) = self.next_start.take() {
+                    // Content first, then the next MAIL/RCPT/DATA (RFC 2920 §3.1).
+                    std::mem::swap(&mut self.outbound, &mut self.next_outbound);
+                    let current = self.txn.replace(Txn::new(start));
+                    self.write_commands();
+                    self.pending = std::mem::replace(&mut self.txn, current);
+                }
                 self.state = State::Transaction(Expect::DataEnd);
                 self.awaiting(now);
             }
@@ -705,12 +770,20 @@ impl ClientSession {
         }
     }
 
-    /// Records the transaction; after a refusal, RSET clears any half-open transaction.
+    /// Records the transaction. After the reply to the data the transaction is over either
+    /// way (RFC 5321 §4.1.1.4); a refusal before it is cleared with RSET.
     fn end_transaction(&mut self, now: Instant, accepted: bool, rec: &mut Recorder) {
         let txn = self.txn.take().expect("in a transaction");
         let latency = now.saturating_duration_since(txn.start);
         rec.transaction(accepted, latency, txn.bytes, txn.rcpts_ok);
-        if accepted || self.quit_sent {
+        let data_done = matches!(self.state, State::Transaction(Expect::DataEnd));
+        if let Some(next) = self.pending.take() {
+            // Its commands are already out; its replies come next. Its phases are measured
+            // from now: replies come in order, so none could come before this one.
+            self.txn = Some(next);
+            self.state = State::Transaction(Expect::Mail);
+            self.awaiting(now);
+        } else if accepted || data_done || self.quit_sent {
             self.after_transaction(now);
         } else {
             self.out.extend_from_slice(b"RSET\r\n");
@@ -720,7 +793,11 @@ impl ClientSession {
     }
 
     fn after_transaction(&mut self, now: Instant) {
-        if self.quit_requested {
+        if let Some(start) = self.next_start.take() {
+            // Queued but not sent (the previous message never reached its content).
+            std::mem::swap(&mut self.outbound, &mut self.next_outbound);
+            self.begin(now, start);
+        } else if self.quit_requested {
             self.send_quit(now);
         } else {
             self.state = State::Ready;

@@ -11,7 +11,9 @@ use hdrhistogram::Histogram;
 /// The SMTP phases whose latency is measured.
 ///
 /// With PIPELINING (RFC 2920) MAIL, RCPT and DATA are sent in one write, so each of their
-/// latencies runs from that write to the reply in question.
+/// latencies runs from that write to the reply in question. When they went out with the
+/// previous message's content (overlap), they run from that message's final reply, since
+/// replies come in order and none of theirs could come earlier.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Phase {
     /// TCP connect, from `connect()` to writability.
