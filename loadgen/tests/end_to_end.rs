@@ -60,7 +60,7 @@ fn closed_loop_delivers_every_message_over_reused_connections() {
     assert_eq!(rec.connections, s.connections);
     assert_eq!(s.bytes, rec.bytes);
     assert_eq!(rec.histogram(Phase::Transaction).len(), 200);
-    assert_eq!(rec.histogram(Phase::Connect).len() as u64, s.connections);
+    assert_eq!(rec.histogram(Phase::Connect).len(), s.connections);
     assert_eq!(rec.codes.count(221), s.connections, "every connection ends with QUIT");
 }
 
