@@ -18,6 +18,8 @@ fi
 export PATH="$PATH:/usr/sbin:/usr/local/sbin"
 
 cargo build --workspace --all-targets --locked
+# The fuzz targets (run with `cargo fuzz run --fuzz-dir tests/fuzz wire`) must keep building.
+cargo check --manifest-path tests/fuzz/Cargo.toml --target-dir target/fuzz
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast --locked
 else

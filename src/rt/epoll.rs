@@ -107,7 +107,7 @@ pub fn run(mut shard: Shard) -> io::Result<ShardStats> {
         }
     }
     shard.listeners.clear();
-    Ok(shard.stats)
+    Ok(shard.final_stats())
 }
 
 impl Driver {

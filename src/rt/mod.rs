@@ -23,7 +23,6 @@ use crate::config::{Config, IoMode, ListenerTls};
 use crate::spool::{IdGen, ShardLog, shard_dir};
 use shard::{Shard, ShardListener};
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::io::Write;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -76,7 +75,6 @@ pub struct Server {
     /// The addresses actually bound (port 0 resolved).
     pub local_addrs: Vec<std::net::SocketAddr>,
     pub driver: Driver,
-    started: std::time::Instant,
 }
 
 impl Server {
@@ -164,7 +162,7 @@ impl Server {
             "{shards} ingress shard(s), {driver:?} driver, fsync {}",
             if cfg.spool.fsync { "on" } else { "OFF" }
         );
-        Ok(Server { threads, shutdown, local_addrs, driver, started: std::time::Instant::now() })
+        Ok(Server { threads, shutdown, local_addrs, driver })
     }
 
     /// Asks every shard to drain and stop.
@@ -184,7 +182,6 @@ impl Server {
                 }
             }
         }
-        let _ = self.started;
         Ok(all)
     }
 }
@@ -230,17 +227,15 @@ pub fn serve(cfg: &Config) -> Result<Vec<ShardStats>, ServeError> {
     }
     server.stop();
     let stats = server.join()?;
-    let mut by: HashMap<&str, u64> = HashMap::new();
-    for s in &stats {
-        *by.entry("connections").or_default() += s.connections;
-        *by.entry("messages").or_default() += s.messages;
-        *by.entry("refused").or_default() += s.refused_connections;
-    }
+    let sum = |f: fn(&ShardStats) -> u64| stats.iter().map(f).sum::<u64>();
+    let (batches, records) = (sum(|s| s.spool_batches), sum(|s| s.spool_records));
     log::info!(
-        "stopped: {} connection(s), {} message(s) accepted, {} refused connection(s)",
-        by["connections"],
-        by["messages"],
-        by["refused"]
+        "stopped: {} connection(s), {} message(s) accepted, {} refused connection(s); spool: {records} record(s) in {batches} batch(es), {:.2} per {}",
+        sum(|s| s.connections),
+        sum(|s| s.messages),
+        sum(|s| s.refused_connections),
+        records as f64 / batches.max(1) as f64,
+        if cfg.spool.fsync { "fdatasync" } else { "write (fsync off)" },
     );
     Ok(stats)
 }

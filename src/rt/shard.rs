@@ -101,6 +101,10 @@ pub struct ShardStats {
     pub connections: u64,
     pub refused_connections: u64,
     pub messages: u64,
+    /// Spool batches written (each one `fdatasync` when syncing) and records in them: their
+    /// ratio is the group-commit factor.
+    pub spool_batches: u64,
+    pub spool_records: u64,
 }
 
 /// A connection slot: the connection, its socket and the driver's own state.
@@ -203,6 +207,12 @@ impl Shard {
                 Effect::Spool(req) => self.log.append(token, *req),
             }
         }
+    }
+
+    /// The counters, with the spool's.
+    pub fn final_stats(&self) -> ShardStats {
+        let l = self.log.stats();
+        ShardStats { spool_batches: l.batches, spool_records: l.records, ..self.stats }
     }
 
     pub fn stopping(&self) -> bool {

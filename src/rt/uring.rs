@@ -265,7 +265,7 @@ pub fn run(mut shard: Shard) -> io::Result<ShardStats> {
         d.touched.clear();
     }
     let _ = d.ring.submitter().unregister_buf_ring(BGID);
-    let stats = shard.stats;
+    let stats = shard.final_stats();
     drop(d);
     drop(bufs);
     Ok(stats)

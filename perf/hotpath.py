@@ -1,0 +1,250 @@
+#!/usr/bin/env python3
+"""Hot-path throughput, side by side in one run.
+
+Postfix's smtp-source drives, in interleaved rounds, each of:
+  ringmx-uring     ringmx, io_uring driver, fsync before 250 (the default)
+  ringmx-epoll     ringmx, epoll driver, fsync before 250
+  ringmx-nofsync   ringmx, io_uring driver, [spool] fsync = false (operator's choice)
+  smtp-sink        Postfix's smtp-sink (writes nothing: the reference)
+  postfix-mta      a private full Postfix MTA with a discard transport (persistent mode,
+                   fewer messages: it runs at a few hundred messages per second)
+in two modes: persistent connections (`smtp-source -d`) and a connection per message.
+It prints medians of msgs/s and server CPU µs per message (utime+stime of the server's
+processes from /proc, over the run), ratios to smtp-sink, and ringmx's group-commit factor
+(messages per fdatasync, from its exit log).
+
+Usage: perf/hotpath.py [--rounds 3] [--messages 20000] [--cpm-messages 10000]
+                       [--sessions 20] [--size 1024] [--ringmx target/release/ringmx]
+                       [--no-postfix-mta] [--only NAME,...]
+Loopback only; every run is bounded by its message count.
+"""
+
+import argparse
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+SMTP_SOURCE = shutil.which("smtp-source") or "/usr/sbin/smtp-source"
+SMTP_SINK = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def wait_port(port, limit=20.0):
+    t0 = time.time()
+    while time.time() - t0 < limit:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+def cpu_ticks(pids):
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            # utime, stime, cutime, cstime (fields 14-17 of stat; 12-15 after the name)
+            total += sum(int(x) for x in fields[11:15])
+        except OSError:
+            pass
+    return total
+
+
+class Ringmx:
+    def __init__(self, binary, io, fsync, tmp):
+        self.port = free_port()
+        self.dir = tempfile.mkdtemp(dir=tmp)
+        cfg = os.path.join(self.dir, "ringmx.toml")
+        with open(cfg, "w") as f:
+            f.write(f'data_dir = "{self.dir}/data"\nlocal_domains = ["example.test"]\n')
+            f.write(f'[[listener]]\nport = {self.port}\nbind = ["127.0.0.1"]\n')
+            f.write(f"[spool]\nfsync = {'true' if fsync else 'false'}\n")
+            f.write("[limits]\nmax_connections_per_ip = 100000\nmax_connections = 100000\n")
+        self.log = open(os.path.join(self.dir, "log"), "w+")
+        self.p = subprocess.Popen([binary, "serve", "--config", cfg, "--io", io],
+                                  stdout=subprocess.DEVNULL, stderr=self.log)
+        wait_port(self.port)
+
+    def pids(self):
+        return [self.p.pid]
+
+    def stop(self):
+        self.p.send_signal(signal.SIGTERM)
+        self.p.wait(timeout=60)
+        self.log.seek(0)
+        text = self.log.read()
+        m = re.search(r"spool: (\d+) record\(s\) in (\d+) batch", text)
+        shutil.rmtree(self.dir, ignore_errors=True)
+        return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+class SmtpSink:
+    def __init__(self, tmp):
+        self.port = free_port()
+        self.p = subprocess.Popen([SMTP_SINK, "-u", "nobody", f"127.0.0.1:{self.port}", "1000"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_port(self.port)
+
+    def pids(self):
+        return [self.p.pid]
+
+    def stop(self):
+        self.p.terminate()
+        self.p.wait(timeout=30)
+
+
+class PostfixMta:
+    """A private Postfix instance on loopback with a discard transport (LAB.md)."""
+
+    def __init__(self, tmp):
+        self.port = free_port()
+        self.dir = tempfile.mkdtemp(dir=tmp)
+        d = self.dir
+        os.chmod(d, 0o755)
+        for sub in ("queue", "data"):
+            os.makedirs(os.path.join(d, sub))
+        shutil.chown(os.path.join(d, "data"), "postfix")
+        master = open("/etc/postfix/master.cf").read()
+        master = re.sub(r"^smtp\s+inet.*$", f"127.0.0.1:{self.port} inet n - y - - smtpd", master, flags=re.M)
+        open(os.path.join(d, "master.cf"), "w").write(master)
+        open(os.path.join(d, "main.cf"), "w").write("")
+        settings = [
+            "compatibility_level=3.6", "inet_interfaces=127.0.0.1", "inet_protocols=ipv4",
+            "mydestination=example.test", "local_recipient_maps=", "default_transport=discard:",
+            "local_transport=discard:", "mynetworks=127.0.0.0/8", f"queue_directory={d}/queue",
+            f"data_directory={d}/data", "myhostname=perf.example.test", "smtpd_banner=$myhostname ESMTP",
+            "default_process_limit=100", f"maillog_file={d}/maillog", f"maillog_file_prefixes={d}",
+        ]
+        subprocess.run(["postconf", "-c", d, "-e"] + settings, check=True)
+        main = "/etc/postfix/main.cf"
+        text = open(main).read() if os.path.exists(main) else ""
+        if d not in text:
+            # The default instance must name the alternate configuration directory.
+            lines = [l for l in text.splitlines() if not l.startswith("alternate_config_directories")]
+            lines.append(f"alternate_config_directories = {d}")
+            open(main, "w").write("\n".join(lines) + "\n")
+        subprocess.run(["postfix", "-c", d, "check"], check=False, capture_output=True)
+        # Postfix reports start-up errors only to a terminal or syslog (LAB.md).
+        r = subprocess.run(["script", "-qc", f"postfix -c {d} start", "/dev/null"], capture_output=True, text=True)
+        try:
+            wait_port(self.port)
+        except RuntimeError:
+            raise RuntimeError(f"private Postfix did not start: {r.stdout}")
+
+    def pids(self):
+        out = subprocess.run(["pgrep", "-f", self.dir], capture_output=True, text=True).stdout
+        master = subprocess.run(["cat", f"{self.dir}/queue/pid/master.pid"], capture_output=True, text=True).stdout
+        pids = {int(x) for x in out.split()}
+        if master.strip():
+            pids.add(int(master.strip()))
+            kids = subprocess.run(["pgrep", "-P", master.strip()], capture_output=True, text=True).stdout
+            pids |= {int(x) for x in kids.split()}
+        return sorted(pids)
+
+    def stop(self):
+        subprocess.run(["postfix", "-c", self.dir, "stop"], capture_output=True)
+        time.sleep(0.5)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def run_source(port, n, sessions, size, persistent):
+    cmd = [SMTP_SOURCE, "-s", str(sessions), "-m", str(n), "-l", str(size),
+           "-f", "sender@remote.example", "-t", "rcpt@example.test", f"127.0.0.1:{port}"]
+    if persistent:
+        cmd.insert(1, "-d")
+    t0 = time.time()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=600)
+    return time.time() - t0
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--messages", type=int, default=20000)
+    ap.add_argument("--cpm-messages", type=int, default=10000)
+    ap.add_argument("--mta-messages", type=int, default=3000)
+    ap.add_argument("--sessions", type=int, default=20)
+    ap.add_argument("--size", type=int, default=1024)
+    ap.add_argument("--ringmx", default=os.path.join(os.path.dirname(__file__), "..", "target", "release", "ringmx"))
+    ap.add_argument("--no-postfix-mta", action="store_true")
+    ap.add_argument("--only", default="")
+    a = ap.parse_args()
+
+    tmp = tempfile.mkdtemp(prefix="ringmx-perf-")
+    os.chmod(tmp, 0o755)  # the private Postfix's unprivileged daemons must reach their queue
+    makers = {
+        "ringmx-uring": lambda: Ringmx(a.ringmx, "uring", True, tmp),
+        "ringmx-epoll": lambda: Ringmx(a.ringmx, "epoll", True, tmp),
+        "ringmx-nofsync": lambda: Ringmx(a.ringmx, "uring", False, tmp),
+        "smtp-sink": lambda: SmtpSink(tmp),
+    }
+    if not a.no_postfix_mta:
+        makers["postfix-mta"] = lambda: PostfixMta(tmp)
+    names = [n for n in makers if not a.only or n in a.only.split(",")]
+    results = {}  # (name, mode) -> list of (msgs/s, cpu µs/msg)
+    commit = {}   # name -> list of records per batch
+    for r in range(a.rounds):
+        for mode in ("persistent", "cpm"):
+            order = names[r % len(names):] + names[:r % len(names)]
+            for name in order:
+                if name == "postfix-mta" and mode == "cpm":
+                    continue
+                n = a.mta_messages if name == "postfix-mta" else (a.messages if mode == "persistent" else a.cpm_messages)
+                srv = makers[name]()
+                try:
+                    c0 = cpu_ticks(srv.pids())
+                    secs = run_source(srv.port, n, a.sessions, a.size, mode == "persistent")
+                    c1 = cpu_ticks(srv.pids())
+                finally:
+                    st = srv.stop()
+                cpu_us = (c1 - c0) / CLK_TCK / n * 1e6
+                results.setdefault((name, mode), []).append((n / secs, cpu_us))
+                if st and name.startswith("ringmx") and mode == "persistent":
+                    commit.setdefault(name, []).append(st[0] / max(st[1], 1))
+                print(f"round {r + 1} {mode:10} {name:15} {n / secs:9.0f} msg/s {cpu_us:7.1f} µs/msg", flush=True)
+    shutil.rmtree(tmp, ignore_errors=True)
+
+    med = {k: (statistics.median(x for x, _ in v), statistics.median(y for _, y in v)) for k, v in results.items()}
+    print()
+    print(f"medians over {a.rounds} round(s); smtp-source -s {a.sessions} -l {a.size}; "
+          f"{a.messages} msgs persistent, {a.cpm_messages} connection-per-message")
+    print(f"{'server':15} {'mode':11} {'msg/s':>9} {'µs/msg':>8} {'msg/s ÷ sink':>13} {'CPU ÷ sink':>11}")
+    for (name, mode), (rate, cpu) in sorted(med.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        sink = med.get(("smtp-sink", mode))
+        rr = f"{rate / sink[0]:.2f}" if sink else "-"
+        cr = f"{cpu / sink[1]:.2f}" if sink and sink[1] > 0 else "-"
+        print(f"{name:15} {mode:11} {rate:9.0f} {cpu:8.1f} {rr:>13} {cr:>11}")
+    u, e = med.get(("ringmx-uring", "cpm")), med.get(("ringmx-epoll", "cpm"))
+    if u and e:
+        print(f"\nio_uring ÷ epoll CPU/msg, connection per message: {u[1] / e[1]:.2f}")
+    u, e = med.get(("ringmx-uring", "persistent")), med.get(("ringmx-epoll", "persistent"))
+    if u and e:
+        print(f"io_uring ÷ epoll CPU/msg, persistent: {u[1] / e[1]:.2f}")
+    m = med.get(("postfix-mta", "persistent"))
+    if m and u:
+        print(f"ringmx-uring ÷ Postfix MTA msgs/s, persistent: {u[0] / m[0]:.1f}")
+    for name, v in commit.items():
+        print(f"group commit {name}: {statistics.median(v):.2f} messages per "
+              f"{'write' if 'nofsync' in name else 'fdatasync'} (median, persistent)")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,111 @@
+#!/usr/bin/env python3
+"""Server memory per idle connection.
+
+Starts ringmx (each driver in turn), opens N connections that read the greeting, say
+EHLO and then stay idle, and reports the growth of the server's resident set size
+(VmRSS from /proc) divided by N. Loopback only; the connections are closed at the end.
+
+Usage: perf/idle_memory.py [--connections 5000] [--ringmx target/release/ringmx]
+"""
+
+import argparse
+import os
+import resource
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def measure(binary, io, n):
+    port = free_port()
+    d = tempfile.mkdtemp(prefix="ringmx-idle-")
+    cfg = os.path.join(d, "ringmx.toml")
+    with open(cfg, "w") as f:
+        f.write(f'data_dir = "{d}/data"\n[[listener]]\nport = {port}\nbind = ["127.0.0.1"]\n')
+        f.write(f"[limits]\nmax_connections = {n + 100}\nmax_connections_per_ip = {n + 100}\n")
+    p = subprocess.Popen([binary, "serve", "--config", cfg, "--io", io], stdout=subprocess.PIPE,
+                         stderr=subprocess.DEVNULL)
+    p.stdout.readline()  # "listening on ..."
+    # Warm up: one full conversation so that lazily built state exists before the baseline.
+    w = socket.create_connection(("127.0.0.1", port))
+    w.recv(512)
+    w.sendall(b"EHLO warm\r\n")
+    w.recv(4096)
+    w.close()
+    time.sleep(0.3)
+    base = rss_kib(p.pid)
+    socks = []
+    for _ in range(n):
+        s = socket.create_connection(("127.0.0.1", port))
+        socks.append(s)
+    sel = selectors.DefaultSelector()
+    for s in socks:
+        s.setblocking(False)
+        sel.register(s, selectors.EVENT_READ)
+    # Read every greeting, then EHLO on each, then read the EHLO replies.
+    pending = set(socks)
+    deadline = time.time() + 60
+    while pending and time.time() < deadline:
+        for key, _ in sel.select(timeout=1):
+            try:
+                if key.fileobj.recv(4096):
+                    pending.discard(key.fileobj)
+            except BlockingIOError:
+                pass
+    for s in socks:
+        s.sendall(b"EHLO idle.example\r\n")
+    pending = set(socks)
+    while pending and time.time() < deadline:
+        for key, _ in sel.select(timeout=1):
+            try:
+                if key.fileobj.recv(4096):
+                    pending.discard(key.fileobj)
+            except BlockingIOError:
+                pass
+    time.sleep(0.5)
+    after = rss_kib(p.pid)
+    for s in socks:
+        s.close()
+    p.send_signal(signal.SIGTERM)
+    p.wait(timeout=30)
+    return base, after
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--connections", type=int, default=5000)
+    ap.add_argument("--ringmx", default=os.path.join(os.path.dirname(__file__), "..", "target", "release", "ringmx"))
+    a = ap.parse_args()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    need = a.connections * 2 + 200
+    if soft < need:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(need, soft), max(need, hard)))
+    for io in ("uring", "epoll"):
+        base, after = measure(a.ringmx, io, a.connections)
+        per = (after - base) * 1024 / a.connections
+        print(f"{io:6} {a.connections} idle connections: RSS {base} KiB -> {after} KiB, "
+              f"{per / 1024:.2f} KiB per connection")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
