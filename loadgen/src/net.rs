@@ -53,14 +53,21 @@ impl Epoll {
         self.ctl(libc::EPOLL_CTL_DEL, fd, 0, 0)
     }
 
-    /// Waits up to `timeout` (rounded up to a millisecond); returns `(events, token)` pairs.
+    /// Waits up to `timeout` (to the microsecond, with epoll_pwait2); returns
+    /// `(events, token)` pairs.
     pub fn wait(&mut self, timeout: Option<Duration>) -> io::Result<impl Iterator<Item = (u32, u64)> + '_> {
-        let ms = match timeout {
-            None => -1,
-            Some(d) => d.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32,
+        let ts =
+            timeout.map(|d| libc::timespec { tv_sec: d.as_secs() as libc::time_t, tv_nsec: d.subsec_nanos() as _ });
+        let ts_ptr = ts.as_ref().map_or(std::ptr::null(), |t| t as *const libc::timespec);
+        let n = unsafe {
+            libc::epoll_pwait2(
+                self.fd.as_raw_fd(),
+                self.events.as_mut_ptr(),
+                self.events.len() as i32,
+                ts_ptr,
+                std::ptr::null(),
+            )
         };
-        let n =
-            unsafe { libc::epoll_wait(self.fd.as_raw_fd(), self.events.as_mut_ptr(), self.events.len() as i32, ms) };
         let n = match cvt(n) {
             Ok(n) => n as usize,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => 0,
