@@ -12,12 +12,15 @@
 //!   recovery.
 //! - [`rt`]: the only place that does I/O: ingress shards on io_uring (or epoll), TLS,
 //!   listeners, group commit.
+//! - [`queue`]: retry schedule, lifetime, delay notices and the timer queue, as pure
+//!   functions of `now`; per-recipient delivery status.
 //! - [`config`]: the TOML configuration, validated as a whole.
 //! - [`admin`]: the operator commands (`queue list`, `queue show`).
 //! - [`util`]: small helpers (time formatting).
 
 pub mod admin;
 pub mod config;
+pub mod queue;
 pub mod rt;
 pub mod session;
 pub mod spool;
