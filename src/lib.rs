@@ -14,12 +14,15 @@
 //!   listeners, group commit.
 //! - [`queue`]: retry schedule, lifetime, delay notices and the timer queue, as pure
 //!   functions of `now`; per-recipient delivery status.
+//! - [`directory`]: postoffices, domains, mailboxes, groups; the RCPT check and recipient
+//!   expansion, in memory.
 //! - [`config`]: the TOML configuration, validated as a whole.
 //! - [`admin`]: the operator commands (`queue list`, `queue show`).
 //! - [`util`]: small helpers (time formatting).
 
 pub mod admin;
 pub mod config;
+pub mod directory;
 pub mod queue;
 pub mod rt;
 pub mod session;
