@@ -217,8 +217,8 @@ def main():
                     st = srv.stop()
                 cpu_us = (c1 - c0) / CLK_TCK / n * 1e6
                 results.setdefault((name, mode), []).append((n / secs, cpu_us))
-                if st and name.startswith("ringmx") and mode == "persistent":
-                    commit.setdefault(name, []).append(st[0] / max(st[1], 1))
+                if st and name.startswith("ringmx"):
+                    commit.setdefault((name, mode), []).append(st[0] / max(st[1], 1))
                 print(f"round {r + 1} {mode:10} {name:15} {n / secs:9.0f} msg/s {cpu_us:7.1f} µs/msg", flush=True)
     shutil.rmtree(tmp, ignore_errors=True)
 
@@ -241,9 +241,9 @@ def main():
     m = med.get(("postfix-mta", "persistent"))
     if m and u:
         print(f"ringmx-uring ÷ Postfix MTA msgs/s, persistent: {u[0] / m[0]:.1f}")
-    for name, v in commit.items():
-        print(f"group commit {name}: {statistics.median(v):.2f} messages per "
-              f"{'write' if 'nofsync' in name else 'fdatasync'} (median, persistent)")
+    for (name, mode), v in sorted(commit.items()):
+        print(f"group commit {name:15} {mode:10}: {statistics.median(v):.2f} messages per "
+              f"{'write' if 'nofsync' in name else 'fdatasync'} (median)")
 
 
 if __name__ == "__main__":

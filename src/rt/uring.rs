@@ -15,9 +15,11 @@
 //!    (datasync) pair is queued: the group commit. Its completion releases every waiting
 //!    250 at once.
 //!
-//! Closing follows ARCHITECTURE.md's pitfalls: the multishot recv is cancelled and the
-//! descriptor closed only after both the recv and the cancel have completed and no send is
-//! in flight, so that a reused descriptor number never receives a late operation.
+//! Closing follows ARCHITECTURE.md's pitfalls: never while a send is in flight (its buffer
+//! must stay put), and never through IORING_OP_SHUTDOWN (it resolves the descriptor late, so
+//! after a close and a new accept it can hit another connection). A synchronous shutdown(2)
+//! ends the multishot recv, and every completion carries the connection's generation, so a
+//! late one for a closed connection is recognised.
 
 use super::conn::Effect;
 use super::listener;
@@ -40,7 +42,6 @@ const TICK: Duration = Duration::from_millis(100);
 const K_ACCEPT: u64 = 1 << 56;
 const K_RECV: u64 = 2 << 56;
 const K_SEND: u64 = 3 << 56;
-const K_CANCEL: u64 = 4 << 56;
 const K_SPOOL_WRITE: u64 = 5 << 56;
 const K_SPOOL_SYNC: u64 = 6 << 56;
 const K_CANCEL_ACCEPT: u64 = 7 << 56;
@@ -150,8 +151,6 @@ struct UringIo {
     /// The buffer being sent; untouched while `send_inflight`.
     sending: Vec<u8>,
     send_off: usize,
-    cancel_sent: bool,
-    cancel_inflight: bool,
 }
 
 struct Driver {
@@ -204,12 +203,6 @@ pub fn run(mut shard: Shard) -> io::Result<ShardStats> {
                 K_ACCEPT => d.on_accept(&mut shard, token as usize, res, flags, now),
                 K_RECV => d.on_recv(&mut shard, &mut bufs, token, res, flags, now),
                 K_SEND => d.on_send(token, res),
-                K_CANCEL => {
-                    if let Some(s) = d.conns.get_mut(token) {
-                        s.io.cancel_inflight = false;
-                    }
-                    d.touched.push(token);
-                }
                 K_SPOOL_WRITE => d.on_spool_write(&mut shard, res, now),
                 K_SPOOL_SYNC => d.on_spool_sync(&mut shard, res, now),
                 K_CANCEL_ACCEPT => {}
@@ -411,17 +404,14 @@ impl Driver {
         let Some(s) = self.conns.get_mut(token) else { return };
         let flushed = !s.io.send_inflight && s.io.sending.is_empty() && s.conn.outq.is_empty();
         if s.conn.wants_close() && flushed {
+            // A synchronous shutdown(2) ends the armed multishot recv at once (it completes
+            // with EOF); the descriptor can then be closed right away: the recv holds its own
+            // reference to the socket, and its late completion carries this slot's old
+            // generation, so it is recognised and only its buffer is taken back. This saves
+            // the AsyncCancel round trip per connection (and avoids IORING_OP_SHUTDOWN,
+            // which resolves the descriptor late).
             if s.io.recv_armed {
-                if !s.io.cancel_sent {
-                    s.io.cancel_sent = true;
-                    s.io.cancel_inflight = true;
-                    let e = opcode::AsyncCancel::new(K_RECV | token).build().user_data(K_CANCEL | token);
-                    self.push(e);
-                }
-                return;
-            }
-            if s.io.cancel_inflight {
-                return;
+                unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
             }
             if let Some(s) = self.conns.remove(token) {
                 shard.stats.messages += s.conn.session.messages_accepted();
