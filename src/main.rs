@@ -30,6 +30,8 @@ enum Cmd {
         #[command(subcommand)]
         cmd: QueueCmd,
     },
+    /// Manage the directory: postoffices, domains, mailboxes, groups, blocked addresses.
+    Directory(ringmx::admin::directory::DirectoryArgs),
 }
 
 #[derive(clap::Args, Default)]
@@ -145,6 +147,7 @@ fn main() -> ExitCode {
         Cmd::CheckConfig { config } => load(config.as_ref()).map(|c| {
             println!("configuration ok: {} listener(s), {} local domain(s)", c.listeners.len(), c.local_domains.len());
         }),
+        Cmd::Directory(args) => return ringmx::admin::directory::run(args),
         Cmd::Queue { cmd } => {
             let mut out = std::io::stdout().lock();
             let r = match cmd {

@@ -1,6 +1,8 @@
 //! Operator commands that read the spool directly, so that they work whether the server
 //! runs or not.
 
+pub mod directory;
+
 use crate::spool::{MarkStatus, QueueId, SpoolError, StoredMessage, header_value, recover};
 use crate::util::time::rfc3339_ms;
 use std::io::Write;

@@ -1,0 +1,283 @@
+//! `ringmx directory …` run as the built binary on a temporary data directory: exit codes,
+//! messages, the stored JSON, import and export.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+const BIN: &str = env!("CARGO_BIN_EXE_ringmx");
+
+struct Out {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs `ringmx directory ARGS --data-dir DIR` with `stdin`.
+fn run_in(dir: &Path, args: &[&str], stdin: &str) -> Out {
+    let mut child = Command::new(BIN)
+        .arg("directory")
+        .args(args)
+        .arg("--data-dir")
+        .arg(dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    let o = child.wait_with_output().unwrap();
+    Out {
+        code: o.status.code().unwrap_or(-1),
+        stdout: String::from_utf8(o.stdout).unwrap(),
+        stderr: String::from_utf8(o.stderr).unwrap(),
+    }
+}
+
+fn ok(dir: &Path, args: &[&str]) -> String {
+    let o = run_in(dir, args, "");
+    assert_eq!(o.code, 0, "{args:?}: {}", o.stderr);
+    o.stdout
+}
+
+/// Runs a command that must fail with exit code 2 and a message containing `want`.
+fn usage_error(dir: &Path, args: &[&str], want: &str) {
+    let o = run_in(dir, args, "");
+    assert_eq!(o.code, 2, "{args:?} should fail: {}{}", o.stdout, o.stderr);
+    assert!(o.stderr.contains(want), "{args:?}: {:?} should mention {want:?}", o.stderr);
+}
+
+fn stored(dir: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(dir.join("directory/directory.json")).unwrap()).unwrap()
+}
+
+fn json_lines(s: &str) -> Vec<serde_json::Value> {
+    s.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+#[test]
+fn postoffices_domains_mailboxes_groups_blocked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+
+    usage_error(d, &["domain", "add", "example.test"], "no postoffice yet");
+    ok(d, &["postoffice", "add", "Corp"]);
+    ok(d, &["postoffice", "add", "internal", "--require-auth-inbound"]);
+    usage_error(d, &["postoffice", "add", "corp"], "already exists");
+    usage_error(d, &["postoffice", "add", "../x"], "invalid name");
+    assert_eq!(ok(d, &["postoffice", "list"]), "corp (default)\ninternal\n");
+
+    ok(d, &["domain", "add", "Example.TEST"]);
+    ok(d, &["domain", "add", "backup.test", "--postoffice", "corp", "--smart-host", "192.0.2.25:25"]);
+    ok(d, &["domain", "add", "intra.test", "--postoffice", "internal", "--catch-all", "ops@intra.test"]);
+    usage_error(d, &["domain", "add", "other.test", "--postoffice", "nope"], "unknown postoffice \"nope\"");
+    usage_error(d, &["domain", "add", "example.test"], "already exists");
+    usage_error(d, &["domain", "add", "bad..test"], "invalid domain");
+    usage_error(d, &["domain", "add", "x.test", "--smart-host", "mx.test"], "invalid smart host");
+    ok(d, &["domain", "set", "example.test", "--abuse", "abuse@example.test", "--blacklist-add", "Spam.test"]);
+    ok(d, &["domain", "set", "example.test", "--blacklist-add", "junk.test", "--blacklist-remove", "spam.test"]);
+    ok(d, &["domain", "set", "backup.test", "--enabled", "false", "--smart-host", ""]);
+    let domains = json_lines(&ok(d, &["domain", "list", "--json"]));
+    assert_eq!(domains.len(), 3);
+    assert_eq!(domains[0]["name"], "example.test");
+    assert_eq!(domains[0]["sender_blacklist"], serde_json::json!(["junk.test"]));
+    assert_eq!(domains[0]["abuse"], "abuse@example.test");
+    assert_eq!(domains[1]["enabled"], false);
+    assert!(domains[1].get("smart_host").is_none());
+    let show = ok(d, &["domain", "show", "intra.test"]);
+    assert!(show.contains("catch_all: ops@intra.test\n"), "{show}");
+    usage_error(d, &["domain", "show", "nope.test"], "unknown domain \"nope.test\"");
+
+    // Mailboxes: the postoffice comes from the domain.
+    let o = run_in(d, &["mailbox", "add", "Alice@Example.test", "--password-stdin", "--quota", "10M"], "s3cret pw\n");
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert_eq!(o.stdout, "mailbox alice@example.test added (corp/alice)\n");
+    ok(d, &["mailbox", "add", "bob@example.test", "--password", "hunter2"]);
+    ok(d, &["mailbox", "add", "ops@intra.test"]);
+    usage_error(d, &["mailbox", "add", "carol@unknown.test"], "unknown domain \"unknown.test\"");
+    usage_error(d, &["mailbox", "add", "alice@example.test"], "already in use");
+    usage_error(d, &["mailbox", "add", "not-an-address"], "invalid address");
+    usage_error(d, &["mailbox", "add", "x@example.test", "--quota", "lots"], "invalid quota");
+    usage_error(d, &["mailbox", "add", "x@example.test", "--password-stdin"], "no password");
+    usage_error(d, &["mailbox", "set", "nobody@example.test", "--disabled"], "no mailbox with address");
+    usage_error(d, &["mailbox", "set", "alice@example.test", "--add-address", "a@intra.test"], "postoffice");
+    usage_error(d, &["mailbox", "set", "alice@example.test", "--add-address", "bob@example.test"], "already in use");
+
+    ok(
+        d,
+        &[
+            "mailbox",
+            "set",
+            "alice@example.test",
+            "--add-address",
+            "a.smith@example.test",
+            "--redirect",
+            "x@remote.test",
+        ],
+    );
+    ok(d, &["mailbox", "set", "a.smith@example.test", "--keep-copy", "--autoresponder-subject", "Away"]);
+    ok(d, &["mailbox", "set", "bob@example.test", "--disabled", "--delivery-event", "/usr/local/bin/notify"]);
+    let alice = &json_lines(&ok(d, &["mailbox", "show", "alice@example.test", "--json"]))[0];
+    assert_eq!(alice["maildir"], "corp/alice");
+    assert_eq!(alice["addresses"], serde_json::json!(["alice@example.test", "a.smith@example.test"]));
+    assert_eq!(alice["quota_bytes"], 10 << 20);
+    assert_eq!(alice["redirect"], serde_json::json!(["x@remote.test"]));
+    assert_eq!(alice["redirect_keep_copy"], true);
+    assert_eq!(alice["autoresponder"]["subject"], "Away");
+    assert_eq!(alice["password_set"], true);
+    assert!(alice.get("password_hash").is_none(), "the hash is never shown");
+    let list = ok(d, &["mailbox", "list"]);
+    assert!(list.contains("bob@example.test  corp/bob disabled\n"), "{list}");
+    assert_eq!(json_lines(&ok(d, &["mailbox", "list", "--postoffice", "internal", "--json"])).len(), 1);
+
+    // Stored: argon2 hashes, never the passwords.
+    let text = std::fs::read_to_string(d.join("directory/directory.json")).unwrap();
+    assert!(!text.contains("s3cret") && !text.contains("hunter2"));
+    let hash = stored(d)["mailboxes"][0]["password_hash"].as_str().unwrap().to_string();
+    assert!(hash.starts_with("$argon2id$"), "{hash}");
+    assert!(ringmx::admin::directory::verify_password("s3cret pw", &hash));
+    ok(d, &["mailbox", "set", "alice@example.test", "--redirect", "--keep-copy", "false", "--autoresponder-off"]);
+    let alice = &json_lines(&ok(d, &["mailbox", "show", "alice@example.test", "--json"]))[0];
+    assert_eq!(alice["redirect"], serde_json::json!([]));
+    assert_eq!(alice["autoresponder"], serde_json::Value::Null);
+
+    // Groups.
+    ok(d, &["group", "add", "team@example.test", "--member", "alice@example.test", "bob@example.test"]);
+    usage_error(d, &["group", "add", "team@example.test", "--member", "x@y.test"], "already in use");
+    usage_error(d, &["group", "add", "g@nope.test", "--member", "x@y.test"], "unknown domain");
+    ok(
+        d,
+        &["group", "set", "team@example.test", "--add-member", "c@remote.test", "--remove-member", "bob@example.test"],
+    );
+    let g = &json_lines(&ok(d, &["group", "show", "team@example.test", "--json"]))[0];
+    assert_eq!(g["members"], serde_json::json!(["alice@example.test", "c@remote.test"]));
+
+    // Blocked addresses.
+    ok(d, &["blocked", "add", "Gone@example.test"]);
+    usage_error(d, &["blocked", "add", "gone@example.test"], "already blocked");
+    assert_eq!(ok(d, &["blocked", "list"]), "gone@example.test\n");
+
+    // What the server would load agrees.
+    let store = ringmx::directory::JsonFileStore::in_data_dir(d);
+    let dir = ringmx::directory::DirectoryHandle::open(Box::new(store)).unwrap().current();
+    let reply = |rcpt| match dir.check_recipient(Some("s@remote.test"), rcpt, true) {
+        ringmx::directory::RcptVerdict::Refuse(r) => r.reply().to_string(),
+        other => format!("{other:?}").split('(').next().unwrap().to_string(),
+    };
+    assert_eq!(reply("alice@example.test"), "Accept");
+    assert_eq!(reply("bob@example.test").get(..9), Some("550 5.2.1"));
+    assert_eq!(reply("gone@example.test").get(..9), Some("550 5.1.1"));
+    assert_eq!(reply("x@backup.test").get(..9), Some("550 5.2.1"));
+
+    // Removing: in-use records are refused.
+    usage_error(d, &["domain", "remove", "example.test"], "still in use");
+    usage_error(d, &["postoffice", "remove", "corp"], "still in use");
+    ok(d, &["group", "remove", "team@example.test"]);
+    ok(d, &["blocked", "remove", "gone@example.test"]);
+    let o = ok(d, &["mailbox", "remove", "bob@example.test"]);
+    assert!(o.contains("stays on disk"), "{o}");
+    ok(d, &["mailbox", "remove", "alice@example.test"]);
+    ok(d, &["domain", "remove", "example.test"]);
+    ok(d, &["domain", "remove", "backup.test"]);
+    assert_eq!(stored(d)["domains"].as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn config_file_and_bad_usage() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("ringmx.toml");
+    std::fs::write(&cfg, format!("data_dir = {:?}\n", tmp.path().join("data"))).unwrap();
+    let run = |args: &[&str]| Command::new(BIN).arg("directory").args(args).output().unwrap();
+    let o = run(&["postoffice", "add", "corp", "--config", cfg.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(tmp.path().join("data/directory/directory.json").exists());
+    // A configuration that does not load: exit 2 with the problem.
+    std::fs::write(&cfg, "no_such_key = 1\n").unwrap();
+    let o = run(&["postoffice", "list", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no_such_key"));
+    // An unknown subcommand is a usage error too.
+    assert_eq!(run(&["mailbox", "frobnicate"]).status.code(), Some(2));
+    // A damaged store is a runtime failure (1), and is left alone.
+    let d = tmp.path().join("data");
+    std::fs::write(d.join("directory/directory.json"), b"{").unwrap();
+    let o = run_in(&d, &["postoffice", "add", "x"], "");
+    assert_eq!(o.code, 1, "{}", o.stderr);
+    assert_eq!(std::fs::read(d.join("directory/directory.json")).unwrap(), b"{");
+}
+
+#[test]
+fn import_with_bad_lines_then_export() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let csv = d.join("users.csv");
+    std::fs::write(
+        &csv,
+        "email,password,quota\n\
+         alice@example.test,pw-alice,10M\n\
+         bob@example.test\n\
+         \n\
+         not-an-address,x,1\n\
+         carol@other.test,,2048\n\
+         alice@example.test,again,\n\
+         dave@example.test,pw,lots\n\
+         \"erin@example.test\",\"p,w\",\n\
+         # a comment\n\
+         frank@example.test,pw,1,extra\n",
+    )
+    .unwrap();
+    let o = run_in(d, &["import", csv.to_str().unwrap()], "");
+    assert_eq!(o.code, 2, "refused lines make the exit code 2: {}", o.stderr);
+    let path = csv.display().to_string();
+    for (line, what) in [(5, "invalid address"), (7, "already in use"), (8, "invalid quota"), (11, "4 fields")] {
+        assert!(o.stderr.contains(&format!("{path}:{line}: ")), "line {line} in {}", o.stderr);
+        let msg = o.stderr.lines().find(|l| l.contains(&format!("{path}:{line}: "))).unwrap();
+        assert!(msg.contains(what), "{msg} should say {what}");
+    }
+    assert!(o.stderr.contains("imported 4 mailbox(es), refused 4 line(s)"), "{}", o.stderr);
+
+    // Generated passwords, printed once on stdout as email,password: bob and carol.
+    let generated: Vec<(&str, &str)> = o.stdout.lines().map(|l| l.split_once(',').unwrap()).collect();
+    assert_eq!(generated.iter().map(|g| g.0).collect::<Vec<_>>(), ["bob@example.test", "carol@other.test"]);
+    assert!(generated.iter().all(|g| g.1.len() == 16));
+    assert_ne!(generated[0].1, generated[1].1);
+
+    // A postoffice and the domains were created as needed; the passwords check.
+    let s = stored(d);
+    assert_eq!(s["postoffices"][0]["name"], "main");
+    assert_eq!(s["default_postoffice"], "main");
+    let names: Vec<_> = s["domains"].as_array().unwrap().iter().map(|d| d["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["example.test", "other.test"]);
+    let hash_of = |addr: &str| {
+        s["mailboxes"].as_array().unwrap().iter().find(|m| m["addresses"][0] == addr).unwrap()["password_hash"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    use ringmx::admin::directory::verify_password;
+    assert!(verify_password("pw-alice", &hash_of("alice@example.test")));
+    assert!(verify_password(generated[0].1, &hash_of("bob@example.test")));
+    assert!(verify_password("p,w", &hash_of("erin@example.test")));
+    assert!(!o.stdout.contains("pw-alice"), "given passwords are never printed");
+
+    // Export: the same CSV, password column empty.
+    let want = "email,password,quota\n\
+                alice@example.test,,10485760\n\
+                bob@example.test,,0\n\
+                carol@other.test,,2048\n\
+                erin@example.test,,0\n";
+    assert_eq!(ok(d, &["export"]), want);
+    let file = d.join("out.csv");
+    assert_eq!(ok(d, &["export", file.to_str().unwrap()]), "");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), want);
+
+    // The export imports into a fresh directory (new passwords generated for each).
+    let fresh = tempfile::tempdir().unwrap();
+    let o = run_in(fresh.path(), &["import", file.to_str().unwrap()], "");
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert_eq!(o.stdout.lines().count(), 4);
+    assert_eq!(ok(fresh.path(), &["export"]), want);
+
+    // A missing file is a clear usage error.
+    usage_error(d, &["import", "/nonexistent/users.csv"], "cannot read /nonexistent/users.csv");
+}
