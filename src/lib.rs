@@ -16,12 +16,14 @@
 //!   functions of `now`; per-recipient delivery status.
 //! - [`directory`]: postoffices, domains, mailboxes, groups; the RCPT check and recipient
 //!   expansion, in memory.
+//! - [`delivery`]: getting messages out: the SMTP client, MX plan, DSNs (and local delivery).
 //! - [`config`]: the TOML configuration, validated as a whole.
 //! - [`admin`]: the operator commands (`queue list`, `queue show`).
 //! - [`util`]: small helpers (time formatting).
 
 pub mod admin;
 pub mod config;
+pub mod delivery;
 pub mod directory;
 pub mod queue;
 pub mod rt;
