@@ -2,6 +2,9 @@
 //!
 //! # Layout
 //!
+//! - [`maildir`]: delivery into a Maildir (unique names, `tmp/` → `new/` with fsyncs) with
+//!   Maildir++ quota accounting in `maildirsize`, as Dovecot and Courier keep it, and
+//!   [`maildir::UsageCache`], the in-memory usage the RCPT check reads.
 //! - [`client`]: the sans-IO SMTP client (EHLO/HELO, PIPELINING, SIZE, 8BITMIME,
 //!   SMTPUTF8, STARTTLS, AUTH, per-recipient results, RFC 5321 time-outs); its errors say
 //!   whether they are permanent and whether they concern a recipient, the message or the
@@ -10,3 +13,4 @@
 //! Errors say whether they are permanent (bounce) or transient (retry).
 
 pub mod client;
+pub mod maildir;
