@@ -9,8 +9,10 @@
 //!   SMTPUTF8, STARTTLS, AUTH, per-recipient results, RFC 5321 time-outs); its errors say
 //!   whether they are permanent and whether they concern a recipient, the message or the
 //!   connection.
+//! - [`dsn`]: delivery status notifications (RFC 3464 multipart/report), pure.
 //!
 //! Errors say whether they are permanent (bounce) or transient (retry).
 
 pub mod client;
+pub mod dsn;
 pub mod maildir;
