@@ -4,6 +4,7 @@
 //! Run: `cargo bench --bench wire`.
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use ringmx::directory::{Directory, DirectoryData};
 use ringmx::session::{Action, Session, SessionConfig};
 use ringmx::spool::{IdGen, QueueId};
 use ringmx::util::time::Now;
@@ -85,6 +86,7 @@ fn session(c: &mut Criterion) {
         ..SessionConfig::default()
     });
     let ids = Rc::new(RefCell::new(IdGen::new(0, QueueId(0))));
+    let dir = Arc::new(Directory::build(DirectoryData::default()).unwrap());
     let mut msg = b"MAIL FROM:<a@remote.example>\r\nRCPT TO:<b@example.test>\r\nDATA\r\n".to_vec();
     let body = vec![b'x'; 1000];
     msg.extend_from_slice(&body);
@@ -95,7 +97,8 @@ fn session(c: &mut Criterion) {
         b.iter_batched_ref(
             || {
                 let now = Now::system();
-                let mut s = Session::new(cfg.clone(), ids.clone(), "192.0.2.1:1".parse().unwrap(), None, now);
+                let mut s =
+                    Session::new(cfg.clone(), ids.clone(), dir.clone(), "192.0.2.1:1".parse().unwrap(), None, now);
                 s.handle_input(now, b"EHLO c\r\n");
                 s.output().clear();
                 (s, now)

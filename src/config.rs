@@ -41,6 +41,61 @@ pub struct Config {
     pub limits: LimitsConfig,
     #[serde(default)]
     pub timeouts: TimeoutsConfig,
+    #[serde(default)]
+    pub delivery: DeliveryConfig,
+    #[serde(default)]
+    pub policy: PolicyConfig,
+}
+
+/// `[delivery]`: local delivery.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeliveryConfig {
+    /// Root of the mailboxes: `<root>/<postoffice>/<mailbox>/Maildir`. Default
+    /// `<data_dir>/mailboxes`.
+    #[serde(default)]
+    pub maildir_root: Option<PathBuf>,
+    /// Header that names the original recipients of a catch-all copy. Default
+    /// `X-Original-Recipients`.
+    #[serde(default = "default_catch_all_header")]
+    pub catch_all_header: String,
+    /// Pause before a local delivery that failed for a transient reason is tried again.
+    /// Default 5 minutes.
+    #[serde(default = "default_local_retry", deserialize_with = "de_duration")]
+    pub local_retry: Duration,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        DeliveryConfig {
+            maildir_root: None,
+            catch_all_header: default_catch_all_header(),
+            local_retry: default_local_retry(),
+        }
+    }
+}
+
+/// `[policy]`: who may do what at the door.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// Catch-all addresses of directory domains apply. Default true; false is MailEnable's
+    /// "disable all catch-alls".
+    #[serde(default = "yes")]
+    pub catch_alls: bool,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        PolicyConfig { catch_alls: true }
+    }
+}
+
+fn default_catch_all_header() -> String {
+    "X-Original-Recipients".into()
+}
+fn default_local_retry() -> Duration {
+    Duration::from_secs(300)
 }
 
 /// `[[listener]]`: one port and the addresses it is bound on.
@@ -413,6 +468,11 @@ impl Config {
         if self.limits.max_connections == 0 || self.limits.max_connections_per_ip == 0 {
             bad("limits.max_connections", "must be at least 1".into());
         }
+        if self.delivery.catch_all_header.is_empty()
+            || !self.delivery.catch_all_header.bytes().all(|b| b.is_ascii_graphic() && b != b':')
+        {
+            bad("delivery.catch_all_header", "not a header field name (RFC 5322 §3.6.8)".into());
+        }
         if self.timeouts.command.is_zero() || self.timeouts.data.is_zero() {
             bad("timeouts", "time-outs must be positive".into());
         }
@@ -426,6 +486,10 @@ impl Config {
 
     pub fn spool_dir(&self) -> PathBuf {
         self.data_dir.join("spool")
+    }
+
+    pub fn maildir_root(&self) -> PathBuf {
+        self.delivery.maildir_root.clone().unwrap_or_else(|| self.data_dir.join("mailboxes"))
     }
 
     /// Every address to listen on, with its listener.
@@ -451,6 +515,7 @@ impl Config {
             data_timeout: self.timeouts.data,
             starttls: tls_available && listener.tls == ListenerTls::Starttls,
             local_domains: self.local_domains.iter().map(|d| d.to_ascii_lowercase()).collect::<HashSet<_>>(),
+            catch_alls: self.policy.catch_alls,
             hide_client_ip: false,
         }
     }
@@ -468,6 +533,10 @@ mod tests {
         assert_eq!(c.limits.max_recipients, 100);
         assert_eq!(c.spool.segment_size, 64 << 20);
         assert!(c.spool.fsync);
+        assert_eq!(c.delivery.catch_all_header, "X-Original-Recipients");
+        assert_eq!(c.delivery.local_retry, Duration::from_secs(300));
+        assert!(c.policy.catch_alls);
+        assert_eq!(c.maildir_root(), PathBuf::from("./var/mailboxes"));
         assert_eq!(c.runtime.io, IoMode::Auto);
         assert_eq!(c.ingress_cores(2), 1);
         assert_eq!(c.ingress_cores(8), 7);

@@ -76,6 +76,7 @@ pub fn run(mut shard: Shard) -> io::Result<ShardStats> {
             d.service(&mut shard, data);
         }
         d.flush_spool(&mut shard, now);
+        shard.flush_control();
         if now.mono.duration_since(last_tick) >= TICK {
             last_tick = now.mono;
             for t in d.conns.tokens() {
@@ -235,11 +236,8 @@ impl Driver {
             }
             let done = shard.log.flush_sync(shard.fsync);
             for c in done {
+                let result = shard.stored(c.result);
                 if let Some(s) = self.conns.get_mut(c.token) {
-                    let result = c.result.map_err(|e| {
-                        log::error!("shard {}: spool: {e}", shard.id);
-                        e.smtp_reply()
-                    });
                     s.conn.spool_done(now, result, c.data, shard.tls.as_ref(), &mut self.effects);
                     shard.apply(c.token, &mut self.effects);
                 }

@@ -11,6 +11,7 @@
 //! - `listener`, `tls`: sockets and certificates.
 
 mod conn;
+pub mod control;
 mod epoll;
 pub mod listener;
 mod shard;
@@ -20,7 +21,8 @@ mod uring;
 pub use shard::{ConnLimits, ShardStats};
 
 use crate::config::{Config, IoMode, ListenerTls};
-use crate::spool::{IdGen, ShardLog, shard_dir};
+use crate::directory::{DirectoryHandle, JsonFileStore};
+use crate::spool::{CONTROL_SHARD, IdGen, ShardLog, shard_dir};
 use shard::{Shard, ShardListener};
 use std::cell::RefCell;
 use std::io::Write;
@@ -42,6 +44,8 @@ pub enum ServeError {
     UringUnavailable(std::io::Error),
     #[error("starting shard thread: {0}")]
     Thread(std::io::Error),
+    #[error("directory: {0}")]
+    Directory(crate::directory::DirectoryError),
     #[error("shard {shard} failed: {source}")]
     Shard { shard: u8, source: std::io::Error },
 }
@@ -71,6 +75,9 @@ pub fn choose_driver(mode: IoMode) -> Result<Driver, ServeError> {
 /// A running server: its shard threads and the flag that stops them.
 pub struct Server {
     threads: Vec<std::thread::JoinHandle<Result<ShardStats, std::io::Error>>>,
+    control: Option<std::thread::JoinHandle<()>>,
+    /// The directory in use; SIGHUP reloads it.
+    pub directory: Arc<DirectoryHandle>,
     shutdown: Arc<AtomicBool>,
     /// The addresses actually bound (port 0 resolved).
     pub local_addrs: Vec<std::net::SocketAddr>,
@@ -114,6 +121,25 @@ impl Server {
                 });
             }
         }
+        let directory = Arc::new(
+            DirectoryHandle::open(Box::new(JsonFileStore::in_data_dir(&cfg.data_dir)))
+                .map_err(ServeError::Directory)?,
+        );
+        let (tx, rx) = std::sync::mpsc::sync_channel(control::CHANNEL_CAPACITY);
+        let control_thread = control::spawn(
+            control::ControlConfig {
+                spool: spool.clone(),
+                maildir_root: cfg.maildir_root(),
+                segment_size: cfg.spool.segment_size,
+                catch_alls: cfg.policy.catch_alls,
+                catch_all_header: cfg.delivery.catch_all_header.clone(),
+                local_retry: cfg.delivery.local_retry,
+            },
+            directory.clone(),
+            rec.messages,
+            rec.tails.get(&CONTROL_SHARD).copied(),
+            rx,
+        )?;
         let limits = Arc::new(ConnLimits::new(cfg.limits.max_connections, cfg.limits.max_connections_per_ip));
         let shutdown = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::new();
@@ -127,6 +153,8 @@ impl Server {
             };
             let max_id = rec.max_id;
             let tls = tls.clone();
+            let directory = directory.clone();
+            let link = control::ControlLink::new(tx.clone());
             let limits = limits.clone();
             let shutdown = shutdown.clone();
             let fsync = cfg.spool.fsync;
@@ -144,6 +172,8 @@ impl Server {
                         log,
                         ids: Rc::new(RefCell::new(IdGen::new(shard_id, max_id))),
                         tls,
+                        directory,
+                        control: Some(link),
                         limits,
                         shutdown,
                         fsync,
@@ -158,11 +188,13 @@ impl Server {
                 .map_err(ServeError::Thread)?;
             threads.push(t);
         }
+        // The shards hold the only senders now: when they are gone, the control thread ends.
+        drop(tx);
         log::info!(
             "{shards} ingress shard(s), {driver:?} driver, fsync {}",
             if cfg.spool.fsync { "on" } else { "OFF" }
         );
-        Ok(Server { threads, shutdown, local_addrs, driver })
+        Ok(Server { threads, control: Some(control_thread), directory, shutdown, local_addrs, driver })
     }
 
     /// Asks every shard to drain and stop.
@@ -181,6 +213,11 @@ impl Server {
                     return Err(ServeError::Shard { shard: i as u8, source: std::io::Error::other("shard panicked") });
                 }
             }
+        }
+        if let Some(c) = self.control
+            && c.join().is_err()
+        {
+            return Err(ServeError::Shard { shard: CONTROL_SHARD, source: std::io::Error::other("control panicked") });
         }
         Ok(all)
     }
@@ -218,7 +255,10 @@ pub fn serve(cfg: &Config) -> Result<Vec<ShardStats>, ServeError> {
             continue;
         }
         match sig {
-            libc::SIGHUP => log::info!("SIGHUP: nothing to reload yet (configuration is read at start)"),
+            libc::SIGHUP => match server.directory.reload() {
+                Ok(d) => log::info!("SIGHUP: directory reloaded ({} domain(s))", d.data().domains.len()),
+                Err(e) => log::error!("SIGHUP: directory not reloaded, the previous one stays: {e}"),
+            },
             _ => {
                 log::info!("signal {sig}: draining");
                 break;

@@ -2,9 +2,12 @@
 //! log, its connections, and the shared connection limits.
 
 use super::conn::{Conn, Effect};
+use super::control::{Accepted, ControlLink};
+use crate::directory::DirectoryHandle;
 use crate::session::{Session, SessionConfig};
-use crate::spool::{IdGen, ShardLog};
+use crate::spool::{IdGen, QueueId, ShardLog, SpoolError, Stored};
 use crate::util::time::Now;
+use crate::wire::Reply;
 use std::cell::RefCell;
 use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::os::fd::OwnedFd;
@@ -87,6 +90,9 @@ pub struct Shard {
     pub log: ShardLog,
     pub ids: Rc<RefCell<IdGen>>,
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    pub directory: Arc<DirectoryHandle>,
+    /// Where stored messages go next (none in tools and tests that only accept).
+    pub control: Option<ControlLink>,
     pub limits: Arc<ConnLimits>,
     pub shutdown: Arc<AtomicBool>,
     /// When false, records are written but not synced before 250 (operator's choice).
@@ -195,7 +201,7 @@ impl Shard {
     /// A new connection on listener `l`: its session, greeting included.
     pub fn new_conn(&self, l: usize, peer: SocketAddr, now: Now) -> Conn {
         let lst = &self.listeners[l];
-        let session = Session::new(lst.session.clone(), self.ids.clone(), peer, None, now);
+        let session = Session::new(lst.session.clone(), self.ids.clone(), self.directory.current(), peer, None, now);
         let implicit = if lst.implicit_tls { self.tls.clone() } else { None };
         Conn::new(session, peer.ip(), implicit)
     }
@@ -206,6 +212,31 @@ impl Shard {
             match e {
                 Effect::Spool(req) => self.log.append(token, *req),
             }
+        }
+    }
+
+    /// A spool completion: the answer for the session, and a stored message goes to the
+    /// control side.
+    pub fn stored(&mut self, result: Result<Stored, SpoolError>) -> Result<QueueId, Reply> {
+        match result {
+            Ok(s) => {
+                let id = s.id;
+                if let (Some(envelope), Some(link)) = (s.envelope, self.control.as_mut()) {
+                    link.send(Accepted { shard: self.id, envelope, location: s.location });
+                }
+                Ok(id)
+            }
+            Err(e) => {
+                log::error!("shard {}: spool: {e}", self.id);
+                Err(e.smtp_reply())
+            }
+        }
+    }
+
+    /// Once per loop turn: retries hand-overs the control channel had no room for.
+    pub fn flush_control(&mut self) {
+        if let Some(link) = self.control.as_mut() {
+            link.flush();
         }
     }
 

@@ -250,6 +250,7 @@ pub fn run(mut shard: Shard) -> io::Result<ShardStats> {
             }
         }
         d.start_spool_batch(&mut shard);
+        shard.flush_control();
         let touched = std::mem::take(&mut d.touched);
         for t in &touched {
             d.service(&mut shard, *t);
@@ -443,10 +444,7 @@ impl Driver {
             Err(failed) => {
                 let now = Now::system();
                 for c in failed {
-                    let result = c.result.map_err(|e| {
-                        log::error!("shard {}: spool: {e}", shard.id);
-                        e.smtp_reply()
-                    });
+                    let result = shard.stored(c.result);
                     self.complete(shard, c.token, result, c.data, now);
                 }
                 return;
@@ -487,10 +485,7 @@ impl Driver {
         };
         self.spool_inflight = false;
         for c in shard.log.finish_batch(result) {
-            let result = c.result.map_err(|e| {
-                log::error!("shard {}: spool: {e}", shard.id);
-                e.smtp_reply()
-            });
+            let result = shard.stored(c.result);
             self.complete(shard, c.token, result, c.data, now);
         }
     }

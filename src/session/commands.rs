@@ -1,6 +1,7 @@
 //! The verbs outside message content.
 
 use super::{Action, Phase, Session, Transaction};
+use crate::directory::RcptVerdict;
 use crate::spool::{Envelope, QueueId, Recipient};
 use crate::util::time::Now;
 use crate::wire::{Body, Command, MailParams, Mailbox, Path, RcptParams, Reply, parse_command};
@@ -134,8 +135,8 @@ impl Session {
             // RFC 5321 §4.5.3.1.10.
             return self.reply_error(Reply::new(452, "4.5.3", "Error: too many recipients"));
         }
-        if !self.is_local(&to) {
-            return self.reply_error(Reply::new(550, "5.7.1", "Error: relay access denied"));
+        if let Err(reply) = self.check_recipient(&to) {
+            return self.reply_error(reply);
         }
         let rcpt = Recipient { address: to.to_string(), notify: params.notify, orcpt: params.orcpt.map(str::to_owned) };
         if let Some(env) = self.tx.envelope.as_mut() {
@@ -144,20 +145,30 @@ impl Session {
         self.reply(Reply::new(250, "2.1.5", "Ok"));
     }
 
-    /// Mail for `postmaster` (RFC 5321 §4.5.1) and for the local domains is ours; anything
-    /// else would be relaying.
-    fn is_local(&self, to: &Mailbox<'_>) -> bool {
-        if to.domain.is_empty() {
-            return to.local.eq_ignore_ascii_case("postmaster");
-        }
+    /// Whether this recipient is ours: the directory's verdict for its domains, the
+    /// configured accept-all domains, and `postmaster` (RFC 5321 §4.5.1); anything else
+    /// would be relaying, which is refused.
+    fn check_recipient(&self, to: &Mailbox<'_>) -> Result<(), Reply> {
+        let relay_denied = || Reply::new(550, "5.7.1", "Error: relay access denied");
         if to.is_domain_literal() {
-            return false;
+            return Err(relay_denied());
         }
-        // Domains are compared without regard to case (RFC 5321 §2.4).
-        if to.domain.bytes().any(|b| b.is_ascii_uppercase()) {
-            self.cfg.local_domains.contains(&to.domain.to_ascii_lowercase())
-        } else {
-            self.cfg.local_domains.contains(to.domain)
+        let mut addr = String::with_capacity(to.local.len() + to.domain.len() + 1);
+        use std::fmt::Write as _;
+        let _ = write!(addr, "{to}");
+        let sender = self.tx.envelope.as_ref().map(|e| e.from.as_str()).filter(|f| !f.is_empty());
+        match self.directory.check_recipient(sender, &addr, self.cfg.catch_alls) {
+            RcptVerdict::Accept(_) => Ok(()),
+            RcptVerdict::Refuse(r) => Err(r.reply()),
+            RcptVerdict::NotLocal => {
+                // Domains are compared without regard to case (RFC 5321 §2.4).
+                let local = if to.domain.bytes().any(|b| b.is_ascii_uppercase()) {
+                    self.cfg.local_domains.contains(&to.domain.to_ascii_lowercase())
+                } else {
+                    self.cfg.local_domains.contains(to.domain)
+                };
+                if local { Ok(()) } else { Err(relay_denied()) }
+            }
         }
     }
 

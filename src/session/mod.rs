@@ -25,6 +25,7 @@
 mod commands;
 mod data;
 
+use crate::directory::Directory;
 use crate::spool::{Envelope, IdGen, QueueId};
 use crate::util::time::Now;
 use crate::wire::{BareLinePolicy, DataScanner, Reply, next_line};
@@ -60,8 +61,12 @@ pub struct SessionConfig {
     pub data_timeout: Duration,
     /// Offer STARTTLS (a certificate is configured and the listener is not implicit TLS).
     pub starttls: bool,
-    /// Domains whose mail is accepted here, lower case. Any other recipient is relaying.
+    /// Domains accepted for every address without directory entries (held in the queue,
+    /// or relayed to a smart host), lower case. Directory domains are looked up there.
     pub local_domains: HashSet<String>,
+    /// Catch-all addresses of directory domains apply (the "disable all catch-alls" switch
+    /// turns this off).
+    pub catch_alls: bool,
     /// Show 127.0.0.1 instead of the client address in the Received header.
     pub hide_client_ip: bool,
 }
@@ -81,6 +86,7 @@ impl Default for SessionConfig {
             data_timeout: Duration::from_secs(180),
             starttls: false,
             local_domains: HashSet::new(),
+            catch_alls: true,
             hide_client_ip: false,
         }
     }
@@ -153,6 +159,8 @@ struct Transaction {
 pub struct Session {
     cfg: Arc<SessionConfig>,
     ids: Rc<RefCell<IdGen>>,
+    /// The directory as it was when the connection came; a reload affects later ones.
+    directory: Arc<Directory>,
     peer: SocketAddr,
     phase: Phase,
     /// The HELO/EHLO argument, once given.
@@ -179,6 +187,7 @@ impl Session {
     pub fn new(
         cfg: Arc<SessionConfig>,
         ids: Rc<RefCell<IdGen>>,
+        directory: Arc<Directory>,
         peer: SocketAddr,
         tls: Option<TlsInfo>,
         now: Now,
@@ -188,6 +197,7 @@ impl Session {
             deadline: now.mono + cfg.command_timeout,
             cfg,
             ids,
+            directory,
             peer,
             phase: Phase::Command,
             helo: None,

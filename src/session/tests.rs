@@ -17,6 +17,21 @@ struct Harness {
     starttls: bool,
 }
 
+/// A directory with one postoffice: example.net has mailbox `alice` (and a disabled `bob`);
+/// example.test stays an accept-all domain of the configuration.
+fn directory() -> Arc<Directory> {
+    let data = serde_json::from_value(serde_json::json!({
+        "postoffices": [{"name": "po"}],
+        "domains": [{"name": "example.net", "postoffice": "po"}],
+        "mailboxes": [
+            {"postoffice": "po", "name": "alice", "addresses": ["alice@example.net"]},
+            {"postoffice": "po", "name": "bob", "disabled": true, "addresses": ["bob@example.net"]}
+        ]
+    }))
+    .unwrap();
+    Arc::new(Directory::build(data).unwrap())
+}
+
 fn cfg() -> SessionConfig {
     SessionConfig {
         hostname: "mx.example.test".into(),
@@ -29,7 +44,7 @@ impl Harness {
     fn new(cfg: SessionConfig) -> Self {
         let now = Now::system();
         let ids = Rc::new(RefCell::new(IdGen::new(0, QueueId(0))));
-        let s = Session::new(Arc::new(cfg), ids, "192.0.2.7:40000".parse().unwrap(), None, now);
+        let s = Session::new(Arc::new(cfg), ids, directory(), "192.0.2.7:40000".parse().unwrap(), None, now);
         let mut h =
             Harness { s, now, spooled: Vec::new(), auto_spool: true, waiting: None, closed: false, starttls: false };
         let greeting = h.take_output();
@@ -422,4 +437,20 @@ fn every_split_gives_the_same_conversation() {
     for a in 0..=script.len() {
         assert_eq!(run(&[a]), whole, "split at {a}");
     }
+}
+
+/// Directory domains get the directory's verdict at RCPT; accept-all domains of the
+/// configuration take any address; anything else is relaying.
+#[test]
+fn rcpt_uses_the_directory() {
+    let mut h = Harness::new(cfg());
+    h.ehlo();
+    h.send("MAIL FROM:<a@r.example>\r\n");
+    assert_eq!(h.send("RCPT TO:<alice@example.net>\r\n"), "250 2.1.5 Ok\r\n");
+    assert_eq!(h.send("RCPT TO:<ALICE@Example.NET>\r\n"), "250 2.1.5 Ok\r\n");
+    assert!(h.send("RCPT TO:<nobody@example.net>\r\n").starts_with("550 5.1.1 "));
+    assert!(h.send("RCPT TO:<bob@example.net>\r\n").starts_with("550 5.2.1 "));
+    assert_eq!(h.send("RCPT TO:<postmaster@example.net>\r\n"), "250 2.1.5 Ok\r\n");
+    assert_eq!(h.send("RCPT TO:<anyone@example.test>\r\n"), "250 2.1.5 Ok\r\n");
+    assert_eq!(h.send("RCPT TO:<x@example.org>\r\n"), "550 5.7.1 Error: relay access denied\r\n");
 }

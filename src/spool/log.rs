@@ -12,8 +12,9 @@
 //! [`ShardLog::flush_sync`] path does it with plain syscalls for the epoll driver and for
 //! tools.
 
+use super::envelope::Envelope;
 use super::envelope::QueueId;
-use super::record::{SEGMENT_HEADER_LEN, SegmentHeader, encode_message_header};
+use super::record::{Mark, SEGMENT_HEADER_LEN, SegmentHeader, encode_mark, encode_message_header};
 use super::{SpoolError, segment_path};
 use crate::session::SpoolRequest;
 use std::fs::{File, OpenOptions};
@@ -40,7 +41,11 @@ struct Queued {
     /// The segment sequence the header's CRC was computed for.
     sealed: u64,
     id: QueueId,
+    /// The message's envelope, handed back on completion (none for a mark).
+    envelope: Option<Envelope>,
+    /// The record's prefix and envelope (a message) or the whole record (a mark).
     header: Vec<u8>,
+    /// A message's content; empty for a mark.
     data: Vec<u8>,
 }
 
@@ -69,9 +74,26 @@ impl Batch {
 #[derive(Debug)]
 pub struct Completion {
     pub token: u64,
-    pub result: Result<QueueId, SpoolError>,
+    pub result: Result<Stored, SpoolError>,
     /// The request's data vector, given back for reuse.
     pub data: Vec<u8>,
+}
+
+/// A record made durable.
+#[derive(Debug)]
+pub struct Stored {
+    pub id: QueueId,
+    /// A message's envelope (none for a mark).
+    pub envelope: Option<Envelope>,
+    pub location: Location,
+}
+
+/// Where a message's content lies: segment `seq` of the writer's shard, at an offset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Location {
+    pub seq: u64,
+    pub content_offset: u64,
+    pub content_len: u64,
 }
 
 struct Segment {
@@ -137,7 +159,35 @@ impl ShardLog {
         // The segment sequence is filled in when the batch is placed; encode with the
         // active one now and again if a rotation moves it.
         encode_message_header(self.active.seq, &req.envelope, &req.data, &mut header);
-        self.queue.push(Queued { token, sealed: self.active.seq, id: req.envelope.id, header, data: req.data });
+        let id = req.envelope.id;
+        self.queue.push(Queued {
+            token,
+            sealed: self.active.seq,
+            id,
+            envelope: Some(req.envelope),
+            header,
+            data: req.data,
+        });
+    }
+
+    /// Queues a state mark; it is durable when its completion comes back.
+    pub fn append_mark(&mut self, token: u64, mark: &Mark) {
+        let mut header = self.spare.pop().unwrap_or_default();
+        header.clear();
+        encode_mark(self.active.seq, mark, &mut header);
+        self.queue.push(Queued {
+            token,
+            sealed: self.active.seq,
+            id: mark.id,
+            envelope: None,
+            header,
+            data: Vec::new(),
+        });
+    }
+
+    /// The directory of this log's segments.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// True when records wait for a batch and none is in flight.
@@ -219,7 +269,14 @@ impl ShardLog {
         let err =
             result.err().map(|e| SpoolError::from_write(e, &segment_path(&self.dir, self.active.seq), batch.offset));
         let mut out = Vec::with_capacity(batch.entries.len());
+        let mut offset = batch.offset;
         for e in batch.entries {
+            let location = Location {
+                seq: e.sealed,
+                content_offset: offset + e.header.len() as u64,
+                content_len: e.data.len() as u64,
+            };
+            offset += (e.header.len() + e.data.len()) as u64;
             let mut header = e.header;
             header.clear();
             if self.spare.len() < 64 {
@@ -228,7 +285,7 @@ impl ShardLog {
             out.push(Completion {
                 token: e.token,
                 result: match &err {
-                    None => Ok(e.id),
+                    None => Ok(Stored { id: e.id, envelope: e.envelope, location }),
                     Some(err) => Err(err.clone()),
                 },
                 data: e.data,

@@ -23,7 +23,7 @@ pub mod log;
 pub mod record;
 
 pub use envelope::{Envelope, IdGen, QueueId, Recipient};
-pub use log::{Batch, Completion, LogStats, ShardLog};
+pub use log::{Batch, Completion, Location, LogStats, ShardLog, Stored};
 pub use record::{Mark, MarkStatus};
 
 use crate::wire::Reply;
@@ -68,6 +68,10 @@ impl SpoolError {
         }
     }
 }
+
+/// The shard number of the control side's log (state marks, and the messages it generates
+/// such as delivery status notifications).
+pub const CONTROL_SHARD: u8 = 255;
 
 /// The directory of one shard's segments.
 pub fn shard_dir(spool: &Path, shard: u8) -> PathBuf {
@@ -150,11 +154,14 @@ pub fn recover(spool: &Path) -> Result<Recovery, SpoolError> {
         Err(e) => return Err(SpoolError::io("read directory", spool, 0, e)),
     };
     let mut by_id: HashMap<QueueId, StoredMessage> = HashMap::new();
+    // Marks may be in another log than their message (the control side writes them): they
+    // are applied once every segment is read, in the order each log has them.
+    let mut marks: Vec<Mark> = Vec::new();
     let mut shards: Vec<(u8, PathBuf)> = entries
         .filter_map(|e| e.ok())
         .filter_map(|e| {
             let name = e.file_name().into_string().ok()?;
-            let shard = name.parse::<u8>().ok().filter(|_| name.len() == 2)?;
+            let shard = name.parse::<u8>().ok().filter(|_| name.len() >= 2)?;
             Some((shard, e.path()))
         })
         .collect();
@@ -172,10 +179,15 @@ pub fn recover(spool: &Path) -> Result<Recovery, SpoolError> {
         segs.sort();
         for (i, (seq, path)) in segs.iter().enumerate() {
             let last = i + 1 == segs.len();
-            let end = replay_segment(shard, *seq, path, &mut by_id, &mut rec, last)?;
+            let end = replay_segment(shard, *seq, path, &mut by_id, &mut marks, &mut rec, last)?;
             if last {
                 rec.tails.insert(shard, ShardTail { seq: *seq, end });
             }
+        }
+    }
+    for m in marks {
+        if let Some(msg) = by_id.get_mut(&m.id) {
+            msg.marks.push(m);
         }
     }
     let mut messages: Vec<StoredMessage> = by_id.into_values().collect();
@@ -193,6 +205,7 @@ fn replay_segment(
     seq: u64,
     path: &Path,
     by_id: &mut HashMap<QueueId, StoredMessage>,
+    marks: &mut Vec<Mark>,
     rec: &mut Recovery,
     last: bool,
 ) -> Result<u64, SpoolError> {
@@ -226,9 +239,7 @@ fn replay_segment(
                 pos += len;
             }
             Ok((Record::Mark(m), len)) => {
-                if let Some(msg) = by_id.get_mut(&m.id) {
-                    msg.marks.push(m);
-                }
+                marks.push(m);
                 pos += len;
             }
             Err(DecodeError::End) => break,

@@ -1,0 +1,198 @@
+//! SMTP in → Maildir file out: RCPT rules over TCP, delivery with exact headers, redirects,
+//! groups with a loop, catch-all (one copy + header), quota, and SIGKILL during delivery.
+
+mod common;
+
+use common::*;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Writes the directory the server loads at start.
+fn directory(dir: &Path, data: serde_json::Value) {
+    let d = dir.join("data/directory");
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::write(d.join("directory.json"), serde_json::to_string_pretty(&data).unwrap()).unwrap();
+}
+
+fn sample() -> serde_json::Value {
+    serde_json::json!({
+        "postoffices": [{"name": "po"}],
+        "domains": [
+            {"name": "example.net", "postoffice": "po"},
+            {"name": "catch.example", "postoffice": "po", "catch_all": "alice@example.net"},
+            {"name": "off.example", "postoffice": "po", "enabled": false},
+            {"name": "picky.example", "postoffice": "po", "sender_blacklist": ["spam.example"]}
+        ],
+        "mailboxes": [
+            {"postoffice": "po", "name": "alice", "addresses": ["alice@example.net"]},
+            {"postoffice": "po", "name": "bob", "addresses": ["bob@example.net"], "redirect": ["alice@example.net"], "redirect_keep_copy": true},
+            {"postoffice": "po", "name": "carol", "addresses": ["carol@example.net"], "redirect": ["alice@example.net"]},
+            {"postoffice": "po", "name": "dave", "addresses": ["dave@example.net"], "disabled": true},
+            {"postoffice": "po", "name": "erin", "addresses": ["erin@example.net", "info@picky.example"], "quota_bytes": 1500}
+        ],
+        "groups": [
+            {"address": "team@example.net", "members": ["alice@example.net", "bob@example.net", "loop@example.net"]},
+            {"address": "loop@example.net", "members": ["team@example.net"]}
+        ],
+        "blocked": ["blocked@example.net"]
+    })
+}
+
+fn maildir(dir: &Path, mailbox: &str) -> PathBuf {
+    dir.join("data/mailboxes/po").join(mailbox).join("Maildir/new")
+}
+
+/// The files in a mailbox's new/, waiting (bounded) until there are at least `n`.
+fn wait_files(dir: &Path, mailbox: &str, n: usize) -> Vec<String> {
+    for _ in 0..200 {
+        let files = files(dir, mailbox);
+        if files.len() >= n {
+            return files;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    files(dir, mailbox)
+}
+
+fn files(dir: &Path, mailbox: &str) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(maildir(dir, mailbox))
+        .map(|rd| rd.filter_map(|e| e.ok()).map(|e| std::fs::read_to_string(e.path()).unwrap()).collect())
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+fn wait_queue_empty(dir: &Path) -> Vec<serde_json::Value> {
+    for _ in 0..200 {
+        let q = queue(dir);
+        if q.is_empty() {
+            return q;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    queue(dir)
+}
+
+#[test]
+fn rcpt_rules_exact_replies() {
+    let dir = tempfile::tempdir().unwrap();
+    directory(dir.path(), sample());
+    let srv = start_plain(dir.path(), "uring", "");
+    let (mut c, _) = Client::connect(srv.addr());
+    c.cmd("EHLO c");
+    c.cmd("MAIL FROM:<x@spam.example>");
+    for (rcpt, reply) in [
+        ("alice@example.net", "250 2.1.5"),
+        ("nobody@example.net", "550 5.1.1"),
+        ("blocked@example.net", "550 5.1.1"),
+        ("dave@example.net", "550 5.2.1"),
+        ("x@off.example", "550 5.2.1"),
+        ("info@picky.example", "550 5.7.1"),
+        ("anything@catch.example", "250 2.1.5"),
+        ("postmaster@example.net", "250 2.1.5"),
+        ("team@example.net", "250 2.1.5"),
+        ("x@elsewhere.example", "550 5.7.1"),
+    ] {
+        let r = c.cmd(&format!("RCPT TO:<{rcpt}>"));
+        assert!(r.starts_with(reply), "{rcpt}: {r}");
+    }
+}
+
+#[test]
+fn smtp_in_maildir_out() {
+    let dir = tempfile::tempdir().unwrap();
+    directory(dir.path(), sample());
+    let srv = start_plain(dir.path(), "uring", "");
+    let (mut c, _) = Client::connect(srv.addr());
+    c.cmd("EHLO client.example");
+    let body = "Message-ID: <one@client.example>\r\nSubject: hello\r\n\r\nbody\r\n";
+    let id = queued_id(&c.message("sender@remote.example", &["alice@example.net"], body));
+    let got = wait_files(dir.path(), "alice", 1);
+    assert_eq!(got.len(), 1);
+    // Maildir files have LF line ends, as Dovecot and friends expect.
+    let want_head = "Return-Path: <sender@remote.example>\nDelivered-To: alice@example.net\nReceived: from client.example (unknown [127.0.0.1])\n\tby mx.example.test (ringmx) with ESMTP id ";
+    assert!(got[0].starts_with(want_head), "{}", got[0]);
+    assert!(got[0].contains(&id));
+    assert!(got[0].ends_with(&body.replace("\r\n", "\n")));
+    assert!(wait_queue_empty(dir.path()).is_empty(), "delivered messages leave the queue");
+}
+
+/// Redirect with and without keep-copy, a group with a loop, a catch-all hit by several
+/// recipients: one copy each, with the header naming the original recipients.
+#[test]
+fn redirects_groups_catch_all() {
+    let dir = tempfile::tempdir().unwrap();
+    directory(dir.path(), sample());
+    let srv = start_plain(dir.path(), "epoll", "");
+    let (mut c, _) = Client::connect(srv.addr());
+    c.cmd("EHLO c");
+    // bob keeps a copy and redirects to alice; carol only redirects.
+    queued_id(&c.message("s@remote.example", &["bob@example.net", "carol@example.net"], "Subject: r\r\n\r\nx\r\n"));
+    assert_eq!(wait_files(dir.path(), "bob", 1).len(), 1);
+    assert_eq!(wait_files(dir.path(), "alice", 1).len(), 1, "alice gets one copy for both redirects");
+    assert!(files(dir.path(), "carol").is_empty());
+    // The group expands to alice and bob (and bob's redirect to alice); the loop is cut.
+    queued_id(&c.message("s@remote.example", &["team@example.net"], "Subject: g\r\n\r\nx\r\n"));
+    assert_eq!(wait_files(dir.path(), "alice", 2).len(), 2);
+    assert_eq!(wait_files(dir.path(), "bob", 2).len(), 2);
+    // Three recipients of the catch-all domain: one copy for alice with the header.
+    queued_id(&c.message(
+        "s@remote.example",
+        &["a@catch.example", "b@catch.example", "c@catch.example"],
+        "Subject: c\r\n\r\nx\r\n",
+    ));
+    let alice = wait_files(dir.path(), "alice", 3);
+    assert_eq!(alice.len(), 3);
+    let copy = alice.iter().find(|m| m.contains("Subject: c")).unwrap();
+    assert!(copy.contains("X-Original-Recipients: a@catch.example, b@catch.example, c@catch.example\n"), "{copy}");
+    wait_queue_empty(dir.path());
+}
+
+/// Quota reached mid-stream: the message that does not fit fails (marked, not retried),
+/// earlier ones stay delivered.
+#[test]
+fn quota_reached_mid_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    directory(dir.path(), sample());
+    let srv = start_plain(dir.path(), "uring", "");
+    let (mut c, _) = Client::connect(srv.addr());
+    c.cmd("EHLO c");
+    let body = format!("Subject: q\r\n\r\n{}\r\n", "y".repeat(400));
+    for _ in 0..4 {
+        queued_id(&c.message("s@remote.example", &["erin@example.net"], &body));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let got = files(dir.path(), "erin");
+    assert!(got.len() < 4 && !got.is_empty(), "{} delivered", got.len());
+    assert!(wait_queue_empty(dir.path()).is_empty(), "over-quota messages are final failures");
+    let (_, log) = srv.stop();
+    assert!(!log.contains("panicked"), "{log}");
+}
+
+/// SIGKILL while deliveries run: after a restart every message is in the mailbox at least
+/// once and at most twice.
+#[test]
+fn sigkill_during_local_delivery() {
+    let dir = tempfile::tempdir().unwrap();
+    directory(dir.path(), sample());
+    let srv = start_plain(dir.path(), "uring", "");
+    let (mut c, _) = Client::connect(srv.addr());
+    c.cmd("EHLO c");
+    let n = 40;
+    for i in 0..n {
+        queued_id(&c.message(
+            "s@remote.example",
+            &["alice@example.net"],
+            &format!("Message-ID: <m{i}@x>\r\n\r\nx\r\n"),
+        ));
+    }
+    srv.kill();
+    let srv = start_plain(dir.path(), "uring", "");
+    assert!(wait_queue_empty(dir.path()).is_empty());
+    let got = wait_files(dir.path(), "alice", n);
+    for i in 0..n {
+        let copies = got.iter().filter(|m| m.contains(&format!("Message-ID: <m{i}@x>\n"))).count();
+        assert!((1..=2).contains(&copies), "message {i}: {copies} copies");
+    }
+    drop(srv);
+}
