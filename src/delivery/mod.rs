@@ -5,6 +5,8 @@
 //! - [`maildir`]: delivery into a Maildir (unique names, `tmp/` → `new/` with fsyncs) with
 //!   Maildir++ quota accounting in `maildirsize`, as Dovecot and Courier keep it, and
 //!   [`maildir::UsageCache`], the in-memory usage the RCPT check reads.
+//! - [`lmtp`]: an LMTP client (RFC 2033): a sans-IO state machine with one result per
+//!   recipient, and a small blocking driver over TCP or a Unix socket.
 //! - [`client`]: the sans-IO SMTP client (EHLO/HELO, PIPELINING, SIZE, 8BITMIME,
 //!   SMTPUTF8, STARTTLS, AUTH, per-recipient results, RFC 5321 time-outs); its errors say
 //!   whether they are permanent and whether they concern a recipient, the message or the
@@ -14,5 +16,6 @@
 //! Errors say whether they are permanent (bounce) or transient (retry).
 
 pub mod client;
+pub mod lmtp;
 pub mod dsn;
 pub mod maildir;

@@ -1,0 +1,145 @@
+//! The LMTP driver over real sockets (TCP on 127.0.0.1:0 and a Unix socket).
+//!
+//! The peer is a minimal LMTP listener written here, not Dovecot: running `dovecot-lmtpd`
+//! unprivileged with its own configuration in a temporary directory has not been set up
+//! yet. The listener checks what the client sends (LHLO, pipelined envelope, dot-stuffed
+//! body) and answers one final reply per accepted recipient (RFC 2033 §4.2).
+
+use ringmx::delivery::lmtp::{LmtpEndpoint, deliver};
+use std::io::{BufRead, BufReader, Write};
+use std::time::Duration;
+
+/// Serves one LMTP session on `stream`: refuses `nobody@`, fails `full@` after the data,
+/// and returns the commands and the body it received.
+fn serve<S: std::io::Read + Write>(stream: S, pipelining: bool) -> (Vec<String>, Vec<u8>) {
+    let mut r = BufReader::new(stream);
+    let mut commands = Vec::new();
+    let mut accepted = Vec::new();
+    let mut body = Vec::new();
+    r.get_mut().write_all(b"220 test LMTP ready\r\n").unwrap();
+    for _ in 0..100 {
+        let mut line = String::new();
+        if r.read_line(&mut line).unwrap() == 0 {
+            break;
+        }
+        let line = line.trim_end().to_string();
+        commands.push(line.clone());
+        let reply: Vec<u8> = match line.split(':').next().unwrap() {
+            l if l.starts_with("LHLO") => {
+                if pipelining {
+                    b"250-test\r\n250-PIPELINING\r\n250 ENHANCEDSTATUSCODES\r\n".to_vec()
+                } else {
+                    b"250 test\r\n".to_vec()
+                }
+            }
+            "MAIL FROM" => b"250 2.1.0 ok\r\n".to_vec(),
+            "RCPT TO" if line.contains("nobody@") => b"550 5.1.1 unknown\r\n".to_vec(),
+            "RCPT TO" => {
+                accepted.push(line.clone());
+                b"250 2.1.5 ok\r\n".to_vec()
+            }
+            "DATA" => {
+                r.get_mut().write_all(b"354 go ahead\r\n").unwrap();
+                for _ in 0..10_000 {
+                    let mut l = Vec::new();
+                    r.read_until(b'\n', &mut l).unwrap();
+                    if l == b".\r\n" || l.is_empty() {
+                        break;
+                    }
+                    body.extend(l);
+                }
+                let mut out = Vec::new();
+                for a in &accepted {
+                    out.extend_from_slice(if a.contains("full@") {
+                        b"452 4.2.2 over quota\r\n"
+                    } else {
+                        b"250 2.0.0 saved\r\n"
+                    });
+                }
+                out
+            }
+            "QUIT" => {
+                // The client may close right after QUIT.
+                let _ = r.get_mut().write_all(b"221 bye\r\n");
+                break;
+            }
+            _ => b"500 5.5.1 what\r\n".to_vec(),
+        };
+        r.get_mut().write_all(&reply).unwrap();
+    }
+    (commands, body)
+}
+
+fn rcpts() -> Vec<String> {
+    ["alice@example.test", "nobody@example.test", "full@example.test"].iter().map(|s| s.to_string()).collect()
+}
+
+const CONTENT: &[u8] = b"Subject: test\r\n\r\n.starts with a dot\r\nlast line\r\n";
+
+#[test]
+fn tcp_with_pipelining() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = std::thread::spawn(move || serve(listener.accept().unwrap().0, true));
+    let results = deliver(
+        &LmtpEndpoint::Tcp(addr),
+        "mx.example.test",
+        "s@remote.test",
+        &rcpts(),
+        CONTENT,
+        Duration::from_secs(30),
+    )
+    .unwrap();
+    let (commands, body) = server.join().unwrap();
+    assert_eq!(results[0], Ok(()));
+    let nobody = results[1].clone().unwrap_err();
+    assert!(nobody.permanent && nobody.reply.to_string() == "550 5.1.1 unknown");
+    let full = results[2].clone().unwrap_err();
+    assert!(!full.permanent && full.reply.code == 452);
+    assert_eq!(
+        commands,
+        [
+            "LHLO mx.example.test",
+            "MAIL FROM:<s@remote.test>",
+            "RCPT TO:<alice@example.test>",
+            "RCPT TO:<nobody@example.test>",
+            "RCPT TO:<full@example.test>",
+            "DATA",
+            "QUIT"
+        ]
+    );
+    assert_eq!(body, b"Subject: test\r\n\r\n..starts with a dot\r\nlast line\r\n");
+}
+
+#[test]
+fn unix_socket_without_pipelining() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("lmtp.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    let server = std::thread::spawn(move || serve(listener.accept().unwrap().0, false));
+    let results =
+        deliver(&LmtpEndpoint::Unix(path), "mx.example.test", "", &rcpts(), CONTENT, Duration::from_secs(30)).unwrap();
+    let (commands, _) = server.join().unwrap();
+    assert_eq!(results[0], Ok(()));
+    assert!(results[1].as_ref().unwrap_err().permanent);
+    assert!(!results[2].as_ref().unwrap_err().permanent);
+    assert_eq!(commands[1], "MAIL FROM:<>");
+}
+
+#[test]
+fn connection_lost_fails_the_waiting_recipients_transiently() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        s.write_all(b"220 hi\r\n").unwrap();
+        // Drop after the greeting.
+    });
+    let results =
+        deliver(&LmtpEndpoint::Tcp(addr), "mx.example.test", "", &rcpts(), CONTENT, Duration::from_secs(30)).unwrap();
+    server.join().unwrap();
+    assert!(results.iter().all(|r| matches!(r, Err(f) if !f.permanent && f.reply.code == 451)));
+    // Nothing listening: an error to connect.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    assert!(deliver(&LmtpEndpoint::Tcp(closed), "mx", "", &rcpts(), CONTENT, Duration::from_secs(5)).is_err());
+}
