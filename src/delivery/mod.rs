@@ -12,10 +12,13 @@
 //!   whether they are permanent and whether they concern a recipient, the message or the
 //!   connection.
 //! - [`dsn`]: delivery status notifications (RFC 3464 multipart/report), pure.
+//! - [`mx`]: routing (smart host or MX, pure) and the MX plan (RFC 5321 §5.1, null MX
+//!   RFC 7505, A/AAAA fallback) over hickory-resolver.
 //!
 //! Errors say whether they are permanent (bounce) or transient (retry).
 
 pub mod client;
-pub mod lmtp;
 pub mod dsn;
+pub mod lmtp;
 pub mod maildir;
+pub mod mx;

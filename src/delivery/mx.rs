@@ -1,0 +1,367 @@
+//! Where a message for a domain goes: routing (pure) and the MX plan (RFC 5321 §5.1).
+//!
+//! - [`route`]: smart host or MX, from the configuration alone.
+//! - [`order_mx`]: MX records by preference, equal preferences shuffled by a seed (pure,
+//!   so tests fix the seed).
+//! - [`MxResolver::plan`]: the MX lookup over hickory-resolver: null MX (RFC 7505) is a
+//!   permanent failure (5.1.10), no MX means the domain itself (implicit MX, its A/AAAA),
+//!   CNAMEs are followed by the resolver, each host gets its IPv6 and IPv4 addresses.
+//!
+//! DNS failures say whether they are permanent (NXDOMAIN: 5.1.2) or temporary (SERVFAIL,
+//! time-out: 4.4.3).
+
+use super::client::Credentials;
+use hickory_resolver::TokioResolver;
+use hickory_resolver::config::{LookupIpStrategy, NameServerConfig, ResolveHosts, ResolverConfig};
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::proto::rr::{Name, RData};
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+/// A smart host: every message of its scope goes there instead of to the MX.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmartHostConfig {
+    /// Host name or address. No default.
+    pub host: String,
+    /// Port. Default 25 (587 for submission to a provider is common).
+    #[serde(default = "default_port")]
+    pub port: u16,
+    /// AUTH credentials (PLAIN or LOGIN). Default none.
+    #[serde(default)]
+    pub auth: Option<Credentials>,
+}
+
+fn default_port() -> u16 {
+    25
+}
+
+/// `[delivery.routing]`: smart hosts and the port of MX delivery.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RoutingConfig {
+    /// Smart host for all outbound mail. Default none (MX delivery).
+    #[serde(default)]
+    pub smart_host: Option<SmartHostConfig>,
+    /// Smart hosts per recipient domain (lower case). Default none.
+    #[serde(default)]
+    pub domain_smart_hosts: HashMap<String, SmartHostConfig>,
+    /// A domain's smart host wins over the global one. Default false: with a global smart
+    /// host, everything goes there.
+    #[serde(default)]
+    pub domain_smart_host_priority: bool,
+}
+
+/// Where mail for a domain goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    SmartHost {
+        host: String,
+        port: u16,
+        auth: Option<Credentials>,
+    },
+    /// Look up the domain's MX.
+    Mx(String),
+}
+
+/// The route for recipient domain `domain` (pure).
+pub fn route(domain: &str, cfg: &RoutingConfig) -> Route {
+    let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+    let per_domain = cfg.domain_smart_hosts.get(&domain);
+    let chosen = match (&cfg.smart_host, per_domain) {
+        (Some(_), Some(d)) if cfg.domain_smart_host_priority => Some(d),
+        (Some(g), _) => Some(g),
+        (None, d) => d,
+    };
+    match chosen {
+        Some(s) => Route::SmartHost { host: s.host.clone(), port: s.port, auth: s.auth.clone() },
+        None => Route::Mx(domain),
+    }
+}
+
+/// Why there is no plan.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum MxError {
+    /// The domain publishes a null MX (RFC 7505): it accepts no mail.
+    #[error("{0} does not accept mail (null MX)")]
+    NullMx(String),
+    /// The domain does not exist.
+    #[error("{0}: no such domain")]
+    NoSuchDomain(String),
+    /// The domain exists but has neither MX nor address records.
+    #[error("{0} has no MX and no address")]
+    NoMailHost(String),
+    /// The lookup failed for now (SERVFAIL, time-out, no answer from the name servers),
+    /// or no MX host had an address.
+    #[error("DNS lookup for {name} failed: {what}")]
+    Temporary { name: String, what: String },
+}
+
+impl MxError {
+    pub fn is_permanent(&self) -> bool {
+        !matches!(self, MxError::Temporary { .. })
+    }
+
+    /// RFC 3463 (and RFC 7505 §4.2) status code.
+    pub fn status(&self) -> &'static str {
+        match self {
+            MxError::NullMx(_) => "5.1.10",
+            MxError::NoSuchDomain(_) | MxError::NoMailHost(_) => "5.1.2",
+            MxError::Temporary { .. } => "4.4.3",
+        }
+    }
+}
+
+/// One host to try, with its addresses (IPv6 first, then IPv4).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MxHost {
+    pub name: String,
+    pub preference: u16,
+    pub addrs: Vec<SocketAddr>,
+}
+
+/// The hosts for a domain, in the order to try them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MxPlan {
+    pub domain: String,
+    /// True when the domain has no MX and its own addresses are used (RFC 5321 §5.1).
+    pub implicit: bool,
+    pub hosts: Vec<MxHost>,
+}
+
+impl MxPlan {
+    /// Every address to try, in order.
+    pub fn addrs(&self) -> impl Iterator<Item = (&str, SocketAddr)> {
+        self.hosts.iter().flat_map(|h| h.addrs.iter().map(move |a| (h.name.as_str(), *a)))
+    }
+}
+
+/// MX records `(preference, exchange)` in the order to try: by preference, equal ones in
+/// an order drawn from `seed` (RFC 5321 §5.1 asks for randomisation among equals).
+pub fn order_mx(mut records: Vec<(u16, String)>, seed: u64) -> Vec<(u16, String)> {
+    records.sort();
+    records.dedup();
+    let mut state = seed;
+    let mut i = 0;
+    while i < records.len() {
+        let j = records[i..].iter().position(|r| r.0 != records[i].0).map_or(records.len(), |k| i + k);
+        // Fisher–Yates on records[i..j] with splitmix64.
+        for k in (i + 1..j).rev() {
+            let r = i + (splitmix64(&mut state) % (k - i + 1) as u64) as usize;
+            records.swap(k, r);
+        }
+        i = j;
+    }
+    records
+}
+
+fn splitmix64(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// `[delivery.dns]`: the resolver.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsConfig {
+    /// Name servers, `ADDR:PORT`. Default `["127.0.0.1:53"]` (a local caching resolver;
+    /// /etc/resolv.conf is not read).
+    #[serde(default = "default_servers")]
+    pub servers: Vec<SocketAddr>,
+    /// Per-query time-out. Default `"5s"`.
+    #[serde(default = "default_dns_timeout", deserialize_with = "crate::queue::serde_duration::de")]
+    pub timeout: Duration,
+    /// Port of the SMTP servers found by MX lookup. Default 25; tests point it at a
+    /// loopback port.
+    #[serde(default = "default_port")]
+    pub remote_port: u16,
+}
+
+fn default_servers() -> Vec<SocketAddr> {
+    vec![SocketAddr::from(([127, 0, 0, 1], 53))]
+}
+fn default_dns_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        DnsConfig { servers: default_servers(), timeout: default_dns_timeout(), remote_port: 25 }
+    }
+}
+
+/// MX lookups over hickory-resolver (needs a tokio runtime).
+#[derive(Clone)]
+pub struct MxResolver {
+    resolver: TokioResolver,
+    remote_port: u16,
+}
+
+impl MxResolver {
+    pub fn new(cfg: &DnsConfig) -> Result<Self, MxError> {
+        let servers = cfg
+            .servers
+            .iter()
+            .map(|s| {
+                let mut ns = NameServerConfig::udp_and_tcp(s.ip());
+                for c in &mut ns.connections {
+                    c.port = s.port();
+                }
+                ns
+            })
+            .collect();
+        let mut b = TokioResolver::builder_with_config(
+            ResolverConfig::from_name_servers(servers),
+            TokioRuntimeProvider::default(),
+        );
+        let o = b.options_mut();
+        o.use_hosts_file = ResolveHosts::Never;
+        o.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
+        o.timeout = cfg.timeout;
+        o.attempts = 2;
+        let resolver =
+            b.build().map_err(|e| MxError::Temporary { name: String::new(), what: format!("resolver: {e}") })?;
+        Ok(MxResolver { resolver, remote_port: cfg.remote_port })
+    }
+
+    /// The hosts to try for `domain`, equal preferences shuffled with `seed`.
+    pub async fn plan(&self, domain: &str, seed: u64) -> Result<MxPlan, MxError> {
+        let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+        // An address literal: that host and nothing else.
+        if let Some(lit) = domain.strip_prefix('[').and_then(|d| d.strip_suffix(']')) {
+            let ip: IpAddr =
+                lit.strip_prefix("ipv6:").unwrap_or(lit).parse().map_err(|_| MxError::NoSuchDomain(domain.clone()))?;
+            let addrs = vec![SocketAddr::new(ip, self.remote_port)];
+            return Ok(MxPlan {
+                hosts: vec![MxHost { name: domain.clone(), preference: 0, addrs }],
+                domain,
+                implicit: true,
+            });
+        }
+        let name = Name::from_utf8(format!("{domain}.")).map_err(|_| MxError::NoSuchDomain(domain.clone()))?;
+        let records = match self.resolver.mx_lookup(name).await {
+            Ok(lookup) => lookup
+                .answers()
+                .iter()
+                .filter_map(|r| match &r.data {
+                    RData::MX(mx) => Some((mx.preference, mx.exchange.to_ascii())),
+                    _ => None,
+                })
+                .collect::<Vec<_>>(),
+            Err(e) if e.is_nx_domain() => return Err(MxError::NoSuchDomain(domain)),
+            Err(e) if e.is_no_records_found() => Vec::new(),
+            Err(e) => return Err(MxError::Temporary { name: domain, what: e.to_string() }),
+        };
+        // RFC 7505 §3: a single MX of preference 0 with the root as exchange.
+        if records.iter().any(|(_, x)| x == "." || x.is_empty()) {
+            return Err(MxError::NullMx(domain));
+        }
+        if records.is_empty() {
+            // Implicit MX: the domain's own addresses (RFC 5321 §5.1).
+            let addrs = match self.addresses(&domain).await {
+                Ok(a) if !a.is_empty() => a,
+                Ok(_) => return Err(MxError::NoMailHost(domain)),
+                Err(AddrError::NoSuchName | AddrError::NoRecords) => return Err(MxError::NoMailHost(domain)),
+                Err(AddrError::Temporary(what)) => return Err(MxError::Temporary { name: domain, what }),
+            };
+            let host = MxHost { name: domain.clone(), preference: 0, addrs };
+            return Ok(MxPlan { domain, implicit: true, hosts: vec![host] });
+        }
+        let mut hosts = Vec::new();
+        let mut temporary = None;
+        for (preference, exchange) in order_mx(records, seed) {
+            let host = exchange.trim_end_matches('.').to_string();
+            match self.addresses(&host).await {
+                Ok(addrs) if !addrs.is_empty() => hosts.push(MxHost { name: host, preference, addrs }),
+                Ok(_) | Err(AddrError::NoSuchName | AddrError::NoRecords) => {}
+                Err(AddrError::Temporary(what)) => temporary = Some(what),
+            }
+        }
+        if hosts.is_empty() {
+            let what = temporary.unwrap_or_else(|| "no MX host has an address".into());
+            return Err(MxError::Temporary { name: domain, what });
+        }
+        Ok(MxPlan { domain, implicit: false, hosts })
+    }
+
+    /// A host's addresses, IPv6 first then IPv4 (RFC 5321 §5.1 leaves the order to us).
+    async fn addresses(&self, host: &str) -> Result<Vec<SocketAddr>, AddrError> {
+        let name = Name::from_utf8(format!("{host}.")).map_err(|_| AddrError::NoSuchName)?;
+        match self.resolver.lookup_ip(name).await {
+            Ok(l) => {
+                let mut ips: Vec<IpAddr> = l.iter().collect();
+                ips.sort_by_key(|ip| ip.is_ipv4());
+                ips.dedup();
+                Ok(ips.into_iter().map(|ip| SocketAddr::new(ip, self.remote_port)).collect())
+            }
+            Err(e) if e.is_nx_domain() => Err(AddrError::NoSuchName),
+            Err(e) if e.is_no_records_found() => Err(AddrError::NoRecords),
+            Err(e) => Err(AddrError::Temporary(e.to_string())),
+        }
+    }
+}
+
+enum AddrError {
+    NoSuchName,
+    NoRecords,
+    Temporary(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sh(host: &str) -> SmartHostConfig {
+        SmartHostConfig { host: host.into(), port: 587, auth: None }
+    }
+
+    #[test]
+    fn routing_table() {
+        let mx = |d: &str| Route::Mx(d.into());
+        let smart = |h: &str| Route::SmartHost { host: h.into(), port: 587, auth: None };
+        let mut cfg = RoutingConfig::default();
+        assert_eq!(route("Example.ORG.", &cfg), mx("example.org"));
+        cfg.domain_smart_hosts.insert("partner.test".into(), sh("relay.partner.test"));
+        assert_eq!(route("partner.test", &cfg), smart("relay.partner.test"));
+        assert_eq!(route("other.test", &cfg), mx("other.test"));
+        cfg.smart_host = Some(sh("relay.isp.test"));
+        assert_eq!(route("partner.test", &cfg), smart("relay.isp.test"), "global wins by default");
+        assert_eq!(route("other.test", &cfg), smart("relay.isp.test"));
+        cfg.domain_smart_host_priority = true;
+        assert_eq!(route("partner.test", &cfg), smart("relay.partner.test"));
+        assert_eq!(route("other.test", &cfg), smart("relay.isp.test"));
+        let t: RoutingConfig = toml::from_str(
+            "domain_smart_host_priority = true\n[smart_host]\nhost = \"relay\"\nauth = { user = \"u\", password = \"p\" }\n[domain_smart_hosts.\"a.test\"]\nhost = \"r2\"\nport = 2525\n",
+        )
+        .unwrap();
+        assert_eq!(t.smart_host.as_ref().unwrap().port, 25);
+        assert_eq!(t.domain_smart_hosts["a.test"].port, 2525);
+    }
+
+    #[test]
+    fn mx_order_is_by_preference_and_seeded_among_equals() {
+        let recs = || {
+            vec![
+                (20, "c.test".to_string()),
+                (10, "a.test".to_string()),
+                (10, "b.test".to_string()),
+                (10, "d.test".to_string()),
+                (30, "e.test".to_string()),
+            ]
+        };
+        let names = |v: Vec<(u16, String)>| v.into_iter().map(|(_, n)| n).collect::<Vec<_>>().join(",");
+        for seed in 0..50 {
+            let o = order_mx(recs(), seed);
+            assert_eq!(o.iter().map(|r| r.0).collect::<Vec<_>>(), vec![10, 10, 10, 20, 30]);
+        }
+        assert_eq!(names(order_mx(recs(), 1)), names(order_mx(recs(), 1)), "same seed, same order");
+        let orders: std::collections::HashSet<String> = (0..50).map(|s| names(order_mx(recs(), s))).collect();
+        assert!(orders.len() > 1, "equal preferences are shuffled");
+    }
+}
