@@ -63,6 +63,16 @@ pub struct DeliveryConfig {
     /// Default 5 minutes.
     #[serde(default = "default_local_retry", deserialize_with = "de_duration")]
     pub local_retry: Duration,
+    /// An auto-responder answers one sender at most once per this period (RFC 3834 §2).
+    /// Default 1 day.
+    #[serde(default = "default_autoreply_period", deserialize_with = "de_duration")]
+    pub autoreply_period: Duration,
+    /// A mailbox's delivery-event program is killed after this long. Default 30 s.
+    #[serde(default = "default_event_timeout", deserialize_with = "de_duration")]
+    pub event_timeout: Duration,
+    /// `[delivery.dsn]`: non-delivery reports.
+    #[serde(default)]
+    pub dsn: crate::delivery::dsn::DsnConfig,
 }
 
 impl Default for DeliveryConfig {
@@ -71,6 +81,9 @@ impl Default for DeliveryConfig {
             maildir_root: None,
             catch_all_header: default_catch_all_header(),
             local_retry: default_local_retry(),
+            autoreply_period: default_autoreply_period(),
+            event_timeout: default_event_timeout(),
+            dsn: Default::default(),
         }
     }
 }
@@ -96,6 +109,12 @@ fn default_catch_all_header() -> String {
 }
 fn default_local_retry() -> Duration {
     Duration::from_secs(300)
+}
+fn default_autoreply_period() -> Duration {
+    Duration::from_secs(86_400)
+}
+fn default_event_timeout() -> Duration {
+    Duration::from_secs(30)
 }
 
 /// `[[listener]]`: one port and the addresses it is bound on.

@@ -149,7 +149,7 @@ fn redirects_groups_catch_all() {
 }
 
 /// Quota reached mid-stream: the message that does not fit fails (marked, not retried),
-/// earlier ones stay delivered.
+/// earlier ones stay delivered, and the sender gets a non-delivery report (RFC 3464).
 #[test]
 fn quota_reached_mid_stream() {
     let dir = tempfile::tempdir().unwrap();
@@ -164,9 +164,98 @@ fn quota_reached_mid_stream() {
     std::thread::sleep(Duration::from_millis(300));
     let got = files(dir.path(), "erin");
     assert!(got.len() < 4 && !got.is_empty(), "{} delivered", got.len());
-    assert!(wait_queue_empty(dir.path()).is_empty(), "over-quota messages are final failures");
+    // What stays queued is only the reports to the (remote) sender, from <>.
+    let q = queue(dir.path());
+    assert_eq!(q.len(), 4 - got.len(), "{q:?}");
+    for m in &q {
+        assert_eq!(m["from"], "");
+        assert_eq!(m["to"][0], "s@remote.example");
+        let (_, dsn) = ringmx(dir.path(), &["queue", "show", m["id"].as_str().unwrap()]);
+        assert!(dsn.contains("report-type=delivery-status"), "{dsn}");
+        assert!(dsn.contains("Action: failed\r\n") && dsn.contains("Status: 5.2.2\r\n"), "{dsn}");
+        assert!(dsn.contains("Final-Recipient: rfc822; erin@example.net\r\n"), "{dsn}");
+    }
     let (_, log) = srv.stop();
     assert!(!log.contains("panicked"), "{log}");
+}
+
+/// A local sender's bounce is delivered to its own mailbox; a bounce that cannot be
+/// delivered is kept in the bad-mail folder, never bounced again.
+#[test]
+fn bounces_to_local_senders_and_badmail() {
+    let dir = tempfile::tempdir().unwrap();
+    directory(dir.path(), sample());
+    let srv = start_plain(dir.path(), "epoll", "");
+    let (mut c, _) = Client::connect(srv.addr());
+    c.cmd("EHLO c");
+    let big = format!("Subject: big\r\n\r\n{}\r\n", "z".repeat(2000));
+    queued_id(&c.message("alice@example.net", &["erin@example.net"], &big));
+    let alice = wait_files(dir.path(), "alice", 1);
+    assert_eq!(alice.len(), 1);
+    assert!(alice[0].starts_with("Return-Path: <>\n"), "{}", alice[0]);
+    assert!(alice[0].contains("Status: 5.2.2"), "{}", alice[0]);
+    // From the null sender, the failure goes to badmail/.
+    queued_id(&c.message("", &["erin@example.net"], &big));
+    for _ in 0..200 {
+        if dir.path().join("data/badmail").exists() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    assert_eq!(std::fs::read_dir(dir.path().join("data/badmail")).unwrap().count(), 1);
+    assert!(wait_queue_empty(dir.path()).is_empty());
+}
+
+/// RFC 3834: one automatic reply per sender per period, none to bulk mail or <>; and the
+/// delivery-event program runs with postoffice, mailbox and file.
+#[test]
+fn auto_responder_and_delivery_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("event.sh");
+    let out = dir.path().join("event.out");
+    std::fs::write(&script, format!("#!/bin/sh\necho \"$1 $2 $3\" >> {}\n", out.display())).unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let mut data = sample();
+    data["mailboxes"].as_array_mut().unwrap().push(serde_json::json!({
+        "postoffice": "po", "name": "away", "addresses": ["away@example.net"],
+        "autoresponder": {"subject": "Out of office", "body": "Back on Monday."},
+        "delivery_event": script.to_string_lossy()
+    }));
+    directory(dir.path(), data);
+    let srv = start_plain(dir.path(), "uring", "");
+    let (mut c, _) = Client::connect(srv.addr());
+    c.cmd("EHLO c");
+    queued_id(&c.message(
+        "x@remote.example",
+        &["away@example.net"],
+        "Message-ID: <q1@r>\r\nSubject: hi\r\n\r\nhello\r\n",
+    ));
+    queued_id(&c.message("x@remote.example", &["away@example.net"], "Subject: again\r\n\r\nhello\r\n"));
+    queued_id(&c.message("y@remote.example", &["away@example.net"], "Precedence: bulk\r\n\r\nnews\r\n"));
+    queued_id(&c.message("", &["away@example.net"], "Subject: bounce\r\n\r\nx\r\n"));
+    assert_eq!(wait_files(dir.path(), "away", 4).len(), 4);
+    std::thread::sleep(Duration::from_millis(300));
+    let q = queue(dir.path());
+    assert_eq!(q.len(), 1, "one reply: {q:?}");
+    assert_eq!(q[0]["from"], "");
+    assert_eq!(q[0]["to"][0], "x@remote.example");
+    let (_, reply) = ringmx(dir.path(), &["queue", "show", q[0]["id"].as_str().unwrap()]);
+    assert!(
+        reply.contains("Subject: Out of office\r\n") && reply.contains("Auto-Submitted: auto-replied\r\n"),
+        "{reply}"
+    );
+    assert!(reply.contains("In-Reply-To: <q1@r>\r\n"), "{reply}");
+    // The event ran for the two messages that were neither bulk nor from <>.
+    let mut lines = String::new();
+    for _ in 0..100 {
+        lines = std::fs::read_to_string(&out).unwrap_or_default();
+        if lines.lines().count() >= 2 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(lines.lines().count(), 2, "{lines}");
+    assert!(lines.lines().all(|l| l.starts_with("po away ") && l.contains("/away/Maildir/new/")), "{lines}");
 }
 
 /// SIGKILL while deliveries run: after a restart every message is in the mailbox at least

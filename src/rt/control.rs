@@ -1,22 +1,26 @@
 //! The control side: one thread that takes every message the shards made durable, routes
-//! it and delivers it locally, and records each recipient's outcome as a state mark in its
-//! own spool log (`spool/255/`).
+//! it, delivers it locally, and records each recipient's outcome as a state mark in its
+//! own spool log (`spool/255/`). Messages it generates — delivery status notifications and
+//! automatic replies — go into that log too, and are routed like any other.
 //!
 //! Shards hand messages over through a bounded channel after the fdatasync that made them
 //! durable; they never block on it (a full channel leaves the notice in the shard's backlog
 //! for its next loop turn). At start the control thread also takes every unfinished message
-//! recovery found, so nothing depends on the channel for durability: it only saves a
-//! rescan.
+//! recovery found, so nothing depends on the channel for durability.
 //!
 //! A recipient's mark is written only after its delivery is durable (the Maildir file
 //! fsynced and renamed, its directory fsynced). A crash in between delivers the message
-//! again after the restart: at most a duplicate, never a loss.
+//! again after the restart: at most a duplicate, never a loss. A notification is written in
+//! the same sync as the marks that caused it, so it is neither lost nor sent twice.
 
-use crate::delivery::maildir::Maildir;
-use crate::directory::{Destination, DirectoryHandle, ExpandProblem};
+use crate::delivery::autoreply::{self, ReplyMemory};
+use crate::delivery::dsn::{self, Action as DsnAction, DsnConfig, DsnInput, RecipientReport};
+use crate::delivery::maildir::{Maildir, UsageCache, mailbox_path};
+use crate::directory::{Destination, Directory, DirectoryHandle, ExpandProblem, Mailbox};
+use crate::session::SpoolRequest;
 use crate::spool::{
-    CONTROL_SHARD, Envelope, Location, Mark, MarkStatus, QueueId, ShardLog, ShardTail, StoredMessage, segment_path,
-    shard_dir,
+    CONTROL_SHARD, Envelope, IdGen, Location, Mark, MarkStatus, QueueId, Recipient, ShardLog, ShardTail, StoredMessage,
+    segment_path, shard_dir,
 };
 use crate::util::time::Now;
 use std::collections::{BTreeMap, HashSet, VecDeque};
@@ -71,23 +75,28 @@ impl ControlLink {
     }
 }
 
-/// Channel capacity: about a second of peak intake.
+/// Channel capacity: a few seconds of peak intake.
 pub const CHANNEL_CAPACITY: usize = 65_536;
 
 /// Settings of the control side.
 #[derive(Debug, Clone)]
 pub struct ControlConfig {
+    pub hostname: String,
+    pub data_dir: PathBuf,
     pub spool: PathBuf,
     /// Root of the Maildirs: `<root>/<postoffice>/<mailbox>/Maildir`.
     pub maildir_root: PathBuf,
     pub segment_size: u64,
-    /// Domains accepted for every address without directory entries: held for remote
-    /// delivery.
     pub catch_alls: bool,
     /// Header naming the original recipients of a catch-all copy.
     pub catch_all_header: String,
     /// Pause before retrying a local delivery that failed for a transient reason.
     pub local_retry: Duration,
+    pub dsn: DsnConfig,
+    /// An auto-responder answers one sender at most once per period (RFC 3834 §2).
+    pub autoreply_period: Duration,
+    /// A delivery-event program is killed after this long.
+    pub event_timeout: Duration,
 }
 
 /// One message the control side tracks until every recipient is final.
@@ -96,28 +105,46 @@ struct Pending {
     path: PathBuf,
     content_offset: u64,
     content_len: u64,
-    /// Recipient indexes already final (delivered, failed) or handed to remote delivery.
+    /// Recipient indexes already final (delivered, failed) or waiting for remote delivery.
     done: HashSet<u16>,
     attempts: u16,
 }
 
+/// The outcome of one original recipient in one attempt.
+struct Outcome {
+    status: MarkStatus,
+    /// The reply or our words, `"552 5.2.2 …"` style.
+    text: String,
+}
+
+/// Token of appended records: marks need no answer, generated messages are queued.
+const TOKEN_MARK: u64 = 0;
+const TOKEN_MESSAGE: u64 = 1;
+
 struct Control {
     cfg: ControlConfig,
     directory: Arc<DirectoryHandle>,
+    usage: Arc<UsageCache>,
     log: ShardLog,
+    ids: IdGen,
     /// Messages by id, waiting for their next attempt.
     queue: BTreeMap<QueueId, Pending>,
-    /// When each queued message is next due (ms since the epoch).
+    /// When each queued message is next due (Unix ms).
     due: BTreeMap<(u64, QueueId), ()>,
+    replies: ReplyMemory,
     delivered: u64,
 }
 
-/// Starts the control thread. `recovered` are the unfinished messages found at start.
+/// Starts the control thread. `recovered` are the unfinished messages found at start;
+/// `max_id` the largest queue id seen (the ids of generated messages go above it).
+#[allow(clippy::too_many_arguments)]
 pub fn spawn(
     cfg: ControlConfig,
     directory: Arc<DirectoryHandle>,
+    usage: Arc<UsageCache>,
     recovered: Vec<StoredMessage>,
     tail: Option<ShardTail>,
+    max_id: QueueId,
     rx: Receiver<Accepted>,
 ) -> Result<std::thread::JoinHandle<()>, crate::spool::SpoolError> {
     let dir = shard_dir(&cfg.spool, CONTROL_SHARD);
@@ -125,27 +152,35 @@ pub fn spawn(
         Some(t) => ShardLog::open(&dir, CONTROL_SHARD, cfg.segment_size, t.seq, Some(t.end))?,
         None => ShardLog::open(&dir, CONTROL_SHARD, cfg.segment_size, 1, None)?,
     };
-    let mut c = Control { cfg, directory, log, queue: BTreeMap::new(), due: BTreeMap::new(), delivered: 0 };
+    let replies = std::fs::read(cfg.data_dir.join("autoreply.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    let mut c = Control {
+        cfg,
+        directory,
+        usage,
+        log,
+        ids: IdGen::new(CONTROL_SHARD, max_id),
+        queue: BTreeMap::new(),
+        due: BTreeMap::new(),
+        replies,
+        delivered: 0,
+    };
+    c.load_usage();
     let now = Now::system().unix_ms;
     for m in recovered {
-        let mut done = HashSet::new();
-        for mark in &m.marks {
-            if let (Some(i), true) = (mark.rcpt, mark.status.is_final()) {
-                done.insert(i);
-            }
-        }
+        let done = m.marks.iter().filter(|k| k.status.is_final()).filter_map(|k| k.rcpt).collect();
         let attempts = m.marks.iter().map(|k| k.attempts).max().unwrap_or(0);
-        c.insert(
-            Pending {
-                envelope: m.envelope,
-                path: m.path,
-                content_offset: m.content_offset,
-                content_len: m.content_len,
-                done,
-                attempts,
-            },
-            now,
-        );
+        let p = Pending {
+            envelope: m.envelope,
+            path: m.path,
+            content_offset: m.content_offset,
+            content_len: m.content_len,
+            done,
+            attempts,
+        };
+        c.insert(p, now);
     }
     std::thread::Builder::new()
         .name("control".into())
@@ -158,6 +193,19 @@ impl Control {
         let id = p.envelope.id;
         self.due.insert((due_ms, id), ());
         self.queue.insert(id, p);
+    }
+
+    /// The usage of every mailbox with a quota, so that RCPT can refuse a full one.
+    fn load_usage(&mut self) {
+        let dir = self.directory.current();
+        for m in dir.data().mailboxes.iter().filter(|m| m.quota_bytes > 0) {
+            let maildir = m.maildir();
+            if let Ok(md) = Maildir::open(&mailbox_path(&self.cfg.maildir_root, &maildir))
+                && let Ok(u) = md.usage()
+            {
+                self.usage.set(&maildir, u.bytes);
+            }
+        }
     }
 
     /// Runs until every shard is gone (they drain first, then drop their end of the
@@ -202,7 +250,8 @@ impl Control {
         self.insert(p, 0);
     }
 
-    /// Delivers every message that is due, then makes the marks durable in one sync.
+    /// Delivers every message that is due, then makes marks and generated messages durable
+    /// in one sync.
     fn run_due(&mut self) {
         let now = Now::system().unix_ms;
         let due: Vec<QueueId> = self.due.range(..=(now, QueueId(u64::MAX))).map(|((_, id), _)| *id).collect();
@@ -212,20 +261,35 @@ impl Control {
         self.due.retain(|(t, _), _| *t > now);
         for id in due {
             let Some(mut p) = self.queue.remove(&id) else { continue };
-            if let Some(retry_at) = self.deliver(&mut p, now) {
+            if let Some(retry_at) = self.attempt(&mut p, now) {
                 self.insert(p, retry_at);
             }
         }
+        let dir = shard_dir(&self.cfg.spool, CONTROL_SHARD);
         for c in self.log.flush_sync(true) {
-            if let Err(e) = c.result {
-                log::error!("control: writing state marks: {e}");
+            match c.result {
+                Ok(stored) if c.token == TOKEN_MESSAGE => {
+                    if let Some(envelope) = stored.envelope {
+                        let p = Pending {
+                            envelope,
+                            path: segment_path(&dir, stored.location.seq),
+                            content_offset: stored.location.content_offset,
+                            content_len: stored.location.content_len,
+                            done: HashSet::new(),
+                            attempts: 0,
+                        };
+                        self.insert(p, 0);
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => log::error!("control: writing to the spool: {e}"),
             }
         }
     }
 
     /// One attempt at every recipient of `p` not final yet. Returns when to try again, if
     /// some recipient needs it.
-    fn deliver(&mut self, p: &mut Pending, now: u64) -> Option<u64> {
+    fn attempt(&mut self, p: &mut Pending, now: u64) -> Option<u64> {
         let dir = self.directory.current();
         let open: Vec<(u16, String)> = p
             .envelope
@@ -235,23 +299,17 @@ impl Control {
             .filter(|(i, _)| !p.done.contains(&(*i as u16)))
             .map(|(i, r)| (i as u16, r.address.to_ascii_lowercase()))
             .collect();
-        if open.is_empty() {
-            return None;
-        }
-        let local: Vec<&str> = open
-            .iter()
-            .filter(|(_, a)| a.rsplit_once('@').is_some_and(|(_, d)| dir.is_local_domain(d)) || !a.contains('@'))
-            .map(|(_, a)| a.as_str())
-            .collect();
-        if local.is_empty() {
-            // Everything left is for remote delivery, which is not built yet: it stays
-            // queued (and shown by `queue list`).
-            for (i, _) in &open {
+        let is_local = |a: &str| a.rsplit_once('@').is_none_or(|(_, d)| dir.is_local_domain(d));
+        let local: Vec<&str> = open.iter().filter(|(_, a)| is_local(a)).map(|(_, a)| a.as_str()).collect();
+        // Recipients elsewhere wait for remote delivery; they stay queued (and listed).
+        for (i, a) in &open {
+            if !is_local(a) {
                 p.done.insert(*i);
             }
+        }
+        if local.is_empty() {
             return None;
         }
-        let expansion = dir.expand_all(&local, self.cfg.catch_alls);
         let content = match read_content(p) {
             Ok(c) => c,
             Err(e) => {
@@ -260,90 +318,265 @@ impl Control {
             }
         };
         p.attempts = p.attempts.saturating_add(1);
-        // Outcome per original recipient: delivered unless one of its targets failed.
-        let mut failed: Vec<(String, MarkStatus, String)> = Vec::new();
-        let mut transient = false;
-        let return_path = p.envelope.from.clone();
+        let outcomes = self.deliver_local(&dir, p, &local, &content, now);
+        let mut retry = false;
+        let mut reports = Vec::new();
+        for (i, addr) in open.iter().filter(|(_, a)| is_local(a)) {
+            let o = outcomes.iter().find(|(a, _)| a == addr).map(|(_, o)| o);
+            let (status, text) = match o {
+                None => (MarkStatus::Delivered, "250 2.0.0 delivered to mailbox".to_string()),
+                Some(o) => (o.status, o.text.clone()),
+            };
+            let next_attempt_ms = if status == MarkStatus::Deferred {
+                retry = true;
+                now + self.cfg.local_retry.as_millis() as u64
+            } else {
+                p.done.insert(*i);
+                0
+            };
+            if status == MarkStatus::Failed {
+                reports.push(failure_report(*i as usize, &text, now));
+            }
+            let mark = Mark { id: p.envelope.id, rcpt: Some(*i), status, attempts: p.attempts, next_attempt_ms, text };
+            self.log.append_mark(TOKEN_MARK, &mark);
+        }
+        if !reports.is_empty() {
+            self.bounce(p, &content, &reports, now);
+        }
+        retry.then(|| now + self.cfg.local_retry.as_millis() as u64)
+    }
+
+    /// Expands the local recipients and writes one copy per target; returns the outcome of
+    /// each original recipient that did not simply succeed.
+    fn deliver_local(
+        &mut self,
+        dir: &Directory,
+        p: &Pending,
+        local: &[&str],
+        content: &[u8],
+        now: u64,
+    ) -> Vec<(String, Outcome)> {
+        let expansion = dir.expand_all(local, self.cfg.catch_alls);
+        let mut out: Vec<(String, Outcome)> = Vec::new();
+        let mut note = |originals: &[String], status: MarkStatus, text: String| {
+            for o in originals {
+                // The worst outcome of any target of a recipient is its outcome.
+                match out.iter_mut().find(|(a, _)| a == o) {
+                    Some((_, prev)) if prev.status == MarkStatus::Failed => {}
+                    Some((_, prev)) => *prev = Outcome { status, text: text.clone() },
+                    None => out.push((o.clone(), Outcome { status, text: text.clone() })),
+                }
+            }
+        };
         for t in &expansion.targets {
             let Destination::Mailbox { maildir, delivered_to } = &t.destination else {
-                // Redirects and group members elsewhere go to remote delivery (not built
-                // yet): those originals stay queued.
-                for o in &t.original_recipients {
-                    failed.push((o.clone(), MarkStatus::Deferred, "remote delivery pending".into()));
-                }
+                // A redirect or group member elsewhere: remote delivery is not built yet.
+                note(&t.original_recipients, MarkStatus::Deferred, "451 4.4.0 remote delivery pending".into());
                 continue;
             };
-            let path = self.cfg.maildir_root.join(maildir).join("Maildir");
-            let mut copy;
+            let mailbox = dir.mailbox_by_maildir(maildir);
+            let path = mailbox_path(&self.cfg.maildir_root, maildir);
+            let catch_all_copy;
             let body: &[u8] = if t.catch_all {
-                copy = Vec::with_capacity(content.len() + 128);
-                let _ = write!(copy, "{}: {}\r\n", self.cfg.catch_all_header, t.original_recipients.join(", "));
-                copy.extend_from_slice(&content);
-                &copy
+                let mut c = Vec::with_capacity(content.len() + 128);
+                let _ = write!(c, "{}: {}\r\n", self.cfg.catch_all_header, t.original_recipients.join(", "));
+                c.extend_from_slice(content);
+                catch_all_copy = c;
+                &catch_all_copy
             } else {
-                &content
+                content
             };
-            let quota = dir.mailbox_by_maildir(maildir).map_or(0, |m| m.quota_bytes);
-            let r = Maildir::open(&path).and_then(|m| m.with_quota(quota).deliver(&return_path, delivered_to, body));
+            let quota = mailbox.map_or(0, |m| m.quota_bytes);
+            let r = Maildir::open(&path).and_then(|m| {
+                let m = m.with_quota(quota);
+                let f = m.deliver(&p.envelope.from, delivered_to, body)?;
+                if quota > 0 {
+                    self.usage.set(maildir, m.usage()?.bytes);
+                }
+                Ok(f)
+            });
             match r {
-                Ok(_) => self.delivered += 1,
-                Err(e) if e.is_permanent() => {
-                    for o in &t.original_recipients {
-                        failed.push((o.clone(), MarkStatus::Failed, e.to_string()));
+                Ok(f) => {
+                    self.delivered += 1;
+                    if let Some(mb) = mailbox {
+                        self.after_delivery(mb, delivered_to, p, content, &f.path, now);
                     }
+                }
+                Err(e) if e.is_permanent() => {
+                    note(&t.original_recipients, MarkStatus::Failed, e.smtp_reply().to_string());
                 }
                 Err(e) => {
                     log::warn!("control: {}: delivery to {}: {e}", p.envelope.id, path.display());
-                    transient = true;
-                    for o in &t.original_recipients {
-                        failed.push((o.clone(), MarkStatus::Deferred, e.to_string()));
-                    }
+                    note(&t.original_recipients, MarkStatus::Deferred, e.smtp_reply().to_string());
                 }
             }
         }
         for problem in &expansion.problems {
-            let (addr, text) = match problem {
-                ExpandProblem::Unknown { address } => (address.clone(), "550 5.1.1 unknown user".to_string()),
-                ExpandProblem::Disabled { address } => (address.clone(), "550 5.2.1 mailbox disabled".to_string()),
-                ExpandProblem::Blocked { address } => (address.clone(), "550 5.1.1 unknown user".to_string()),
+            let (addr, status, text) = match problem {
+                ExpandProblem::Unknown { address } | ExpandProblem::Blocked { address } => {
+                    (address.clone(), MarkStatus::Failed, "550 5.1.1 unknown user".to_string())
+                }
+                ExpandProblem::Disabled { address } => {
+                    (address.clone(), MarkStatus::Failed, "550 5.2.1 mailbox disabled".to_string())
+                }
                 ExpandProblem::Loop { chain } => (
                     chain.first().cloned().unwrap_or_default(),
+                    MarkStatus::Failed,
                     format!("554 5.4.6 routing loop: {}", chain.join(" -> ")),
                 ),
-                ExpandProblem::TooDeep { address } => (address.clone(), "554 5.4.6 redirects too deep".to_string()),
+                ExpandProblem::TooDeep { address } => {
+                    (address.clone(), MarkStatus::Failed, "554 5.4.6 redirects nested too deep".to_string())
+                }
                 ExpandProblem::UnresolvedPostmaster { address } => {
-                    (address.clone(), "postmaster has no mailbox: held".to_string())
+                    // Held for the operator: never bounce mail to postmaster.
+                    (address.clone(), MarkStatus::Deferred, "451 4.3.0 postmaster has no mailbox".to_string())
                 }
             };
-            let status = if matches!(problem, ExpandProblem::UnresolvedPostmaster { .. }) {
-                MarkStatus::Deferred
-            } else {
-                MarkStatus::Failed
-            };
-            failed.push((addr, status, text));
+            note(&[addr], status, text);
         }
-        for (i, addr) in &open {
-            if !local.contains(&addr.as_str()) {
-                // Remote recipient of a message that also had local ones: stays queued.
-                p.done.insert(*i);
-                continue;
-            }
-            let outcome = failed.iter().find(|(a, _, _)| a == addr);
-            let (status, text) = match outcome {
-                None => (MarkStatus::Delivered, "delivered to mailbox".to_string()),
-                Some((_, s, t)) => (*s, t.clone()),
-            };
-            let next_attempt_ms =
-                if status == MarkStatus::Deferred { now + self.cfg.local_retry.as_millis() as u64 } else { 0 };
-            let mark = Mark { id: p.envelope.id, rcpt: Some(*i), status, attempts: p.attempts, next_attempt_ms, text };
-            self.log.append_mark(0, &mark);
-            if status != MarkStatus::Deferred {
-                p.done.insert(*i);
-            }
-        }
-        // Delivered marks must be durable before anything else happens to the message.
-        if transient { Some(now + self.cfg.local_retry.as_millis() as u64) } else { None }
+        out
     }
+
+    /// The auto-responder and the delivery-event program of a mailbox that just got a copy.
+    fn after_delivery(
+        &mut self,
+        mb: &Mailbox,
+        delivered_to: &str,
+        p: &Pending,
+        content: &[u8],
+        file: &std::path::Path,
+        now: u64,
+    ) {
+        let head = &content[..content.len().min(16 * 1024)];
+        let bulk = autoreply::should_reply(&p.envelope.from, head).is_err();
+        if let Some(ar) = &mb.autoresponder
+            && !bulk
+            && self.replies.try_record(delivered_to, &p.envelope.from, now, self.cfg.autoreply_period).is_ok()
+        {
+            let message_id = format!("{}.autoreply@{}", self.ids.next(now / 1000), self.cfg.hostname);
+            let reply = autoreply::build(&autoreply::ReplyInput {
+                from: delivered_to,
+                to: &p.envelope.from,
+                subject: &ar.subject,
+                body: &ar.body,
+                reply_to: ar.reply_to.as_deref(),
+                original_head: head,
+                now_ms: now,
+                message_id: &message_id,
+            });
+            // RFC 3834 §3.3: an automatic response has a null reverse path.
+            self.generate(String::new(), p.envelope.from.clone(), reply, now);
+            self.save_replies();
+        }
+        if let Some(program) = &mb.delivery_event
+            && !bulk
+        {
+            run_event(program, &mb.postoffice, &mb.name, file, self.cfg.event_timeout);
+        }
+    }
+
+    /// A non-delivery report for the failed recipients, or the message to the bad-mail
+    /// folder when it came from the null sender (a bounce that bounced).
+    fn bounce(&mut self, p: &Pending, content: &[u8], reports: &[RecipientReport], now: u64) {
+        if p.envelope.from.is_empty() {
+            let dir = self.cfg.data_dir.join("badmail");
+            let path = dir.join(format!("{}.eml", p.envelope.id));
+            if let Err(e) = std::fs::create_dir_all(&dir).and_then(|_| std::fs::write(&path, content)) {
+                log::error!("control: {}: writing {}: {e}", p.envelope.id, path.display());
+            } else {
+                log::warn!("control: {}: undeliverable system message kept in {}", p.envelope.id, path.display());
+            }
+            return;
+        }
+        let id = self.ids.next(now / 1000);
+        let message_id = format!("{id}.dsn@{}", self.cfg.hostname);
+        let boundary = format!("{id}/{}", self.cfg.hostname);
+        let input = DsnInput {
+            reporting_mta: &self.cfg.hostname,
+            envelope: &p.envelope,
+            content,
+            reports,
+            now_ms: now,
+            boundary: &boundary,
+            message_id: &message_id,
+            config: self.cfg.dsn,
+        };
+        if let Some(d) = dsn::build(&input) {
+            self.generate(String::new(), d.to, d.content, now);
+        }
+    }
+
+    /// Appends a message of our own to the control log; it is queued once durable.
+    fn generate(&mut self, from: String, to: String, data: Vec<u8>, now: u64) {
+        let mut envelope = Envelope::new(self.ids.next(now / 1000));
+        envelope.received_ms = now;
+        envelope.from = from;
+        envelope.rcpts.push(Recipient { address: to, notify: None, orcpt: None });
+        self.log.append(TOKEN_MESSAGE, SpoolRequest { envelope, data });
+    }
+
+    fn save_replies(&self) {
+        let path = self.cfg.data_dir.join("autoreply.json");
+        let tmp = path.with_extension("json.tmp");
+        let r = serde_json::to_vec(&self.replies)
+            .map_err(std::io::Error::other)
+            .and_then(|b| std::fs::write(&tmp, b))
+            .and_then(|_| std::fs::rename(&tmp, &path));
+        if let Err(e) = r {
+            log::warn!("control: saving {}: {e}", path.display());
+        }
+    }
+}
+
+/// A permanent failure line for a DSN; `text` starts with the reply code.
+fn failure_report(rcpt: usize, text: &str, now: u64) -> RecipientReport {
+    let status = text.split_whitespace().nth(1).filter(|s| s.starts_with('5')).unwrap_or("5.0.0").to_string();
+    RecipientReport {
+        rcpt,
+        action: DsnAction::Failed,
+        status,
+        remote_mta: None,
+        diagnostic: Some(text.to_string()),
+        last_attempt_ms: Some(now),
+        will_retry_until_ms: None,
+    }
+}
+
+/// Runs `program postoffice mailbox messagefile` (SPEC §6, MailEnable's delivery event) in
+/// the background; it is killed after `timeout`.
+fn run_event(program: &str, postoffice: &str, mailbox: &str, file: &std::path::Path, timeout: Duration) {
+    let child = std::process::Command::new(program)
+        .arg(postoffice)
+        .arg(mailbox)
+        .arg(file)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn();
+    let mut child = match child {
+        Ok(c) => c,
+        Err(e) => {
+            log::warn!("control: delivery event {program}: {e}");
+            return;
+        }
+    };
+    let program = program.to_string();
+    std::thread::spawn(move || {
+        let start = std::time::Instant::now();
+        loop {
+            match child.try_wait() {
+                Ok(Some(_)) => return,
+                Ok(None) if start.elapsed() >= timeout => {
+                    log::warn!("control: delivery event {program} killed after {timeout:?}");
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return;
+                }
+                Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+                Err(_) => return,
+            }
+        }
+    });
 }
 
 fn read_content(p: &Pending) -> std::io::Result<Vec<u8>> {

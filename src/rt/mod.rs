@@ -21,6 +21,7 @@ mod uring;
 pub use shard::{ConnLimits, ShardStats};
 
 use crate::config::{Config, IoMode, ListenerTls};
+use crate::delivery::maildir::UsageCache;
 use crate::directory::{DirectoryHandle, JsonFileStore};
 use crate::spool::{CONTROL_SHARD, IdGen, ShardLog, shard_dir};
 use shard::{Shard, ShardListener};
@@ -126,8 +127,14 @@ impl Server {
                 .map_err(ServeError::Directory)?,
         );
         let (tx, rx) = std::sync::mpsc::sync_channel(control::CHANNEL_CAPACITY);
+        let usage = Arc::new(UsageCache::new());
         let control_thread = control::spawn(
             control::ControlConfig {
+                hostname: cfg.hostname.clone(),
+                data_dir: cfg.data_dir.clone(),
+                dsn: cfg.delivery.dsn,
+                autoreply_period: cfg.delivery.autoreply_period,
+                event_timeout: cfg.delivery.event_timeout,
                 spool: spool.clone(),
                 maildir_root: cfg.maildir_root(),
                 segment_size: cfg.spool.segment_size,
@@ -136,8 +143,10 @@ impl Server {
                 local_retry: cfg.delivery.local_retry,
             },
             directory.clone(),
+            usage.clone(),
             rec.messages,
             rec.tails.get(&CONTROL_SHARD).copied(),
+            rec.max_id,
             rx,
         )?;
         let limits = Arc::new(ConnLimits::new(cfg.limits.max_connections, cfg.limits.max_connections_per_ip));
