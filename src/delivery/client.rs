@@ -270,7 +270,7 @@ pub enum TlsPolicy {
 }
 
 /// AUTH mechanisms we speak (RFC 4954).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AuthMechanism {
     Plain,
@@ -278,7 +278,7 @@ pub enum AuthMechanism {
 }
 
 /// Credentials for AUTH (a smart host).
-#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Hash, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Credentials {
     /// User name. No default.
