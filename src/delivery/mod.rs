@@ -5,6 +5,8 @@
 //! - [`maildir`]: delivery into a Maildir (unique names, `tmp/` → `new/` with fsyncs) with
 //!   Maildir++ quota accounting in `maildirsize`, as Dovecot and Courier keep it, and
 //!   [`maildir::UsageCache`], the in-memory usage the RCPT check reads.
+//! - [`autoreply`]: automatic replies (RFC 3834): who gets one, what it says, once per
+//!   sender per period.
 //! - [`lmtp`]: an LMTP client (RFC 2033): a sans-IO state machine with one result per
 //!   recipient, and a small blocking driver over TCP or a Unix socket.
 //! - [`client`]: the sans-IO SMTP client (EHLO/HELO, PIPELINING, SIZE, 8BITMIME,
@@ -19,6 +21,7 @@
 //!
 //! Errors say whether they are permanent (bounce) or transient (retry).
 
+pub mod autoreply;
 pub mod client;
 pub mod dsn;
 pub mod lmtp;
