@@ -15,7 +15,7 @@
 
 use crate::delivery::autoreply::{self, ReplyMemory};
 use crate::delivery::dsn::{self, Action as DsnAction, DsnConfig, DsnInput, RecipientReport};
-use crate::delivery::maildir::{Maildir, UsageCache, mailbox_path};
+use crate::delivery::maildir::{self, Maildir, Staged, UsageCache, mailbox_path};
 use crate::directory::{Destination, Directory, DirectoryHandle, ExpandProblem, Mailbox};
 use crate::session::SpoolRequest;
 use crate::spool::{
@@ -23,7 +23,7 @@ use crate::spool::{
     segment_path, shard_dir,
 };
 use crate::util::time::Now;
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
@@ -115,6 +115,44 @@ struct Outcome {
     status: MarkStatus,
     /// The reply or our words, `"552 5.2.2 …"` style.
     text: String,
+}
+
+/// What staging made of a message.
+enum Staging {
+    Ready(Box<Attempt>),
+    /// Nothing to deliver locally now: back to the queue at that time, or not at all.
+    Later(Box<Pending>, Option<u64>),
+}
+
+/// One message's attempt between staging and commit.
+struct Attempt {
+    p: Pending,
+    /// The local recipients tried: index and lower-cased address.
+    local: Vec<(u16, String)>,
+    content: Vec<u8>,
+    /// One per staged copy, in staging order.
+    copies: Vec<Copy>,
+    /// Original recipients whose outcome is not simply "delivered".
+    outcomes: Vec<(String, Outcome)>,
+}
+
+/// A staged copy: which mailbox, and which original recipients it stands for.
+struct Copy {
+    maildir: String,
+    delivered_to: String,
+    originals: Vec<String>,
+}
+
+/// Records the outcome of the original recipients behind a copy; the worst outcome of any
+/// of a recipient's copies is its outcome.
+fn note(out: &mut Vec<(String, Outcome)>, originals: &[String], status: MarkStatus, text: String) {
+    for o in originals {
+        match out.iter_mut().find(|(a, _)| a == o) {
+            Some((_, prev)) if prev.status == MarkStatus::Failed => {}
+            Some((_, prev)) => *prev = Outcome { status, text: text.clone() },
+            None => out.push((o.clone(), Outcome { status, text: text.clone() })),
+        }
+    }
 }
 
 /// Token of appended records: marks need no answer, generated messages are queued.
@@ -250,8 +288,10 @@ impl Control {
         self.insert(p, 0);
     }
 
-    /// Delivers every message that is due, then makes marks and generated messages durable
-    /// in one sync.
+    /// Delivers every message that is due in one batch: each copy is written to its
+    /// Maildir's `tmp/`, one commit makes them all durable and visible ([`maildir::commit`]:
+    /// two `syncfs` calls in all, not two fsyncs per copy), then the marks and any generated
+    /// messages are made durable in one sync of the control log.
     fn run_due(&mut self) {
         let now = Now::system().unix_ms;
         let due: Vec<QueueId> = self.due.range(..=(now, QueueId(u64::MAX))).map(|((_, id), _)| *id).collect();
@@ -259,10 +299,47 @@ impl Control {
             return;
         }
         self.due.retain(|(t, _), _| *t > now);
+        let dir = self.directory.current();
+        let mut attempts = Vec::with_capacity(due.len());
+        let mut staged = Vec::new();
+        // Bytes staged per Maildir in this batch, for the quota check.
+        let mut pending: HashMap<String, u64> = HashMap::new();
         for id in due {
-            let Some(mut p) = self.queue.remove(&id) else { continue };
-            if let Some(retry_at) = self.attempt(&mut p, now) {
-                self.insert(p, retry_at);
+            let Some(p) = self.queue.remove(&id) else { continue };
+            match self.stage(&dir, p, now, &mut staged, &mut pending) {
+                Staging::Ready(a) => attempts.push(*a),
+                Staging::Later(p, Some(t)) => self.insert(*p, t),
+                Staging::Later(_, None) => {}
+            }
+        }
+        let mut results = maildir::commit(staged).into_iter();
+        for mut a in attempts {
+            for t in &a.copies {
+                let r = results.next().expect("one result per staged copy");
+                match r {
+                    Ok(f) => {
+                        self.delivered += 1;
+                        if let Some(mb) = dir.mailbox_by_maildir(&t.maildir) {
+                            if mb.quota_bytes > 0
+                                && let Ok(u) = Maildir::open(&mailbox_path(&self.cfg.maildir_root, &t.maildir))
+                                    .and_then(|m| m.usage())
+                            {
+                                self.usage.set(&t.maildir, u.bytes);
+                            }
+                            self.after_delivery(mb, &t.delivered_to, &a.p, &a.content, &f.path, now);
+                        }
+                    }
+                    Err(e) => {
+                        let status = if e.is_permanent() { MarkStatus::Failed } else { MarkStatus::Deferred };
+                        if !e.is_permanent() {
+                            log::warn!("control: {}: delivery to {}: {e}", a.p.envelope.id, t.maildir);
+                        }
+                        note(&mut a.outcomes, &t.originals, status, e.smtp_reply().to_string());
+                    }
+                }
+            }
+            if let Some(retry_at) = self.finish(&mut a, now) {
+                self.insert(a.p, retry_at);
             }
         }
         let dir = shard_dir(&self.cfg.spool, CONTROL_SHARD);
@@ -287,10 +364,16 @@ impl Control {
         }
     }
 
-    /// One attempt at every recipient of `p` not final yet. Returns when to try again, if
-    /// some recipient needs it.
-    fn attempt(&mut self, p: &mut Pending, now: u64) -> Option<u64> {
-        let dir = self.directory.current();
+    /// Expands the local recipients of `p` that are not final yet and stages one copy per
+    /// target, or gives the message back with when to try again, if ever.
+    fn stage(
+        &mut self,
+        dir: &Directory,
+        mut p: Pending,
+        now: u64,
+        staged: &mut Vec<Staged>,
+        pending: &mut HashMap<String, u64>,
+    ) -> Staging {
         let open: Vec<(u16, String)> = p
             .envelope
             .rcpts
@@ -300,114 +383,69 @@ impl Control {
             .map(|(i, r)| (i as u16, r.address.to_ascii_lowercase()))
             .collect();
         let is_local = |a: &str| a.rsplit_once('@').is_none_or(|(_, d)| dir.is_local_domain(d));
-        let local: Vec<&str> = open.iter().filter(|(_, a)| is_local(a)).map(|(_, a)| a.as_str()).collect();
-        // Recipients elsewhere wait for remote delivery; they stay queued (and listed).
-        for (i, a) in &open {
-            if !is_local(a) {
-                p.done.insert(*i);
+        let mut local = Vec::new();
+        for (i, a) in open {
+            if is_local(&a) {
+                local.push((i, a));
+            } else {
+                // Recipients elsewhere wait for remote delivery; they stay queued (and listed).
+                p.done.insert(i);
             }
         }
         if local.is_empty() {
-            return None;
+            return Staging::Later(Box::new(p), None);
         }
-        let content = match read_content(p) {
+        let content = match read_content(&p) {
             Ok(c) => c,
             Err(e) => {
                 log::error!("control: {}: reading {}: {e}", p.envelope.id, p.path.display());
-                return Some(now + self.cfg.local_retry.as_millis() as u64);
+                return Staging::Later(Box::new(p), Some(now + self.cfg.local_retry.as_millis() as u64));
             }
         };
         p.attempts = p.attempts.saturating_add(1);
-        let outcomes = self.deliver_local(&dir, p, &local, &content, now);
-        let mut retry = false;
-        let mut reports = Vec::new();
-        for (i, addr) in open.iter().filter(|(_, a)| is_local(a)) {
-            let o = outcomes.iter().find(|(a, _)| a == addr).map(|(_, o)| o);
-            let (status, text) = match o {
-                None => (MarkStatus::Delivered, "250 2.0.0 delivered to mailbox".to_string()),
-                Some(o) => (o.status, o.text.clone()),
-            };
-            let next_attempt_ms = if status == MarkStatus::Deferred {
-                retry = true;
-                now + self.cfg.local_retry.as_millis() as u64
-            } else {
-                p.done.insert(*i);
-                0
-            };
-            if status == MarkStatus::Failed {
-                reports.push(failure_report(*i as usize, &text, now));
-            }
-            let mark = Mark { id: p.envelope.id, rcpt: Some(*i), status, attempts: p.attempts, next_attempt_ms, text };
-            self.log.append_mark(TOKEN_MARK, &mark);
-        }
-        if !reports.is_empty() {
-            self.bounce(p, &content, &reports, now);
-        }
-        retry.then(|| now + self.cfg.local_retry.as_millis() as u64)
-    }
-
-    /// Expands the local recipients and writes one copy per target; returns the outcome of
-    /// each original recipient that did not simply succeed.
-    fn deliver_local(
-        &mut self,
-        dir: &Directory,
-        p: &Pending,
-        local: &[&str],
-        content: &[u8],
-        now: u64,
-    ) -> Vec<(String, Outcome)> {
-        let expansion = dir.expand_all(local, self.cfg.catch_alls);
-        let mut out: Vec<(String, Outcome)> = Vec::new();
-        let mut note = |originals: &[String], status: MarkStatus, text: String| {
-            for o in originals {
-                // The worst outcome of any target of a recipient is its outcome.
-                match out.iter_mut().find(|(a, _)| a == o) {
-                    Some((_, prev)) if prev.status == MarkStatus::Failed => {}
-                    Some((_, prev)) => *prev = Outcome { status, text: text.clone() },
-                    None => out.push((o.clone(), Outcome { status, text: text.clone() })),
-                }
-            }
-        };
+        let addrs: Vec<&str> = local.iter().map(|(_, a)| a.as_str()).collect();
+        let expansion = dir.expand_all(&addrs, self.cfg.catch_alls);
+        let mut outcomes: Vec<(String, Outcome)> = Vec::new();
+        let mut copies = Vec::new();
         for t in &expansion.targets {
             let Destination::Mailbox { maildir, delivered_to } = &t.destination else {
                 // A redirect or group member elsewhere: remote delivery is not built yet.
-                note(&t.original_recipients, MarkStatus::Deferred, "451 4.4.0 remote delivery pending".into());
+                note(
+                    &mut outcomes,
+                    &t.original_recipients,
+                    MarkStatus::Deferred,
+                    "451 4.4.0 remote delivery pending".into(),
+                );
                 continue;
             };
-            let mailbox = dir.mailbox_by_maildir(maildir);
+            let quota = dir.mailbox_by_maildir(maildir).map_or(0, |m| m.quota_bytes);
             let path = mailbox_path(&self.cfg.maildir_root, maildir);
             let catch_all_copy;
             let body: &[u8] = if t.catch_all {
                 let mut c = Vec::with_capacity(content.len() + 128);
                 let _ = write!(c, "{}: {}\r\n", self.cfg.catch_all_header, t.original_recipients.join(", "));
-                c.extend_from_slice(content);
+                c.extend_from_slice(&content);
                 catch_all_copy = c;
                 &catch_all_copy
             } else {
-                content
+                &content
             };
-            let quota = mailbox.map_or(0, |m| m.quota_bytes);
-            let r = Maildir::open(&path).and_then(|m| {
-                let m = m.with_quota(quota);
-                let f = m.deliver(&p.envelope.from, delivered_to, body)?;
-                if quota > 0 {
-                    self.usage.set(maildir, m.usage()?.bytes);
-                }
-                Ok(f)
-            });
+            let already = pending.get(maildir.as_str()).copied().unwrap_or(0);
+            let r = Maildir::open(&path)
+                .and_then(|m| m.with_quota(quota).stage(&p.envelope.from, delivered_to, body, already));
             match r {
-                Ok(f) => {
-                    self.delivered += 1;
-                    if let Some(mb) = mailbox {
-                        self.after_delivery(mb, delivered_to, p, content, &f.path, now);
-                    }
-                }
-                Err(e) if e.is_permanent() => {
-                    note(&t.original_recipients, MarkStatus::Failed, e.smtp_reply().to_string());
+                Ok(st) => {
+                    *pending.entry(maildir.clone()).or_default() += st.size();
+                    staged.push(st);
+                    copies.push(Copy {
+                        maildir: maildir.clone(),
+                        delivered_to: delivered_to.clone(),
+                        originals: t.original_recipients.clone(),
+                    });
                 }
                 Err(e) => {
-                    log::warn!("control: {}: delivery to {}: {e}", p.envelope.id, path.display());
-                    note(&t.original_recipients, MarkStatus::Deferred, e.smtp_reply().to_string());
+                    let status = if e.is_permanent() { MarkStatus::Failed } else { MarkStatus::Deferred };
+                    note(&mut outcomes, &t.original_recipients, status, e.smtp_reply().to_string());
                 }
             }
         }
@@ -432,9 +470,41 @@ impl Control {
                     (address.clone(), MarkStatus::Deferred, "451 4.3.0 postmaster has no mailbox".to_string())
                 }
             };
-            note(&[addr], status, text);
+            note(&mut outcomes, &[addr], status, text);
         }
-        out
+        Staging::Ready(Box::new(Attempt { p, local, content, copies, outcomes }))
+    }
+
+    /// After the commit: one mark per local recipient, a report for the failed ones.
+    /// Returns when to try again, if some recipient needs it.
+    fn finish(&mut self, a: &mut Attempt, now: u64) -> Option<u64> {
+        let mut retry = false;
+        let mut reports = Vec::new();
+        for (i, addr) in &a.local {
+            let o = a.outcomes.iter().find(|(x, _)| x == addr).map(|(_, o)| o);
+            let (status, text) = match o {
+                None => (MarkStatus::Delivered, "250 2.0.0 delivered to mailbox".to_string()),
+                Some(o) => (o.status, o.text.clone()),
+            };
+            let next_attempt_ms = if status == MarkStatus::Deferred {
+                retry = true;
+                now + self.cfg.local_retry.as_millis() as u64
+            } else {
+                a.p.done.insert(*i);
+                0
+            };
+            if status == MarkStatus::Failed {
+                reports.push(failure_report(*i as usize, &text, now));
+            }
+            let mark =
+                Mark { id: a.p.envelope.id, rcpt: Some(*i), status, attempts: a.p.attempts, next_attempt_ms, text };
+            self.log.append_mark(TOKEN_MARK, &mark);
+        }
+        if !reports.is_empty() {
+            let content = std::mem::take(&mut a.content);
+            self.bounce(&a.p, &content, &reports, now);
+        }
+        retry.then(|| now + self.cfg.local_retry.as_millis() as u64)
     }
 
     /// The auto-responder and the delivery-event program of a mailbox that just got a copy.
