@@ -5,12 +5,14 @@
 //! problem at once, each naming its key and line. `docs/configuration.md` documents each
 //! key; keep the two in step.
 
+use crate::policy::{AclMode, AuthMode, InboundAuth, IpList, Policy, PtrCheck, Spoofing};
 use crate::session::SessionConfig;
 use crate::wire::BareLinePolicy;
 use serde::Deserialize;
 use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 /// The whole configuration.
@@ -45,6 +47,14 @@ pub struct Config {
     pub delivery: DeliveryConfig,
     #[serde(default)]
     pub policy: PolicyConfig,
+    #[serde(default)]
+    pub relay: RelayConfig,
+    #[serde(default)]
+    pub auth: AuthConfig,
+    /// The policy built from this configuration, shared by every listener: auto-bans, rate
+    /// counters and the password verifier must be one for the whole server.
+    #[serde(skip)]
+    built_policy: Arc<OnceLock<Arc<Policy>>>,
 }
 
 /// `[delivery]`: local delivery.
@@ -88,7 +98,7 @@ impl Default for DeliveryConfig {
     }
 }
 
-/// `[policy]`: who may do what at the door.
+/// `[policy]`: who may do what at the door (SPEC §3, §5).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyConfig {
@@ -96,13 +106,217 @@ pub struct PolicyConfig {
     /// "disable all catch-alls".
     #[serde(default = "yes")]
     pub catch_alls: bool,
+    /// What `access_list` means: `deny_listed` or `allow_only_listed`. Default `deny_listed`.
+    #[serde(default)]
+    pub access_control: AclMode,
+    /// Client addresses, CIDR ranges or `*` wildcards refused (or the only ones allowed) at
+    /// connect, 554 5.7.1. Default empty.
+    #[serde(default)]
+    pub access_list: Vec<String>,
+    /// Addresses exempt from DNSBL checks and auto-bans. Default empty.
+    #[serde(default)]
+    pub whitelist: Vec<String>,
+    /// Add a client that reaches `limits.max_errors` to the ban list. Default false.
+    #[serde(default)]
+    pub auto_ban: bool,
+    /// How long an auto-ban lasts; 0 for ever. Default 24 hours.
+    #[serde(default = "default_auto_ban_duration", deserialize_with = "de_duration")]
+    pub auto_ban_duration: Duration,
+    /// Substrings of the HELO/EHLO argument (any case) that drop the connection (554 5.7.1).
+    /// Default empty.
+    #[serde(default)]
+    pub ehlo_block: Vec<String>,
+    /// PTR check for unauthenticated clients: `never`, `reject` (550 5.7.25 at MAIL) or
+    /// `tag` (a header). Private and loopback clients are not checked. Default `never`.
+    #[serde(default)]
+    pub ptr_check: PtrCheck,
+    /// Header added in `tag` mode. Default `X-Ringmx-PTR`.
+    #[serde(default = "default_ptr_header")]
+    pub ptr_header: String,
+    /// The sender's domain must be local or have MX, A or AAAA records (550 5.1.8; 451
+    /// 4.4.3 when DNS fails). Default false.
+    #[serde(default)]
+    pub sender_domain_resolves: bool,
+    /// Authenticated senders must use an address of their own mailbox (553 5.7.1).
+    /// Default true.
+    #[serde(default = "yes")]
+    pub sender_must_own: bool,
+    /// Who may use a local domain in MAIL FROM: `anyone`, `authenticated_only` or
+    /// `authorized` (authenticated or privileged IP); 553 5.7.1. Default `anyone`.
+    #[serde(default)]
+    pub sender_spoofing: Spoofing,
+    /// Accept `user@[address]` for our own addresses. Default false.
+    #[serde(default)]
+    pub domain_literals: bool,
+    /// Addresses accepted in domain literals besides the listeners' bound ones (NAT).
+    /// Default empty.
+    #[serde(default)]
+    pub domain_literal_addresses: Vec<IpAddr>,
+    /// Recipients per hour per sender identity (authenticated user, else client address);
+    /// 451 4.7.1 past it; 0 for no limit. Default 0.
+    #[serde(default)]
+    pub max_recipients_per_hour: u32,
+    /// Authentication for mail to local mailboxes: `not_required`, `required` or
+    /// `per_postoffice` (530 5.7.0). Default `not_required`.
+    #[serde(default)]
+    pub inbound_auth: InboundAuth,
+    /// Commands answered 502 5.5.1: any of VRFY, EXPN, HELP, ETRN, TURN, NOOP. Default
+    /// `["VRFY", "EXPN", "ETRN", "TURN"]`.
+    #[serde(default = "default_disabled_commands")]
+    pub disabled_commands: Vec<String>,
+    /// Alternate welcome: the whole 220 text, `%LOCALDOMAIN%` and `%TIME%` substituted.
+    /// Default none (host name and `banner`).
+    #[serde(default)]
+    pub welcome: Option<String>,
+    /// The Received header shows 127.0.0.1 instead of the client address. Default false.
+    #[serde(default)]
+    pub hide_client_ip: bool,
+    /// Add Message-ID and Date to messages of authenticated senders that lack them.
+    /// Default true.
+    #[serde(default = "yes")]
+    pub add_missing_headers: bool,
+    /// `[[policy.dnsbl]]`: DNS blacklists, asked at connect. Default none.
+    #[serde(default)]
+    pub dnsbl: Vec<DnsblConfig>,
+    /// `[policy.dns]`: the resolvers for DNSBL, PTR and sender-domain checks.
+    #[serde(default)]
+    pub dns: PolicyDnsConfig,
 }
 
 impl Default for PolicyConfig {
     fn default() -> Self {
-        PolicyConfig { catch_alls: true }
+        toml::from_str("").expect("the empty [policy] is valid")
     }
 }
+
+/// `[[policy.dnsbl]]`: one DNS blacklist (RFC 5782).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsblConfig {
+    /// The zone, e.g. `zen.spamhaus.org`; named in the 554 5.7.1 reply. Required.
+    pub zone: String,
+    /// Ask this DNS server (`ADDR:PORT`) instead of `[policy.dns] servers`. Default none.
+    #[serde(default)]
+    pub server: Option<SocketAddr>,
+    /// Default true.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+}
+
+/// `[policy.dns]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyDnsConfig {
+    /// Name servers, `ADDR:PORT`. Default `["127.0.0.1:53"]`.
+    #[serde(default = "default_dns_servers")]
+    pub servers: Vec<SocketAddr>,
+    /// Per-query time-out. Default 5 s.
+    #[serde(default = "default_dns_timeout", deserialize_with = "de_duration")]
+    pub timeout: Duration,
+    /// Cached answers live at least this long, whatever their TTL. Default 30 s.
+    #[serde(default = "default_dns_min_ttl", deserialize_with = "de_duration")]
+    pub min_ttl: Duration,
+    /// And at most this long. Default 1 hour.
+    #[serde(default = "default_dns_max_ttl", deserialize_with = "de_duration")]
+    pub max_ttl: Duration,
+    /// Negative answers (no such name, no records) are cached this long. Default 5 minutes.
+    #[serde(default = "default_dns_negative_ttl", deserialize_with = "de_duration")]
+    pub negative_ttl: Duration,
+}
+
+impl Default for PolicyDnsConfig {
+    fn default() -> Self {
+        toml::from_str("").expect("the empty [policy.dns] is valid")
+    }
+}
+
+/// `[relay]`: who may send to recipients not hosted here (SPEC §4); 550 5.7.1 otherwise.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelayConfig {
+    /// Relaying at all. Default true (for the cases below).
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Authenticated sessions may relay. Default true.
+    #[serde(default = "yes")]
+    pub authenticated: bool,
+    /// Client addresses that may relay without authenticating (addresses, CIDR, `*`).
+    /// Default empty: not even loopback.
+    #[serde(default)]
+    pub privileged: Vec<String>,
+    /// Senders whose address is in a local domain may relay. Default false: anyone can
+    /// forge such a sender.
+    #[serde(default)]
+    pub local_senders: bool,
+    /// POP-before-SMTP drop folder: files named by client address (or address`.pbs`).
+    /// Default none (off).
+    #[serde(default)]
+    pub pop_before_smtp_dir: Option<PathBuf>,
+    /// How recent the file must be. Default 30 minutes.
+    #[serde(default = "default_pop_window", deserialize_with = "de_duration")]
+    pub pop_before_smtp_window: Duration,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        toml::from_str("").expect("the empty [relay] is valid")
+    }
+}
+
+/// `[auth]`: SMTP AUTH (RFC 4954) with PLAIN and LOGIN.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Log in with a mailbox's address (or bare name in the default postoffice) and
+    /// password. Default true.
+    #[serde(default = "yes")]
+    pub directory: bool,
+    /// A fixed relay login, with `password`. Default none.
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
+    /// Threads that verify argon2 hashes. Default 1.
+    #[serde(default = "one")]
+    pub verifier_threads: usize,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        toml::from_str("").expect("the empty [auth] is valid")
+    }
+}
+
+fn default_auto_ban_duration() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+fn default_ptr_header() -> String {
+    "X-Ringmx-PTR".into()
+}
+fn default_disabled_commands() -> Vec<String> {
+    ["VRFY", "EXPN", "ETRN", "TURN"].map(String::from).to_vec()
+}
+fn default_dns_servers() -> Vec<SocketAddr> {
+    vec![SocketAddr::from(([127, 0, 0, 1], 53))]
+}
+fn default_dns_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_dns_min_ttl() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_dns_max_ttl() -> Duration {
+    Duration::from_secs(3600)
+}
+fn default_dns_negative_ttl() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_pop_window() -> Duration {
+    Duration::from_secs(1800)
+}
+
+/// Verbs `[policy] disabled_commands` may name.
+pub const DISABLEABLE: &[&str] = &["VRFY", "EXPN", "HELP", "ETRN", "TURN", "NOOP"];
 
 fn default_catch_all_header() -> String {
     "X-Original-Recipients".into()
@@ -117,17 +331,74 @@ fn default_event_timeout() -> Duration {
     Duration::from_secs(30)
 }
 
-/// `[[listener]]`: one port and the addresses it is bound on.
+/// `[[listener]]`: one port and the addresses it is bound on. Defaults depend on the port
+/// (SPEC §2): 465 is implicit TLS; 587 and 465 require authentication.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
+#[serde(from = "RawListener")]
 pub struct ListenerConfig {
     pub port: u16,
     /// Addresses to bind. Default: every IPv4 and IPv6 address.
-    #[serde(default = "default_bind")]
     pub bind: Vec<IpAddr>,
     /// `none`, `starttls` (offered when a certificate is configured) or `implicit` (RFC 8314).
-    #[serde(default)]
+    /// Default `implicit` on port 465, else `starttls`.
     pub tls: ListenerTls,
+    /// `always`, `never` or `tls_only` (538 5.7.11 before TLS). Default `tls_only`.
+    pub auth: AuthMode,
+    /// Every transaction must authenticate first (530 5.7.0). Default true on 587 and 465.
+    pub require_auth: bool,
+    /// Read a PROXY protocol v1/v2 header from the addresses in `proxy_trusted`. Default false.
+    pub proxy_protocol: bool,
+    /// Load balancers whose PROXY header is believed (addresses, CIDR, `*`). Default empty.
+    pub proxy_trusted: Vec<String>,
+}
+
+/// `[[listener]]` as written; the port decides the defaults.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawListener {
+    port: u16,
+    #[serde(default = "default_bind")]
+    bind: Vec<IpAddr>,
+    #[serde(default)]
+    tls: Option<ListenerTls>,
+    #[serde(default)]
+    auth: Option<AuthMode>,
+    #[serde(default)]
+    require_auth: Option<bool>,
+    #[serde(default)]
+    proxy_protocol: bool,
+    #[serde(default)]
+    proxy_trusted: Vec<String>,
+}
+
+impl ListenerConfig {
+    /// A listener on `port` with the defaults of that port (SPEC §2).
+    pub fn new(port: u16, bind: Vec<IpAddr>) -> Self {
+        RawListener {
+            port,
+            bind,
+            tls: None,
+            auth: None,
+            require_auth: None,
+            proxy_protocol: false,
+            proxy_trusted: Vec::new(),
+        }
+        .into()
+    }
+}
+
+impl From<RawListener> for ListenerConfig {
+    fn from(r: RawListener) -> Self {
+        ListenerConfig {
+            port: r.port,
+            bind: r.bind,
+            tls: r.tls.unwrap_or(if r.port == 465 { ListenerTls::Implicit } else { ListenerTls::Starttls }),
+            auth: r.auth.unwrap_or(AuthMode::TlsOnly),
+            require_auth: r.require_auth.unwrap_or(r.port == 587 || r.port == 465),
+            proxy_protocol: r.proxy_protocol,
+            proxy_trusted: r.proxy_trusted,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
@@ -301,7 +572,15 @@ fn default_banner() -> String {
     "ESMTP ringmx".into()
 }
 fn default_listeners() -> Vec<ListenerConfig> {
-    vec![ListenerConfig { port: 2525, bind: vec![IpAddr::from([127, 0, 0, 1])], tls: ListenerTls::Starttls }]
+    vec![ListenerConfig {
+        port: 2525,
+        bind: vec![IpAddr::from([127, 0, 0, 1])],
+        tls: ListenerTls::Starttls,
+        auth: AuthMode::TlsOnly,
+        require_auth: false,
+        proxy_protocol: false,
+        proxy_trusted: Vec::new(),
+    }]
 }
 fn default_bind() -> Vec<IpAddr> {
     vec![IpAddr::from([0, 0, 0, 0]), IpAddr::from([0u16, 0, 0, 0, 0, 0, 0, 0])]
@@ -460,6 +739,18 @@ impl Config {
             if l.tls == ListenerTls::Implicit && self.tls.certificate.is_none() {
                 bad(&format!("listener[{i}].tls"), "implicit TLS needs [tls] certificate and private_key".into());
             }
+            if let Err(e) = IpList::parse(&l.proxy_trusted) {
+                bad(&format!("listener[{i}].proxy_trusted"), e.to_string());
+            }
+            if l.proxy_protocol && l.proxy_trusted.is_empty() {
+                bad(
+                    &format!("listener[{i}].proxy_trusted"),
+                    "proxy_protocol needs the load balancers' addresses".into(),
+                );
+            }
+            if l.proxy_protocol && l.tls == ListenerTls::Implicit {
+                bad(&format!("listener[{i}].proxy_protocol"), "not supported with implicit TLS yet".into());
+            }
         }
         if self.tls.certificate.is_some() != self.tls.private_key.is_some() {
             bad("tls.certificate", "certificate and private_key go together".into());
@@ -495,7 +786,152 @@ impl Config {
         if self.timeouts.command.is_zero() || self.timeouts.data.is_zero() {
             bad("timeouts", "time-outs must be positive".into());
         }
+        self.validate_policy(&mut bad);
         if problems.is_empty() { Ok(()) } else { Err(ConfigError { problems }) }
+    }
+
+    fn validate_policy(&self, bad: &mut dyn FnMut(&str, String)) {
+        let p = &self.policy;
+        for (key, list) in [
+            ("policy.access_list", &p.access_list),
+            ("policy.whitelist", &p.whitelist),
+            ("relay.privileged", &self.relay.privileged),
+        ] {
+            if let Err(e) = IpList::parse(list) {
+                bad(key, e.to_string());
+            }
+        }
+        for c in &p.disabled_commands {
+            if !DISABLEABLE.contains(&c.to_ascii_uppercase().as_str()) {
+                bad(
+                    "policy.disabled_commands",
+                    format!("{c:?} cannot be disabled (any of {})", DISABLEABLE.join(", ")),
+                );
+            }
+        }
+        if p.ehlo_block.iter().any(|s| s.trim().is_empty()) {
+            bad("policy.ehlo_block", "an empty string would block every client".into());
+        }
+        if p.ptr_header.is_empty() || !p.ptr_header.bytes().all(|b| b.is_ascii_graphic() && b != b':') {
+            bad("policy.ptr_header", "not a header field name (RFC 5322 §3.6.8)".into());
+        }
+        for d in &p.dnsbl {
+            if crate::wire::command::parse_mailbox(&format!("x@{}", d.zone.trim_end_matches('.'))).is_none() {
+                bad("policy.dnsbl.zone", format!("{:?} is not a domain name", d.zone));
+            }
+        }
+        if p.dns.servers.is_empty()
+            && (p.dnsbl.iter().any(|d| d.enabled && d.server.is_none())
+                || p.ptr_check != PtrCheck::Never
+                || p.sender_domain_resolves)
+        {
+            bad("policy.dns.servers", "DNS checks are on but no server is configured".into());
+        }
+        if p.dns.timeout.is_zero() {
+            bad("policy.dns.timeout", "must be positive".into());
+        }
+        if p.dns.min_ttl > p.dns.max_ttl {
+            bad("policy.dns.min_ttl", "greater than max_ttl".into());
+        }
+        if self.auth.username.is_some() != self.auth.password.is_some() {
+            bad("auth.username", "username and password go together".into());
+        }
+        if self.auth.verifier_threads == 0 || self.auth.verifier_threads > 64 {
+            bad("auth.verifier_threads", "from 1 to 64".into());
+        }
+        if self.relay.pop_before_smtp_dir.is_some() && self.relay.pop_before_smtp_window.is_zero() {
+            bad("relay.pop_before_smtp_window", "must be positive".into());
+        }
+    }
+
+    /// The policy of this configuration, built once and shared by every listener.
+    pub fn policy(&self) -> Arc<Policy> {
+        self.built_policy.get_or_init(|| Arc::new(self.build_policy())).clone()
+    }
+
+    fn build_policy(&self) -> Policy {
+        let p = &self.policy;
+        // Checked by validate(); a configuration built in code falls back to empty lists.
+        let list = |l: &[String]| IpList::parse(l).unwrap_or_default();
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let bans = if p.auto_ban {
+            let path = self.data_dir.join("bans");
+            Some(Arc::new(crate::policy::BanList::load(&path, now).unwrap_or_else(|e| {
+                log::error!("auto-bans: {e}; starting with an empty list");
+                crate::policy::BanList::in_memory()
+            })))
+        } else {
+            None
+        };
+        Policy {
+            acl_mode: p.access_control,
+            acl: list(&p.access_list),
+            whitelist: list(&p.whitelist),
+            bans,
+            auto_ban: p.auto_ban.then_some(p.auto_ban_duration),
+            dnsbl: p
+                .dnsbl
+                .iter()
+                .filter(|d| d.enabled)
+                .map(|d| crate::policy::DnsblProvider {
+                    zone: d.zone.trim_end_matches('.').to_ascii_lowercase(),
+                    server: d.server,
+                })
+                .collect(),
+            ptr_check: p.ptr_check,
+            ptr_header: p.ptr_header.clone(),
+            ehlo_block: p.ehlo_block.iter().map(|s| s.trim().to_ascii_lowercase()).collect(),
+            relay: crate::policy::RelayRules {
+                enabled: self.relay.enabled,
+                authenticated: self.relay.authenticated,
+                privileged: list(&self.relay.privileged),
+                local_senders: self.relay.local_senders,
+                pop_before_smtp: self.relay.pop_before_smtp_dir.as_ref().map(|dir| {
+                    Arc::new(crate::policy::DropFolder { dir: dir.clone(), window: self.relay.pop_before_smtp_window })
+                        as Arc<dyn crate::policy::PopLookup>
+                }),
+            },
+            spoofing: p.sender_spoofing,
+            sender_domain_resolves: p.sender_domain_resolves,
+            sender_must_own: p.sender_must_own,
+            domain_literals: p.domain_literals,
+            literal_addresses: p.domain_literal_addresses.clone(),
+            rcpt_per_hour: (p.max_recipients_per_hour > 0)
+                .then(|| Arc::new(crate::policy::RateLimiter::new(p.max_recipients_per_hour))),
+            inbound_auth: p.inbound_auth,
+            disabled_commands: p.disabled_commands.iter().map(|c| c.to_ascii_uppercase()).collect(),
+            welcome: p.welcome.clone(),
+            add_missing_headers: p.add_missing_headers,
+            auth_directory: self.auth.directory,
+            auth_fixed: self.auth.username.clone().zip(self.auth.password.clone()),
+            verifier: Some(Arc::new(crate::policy::auth::Verifier::new(self.auth.verifier_threads))),
+            dns: self.needs_dns().then(|| self.start_dns()).flatten(),
+        }
+    }
+
+    /// True when a policy check asks DNS.
+    fn needs_dns(&self) -> bool {
+        let p = &self.policy;
+        p.dnsbl.iter().any(|d| d.enabled) || p.ptr_check != PtrCheck::Never || p.sender_domain_resolves
+    }
+
+    fn start_dns(&self) -> Option<Arc<crate::dns::DnsService>> {
+        let d = &self.policy.dns;
+        let settings = crate::dns::DnsSettings {
+            servers: d.servers.clone(),
+            timeout: d.timeout,
+            min_ttl: d.min_ttl,
+            max_ttl: d.max_ttl,
+            negative_ttl: d.negative_ttl,
+        };
+        match crate::dns::DnsService::start(settings) {
+            Ok(s) => Some(Arc::new(s)),
+            Err(e) => {
+                // Every check then sees a temporary failure (DNSBL passes, MAIL gets 451).
+                log::error!("dns: cannot start the resolver thread: {e}");
+                None
+            }
+        }
     }
 
     /// The ingress shard count for a machine with `cpus` cores.
@@ -535,7 +971,14 @@ impl Config {
             starttls: tls_available && listener.tls == ListenerTls::Starttls,
             local_domains: self.local_domains.iter().map(|d| d.to_ascii_lowercase()).collect::<HashSet<_>>(),
             catch_alls: self.policy.catch_alls,
-            hide_client_ip: false,
+            hide_client_ip: self.policy.hide_client_ip,
+            policy: self.policy(),
+            auth_mode: listener.auth,
+            require_auth: listener.require_auth,
+            proxy_from: listener
+                .proxy_protocol
+                .then(|| Arc::new(IpList::parse(&listener.proxy_trusted).unwrap_or_default())),
+            own_addresses: listener.bind.iter().copied().filter(|a| !a.is_unspecified()).collect(),
         }
     }
 }

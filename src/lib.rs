@@ -17,6 +17,10 @@
 //! - [`directory`]: postoffices, domains, mailboxes, groups; the RCPT check and recipient
 //!   expansion, in memory.
 //! - [`delivery`]: getting messages out: the SMTP client, MX plan, DSNs (and local delivery).
+//! - [`policy`]: decisions at the door (access lists, DNSBL, relay, spoofing, AUTH, rate
+//!   limits), pure; and the off-shard password verifier.
+//! - [`dns`]: DNS for policy checks: the questions and the resolver thread that answers
+//!   them off the shards.
 //! - [`config`]: the TOML configuration, validated as a whole.
 //! - [`admin`]: the operator commands (`queue list`, `queue show`).
 //! - [`util`]: small helpers (time formatting).
@@ -25,6 +29,8 @@ pub mod admin;
 pub mod config;
 pub mod delivery;
 pub mod directory;
+pub mod dns;
+pub mod policy;
 pub mod queue;
 pub mod rt;
 pub mod session;

@@ -1,7 +1,7 @@
 //! The `ringmx` command: `serve` (the default), `check-config`, `queue`.
 
 use clap::{Parser, Subcommand};
-use ringmx::config::{Config, IoMode, ListenerConfig, ListenerTls};
+use ringmx::config::{Config, IoMode, ListenerConfig};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -109,11 +109,7 @@ fn serve(args: ServeArgs) -> Result<(), ExitCode> {
         cfg.data_dir = d;
     }
     if !args.listen.is_empty() {
-        cfg.listeners = args
-            .listen
-            .iter()
-            .map(|a| ListenerConfig { port: a.port(), bind: vec![a.ip()], tls: ListenerTls::Starttls })
-            .collect();
+        cfg.listeners = args.listen.iter().map(|a| ListenerConfig::new(a.port(), vec![a.ip()])).collect();
     }
     if !args.local_domain.is_empty() {
         cfg.local_domains = args.local_domain;

@@ -1,13 +1,25 @@
 //! One connection as both drivers see it: the SMTP session, TLS when there is any, and
 //! the bytes waiting to go out. The drivers only move bytes between this and the socket.
 
+use crate::dns::DnsAnswer;
+use crate::policy::auth::AuthOutcome;
 use crate::session::{Action, Session, SpoolRequest};
 use crate::spool::QueueId;
 use crate::util::time::Now;
 use crate::wire::Reply;
 use rustls::ServerConnection;
 use std::io::{Read, Write};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+
+/// An answer from the DNS service or the password verifier, filled in by their threads.
+enum ServiceAnswer {
+    Dns(DnsAnswer),
+    Auth(AuthOutcome),
+}
+
+/// Where a service thread leaves its answer for this connection. Until the shards have an
+/// inbox that wakes them, the answer is picked up at the next input or tick.
+type AnswerSlot = Arc<Mutex<Option<ServiceAnswer>>>;
 
 /// What a connection asks of its shard after it handled input.
 pub enum Effect {
@@ -27,6 +39,8 @@ pub struct Conn {
     /// A message of this connection is with the spool.
     pub spooling: bool,
     pub peer_ip: std::net::IpAddr,
+    /// The answer awaited from a service thread (DNS, password check).
+    awaiting: Option<AnswerSlot>,
 }
 
 /// A TLS failure; the connection is closed after any alert in `outq` is sent.
@@ -43,6 +57,7 @@ impl Conn {
             closing: false,
             spooling: false,
             peer_ip,
+            awaiting: None,
         };
         if let Some(cfg) = implicit_tls {
             match ServerConnection::new(cfg) {
@@ -120,8 +135,31 @@ impl Conn {
     pub fn pump(&mut self, now: Now, starttls: Option<&Arc<rustls::ServerConfig>>, effects: &mut Vec<Effect>) {
         loop {
             self.flush_session_output();
+            if let Some(answer) = self.take_answer() {
+                match answer {
+                    ServiceAnswer::Dns(a) => self.session.provide_policy_answer(now, a),
+                    ServiceAnswer::Auth(o) => self.session.auth_done(now, o),
+                }
+                continue;
+            }
             let Some(action) = self.session.poll_action() else { break };
             match action {
+                Action::Resolve(q) => {
+                    let slot = AnswerSlot::default();
+                    self.awaiting = Some(slot.clone());
+                    match self.session.config().policy.dns.clone() {
+                        Some(dns) => dns.submit(q, Box::new(move |a| set_answer(&slot, ServiceAnswer::Dns(a)))),
+                        None => set_answer(&slot, ServiceAnswer::Dns(DnsAnswer::TempFail)),
+                    }
+                }
+                Action::Authenticate(req) => {
+                    let slot = AnswerSlot::default();
+                    self.awaiting = Some(slot.clone());
+                    match self.session.config().policy.verifier.clone() {
+                        Some(v) => v.submit(*req, Box::new(move |o| set_answer(&slot, ServiceAnswer::Auth(o)))),
+                        None => set_answer(&slot, ServiceAnswer::Auth(AuthOutcome::Unavailable)),
+                    }
+                }
                 Action::Spool(req) => {
                     self.spooling = true;
                     effects.push(Effect::Spool(req));
@@ -196,8 +234,19 @@ impl Conn {
         self.pump(now, starttls, effects);
     }
 
+    /// The awaited service answer, once it is there.
+    fn take_answer(&mut self) -> Option<ServiceAnswer> {
+        let slot = self.awaiting.as_ref()?;
+        let answer = slot.lock().unwrap_or_else(|e| e.into_inner()).take()?;
+        self.awaiting = None;
+        Some(answer)
+    }
+
     /// Time passed.
     pub fn on_tick(&mut self, now: Now, starttls: Option<&Arc<rustls::ServerConfig>>, effects: &mut Vec<Effect>) {
+        if self.awaiting.is_some() {
+            self.pump(now, starttls, effects);
+        }
         if let Some(deadline) = self.session.poll_timeout()
             && now.mono >= deadline
         {
@@ -217,4 +266,8 @@ impl Conn {
     pub fn wants_close(&self) -> bool {
         self.closing && !self.spooling
     }
+}
+
+fn set_answer(slot: &AnswerSlot, answer: ServiceAnswer) {
+    *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(answer);
 }

@@ -1,7 +1,7 @@
 //! The verbs outside message content.
 
 use super::{Action, Phase, Session, Transaction};
-use crate::directory::RcptVerdict;
+use crate::policy::Verdict;
 use crate::spool::{Envelope, QueueId, Recipient};
 use crate::util::time::Now;
 use crate::wire::{Body, Command, MailParams, Mailbox, Path, RcptParams, Reply, parse_command};
@@ -12,6 +12,9 @@ impl Session {
             Ok(c) => c,
             Err(e) => return self.reply_error(e.reply()),
         };
+        if self.cfg.policy.is_disabled(cmd.verb()) {
+            return self.reply_error(Reply::new(502, "5.5.1", "Error: command not implemented"));
+        }
         match cmd {
             Command::Ehlo(d) => self.hello(d, true),
             Command::Helo(d) => self.hello(d, false),
@@ -30,17 +33,26 @@ impl Session {
                 self.close();
             }
             Command::Help(_) => self.reply(Reply::new(214, "2.0.0", "See https://www.rfc-editor.org/rfc/rfc5321")),
-            // VRFY/EXPN give away the directory; off by default as a secure MX has them.
-            Command::Vrfy(_) | Command::Expn(_) | Command::Etrn(_) | Command::Turn => {
+            // VRFY and EXPN give away the directory: disabled by default (see above). Enabled,
+            // VRFY says neither yes nor no (RFC 5321 §3.5.3) and EXPN shows groups.
+            Command::Vrfy(_) => {
+                self.reply(Reply::new(252, "2.5.0", "Cannot VRFY user, but will accept message and attempt delivery"))
+            }
+            Command::Expn(list) => self.expn(list),
+            Command::Etrn(_) | Command::Turn => {
                 self.reply_error(Reply::new(502, "5.5.1", "Error: command not implemented"))
             }
             Command::StartTls => self.starttls(),
-            Command::Auth { .. } => self.reply_error(Reply::new(503, "5.5.1", "Error: authentication not enabled")),
+            Command::Auth { mechanism, initial } => self.auth_command(mechanism, initial),
         }
     }
 
     /// RFC 5321 §4.1.1.1. EHLO also resets any transaction (§4.1.4).
     fn hello(&mut self, domain: &str, esmtp: bool) {
+        if let Verdict::Drop(r) | Verdict::Refuse(r) = self.cfg.policy.helo(domain) {
+            self.reply(r);
+            return self.close();
+        }
         self.tx = Transaction::default();
         self.helo = Some(domain.to_owned());
         self.esmtp = esmtp;
@@ -59,6 +71,10 @@ impl Session {
         text.push_str("\n8BITMIME\nSMTPUTF8\nENHANCEDSTATUSCODES\nCHUNKING\nBINARYMIME\nDSN");
         if self.cfg.starttls && self.tls.is_none() {
             text.push_str("\nSTARTTLS");
+        }
+        if self.auth_available() && self.auth.is_none() {
+            text.push_str("\nAUTH ");
+            text.push_str(crate::policy::auth::MECHANISMS);
         }
         crate::wire::write_reply(&mut self.out, 250, "", &text);
     }
@@ -116,8 +132,8 @@ impl Session {
         env.smtputf8 = params.smtputf8;
         env.ret = params.ret;
         env.envid = params.envid.map(str::to_owned);
-        self.tx = Transaction { envelope: Some(env), ..Transaction::default() };
-        self.reply(Reply::new(250, "2.1.0", "Ok"));
+        // RFC 4954 §5: AUTH= is accepted and, as we do not relay it further, dropped.
+        self.mail_policy(env);
     }
 
     /// RFC 5321 §4.1.1.3.
@@ -135,7 +151,7 @@ impl Session {
             // RFC 5321 §4.5.3.1.10.
             return self.reply_error(Reply::new(452, "4.5.3", "Error: too many recipients"));
         }
-        if let Err(reply) = self.check_recipient(&to) {
+        if let Err(reply) = self.rcpt_policy(&to) {
             return self.reply_error(reply);
         }
         let rcpt = Recipient { address: to.to_string(), notify: params.notify, orcpt: params.orcpt.map(str::to_owned) };
@@ -145,30 +161,16 @@ impl Session {
         self.reply(Reply::new(250, "2.1.5", "Ok"));
     }
 
-    /// Whether this recipient is ours: the directory's verdict for its domains, the
-    /// configured accept-all domains, and `postmaster` (RFC 5321 §4.5.1); anything else
-    /// would be relaying, which is refused.
-    fn check_recipient(&self, to: &Mailbox<'_>) -> Result<(), Reply> {
-        let relay_denied = || Reply::new(550, "5.7.1", "Error: relay access denied");
-        if to.is_domain_literal() {
-            return Err(relay_denied());
-        }
-        let mut addr = String::with_capacity(to.local.len() + to.domain.len() + 1);
-        use std::fmt::Write as _;
-        let _ = write!(addr, "{to}");
-        let sender = self.tx.envelope.as_ref().map(|e| e.from.as_str()).filter(|f| !f.is_empty());
-        match self.directory.check_recipient(sender, &addr, self.cfg.catch_alls) {
-            RcptVerdict::Accept(_) => Ok(()),
-            RcptVerdict::Refuse(r) => Err(r.reply()),
-            RcptVerdict::NotLocal => {
-                // Domains are compared without regard to case (RFC 5321 §2.4).
-                let local = if to.domain.bytes().any(|b| b.is_ascii_uppercase()) {
-                    self.cfg.local_domains.contains(&to.domain.to_ascii_lowercase())
-                } else {
-                    self.cfg.local_domains.contains(to.domain)
-                };
-                if local { Ok(()) } else { Err(relay_denied()) }
+    /// EXPN (RFC 5321 §3.5.2), when enabled: the members of a group of the directory.
+    fn expn(&mut self, list: &str) {
+        let name = list.trim().trim_start_matches('<').trim_end_matches('>');
+        let group = self.directory.data().groups.iter().find(|g| g.address.eq_ignore_ascii_case(name));
+        match group {
+            Some(g) if !g.members.is_empty() => {
+                let text: Vec<String> = g.members.iter().map(|m| format!("<{m}>")).collect();
+                self.reply(Reply::new(250, "2.1.5", text.join("\n")))
             }
+            _ => self.reply_error(Reply::new(550, "5.1.1", "Error: no such mailing list")),
         }
     }
 

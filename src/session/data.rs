@@ -2,6 +2,7 @@
 //! (RFC 5321 §4.4) and the hand-off to the spool.
 
 use super::{Action, Phase, Session, SpoolRequest, Transaction};
+use crate::policy::PtrCheck;
 use crate::util::time::{Now, rfc5322};
 use crate::wire::{BareLinePolicy, DataStatus, Reply};
 use std::io::Write;
@@ -132,18 +133,26 @@ impl Session {
         if let Some(tls) = &self.tls {
             let _ = write!(b, "\r\n\t(using {} with cipher {})", tls.version, tls.cipher);
         }
-        let proto = match (env.smtputf8, self.esmtp, self.tls.is_some()) {
-            (true, _, false) => "UTF8SMTP",
-            (true, _, true) => "UTF8SMTPS",
-            (false, true, false) => "ESMTP",
-            (false, true, true) => "ESMTPS",
-            (false, false, _) => "SMTP",
+        // RFC 3848 and RFC 6531 §4.3: S for TLS, A for an authenticated session.
+        let proto = match (env.smtputf8, self.esmtp, self.tls.is_some(), self.auth.is_some()) {
+            (true, _, false, false) => "UTF8SMTP",
+            (true, _, true, false) => "UTF8SMTPS",
+            (true, _, false, true) => "UTF8SMTPA",
+            (true, _, true, true) => "UTF8SMTPSA",
+            (false, true, false, false) => "ESMTP",
+            (false, true, true, false) => "ESMTPS",
+            (false, true, false, true) => "ESMTPA",
+            (false, true, true, true) => "ESMTPSA",
+            (false, false, _, _) => "SMTP",
         };
         let _ = write!(b, "\r\n\tby {} (ringmx) with {} id {}", self.cfg.hostname, proto, id);
         if let [only] = env.rcpts.as_slice() {
             let _ = write!(b, "\r\n\tfor <{}>", only.address);
         }
         let _ = write!(b, "; {}\r\n", rfc5322(now.unix_secs()));
+        if self.ptr_found == Some(false) && self.auth.is_none() && self.cfg.policy.ptr_check == PtrCheck::Tag {
+            let _ = write!(b, "{}: none (client {} has no PTR record)\r\n", self.cfg.policy.ptr_header, ip);
+        }
         self.received_hdr_len = b.len();
         self.tx.content_len = 0;
     }
@@ -153,8 +162,45 @@ impl Session {
         let tx = std::mem::take(&mut self.tx);
         let Some(mut envelope) = tx.envelope else { return };
         envelope.received_ms = now.unix_ms;
+        if self.auth.is_some() && self.cfg.policy.add_missing_headers {
+            self.add_missing_headers(now, &envelope);
+        }
         let data = std::mem::take(&mut self.body);
         self.phase = Phase::Spooling;
         self.actions.push_back(Action::Spool(Box::new(SpoolRequest { envelope, data })));
+    }
+}
+
+impl Session {
+    /// For authenticated senders (SPEC §5): a Message-ID and a Date (RFC 5322 §3.6) when the
+    /// message has none, placed after our own header fields.
+    fn add_missing_headers(&mut self, now: Now, env: &crate::spool::Envelope) {
+        let content = &self.body[self.received_hdr_len..];
+        let (mut has_id, mut has_date) = (false, false);
+        let mut at_line_start = true;
+        for (i, &c) in content.iter().enumerate() {
+            if at_line_start {
+                let rest = &content[i..];
+                if rest.starts_with(b"\r\n") || rest.starts_with(b"\n") {
+                    break; // end of the header section
+                }
+                let starts = |name: &[u8]| rest.len() > name.len() && rest[..name.len()].eq_ignore_ascii_case(name);
+                has_id |= starts(b"message-id:");
+                has_date |= starts(b"date:");
+            }
+            at_line_start = c == b'\n';
+        }
+        if has_id && has_date {
+            return;
+        }
+        let mut add = Vec::with_capacity(128);
+        if !has_id {
+            let _ = write!(add, "Message-ID: <{}.{}@{}>\r\n", env.id, now.unix_ms, self.cfg.hostname);
+        }
+        if !has_date {
+            let _ = write!(add, "Date: {}\r\n", rfc5322(now.unix_secs()));
+        }
+        let at = self.received_hdr_len;
+        self.body.splice(at..at, add);
     }
 }

@@ -9,29 +9,44 @@
 //! - [`Session::handle_input`]: bytes from the peer (plaintext, after TLS).
 //! - [`Session::output`]: reply bytes to send; the driver drains it.
 //! - [`Session::poll_action`]: [`Action::Spool`] (make a message durable, then call
-//!   [`Session::spool_done`]), [`Action::StartTls`], [`Action::Close`].
+//!   [`Session::spool_done`]), [`Action::Resolve`] (answer a DNS question with
+//!   [`Session::provide_policy_answer`]), [`Action::Authenticate`] (verify a password off the
+//!   shard, answer with [`Session::auth_done`]), [`Action::StartTls`], [`Action::Close`].
 //! - [`Session::poll_timeout`] / [`Session::handle_timeout`]: the RFC 5321 §4.5.3.2 time-outs.
 //! - [`Session::tls_established`]: after the handshake that STARTTLS asked for.
 //!
-//! While a message is being spooled the session reads no further commands: pipelined input
-//! waits in a buffer, and replies keep their order.
+//! While a message is being spooled, a DNS answer or a password check is awaited, the
+//! session reads no further commands: pipelined input waits in a buffer, and replies keep
+//! their order.
+//!
+//! On a listener with the PROXY protocol, a connection from a trusted load balancer starts
+//! by reading the PROXY header; the address it names is the client for every rule and the
+//! Received header. The greeting waits for the connect checks (access list, bans, DNSBL).
 //!
 //! # Layout
 //!
 //! - `mod.rs`: the type, its configuration, input dispatch, time-outs.
-//! - `commands.rs`: one function per verb outside DATA.
+//! - `commands.rs`: one function per verb outside DATA and AUTH.
+//! - `checks.rs`: the policy steps: connect (PROXY, access list, DNSBL, greeting), the MAIL
+//!   and RCPT rules, DNS answers.
+//! - `auth.rs`: AUTH PLAIN and LOGIN (RFC 4954).
 //! - `data.rs`: DATA and BDAT content, the Received header, handing off to the spool.
 
+mod auth;
+mod checks;
 mod commands;
 mod data;
 
 use crate::directory::Directory;
+use crate::dns::DnsQuery;
+use crate::policy::auth::AuthRequest;
+use crate::policy::{AuthMode, IpList, Policy};
 use crate::spool::{Envelope, IdGen, QueueId};
 use crate::util::time::Now;
 use crate::wire::{BareLinePolicy, DataScanner, Reply, next_line};
 use std::cell::RefCell;
 use std::collections::{HashSet, VecDeque};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -69,6 +84,16 @@ pub struct SessionConfig {
     pub catch_alls: bool,
     /// Show 127.0.0.1 instead of the client address in the Received header.
     pub hide_client_ip: bool,
+    /// The rules at the door, shared by every listener of the server.
+    pub policy: Arc<Policy>,
+    /// May clients authenticate on this listener (538 5.7.11 before TLS for `tls_only`)?
+    pub auth_mode: AuthMode,
+    /// Transactions on this listener must authenticate first (530 5.7.0).
+    pub require_auth: bool,
+    /// PROXY protocol: the load balancers whose header is read; `None` when off.
+    pub proxy_from: Option<Arc<IpList>>,
+    /// The listener's own bound addresses (domain literals naming them are local).
+    pub own_addresses: Vec<IpAddr>,
 }
 
 impl Default for SessionConfig {
@@ -88,6 +113,11 @@ impl Default for SessionConfig {
             local_domains: HashSet::new(),
             catch_alls: true,
             hide_client_ip: false,
+            policy: Arc::new(Policy::default()),
+            auth_mode: AuthMode::TlsOnly,
+            require_auth: false,
+            proxy_from: None,
+            own_addresses: Vec::new(),
         }
     }
 }
@@ -104,6 +134,10 @@ pub struct TlsInfo {
 pub enum Action {
     /// Make this message durable; answer with [`Session::spool_done`].
     Spool(Box<SpoolRequest>),
+    /// Answer this DNS question with [`Session::provide_policy_answer`].
+    Resolve(DnsQuery),
+    /// Verify this password off the shard; answer with [`Session::auth_done`].
+    Authenticate(Box<AuthRequest>),
     /// Send the pending output, then start a TLS handshake as the server.
     StartTls,
     /// Send the pending output, then close the connection.
@@ -120,8 +154,14 @@ pub struct SpoolRequest {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
+    /// Reading the PROXY protocol header of a trusted load balancer.
+    Proxy,
     /// Reading command lines.
     Command,
+    /// Reading a SASL response line of AUTH.
+    Sasl(auth::SaslStep),
+    /// A DNS answer or a password check is awaited.
+    Waiting,
     /// A command line was too long: discard up to the next LF.
     SkipLine,
     /// Reading DATA content.
@@ -161,7 +201,18 @@ pub struct Session {
     ids: Rc<RefCell<IdGen>>,
     /// The directory as it was when the connection came; a reload affects later ones.
     directory: Arc<Directory>,
+    /// The client: the connection's peer, or the address a PROXY header named.
     peer: SocketAddr,
+    /// The authenticated login, once AUTH succeeded.
+    auth: Option<auth::Identity>,
+    /// AUTH LOGIN: the user name, until the password comes.
+    sasl_user: Option<String>,
+    /// What an outstanding DNS question or password check is for.
+    wait: Option<checks::Wait>,
+    /// The PTR check's result on this connection: `Some(true)` has a PTR record.
+    ptr_found: Option<bool>,
+    /// Unix time of the latest input, for decisions that need wall time (bans).
+    last_unix: u64,
     phase: Phase,
     /// The HELO/EHLO argument, once given.
     helo: Option<String>,
@@ -192,6 +243,7 @@ impl Session {
         tls: Option<TlsInfo>,
         now: Now,
     ) -> Self {
+        let proxied = cfg.proxy_from.as_ref().is_some_and(|l| l.contains(peer.ip()));
         let mut s = Session {
             scanner: DataScanner::new(cfg.bare_line_policy),
             deadline: now.mono + cfg.command_timeout,
@@ -199,7 +251,12 @@ impl Session {
             ids,
             directory,
             peer,
-            phase: Phase::Command,
+            auth: None,
+            sasl_user: None,
+            wait: None,
+            ptr_found: None,
+            last_unix: now.unix_secs(),
+            phase: if proxied { Phase::Proxy } else { Phase::Command },
             helo: None,
             esmtp: false,
             tls,
@@ -212,9 +269,25 @@ impl Session {
             received_hdr_len: 0,
             messages: 0,
         };
-        let text = format!("{} {}", s.cfg.hostname, s.cfg.banner);
-        crate::wire::write_reply(&mut s.out, 220, "", &text);
+        if !proxied {
+            s.connect(now);
+        }
         s
+    }
+
+    /// The settings this session runs with (the driver finds the shared services there).
+    pub fn config(&self) -> &Arc<SessionConfig> {
+        &self.cfg
+    }
+
+    /// The client address the rules see (after any PROXY header).
+    pub fn client(&self) -> SocketAddr {
+        self.peer
+    }
+
+    /// The login that authenticated, if any.
+    pub fn authenticated(&self) -> Option<&str> {
+        self.auth.as_ref().map(|a| a.login.as_str())
     }
 
     /// Reply bytes waiting to be sent. The driver sends them and clears (or swaps) the vector.
@@ -236,13 +309,19 @@ impl Session {
         self.messages
     }
 
+    /// True while the session waits for the driver (spool, DNS, password check).
+    fn is_blocked(&self) -> bool {
+        matches!(self.phase, Phase::Spooling | Phase::Waiting)
+    }
+
     /// The peer sent `data`.
     pub fn handle_input(&mut self, now: Now, data: &[u8]) {
         if self.phase == Phase::Closed || self.phase == Phase::TlsPending {
             return;
         }
+        self.last_unix = now.unix_secs();
         self.deadline = now.mono + self.current_timeout();
-        if self.pending.is_empty() && self.phase != Phase::Spooling {
+        if self.pending.is_empty() && !self.is_blocked() {
             let used = self.process(now, data);
             if used < data.len() && self.phase != Phase::Closed && self.phase != Phase::TlsPending {
                 self.pending.extend_from_slice(&data[used..]);
@@ -254,7 +333,7 @@ impl Session {
     }
 
     fn process_pending(&mut self, now: Now) {
-        if self.pending.is_empty() || self.phase == Phase::Spooling {
+        if self.pending.is_empty() || self.is_blocked() {
             return;
         }
         let pending = std::mem::take(&mut self.pending);
@@ -275,6 +354,21 @@ impl Session {
         let mut pos = 0;
         while pos < buf.len() {
             match self.phase {
+                Phase::Proxy => match self.proxy_input(now, &buf[pos..]) {
+                    Some(used) => pos += used,
+                    None => break,
+                },
+                Phase::Sasl(step) => match next_line(&buf[pos..], self.cfg.max_line) {
+                    Ok(Some((line, used))) => {
+                        pos += used;
+                        self.sasl_line(now, step, line);
+                    }
+                    Ok(None) => break,
+                    Err(_) => {
+                        self.phase = Phase::SkipLine;
+                        self.reply_error(Reply::new(500, "5.5.6", "Error: authentication exchange line too long"));
+                    }
+                },
                 Phase::Command => match next_line(&buf[pos..], self.cfg.max_line) {
                     Ok(Some((line, used))) => {
                         pos += used;
@@ -297,7 +391,7 @@ impl Session {
                 },
                 Phase::Data => pos += self.data_input(now, &buf[pos..]),
                 Phase::Bdat { .. } => pos += self.bdat_input(now, &buf[pos..]),
-                Phase::Spooling | Phase::TlsPending | Phase::Closed => break,
+                Phase::Spooling | Phase::Waiting | Phase::TlsPending | Phase::Closed => break,
             }
         }
         pos
@@ -331,6 +425,7 @@ impl Session {
     /// starts over, the client must say EHLO again).
     pub fn tls_established(&mut self, now: Now, info: TlsInfo) {
         self.tls = Some(info);
+        self.auth = None;
         self.helo = None;
         self.esmtp = false;
         self.tx = Transaction::default();
@@ -345,6 +440,8 @@ impl Session {
     }
 
     pub fn poll_timeout(&self) -> Option<Instant> {
+        // Waiting for DNS or a password check still times out: a lost answer must not keep
+        // the connection for ever.
         match self.phase {
             Phase::Closed | Phase::Spooling => None,
             _ => Some(self.deadline),
@@ -356,6 +453,7 @@ impl Session {
         if self.phase == Phase::Closed || self.phase == Phase::Spooling || now.mono < self.deadline {
             return;
         }
+        self.wait = None;
         let text = format!("{} Error: timeout exceeded", self.cfg.hostname);
         crate::wire::write_reply(&mut self.out, 421, "4.4.2", &text);
         self.close();
@@ -393,7 +491,8 @@ impl Session {
         r.write(&mut self.out);
     }
 
-    /// Sends an error reply and counts it; too many errors end the session.
+    /// Sends an error reply and counts it (failed commands and recipients alike); too many
+    /// errors end the session, and with auto-ban on, ban the client.
     fn reply_error(&mut self, r: Reply) {
         r.write(&mut self.out);
         self.errors += 1;
@@ -401,6 +500,7 @@ impl Session {
             let text = format!("{} Error: too many errors", self.cfg.hostname);
             crate::wire::write_reply(&mut self.out, 421, "4.7.0", &text);
             self.close();
+            self.auto_ban();
         }
     }
 }

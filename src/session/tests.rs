@@ -15,6 +15,10 @@ struct Harness {
     waiting: Option<Box<SpoolRequest>>,
     closed: bool,
     starttls: bool,
+    /// DNS questions asked and not yet answered.
+    queries: Vec<crate::dns::DnsQuery>,
+    /// Password checks asked and not yet answered.
+    auth_requests: Vec<crate::policy::auth::AuthRequest>,
 }
 
 /// A directory with one postoffice: example.net has mailbox `alice` (and a disabled `bob`);
@@ -45,8 +49,17 @@ impl Harness {
         let now = Now::system();
         let ids = Rc::new(RefCell::new(IdGen::new(0, QueueId(0))));
         let s = Session::new(Arc::new(cfg), ids, directory(), "192.0.2.7:40000".parse().unwrap(), None, now);
-        let mut h =
-            Harness { s, now, spooled: Vec::new(), auto_spool: true, waiting: None, closed: false, starttls: false };
+        let mut h = Harness {
+            s,
+            now,
+            spooled: Vec::new(),
+            auto_spool: true,
+            waiting: None,
+            closed: false,
+            starttls: false,
+            queries: Vec::new(),
+            auth_requests: Vec::new(),
+        };
         let greeting = h.take_output();
         assert!(greeting.starts_with("220 mx.example.test "), "{greeting}");
         h
@@ -73,6 +86,8 @@ impl Harness {
                 }
                 Action::Close => self.closed = true,
                 Action::StartTls => self.starttls = true,
+                Action::Resolve(q) => self.queries.push(q),
+                Action::Authenticate(req) => self.auth_requests.push(*req),
             }
         }
     }
@@ -453,4 +468,461 @@ fn rcpt_uses_the_directory() {
     assert_eq!(h.send("RCPT TO:<postmaster@example.net>\r\n"), "250 2.1.5 Ok\r\n");
     assert_eq!(h.send("RCPT TO:<anyone@example.test>\r\n"), "250 2.1.5 Ok\r\n");
     assert_eq!(h.send("RCPT TO:<x@example.org>\r\n"), "550 5.7.1 Error: relay access denied\r\n");
+}
+
+// ---- Policy at the door (SPEC §2–§5) ----
+
+use crate::dns::{DnsAnswer, DnsQuery};
+use crate::policy::auth::AuthOutcome;
+use crate::policy::{AuthMode, DnsblProvider, InboundAuth, IpList, Policy, PtrCheck, RelayRules, Spoofing};
+
+fn b64(s: &[u8]) -> String {
+    crate::delivery::client::base64(s)
+}
+
+impl Harness {
+    /// A session from `peer` whose greeting (if any) is left in the output.
+    fn raw(cfg: SessionConfig, peer: &str) -> (Self, String) {
+        let now = Now::system();
+        let ids = Rc::new(RefCell::new(IdGen::new(0, QueueId(0))));
+        let s = Session::new(Arc::new(cfg), ids, directory(), peer.parse().unwrap(), None, now);
+        let mut h = Harness {
+            s,
+            now,
+            spooled: Vec::new(),
+            auto_spool: true,
+            waiting: None,
+            closed: false,
+            starttls: false,
+            queries: Vec::new(),
+            auth_requests: Vec::new(),
+        };
+        let first = h.take_output();
+        (h, first)
+    }
+
+    fn answer(&mut self, a: DnsAnswer) -> String {
+        assert!(!self.queries.is_empty(), "no question was asked");
+        self.queries.remove(0);
+        self.s.provide_policy_answer(self.now, a);
+        self.take_output()
+    }
+
+    fn auth(&mut self, outcome: AuthOutcome) -> String {
+        assert!(!self.auth_requests.is_empty(), "no password check was asked");
+        self.auth_requests.remove(0);
+        self.s.auth_done(self.now, outcome);
+        self.take_output()
+    }
+}
+
+fn with_policy(p: Policy) -> SessionConfig {
+    SessionConfig { policy: Arc::new(p), ..cfg() }
+}
+
+#[test]
+fn access_list_refuses_at_connect() {
+    let p = Policy { acl: IpList::parse(&["192.0.2.0/24"]).unwrap(), ..Policy::default() };
+    let (h, first) = Harness::raw(with_policy(p), "192.0.2.7:1");
+    assert_eq!(first, "554 5.7.1 Error: access denied for 192.0.2.7\r\n");
+    assert!(h.closed);
+    let p = Policy {
+        acl_mode: crate::policy::AclMode::AllowOnlyListed,
+        acl: IpList::parse(&["198.51.100.*"]).unwrap(),
+        ..Policy::default()
+    };
+    let (h, first) = Harness::raw(with_policy(p.clone()), "192.0.2.7:1");
+    assert!(first.starts_with("554 5.7.1 ") && h.closed, "{first}");
+    let (h, first) = Harness::raw(with_policy(p), "198.51.100.3:1");
+    assert!(first.starts_with("220 ") && !h.closed, "{first}");
+}
+
+#[test]
+fn alternate_welcome() {
+    let p = Policy { welcome: Some("%LOCALDOMAIN% welcomes you at %TIME%".into()), ..Policy::default() };
+    let (_, first) = Harness::raw(with_policy(p), "192.0.2.7:1");
+    assert!(first.starts_with("220 mx.example.test welcomes you at "), "{first}");
+    assert!(first.trim_end().ends_with("+0000"), "{first}");
+}
+
+#[test]
+fn ehlo_blocking_drops_and_helo_only_clients_work() {
+    let p = Policy { ehlo_block: vec!["ylmf-pc".into()], ..Policy::default() };
+    let mut h = Harness::new(with_policy(p.clone()));
+    assert_eq!(h.send("EHLO YLMF-PC\r\nNOOP\r\n"), "554 5.7.1 Error: HELO/EHLO name refused\r\n");
+    assert!(h.closed);
+    let mut h = Harness::new(with_policy(p));
+    assert_eq!(h.send("HELO client.example\r\n"), "250 mx.example.test\r\n");
+    let r = h.send("MAIL FROM:<a@r.example>\r\nRCPT TO:<alice@example.net>\r\nDATA\r\nx\r\n.\r\n");
+    assert_eq!(codes(&r), ["250", "250", "354", "250"]);
+    assert!(String::from_utf8_lossy(&h.spooled[0].data).contains(" with SMTP id "));
+}
+
+#[test]
+fn disabled_commands_and_vrfy_when_enabled() {
+    let mut h = Harness::new(cfg());
+    for c in ["VRFY alice", "EXPN staff", "ETRN example.net", "TURN"] {
+        assert_eq!(h.send(&format!("{c}\r\n")), "502 5.5.1 Error: command not implemented\r\n", "{c}");
+    }
+    let p = Policy { disabled_commands: vec!["HELP".into(), "NOOP".into()], ..Policy::default() };
+    let mut h = Harness::new(with_policy(p));
+    assert_eq!(h.send("HELP\r\n"), "502 5.5.1 Error: command not implemented\r\n");
+    assert_eq!(h.send("NOOP\r\n"), "502 5.5.1 Error: command not implemented\r\n");
+    assert!(h.send("VRFY alice\r\n").starts_with("252 2.5.0 "));
+}
+
+#[test]
+fn open_relay_attempts_are_refused_and_local_mail_accepted() {
+    let mut h = Harness::new(cfg());
+    h.ehlo();
+    h.send("MAIL FROM:<a@r.example>\r\n");
+    for relay in [
+        "<user@remote.example>",
+        "<user%remote.example@example.net>",
+        "<user%remote.example@example.test>",
+        "<@example.net:user@remote.example>",
+        "<\"user@remote.example\"@example.test>",
+        "<remote.example!user@example.test>",
+        "<user@[192.0.2.1]>",
+        "<user@[IPv6:2001:db8::1]>",
+    ] {
+        assert_eq!(h.send(&format!("RCPT TO:{relay}\r\n")), "550 5.7.1 Error: relay access denied\r\n", "{relay}");
+    }
+    for local in
+        ["<alice@example.net>", "<ALICE@EXAMPLE.NET>", "<anyone@Example.Test>", "<@remote.example:alice@example.net>"]
+    {
+        assert_eq!(h.send(&format!("RCPT TO:{local}\r\n")), "250 2.1.5 Ok\r\n", "{local}");
+    }
+    // A trailing dot is not RFC 5321 syntax: refused, never relayed.
+    assert!(h.send("RCPT TO:<alice@example.net.>\r\n").starts_with("501 5.1.3"));
+}
+
+#[test]
+fn relay_rules() {
+    // Privileged range.
+    let p = Policy {
+        relay: RelayRules { privileged: IpList::parse(&["192.0.2.0/24"]).unwrap(), ..Default::default() },
+        ..Default::default()
+    };
+    let mut h = Harness::new(with_policy(p));
+    h.ehlo();
+    h.send("MAIL FROM:<a@r.example>\r\n");
+    assert_eq!(h.send("RCPT TO:<user@remote.example>\r\n"), "250 2.1.5 Ok\r\n");
+    // Local sender, when allowed; and relay switched off altogether.
+    let p = Policy { relay: RelayRules { local_senders: true, ..Default::default() }, ..Default::default() };
+    let mut h = Harness::new(with_policy(p));
+    h.ehlo();
+    h.send("MAIL FROM:<a@r.example>\r\n");
+    assert!(h.send("RCPT TO:<user@remote.example>\r\n").starts_with("550 5.7.1"));
+    h.send("RSET\r\nMAIL FROM:<alice@example.net>\r\n");
+    assert_eq!(h.send("RCPT TO:<user@remote.example>\r\n"), "250 2.1.5 Ok\r\n");
+    let p = Policy {
+        relay: RelayRules { enabled: false, privileged: IpList::parse(&["*"]).unwrap(), ..Default::default() },
+        ..Default::default()
+    };
+    let mut h = Harness::new(with_policy(p));
+    h.ehlo();
+    h.send("MAIL FROM:<a@r.example>\r\n");
+    assert!(h.send("RCPT TO:<user@remote.example>\r\n").starts_with("550 5.7.1"));
+    assert_eq!(h.send("RCPT TO:<alice@example.net>\r\n"), "250 2.1.5 Ok\r\n");
+}
+
+#[test]
+fn pop_before_smtp() {
+    #[derive(Debug)]
+    struct Recent;
+    impl crate::policy::PopLookup for Recent {
+        fn recent(&self, ip: std::net::IpAddr, _: u64) -> bool {
+            ip.to_string() == "192.0.2.7"
+        }
+    }
+    let p = Policy {
+        relay: RelayRules { pop_before_smtp: Some(Arc::new(Recent)), ..Default::default() },
+        ..Default::default()
+    };
+    let mut h = Harness::new(with_policy(p));
+    h.ehlo();
+    h.send("MAIL FROM:<a@r.example>\r\n");
+    assert_eq!(h.send("RCPT TO:<user@remote.example>\r\n"), "250 2.1.5 Ok\r\n");
+}
+
+#[test]
+fn domain_literals() {
+    let p =
+        Policy { domain_literals: true, literal_addresses: vec!["203.0.113.5".parse().unwrap()], ..Policy::default() };
+    let mut h = Harness::new(with_policy(p));
+    h.ehlo();
+    h.send("MAIL FROM:<a@r.example>\r\n");
+    assert_eq!(h.send("RCPT TO:<postmaster@[203.0.113.5]>\r\n"), "250 2.1.5 Ok\r\n");
+    assert!(h.send("RCPT TO:<nobody@[203.0.113.5]>\r\n").starts_with("550 5.1.1"));
+    assert_eq!(h.send("RCPT TO:<user@[198.51.100.1]>\r\n"), "550 5.7.1 Error: relay access denied\r\n");
+}
+
+#[test]
+fn spoofing_local_domains() {
+    let p = Policy { spoofing: Spoofing::AuthenticatedOnly, ..Policy::default() };
+    let mut h = Harness::new(with_policy(p));
+    h.ehlo();
+    assert_eq!(
+        h.send("MAIL FROM:<alice@Example.NET>\r\n"),
+        "553 5.7.1 Error: sender address of a local domain needs authentication\r\n"
+    );
+    assert_eq!(h.send("MAIL FROM:<a@r.example>\r\n"), "250 2.1.0 Ok\r\n");
+}
+
+#[test]
+fn failures_count_and_auto_ban() {
+    let bans = Arc::new(crate::policy::BanList::in_memory());
+    let p = Policy { bans: Some(bans.clone()), auto_ban: Some(Duration::from_secs(3600)), ..Policy::default() };
+    let mut h = Harness::new(SessionConfig { max_errors: 3, ..with_policy(p.clone()) });
+    h.ehlo();
+    let r = h.send("MAIL FROM:<a@r.example>\r\nRCPT TO:<x@remote.example>\r\nRCPT TO:<nobody@example.net>\r\nRCPT TO:<y@remote.example>\r\n");
+    assert_eq!(codes(&r), ["250", "550", "550", "550", "421"]);
+    assert!(h.closed);
+    let now = h.now.unix_secs();
+    assert!(bans.is_banned("192.0.2.7".parse().unwrap(), now));
+    let (h2, first) = Harness::raw(with_policy(p), "192.0.2.7:2");
+    assert_eq!(first, "554 5.7.1 Error: access denied for 192.0.2.7 (banned)\r\n");
+    assert!(h2.closed);
+}
+
+#[test]
+fn recipients_per_hour() {
+    let p = Policy { rcpt_per_hour: Some(Arc::new(crate::policy::RateLimiter::new(2))), ..Policy::default() };
+    let mut h = Harness::new(with_policy(p));
+    h.ehlo();
+    let r = h.send("MAIL FROM:<a@r.example>\r\nRCPT TO:<a@example.test>\r\nRCPT TO:<b@example.test>\r\nRCPT TO:<c@example.test>\r\n");
+    assert_eq!(codes(&r), ["250", "250", "250", "451"]);
+    assert!(r.ends_with("451 4.7.1 Error: too many recipients this hour, try again later\r\n"));
+}
+
+#[test]
+fn hide_client_ip() {
+    let mut h = Harness::new(SessionConfig { hide_client_ip: true, ..cfg() });
+    h.send("EHLO c\r\nMAIL FROM:<a@r.example>\r\nRCPT TO:<x@example.test>\r\nDATA\r\nx\r\n.\r\n");
+    let m = String::from_utf8_lossy(&h.spooled[0].data).into_owned();
+    assert!(m.starts_with("Received: from c (unknown [127.0.0.1])"), "{m}");
+}
+
+fn auth_cfg(p: Policy) -> SessionConfig {
+    SessionConfig { auth_mode: AuthMode::Always, ..with_policy(p) }
+}
+
+#[test]
+fn auth_only_after_tls_by_default() {
+    let mut h = Harness::new(cfg());
+    let r = h.send("EHLO c\r\n");
+    assert!(!r.contains("AUTH"), "{r}");
+    assert_eq!(
+        h.send("AUTH PLAIN AGFsaWNlAHB3\r\n"),
+        "538 5.7.11 Error: encryption required for requested authentication mechanism\r\n"
+    );
+    let mut h = Harness::new(SessionConfig { auth_mode: AuthMode::Never, ..cfg() });
+    h.ehlo();
+    assert_eq!(h.send("AUTH PLAIN\r\n"), "503 5.5.1 Error: authentication not enabled\r\n");
+}
+
+#[test]
+fn auth_plain_then_relay_with_esmtpa_and_added_headers() {
+    let mut h = Harness::new(auth_cfg(Policy::default()));
+    let r = h.send("EHLO c\r\n");
+    assert!(r.contains("250-AUTH PLAIN LOGIN\r\n") || r.contains("250 AUTH PLAIN LOGIN\r\n"), "{r}");
+    // Pipelined after AUTH: waits for the verdict.
+    let ir = b64(b"\0alice@example.net\0secret");
+    assert_eq!(h.send(&format!("AUTH PLAIN {ir}\r\nMAIL FROM:<alice@example.net>\r\n")), "");
+    assert_eq!(h.auth_requests[0].credentials.login, "alice@example.net");
+    let r = h.auth(AuthOutcome::Success);
+    assert_eq!(r, "235 2.7.0 Authentication successful\r\n250 2.1.0 Ok\r\n");
+    assert_eq!(h.s.authenticated(), Some("alice@example.net"));
+    assert_eq!(h.send("RCPT TO:<user@remote.example>\r\n"), "250 2.1.5 Ok\r\n");
+    h.send("DATA\r\nSubject: no id\r\n\r\nbody\r\n.\r\n");
+    let m = String::from_utf8_lossy(&h.spooled[0].data).into_owned();
+    assert!(m.contains(" with ESMTPA id "), "{m}");
+    assert!(m.contains("\r\nMessage-ID: <") && m.contains("\r\nDate: "), "{m}");
+    assert!(m.ends_with("Subject: no id\r\n\r\nbody\r\n"), "{m}");
+    // Present headers are kept as they are.
+    h.send("MAIL FROM:<alice@example.net>\r\nRCPT TO:<x@example.test>\r\nDATA\r\nmessage-id: <m@x>\r\nDate: Sun, 1 Nov 2026 00:00:00 +0000\r\n\r\nb\r\n.\r\n");
+    let m = String::from_utf8_lossy(&h.spooled[1].data).into_owned();
+    assert!(!m.contains("Message-ID: <"), "{m}");
+    // AUTH again: 503.
+    assert_eq!(h.send("AUTH PLAIN\r\n"), "503 5.5.1 Error: already authenticated\r\n");
+}
+
+#[test]
+fn auth_login_exchange_failure_and_cancel() {
+    let mut h = Harness::new(SessionConfig { max_errors: 0, ..auth_cfg(Policy::default()) });
+    h.ehlo();
+    assert_eq!(h.send("AUTH LOGIN\r\n"), "334 VXNlcm5hbWU6\r\n");
+    assert_eq!(h.send(&format!("{}\r\n", b64(b"alice@example.net"))), "334 UGFzc3dvcmQ6\r\n");
+    assert_eq!(h.send(&format!("{}\r\n", b64(b"wrong"))), "");
+    assert_eq!(h.auth_requests[0].credentials.password, b"wrong");
+    assert_eq!(h.auth(AuthOutcome::Failure), "535 5.7.8 Error: authentication credentials invalid\r\n");
+    assert_eq!(h.send("AUTH LOGIN\r\n*\r\n"), "334 VXNlcm5hbWU6\r\n501 5.0.0 Error: authentication cancelled\r\n");
+    assert_eq!(h.send("AUTH PLAIN\r\n!!!\r\n"), "334 \r\n501 5.5.2 Error: cannot decode response\r\n");
+    assert_eq!(h.send("AUTH CRAM-MD5\r\n"), "504 5.5.4 Error: unrecognized authentication type\r\n");
+    assert_eq!(h.send(&format!("AUTH LOGIN {}\r\n", b64(b"alice@example.net"))), "334 UGFzc3dvcmQ6\r\n");
+    h.send(&format!("{}\r\n", b64(b"pw")));
+    assert_eq!(h.auth(AuthOutcome::Unavailable), "454 4.7.0 Error: temporary authentication failure\r\n");
+    // Unknown logins are checked too (same time), with no hash.
+    h.send(&format!("AUTH PLAIN {}\r\n", b64(b"\0ghost@example.net\0pw")));
+    assert!(h.auth_requests[0].hash.is_none());
+}
+
+#[test]
+fn auth_failures_count_toward_the_limit() {
+    let mut h = Harness::new(SessionConfig { max_errors: 2, ..auth_cfg(Policy::default()) });
+    h.ehlo();
+    h.send(&format!("AUTH PLAIN {}\r\n", b64(b"\0alice@example.net\0x")));
+    h.auth(AuthOutcome::Failure);
+    h.send(&format!("AUTH PLAIN {}\r\n", b64(b"\0alice@example.net\0y")));
+    let r = h.auth(AuthOutcome::Failure);
+    assert_eq!(codes(&r), ["535", "421"]);
+    assert!(h.closed);
+}
+
+#[test]
+fn fixed_relay_login_in_constant_time() {
+    let p = Policy { auth_directory: false, auth_fixed: Some(("relay".into(), "s3cret".into())), ..Policy::default() };
+    let mut h = Harness::new(auth_cfg(p));
+    h.ehlo();
+    assert!(h.send(&format!("AUTH PLAIN {}\r\n", b64(b"\0relay\0nope"))).starts_with("535 5.7.8"));
+    assert_eq!(
+        h.send(&format!("AUTH PLAIN {}\r\n", b64(b"\0relay\0s3cret"))),
+        "235 2.7.0 Authentication successful\r\n"
+    );
+    assert!(h.auth_requests.is_empty());
+    // A relay login owns no address: any sender.
+    assert_eq!(
+        h.send("MAIL FROM:<anyone@r.example>\r\nRCPT TO:<u@remote.example>\r\n"),
+        "250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n"
+    );
+}
+
+#[test]
+fn authenticated_senders_must_own_their_address() {
+    let mut h = Harness::new(auth_cfg(Policy::default()));
+    h.ehlo();
+    h.send(&format!("AUTH PLAIN {}\r\n", b64(b"\0alice@example.net\0pw")));
+    h.auth(AuthOutcome::Success);
+    assert_eq!(
+        h.send("MAIL FROM:<bob@example.net>\r\n"),
+        "553 5.7.1 Error: sender address <bob@example.net> not owned by user alice@example.net\r\n"
+    );
+    assert_eq!(h.send("MAIL FROM:<ALICE@example.net>\r\n"), "250 2.1.0 Ok\r\n");
+    assert_eq!(h.send("RSET\r\nMAIL FROM:<>\r\n"), "250 2.0.0 Ok\r\n250 2.1.0 Ok\r\n");
+}
+
+#[test]
+fn require_auth_listener_and_inbound_auth() {
+    let mut h = Harness::new(SessionConfig { require_auth: true, ..auth_cfg(Policy::default()) });
+    h.ehlo();
+    assert_eq!(h.send("MAIL FROM:<a@r.example>\r\n"), "530 5.7.0 Error: authentication required\r\n");
+    let p = Policy { inbound_auth: InboundAuth::Required, ..Policy::default() };
+    let mut h = Harness::new(with_policy(p));
+    h.ehlo();
+    h.send("MAIL FROM:<a@r.example>\r\n");
+    assert_eq!(h.send("RCPT TO:<alice@example.net>\r\n"), "530 5.7.0 Error: authentication required\r\n");
+}
+
+#[test]
+fn dnsbl_at_connect_names_the_provider() {
+    let p = Policy {
+        dnsbl: vec![
+            DnsblProvider { zone: "one.example".into(), server: None },
+            DnsblProvider { zone: "two.example".into(), server: None },
+        ],
+        ..Policy::default()
+    };
+    let (mut h, first) = Harness::raw(with_policy(p.clone()), "192.0.2.7:1");
+    assert_eq!(first, "");
+    assert_eq!(h.queries, [DnsQuery::Dnsbl { name: "7.2.0.192.one.example.".into(), server: None }]);
+    // Early input waits with the greeting.
+    assert_eq!(h.send("EHLO c\r\n"), "");
+    assert_eq!(h.answer(DnsAnswer::NotFound), "");
+    assert_eq!(h.queries, [DnsQuery::Dnsbl { name: "7.2.0.192.two.example.".into(), server: None }]);
+    let r = h.answer(DnsAnswer::Found(vec!["127.0.0.2".into()]));
+    assert_eq!(r, "554 5.7.1 Error: client 192.0.2.7 is listed by two.example\r\n");
+    assert!(h.closed);
+    // A list that fails, or answers with its error code, lets the client in.
+    let (mut h, _) = Harness::raw(with_policy(p.clone()), "192.0.2.7:1");
+    assert_eq!(h.answer(DnsAnswer::TempFail), "");
+    assert!(h.answer(DnsAnswer::Found(vec!["127.255.255.254".into()])).starts_with("220 "));
+    // Private addresses are not looked up.
+    let (h, first) = Harness::raw(with_policy(p), "10.0.0.1:1");
+    assert!(first.starts_with("220 ") && h.queries.is_empty());
+}
+
+#[test]
+fn ptr_check_reject_and_tag() {
+    let p = Policy { ptr_check: PtrCheck::Reject, ..Policy::default() };
+    let mut h = Harness::new(with_policy(p));
+    h.ehlo();
+    assert_eq!(h.send("MAIL FROM:<a@r.example>\r\nRCPT TO:<x@example.test>\r\n"), "");
+    assert_eq!(h.queries, [DnsQuery::Ptr("192.0.2.7".parse().unwrap())]);
+    let r = h.answer(DnsAnswer::NotFound);
+    assert_eq!(r, "550 5.7.25 Error: client 192.0.2.7 has no PTR record\r\n503 5.5.1 Error: need MAIL command\r\n");
+    // Asked once per connection.
+    assert!(h.send("MAIL FROM:<a@r.example>\r\n").starts_with("550 5.7.25"));
+    assert!(h.queries.is_empty());
+
+    let p = Policy { ptr_check: PtrCheck::Tag, ..Policy::default() };
+    let mut h = Harness::new(with_policy(p));
+    h.ehlo();
+    h.send("MAIL FROM:<a@r.example>\r\n");
+    assert_eq!(h.answer(DnsAnswer::NotFound), "250 2.1.0 Ok\r\n");
+    h.send("RCPT TO:<x@example.test>\r\nDATA\r\nx\r\n.\r\n");
+    let m = String::from_utf8_lossy(&h.spooled[0].data).into_owned();
+    assert!(m.contains("\r\nX-Ringmx-PTR: none (client 192.0.2.7 has no PTR record)\r\n"), "{m}");
+}
+
+#[test]
+fn sender_domain_must_resolve() {
+    let p = Policy { sender_domain_resolves: true, ..Policy::default() };
+    let mut h = Harness::new(with_policy(p));
+    h.ehlo();
+    // Local domains and the null sender need no lookup.
+    assert_eq!(
+        h.send("MAIL FROM:<alice@example.net>\r\nRSET\r\nMAIL FROM:<>\r\nRSET\r\n"),
+        "250 2.1.0 Ok\r\n250 2.0.0 Ok\r\n250 2.1.0 Ok\r\n250 2.0.0 Ok\r\n"
+    );
+    assert!(h.queries.is_empty());
+    assert_eq!(h.send("MAIL FROM:<a@Nowhere.Example>\r\nRCPT TO:<x@example.test>\r\n"), "");
+    assert_eq!(h.queries, [DnsQuery::MailDomain("nowhere.example".into())]);
+    let r = h.answer(DnsAnswer::NotFound);
+    assert_eq!(
+        r,
+        "550 5.1.8 Error: sender address rejected: domain not found\r\n503 5.5.1 Error: need MAIL command\r\n"
+    );
+    h.send("MAIL FROM:<a@slow.example>\r\n");
+    assert!(h.answer(DnsAnswer::TempFail).starts_with("451 4.4.3 "));
+    h.send("MAIL FROM:<a@ok.example>\r\n");
+    assert_eq!(h.answer(DnsAnswer::Found(vec!["mx.ok.example".into()])), "250 2.1.0 Ok\r\n");
+}
+
+#[test]
+fn proxy_header_names_the_client() {
+    let c = SessionConfig { proxy_from: Some(Arc::new(IpList::parse(&["127.0.0.1"]).unwrap())), ..cfg() };
+    let (mut h, first) = Harness::raw(c.clone(), "127.0.0.1:5000");
+    assert_eq!(first, "");
+    // Split header, then SMTP in the same write.
+    assert_eq!(h.send("PROXY TCP4 198.51.100.20 "), "");
+    let r = h.send("192.0.2.1 40000 25\r\nEHLO c\r\n");
+    assert!(r.starts_with("220 mx.example.test ") && r.contains("250-mx.example.test"), "{r}");
+    assert_eq!(h.s.client(), "198.51.100.20:40000".parse().unwrap());
+    h.send("MAIL FROM:<a@r.example>\r\nRCPT TO:<x@example.test>\r\nDATA\r\nx\r\n.\r\n");
+    assert!(String::from_utf8_lossy(&h.spooled[0].data).contains("(unknown [198.51.100.20])"));
+    // The access list sees the real client.
+    let p = Policy { acl: IpList::parse(&["198.51.100.20"]).unwrap(), ..Policy::default() };
+    let (mut h, _) = Harness::raw(SessionConfig { policy: Arc::new(p), ..c.clone() }, "127.0.0.1:5000");
+    assert_eq!(
+        h.send("PROXY TCP4 198.51.100.20 192.0.2.1 40000 25\r\n"),
+        "554 5.7.1 Error: access denied for 198.51.100.20\r\n"
+    );
+    // Garbage instead of a header.
+    let (mut h, _) = Harness::raw(c.clone(), "127.0.0.1:5000");
+    assert_eq!(h.send("EHLO c\r\n"), "421 4.7.0 Error: PROXY protocol header expected\r\n");
+    assert!(h.closed);
+    // Not from a load balancer: no header is read.
+    let (_, first) = Harness::raw(c, "192.0.2.9:1");
+    assert!(first.starts_with("220 "));
 }

@@ -1,0 +1,251 @@
+//! [`DnsService`]: a thread running hickory-resolver on a current-thread tokio runtime,
+//! answering [`DnsQuery`]s for every shard, with a cache.
+//!
+//! Shards never wait on it: [`DnsService::submit`] queues the question and returns; the
+//! answer comes through the callback, called on the service thread (or at once on a cache
+//! hit). Identical questions in flight are asked once. Answers are cached for their TTL,
+//! held between `min_ttl` and `max_ttl`; negative answers for `negative_ttl`; failures are
+//! not cached.
+
+use super::{DnsAnswer, DnsQuery};
+use crate::policy::iplist::reverse_name;
+use hickory_resolver::TokioResolver;
+use hickory_resolver::config::{NameServerConfig, ResolveHosts, ResolverConfig};
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::proto::rr::RData;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The callback that receives an answer.
+pub type ReplyTo = Box<dyn FnOnce(DnsAnswer) + Send>;
+
+/// Resolvers and cache bounds (`[policy.dns]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsSettings {
+    pub servers: Vec<SocketAddr>,
+    pub timeout: Duration,
+    pub min_ttl: Duration,
+    pub max_ttl: Duration,
+    pub negative_ttl: Duration,
+}
+
+type Waiters = HashMap<DnsQuery, Vec<ReplyTo>>;
+
+struct Shared {
+    cache: HashMap<DnsQuery, (DnsAnswer, Instant)>,
+    inflight: Waiters,
+}
+
+/// See the module documentation. Dropping it ends the thread.
+pub struct DnsService {
+    tx: tokio::sync::mpsc::UnboundedSender<(DnsQuery, ReplyTo)>,
+    shared: Arc<Mutex<Shared>>,
+}
+
+impl std::fmt::Debug for DnsService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DnsService").finish_non_exhaustive()
+    }
+}
+
+const CACHE_MAX: usize = 100_000;
+
+impl DnsService {
+    /// Starts the service thread.
+    pub fn start(settings: DnsSettings) -> std::io::Result<DnsService> {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(DnsQuery, ReplyTo)>();
+        let shared = Arc::new(Mutex::new(Shared { cache: HashMap::new(), inflight: HashMap::new() }));
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let state = shared.clone();
+        std::thread::Builder::new().name("dns".into()).spawn(move || {
+            rt.block_on(async move {
+                let mut resolvers: HashMap<Vec<SocketAddr>, TokioResolver> = HashMap::new();
+                while let Some((q, reply_to)) = rx.recv().await {
+                    {
+                        let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
+                        if let Some(w) = s.inflight.get_mut(&q) {
+                            w.push(reply_to);
+                            continue;
+                        }
+                        s.inflight.insert(q.clone(), vec![reply_to]);
+                    }
+                    let servers = match &q {
+                        DnsQuery::Dnsbl { server: Some(s), .. } => vec![*s],
+                        _ => settings.servers.clone(),
+                    };
+                    let resolver = match resolvers.get(&servers) {
+                        Some(r) => r.clone(),
+                        None => match build_resolver(&servers, settings.timeout) {
+                            Some(r) => {
+                                resolvers.insert(servers, r.clone());
+                                r
+                            }
+                            None => {
+                                finish(&state, &q, DnsAnswer::TempFail, None);
+                                continue;
+                            }
+                        },
+                    };
+                    let state = state.clone();
+                    let settings = settings.clone();
+                    tokio::spawn(async move {
+                        let (answer, valid_until) = ask(&resolver, &q).await;
+                        let now = Instant::now();
+                        let expires = match &answer {
+                            DnsAnswer::Found(_) => {
+                                let ttl = valid_until.map_or(settings.min_ttl, |v| v.saturating_duration_since(now));
+                                Some(now + ttl.clamp(settings.min_ttl, settings.max_ttl))
+                            }
+                            DnsAnswer::NotFound => Some(now + settings.negative_ttl),
+                            DnsAnswer::TempFail => None,
+                        };
+                        finish(&state, &q, answer, expires);
+                    });
+                }
+            });
+        })?;
+        Ok(DnsService { tx, shared })
+    }
+
+    /// Asks `q`; `reply_to` gets the answer (at once when cached).
+    pub fn submit(&self, q: DnsQuery, reply_to: ReplyTo) {
+        {
+            let s = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some((a, until)) = s.cache.get(&q)
+                && *until > Instant::now()
+            {
+                let a = a.clone();
+                drop(s);
+                return reply_to(a);
+            }
+        }
+        if let Err(e) = self.tx.send((q, reply_to)) {
+            (e.0.1)(DnsAnswer::TempFail);
+        }
+    }
+
+    /// Asks `q` and waits for the answer (tools and tests; never on a shard).
+    pub fn resolve_blocking(&self, q: DnsQuery) -> DnsAnswer {
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.submit(q, Box::new(move |a| drop(tx.send(a))));
+        rx.recv().unwrap_or(DnsAnswer::TempFail)
+    }
+}
+
+fn finish(state: &Mutex<Shared>, q: &DnsQuery, answer: DnsAnswer, expires: Option<Instant>) {
+    let waiters = {
+        let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(until) = expires {
+            if s.cache.len() >= CACHE_MAX {
+                let now = Instant::now();
+                s.cache.retain(|_, (_, u)| *u > now);
+                if s.cache.len() >= CACHE_MAX {
+                    s.cache.clear();
+                }
+            }
+            s.cache.insert(q.clone(), (answer.clone(), until));
+        }
+        s.inflight.remove(q).unwrap_or_default()
+    };
+    for w in waiters {
+        w(answer.clone());
+    }
+}
+
+fn build_resolver(servers: &[SocketAddr], timeout: Duration) -> Option<TokioResolver> {
+    let servers = servers
+        .iter()
+        .map(|s| {
+            let mut ns = NameServerConfig::udp_and_tcp(s.ip());
+            for c in &mut ns.connections {
+                c.port = s.port();
+            }
+            ns
+        })
+        .collect();
+    let mut b =
+        TokioResolver::builder_with_config(ResolverConfig::from_name_servers(servers), TokioRuntimeProvider::default());
+    let o = b.options_mut();
+    o.use_hosts_file = ResolveHosts::Never;
+    o.timeout = timeout;
+    o.attempts = 2;
+    match b.build() {
+        Ok(r) => Some(r),
+        Err(e) => {
+            log::error!("dns: cannot build a resolver: {e}");
+            None
+        }
+    }
+}
+
+/// One question over the network: the answer and, when found, how long it is valid.
+async fn ask(r: &TokioResolver, q: &DnsQuery) -> (DnsAnswer, Option<Instant>) {
+    let classify = |e: hickory_resolver::net::NetError| {
+        if e.is_nx_domain() || e.is_no_records_found() { DnsAnswer::NotFound } else { DnsAnswer::TempFail }
+    };
+    let records = |l: &hickory_resolver::lookup::Lookup| -> Vec<String> {
+        l.answers()
+            .iter()
+            .filter_map(|r| match &r.data {
+                RData::A(a) => Some(a.0.to_string()),
+                RData::AAAA(a) => Some(a.0.to_string()),
+                RData::PTR(p) => Some(p.0.to_ascii()),
+                RData::MX(mx) => Some(mx.exchange.to_ascii()),
+                _ => None,
+            })
+            .collect()
+    };
+    let found = |l: hickory_resolver::lookup::Lookup| {
+        let v = records(&l);
+        if v.is_empty() { (DnsAnswer::NotFound, None) } else { (DnsAnswer::Found(v), Some(l.valid_until())) }
+    };
+    match q {
+        DnsQuery::Dnsbl { name, .. } => match r.ipv4_lookup(name.as_str()).await {
+            Ok(l) => found(l),
+            Err(e) => (classify(e), None),
+        },
+        DnsQuery::Ptr(ip) => {
+            let zone = if matches!(crate::policy::iplist::canonical(*ip), IpAddr::V4(_)) {
+                "in-addr.arpa"
+            } else {
+                "ip6.arpa"
+            };
+            match r.reverse_lookup(reverse_name(*ip, zone).as_str()).await {
+                Ok(l) => found(l),
+                Err(e) => (classify(e), None),
+            }
+        }
+        DnsQuery::MailDomain(d) => {
+            let name = format!("{}.", d.trim_end_matches('.'));
+            match r.mx_lookup(name.as_str()).await {
+                Ok(l) => {
+                    let v = records(&l);
+                    // RFC 7505: a null MX says the domain takes no mail.
+                    if v.iter().any(|x| x == "." || x.is_empty()) {
+                        return (DnsAnswer::NotFound, None);
+                    }
+                    if !v.is_empty() {
+                        return (DnsAnswer::Found(v), Some(l.valid_until()));
+                    }
+                }
+                Err(e) if e.is_nx_domain() => return (DnsAnswer::NotFound, None),
+                Err(e) if e.is_no_records_found() => {}
+                Err(_) => return (DnsAnswer::TempFail, None),
+            }
+            // No MX: the domain's own addresses (RFC 5321 §5.1).
+            match r.lookup_ip(name.as_str()).await {
+                Ok(l) => {
+                    let v: Vec<String> = l.iter().map(|ip| ip.to_string()).collect();
+                    if v.is_empty() {
+                        (DnsAnswer::NotFound, None)
+                    } else {
+                        (DnsAnswer::Found(v), Some(l.valid_until()))
+                    }
+                }
+                Err(e) => (classify(e), None),
+            }
+        }
+    }
+}

@@ -1,0 +1,316 @@
+//! The policy steps of a session: connect (PROXY header, access list, bans, DNSBL,
+//! greeting), the MAIL FROM and RCPT TO rules, and the DNS answers they wait for.
+
+use super::{Action, Phase, Session, Transaction};
+use crate::directory::RcptVerdict;
+use crate::dns::{DnsAnswer, DnsQuery};
+use crate::policy::iplist::{is_private, reverse_name};
+use crate::policy::{InboundAuth, Policy, PtrCheck, RelayContext, Verdict, is_relay_syntax};
+use crate::spool::Envelope;
+use crate::util::time::{Now, rfc5322};
+use crate::wire::proxy::{self, ProxyError};
+use crate::wire::{Mailbox, Reply};
+
+/// What an outstanding question is for.
+#[derive(Debug)]
+pub(super) enum Wait {
+    /// DNSBL provider `i` of the policy, at connect.
+    Dnsbl(usize),
+    /// The client's PTR record, at MAIL; the transaction waits.
+    Ptr(Box<Envelope>),
+    /// The sender's domain, at MAIL.
+    MailDomain(Box<Envelope>),
+    /// A password check.
+    Auth { login: String, maildir: Option<String> },
+}
+
+/// How a recipient is to be treated.
+enum RcptKind {
+    /// Hosted here: the directory's (or the accept-all domains') verdict applies.
+    Local,
+    /// Not hosted here, or written to route elsewhere: relaying.
+    Relay,
+}
+
+impl Session {
+    /// PROXY header bytes; returns the bytes used, or `None` to wait for more.
+    pub(super) fn proxy_input(&mut self, now: Now, buf: &[u8]) -> Option<usize> {
+        match proxy::parse(buf) {
+            Ok(Some((h, used))) => {
+                if let Some(src) = h.source {
+                    self.peer = src;
+                }
+                self.phase = Phase::Command;
+                self.connect(now);
+                Some(used)
+            }
+            Ok(None) => None,
+            Err(e) => {
+                let reason = match e {
+                    ProxyError::Missing => "Error: PROXY protocol header expected",
+                    _ => "Error: malformed PROXY protocol header",
+                };
+                self.reply(Reply::new(421, "4.7.0", reason));
+                self.close();
+                Some(buf.len())
+            }
+        }
+    }
+
+    /// The connect checks, then the greeting.
+    pub(super) fn connect(&mut self, now: Now) {
+        let ip = self.peer.ip();
+        match self.cfg.policy.connect(ip, now.unix_secs()) {
+            Verdict::Accept => {}
+            Verdict::Refuse(r) | Verdict::Drop(r) => {
+                self.reply(r);
+                return self.close();
+            }
+        }
+        if self.cfg.policy.dnsbl_applies(ip) {
+            self.ask_dnsbl(0);
+        } else {
+            self.greet(now);
+        }
+    }
+
+    fn ask_dnsbl(&mut self, i: usize) {
+        let p = &self.cfg.policy.dnsbl[i];
+        let q = DnsQuery::Dnsbl { name: reverse_name(self.peer.ip(), &p.zone), server: p.server };
+        self.ask(Wait::Dnsbl(i), q);
+    }
+
+    fn ask(&mut self, wait: Wait, q: DnsQuery) {
+        self.wait = Some(wait);
+        self.phase = Phase::Waiting;
+        self.actions.push_back(Action::Resolve(q));
+    }
+
+    fn greet(&mut self, now: Now) {
+        let text = self.cfg.policy.welcome_text(&self.cfg.hostname, &self.cfg.banner, &rfc5322(now.unix_secs()));
+        crate::wire::write_reply(&mut self.out, 220, "", &text);
+    }
+
+    /// The driver's answer to [`Action::Resolve`].
+    pub fn provide_policy_answer(&mut self, now: Now, answer: DnsAnswer) {
+        if self.phase != Phase::Waiting {
+            return;
+        }
+        let Some(wait) = self.wait.take() else { return };
+        self.phase = Phase::Command;
+        self.deadline = now.mono + self.cfg.command_timeout;
+        match wait {
+            Wait::Dnsbl(i) => {
+                // RFC 5782 §2.1: listed means an A record in 127/8; 127.255.255.x are the
+                // lists' own error codes (query refused), not listings.
+                let listed = matches!(&answer, DnsAnswer::Found(a)
+                    if a.iter().any(|r| r.starts_with("127.") && !r.starts_with("127.255.255.")));
+                if listed {
+                    let zone = self.cfg.policy.dnsbl[i].zone.clone();
+                    self.reply(Policy::dnsbl_listed(self.peer.ip(), &zone));
+                    return self.close();
+                }
+                // Not listed, or the list did not answer: a broken list must not stop mail.
+                if i + 1 < self.cfg.policy.dnsbl.len() {
+                    return self.ask_dnsbl(i + 1);
+                }
+                self.greet(now);
+            }
+            Wait::Ptr(env) => {
+                match answer {
+                    DnsAnswer::Found(_) => self.ptr_found = Some(true),
+                    DnsAnswer::NotFound => self.ptr_found = Some(false),
+                    DnsAnswer::TempFail => {}
+                }
+                match (self.cfg.policy.ptr_check, &answer) {
+                    (PtrCheck::Reject, DnsAnswer::NotFound) => {
+                        let text = format!("Error: client {} has no PTR record", self.peer.ip());
+                        self.reply_error(Reply::new(550, "5.7.25", text));
+                    }
+                    (PtrCheck::Reject, DnsAnswer::TempFail) => {
+                        let text =
+                            format!("Error: cannot look up the PTR record of {}, try again later", self.peer.ip());
+                        self.reply_error(Reply::new(450, "4.7.25", text));
+                    }
+                    _ => self.mail_domain_check(*env),
+                }
+            }
+            Wait::MailDomain(env) => match answer {
+                DnsAnswer::Found(_) => self.mail_accepted(*env),
+                DnsAnswer::NotFound => {
+                    self.reply_error(Reply::new(550, "5.1.8", "Error: sender address rejected: domain not found"))
+                }
+                DnsAnswer::TempFail => self.reply_error(Reply::new(
+                    451,
+                    "4.4.3",
+                    "Error: sender address rejected: cannot resolve the domain, try again later",
+                )),
+            },
+            Wait::Auth { .. } => {}
+        }
+        self.process_pending(now);
+    }
+
+    /// True when `domain` is hosted here (directory or accept-all), in any case, with or
+    /// without a trailing dot.
+    pub(super) fn is_local_domain(&self, domain: &str) -> bool {
+        let d = domain.trim_end_matches('.');
+        self.directory.is_local_domain(d) || self.cfg.local_domains.contains(&d.to_ascii_lowercase())
+    }
+
+    /// The MAIL FROM rules once the command itself is valid: authentication required,
+    /// sender ownership, spoofing, then the DNS checks.
+    pub(super) fn mail_policy(&mut self, env: Envelope) {
+        let p = self.cfg.policy.clone();
+        if self.cfg.require_auth && self.auth.is_none() {
+            return self.reply_error(Reply::new(530, "5.7.0", "Error: authentication required"));
+        }
+        let sender_domain = env.from.rsplit_once('@').map(|(_, d)| d.to_string());
+        if let (Some(id), false) = (&self.auth, env.from.is_empty())
+            && p.sender_must_own
+            && let Some(maildir) = &id.maildir
+        {
+            let owned = self.directory.mailbox_by_address(&env.from).is_some_and(|(_, m)| m == maildir);
+            if !owned {
+                return self.reply_error(Reply::new(
+                    553,
+                    "5.7.1",
+                    format!("Error: sender address <{}> not owned by user {}", env.from, id.login),
+                ));
+            }
+        }
+        if let Some(d) = &sender_domain
+            && self.is_local_domain(d)
+            && let Verdict::Refuse(r) = p.spoofing(self.peer.ip(), self.auth.is_some())
+        {
+            return self.reply_error(r);
+        }
+        if p.ptr_check != PtrCheck::Never && self.auth.is_none() && !is_private(self.peer.ip()) {
+            match self.ptr_found {
+                None => return self.ask(Wait::Ptr(Box::new(env)), DnsQuery::Ptr(self.peer.ip())),
+                Some(false) if p.ptr_check == PtrCheck::Reject => {
+                    let text = format!("Error: client {} has no PTR record", self.peer.ip());
+                    return self.reply_error(Reply::new(550, "5.7.25", text));
+                }
+                _ => {}
+            }
+        }
+        self.mail_domain_check(env);
+    }
+
+    fn mail_domain_check(&mut self, env: Envelope) {
+        let domain = env.from.rsplit_once('@').map(|(_, d)| d.trim_end_matches('.').to_ascii_lowercase());
+        match domain {
+            Some(d) if self.cfg.policy.sender_domain_resolves && !d.starts_with('[') && !self.is_local_domain(&d) => {
+                self.ask(Wait::MailDomain(Box::new(env)), DnsQuery::MailDomain(d))
+            }
+            _ => self.mail_accepted(env),
+        }
+    }
+
+    fn mail_accepted(&mut self, env: Envelope) {
+        self.tx = Transaction { envelope: Some(env), ..Transaction::default() };
+        self.reply(Reply::new(250, "2.1.0", "Ok"));
+    }
+
+    /// The RCPT TO rules for `to`: relay or local, the directory's verdict, inbound
+    /// authentication, the hourly limit.
+    pub(super) fn rcpt_policy(&mut self, to: &Mailbox<'_>) -> Result<(), Reply> {
+        let p = self.cfg.policy.clone();
+        let kind = if is_relay_syntax(to.local) {
+            RcptKind::Relay
+        } else if to.is_domain_literal() {
+            if p.literal_is_ours(to.domain, &self.cfg.own_addresses) { RcptKind::Local } else { RcptKind::Relay }
+        } else if to.domain.is_empty() || self.is_local_domain(to.domain) {
+            RcptKind::Local
+        } else {
+            RcptKind::Relay
+        };
+        let sender = self.tx.envelope.as_ref().map(|e| e.from.as_str()).filter(|f| !f.is_empty());
+        match kind {
+            RcptKind::Relay => {
+                let sender_local =
+                    sender.and_then(|s| s.rsplit_once('@')).is_some_and(|(_, d)| self.is_local_domain(d));
+                let cx = RelayContext {
+                    client: self.peer.ip(),
+                    authenticated: self.auth.is_some(),
+                    sender_local,
+                    now_unix: self.last_unix,
+                };
+                if let Verdict::Refuse(r) | Verdict::Drop(r) = p.relay(&cx) {
+                    return Err(r);
+                }
+                // Permitted relaying to a domain of ours still gets the directory's verdict.
+                if !to.is_domain_literal() && self.is_local_domain(to.domain) && !is_relay_syntax(to.local) {
+                    self.local_recipient(to)?;
+                }
+            }
+            RcptKind::Local if to.is_domain_literal() => {
+                // user@[our address]: a mailbox by its bare name in the default postoffice.
+                if !to.local.eq_ignore_ascii_case("postmaster") && self.directory.mailbox_for_login(to.local).is_none()
+                {
+                    return Err(crate::directory::Refusal::UnknownUser.reply());
+                }
+            }
+            RcptKind::Local => {
+                self.inbound_auth(to)?;
+                self.local_recipient(to)?;
+            }
+        }
+        if let Some(limiter) = &p.rcpt_per_hour {
+            let ip;
+            let identity = match &self.auth {
+                Some(a) => a.login.as_str(),
+                None => {
+                    ip = self.peer.ip().to_string();
+                    ip.as_str()
+                }
+            };
+            if !limiter.try_acquire(identity, self.last_unix) {
+                return Err(Reply::new(451, "4.7.1", "Error: too many recipients this hour, try again later"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Inbound authentication for local mailboxes (530 5.7.0).
+    fn inbound_auth(&self, to: &Mailbox<'_>) -> Result<(), Reply> {
+        if self.auth.is_some() {
+            return Ok(());
+        }
+        let required = match self.cfg.policy.inbound_auth {
+            InboundAuth::NotRequired => false,
+            InboundAuth::Required => true,
+            InboundAuth::PerPostoffice => self.directory.domain_requires_auth(to.domain.trim_end_matches('.')),
+        };
+        if required { Err(Reply::new(530, "5.7.0", "Error: authentication required")) } else { Ok(()) }
+    }
+
+    /// The directory's verdict for a recipient of a local domain; the accept-all domains of
+    /// the configuration take any address.
+    fn local_recipient(&self, to: &Mailbox<'_>) -> Result<(), Reply> {
+        use std::fmt::Write as _;
+        let mut addr = String::with_capacity(to.local.len() + to.domain.len() + 1);
+        let _ = write!(addr, "{to}");
+        let sender = self.tx.envelope.as_ref().map(|e| e.from.as_str()).filter(|f| !f.is_empty());
+        match self.directory.check_recipient(sender, &addr, self.cfg.catch_alls) {
+            RcptVerdict::Accept(_) => Ok(()),
+            RcptVerdict::Refuse(r) => Err(r.reply()),
+            RcptVerdict::NotLocal if self.is_local_domain(to.domain) || to.domain.is_empty() => Ok(()),
+            RcptVerdict::NotLocal => Err(crate::policy::relay_denied()),
+        }
+    }
+
+    /// The failure limit was reached: ban the client when the policy says so.
+    pub(super) fn auto_ban(&mut self) {
+        let p = &self.cfg.policy;
+        let (Some(bans), Some(d)) = (&p.bans, p.auto_ban) else { return };
+        let ip = self.peer.ip();
+        if p.whitelist.contains(ip) {
+            return;
+        }
+        let until = if d.is_zero() { 0 } else { self.last_unix + d.as_secs() };
+        bans.ban(ip, until, self.last_unix);
+        log::warn!("auto-ban: {ip} until {}", if until == 0 { "revoked".to_string() } else { until.to_string() });
+    }
+}
