@@ -1,0 +1,307 @@
+//! Policy at the door over real TCP, on both drivers: access list, auto-ban kept across a
+//! restart, EHLO blocking, alternate banner, disabled commands, hidden client address,
+//! recipients per hour, spoofing; and the DNS checks (DNSBL, PTR, sender domain) against an
+//! in-process hickory-server on loopback. Client addresses other than 127/8 come through the
+//! PROXY protocol (hickory answers 127/8 reverse lookups itself).
+
+mod common;
+
+use common::*;
+use hickory_server::Server as DnsServer;
+use hickory_server::proto::rr::rdata::{A, MX, PTR, SOA};
+use hickory_server::proto::rr::{LowerName, Name, RData, Record};
+use hickory_server::store::in_memory::InMemoryZoneHandler;
+use hickory_server::zone_handler::{AxfrPolicy, Catalog, ZoneHandler, ZoneType};
+use ringmx::dns::{DnsAnswer, DnsQuery, DnsService, DnsSettings};
+use std::io::{BufRead, BufReader, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A plain-TCP client that first sends a PROXY v1 header naming `client`.
+struct Proxied {
+    r: BufReader<TcpStream>,
+    w: TcpStream,
+}
+
+impl Proxied {
+    fn connect(addr: SocketAddr, client: &str) -> (Proxied, String) {
+        let s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut w = s.try_clone().unwrap();
+        w.write_all(format!("PROXY TCP4 {client} 127.0.0.1 40000 25\r\n").as_bytes()).unwrap();
+        let mut c = Proxied { r: BufReader::new(s), w };
+        let g = c.reply();
+        (c, g)
+    }
+
+    fn reply(&mut self) -> String {
+        let mut out = String::new();
+        loop {
+            let mut line = String::new();
+            if self.r.read_line(&mut line).unwrap_or(0) == 0 {
+                return out;
+            }
+            out.push_str(&line);
+            if line.as_bytes().get(3) != Some(&b'-') {
+                return out;
+            }
+        }
+    }
+
+    fn cmd(&mut self, line: &str) -> String {
+        self.w.write_all(format!("{line}\r\n").as_bytes()).unwrap();
+        self.reply()
+    }
+}
+
+const PROXY_LISTENER: &str =
+    "[[listener]]\nport = 0\nbind = [\"127.0.0.1\"]\nproxy_protocol = true\nproxy_trusted = [\"127.0.0.1\"]\n";
+
+#[test]
+fn access_list_and_auto_ban_across_restart() {
+    for driver in DRIVERS {
+        let tmp = tempfile::tempdir().unwrap();
+        let cfg = format!(
+            "{PROXY_LISTENER}[policy]\naccess_list = [\"192.0.2.66\", \"198.51.100.0/28\", \"203.0.113.*\"]\n\
+             auto_ban = true\nauto_ban_duration = \"1h\"\nwhitelist = [\"192.0.2.200\"]\n[limits]\nmax_errors = 2\n"
+        );
+        let srv = start(tmp.path(), driver, &cfg);
+        for listed in ["192.0.2.66", "198.51.100.7", "203.0.113.250"] {
+            let (mut c, g) = Proxied::connect(srv.addr(), listed);
+            assert_eq!(g, format!("554 5.7.1 Error: access denied for {listed}\r\n"), "{driver}");
+            assert_eq!(c.reply(), "", "closed");
+        }
+        for (client, banned) in [("192.0.2.77", true), ("192.0.2.200", false)] {
+            let (mut c, g) = Proxied::connect(srv.addr(), client);
+            assert!(g.starts_with("220 "), "{g}");
+            c.cmd("EHLO c");
+            c.cmd("MAIL FROM:<a@remote.example>");
+            assert!(c.cmd("RCPT TO:<x@remote.example>").starts_with("550 5.7.1"));
+            assert!(c.cmd("RCPT TO:<y@remote.example>").starts_with("550 5.7.1"));
+            assert!(c.reply().starts_with("421 4.7.0"));
+            let (_, g) = Proxied::connect(srv.addr(), client);
+            assert_eq!(g.starts_with("554 5.7.1"), banned, "{driver} {client}: {g}");
+        }
+        let (status, _) = srv.stop();
+        assert!(status.success());
+        let bans = std::fs::read_to_string(tmp.path().join("data/bans")).unwrap();
+        assert!(bans.contains("192.0.2.77 ") && !bans.contains("192.0.2.200"), "{bans}");
+        let srv = start(tmp.path(), driver, &cfg);
+        let (_, g) = Proxied::connect(srv.addr(), "192.0.2.77");
+        assert_eq!(g, "554 5.7.1 Error: access denied for 192.0.2.77 (banned)\r\n", "{driver}: kept across a restart");
+        drop(srv);
+        // allow_only_listed.
+        let tmp = tempfile::tempdir().unwrap();
+        let srv = start(
+            tmp.path(),
+            driver,
+            &format!(
+                "{PROXY_LISTENER}[policy]\naccess_control = \"allow_only_listed\"\naccess_list = [\"2001:db8::/32\", \"192.0.2.1\"]\n"
+            ),
+        );
+        assert!(Proxied::connect(srv.addr(), "192.0.2.1").1.starts_with("220 "));
+        assert!(Proxied::connect(srv.addr(), "192.0.2.2").1.starts_with("554 5.7.1 "));
+    }
+}
+
+#[test]
+fn helo_blocking_banner_commands_hidden_ip_rate_and_spoofing() {
+    for driver in DRIVERS {
+        let tmp = tempfile::tempdir().unwrap();
+        let cfg = "[policy]\nehlo_block = [\"ylmf-pc\"]\nwelcome = \"%LOCALDOMAIN% Mail Service ready at %TIME%\"\n\
+                   disabled_commands = [\"VRFY\", \"EXPN\", \"HELP\"]\nhide_client_ip = true\nmax_recipients_per_hour = 3\n\
+                   sender_spoofing = \"authenticated_only\"\n";
+        let srv = start_plain(tmp.path(), driver, cfg);
+        let (mut c, g) = Client::connect(srv.addr());
+        assert!(g.starts_with("220 mx.example.test Mail Service ready at ") && g.trim_end().ends_with("+0000"), "{g}");
+        assert_eq!(c.cmd("EHLO ylmf-pc"), "554 5.7.1 Error: HELO/EHLO name refused\r\n");
+        assert_eq!(c.reply(), "", "{driver}: dropped");
+        let (mut c, _) = Client::connect(srv.addr());
+        assert_eq!(c.cmd("HELO client.example"), "250 mx.example.test\r\n");
+        for verb in ["VRFY x", "EXPN x", "HELP", "ETRN x"] {
+            assert_eq!(c.cmd(verb), "502 5.5.1 Error: command not implemented\r\n", "{verb}");
+        }
+        assert!(c.cmd("NOOP").starts_with("250"));
+        assert_eq!(
+            c.cmd("MAIL FROM:<me@example.test>"),
+            "553 5.7.1 Error: sender address of a local domain needs authentication\r\n"
+        );
+        assert!(c.cmd("MAIL FROM:<a@remote.example>").starts_with("250"));
+        for r in ["a", "b", "c"] {
+            assert!(c.cmd(&format!("RCPT TO:<{r}@example.test>")).starts_with("250"));
+        }
+        assert_eq!(
+            c.cmd("RCPT TO:<d@example.test>"),
+            "451 4.7.1 Error: too many recipients this hour, try again later\r\n"
+        );
+        assert!(c.cmd("DATA").starts_with("354"));
+        c.send(b"Subject: x\r\n\r\nx\r\n.\r\n");
+        let id = queued_id(&c.reply());
+        let (_, shown) = ringmx(tmp.path(), &["queue", "show", &id]);
+        assert!(
+            shown.starts_with(
+                "Received: from client.example (unknown [127.0.0.1])\r\n\tby mx.example.test (ringmx) with SMTP"
+            ),
+            "{shown}"
+        );
+        // The hour's allowance is per identity and shared by every connection.
+        let (mut c, _) = Client::connect(srv.addr());
+        c.cmd("EHLO c");
+        c.cmd("MAIL FROM:<a@remote.example>");
+        assert!(c.cmd("RCPT TO:<e@example.test>").starts_with("451 4.7.1"), "{driver}");
+    }
+}
+
+fn name(s: &str) -> Name {
+    Name::from_ascii(s).unwrap()
+}
+
+fn zone(origin: &str, records: &[(&str, RData)]) -> (LowerName, Arc<dyn ZoneHandler>) {
+    let mut z: InMemoryZoneHandler = InMemoryZoneHandler::empty(name(origin), ZoneType::Primary, AxfrPolicy::Deny);
+    let soa = SOA::new(name("ns.test."), name("hostmaster.test."), 1, 3600, 600, 86400, 60);
+    assert!(z.upsert_mut(Record::from_rdata(name(origin), 60, RData::SOA(soa)), 1));
+    for (n, r) in records {
+        assert!(z.upsert_mut(Record::from_rdata(name(n), 60, r.clone()), 1), "{n}");
+    }
+    (LowerName::from(name(origin)), Arc::new(z))
+}
+
+/// An authoritative server on 127.0.0.1 (UDP) for the test's zones, running until the
+/// process ends.
+fn dns_server() -> SocketAddr {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            tx.send(socket.local_addr().unwrap()).unwrap();
+            let mut catalog = Catalog::new();
+            for (origin, handler) in [
+                zone(
+                    "test.",
+                    &[
+                        ("9.2.0.192.bl.test.", RData::A(A(Ipv4Addr::new(127, 0, 0, 2)))),
+                        ("good.test.", RData::MX(MX::new(10, name("mx.good.test.")))),
+                        ("mx.good.test.", RData::A(A(Ipv4Addr::new(192, 0, 2, 1)))),
+                        ("aonly.test.", RData::A(A(Ipv4Addr::new(192, 0, 2, 2)))),
+                        ("host.test.", RData::A(A(Ipv4Addr::new(192, 0, 2, 10)))),
+                    ],
+                ),
+                zone("2.0.192.in-addr.arpa.", &[("10.2.0.192.in-addr.arpa.", RData::PTR(PTR(name("host.test."))))]),
+            ] {
+                catalog.upsert(origin, vec![handler]);
+            }
+            let mut server = DnsServer::new(catalog);
+            server.register_socket(socket);
+            std::future::pending::<()>().await;
+        });
+    });
+    rx.recv().unwrap()
+}
+
+#[test]
+fn dns_service_answers_and_caches() {
+    let addr = dns_server();
+    let s = DnsService::start(DnsSettings {
+        servers: vec![addr],
+        timeout: Duration::from_secs(2),
+        min_ttl: Duration::from_secs(30),
+        max_ttl: Duration::from_secs(60),
+        negative_ttl: Duration::from_secs(60),
+    })
+    .unwrap();
+    let q = |q: DnsQuery| s.resolve_blocking(q);
+    assert_eq!(
+        q(DnsQuery::Dnsbl { name: "9.2.0.192.bl.test.".into(), server: None }),
+        DnsAnswer::Found(vec!["127.0.0.2".into()])
+    );
+    assert_eq!(q(DnsQuery::Dnsbl { name: "10.2.0.192.bl.test.".into(), server: None }), DnsAnswer::NotFound);
+    assert_eq!(q(DnsQuery::Ptr("192.0.2.10".parse().unwrap())), DnsAnswer::Found(vec!["host.test.".into()]));
+    assert_eq!(q(DnsQuery::Ptr("192.0.2.11".parse().unwrap())), DnsAnswer::NotFound);
+    assert_eq!(q(DnsQuery::MailDomain("good.test".into())), DnsAnswer::Found(vec!["mx.good.test.".into()]));
+    assert_eq!(q(DnsQuery::MailDomain("aonly.test".into())), DnsAnswer::Found(vec!["192.0.2.2".into()]));
+    assert_eq!(q(DnsQuery::MailDomain("nowhere.test".into())), DnsAnswer::NotFound);
+    // A zone the server does not serve answers REFUSED: not an answer either way.
+    assert_eq!(q(DnsQuery::MailDomain("elsewhere.example".into())), DnsAnswer::TempFail);
+    // Cached: answered on the calling thread, at once.
+    let (tx, rx) = std::sync::mpsc::channel();
+    s.submit(
+        DnsQuery::MailDomain("nowhere.test".into()),
+        Box::new(move |a| tx.send((std::thread::current().id(), a)).unwrap()),
+    );
+    assert_eq!(rx.try_recv().unwrap(), (std::thread::current().id(), DnsAnswer::NotFound));
+}
+
+#[test]
+fn dnsbl_ptr_and_sender_domain_over_tcp() {
+    let addr = dns_server();
+    // A name server that never answers, for the time-out case.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let silent_addr = silent.local_addr().unwrap();
+    for driver in DRIVERS {
+        let tmp = tempfile::tempdir().unwrap();
+        let cfg = format!(
+            "{PROXY_LISTENER}[policy]\nptr_check = \"reject\"\nsender_domain_resolves = true\n\
+             [policy.dns]\nservers = [\"{addr}\"]\ntimeout = \"2s\"\n\
+             [[policy.dnsbl]]\nzone = \"bl.test\"\n[[policy.dnsbl]]\nzone = \"off.test\"\nenabled = false\n"
+        );
+        let srv = start(tmp.path(), driver, &cfg);
+        let (mut c, g) = Proxied::connect(srv.addr(), "192.0.2.9");
+        assert_eq!(g, "554 5.7.1 Error: client 192.0.2.9 is listed by bl.test\r\n", "{driver}");
+        assert_eq!(c.reply(), "");
+        let (mut c, g) = Proxied::connect(srv.addr(), "192.0.2.10");
+        assert!(g.starts_with("220 "), "{driver}: {g}");
+        c.cmd("EHLO host.test");
+        assert_eq!(c.cmd("MAIL FROM:<a@good.test>"), "250 2.1.0 Ok\r\n", "{driver}");
+        c.cmd("RSET");
+        assert_eq!(c.cmd("MAIL FROM:<a@aonly.test>"), "250 2.1.0 Ok\r\n");
+        c.cmd("RSET");
+        assert_eq!(
+            c.cmd("MAIL FROM:<a@nowhere.test>"),
+            "550 5.1.8 Error: sender address rejected: domain not found\r\n"
+        );
+        assert_eq!(c.cmd("MAIL FROM:<a@example.test>"), "250 2.1.0 Ok\r\n", "local domains need no lookup");
+        c.cmd("RSET");
+        assert_eq!(c.cmd("MAIL FROM:<>"), "250 2.1.0 Ok\r\n");
+        let (mut c, _) = Proxied::connect(srv.addr(), "192.0.2.11");
+        c.cmd("EHLO nameless");
+        assert_eq!(c.cmd("MAIL FROM:<a@good.test>"), "550 5.7.25 Error: client 192.0.2.11 has no PTR record\r\n");
+        // Private addresses are not checked.
+        let (mut c, _) = Proxied::connect(srv.addr(), "10.1.2.3");
+        c.cmd("EHLO lan");
+        assert_eq!(c.cmd("MAIL FROM:<a@good.test>"), "250 2.1.0 Ok\r\n");
+        drop(srv);
+
+        // Tag mode: a header for the spam filter; a silent DNS server: 451 4.4.3.
+        let tmp = tempfile::tempdir().unwrap();
+        let cfg = format!(
+            "{PROXY_LISTENER}[policy]\nptr_check = \"tag\"\nptr_header = \"X-PTR-Missing\"\n\
+             [policy.dns]\nservers = [\"{addr}\"]\ntimeout = \"2s\"\n"
+        );
+        let srv = start(tmp.path(), driver, &cfg);
+        let (mut c, _) = Proxied::connect(srv.addr(), "192.0.2.11");
+        c.cmd("EHLO nameless");
+        assert_eq!(c.cmd("MAIL FROM:<a@remote.example>"), "250 2.1.0 Ok\r\n");
+        c.cmd("RCPT TO:<x@example.test>");
+        c.cmd("DATA");
+        c.w.write_all(b"Subject: t\r\n\r\nx\r\n.\r\n").unwrap();
+        let id = queued_id(&c.reply());
+        let (_, shown) = ringmx(tmp.path(), &["queue", "show", &id]);
+        assert!(shown.contains("\r\nX-PTR-Missing: none (client 192.0.2.11 has no PTR record)\r\n"), "{shown}");
+        drop(srv);
+        let tmp = tempfile::tempdir().unwrap();
+        let cfg = format!(
+            "[[listener]]\nport = 0\nbind = [\"127.0.0.1\"]\n[policy]\nsender_domain_resolves = true\n\
+             [policy.dns]\nservers = [\"{silent_addr}\"]\ntimeout = \"300ms\"\n"
+        );
+        let srv = start(tmp.path(), driver, &cfg);
+        let (mut c, _) = Client::connect(srv.addr());
+        c.cmd("EHLO c");
+        assert_eq!(
+            c.cmd("MAIL FROM:<a@slow.example>"),
+            "451 4.4.3 Error: sender address rejected: cannot resolve the domain, try again later\r\n",
+            "{driver}"
+        );
+    }
+}
