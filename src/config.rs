@@ -83,6 +83,21 @@ pub struct DeliveryConfig {
     /// `[delivery.dsn]`: non-delivery reports.
     #[serde(default)]
     pub dsn: crate::delivery::dsn::DsnConfig,
+    /// `[delivery.retry]`: the retry schedule and the lifetime of a message.
+    #[serde(default)]
+    pub retry: crate::queue::RetryConfig,
+    /// `[delivery.delay_notice]`: when senders are told of a delay.
+    #[serde(default)]
+    pub delay_notice: crate::queue::DelayNoticeConfig,
+    /// `[delivery.remote]`: outbound SMTP (TLS, time-outs, concurrency, source address).
+    #[serde(default)]
+    pub remote: crate::delivery::remote::RemoteConfig,
+    /// `[delivery.routing]`: smart hosts.
+    #[serde(default)]
+    pub routing: crate::delivery::mx::RoutingConfig,
+    /// `[delivery.dns]`: the resolver for MX lookups.
+    #[serde(default)]
+    pub dns: crate::delivery::mx::DnsConfig,
 }
 
 impl Default for DeliveryConfig {
@@ -94,6 +109,11 @@ impl Default for DeliveryConfig {
             autoreply_period: default_autoreply_period(),
             event_timeout: default_event_timeout(),
             dsn: Default::default(),
+            retry: Default::default(),
+            delay_notice: Default::default(),
+            remote: Default::default(),
+            routing: Default::default(),
+            dns: Default::default(),
         }
     }
 }
@@ -777,6 +797,9 @@ impl Config {
         }
         if self.limits.max_connections == 0 || self.limits.max_connections_per_ip == 0 {
             bad("limits.max_connections", "must be at least 1".into());
+        }
+        for problem in self.delivery.retry.problems() {
+            bad("delivery.retry", problem);
         }
         if self.delivery.catch_all_header.is_empty()
             || !self.delivery.catch_all_header.bytes().all(|b| b.is_ascii_graphic() && b != b':')

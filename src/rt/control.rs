@@ -13,14 +13,17 @@
 //! again after the restart: at most a duplicate, never a loss. A notification is written in
 //! the same sync as the marks that caused it, so it is neither lost nor sent twice.
 
+use super::remote::{RcptOutcome, RemoteHandle, RemoteJob, RemoteOutcome};
 use crate::delivery::autoreply::{self, ReplyMemory};
 use crate::delivery::dsn::{self, Action as DsnAction, DsnConfig, DsnInput, RecipientReport};
 use crate::delivery::maildir::{self, Maildir, Staged, UsageCache, mailbox_path};
+use crate::delivery::mx::{Route, RoutingConfig, route};
 use crate::directory::{Destination, Directory, DirectoryHandle, ExpandProblem, Mailbox};
+use crate::queue::{DelayNoticeConfig, RetryConfig, RetryDecision};
 use crate::session::SpoolRequest;
 use crate::spool::{
-    CONTROL_SHARD, Envelope, IdGen, Location, Mark, MarkStatus, QueueId, Recipient, ShardLog, ShardTail, StoredMessage,
-    segment_path, shard_dir,
+    CONTROL_SHARD, Completion, Envelope, IdGen, Location, Mark, MarkStatus, QueueId, Recipient, ShardLog, ShardTail,
+    StoredMessage, segment_path, shard_dir,
 };
 use crate::util::time::Now;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
@@ -28,6 +31,7 @@ use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::time::Duration;
 
@@ -39,14 +43,23 @@ pub struct Accepted {
     pub location: Location,
 }
 
+/// What reaches the control thread.
+#[derive(Debug)]
+pub enum ControlMsg {
+    /// A shard made a message durable.
+    Accepted(Accepted),
+    /// The remote-delivery thread finished a job.
+    Remote(RemoteOutcome),
+}
+
 /// A shard's end of the channel, with the notices the channel had no room for.
 pub struct ControlLink {
-    tx: SyncSender<Accepted>,
+    tx: SyncSender<ControlMsg>,
     backlog: VecDeque<Accepted>,
 }
 
 impl ControlLink {
-    pub fn new(tx: SyncSender<Accepted>) -> Self {
+    pub fn new(tx: SyncSender<ControlMsg>) -> Self {
         ControlLink { tx, backlog: VecDeque::new() }
     }
 
@@ -59,12 +72,13 @@ impl ControlLink {
     /// Retries what the channel had no room for.
     pub fn flush(&mut self) {
         while let Some(a) = self.backlog.pop_front() {
-            match self.tx.try_send(a) {
+            match self.tx.try_send(ControlMsg::Accepted(a)) {
                 Ok(()) => {}
-                Err(TrySendError::Full(a)) => {
+                Err(TrySendError::Full(ControlMsg::Accepted(a))) => {
                     self.backlog.push_front(a);
                     return;
                 }
+                Err(TrySendError::Full(_)) => return,
                 // The control side is gone (shutting down): the spool has the message.
                 Err(TrySendError::Disconnected(_)) => {
                     self.backlog.clear();
@@ -97,6 +111,12 @@ pub struct ControlConfig {
     pub autoreply_period: Duration,
     /// A delivery-event program is killed after this long.
     pub event_timeout: Duration,
+    /// Accept-all domains of the configuration (their mail is relayed only when a smart
+    /// host applies; else it is held).
+    pub local_domains: HashSet<String>,
+    pub routing: RoutingConfig,
+    pub retry: RetryConfig,
+    pub delay_notice: DelayNoticeConfig,
 }
 
 /// One message the control side tracks until every recipient is final.
@@ -105,9 +125,30 @@ struct Pending {
     path: PathBuf,
     content_offset: u64,
     content_len: u64,
-    /// Recipient indexes already final (delivered, failed) or waiting for remote delivery.
+    /// Recipient indexes already final (delivered, failed) or held.
     done: HashSet<u16>,
+    /// Recipient indexes with a remote-delivery job out.
+    inflight: HashSet<u16>,
     attempts: u16,
+    /// When remote delivery was first tried, and last deferred (for delay notices).
+    first_attempt_ms: Option<u64>,
+    last_deferral_ms: Option<u64>,
+}
+
+impl Pending {
+    fn new(envelope: Envelope, path: PathBuf, content_offset: u64, content_len: u64) -> Self {
+        Pending {
+            envelope,
+            path,
+            content_offset,
+            content_len,
+            done: HashSet::new(),
+            inflight: HashSet::new(),
+            attempts: 0,
+            first_attempt_ms: None,
+            last_deferral_ms: None,
+        }
+    }
 }
 
 /// The outcome of one original recipient in one attempt.
@@ -170,7 +211,9 @@ struct Control {
     /// When each queued message is next due (Unix ms).
     due: BTreeMap<(u64, QueueId), ()>,
     replies: ReplyMemory,
+    remote: Option<RemoteHandle>,
     delivered: u64,
+    relayed: u64,
 }
 
 /// Starts the control thread. `recovered` are the unfinished messages found at start;
@@ -183,7 +226,9 @@ pub fn spawn(
     recovered: Vec<StoredMessage>,
     tail: Option<ShardTail>,
     max_id: QueueId,
-    rx: Receiver<Accepted>,
+    rx: Receiver<ControlMsg>,
+    remote: Option<RemoteHandle>,
+    stop: Arc<AtomicBool>,
 ) -> Result<std::thread::JoinHandle<()>, crate::spool::SpoolError> {
     let dir = shard_dir(&cfg.spool, CONTROL_SHARD);
     let log = match tail {
@@ -203,30 +248,170 @@ pub fn spawn(
         queue: BTreeMap::new(),
         due: BTreeMap::new(),
         replies,
+        remote,
         delivered: 0,
+        relayed: 0,
     };
     c.load_usage();
     let now = Now::system().unix_ms;
     for m in recovered {
-        let done = m.marks.iter().filter(|k| k.status.is_final()).filter_map(|k| k.rcpt).collect();
-        let attempts = m.marks.iter().map(|k| k.attempts).max().unwrap_or(0);
-        let p = Pending {
-            envelope: m.envelope,
-            path: m.path,
-            content_offset: m.content_offset,
-            content_len: m.content_len,
-            done,
-            attempts,
-        };
-        c.insert(p, now);
+        let mut p = Pending::new(m.envelope, m.path, m.content_offset, m.content_len);
+        p.done = m.marks.iter().filter(|k| k.status.is_final()).filter_map(|k| k.rcpt).collect();
+        p.attempts = m.marks.iter().map(|k| k.attempts).max().unwrap_or(0);
+        // A deferred recipient waits for its next attempt, kept in its mark.
+        let next = m.marks.iter().filter(|k| k.status == MarkStatus::Deferred).map(|k| k.next_attempt_ms).max();
+        if next.is_some() {
+            p.first_attempt_ms = Some(p.envelope.received_ms);
+            p.last_deferral_ms = m.marks.iter().rev().find(|k| k.status == MarkStatus::Deferred).map(|_| now);
+        }
+        c.insert(p, next.unwrap_or(now).max(now));
     }
     std::thread::Builder::new()
         .name("control".into())
-        .spawn(move || c.run(rx))
+        .spawn(move || c.run(rx, stop))
         .map_err(|e| crate::spool::SpoolError::io("start control thread", std::path::Path::new("."), 0, e))
 }
 
 impl Control {
+    /// Keeps a message with remote jobs out until their outcomes come; forgets one with
+    /// nothing left to do (it stays in the spool until its segment is reclaimed).
+    fn park(&mut self, p: Pending) {
+        if !p.inflight.is_empty() {
+            self.queue.insert(p.envelope.id, p);
+        }
+    }
+
+    /// Where a recipient's mail goes: a local mailbox (or group, catch-all), a remote
+    /// route, or nowhere yet.
+    fn route_of(&self, dir: &Directory, addr: &str) -> Where {
+        let Some((_, domain)) = addr.rsplit_once('@') else { return Where::Local };
+        if let Some(d) = dir.domain(domain) {
+            // A hosted domain with a smart host (the backup-MX case) is relayed there.
+            return match d.smart_host.as_deref().and_then(split_host_port) {
+                Some((host, port)) => Where::Remote(Route::SmartHost { host, port, auth: None }),
+                None => Where::Local,
+            };
+        }
+        let r = route(domain, &self.cfg.routing);
+        if self.cfg.local_domains.contains(domain) && matches!(r, Route::Mx(_)) {
+            // Our own accept-all domain: its MX is us.
+            return Where::Held;
+        }
+        Where::Remote(r)
+    }
+
+    /// Sends one job per route with the recipients that share it.
+    fn submit_remote(&mut self, p: &mut Pending, mut rcpts: Vec<(Route, u16, String)>, content: &[u8], now: u64) {
+        let Some(remote) = &self.remote else {
+            for (_, i, _) in &rcpts {
+                p.done.insert(*i);
+            }
+            return;
+        };
+        p.first_attempt_ms.get_or_insert(now);
+        let content: Arc<[u8]> = Arc::from(content);
+        rcpts.sort_by(|a, b| format!("{:?}", a.0).cmp(&format!("{:?}", b.0)));
+        let mut start = 0;
+        while start < rcpts.len() {
+            let end = start + rcpts[start..].iter().take_while(|r| r.0 == rcpts[start].0).count();
+            let group: Vec<(u16, String)> = rcpts[start..end].iter().map(|(_, i, a)| (*i, a.clone())).collect();
+            for (i, _) in &group {
+                p.inflight.insert(*i);
+            }
+            remote.submit(RemoteJob {
+                id: p.envelope.id,
+                from: p.envelope.from.clone(),
+                rcpts: group,
+                content: content.clone(),
+                smtputf8: p.envelope.smtputf8,
+                route: rcpts[start].0.clone(),
+                seed: p.envelope.id.0 ^ now,
+            });
+            start = end;
+        }
+    }
+
+    /// A remote job came back: one mark per recipient, retries per the schedule, reports
+    /// for failures (and successes asked for with NOTIFY=SUCCESS), a delay notice when due.
+    fn remote_done(&mut self, o: RemoteOutcome) {
+        let Some(mut p) = self.queue.remove(&o.id) else { return };
+        let due_key = self.due.keys().find(|(_, id)| *id == o.id).copied();
+        if let Some(k) = due_key {
+            self.due.remove(&k);
+        }
+        let now = Now::system().unix_ms;
+        let attempts = p.attempts.max(1);
+        let mut reports = Vec::new();
+        let mut delays = Vec::new();
+        let mut next: Option<u64> = due_key.map(|(t, _)| t);
+        let expires = self.cfg.retry.expires_at(p.envelope.received_ms);
+        for (i, outcome) in o.results {
+            p.inflight.remove(&i);
+            let report = |action, text: &str| RecipientReport {
+                rcpt: i as usize,
+                action,
+                status: status_of(text),
+                remote_mta: o.remote_mta.clone(),
+                diagnostic: Some(text.to_string()),
+                last_attempt_ms: Some(now),
+                will_retry_until_ms: (action == DsnAction::Delayed).then_some(expires),
+            };
+            let (status, text, next_ms) = match outcome {
+                RcptOutcome::Delivered { reply } => {
+                    self.relayed += 1;
+                    reports.push(report(DsnAction::Delivered, &reply));
+                    (MarkStatus::Delivered, reply, 0)
+                }
+                RcptOutcome::Failed { reply } => {
+                    reports.push(report(DsnAction::Failed, &reply));
+                    (MarkStatus::Failed, reply, 0)
+                }
+                RcptOutcome::Deferred { reply } => {
+                    match self.cfg.retry.decide(attempts as u32, p.envelope.received_ms, now) {
+                        RetryDecision::RetryAt(t) => {
+                            delays.push(report(DsnAction::Delayed, &reply));
+                            next = Some(next.map_or(t, |n| n.min(t)));
+                            (MarkStatus::Deferred, reply, t)
+                        }
+                        RetryDecision::GiveUp => {
+                            let text = format!("{reply} (given up: message expired)");
+                            let mut r = report(DsnAction::Failed, &text);
+                            r.status = "4.4.7".into();
+                            reports.push(r);
+                            (MarkStatus::Failed, text, 0)
+                        }
+                    }
+                }
+            };
+            if status != MarkStatus::Deferred {
+                p.done.insert(i);
+            }
+            let mark = Mark { id: p.envelope.id, rcpt: Some(i), status, attempts, next_attempt_ms: next_ms, text };
+            self.log.append_mark(TOKEN_MARK, &mark);
+        }
+        let want_delay_notice = !delays.is_empty()
+            && self.cfg.delay_notice.should_notify(p.first_attempt_ms.unwrap_or(now), p.last_deferral_ms, now);
+        if !delays.is_empty() {
+            p.last_deferral_ms = Some(now);
+        }
+        if want_delay_notice {
+            reports.extend(delays);
+        }
+        if !reports.is_empty() {
+            match read_content(&p) {
+                Ok(content) => self.bounce(&p, &content, &reports, now),
+                Err(e) => log::error!("control: {}: reading for a report: {e}", p.envelope.id),
+            }
+        }
+        match next {
+            Some(t) => self.insert(p, t),
+            None => self.park(p),
+        }
+        for c in self.log.flush_sync(true) {
+            self.stored(c);
+        }
+    }
+
     fn insert(&mut self, p: Pending, due_ms: u64) {
         let id = p.envelope.id;
         self.due.insert((due_ms, id), ());
@@ -246,9 +431,8 @@ impl Control {
         }
     }
 
-    /// Runs until every shard is gone (they drain first, then drop their end of the
-    /// channel).
-    fn run(mut self, rx: Receiver<Accepted>) {
+    /// Runs until `stop` is set, which the server does once every shard has drained.
+    fn run(mut self, rx: Receiver<ControlMsg>, stop: Arc<AtomicBool>) {
         loop {
             let now = Now::system().unix_ms;
             let wait = self
@@ -259,32 +443,39 @@ impl Control {
                 .unwrap_or(Duration::from_millis(200))
                 .min(Duration::from_millis(200));
             match rx.recv_timeout(wait) {
-                Ok(a) => {
-                    self.accept(a);
+                Ok(m) => {
+                    self.handle(m);
                     // Take whatever else is waiting, so that deliveries and marks batch.
-                    while let Ok(a) = rx.try_recv() {
-                        self.accept(a);
+                    while let Ok(m) = rx.try_recv() {
+                        self.handle(m);
                     }
                 }
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => break,
+                Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => {}
             }
             self.run_due();
+            if stop.load(Ordering::Relaxed) {
+                // The shards are gone: take what they sent last, then stop. Remote jobs
+                // still out are tried again after the restart (no final mark).
+                while let Ok(m) = rx.try_recv() {
+                    self.handle(m);
+                }
+                break;
+            }
         }
         self.run_due();
-        log::info!("control: {} local deliveries", self.delivered);
+        log::info!("control: {} local deliveries, {} remote", self.delivered, self.relayed);
+    }
+
+    fn handle(&mut self, m: ControlMsg) {
+        match m {
+            ControlMsg::Accepted(a) => self.accept(a),
+            ControlMsg::Remote(o) => self.remote_done(o),
+        }
     }
 
     fn accept(&mut self, a: Accepted) {
         let path = segment_path(&shard_dir(&self.cfg.spool, a.shard), a.location.seq);
-        let p = Pending {
-            envelope: a.envelope,
-            path,
-            content_offset: a.location.content_offset,
-            content_len: a.location.content_len,
-            done: HashSet::new(),
-            attempts: 0,
-        };
+        let p = Pending::new(a.envelope, path, a.location.content_offset, a.location.content_len);
         self.insert(p, 0);
     }
 
@@ -309,7 +500,7 @@ impl Control {
             match self.stage(&dir, p, now, &mut staged, &mut pending) {
                 Staging::Ready(a) => attempts.push(*a),
                 Staging::Later(p, Some(t)) => self.insert(*p, t),
-                Staging::Later(_, None) => {}
+                Staging::Later(p, None) => self.park(*p),
             }
         }
         let mut results = maildir::commit(staged).into_iter();
@@ -338,29 +529,29 @@ impl Control {
                     }
                 }
             }
-            if let Some(retry_at) = self.finish(&mut a, now) {
-                self.insert(a.p, retry_at);
+            match self.finish(&mut a, now) {
+                Some(retry_at) => self.insert(a.p, retry_at),
+                None => self.park(a.p),
             }
         }
-        let dir = shard_dir(&self.cfg.spool, CONTROL_SHARD);
         for c in self.log.flush_sync(true) {
-            match c.result {
-                Ok(stored) if c.token == TOKEN_MESSAGE => {
-                    if let Some(envelope) = stored.envelope {
-                        let p = Pending {
-                            envelope,
-                            path: segment_path(&dir, stored.location.seq),
-                            content_offset: stored.location.content_offset,
-                            content_len: stored.location.content_len,
-                            done: HashSet::new(),
-                            attempts: 0,
-                        };
-                        self.insert(p, 0);
-                    }
+            self.stored(c);
+        }
+    }
+
+    /// A record of the control log is durable: a generated message joins the queue.
+    fn stored(&mut self, c: Completion) {
+        match c.result {
+            Ok(stored) if c.token == TOKEN_MESSAGE => {
+                if let Some(envelope) = stored.envelope {
+                    let l = stored.location;
+                    let dir = shard_dir(&self.cfg.spool, CONTROL_SHARD);
+                    let p = Pending::new(envelope, segment_path(&dir, l.seq), l.content_offset, l.content_len);
+                    self.insert(p, 0);
                 }
-                Ok(_) => {}
-                Err(e) => log::error!("control: writing to the spool: {e}"),
             }
+            Ok(_) => {}
+            Err(e) => log::error!("control: writing to the spool: {e}"),
         }
     }
 
@@ -382,17 +573,22 @@ impl Control {
             .filter(|(i, _)| !p.done.contains(&(*i as u16)))
             .map(|(i, r)| (i as u16, r.address.to_ascii_lowercase()))
             .collect();
-        let is_local = |a: &str| a.rsplit_once('@').is_none_or(|(_, d)| dir.is_local_domain(d));
         let mut local = Vec::new();
+        let mut remote: Vec<(Route, u16, String)> = Vec::new();
         for (i, a) in open {
-            if is_local(&a) {
-                local.push((i, a));
-            } else {
-                // Recipients elsewhere wait for remote delivery; they stay queued (and listed).
-                p.done.insert(i);
+            if p.inflight.contains(&i) {
+                continue;
+            }
+            match self.route_of(dir, &a) {
+                Where::Local => local.push((i, a)),
+                Where::Remote(r) => remote.push((r, i, a)),
+                // Held: an accept-all domain with nowhere to send it; it stays queued.
+                Where::Held => {
+                    p.done.insert(i);
+                }
             }
         }
-        if local.is_empty() {
+        if local.is_empty() && remote.is_empty() {
             return Staging::Later(Box::new(p), None);
         }
         let content = match read_content(&p) {
@@ -403,6 +599,12 @@ impl Control {
             }
         };
         p.attempts = p.attempts.saturating_add(1);
+        if !remote.is_empty() {
+            self.submit_remote(&mut p, remote, &content, now);
+        }
+        if local.is_empty() {
+            return Staging::Later(Box::new(p), None);
+        }
         let addrs: Vec<&str> = local.iter().map(|(_, a)| a.as_str()).collect();
         let expansion = dir.expand_all(&addrs, self.cfg.catch_alls);
         let mut outcomes: Vec<(String, Outcome)> = Vec::new();
@@ -600,7 +802,7 @@ impl Control {
 
 /// A permanent failure line for a DSN; `text` starts with the reply code.
 fn failure_report(rcpt: usize, text: &str, now: u64) -> RecipientReport {
-    let status = text.split_whitespace().nth(1).filter(|s| s.starts_with('5')).unwrap_or("5.0.0").to_string();
+    let status = status_of(text);
     RecipientReport {
         rcpt,
         action: DsnAction::Failed,
@@ -610,6 +812,30 @@ fn failure_report(rcpt: usize, text: &str, now: u64) -> RecipientReport {
         last_attempt_ms: Some(now),
         will_retry_until_ms: None,
     }
+}
+
+/// The enhanced status code of a reply text (`"550 5.1.1 …"` → `5.1.1`), or one from its
+/// class.
+fn status_of(text: &str) -> String {
+    let mut it = text.split_whitespace();
+    let code = it.next().unwrap_or("");
+    match it.next() {
+        Some(s) if s.len() >= 5 && s.as_bytes()[1] == b'.' && s.starts_with(|c: char| c.is_ascii_digit()) => s.into(),
+        _ => format!("{}.0.0", code.chars().next().filter(|c| matches!(c, '2' | '4' | '5')).unwrap_or('5')),
+    }
+}
+
+/// `host:port` of a directory domain's smart host.
+fn split_host_port(s: &str) -> Option<(String, u16)> {
+    let (h, p) = s.rsplit_once(':')?;
+    Some((h.trim_matches(|c| c == '[' || c == ']').to_string(), p.parse().ok()?))
+}
+
+/// Where a recipient's mail goes.
+enum Where {
+    Local,
+    Remote(Route),
+    Held,
 }
 
 /// Runs `program postoffice mailbox messagefile` (SPEC §6, MailEnable's delivery event) in

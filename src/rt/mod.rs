@@ -14,6 +14,7 @@ mod conn;
 pub mod control;
 mod epoll;
 pub mod listener;
+pub mod remote;
 mod shard;
 pub mod tls;
 mod uring;
@@ -77,6 +78,8 @@ pub fn choose_driver(mode: IoMode) -> Result<Driver, ServeError> {
 pub struct Server {
     threads: Vec<std::thread::JoinHandle<Result<ShardStats, std::io::Error>>>,
     control: Option<std::thread::JoinHandle<()>>,
+    /// Set once the shards have stopped: the control thread then finishes.
+    control_stop: Arc<AtomicBool>,
     /// The directory in use; SIGHUP reloads it.
     pub directory: Arc<DirectoryHandle>,
     shutdown: Arc<AtomicBool>,
@@ -128,6 +131,9 @@ impl Server {
         );
         let (tx, rx) = std::sync::mpsc::sync_channel(control::CHANNEL_CAPACITY);
         let usage = Arc::new(UsageCache::new());
+        let control_stop = Arc::new(AtomicBool::new(false));
+        let remote = remote::spawn(cfg.delivery.remote.clone(), cfg.delivery.dns.clone(), &cfg.hostname, tx.clone())
+            .map_err(ServeError::Thread)?;
         let control_thread = control::spawn(
             control::ControlConfig {
                 hostname: cfg.hostname.clone(),
@@ -141,6 +147,10 @@ impl Server {
                 catch_alls: cfg.policy.catch_alls,
                 catch_all_header: cfg.delivery.catch_all_header.clone(),
                 local_retry: cfg.delivery.local_retry,
+                local_domains: cfg.local_domains.iter().map(|d| d.to_ascii_lowercase()).collect(),
+                routing: cfg.delivery.routing.clone(),
+                retry: cfg.delivery.retry.clone(),
+                delay_notice: cfg.delivery.delay_notice.clone(),
             },
             directory.clone(),
             usage.clone(),
@@ -148,6 +158,8 @@ impl Server {
             rec.tails.get(&CONTROL_SHARD).copied(),
             rec.max_id,
             rx,
+            Some(remote),
+            control_stop.clone(),
         )?;
         let limits = Arc::new(ConnLimits::new(cfg.limits.max_connections, cfg.limits.max_connections_per_ip));
         let shutdown = Arc::new(AtomicBool::new(false));
@@ -197,13 +209,12 @@ impl Server {
                 .map_err(ServeError::Thread)?;
             threads.push(t);
         }
-        // The shards hold the only senders now: when they are gone, the control thread ends.
         drop(tx);
         log::info!(
             "{shards} ingress shard(s), {driver:?} driver, fsync {}",
             if cfg.spool.fsync { "on" } else { "OFF" }
         );
-        Ok(Server { threads, control: Some(control_thread), directory, shutdown, local_addrs, driver })
+        Ok(Server { threads, control: Some(control_thread), control_stop, directory, shutdown, local_addrs, driver })
     }
 
     /// Asks every shard to drain and stop.
@@ -223,6 +234,7 @@ impl Server {
                 }
             }
         }
+        self.control_stop.store(true, Ordering::Relaxed);
         if let Some(c) = self.control
             && c.join().is_err()
         {

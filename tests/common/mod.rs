@@ -305,3 +305,76 @@ pub fn queued_id(reply: &str) -> String {
     assert!(reply.starts_with("250 2.0.0 Ok: queued as "), "{reply}");
     reply.trim_end().rsplit(' ').next().unwrap().to_string()
 }
+
+/// `ringmx-loadgen`, built beside the test binaries (tests/run.sh builds the whole
+/// workspace before it runs the tests).
+pub fn loadgen() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap(); // target/debug/deps -> target/debug
+    let bin = dir.join("ringmx-loadgen");
+    assert!(bin.exists(), "{} missing: run `cargo build -p ringmx-loadgen` first", bin.display());
+    bin
+}
+
+/// `ringmx-loadgen sink` on 127.0.0.1 (port 0, or a given one), as a far end.
+pub struct Sink {
+    pub child: Child,
+    pub addr: SocketAddr,
+    json: PathBuf,
+}
+
+impl Sink {
+    pub fn start(dir: &Path, listen: &str, args: &[&str]) -> Sink {
+        let json = dir.join(format!("sink-{}.json", listen.replace([':', '.'], "_")));
+        let mut child = Command::new(loadgen())
+            .args(["sink", "--listen", listen, "--threads", "1", "--json"])
+            .arg(&json)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        for _ in 0..20 {
+            line.clear();
+            if out.read_line(&mut line).unwrap() == 0 {
+                break;
+            }
+            if let Some(a) = line.trim().strip_prefix("listening on ") {
+                let addr = a.parse().unwrap();
+                std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+                return Sink { child, addr, json };
+            }
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("the sink did not say where it listens");
+    }
+
+    /// SIGTERM, then its counters (`connections`, `messages`, `recipients`, `codes`, …).
+    pub fn stop(mut self) -> serde_json::Value {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        wait_timeout(&mut self.child, Duration::from_secs(10));
+        serde_json::from_slice(&std::fs::read(&self.json).unwrap()).unwrap()
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `f` every 25 ms until it holds, for at most `limit`; returns whether it did.
+pub fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let start = std::time::Instant::now();
+    while start.elapsed() < limit {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    f()
+}

@@ -1,0 +1,203 @@
+//! Remote delivery: a thread running a tokio runtime (hickory-resolver and the outbound
+//! connection pool need one), taking jobs from the control thread and answering with one
+//! outcome per recipient.
+//!
+//! A job is one message for the recipients that share a route (a smart host, or one
+//! domain's MX plan). Hosts of the plan are tried in order while the failure concerns the
+//! connection (RFC 5321 §5.1); a reply that concerns the message or a recipient ends the
+//! job. Connections go back to the pool for the next message to the same destination.
+
+use super::control::ControlMsg;
+use crate::delivery::client::{Concern, OutboundMessage};
+use crate::delivery::mx::{DnsConfig, MxResolver, Route};
+use crate::delivery::remote::{Destination, Pool, RemoteConfig};
+use crate::spool::QueueId;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
+use std::sync::mpsc::SyncSender;
+
+/// One message to send to the recipients that share `route`.
+#[derive(Debug)]
+pub struct RemoteJob {
+    pub id: QueueId,
+    pub from: String,
+    /// Recipient index in the envelope, and address.
+    pub rcpts: Vec<(u16, String)>,
+    pub content: Arc<[u8]>,
+    pub smtputf8: bool,
+    pub route: Route,
+    /// Seed for the order of equal-preference MX hosts.
+    pub seed: u64,
+}
+
+/// What became of one recipient.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RcptOutcome {
+    Delivered { reply: String },
+    Deferred { reply: String },
+    Failed { reply: String },
+}
+
+/// The answer to a [`RemoteJob`].
+#[derive(Debug)]
+pub struct RemoteOutcome {
+    pub id: QueueId,
+    /// The host that answered last (for `Remote-MTA`), if any did.
+    pub remote_mta: Option<String>,
+    pub results: Vec<(u16, RcptOutcome)>,
+}
+
+/// The control thread's handle on the remote-delivery thread.
+pub struct RemoteHandle {
+    tx: tokio::sync::mpsc::UnboundedSender<RemoteJob>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl RemoteHandle {
+    pub fn submit(&self, job: RemoteJob) {
+        // The thread only ends when this handle is dropped.
+        let _ = self.tx.send(job);
+    }
+}
+
+impl Drop for RemoteHandle {
+    fn drop(&mut self) {
+        // Closing the channel ends the thread.
+        let (tx, _) = tokio::sync::mpsc::unbounded_channel();
+        drop(std::mem::replace(&mut self.tx, tx));
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Starts the remote-delivery thread; outcomes go to `results`.
+pub fn spawn(
+    remote: RemoteConfig,
+    dns: DnsConfig,
+    hostname: &str,
+    results: SyncSender<ControlMsg>,
+) -> std::io::Result<RemoteHandle> {
+    let pool = Pool::new(remote, hostname).map_err(std::io::Error::other)?;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<RemoteJob>();
+    let thread = std::thread::Builder::new().name("remote".into()).spawn(move || {
+        let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(rt) => rt,
+            Err(e) => {
+                log::error!("remote delivery: no runtime: {e}");
+                return;
+            }
+        };
+        rt.block_on(async move {
+            let resolver = match MxResolver::new(&dns) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    log::error!("remote delivery: resolver: {e}");
+                    None
+                }
+            };
+            let pool = Arc::new(pool);
+            let mut tasks = tokio::task::JoinSet::new();
+            while let Some(job) = rx.recv().await {
+                let (pool, resolver, results) = (pool.clone(), resolver.clone(), results.clone());
+                tasks.spawn(async move {
+                    let outcome = run_job(&pool, resolver.as_ref(), job).await;
+                    let _ = results.send(ControlMsg::Remote(outcome));
+                });
+                // Reap finished tasks as we go.
+                while tasks.try_join_next().is_some() {}
+            }
+            // Shutting down: jobs still out are dropped; their recipients have no final mark
+            // and are tried again after the restart.
+            tasks.abort_all();
+            while tasks.join_next().await.is_some() {}
+            pool.close_idle().await;
+        });
+    })?;
+    Ok(RemoteHandle { tx, thread: Some(thread) })
+}
+
+async fn run_job(pool: &Pool, resolver: Option<&MxResolver>, job: RemoteJob) -> RemoteOutcome {
+    let all = |o: RcptOutcome| job.rcpts.iter().map(|(i, _)| (*i, o.clone())).collect();
+    let (hosts, auth): (Vec<(String, SocketAddr)>, _) = match &job.route {
+        Route::SmartHost { host, port, auth } => {
+            let addrs = (host.as_str(), *port).to_socket_addrs().map(|a| a.collect::<Vec<_>>()).unwrap_or_default();
+            (addrs.into_iter().map(|a| (host.clone(), a)).collect(), auth.clone())
+        }
+        Route::Mx(domain) => {
+            let Some(resolver) = resolver else {
+                return RemoteOutcome {
+                    id: job.id,
+                    remote_mta: None,
+                    results: all(RcptOutcome::Deferred { reply: "451 4.4.3 no resolver available".into() }),
+                };
+            };
+            match resolver.plan(domain, job.seed).await {
+                Ok(plan) => (plan.addrs().map(|(h, a)| (h.to_string(), a)).collect(), None),
+                Err(e) => {
+                    let reply = format!("{} {} {e}", if e.is_permanent() { 550 } else { 451 }, e.status());
+                    let o =
+                        if e.is_permanent() { RcptOutcome::Failed { reply } } else { RcptOutcome::Deferred { reply } };
+                    return RemoteOutcome { id: job.id, remote_mta: None, results: all(o) };
+                }
+            }
+        }
+    };
+    if hosts.is_empty() {
+        return RemoteOutcome {
+            id: job.id,
+            remote_mta: None,
+            results: all(RcptOutcome::Deferred { reply: "451 4.4.4 no address to deliver to".into() }),
+        };
+    }
+    let msg = Arc::new(OutboundMessage::new(
+        &job.from,
+        job.rcpts.iter().map(|(_, a)| a.clone()).collect(),
+        job.content.clone(),
+        job.smtputf8,
+    ));
+    let mut last_error = String::from("451 4.4.1 no host answered");
+    for (host, addr) in hosts {
+        let dest = Destination { host: host.clone(), addr, auth: auth.clone() };
+        match pool.deliver(&dest, msg.clone()).await {
+            Ok(results) => {
+                // A failure that concerns the connection (or is temporary and about the
+                // message) is worth the next host; anything else is the answer.
+                let next_host = results
+                    .iter()
+                    .all(|r| r.as_ref().err().is_some_and(|e| e.concern() == Concern::Connection && !e.is_permanent()));
+                if next_host {
+                    if let Some(Err(e)) = results.first() {
+                        last_error = format!("451 {} {host}: {e}", e.status());
+                    }
+                    continue;
+                }
+                let results = job
+                    .rcpts
+                    .iter()
+                    .zip(results)
+                    .map(|((i, _), r)| {
+                        let o = match r {
+                            Ok(resp) => RcptOutcome::Delivered { reply: format!("{resp}") },
+                            Err(e) => {
+                                let reply = match e.reply() {
+                                    Some(resp) => format!("{resp}"),
+                                    None => format!("{} {} {e}", if e.is_permanent() { 554 } else { 451 }, e.status()),
+                                };
+                                if e.is_permanent() {
+                                    RcptOutcome::Failed { reply }
+                                } else {
+                                    RcptOutcome::Deferred { reply }
+                                }
+                            }
+                        };
+                        (*i, o)
+                    })
+                    .collect();
+                return RemoteOutcome { id: job.id, remote_mta: Some(host), results };
+            }
+            Err(e) => last_error = format!("451 4.4.1 {e}"),
+        }
+    }
+    RemoteOutcome { id: job.id, remote_mta: None, results: all(RcptOutcome::Deferred { reply: last_error }) }
+}

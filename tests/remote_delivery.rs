@@ -1,0 +1,122 @@
+//! Accept → remote delivery, end to end, with `ringmx-loadgen sink` as the far end: a
+//! hosted domain relayed to its smart host (the backup-MX case), connection reuse, a 4xx
+//! retried on a short schedule, a 5xx bounced to the (local) sender, a restart in the middle
+//! of the retry schedule keeping the attempt count.
+
+mod common;
+
+use common::*;
+use std::path::Path;
+use std::time::Duration;
+
+fn directory(dir: &Path, smart_host: &str) {
+    let d = dir.join("data/directory");
+    std::fs::create_dir_all(&d).unwrap();
+    let data = serde_json::json!({
+        "postoffices": [{"name": "po"}],
+        "domains": [
+            {"name": "example.net", "postoffice": "po"},
+            {"name": "backup.example", "postoffice": "po", "smart_host": smart_host}
+        ],
+        "mailboxes": [{"postoffice": "po", "name": "alice", "addresses": ["alice@example.net"]}]
+    });
+    std::fs::write(d.join("directory.json"), serde_json::to_string(&data).unwrap()).unwrap();
+}
+
+const SHORT_RETRY: &str = "[delivery.retry]\nintervals = [\"1s\"]\n[delivery.delay_notice]\nmode = \"off\"\n[delivery.remote]\ntls = \"off\"\n";
+
+#[test]
+fn relayed_to_the_smart_host_over_one_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = Sink::start(dir.path(), "127.0.0.1:0", &[]);
+    directory(dir.path(), &sink.addr.to_string());
+    let srv = start_plain(dir.path(), "uring", SHORT_RETRY);
+    let (mut c, _) = Client::connect(srv.addr());
+    c.cmd("EHLO c");
+    for i in 0..5 {
+        queued_id(&c.message("s@remote.example", &["u@backup.example"], &format!("Subject: {i}\r\n\r\nx\r\n")));
+    }
+    assert!(eventually(Duration::from_secs(20), || queue(dir.path()).is_empty()), "{:?}", queue(dir.path()));
+    let (status, log) = srv.stop();
+    assert!(status.success(), "{log}");
+    let counts = sink.stop();
+    assert_eq!(counts["messages"], 5, "{counts}");
+    assert!(counts["connections"].as_u64().unwrap() < 5, "connections are reused: {counts}");
+}
+
+/// 450 on the first attempt, then the far end accepts: the retry delivers it.
+#[test]
+fn temporary_failure_then_retry() {
+    let dir = tempfile::tempdir().unwrap();
+    let busy = Sink::start(dir.path(), "127.0.0.1:0", &["--rcpt-reply", "450 4.2.1 busy@100%"]);
+    let addr = busy.addr;
+    directory(dir.path(), &addr.to_string());
+    let srv = start_plain(dir.path(), "epoll", SHORT_RETRY);
+    let (mut c, _) = Client::connect(srv.addr());
+    c.cmd("EHLO c");
+    let id = queued_id(&c.message("s@remote.example", &["u@backup.example"], "Subject: r\r\n\r\nx\r\n"));
+    assert!(eventually(Duration::from_secs(10), || queue(dir.path())
+        .first()
+        .is_some_and(|m| m["status"] == "deferred")));
+    let q = queue(dir.path());
+    assert_eq!(q[0]["id"], id.as_str());
+    assert!(q[0]["attempts"].as_u64().unwrap() >= 1);
+    assert!(q[0]["next_attempt"].is_string(), "{q:?}");
+    busy.stop();
+    let ok = Sink::start(dir.path(), &addr.to_string(), &[]);
+    assert!(eventually(Duration::from_secs(20), || queue(dir.path()).is_empty()), "{:?}", queue(dir.path()));
+    drop(srv);
+    assert_eq!(ok.stop()["messages"], 1);
+}
+
+/// 550 from the far end: the recipient fails and the local sender gets an RFC 3464 report
+/// naming the remote host and its reply.
+#[test]
+fn permanent_failure_bounces_to_the_sender() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = Sink::start(dir.path(), "127.0.0.1:0", &["--rcpt-reply", "550 5.1.1 no such user@100%"]);
+    directory(dir.path(), &sink.addr.to_string());
+    let srv = start_plain(dir.path(), "uring", SHORT_RETRY);
+    let (mut c, _) = Client::connect(srv.addr());
+    c.cmd("EHLO c");
+    queued_id(&c.message("alice@example.net", &["gone@backup.example"], "Subject: hi\r\n\r\nx\r\n"));
+    let new = dir.path().join("data/mailboxes/po/alice/Maildir/new");
+    assert!(eventually(Duration::from_secs(20), || std::fs::read_dir(&new).map(|d| d.count() == 1).unwrap_or(false)));
+    let f = std::fs::read_dir(&new).unwrap().next().unwrap().unwrap().path();
+    let report = std::fs::read_to_string(f).unwrap();
+    assert!(report.contains("Action: failed\n") && report.contains("Status: 5.1.1\n"), "{report}");
+    assert!(report.contains("Final-Recipient: rfc822; gone@backup.example\n"), "{report}");
+    assert!(report.contains("Diagnostic-Code: smtp; 550 5.1.1"), "{report}");
+    assert!(eventually(Duration::from_secs(10), || queue(dir.path()).is_empty()));
+}
+
+/// A restart in the middle of the retry schedule keeps the attempt count; the (local)
+/// sender gets one delay notice (RFC 3464 Action: delayed) on the first deferral.
+#[test]
+fn restart_keeps_attempt_counts_and_delay_notice() {
+    let dir = tempfile::tempdir().unwrap();
+    let busy = Sink::start(dir.path(), "127.0.0.1:0", &["--rcpt-reply", "451 4.3.0 later@100%"]);
+    directory(dir.path(), &busy.addr.to_string());
+    let cfg = "[delivery.retry]\nintervals = [\"1s\"]\n[delivery.remote]\ntls = \"off\"\n";
+    let srv = start_plain(dir.path(), "uring", cfg);
+    let (mut c, _) = Client::connect(srv.addr());
+    c.cmd("EHLO c");
+    queued_id(&c.message("alice@example.net", &["u@backup.example"], "Subject: r\r\n\r\nx\r\n"));
+    assert!(eventually(Duration::from_secs(20), || queue(dir.path())
+        .first()
+        .is_some_and(|m| m["attempts"].as_u64().unwrap_or(0) >= 2)));
+    let new = dir.path().join("data/mailboxes/po/alice/Maildir/new");
+    assert!(eventually(Duration::from_secs(10), || std::fs::read_dir(&new).map(|d| d.count() == 1).unwrap_or(false)));
+    let notice = std::fs::read_to_string(std::fs::read_dir(&new).unwrap().next().unwrap().unwrap().path()).unwrap();
+    assert!(notice.contains("Action: delayed\n") && notice.contains("Will-Retry-Until: "), "{notice}");
+    let before = queue(dir.path())[0]["attempts"].as_u64().unwrap();
+    srv.kill();
+    let srv = start_plain(dir.path(), "uring", cfg);
+    assert!(eventually(Duration::from_secs(20), || queue(dir.path())
+        .first()
+        .is_some_and(|m| m["attempts"].as_u64().unwrap_or(0) > before)));
+    drop(srv);
+    drop(busy);
+    // Still one notice: "first" mode tells of the first delay only.
+    assert_eq!(std::fs::read_dir(&new).unwrap().count(), 1);
+}
