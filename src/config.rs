@@ -177,7 +177,7 @@ pub struct PolicyConfig {
     #[serde(default)]
     pub max_recipients_per_hour: u32,
     /// Authentication for mail to local mailboxes: `not_required`, `required` or
-    /// `per_postoffice` (530 5.7.0). Default `not_required`.
+    /// `per_postoffice` (530 5.7.0). Default `per_postoffice`.
     #[serde(default)]
     pub inbound_auth: InboundAuth,
     /// Commands answered 502 5.5.1: any of VRFY, EXPN, HELP, ETRN, TURN, NOOP. Default
@@ -764,8 +764,8 @@ impl Config {
             }
             if l.proxy_protocol && l.proxy_trusted.is_empty() {
                 bad(
-                    &format!("listener[{i}].proxy_trusted"),
-                    "proxy_protocol needs the load balancers' addresses".into(),
+                    &format!("listener[{i}].proxy_protocol"),
+                    "needs proxy_trusted, the load balancers' addresses".into(),
                 );
             }
             if l.proxy_protocol && l.tls == ListenerTls::Implicit {
@@ -1082,6 +1082,44 @@ data = 120
         assert!(e.problems[0].starts_with("f.toml:2: unknown field `max_lines`"), "{e}");
         let e = Config::parse("[spool]\nsegment_size = \"lots\"\n", "f.toml").unwrap_err();
         assert!(e.problems[0].contains("bad size"), "{e}");
+    }
+
+    #[test]
+    fn listener_defaults_by_port_and_policy_keys() {
+        let c = Config::parse(
+            "[tls]\ncertificate = \"c.pem\"\nprivate_key = \"k.pem\"\n[[listener]]\nport = 25\n[[listener]]\nport = 587\n\
+             [[listener]]\nport = 465\n[[listener]]\nport = 2525\nauth = \"always\"\nrequire_auth = false\n\
+             proxy_protocol = true\nproxy_trusted = [\"10.0.0.0/8\"]\n\
+             [policy]\naccess_list = [\"192.0.2.*\"]\nptr_check = \"tag\"\n[[policy.dnsbl]]\nzone = \"bl.example\"\n\
+             [relay]\nprivileged = [\"10.*\"]\n[auth]\nusername = \"relay\"\npassword = \"pw\"\n",
+            "t.toml",
+        )
+        .unwrap();
+        let l = &c.listeners;
+        assert_eq!((l[0].tls, l[0].auth, l[0].require_auth), (ListenerTls::Starttls, AuthMode::TlsOnly, false));
+        assert_eq!((l[1].tls, l[1].require_auth), (ListenerTls::Starttls, true));
+        assert_eq!((l[2].tls, l[2].require_auth), (ListenerTls::Implicit, true));
+        assert_eq!((l[3].auth, l[3].require_auth, l[3].proxy_protocol), (AuthMode::Always, false, true));
+        let p = c.policy();
+        assert!(Arc::ptr_eq(&p, &c.policy()), "one policy for every listener");
+        assert!(
+            p.acl.contains("192.0.2.5".parse().unwrap()) && p.relay.privileged.contains("10.1.1.1".parse().unwrap())
+        );
+        assert_eq!(p.dnsbl[0].zone, "bl.example");
+        assert_eq!(p.auth_fixed, Some(("relay".into(), "pw".into())));
+        assert_eq!(p.inbound_auth, InboundAuth::PerPostoffice);
+        assert!(p.is_disabled("VRFY") && !p.relay.local_senders && p.relay.authenticated);
+        let e = Config::parse(
+            "[[listener]]\nport = 25\nproxy_protocol = true\n[policy]\naccess_list = [\"300.1.1.1\"]\n\
+             disabled_commands = [\"MAIL\"]\n[auth]\nusername = \"u\"\n",
+            "f.toml",
+        )
+        .unwrap_err();
+        assert_eq!(e.problems.len(), 4, "{e}");
+        assert!(e.problems[0].starts_with("f.toml:3: listener[0].proxy_protocol:"), "{e}");
+        assert!(e.problems[1].starts_with("f.toml:5: policy.access_list:"), "{e}");
+        assert!(e.problems[2].starts_with("f.toml:6: policy.disabled_commands:"), "{e}");
+        assert!(e.problems[3].starts_with("f.toml:8: auth.username:"), "{e}");
     }
 
     #[test]

@@ -96,11 +96,11 @@ pub enum PtrCheck {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum InboundAuth {
-    #[default]
     NotRequired,
     /// Every connection (530 5.7.0 at RCPT otherwise).
     Required,
     /// As the recipient's postoffice says (`require_auth_inbound`).
+    #[default]
     PerPostoffice,
 }
 
@@ -197,7 +197,7 @@ impl Default for Policy {
             domain_literals: false,
             literal_addresses: Vec::new(),
             rcpt_per_hour: None,
-            inbound_auth: InboundAuth::NotRequired,
+            inbound_auth: InboundAuth::PerPostoffice,
             disabled_commands: ["VRFY", "EXPN", "ETRN", "TURN"].map(String::from).to_vec(),
             welcome: None,
             add_missing_headers: true,

@@ -926,3 +926,26 @@ fn proxy_header_names_the_client() {
     let (_, first) = Harness::raw(c, "192.0.2.9:1");
     assert!(first.starts_with("220 "));
 }
+
+#[test]
+fn inbound_auth_per_postoffice_by_default() {
+    let data = serde_json::from_value(serde_json::json!({
+        "postoffices": [{"name": "po"}, {"name": "internal", "require_auth_inbound": true}],
+        "domains": [{"name": "example.net", "postoffice": "po"}, {"name": "intra.example", "postoffice": "internal"}],
+        "mailboxes": [
+            {"postoffice": "po", "name": "alice", "addresses": ["alice@example.net"]},
+            {"postoffice": "internal", "name": "ops", "addresses": ["ops@intra.example"]}
+        ]
+    }))
+    .unwrap();
+    let now = Now::system();
+    let ids = Rc::new(RefCell::new(IdGen::new(0, QueueId(0))));
+    let dir = Arc::new(Directory::build(data).unwrap());
+    let mut s = Session::new(Arc::new(cfg()), ids, dir, "192.0.2.7:1".parse().unwrap(), None, now);
+    s.handle_input(
+        now,
+        b"EHLO c\r\nMAIL FROM:<a@r.example>\r\nRCPT TO:<ops@intra.example>\r\nRCPT TO:<alice@example.net>\r\n",
+    );
+    let out = String::from_utf8(std::mem::take(s.output())).unwrap();
+    assert!(out.ends_with("250 2.1.0 Ok\r\n530 5.7.0 Error: authentication required\r\n250 2.1.5 Ok\r\n"), "{out}");
+}
