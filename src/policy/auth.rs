@@ -293,6 +293,17 @@ mod tests {
         assert!(constant_time_eq(b"", b""));
     }
 
+    /// An unknown login costs a real argon2 computation: the dummy hash must parse (else
+    /// the check would fail at once) and carry the default parameters.
+    #[test]
+    fn dummy_hash_is_a_real_default_hash() {
+        use argon2::password_hash::PasswordHasher;
+        assert!(argon2::PasswordHash::new(DUMMY_HASH).is_ok());
+        let real = argon2::Argon2::default().hash_password(b"x").unwrap().to_string();
+        let params = |h: &str| h.split('$').take(4).collect::<Vec<_>>().join("$");
+        assert_eq!(params(DUMMY_HASH), params(&real));
+    }
+
     #[test]
     fn pool_verifies_and_caches() {
         use argon2::password_hash::PasswordHasher;
