@@ -120,3 +120,25 @@ fn restart_keeps_attempt_counts_and_delay_notice() {
     // Still one notice: "first" mode tells of the first delay only.
     assert_eq!(std::fs::read_dir(&new).unwrap().count(), 1);
 }
+
+/// More messages at once than connections allowed to the destination: deliveries waiting
+/// for a connection take the ones that come back to the pool (idle connections keep their
+/// permits, so waiting on the permit alone would stall).
+#[test]
+fn more_messages_than_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = Sink::start(dir.path(), "127.0.0.1:0", &[]);
+    directory(dir.path(), &sink.addr.to_string());
+    let cfg = format!("{SHORT_RETRY}max_per_destination = 2\nmax_connections = 3\n");
+    let srv = start_plain(dir.path(), "uring", &cfg);
+    let (mut c, _) = Client::connect(srv.addr());
+    c.cmd("EHLO c");
+    for i in 0..30 {
+        queued_id(&c.message("s@remote.example", &["u@backup.example"], &format!("Subject: {i}\r\n\r\nx\r\n")));
+    }
+    assert!(eventually(Duration::from_secs(30), || queue(dir.path()).is_empty()), "{:?}", queue(dir.path()).len());
+    drop(srv);
+    let counts = sink.stop();
+    assert_eq!(counts["messages"], 30);
+    assert!(counts["connections"].as_u64().unwrap() <= 3, "{counts}");
+}

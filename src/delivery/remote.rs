@@ -150,6 +150,12 @@ struct Conn {
     _permits: (OwnedSemaphorePermit, OwnedSemaphorePermit),
 }
 
+/// What [`Pool::acquire`] found.
+enum Acquired {
+    Idle(Box<Conn>),
+    Permits((OwnedSemaphorePermit, OwnedSemaphorePermit)),
+}
+
 /// Connections by destination, with limits. Cheap to clone; share it.
 #[derive(Clone)]
 pub struct Pool {
@@ -162,6 +168,9 @@ struct PoolInner {
     verified: TlsConnector,
     unverified: TlsConnector,
     idle: Mutex<HashMap<Destination, Vec<Conn>>>,
+    /// Told whenever a connection goes back to the pool: a delivery waiting for a permit
+    /// may take it instead (the permits of idle connections are still held).
+    idle_notify: tokio::sync::Notify,
     global: Arc<Semaphore>,
     per_dest: Mutex<HashMap<Destination, Arc<Semaphore>>>,
     /// Connections opened so far (for logs and tests).
@@ -203,6 +212,7 @@ impl Pool {
                 verified: TlsConnector::from(Arc::new(verified)),
                 unverified: TlsConnector::from(Arc::new(unverified)),
                 idle: Mutex::new(HashMap::new()),
+                idle_notify: tokio::sync::Notify::new(),
                 per_dest: Mutex::new(HashMap::new()),
                 opened: Default::default(),
             }),
@@ -225,9 +235,9 @@ impl Pool {
         // A pooled connection may have been closed by the peer meanwhile: one retry on a
         // fresh connection when a reused one fails before any reply to the message.
         for attempt in 0..2 {
-            let (mut conn, reused) = match self.take_idle(dest) {
-                Some(c) => (c, true),
-                None => match self.connect(dest).await? {
+            let (mut conn, reused) = match self.acquire(dest).await {
+                Acquired::Idle(c) => (*c, true),
+                Acquired::Permits(p) => match self.connect(dest, p).await? {
                     Ok(c) => (c, false),
                     Err(e) => return Ok(msg.rcpts.iter().map(|_| Err(e.clone())).collect()),
                 },
@@ -298,6 +308,7 @@ impl Pool {
 
     fn put_idle(&self, conn: Conn) {
         self.inner.idle.lock().unwrap().entry(conn.dest.clone()).or_default().push(conn);
+        self.inner.idle_notify.notify_waiters();
     }
 
     async fn quit(&self, mut conn: Conn) {
@@ -311,7 +322,11 @@ impl Pool {
 
     /// Connects and runs the opening (greeting, EHLO, STARTTLS, AUTH) until Ready.
     /// The outer error: nothing was tried (limits, config); the inner: the connection failed.
-    async fn connect(&self, dest: &Destination) -> Result<Result<Conn, client::Error>, RemoteError> {
+    /// An idle connection to `dest`, or the permits to open one. Idle connections keep
+    /// their permits, so a delivery waiting for a permit also watches the pool (else all the
+    /// permits could sit with idle connections nobody takes); and when the global limit is
+    /// reached, idle connections to other destinations are closed to make room.
+    async fn acquire(&self, dest: &Destination) -> Acquired {
         let inner = &self.inner;
         let per = inner
             .per_dest
@@ -320,8 +335,43 @@ impl Pool {
             .entry(dest.clone())
             .or_insert_with(|| Arc::new(Semaphore::new(inner.cfg.max_per_destination.max(1))))
             .clone();
-        let p1 = per.acquire_owned().await.expect("never closed");
-        let p2 = inner.global.clone().acquire_owned().await.expect("never closed");
+        let p1 = loop {
+            let notified = inner.idle_notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(c) = self.take_idle(dest) {
+                return Acquired::Idle(Box::new(c));
+            }
+            tokio::select! {
+                p = per.clone().acquire_owned() => break p.expect("never closed"),
+                _ = &mut notified => continue,
+            }
+        };
+        loop {
+            tokio::select! {
+                p = inner.global.clone().acquire_owned() => {
+                    return Acquired::Permits((p1, p.expect("never closed")));
+                }
+                _ = tokio::time::sleep(Duration::from_millis(50)) => self.evict_one_other(dest),
+            }
+        }
+    }
+
+    /// Closes one idle connection to another destination, freeing its global permit.
+    fn evict_one_other(&self, dest: &Destination) {
+        let victim = {
+            let mut idle = self.inner.idle.lock().unwrap();
+            idle.iter_mut().filter(|(d, _)| *d != dest).find_map(|(_, v)| v.pop())
+        };
+        drop(victim);
+    }
+
+    async fn connect(
+        &self,
+        dest: &Destination,
+        (p1, p2): (OwnedSemaphorePermit, OwnedSemaphorePermit),
+    ) -> Result<Result<Conn, client::Error>, RemoteError> {
+        let inner = &self.inner;
         let socket = if dest.addr.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }
             .map_err(|e| RemoteError::Connect { addr: dest.addr, what: e.to_string() })?;
         if let Some(src) = inner.cfg.source_address {

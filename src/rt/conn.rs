@@ -1,6 +1,7 @@
 //! One connection as both drivers see it: the SMTP session, TLS when there is any, and
 //! the bytes waiting to go out. The drivers only move bytes between this and the socket.
 
+use super::shard::ShardWaker;
 use crate::dns::DnsAnswer;
 use crate::policy::auth::AuthOutcome;
 use crate::session::{Action, Session, SpoolRequest};
@@ -41,6 +42,8 @@ pub struct Conn {
     pub peer_ip: std::net::IpAddr,
     /// The answer awaited from a service thread (DNS, password check).
     awaiting: Option<AnswerSlot>,
+    /// Wakes the shard's loop when a service answers this connection.
+    waker: Option<(Arc<ShardWaker>, u64)>,
 }
 
 /// A TLS failure; the connection is closed after any alert in `outq` is sent.
@@ -58,6 +61,7 @@ impl Conn {
             spooling: false,
             peer_ip,
             awaiting: None,
+            waker: None,
         };
         if let Some(cfg) = implicit_tls {
             match ServerConnection::new(cfg) {
@@ -147,17 +151,23 @@ impl Conn {
                 Action::Resolve(q) => {
                     let slot = AnswerSlot::default();
                     self.awaiting = Some(slot.clone());
+                    let waker = self.waker.clone();
                     match self.session.config().policy.dns.clone() {
-                        Some(dns) => dns.submit(q, Box::new(move |a| set_answer(&slot, ServiceAnswer::Dns(a)))),
-                        None => set_answer(&slot, ServiceAnswer::Dns(DnsAnswer::TempFail)),
+                        Some(dns) => {
+                            dns.submit(q, Box::new(move |a| set_answer(&slot, ServiceAnswer::Dns(a), waker.as_ref())))
+                        }
+                        None => set_answer(&slot, ServiceAnswer::Dns(DnsAnswer::TempFail), None),
                     }
                 }
                 Action::Authenticate(req) => {
                     let slot = AnswerSlot::default();
                     self.awaiting = Some(slot.clone());
+                    let waker = self.waker.clone();
                     match self.session.config().policy.verifier.clone() {
-                        Some(v) => v.submit(*req, Box::new(move |o| set_answer(&slot, ServiceAnswer::Auth(o)))),
-                        None => set_answer(&slot, ServiceAnswer::Auth(AuthOutcome::Unavailable)),
+                        Some(v) => {
+                            v.submit(*req, Box::new(move |o| set_answer(&slot, ServiceAnswer::Auth(o), waker.as_ref())))
+                        }
+                        None => set_answer(&slot, ServiceAnswer::Auth(AuthOutcome::Unavailable), None),
                     }
                 }
                 Action::Spool(req) => {
@@ -242,6 +252,11 @@ impl Conn {
         Some(answer)
     }
 
+    /// The shard's waker and this connection's token, set once it has one.
+    pub fn set_waker(&mut self, waker: Arc<ShardWaker>, token: u64) {
+        self.waker = Some((waker, token));
+    }
+
     /// Time passed.
     pub fn on_tick(&mut self, now: Now, starttls: Option<&Arc<rustls::ServerConfig>>, effects: &mut Vec<Effect>) {
         if self.awaiting.is_some() {
@@ -268,6 +283,10 @@ impl Conn {
     }
 }
 
-fn set_answer(slot: &AnswerSlot, answer: ServiceAnswer) {
+/// Stores a service's answer and wakes the shard, which then pumps this connection.
+fn set_answer(slot: &AnswerSlot, answer: ServiceAnswer, waker: Option<&(Arc<ShardWaker>, u64)>) {
     *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(answer);
+    if let Some((w, token)) = waker {
+        w.wake(*token);
+    }
 }

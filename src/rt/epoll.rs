@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 
 /// Event data of listener `i`; connections use their slab token, which never has this bit.
 const LISTENER_TAG: u64 = 1 << 63;
+/// Event data of the shard's waker (answers from the DNS service or the password verifier).
+const WAKER_TAG: u64 = 1 << 62;
 const TICK: Duration = Duration::from_millis(100);
 
 #[derive(Default)]
@@ -50,6 +52,7 @@ pub fn run(mut shard: Shard) -> io::Result<ShardStats> {
     for (i, l) in shard.listeners.iter().enumerate() {
         ctl(ep, libc::EPOLL_CTL_ADD, l.socket.as_raw_fd(), libc::EPOLLIN as u32, LISTENER_TAG | i as u64)?;
     }
+    ctl(ep, libc::EPOLL_CTL_ADD, shard.waker.fd(), libc::EPOLLIN as u32, WAKER_TAG)?;
     let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 256];
     let mut buf = vec![0u8; 64 * 1024];
     let mut last_tick = Instant::now();
@@ -68,6 +71,16 @@ pub fn run(mut shard: Shard) -> io::Result<ShardStats> {
             let (data, flags) = (ev.u64, ev.events);
             if data & LISTENER_TAG != 0 {
                 d.accept_all(&mut shard, (data & !LISTENER_TAG) as usize, now);
+                continue;
+            }
+            if data == WAKER_TAG {
+                for t in shard.waker.take() {
+                    if let Some(s) = d.conns.get_mut(t) {
+                        s.conn.pump(now, shard.tls.as_ref(), &mut d.effects);
+                        shard.apply(t, &mut d.effects);
+                    }
+                    d.service(&mut shard, t);
+                }
                 continue;
             }
             if flags & (libc::EPOLLIN | libc::EPOLLHUP | libc::EPOLLERR) as u32 != 0 {
@@ -144,6 +157,7 @@ impl Driver {
                 continue;
             }
             if let Some(s) = self.conns.get_mut(token) {
+                s.conn.set_waker(shard.waker.clone(), token);
                 s.conn.pump(now, shard.tls.as_ref(), &mut self.effects);
             }
             self.service(shard, token);

@@ -45,6 +45,7 @@ const K_SEND: u64 = 3 << 56;
 const K_SPOOL_WRITE: u64 = 5 << 56;
 const K_SPOOL_SYNC: u64 = 6 << 56;
 const K_CANCEL_ACCEPT: u64 = 7 << 56;
+const K_WAKE: u64 = 8 << 56;
 const KIND_MASK: u64 = 0xff << 56;
 
 fn build_ring() -> io::Result<IoUring> {
@@ -183,6 +184,7 @@ pub fn run(mut shard: Shard) -> io::Result<ShardStats> {
     for l in 0..shard.listeners.len() {
         d.arm_accept(&shard, l);
     }
+    d.arm_waker(&shard);
     let mut cqes: Vec<(u64, i32, u32)> = Vec::with_capacity(RING_ENTRIES as usize);
     let mut last_tick = Instant::now();
     let mut drain_deadline: Option<Instant> = None;
@@ -206,6 +208,18 @@ pub fn run(mut shard: Shard) -> io::Result<ShardStats> {
                 K_SPOOL_WRITE => d.on_spool_write(&mut shard, res, now),
                 K_SPOOL_SYNC => d.on_spool_sync(&mut shard, res, now),
                 K_CANCEL_ACCEPT => {}
+                K_WAKE => {
+                    for t in shard.waker.take() {
+                        if let Some(s) = d.conns.get_mut(t) {
+                            s.conn.pump(now, shard.tls.as_ref(), &mut d.effects);
+                            shard.apply(t, &mut d.effects);
+                        }
+                        d.touched.push(t);
+                    }
+                    if !cqueue::more(flags) {
+                        d.arm_waker(&shard);
+                    }
+                }
                 _ => {}
             }
         }
@@ -283,6 +297,12 @@ impl Driver {
         self.accept_armed[l] = true;
     }
 
+    /// A multishot poll on the shard's eventfd: answers from other threads wake the loop.
+    fn arm_waker(&mut self, shard: &Shard) {
+        let e = opcode::PollAdd::new(Fd(shard.waker.fd()), libc::POLLIN as u32).multi(true).build().user_data(K_WAKE);
+        self.push(e);
+    }
+
     fn arm_recv(&mut self, token: u64, fd: i32) {
         let e = opcode::RecvMulti::new(Fd(fd), BGID).build().user_data(K_RECV | token);
         self.push(e);
@@ -318,6 +338,7 @@ impl Driver {
         let token = self.conns.insert(conn, fd, UringIo::default());
         if let Some(s) = self.conns.get_mut(token) {
             s.io.recv_armed = true;
+            s.conn.set_waker(shard.waker.clone(), token);
             s.conn.pump(now, shard.tls.as_ref(), &mut self.effects);
         }
         self.arm_recv(token, raw);
