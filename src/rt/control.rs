@@ -26,7 +26,7 @@ use crate::spool::{
     StoredMessage, segment_path, shard_dir,
 };
 use crate::util::time::Now;
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
@@ -46,45 +46,41 @@ pub struct Accepted {
 /// What reaches the control thread.
 #[derive(Debug)]
 pub enum ControlMsg {
-    /// A shard made a message durable.
-    Accepted(Accepted),
+    /// A shard made these messages durable (one loop turn's worth: one wake-up).
+    Accepted(Vec<Accepted>),
     /// The remote-delivery thread finished a job.
     Remote(RemoteOutcome),
 }
 
-/// A shard's end of the channel, with the notices the channel had no room for.
+/// A shard's end of the channel. Messages of a loop turn are handed over together at the
+/// end of the turn: one wake-up of the control thread per turn, not per message.
 pub struct ControlLink {
     tx: SyncSender<ControlMsg>,
-    backlog: VecDeque<Accepted>,
+    backlog: Vec<Accepted>,
 }
 
 impl ControlLink {
     pub fn new(tx: SyncSender<ControlMsg>) -> Self {
-        ControlLink { tx, backlog: VecDeque::new() }
+        ControlLink { tx, backlog: Vec::new() }
     }
 
-    /// Hands a message over without blocking.
+    /// Queues a message for the end of the turn.
     pub fn send(&mut self, a: Accepted) {
-        self.backlog.push_back(a);
-        self.flush();
+        self.backlog.push(a);
     }
 
-    /// Retries what the channel had no room for.
+    /// Hands over what the turn produced, without blocking; a full channel keeps it for
+    /// the next turn.
     pub fn flush(&mut self) {
-        while let Some(a) = self.backlog.pop_front() {
-            match self.tx.try_send(ControlMsg::Accepted(a)) {
-                Ok(()) => {}
-                Err(TrySendError::Full(ControlMsg::Accepted(a))) => {
-                    self.backlog.push_front(a);
-                    return;
-                }
-                Err(TrySendError::Full(_)) => return,
-                // The control side is gone (shutting down): the spool has the message.
-                Err(TrySendError::Disconnected(_)) => {
-                    self.backlog.clear();
-                    return;
-                }
-            }
+        if self.backlog.is_empty() {
+            return;
+        }
+        match self.tx.try_send(ControlMsg::Accepted(std::mem::take(&mut self.backlog))) {
+            Ok(()) => {}
+            Err(TrySendError::Full(ControlMsg::Accepted(v))) => self.backlog = v,
+            Err(TrySendError::Full(_)) => {}
+            // The control side is gone (shutting down): the spool has the messages.
+            Err(TrySendError::Disconnected(_)) => {}
         }
     }
 }
@@ -208,8 +204,13 @@ struct Control {
     ids: IdGen,
     /// Messages by id, waiting for their next attempt.
     queue: BTreeMap<QueueId, Pending>,
-    /// When each queued message is next due (Unix ms).
+    /// When each queued message is next due (Unix ms), in order, and by id.
     due: BTreeMap<(u64, QueueId), ()>,
+    due_of: HashMap<QueueId, u64>,
+    /// Open segment files, for reading contents.
+    segments: HashMap<PathBuf, std::fs::File>,
+    /// Opened Maildirs, by `<postoffice>/<mailbox>`.
+    maildirs: HashMap<String, Maildir>,
     replies: ReplyMemory,
     remote: Option<RemoteHandle>,
     delivered: u64,
@@ -247,6 +248,9 @@ pub fn spawn(
         ids: IdGen::new(CONTROL_SHARD, max_id),
         queue: BTreeMap::new(),
         due: BTreeMap::new(),
+        due_of: HashMap::new(),
+        segments: HashMap::new(),
+        maildirs: HashMap::new(),
         replies,
         remote,
         delivered: 0,
@@ -335,7 +339,7 @@ impl Control {
     /// for failures (and successes asked for with NOTIFY=SUCCESS), a delay notice when due.
     fn remote_done(&mut self, o: RemoteOutcome) {
         let Some(mut p) = self.queue.remove(&o.id) else { return };
-        let due_key = self.due.keys().find(|(_, id)| *id == o.id).copied();
+        let due_key = self.due_of.remove(&o.id).map(|t| (t, o.id));
         if let Some(k) = due_key {
             self.due.remove(&k);
         }
@@ -398,7 +402,7 @@ impl Control {
             reports.extend(delays);
         }
         if !reports.is_empty() {
-            match read_content(&p) {
+            match self.read_content(&p) {
                 Ok(content) => self.bounce(&p, &content, &reports, now),
                 Err(e) => log::error!("control: {}: reading for a report: {e}", p.envelope.id),
             }
@@ -407,13 +411,14 @@ impl Control {
             Some(t) => self.insert(p, t),
             None => self.park(p),
         }
-        for c in self.log.flush_sync(true) {
-            self.stored(c);
-        }
+        // The marks are made durable at the end of the loop turn, with the others.
     }
 
     fn insert(&mut self, p: Pending, due_ms: u64) {
         let id = p.envelope.id;
+        if let Some(old) = self.due_of.insert(id, due_ms) {
+            self.due.remove(&(old, id));
+        }
         self.due.insert((due_ms, id), ());
         self.queue.insert(id, p);
     }
@@ -468,7 +473,11 @@ impl Control {
 
     fn handle(&mut self, m: ControlMsg) {
         match m {
-            ControlMsg::Accepted(a) => self.accept(a),
+            ControlMsg::Accepted(v) => {
+                for a in v {
+                    self.accept(a);
+                }
+            }
             ControlMsg::Remote(o) => self.remote_done(o),
         }
     }
@@ -485,11 +494,15 @@ impl Control {
     /// messages are made durable in one sync of the control log.
     fn run_due(&mut self) {
         let now = Now::system().unix_ms;
-        let due: Vec<QueueId> = self.due.range(..=(now, QueueId(u64::MAX))).map(|((_, id), _)| *id).collect();
+        let later = self.due.split_off(&(now + 1, QueueId(0)));
+        let due: Vec<QueueId> = std::mem::replace(&mut self.due, later).into_keys().map(|(_, id)| id).collect();
+        for id in &due {
+            self.due_of.remove(id);
+        }
         if due.is_empty() {
+            self.flush_log();
             return;
         }
-        self.due.retain(|(t, _), _| *t > now);
         let dir = self.directory.current();
         let mut attempts = Vec::with_capacity(due.len());
         let mut staged = Vec::new();
@@ -533,6 +546,29 @@ impl Control {
                 Some(retry_at) => self.insert(a.p, retry_at),
                 None => self.park(a.p),
             }
+        }
+        self.flush_log();
+    }
+
+    /// A message's content, read from its segment (kept open: messages come in runs from
+    /// the same segment).
+    fn read_content(&mut self, p: &Pending) -> std::io::Result<Vec<u8>> {
+        if !self.segments.contains_key(&p.path) {
+            if self.segments.len() >= 64 {
+                self.segments.clear();
+            }
+            self.segments.insert(p.path.clone(), std::fs::File::open(&p.path)?);
+        }
+        let f = &self.segments[&p.path];
+        let mut buf = vec![0u8; p.content_len as usize];
+        f.read_exact_at(&mut buf, p.content_offset)?;
+        Ok(buf)
+    }
+
+    /// Makes the marks and messages appended this turn durable, in one sync.
+    fn flush_log(&mut self) {
+        if !self.log.wants_batch() {
+            return;
         }
         for c in self.log.flush_sync(true) {
             self.stored(c);
@@ -591,7 +627,7 @@ impl Control {
         if local.is_empty() && remote.is_empty() {
             return Staging::Later(Box::new(p), None);
         }
-        let content = match read_content(&p) {
+        let content = match self.read_content(&p) {
             Ok(c) => c,
             Err(e) => {
                 log::error!("control: {}: reading {}: {e}", p.envelope.id, p.path.display());
@@ -633,8 +669,17 @@ impl Control {
                 &content
             };
             let already = pending.get(maildir.as_str()).copied().unwrap_or(0);
-            let r = Maildir::open(&path)
-                .and_then(|m| m.with_quota(quota).stage(&p.envelope.from, delivered_to, body, already));
+            // Opened once (it creates tmp/, new/, cur/ as needed), then kept.
+            let md = match self.maildirs.get(maildir.as_str()) {
+                Some(m) => Ok(m.clone()),
+                None => Maildir::open(&path).inspect(|m| {
+                    if self.maildirs.len() >= 4096 {
+                        self.maildirs.clear();
+                    }
+                    self.maildirs.insert(maildir.clone(), m.clone());
+                }),
+            };
+            let r = md.and_then(|m| m.with_quota(quota).stage(&p.envelope.from, delivered_to, body, already));
             match r {
                 Ok(st) => {
                     *pending.entry(maildir.clone()).or_default() += st.size();
@@ -873,11 +918,4 @@ fn run_event(program: &str, postoffice: &str, mailbox: &str, file: &std::path::P
             }
         }
     });
-}
-
-fn read_content(p: &Pending) -> std::io::Result<Vec<u8>> {
-    let f = std::fs::File::open(&p.path)?;
-    let mut buf = vec![0u8; p.content_len as usize];
-    f.read_exact_at(&mut buf, p.content_offset)?;
-    Ok(buf)
 }
