@@ -348,20 +348,26 @@ impl Staged {
 /// second `syncfs` makes the renames durable (instead of one fsync per `new/` directory).
 /// Only when this returns `Ok` for a message may the caller mark it delivered.
 pub fn commit(staged: Vec<Staged>) -> Vec<Result<DeliveredFile, MaildirError>> {
-    let sync_all = |staged: &[Staged], what: &'static str| -> Result<(), MaildirError> {
+    // One descriptor per file system the batch touches (Maildirs on one volume share it).
+    let mut roots: Vec<&Path> = Vec::new();
+    for s in &staged {
+        if !roots.contains(&s.maildir.root.as_path()) {
+            roots.push(&s.maildir.root);
+        }
+    }
+    let sync_all = |_: &[Staged], what: &'static str| -> Result<(), MaildirError> {
         let mut devices = Vec::new();
-        for s in staged {
-            let dir = s.maildir.root.join("tmp");
-            let f = File::open(&dir).map_err(|e| MaildirError::io("open", &dir, e))?;
+        for root in &roots {
+            let f = File::open(root).map_err(|e| MaildirError::io("open", root, e))?;
             let dev =
-                std::os::unix::fs::MetadataExt::dev(&f.metadata().map_err(|e| MaildirError::io("stat", &dir, e))?);
+                std::os::unix::fs::MetadataExt::dev(&f.metadata().map_err(|e| MaildirError::io("stat", root, e))?);
             if devices.contains(&dev) {
                 continue;
             }
             devices.push(dev);
             // SAFETY: syncfs takes any descriptor on the file system.
             if unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&f)) } != 0 {
-                return Err(MaildirError::io(what, &dir, std::io::Error::last_os_error()));
+                return Err(MaildirError::io(what, root, std::io::Error::last_os_error()));
             }
         }
         Ok(())

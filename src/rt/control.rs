@@ -764,6 +764,9 @@ impl Control {
         file: &std::path::Path,
         now: u64,
     ) {
+        if mb.autoresponder.is_none() && mb.delivery_event.is_none() {
+            return;
+        }
         let head = &content[..content.len().min(16 * 1024)];
         let bulk = autoreply::should_reply(&p.envelope.from, head).is_err();
         if let Some(ar) = &mb.autoresponder
