@@ -3,6 +3,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use ringmx::dns::DnsAnswer;
+use ringmx::policy::auth::AuthOutcome;
 use ringmx::session::{Action, Session, SessionConfig};
 use ringmx::spool::{IdGen, QueueId};
 use ringmx::util::time::Now;
@@ -38,6 +40,24 @@ fuzz_target!(|data: &[u8]| {
                     s.spool_done(now, Ok(id), req.data);
                 }
                 Action::StartTls => s.tls_established(now, ringmx::session::TlsInfo { version: "t".into(), cipher: "c".into() }),
+                // DNS and password answers come from the first input byte, so every path of
+                // the policy checks is reachable.
+                Action::Resolve(_) => {
+                    let answer = match data.first().copied().unwrap_or(0) % 3 {
+                        0 => DnsAnswer::Found(vec!["127.0.0.2".into()]),
+                        1 => DnsAnswer::NotFound,
+                        _ => DnsAnswer::TempFail,
+                    };
+                    s.provide_policy_answer(now, answer);
+                }
+                Action::Authenticate(_) => {
+                    let outcome = match data.first().copied().unwrap_or(0) % 3 {
+                        0 => AuthOutcome::Success,
+                        1 => AuthOutcome::Failure,
+                        _ => AuthOutcome::Unavailable,
+                    };
+                    s.auth_done(now, outcome);
+                }
                 Action::Close => return,
             }
         }
