@@ -994,6 +994,7 @@ impl Config {
             starttls: tls_available && listener.tls == ListenerTls::Starttls,
             local_domains: self.local_domains.iter().map(|d| d.to_ascii_lowercase()).collect::<HashSet<_>>(),
             catch_alls: self.policy.catch_alls,
+            usage: None,
             hide_client_ip: self.policy.hide_client_ip,
             policy: self.policy(),
             auth_mode: listener.auth,

@@ -179,6 +179,38 @@ fn quota_reached_mid_stream() {
     assert!(!log.contains("panicked"), "{log}");
 }
 
+/// A mailbox already at its quota when the server starts is refused at RCPT with 552 5.2.2
+/// (RFC 3463: mailbox full), while its neighbours are still accepted.
+#[test]
+fn known_full_mailbox_refused_at_rcpt_552_5_2_2() {
+    let dir = tempfile::tempdir().unwrap();
+    directory(dir.path(), sample());
+    let cur = dir.path().join("data/mailboxes/po/erin/Maildir/cur");
+    for sub in ["tmp", "new", "cur"] {
+        std::fs::create_dir_all(cur.parent().unwrap().join(sub)).unwrap();
+    }
+    std::fs::write(cur.join("1700000000.M1P1.old,S=1600:2,S"), vec![b'x'; 1600]).unwrap();
+    let srv = start_plain(dir.path(), "epoll", "");
+    let (mut c, _) = Client::connect(srv.addr());
+    c.cmd("EHLO c");
+    // The usage is read by the control thread at start: wait (bounded) until it is known.
+    let mut reply = String::new();
+    for _ in 0..100 {
+        assert!(c.cmd("MAIL FROM:<s@remote.example>").starts_with("250"));
+        reply = c.cmd("RCPT TO:<erin@example.net>");
+        c.cmd("RSET");
+        if !reply.starts_with("250") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(reply.starts_with("552 5.2.2"), "{reply}");
+    assert!(c.cmd("MAIL FROM:<s@remote.example>").starts_with("250"));
+    assert!(c.cmd("RCPT TO:<alice@example.net>").starts_with("250"));
+    let (_, log) = srv.stop();
+    assert!(!log.contains("panicked"), "{log}");
+}
+
 /// A local sender's bounce is delivered to its own mailbox; a bounce that cannot be
 /// delivered is kept in the bad-mail folder, never bounced again.
 #[test]

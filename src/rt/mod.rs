@@ -109,6 +109,8 @@ impl Server {
             (Some(c), Some(k)) => Some(tls::server_config(c, k)?),
             _ => None,
         };
+        // Mailbox usage: local delivery keeps it, RCPT reads it.
+        let usage = Arc::new(UsageCache::new());
         // Bind everything first, so that a bad address fails the start before any thread.
         let mut per_shard: Vec<Vec<ShardListener>> = (0..shards).map(|_| Vec::new()).collect();
         let mut local_addrs = Vec::new();
@@ -116,7 +118,9 @@ impl Server {
             let socks = listener::bind_shards(addr, shards).map_err(|source| ServeError::Bind { addr, source })?;
             let actual = socks[0].local_addr().map_err(|source| ServeError::Bind { addr, source })?;
             local_addrs.push(actual);
-            let session = Arc::new(cfg.session_config(&l, tls.is_some()));
+            let mut session = cfg.session_config(&l, tls.is_some());
+            session.usage = Some(usage.clone());
+            let session = Arc::new(session);
             for (i, socket) in socks.into_iter().enumerate() {
                 per_shard[i].push(ShardListener {
                     socket,
@@ -130,7 +134,6 @@ impl Server {
                 .map_err(ServeError::Directory)?,
         );
         let (tx, rx) = std::sync::mpsc::sync_channel(control::CHANNEL_CAPACITY);
-        let usage = Arc::new(UsageCache::new());
         let control_stop = Arc::new(AtomicBool::new(false));
         let remote = remote::spawn(cfg.delivery.remote.clone(), cfg.delivery.dns.clone(), &cfg.hostname, tx.clone())
             .map_err(ServeError::Thread)?;

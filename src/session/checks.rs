@@ -293,7 +293,11 @@ impl Session {
         let mut addr = String::with_capacity(to.local.len() + to.domain.len() + 1);
         let _ = write!(addr, "{to}");
         let sender = self.tx.envelope.as_ref().map(|e| e.from.as_str()).filter(|f| !f.is_empty());
-        match self.directory.check_recipient(sender, &addr, self.cfg.catch_alls) {
+        let usage: &dyn crate::directory::QuotaView = match &self.cfg.usage {
+            Some(u) => u.as_ref(),
+            None => &crate::directory::NoUsage,
+        };
+        match self.directory.check_recipient_with(sender, &addr, self.cfg.catch_alls, usage) {
             RcptVerdict::Accept(_) => Ok(()),
             RcptVerdict::Refuse(r) => Err(r.reply()),
             RcptVerdict::NotLocal if self.is_local_domain(to.domain) || to.domain.is_empty() => Ok(()),

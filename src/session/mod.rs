@@ -82,6 +82,9 @@ pub struct SessionConfig {
     /// Catch-all addresses of directory domains apply (the "disable all catch-alls" switch
     /// turns this off).
     pub catch_alls: bool,
+    /// Mailbox usage, kept by local delivery, so that RCPT can refuse a mailbox known to be
+    /// full (552 5.2.2). None: no mailbox is known full.
+    pub usage: Option<Arc<crate::delivery::maildir::UsageCache>>,
     /// Show 127.0.0.1 instead of the client address in the Received header.
     pub hide_client_ip: bool,
     /// The rules at the door, shared by every listener of the server.
@@ -112,6 +115,7 @@ impl Default for SessionConfig {
             starttls: false,
             local_domains: HashSet::new(),
             catch_alls: true,
+            usage: None,
             hide_client_ip: false,
             policy: Arc::new(Policy::default()),
             auth_mode: AuthMode::TlsOnly,
