@@ -71,7 +71,7 @@ fn swaks_starttls_pipelining() {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}");
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
     assert!(text.contains("<~  250 2.0.0 Ok: queued as"), "{text}");
     let q = queue(dir.path());
     assert_eq!(q.len(), 1);

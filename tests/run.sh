@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 need=()
 [ -x /usr/sbin/smtp-source ] && [ -x /usr/sbin/smtp-sink ] || need+=(postfix)
 command -v swaks >/dev/null || need+=(swaks)
+# swaks speaks TLS through these Perl modules (only recommended by its package).
+perl -MNet::SSLeay -MIO::Socket::SSL -e 1 2>/dev/null || need+=(libnet-ssleay-perl libio-socket-ssl-perl)
 command -v python3 >/dev/null || need+=(python3)
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""
