@@ -22,11 +22,11 @@ use crate::directory::{Destination, Directory, DirectoryHandle, ExpandProblem, M
 use crate::queue::{DelayNoticeConfig, RetryConfig, RetryDecision};
 use crate::session::SpoolRequest;
 use crate::spool::{
-    CONTROL_SHARD, Completion, Envelope, IdGen, Location, Mark, MarkStatus, QueueId, Recipient, ShardLog, ShardTail,
-    StoredMessage, segment_path, shard_dir,
+    CONTROL_SHARD, Completion, Envelope, IdGen, Location, Mark, MarkStatus, QueueId, Recipient, Reclaimer, ShardLog,
+    ShardTail, StoredMessage, segment_path, shard_dir,
 };
 use crate::util::time::Now;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
@@ -213,8 +213,13 @@ struct Control {
     maildirs: HashMap<String, Maildir>,
     replies: ReplyMemory,
     remote: Option<RemoteHandle>,
+    /// What every segment holds: which ones can be retired.
+    reclaimer: Reclaimer,
+    /// Marks appended and not yet durable, in order (their completions come in that order).
+    unsynced_marks: VecDeque<Mark>,
     delivered: u64,
     relayed: u64,
+    reclaimed: u64,
 }
 
 /// Starts the control thread. `recovered` are the unfinished messages found at start;
@@ -225,6 +230,7 @@ pub fn spawn(
     directory: Arc<DirectoryHandle>,
     usage: Arc<UsageCache>,
     recovered: Vec<StoredMessage>,
+    reclaimer: Reclaimer,
     tail: Option<ShardTail>,
     max_id: QueueId,
     rx: Receiver<ControlMsg>,
@@ -253,8 +259,11 @@ pub fn spawn(
         maildirs: HashMap::new(),
         replies,
         remote,
+        reclaimer,
+        unsynced_marks: VecDeque::new(),
         delivered: 0,
         relayed: 0,
+        reclaimed: 0,
     };
     c.load_usage();
     let now = Now::system().unix_ms;
@@ -391,7 +400,7 @@ impl Control {
                 p.done.insert(i);
             }
             let mark = Mark { id: p.envelope.id, rcpt: Some(i), status, attempts, next_attempt_ms: next_ms, text };
-            self.log.append_mark(TOKEN_MARK, &mark);
+            self.append_mark(mark);
         }
         let want_delay_notice = !delays.is_empty()
             && self.cfg.delay_notice.should_notify(p.first_attempt_ms.unwrap_or(now), p.last_deferral_ms, now);
@@ -458,6 +467,7 @@ impl Control {
                 Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => {}
             }
             self.run_due();
+            self.reclaim();
             if stop.load(Ordering::Relaxed) {
                 // The shards are gone: take what they sent last, then stop. Remote jobs
                 // still out are tried again after the restart (no final mark).
@@ -468,7 +478,13 @@ impl Control {
             }
         }
         self.run_due();
-        log::info!("control: {} local deliveries, {} remote", self.delivered, self.relayed);
+        self.reclaim();
+        log::info!(
+            "control: {} local deliveries, {} remote, {} spool segment(s) retired",
+            self.delivered,
+            self.relayed,
+            self.reclaimed
+        );
     }
 
     fn handle(&mut self, m: ControlMsg) {
@@ -483,6 +499,7 @@ impl Control {
     }
 
     fn accept(&mut self, a: Accepted) {
+        self.reclaimer.message_stored(a.shard, a.location.seq, a.envelope.id, a.envelope.rcpts.len());
         let path = segment_path(&shard_dir(&self.cfg.spool, a.shard), a.location.seq);
         let p = Pending::new(a.envelope, path, a.location.content_offset, a.location.content_len);
         self.insert(p, 0);
@@ -575,20 +592,99 @@ impl Control {
         }
     }
 
-    /// A record of the control log is durable: a generated message joins the queue.
+    /// A record of the control log is durable: a generated message joins the queue, a mark
+    /// counts toward reclaiming segments.
     fn stored(&mut self, c: Completion) {
+        let mark = if c.token == TOKEN_MARK { self.unsynced_marks.pop_front() } else { None };
         match c.result {
             Ok(stored) if c.token == TOKEN_MESSAGE => {
                 if let Some(envelope) = stored.envelope {
                     let l = stored.location;
+                    self.reclaimer.message_stored(CONTROL_SHARD, l.seq, envelope.id, envelope.rcpts.len());
                     let dir = shard_dir(&self.cfg.spool, CONTROL_SHARD);
                     let p = Pending::new(envelope, segment_path(&dir, l.seq), l.content_offset, l.content_len);
                     self.insert(p, 0);
                 }
             }
-            Ok(_) => {}
+            Ok(stored) => {
+                if let Some(m) = mark {
+                    self.reclaimer.mark_stored(stored.location.seq, &m);
+                }
+            }
             Err(e) => log::error!("control: writing to the spool: {e}"),
         }
+    }
+
+    /// Appends a state mark; it is durable after the next [`Control::flush_log`].
+    fn append_mark(&mut self, mark: Mark) {
+        self.log.append_mark(TOKEN_MARK, &mark);
+        self.unsynced_marks.push_back(mark);
+    }
+
+    /// Retires the segments that hold nothing unfinished, in the order that keeps a restart
+    /// correct (see [`crate::spool::reclaim`]): marks still needed copied and made durable,
+    /// then message segments (directories synced), then control segments.
+    fn reclaim(&mut self) {
+        if !self.reclaimer.dirty() {
+            return;
+        }
+        let plan = self.reclaimer.plan();
+        if plan.is_empty() {
+            return;
+        }
+        let copies = plan.copies.len();
+        for m in &plan.copies {
+            self.append_mark(m.clone());
+        }
+        self.flush_log();
+        if !self.unsynced_marks.is_empty() {
+            log::error!("control: spool reclaim put off: copied marks are not durable");
+            self.unsynced_marks.clear();
+            return;
+        }
+        let spool = self.cfg.spool.clone();
+        let mut retired = crate::spool::Plan::default();
+        let mut dirs: Vec<u8> = Vec::new();
+        for &(shard, seq) in &plan.messages {
+            match crate::spool::retire_segment(&spool, shard, seq) {
+                Ok(()) => {
+                    retired.messages.push((shard, seq));
+                    if !dirs.contains(&shard) {
+                        dirs.push(shard);
+                    }
+                }
+                Err(e) => log::warn!("control: retiring a spool segment: {e}"),
+            }
+        }
+        for shard in dirs {
+            if let Err(e) = crate::spool::sync_dir(&spool, shard) {
+                // Not known durable: keep the control segments (their marks) for now.
+                log::error!("control: {e}; spool reclaim put off");
+                self.reclaimer.retired(&retired);
+                return;
+            }
+        }
+        let mut control_done = false;
+        for &seq in &plan.control {
+            match crate::spool::retire_segment(&spool, CONTROL_SHARD, seq) {
+                Ok(()) => {
+                    retired.control.push(seq);
+                    control_done = true;
+                }
+                Err(e) => log::warn!("control: retiring a spool segment: {e}"),
+            }
+        }
+        if control_done && let Err(e) = crate::spool::sync_dir(&spool, CONTROL_SHARD) {
+            log::warn!("control: {e}");
+        }
+        let keys = retired.messages.iter().copied().chain(retired.control.iter().map(|&s| (CONTROL_SHARD, s)));
+        for (shard, seq) in keys {
+            self.segments.remove(&segment_path(&shard_dir(&spool, shard), seq));
+        }
+        let n = retired.messages.len() + retired.control.len();
+        self.reclaimed += n as u64;
+        log::debug!("control: {n} spool segment(s) retired, {copies} mark(s) copied forward");
+        self.reclaimer.retired(&retired);
     }
 
     /// Expands the local recipients of `p` that are not final yet and stages one copy per
@@ -745,7 +841,7 @@ impl Control {
             }
             let mark =
                 Mark { id: a.p.envelope.id, rcpt: Some(*i), status, attempts: a.p.attempts, next_attempt_ms, text };
-            self.log.append_mark(TOKEN_MARK, &mark);
+            self.append_mark(mark);
         }
         if !reports.is_empty() {
             let content = std::mem::take(&mut a.content);

@@ -158,6 +158,7 @@ impl Server {
             directory.clone(),
             usage.clone(),
             rec.messages,
+            rec.reclaimer,
             rec.tails.get(&CONTROL_SHARD).copied(),
             rec.max_id,
             rx,

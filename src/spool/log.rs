@@ -11,6 +11,20 @@
 //! The driver does the I/O (io_uring: linked `WRITEV` + `FSYNC(DATASYNC)`); the
 //! [`ShardLog::flush_sync`] path does it with plain syscalls for the epoll driver and for
 //! tools.
+//!
+//! Each batch is followed, in the same write, by eight zero bytes (a record length of 0:
+//! the end of the log), which the next batch overwrites. A segment file that held an
+//! earlier segment's records therefore still ends cleanly at its last batch.
+//!
+//! # Segment files
+//!
+//! A new segment is prepared under a temporary name (`<seq>.tmp`: header written and
+//! synced, space preallocated) and renamed into place, so a `<seq>.seg` always has a valid
+//! header, whatever the moment of a crash. When the shard's directory holds a retired
+//! segment (`*.free`, left by [`super::retire_segment`]), that file is used instead of a new
+//! one: its blocks are already written, so the `fdatasync` after each batch flushes data and
+//! no extent conversion. Stale records in it never check: every record's CRC is seeded with
+//! the sequence of the segment it was written for.
 
 use super::envelope::Envelope;
 use super::envelope::QueueId;
@@ -22,8 +36,12 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-/// Records per batch at most (one vectored write takes at most `IOV_MAX` = 1024 slices).
-const MAX_BATCH: usize = 512;
+/// Records per batch at most (one vectored write takes at most `IOV_MAX` = 1024 slices,
+/// two per record and one for the end marker).
+const MAX_BATCH: usize = 511;
+
+/// Written after every batch: a record length of 0, the end of the log.
+static END_MARK: [u8; 8] = [0; 8];
 
 /// Counters for the group-commit figures.
 #[derive(Debug, Clone, Copy, Default)]
@@ -54,7 +72,10 @@ struct Queued {
 pub struct Batch {
     pub fd: i32,
     pub offset: u64,
+    /// Bytes written, end-of-log marker included.
     pub len: u64,
+    /// Bytes of records: how far the end of the log moves once the batch is durable.
+    records_len: u64,
     iov: Vec<libc::iovec>,
     entries: Vec<Queued>,
 }
@@ -124,6 +145,14 @@ impl ShardLog {
     pub fn open(dir: &Path, shard: u8, segment_size: u64, seq: u64, tail: Option<u64>) -> Result<Self, SpoolError> {
         let dir = dir.to_path_buf();
         std::fs::create_dir_all(&dir).map_err(|e| SpoolError::io("create directory", &dir, 0, e))?;
+        // A segment whose creation a crash cut short was never used: keep its file for reuse.
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            for p in entries.filter_map(|e| e.ok()).map(|e| e.path()) {
+                if p.extension().is_some_and(|x| x == "tmp") {
+                    let _ = std::fs::rename(&p, p.with_extension(FREE_EXT));
+                }
+            }
+        }
         let active = match tail {
             Some(end) => {
                 let path = segment_path(&dir, seq);
@@ -133,6 +162,11 @@ impl ShardLog {
                     .open(&path)
                     .map_err(|e| SpoolError::io("open segment", &path, 0, e))?;
                 let size = file.metadata().map_err(|e| SpoolError::io("stat segment", &path, 0, e))?.len();
+                // Whatever follows the last good record (a torn write) is marked as the end,
+                // so that it is not reported again; the next batch overwrites it anyway.
+                if end + END_MARK.len() as u64 <= size {
+                    file.write_all_at(&END_MARK, end).map_err(|e| SpoolError::from_write(e, &path, end))?;
+                }
                 Segment { file, seq, end, size }
             }
             None => create_segment(&dir, shard, seq, segment_size)?,
@@ -239,7 +273,7 @@ impl ShardLog {
             n += 1;
         }
         let mut entries: Vec<Queued> = self.queue.drain(..n).collect();
-        let mut iov = Vec::with_capacity(n * 2);
+        let mut iov = Vec::with_capacity(n * 2 + 1);
         for e in &mut entries {
             // Re-seal if the record was encoded for another segment.
             if e.sealed != seq {
@@ -250,7 +284,13 @@ impl ShardLog {
                 iov.push(libc::iovec { iov_base: e.data.as_ptr() as *mut _, iov_len: e.data.len() });
             }
         }
-        self.inflight = Some(Batch { fd: self.active.file.as_raw_fd(), offset: self.active.end, len, iov, entries });
+        let records_len = len;
+        if self.active.end + len + END_MARK.len() as u64 <= self.active.size {
+            iov.push(libc::iovec { iov_base: END_MARK.as_ptr() as *mut _, iov_len: END_MARK.len() });
+            len += END_MARK.len() as u64;
+        }
+        self.inflight =
+            Some(Batch { fd: self.active.file.as_raw_fd(), offset: self.active.end, len, records_len, iov, entries });
         Ok(self.inflight.as_ref())
     }
 
@@ -259,10 +299,10 @@ impl ShardLog {
         let Some(batch) = self.inflight.take() else { return Vec::new() };
         let ok = result.is_ok();
         if ok {
-            self.active.end += batch.len;
+            self.active.end += batch.records_len;
             self.stats.batches += 1;
             self.stats.records += batch.entries.len() as u64;
-            self.stats.bytes += batch.len;
+            self.stats.bytes += batch.records_len;
         }
         // On failure the end does not move: the next batch overwrites whatever part of this
         // one reached the file, and no session was told 250 for it.
@@ -324,32 +364,53 @@ fn reseal(seq: u64, e: &mut Queued) {
     e.sealed = seq;
 }
 
-/// Creates segment `seq`: header, preallocation, and syncs of the file and the directory so
-/// that the segment exists before any record in it is acknowledged.
+/// Creates segment `seq`: from a retired file of this directory when there is one, else a
+/// new preallocated file; header written and synced under a temporary name, then renamed
+/// into place and the directory synced, so that the segment exists, whole, before any
+/// record in it is acknowledged.
 fn create_segment(dir: &Path, shard: u8, seq: u64, size: u64) -> Result<Segment, SpoolError> {
     let path = segment_path(dir, seq);
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&path)
-        .map_err(|e| SpoolError::io("create segment", &path, 0, e))?;
-    let created_ms = crate::util::time::Now::system().unix_ms;
-    let header = SegmentHeader { shard: shard as u32, seq, created_ms }.encode();
-    // Preallocate so that appends do not change the file size: fdatasync then flushes data,
-    // not metadata.
-    let r = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, size as libc::off_t) };
-    if r != 0 {
-        let e = std::io::Error::last_os_error();
-        let _ = std::fs::remove_file(&path);
-        return Err(SpoolError::from_write(e, &path, 0));
+    let tmp = path.with_extension("tmp");
+    let reused = take_free(dir).and_then(|free| std::fs::rename(&free, &tmp).ok());
+    let file = match reused {
+        Some(()) => OpenOptions::new().read(true).write(true).open(&tmp),
+        None => OpenOptions::new().read(true).write(true).create(true).truncate(true).mode(0o600).open(&tmp),
     }
-    file.write_all_at(&header, 0).map_err(|e| SpoolError::from_write(e, &path, 0))?;
-    file.sync_all().map_err(|e| SpoolError::from_write(e, &path, 0))?;
+    .map_err(|e| SpoolError::io("create segment", &tmp, 0, e))?;
+    let fail = |e: std::io::Error| {
+        let _ = std::fs::remove_file(&tmp);
+        SpoolError::from_write(e, &path, 0)
+    };
+    // Preallocate so that appends do not change the file size: fdatasync then flushes data,
+    // not metadata. A reused file keeps its size (and its written blocks).
+    let have = file.metadata().map_err(fail)?.len();
+    if have < size {
+        let r = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, size as libc::off_t) };
+        if r != 0 {
+            return Err(fail(std::io::Error::last_os_error()));
+        }
+    }
+    let created_ms = crate::util::time::Now::system().unix_ms;
+    let mut head = [0u8; SEGMENT_HEADER_LEN + END_MARK.len()];
+    head[..SEGMENT_HEADER_LEN].copy_from_slice(&SegmentHeader { shard: shard as u32, seq, created_ms }.encode());
+    file.write_all_at(&head, 0).map_err(fail)?;
+    file.sync_all().map_err(fail)?;
+    std::fs::rename(&tmp, &path).map_err(fail)?;
     File::open(dir).and_then(|d| d.sync_all()).map_err(|e| SpoolError::io("sync directory", dir, 0, e))?;
-    Ok(Segment { file, seq, end: SEGMENT_HEADER_LEN as u64, size })
+    Ok(Segment { file, seq, end: SEGMENT_HEADER_LEN as u64, size: have.max(size) })
 }
+
+/// A retired segment file of `dir`, if any.
+fn take_free(dir: &Path) -> Option<PathBuf> {
+    std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == FREE_EXT))
+}
+
+/// The extension of a retired segment file, kept for reuse.
+pub(crate) const FREE_EXT: &str = "free";
 
 fn write_all_vectored_at(fd: i32, iov: &[libc::iovec], offset: u64, len: u64) -> std::io::Result<()> {
     let r = unsafe { libc::pwritev(fd, iov.as_ptr(), iov.len() as i32, offset as libc::off_t) };

@@ -8,7 +8,9 @@
 //! - [`envelope`]: queue ids and envelopes.
 //!
 //! On disk: `<spool>/<shard>/<sequence>.seg`, sequence as 16 hex digits, one directory per
-//! ingress shard. A shard only ever appends to its newest segment.
+//! ingress shard. A shard only ever appends to its newest segment. Segments whose messages
+//! are all finished are retired ([`reclaim`], [`retire_segment`]): kept as `*.free` files
+//! for the shard's next segment, or removed.
 //!
 //! # The durability contract
 //!
@@ -20,10 +22,12 @@
 
 mod envelope;
 pub mod log;
+pub mod reclaim;
 pub mod record;
 
 pub use envelope::{Envelope, IdGen, QueueId, Recipient};
 pub use log::{Batch, Completion, Location, LogStats, ShardLog, Stored};
+pub use reclaim::{Plan, Reclaimer};
 pub use record::{Mark, MarkStatus};
 
 use crate::wire::Reply;
@@ -139,6 +143,40 @@ pub struct Recovery {
     pub notes: Vec<String>,
     /// Messages whose every recipient is final (kept until their segment is reclaimed).
     pub finished: usize,
+    /// What every segment holds, for reclaiming them.
+    pub reclaimer: Reclaimer,
+}
+
+/// Retired segment files kept per shard directory for reuse; more are removed.
+pub const KEEP_FREE_SEGMENTS: usize = 4;
+
+/// Retires segment `seq` of `shard`: renamed to `*.free` for the shard's next segment while
+/// fewer than [`KEEP_FREE_SEGMENTS`] are kept, else removed. The caller syncs the directory
+/// ([`sync_dir`]) before anything depends on it.
+pub fn retire_segment(spool: &Path, shard: u8, seq: u64) -> Result<(), SpoolError> {
+    let dir = shard_dir(spool, shard);
+    let path = segment_path(&dir, seq);
+    let free = std::fs::read_dir(&dir)
+        .map_err(|e| SpoolError::io("read directory", &dir, 0, e))?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().extension().is_some_and(|x| x == log::FREE_EXT))
+        .count();
+    let r = if free < KEEP_FREE_SEGMENTS {
+        std::fs::rename(&path, path.with_extension(log::FREE_EXT))
+    } else {
+        std::fs::remove_file(&path)
+    };
+    match r {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(SpoolError::io("retire segment", &path, 0, e)),
+    }
+}
+
+/// Makes the renames and removals in a shard's directory durable.
+pub fn sync_dir(spool: &Path, shard: u8) -> Result<(), SpoolError> {
+    let dir = shard_dir(spool, shard);
+    std::fs::File::open(&dir).and_then(|d| d.sync_all()).map_err(|e| SpoolError::io("sync directory", &dir, 0, e))
 }
 
 /// Bytes of content kept in [`StoredMessage::head`].
@@ -156,7 +194,7 @@ pub fn recover(spool: &Path) -> Result<Recovery, SpoolError> {
     let mut by_id: HashMap<QueueId, StoredMessage> = HashMap::new();
     // Marks may be in another log than their message (the control side writes them): they
     // are applied once every segment is read, in the order each log has them.
-    let mut marks: Vec<Mark> = Vec::new();
+    let mut marks: Vec<(u64, Mark)> = Vec::new();
     let mut shards: Vec<(u8, PathBuf)> = entries
         .filter_map(|e| e.ok())
         .filter_map(|e| {
@@ -179,19 +217,27 @@ pub fn recover(spool: &Path) -> Result<Recovery, SpoolError> {
         segs.sort();
         for (i, (seq, path)) in segs.iter().enumerate() {
             let last = i + 1 == segs.len();
-            let end = replay_segment(shard, *seq, path, &mut by_id, &mut marks, &mut rec, last)?;
+            // A running server may retire a segment meanwhile: it held nothing unfinished.
+            let Some(end) = replay_segment(shard, *seq, path, &mut by_id, &mut marks, &mut rec, last)? else {
+                continue;
+            };
+            rec.reclaimer.segment_seen(shard, *seq);
             if last {
                 rec.tails.insert(shard, ShardTail { seq: *seq, end });
             }
         }
     }
-    for m in marks {
+    // Ids are minted above every id still named on disk, marks included: a mark left over
+    // from a reclaimed message must never apply to a new one.
+    let mark_max = marks.iter().map(|(_, m)| m.id).max().unwrap_or_default();
+    for (seq, m) in marks {
+        rec.reclaimer.mark_stored(seq, &m);
         if let Some(msg) = by_id.get_mut(&m.id) {
             msg.marks.push(m);
         }
     }
     let mut messages: Vec<StoredMessage> = by_id.into_values().collect();
-    rec.max_id = messages.iter().map(|m| m.envelope.id).max().unwrap_or_default();
+    rec.max_id = messages.iter().map(|m| m.envelope.id).max().unwrap_or_default().max(mark_max);
     let before = messages.len();
     messages.retain(|m| !m.is_done());
     rec.finished = before - messages.len();
@@ -205,11 +251,15 @@ fn replay_segment(
     seq: u64,
     path: &Path,
     by_id: &mut HashMap<QueueId, StoredMessage>,
-    marks: &mut Vec<Mark>,
+    marks: &mut Vec<(u64, Mark)>,
     rec: &mut Recovery,
     last: bool,
-) -> Result<u64, SpoolError> {
-    let data = std::fs::read(path).map_err(|e| SpoolError::io("read segment", path, 0, e))?;
+) -> Result<Option<u64>, SpoolError> {
+    let data = match std::fs::read(path) {
+        Ok(d) => d,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(SpoolError::io("read segment", path, 0, e)),
+    };
     let header = SegmentHeader::decode(&data)
         .map_err(|e| SpoolError::Corrupt { path: path.to_path_buf(), what: format!("segment header: {e}") })?;
     if header.seq != seq {
@@ -224,6 +274,7 @@ fn replay_segment(
             Ok((Record::Message { envelope, content }, len)) => {
                 let content_offset = (pos + len - content.len()) as u64;
                 let head = content[..content.len().min(HEAD_BYTES)].to_vec();
+                rec.reclaimer.message_stored(shard, seq, envelope.id, envelope.rcpts.len());
                 by_id.insert(
                     envelope.id,
                     StoredMessage {
@@ -239,10 +290,12 @@ fn replay_segment(
                 pos += len;
             }
             Ok((Record::Mark(m), len)) => {
-                marks.push(m);
+                marks.push((seq, m));
                 pos += len;
             }
             Err(DecodeError::End) => break,
+            // Fewer bytes left than a record prefix: the segment was full.
+            Err(DecodeError::Truncated) if data.len() - pos < record::RECORD_PREFIX_LEN => break,
             Err(e) => {
                 // A torn tail in the newest segment is normal after a crash; anywhere else it
                 // means damage, and what follows in that segment is lost to replay.
@@ -255,7 +308,7 @@ fn replay_segment(
             }
         }
     }
-    Ok(pos as u64)
+    Ok(Some(pos as u64))
 }
 
 /// The value of a header field in a message head, unfolded, if present.

@@ -1,0 +1,302 @@
+//! Reclaiming the spool: which segments hold nothing that is still needed.
+//!
+//! A message is *finished* once every recipient has a durable final mark, or the message as
+//! a whole has one. A *sealed* segment (its shard already writes to a newer one) whose
+//! messages are all finished can go. The control log's segments also hold marks, and the
+//! marks of a message still on disk are what keep it finished (or keep its retry state)
+//! across a restart; so before a control segment goes, the latest marks of every such
+//! message are copied forward into the active control segment.
+//!
+//! The bookkeeping here is pure: the control thread tells it what became durable, asks for
+//! a [`Plan`], and carries it out in the order that keeps every restart correct:
+//!
+//! 1. the copied marks are made durable;
+//! 2. the message segments are retired, and their directories synced (a message must never
+//!    come back after the marks that finished it are gone);
+//! 3. the control segments are retired;
+//! 4. [`Reclaimer::retired`].
+//!
+//! A segment with one message that stays unfinished (deferred for days, or held) stays too;
+//! compaction of mostly dead segments is not done.
+
+use super::CONTROL_SHARD;
+use super::envelope::QueueId;
+use super::record::{Mark, MarkStatus};
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+/// A segment: shard and sequence.
+pub type SegmentKey = (u8, u64);
+
+#[derive(Debug)]
+struct Msg {
+    seg: SegmentKey,
+    /// Latest mark per recipient while unfinished; empty once finished.
+    marks: Vec<Option<Mark>>,
+    finished: bool,
+}
+
+#[derive(Debug, Default)]
+struct Seg {
+    /// Messages stored in this segment.
+    messages: Vec<QueueId>,
+    /// How many of them are not finished.
+    live: usize,
+    /// Control segments: messages that have marks here.
+    marked: HashSet<QueueId>,
+}
+
+/// What can go now, and what must be copied first.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// Marks to append (and make durable) before anything is retired.
+    pub copies: Vec<Mark>,
+    /// Sealed message segments of the ingress shards with nothing unfinished.
+    pub messages: Vec<SegmentKey>,
+    /// Sealed control segments with nothing unfinished; retired last.
+    pub control: Vec<u64>,
+}
+
+impl Plan {
+    pub fn is_empty(&self) -> bool {
+        self.messages.is_empty() && self.control.is_empty()
+    }
+}
+
+/// See the module documentation.
+#[derive(Debug, Default)]
+pub struct Reclaimer {
+    msgs: HashMap<QueueId, Msg>,
+    segs: BTreeMap<SegmentKey, Seg>,
+    /// The newest segment seen per shard: the one it appends to.
+    active: HashMap<u8, u64>,
+    /// Something finished or a shard moved on since the last plan.
+    dirty: bool,
+}
+
+impl Reclaimer {
+    pub fn new() -> Self {
+        Reclaimer::default()
+    }
+
+    /// Segment `seq` of `shard` exists (it may hold nothing yet).
+    pub fn segment_seen(&mut self, shard: u8, seq: u64) {
+        self.segs.entry((shard, seq)).or_default();
+        let a = self.active.entry(shard).or_insert(seq);
+        if seq > *a {
+            *a = seq;
+            self.dirty = true;
+        }
+    }
+
+    /// A message with `rcpts` recipients is durable in segment `seq` of `shard`.
+    pub fn message_stored(&mut self, shard: u8, seq: u64, id: QueueId, rcpts: usize) {
+        self.segment_seen(shard, seq);
+        let seg = self.segs.entry((shard, seq)).or_default();
+        seg.messages.push(id);
+        let finished = rcpts == 0;
+        if !finished {
+            seg.live += 1;
+        }
+        self.msgs.insert(id, Msg { seg: (shard, seq), marks: vec![None; rcpts], finished });
+    }
+
+    /// A state mark is durable in segment `seq` of the control log.
+    pub fn mark_stored(&mut self, seq: u64, mark: &Mark) {
+        self.segment_seen(CONTROL_SHARD, seq);
+        // A mark of a message already reclaimed is left over: nothing to keep.
+        let Some(msg) = self.msgs.get_mut(&mark.id) else { return };
+        if let Some(seg) = self.segs.get_mut(&(CONTROL_SHARD, seq)) {
+            seg.marked.insert(mark.id);
+        }
+        if msg.finished {
+            return;
+        }
+        match mark.rcpt {
+            None if mark.status.is_final() => msg.finished = true,
+            None => {}
+            Some(i) => {
+                if let Some(slot) = msg.marks.get_mut(i as usize) {
+                    *slot = Some(mark.clone());
+                }
+                msg.finished = msg.marks.iter().all(|m| m.as_ref().is_some_and(|m| m.status.is_final()));
+            }
+        }
+        if msg.finished {
+            msg.marks = Vec::new();
+            if let Some(seg) = self.segs.get_mut(&msg.seg) {
+                seg.live -= 1;
+            }
+            self.dirty = true;
+        }
+    }
+
+    /// True when [`Reclaimer::plan`] may find something new.
+    pub fn dirty(&self) -> bool {
+        self.dirty
+    }
+
+    /// Messages known (on disk, finished or not).
+    pub fn messages(&self) -> usize {
+        self.msgs.len()
+    }
+
+    /// What can be retired now; see the module documentation for the order.
+    pub fn plan(&mut self) -> Plan {
+        self.dirty = false;
+        let mut plan = Plan::default();
+        let mut gone: HashSet<QueueId> = HashSet::new();
+        for (&(shard, seq), seg) in &self.segs {
+            let sealed = self.active.get(&shard).is_some_and(|&a| seq < a);
+            if !sealed || seg.live > 0 {
+                continue;
+            }
+            gone.extend(seg.messages.iter().copied());
+            if shard == CONTROL_SHARD {
+                plan.control.push(seq);
+            } else {
+                plan.messages.push((shard, seq));
+            }
+        }
+        let mut copied: HashSet<QueueId> = HashSet::new();
+        for &seq in &plan.control {
+            let mut ids: Vec<QueueId> = self.segs[&(CONTROL_SHARD, seq)].marked.iter().copied().collect();
+            ids.sort();
+            for id in ids {
+                if gone.contains(&id) || !copied.insert(id) {
+                    continue;
+                }
+                let Some(msg) = self.msgs.get(&id) else { continue };
+                if msg.finished {
+                    plan.copies.push(Mark {
+                        id,
+                        rcpt: None,
+                        status: MarkStatus::Delivered,
+                        attempts: 0,
+                        next_attempt_ms: 0,
+                        text: "final (marks compacted)".into(),
+                    });
+                } else {
+                    plan.copies.extend(msg.marks.iter().flatten().cloned());
+                }
+            }
+        }
+        plan
+    }
+
+    /// The plan was carried out: forget what it retired.
+    pub fn retired(&mut self, plan: &Plan) {
+        let keys = plan.messages.iter().copied().chain(plan.control.iter().map(|&s| (CONTROL_SHARD, s)));
+        for key in keys {
+            if let Some(seg) = self.segs.remove(&key) {
+                for id in seg.messages {
+                    self.msgs.remove(&id);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mark(id: u64, rcpt: Option<u16>, status: MarkStatus) -> Mark {
+        Mark { id: QueueId(id), rcpt, status, attempts: 1, next_attempt_ms: 0, text: String::new() }
+    }
+
+    #[test]
+    fn only_sealed_segments_with_every_message_finished_go() {
+        let mut r = Reclaimer::new();
+        r.message_stored(0, 1, QueueId(1), 2);
+        r.message_stored(0, 1, QueueId(2), 1);
+        r.mark_stored(1, &mark(1, Some(0), MarkStatus::Delivered));
+        r.mark_stored(1, &mark(2, Some(0), MarkStatus::Failed));
+        // Segment 1 is still the active one of shard 0.
+        assert!(r.plan().is_empty());
+        r.message_stored(0, 2, QueueId(3), 1);
+        // Message 1 has one recipient without a final mark.
+        assert!(r.plan().messages.is_empty());
+        r.mark_stored(1, &mark(1, Some(1), MarkStatus::Deferred));
+        assert!(r.plan().messages.is_empty());
+        r.mark_stored(1, &mark(1, Some(1), MarkStatus::Delivered));
+        let p = r.plan();
+        assert_eq!(p.messages, vec![(0, 1)]);
+        // The control segment 1 is active: nothing to copy or retire there.
+        assert!(p.control.is_empty() && p.copies.is_empty());
+        r.retired(&p);
+        assert_eq!(r.messages(), 1);
+        assert!(r.plan().is_empty());
+    }
+
+    #[test]
+    fn a_whole_message_final_mark_finishes_it() {
+        let mut r = Reclaimer::new();
+        r.message_stored(3, 7, QueueId(9), 3);
+        r.message_stored(3, 8, QueueId(10), 1);
+        r.mark_stored(1, &mark(9, None, MarkStatus::Deleted));
+        assert_eq!(r.plan().messages, vec![(3, 7)]);
+    }
+
+    /// A control segment goes only after the marks of messages still on disk are copied:
+    /// the latest per recipient for an unfinished one, one final mark for a finished one.
+    #[test]
+    fn control_segment_marks_are_copied_forward() {
+        let mut r = Reclaimer::new();
+        // Message 1 (segment 0/1) finished, but pinned by message 2 in the same segment.
+        r.message_stored(0, 1, QueueId(1), 1);
+        r.message_stored(0, 1, QueueId(2), 2);
+        r.mark_stored(1, &mark(1, Some(0), MarkStatus::Delivered));
+        r.mark_stored(1, &mark(2, Some(0), MarkStatus::Deferred));
+        r.mark_stored(1, &mark(2, Some(0), MarkStatus::Delivered));
+        r.mark_stored(1, &mark(2, Some(1), MarkStatus::Deferred));
+        // Message 3 lives in segment 0/2 and is finished by a mark in control segment 1.
+        r.message_stored(0, 2, QueueId(3), 1);
+        r.mark_stored(1, &mark(3, Some(0), MarkStatus::Delivered));
+        // The control log moves on: segment 1 is sealed.
+        r.segment_seen(CONTROL_SHARD, 2);
+        let p = r.plan();
+        assert!(p.messages.is_empty(), "0/1 has message 2 unfinished; 0/2 is active");
+        assert_eq!(p.control, vec![1]);
+        let want = [
+            mark(1, None, MarkStatus::Delivered),
+            mark(2, Some(0), MarkStatus::Delivered),
+            mark(2, Some(1), MarkStatus::Deferred),
+            mark(3, None, MarkStatus::Delivered),
+        ];
+        let got: Vec<(QueueId, Option<u16>, MarkStatus)> = p.copies.iter().map(|m| (m.id, m.rcpt, m.status)).collect();
+        assert_eq!(got, want.iter().map(|m| (m.id, m.rcpt, m.status)).collect::<Vec<_>>());
+        // The copies land in control segment 2; segment 1 is retired.
+        for m in &p.copies {
+            r.mark_stored(2, m);
+        }
+        r.retired(&p);
+        r.segment_seen(CONTROL_SHARD, 3);
+        r.mark_stored(2, &mark(2, Some(1), MarkStatus::Delivered));
+        r.message_stored(0, 3, QueueId(4), 1);
+        let p = r.plan();
+        assert_eq!(p.messages, vec![(0, 1), (0, 2)]);
+        // Every message with marks in control segment 2 is gone with its segment.
+        assert_eq!(p.control, vec![2]);
+        assert!(p.copies.is_empty(), "{p:?}");
+    }
+
+    #[test]
+    fn a_generated_message_pins_its_control_segment() {
+        let mut r = Reclaimer::new();
+        r.message_stored(CONTROL_SHARD, 1, QueueId(5), 1);
+        r.segment_seen(CONTROL_SHARD, 2);
+        assert!(r.plan().control.is_empty());
+        r.mark_stored(2, &mark(5, Some(0), MarkStatus::Delivered));
+        assert_eq!(r.plan().control, vec![1]);
+    }
+
+    #[test]
+    fn leftover_marks_of_reclaimed_messages_are_ignored() {
+        let mut r = Reclaimer::new();
+        r.mark_stored(1, &mark(77, Some(0), MarkStatus::Delivered));
+        r.segment_seen(CONTROL_SHARD, 2);
+        // Control segment 1 holds nothing but a leftover: it goes, with nothing to copy.
+        let p = r.plan();
+        assert_eq!((p.control, p.copies), (vec![1], vec![]));
+    }
+}
