@@ -1,7 +1,9 @@
 //! The `ringmx` command: `serve` (the default), `check-config`, `queue`.
 
 use clap::{Parser, Subcommand};
+use ringmx::admin::control::{QueueOp, QueueRequest};
 use ringmx::config::{Config, IoMode, ListenerConfig};
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -25,7 +27,8 @@ enum Cmd {
         #[arg(long)]
         config: Option<PathBuf>,
     },
-    /// Inspect the queue (works with the server running or stopped).
+    /// Inspect and control the queue (works with the server running or stopped; `bounce`
+    /// needs it running).
     Queue {
         #[command(subcommand)]
         cmd: QueueCmd,
@@ -81,6 +84,24 @@ enum QueueCmd {
         #[command(flatten)]
         at: Where,
     },
+    /// Try these messages now (held ones too).
+    Retry(Targets),
+    /// Remove these messages from the queue, without a report.
+    Delete(Targets),
+    /// Fail every unfinished recipient of these messages and report it to the sender.
+    Bounce(Targets),
+}
+
+#[derive(clap::Args)]
+struct Targets {
+    /// Queue ids (16 hexadecimal digits).
+    #[arg(required_unless_present = "all", conflicts_with = "all")]
+    ids: Vec<String>,
+    /// Every queued message.
+    #[arg(long)]
+    all: bool,
+    #[command(flatten)]
+    at: Where,
 }
 
 fn load(config: Option<&PathBuf>) -> Result<Config, ExitCode> {
@@ -96,11 +117,40 @@ fn load(config: Option<&PathBuf>) -> Result<Config, ExitCode> {
 }
 
 fn spool_dir(at: &Where) -> Result<PathBuf, ExitCode> {
+    Ok(data_and_spool(at)?.1)
+}
+
+fn data_and_spool(at: &Where) -> Result<(PathBuf, PathBuf), ExitCode> {
     let mut cfg = load(at.config.as_ref())?;
     if let Some(d) = &at.data_dir {
         cfg.data_dir = d.clone();
     }
-    Ok(cfg.spool_dir())
+    Ok((cfg.data_dir.clone(), cfg.spool_dir()))
+}
+
+/// `queue retry|delete|bounce`: prints one line per message it applied to; an id that is
+/// not queued is an error (exit 1) after the others are done.
+fn queue_control(
+    op: QueueOp,
+    t: Targets,
+    out: &mut dyn Write,
+) -> Result<Result<(), ringmx::admin::AdminError>, ExitCode> {
+    let (data, spool) = data_and_spool(&t.at)?;
+    let req = QueueRequest { op, ids: (!t.all).then_some(t.ids) };
+    Ok(ringmx::admin::control::request(&data, &spool, &req).and_then(|a| {
+        let verb = match op {
+            QueueOp::Retry => "retry now",
+            QueueOp::Delete => "deleted",
+            QueueOp::Bounce => "bounced",
+        };
+        for id in &a.done {
+            writeln!(out, "{id}: {verb}")?;
+        }
+        match a.not_found.first() {
+            Some(id) => Err(ringmx::admin::AdminError::NotFound(id.clone())),
+            None => Ok(()),
+        }
+    }))
 }
 
 fn serve(args: ServeArgs) -> Result<(), ExitCode> {
@@ -151,6 +201,9 @@ fn main() -> ExitCode {
                     spool_dir(&at).map(|d| ringmx::admin::queue_list(&d, json, &mut out).map(|_| ()))
                 }
                 QueueCmd::Show { id, at } => spool_dir(&at).map(|d| ringmx::admin::queue_show(&d, &id, &mut out)),
+                QueueCmd::Retry(t) => queue_control(QueueOp::Retry, t, &mut out),
+                QueueCmd::Delete(t) => queue_control(QueueOp::Delete, t, &mut out),
+                QueueCmd::Bounce(t) => queue_control(QueueOp::Bounce, t, &mut out),
             };
             match r {
                 Ok(Ok(())) => Ok(()),

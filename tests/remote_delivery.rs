@@ -6,22 +6,7 @@
 mod common;
 
 use common::*;
-use std::path::Path;
 use std::time::Duration;
-
-fn directory(dir: &Path, smart_host: &str) {
-    let d = dir.join("data/directory");
-    std::fs::create_dir_all(&d).unwrap();
-    let data = serde_json::json!({
-        "postoffices": [{"name": "po"}],
-        "domains": [
-            {"name": "example.net", "postoffice": "po"},
-            {"name": "backup.example", "postoffice": "po", "smart_host": smart_host}
-        ],
-        "mailboxes": [{"postoffice": "po", "name": "alice", "addresses": ["alice@example.net"]}]
-    });
-    std::fs::write(d.join("directory.json"), serde_json::to_string(&data).unwrap()).unwrap();
-}
 
 const SHORT_RETRY: &str = "[delivery.retry]\nintervals = [\"1s\"]\n[delivery.delay_notice]\nmode = \"off\"\n[delivery.remote]\ntls = \"off\"\n";
 
@@ -29,7 +14,7 @@ const SHORT_RETRY: &str = "[delivery.retry]\nintervals = [\"1s\"]\n[delivery.del
 fn relayed_to_the_smart_host_over_one_connection() {
     let dir = tempfile::tempdir().unwrap();
     let sink = Sink::start(dir.path(), "127.0.0.1:0", &[]);
-    directory(dir.path(), &sink.addr.to_string());
+    smart_host_directory(dir.path(), &sink.addr.to_string());
     // One connection at most to the destination: reuse is then the only way to send five.
     let srv = start_plain(dir.path(), "uring", &format!("{SHORT_RETRY}max_per_destination = 1\n"));
     let (mut c, _) = Client::connect(srv.addr());
@@ -51,7 +36,7 @@ fn temporary_failure_then_retry() {
     let dir = tempfile::tempdir().unwrap();
     let busy = Sink::start(dir.path(), "127.0.0.1:0", &["--rcpt-reply", "450 4.2.1 busy@100%"]);
     let addr = busy.addr;
-    directory(dir.path(), &addr.to_string());
+    smart_host_directory(dir.path(), &addr.to_string());
     let srv = start_plain(dir.path(), "epoll", SHORT_RETRY);
     let (mut c, _) = Client::connect(srv.addr());
     c.cmd("EHLO c");
@@ -76,7 +61,7 @@ fn temporary_failure_then_retry() {
 fn permanent_failure_bounces_to_the_sender() {
     let dir = tempfile::tempdir().unwrap();
     let sink = Sink::start(dir.path(), "127.0.0.1:0", &["--rcpt-reply", "550 5.1.1 no such user@100%"]);
-    directory(dir.path(), &sink.addr.to_string());
+    smart_host_directory(dir.path(), &sink.addr.to_string());
     let srv = start_plain(dir.path(), "uring", SHORT_RETRY);
     let (mut c, _) = Client::connect(srv.addr());
     c.cmd("EHLO c");
@@ -97,7 +82,7 @@ fn permanent_failure_bounces_to_the_sender() {
 fn restart_keeps_attempt_counts_and_delay_notice() {
     let dir = tempfile::tempdir().unwrap();
     let busy = Sink::start(dir.path(), "127.0.0.1:0", &["--rcpt-reply", "451 4.3.0 later@100%"]);
-    directory(dir.path(), &busy.addr.to_string());
+    smart_host_directory(dir.path(), &busy.addr.to_string());
     let cfg = "[delivery.retry]\nintervals = [\"1s\"]\n[delivery.remote]\ntls = \"off\"\n";
     let srv = start_plain(dir.path(), "uring", cfg);
     let (mut c, _) = Client::connect(srv.addr());
@@ -129,7 +114,7 @@ fn restart_keeps_attempt_counts_and_delay_notice() {
 fn more_messages_than_connections() {
     let dir = tempfile::tempdir().unwrap();
     let sink = Sink::start(dir.path(), "127.0.0.1:0", &[]);
-    directory(dir.path(), &sink.addr.to_string());
+    smart_host_directory(dir.path(), &sink.addr.to_string());
     let cfg = format!("{SHORT_RETRY}max_per_destination = 2\nmax_connections = 3\n");
     let srv = start_plain(dir.path(), "uring", &cfg);
     let (mut c, _) = Client::connect(srv.addr());

@@ -1,6 +1,7 @@
 //! Operator commands that read the spool directly, so that they work whether the server
 //! runs or not.
 
+pub mod control;
 pub mod directory;
 
 use crate::spool::{MarkStatus, QueueId, SpoolError, StoredMessage, header_value, recover};
@@ -20,18 +21,54 @@ pub enum AdminError {
     BadId(String),
     #[error("writing output: {0}")]
     Output(#[from] std::io::Error),
+    /// The running server refused the request or could not be reached.
+    #[error("{0}")]
+    Server(String),
 }
 
-/// The state `queue list` shows for a message.
+/// The state `queue list` shows for a message: deferred when a recipient waits for its next
+/// attempt, else queued; attempts so far; the earliest next attempt.
 fn status(m: &StoredMessage) -> (&'static str, u16, Option<u64>) {
-    let attempts = m.marks.iter().map(|k| k.attempts).max().unwrap_or(0);
-    let next = m.marks.iter().rev().find(|k| k.status == MarkStatus::Deferred).map(|k| k.next_attempt_ms);
+    let next = m
+        .latest_marks()
+        .into_iter()
+        .flatten()
+        .filter(|k| k.status == MarkStatus::Deferred)
+        .map(|k| k.next_attempt_ms)
+        .min();
     let status = if next.is_some() { "deferred" } else { "queued" };
-    (status, attempts, next)
+    (status, m.attempts(), next)
 }
 
-/// `ringmx queue list`: one line per queued message; with `json`, one JSON object per line
-/// (SPEC §10). Returns the number of messages listed.
+/// Each recipient's state: status (`queued`, `deferred`, `delivered`, `failed`, `deleted`),
+/// attempts, next attempt, and the last reply or error.
+fn recipients(m: &StoredMessage) -> Vec<serde_json::Value> {
+    m.envelope
+        .rcpts
+        .iter()
+        .zip(m.latest_marks())
+        .map(|(r, k)| {
+            let status = match k.map(|k| k.status) {
+                None => "queued",
+                Some(MarkStatus::Deferred) => "deferred",
+                Some(MarkStatus::Delivered) => "delivered",
+                Some(MarkStatus::Failed) => "failed",
+                Some(MarkStatus::Deleted) => "deleted",
+            };
+            serde_json::json!({
+                "address": r.address,
+                "status": status,
+                "attempts": k.map_or(0, |k| k.attempts),
+                "next_attempt": k.filter(|k| k.status == MarkStatus::Deferred).map(|k| rfc3339_ms(k.next_attempt_ms)),
+                "last_error": k.filter(|k| k.status != MarkStatus::Delivered).map(|k| k.text.clone()),
+            })
+        })
+        .collect()
+}
+
+/// `ringmx queue list`: one line per queued message and one per recipient (its state and
+/// last error); with `json`, one JSON object per line (SPEC §10), recipients in
+/// `recipients`. Returns the number of messages listed.
 pub fn queue_list(spool: &Path, json: bool, out: &mut dyn Write) -> Result<usize, AdminError> {
     let rec = recover(spool)?;
     if !json && !rec.messages.is_empty() {
@@ -40,6 +77,7 @@ pub fn queue_list(spool: &Path, json: bool, out: &mut dyn Write) -> Result<usize
     for m in &rec.messages {
         let (status, attempts, next) = status(m);
         let e = &m.envelope;
+        let rcpts = recipients(m);
         if json {
             let v = serde_json::json!({
                 "id": e.id.to_string(),
@@ -52,6 +90,7 @@ pub fn queue_list(spool: &Path, json: bool, out: &mut dyn Write) -> Result<usize
                 "attempts": attempts,
                 "next_attempt": next.map(rfc3339_ms),
                 "shard": m.shard,
+                "recipients": rcpts,
             });
             writeln!(out, "{v}")?;
         } else {
@@ -64,8 +103,20 @@ pub fn queue_list(spool: &Path, json: bool, out: &mut dyn Write) -> Result<usize
                 rfc3339_ms(e.received_ms),
                 status
             )?;
-            for r in &e.rcpts {
-                writeln!(out, "{:>70}{}", "", r.address)?;
+            for r in &rcpts {
+                let mut line = format!(
+                    "{:>62}{:<8}  {}",
+                    "",
+                    r["status"].as_str().unwrap_or(""),
+                    r["address"].as_str().unwrap_or("")
+                );
+                if let Some(n) = r["next_attempt"].as_str() {
+                    line.push_str(&format!("  (attempts {}, next {n})", r["attempts"]));
+                }
+                if let Some(err) = r["last_error"].as_str() {
+                    line.push_str(&format!("  {err}"));
+                }
+                writeln!(out, "{line}")?;
             }
         }
     }

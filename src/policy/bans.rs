@@ -127,9 +127,13 @@ fn save(path: &Path, bans: &[(IpAddr, u64)]) -> Result<(), BanError> {
     fn io<'p>(op: &'static str, p: &'p Path) -> impl FnOnce(std::io::Error) -> BanError + 'p {
         move |source| BanError::Io { op, path: p.to_path_buf(), source }
     }
+    // The saver thread and an explicit save (shutdown) may run at once: one at a time, each
+    // through its own temporary file.
+    static SAVING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = SAVING.lock().unwrap_or_else(|e| e.into_inner());
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(io("create", dir))?;
-    let tmp = path.with_extension("tmp");
+    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
     let mut text = String::from("# ringmx auto-bans: ADDRESS EXPIRY_UNIX_SECONDS (0 = never)\n");
     for (ip, until) in bans {
         text.push_str(&format!("{ip} {until}\n"));
@@ -163,7 +167,9 @@ mod tests {
         assert_eq!(again.list(1500), vec![(a, 2000), (b, 0)]);
         let later = BanList::load(&path, 3000).unwrap();
         assert_eq!(later.list(3000), vec![(b, 0)]);
-        std::fs::write(&path, "nonsense\n").unwrap();
-        assert!(matches!(BanList::load(&path, 0), Err(BanError::BadLine { line: 1, .. })));
+        // (Another file: the saver thread of `l` may still rewrite `path`.)
+        let bad = dir.path().join("bad");
+        std::fs::write(&bad, "nonsense\n").unwrap();
+        assert!(matches!(BanList::load(&bad, 0), Err(BanError::BadLine { line: 1, .. })));
     }
 }

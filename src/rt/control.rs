@@ -14,6 +14,7 @@
 //! the same sync as the marks that caused it, so it is neither lost nor sent twice.
 
 use super::remote::{RcptOutcome, RemoteHandle, RemoteJob, RemoteOutcome};
+use crate::admin::control::{BOUNCED_TEXT, DELETED_TEXT, QueueAnswer, QueueOp, QueueRequest};
 use crate::delivery::autoreply::{self, ReplyMemory};
 use crate::delivery::dsn::{self, Action as DsnAction, DsnConfig, DsnInput, RecipientReport};
 use crate::delivery::maildir::{self, Maildir, Staged, UsageCache, mailbox_path};
@@ -50,6 +51,8 @@ pub enum ControlMsg {
     Accepted(Vec<Accepted>),
     /// The remote-delivery thread finished a job.
     Remote(RemoteOutcome),
+    /// An operator's `ringmx queue retry|delete|bounce`; the answer goes back on the sender.
+    Queue(QueueRequest, std::sync::mpsc::Sender<QueueAnswer>),
 }
 
 /// A shard's end of the channel. Messages of a loop turn are handed over together at the
@@ -125,6 +128,9 @@ struct Pending {
     done: HashSet<u16>,
     /// Recipient indexes with a remote-delivery job out.
     inflight: HashSet<u16>,
+    /// Recipient indexes held: an accept-all domain with nowhere to send them (also in
+    /// `done`, without a mark; `queue retry` tries them again).
+    held: HashSet<u16>,
     attempts: u16,
     /// When remote delivery was first tried, and last deferred (for delay notices).
     first_attempt_ms: Option<u64>,
@@ -140,6 +146,7 @@ impl Pending {
             content_len,
             done: HashSet::new(),
             inflight: HashSet::new(),
+            held: HashSet::new(),
             attempts: 0,
             first_attempt_ms: None,
             last_deferral_ms: None,
@@ -204,6 +211,8 @@ struct Control {
     ids: IdGen,
     /// Messages by id, waiting for their next attempt.
     queue: BTreeMap<QueueId, Pending>,
+    /// Messages with held recipients and nothing else to do, for `queue retry|delete|bounce`.
+    held: HashMap<QueueId, Pending>,
     /// When each queued message is next due (Unix ms), in order, and by id.
     due: BTreeMap<(u64, QueueId), ()>,
     due_of: HashMap<QueueId, u64>,
@@ -253,6 +262,7 @@ pub fn spawn(
         log,
         ids: IdGen::new(CONTROL_SHARD, max_id),
         queue: BTreeMap::new(),
+        held: HashMap::new(),
         due: BTreeMap::new(),
         due_of: HashMap::new(),
         segments: HashMap::new(),
@@ -268,14 +278,24 @@ pub fn spawn(
     c.load_usage();
     let now = Now::system().unix_ms;
     for m in recovered {
+        let latest = m.latest_marks();
+        let done: HashSet<u16> = latest
+            .iter()
+            .enumerate()
+            .filter(|(_, k)| k.is_some_and(|k| k.status.is_final()))
+            .map(|(i, _)| i as u16)
+            .collect();
+        // A deferred recipient waits for its next attempt, kept in its latest mark; the
+        // message is due when its earliest recipient is.
+        let next =
+            latest.iter().flatten().filter(|k| k.status == MarkStatus::Deferred).map(|k| k.next_attempt_ms).min();
+        let attempts = m.attempts();
         let mut p = Pending::new(m.envelope, m.path, m.content_offset, m.content_len);
-        p.done = m.marks.iter().filter(|k| k.status.is_final()).filter_map(|k| k.rcpt).collect();
-        p.attempts = m.marks.iter().map(|k| k.attempts).max().unwrap_or(0);
-        // A deferred recipient waits for its next attempt, kept in its mark.
-        let next = m.marks.iter().filter(|k| k.status == MarkStatus::Deferred).map(|k| k.next_attempt_ms).max();
+        p.done = done;
+        p.attempts = attempts;
         if next.is_some() {
             p.first_attempt_ms = Some(p.envelope.received_ms);
-            p.last_deferral_ms = m.marks.iter().rev().find(|k| k.status == MarkStatus::Deferred).map(|_| now);
+            p.last_deferral_ms = Some(now);
         }
         c.insert(p, next.unwrap_or(now).max(now));
     }
@@ -291,6 +311,8 @@ impl Control {
     fn park(&mut self, p: Pending) {
         if !p.inflight.is_empty() {
             self.queue.insert(p.envelope.id, p);
+        } else if !p.held.is_empty() {
+            self.held.insert(p.envelope.id, p);
         }
     }
 
@@ -495,7 +517,79 @@ impl Control {
                 }
             }
             ControlMsg::Remote(o) => self.remote_done(o),
+            ControlMsg::Queue(req, answer) => {
+                let a = self.queue_request(&req);
+                let _ = answer.send(a);
+            }
         }
+    }
+
+    /// `ringmx queue retry|delete|bounce` on the running server (see
+    /// [`crate::admin::control`]). Marks are durable before the answer goes back.
+    fn queue_request(&mut self, req: &QueueRequest) -> QueueAnswer {
+        let mut answer = QueueAnswer::default();
+        let ids: Vec<QueueId> = match &req.ids {
+            None => self.queue.keys().chain(self.held.keys()).copied().collect(),
+            Some(ids) => match crate::admin::control::parse_ids(ids) {
+                Ok(v) => v,
+                Err(e) => return QueueAnswer { error: Some(e.to_string()), ..QueueAnswer::default() },
+            },
+        };
+        let now = Now::system().unix_ms;
+        for id in ids {
+            let Some(mut p) = self.queue.remove(&id).or_else(|| self.held.remove(&id)) else {
+                answer.not_found.push(id.to_string());
+                continue;
+            };
+            if let Some(t) = self.due_of.remove(&id) {
+                self.due.remove(&(t, id));
+            }
+            match req.op {
+                QueueOp::Retry => {
+                    for i in std::mem::take(&mut p.held) {
+                        p.done.remove(&i);
+                    }
+                    self.insert(p, now);
+                }
+                // A remote job still out comes back to no queue entry and is dropped.
+                QueueOp::Delete => self.append_mark(Mark {
+                    id,
+                    rcpt: None,
+                    status: MarkStatus::Deleted,
+                    attempts: p.attempts,
+                    next_attempt_ms: 0,
+                    text: DELETED_TEXT.into(),
+                }),
+                QueueOp::Bounce => {
+                    let open: Vec<u16> = (0..p.envelope.rcpts.len() as u16)
+                        .filter(|i| !p.done.contains(i) || p.held.contains(i))
+                        .collect();
+                    let mut reports = Vec::new();
+                    for i in open {
+                        reports.push(failure_report(i as usize, BOUNCED_TEXT, now));
+                        self.append_mark(Mark {
+                            id,
+                            rcpt: Some(i),
+                            status: MarkStatus::Failed,
+                            attempts: p.attempts,
+                            next_attempt_ms: 0,
+                            text: BOUNCED_TEXT.into(),
+                        });
+                    }
+                    match self.read_content(&p) {
+                        Ok(content) => self.bounce(&p, &content, &reports, now),
+                        Err(e) => log::error!("control: {id}: reading for a report: {e}"),
+                    }
+                }
+            }
+            log::info!("control: {id}: {:?} by the administrator", req.op);
+            answer.done.push(id.to_string());
+        }
+        if !self.flush_log() {
+            answer.error =
+                Some("writing to the spool failed (see the server log): the change may not be durable".into());
+        }
+        answer
     }
 
     fn accept(&mut self, a: Accepted) {
@@ -582,14 +676,18 @@ impl Control {
         Ok(buf)
     }
 
-    /// Makes the marks and messages appended this turn durable, in one sync.
-    fn flush_log(&mut self) {
+    /// Makes the marks and messages appended this turn durable, in one sync. False when a
+    /// record could not be written.
+    fn flush_log(&mut self) -> bool {
         if !self.log.wants_batch() {
-            return;
+            return true;
         }
+        let mut ok = true;
         for c in self.log.flush_sync(true) {
+            ok &= c.result.is_ok();
             self.stored(c);
         }
+        ok
     }
 
     /// A record of the control log is durable: a generated message joins the queue, a mark
@@ -636,10 +734,8 @@ impl Control {
         for m in &plan.copies {
             self.append_mark(m.clone());
         }
-        self.flush_log();
-        if !self.unsynced_marks.is_empty() {
+        if !self.flush_log() {
             log::error!("control: spool reclaim put off: copied marks are not durable");
-            self.unsynced_marks.clear();
             return;
         }
         let spool = self.cfg.spool.clone();
@@ -717,6 +813,7 @@ impl Control {
                 // Held: an accept-all domain with nowhere to send it; it stays queued.
                 Where::Held => {
                     p.done.insert(i);
+                    p.held.insert(i);
                 }
             }
         }

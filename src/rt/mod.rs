@@ -9,7 +9,11 @@
 //!   submission, linked write + fdatasync for group commit).
 //! - `epoll`: the fallback driver.
 //! - `listener`, `tls`: sockets and certificates.
+//! - `control`, `remote`: the control thread (routing, local delivery, marks, reclaiming)
+//!   and the remote-delivery thread; `admin_socket`: the operator's way in to the control
+//!   thread (`ringmx queue retry|delete|bounce`).
 
+mod admin_socket;
 mod conn;
 pub mod control;
 mod epoll;
@@ -50,6 +54,8 @@ pub enum ServeError {
     Directory(crate::directory::DirectoryError),
     #[error("shard {shard} failed: {source}")]
     Shard { shard: u8, source: std::io::Error },
+    #[error("the spool {0} is in use by another ringmx process")]
+    SpoolInUse(std::path::PathBuf),
 }
 
 /// Which driver runs the shards.
@@ -78,6 +84,9 @@ pub fn choose_driver(mode: IoMode) -> Result<Driver, ServeError> {
 pub struct Server {
     threads: Vec<std::thread::JoinHandle<Result<ShardStats, std::io::Error>>>,
     control: Option<std::thread::JoinHandle<()>>,
+    socket: Option<std::thread::JoinHandle<()>>,
+    /// Held while the server runs: one server per spool, and the queue commands know.
+    _lock: crate::admin::control::SpoolLock,
     /// Set once the shards have stopped: the control thread then finishes.
     control_stop: Arc<AtomicBool>,
     /// The directory in use; SIGHUP reloads it.
@@ -95,6 +104,9 @@ impl Server {
         let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
         let shards = cfg.ingress_cores(cpus);
         let spool = cfg.spool_dir();
+        let lock = crate::admin::control::lock_spool(&spool)
+            .map_err(|e| crate::spool::SpoolError::io("lock", &spool.join("lock"), 0, e))?
+            .ok_or_else(|| ServeError::SpoolInUse(spool.clone()))?;
         let rec = crate::spool::recover(&spool)?;
         for note in &rec.notes {
             log::warn!("spool recovery: {note}");
@@ -167,6 +179,16 @@ impl Server {
         )?;
         let limits = Arc::new(ConnLimits::new(cfg.limits.max_connections, cfg.limits.max_connections_per_ip));
         let shutdown = Arc::new(AtomicBool::new(false));
+        let socket_path = crate::admin::control::socket_path(&cfg.data_dir);
+        // Without the socket the server still serves mail; only the queue commands need it.
+        let socket = admin_socket::spawn(socket_path.clone(), tx.clone(), shutdown.clone())
+            .inspect_err(|e| {
+                log::error!(
+                    "control socket {}: {e}; `ringmx queue retry|delete|bounce` will not reach the server",
+                    socket_path.display()
+                )
+            })
+            .ok();
         let mut threads = Vec::new();
         for (i, listeners) in per_shard.into_iter().enumerate() {
             let shard_id = i as u8;
@@ -219,7 +241,17 @@ impl Server {
             "{shards} ingress shard(s), {driver:?} driver, fsync {}",
             if cfg.spool.fsync { "on" } else { "OFF" }
         );
-        Ok(Server { threads, control: Some(control_thread), control_stop, directory, shutdown, local_addrs, driver })
+        Ok(Server {
+            threads,
+            control: Some(control_thread),
+            socket,
+            _lock: lock,
+            control_stop,
+            directory,
+            shutdown,
+            local_addrs,
+            driver,
+        })
     }
 
     /// Asks every shard to drain and stop.
@@ -238,6 +270,10 @@ impl Server {
                     return Err(ServeError::Shard { shard: i as u8, source: std::io::Error::other("shard panicked") });
                 }
             }
+        }
+        // The shards set `shutdown`, which also ends the control socket.
+        if let Some(s) = self.socket {
+            let _ = s.join();
         }
         self.control_stop.store(true, Ordering::Relaxed);
         if let Some(c) = self.control

@@ -112,6 +112,27 @@ impl StoredMessage {
             .all(|i| self.marks.iter().rev().find(|m| m.rcpt == Some(i as u16)).is_some_and(|m| m.status.is_final()))
     }
 
+    /// The latest mark of each recipient, by index (a whole-message mark counts for all).
+    pub fn latest_marks(&self) -> Vec<Option<&Mark>> {
+        let mut v = vec![None; self.envelope.rcpts.len()];
+        for m in &self.marks {
+            match m.rcpt {
+                Some(i) => {
+                    if let Some(slot) = v.get_mut(i as usize) {
+                        *slot = Some(m);
+                    }
+                }
+                None => v.iter_mut().for_each(|slot| *slot = Some(m)),
+            }
+        }
+        v
+    }
+
+    /// Delivery attempts made so far.
+    pub fn attempts(&self) -> u16 {
+        self.marks.iter().map(|k| k.attempts).max().unwrap_or(0)
+    }
+
     /// Reads the content from its segment.
     pub fn read_content(&self) -> Result<Vec<u8>, SpoolError> {
         let f = std::fs::File::open(&self.path).map_err(|e| SpoolError::io("open segment", &self.path, 0, e))?;

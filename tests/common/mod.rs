@@ -378,3 +378,19 @@ pub fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
     }
     f()
 }
+
+/// A directory with one local mailbox, alice@example.net, and the hosted domain
+/// backup.example relayed to `smart_host` (the backup-MX case).
+pub fn smart_host_directory(dir: &Path, smart_host: &str) {
+    let d = dir.join("data/directory");
+    std::fs::create_dir_all(&d).unwrap();
+    let data = serde_json::json!({
+        "postoffices": [{"name": "po"}],
+        "domains": [
+            {"name": "example.net", "postoffice": "po"},
+            {"name": "backup.example", "postoffice": "po", "smart_host": smart_host}
+        ],
+        "mailboxes": [{"postoffice": "po", "name": "alice", "addresses": ["alice@example.net"]}]
+    });
+    std::fs::write(d.join("directory.json"), serde_json::to_string(&data).unwrap()).unwrap();
+}

@@ -1,0 +1,182 @@
+//! `ringmx queue retry|delete|bounce ID...|--all`: the operator's requests, and how they
+//! reach the queue.
+//!
+//! With the server running, a request goes to its control thread over the Unix socket
+//! `<data_dir>/control.sock` (mode 0600): one JSON request line, one JSON answer line. The
+//! control thread owns the queue, so the request takes effect at once: `retry` makes the
+//! messages due now (held ones included, e.g. after a smart host was configured), `delete`
+//! writes a final "deleted" mark (no report), `bounce` fails every unfinished recipient with
+//! `5.0.0` and sends the sender a non-delivery report as for any failure (RFC 3464; never to
+//! `<>`).
+//!
+//! With the server stopped, `retry` and `delete` write their marks straight into the control
+//! log, holding the spool lock a running server holds; `bounce` needs the running server,
+//! which builds and delivers the report.
+
+use super::AdminError;
+use crate::spool::{
+    CONTROL_SHARD, Mark, MarkStatus, QueueId, ShardLog, SpoolError, StoredMessage, recover, segment_path, shard_dir,
+};
+use serde::{Deserialize, Serialize};
+use std::fs::File;
+use std::io::{BufRead, BufReader, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// What the operator asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueOp {
+    /// Try now.
+    Retry,
+    /// Remove without a report.
+    Delete,
+    /// Fail every unfinished recipient and report it to the sender.
+    Bounce,
+}
+
+/// One request: `ids` none means every queued message.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct QueueRequest {
+    pub op: QueueOp,
+    pub ids: Option<Vec<String>>,
+}
+
+/// The answer: which messages it applied to, which ids are not (or no longer) queued.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct QueueAnswer {
+    pub done: Vec<String>,
+    pub not_found: Vec<String>,
+    pub error: Option<String>,
+}
+
+/// Mark text of an operator's decision.
+pub const DELETED_TEXT: &str = "deleted by the administrator";
+/// Reply text of a recipient the operator bounced (RFC 3463 5.0.0: other, permanent).
+pub const BOUNCED_TEXT: &str = "550 5.0.0 returned to the sender by the administrator";
+
+/// The server's control socket.
+pub fn socket_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("control.sock")
+}
+
+/// The lock a running server holds on its spool (`flock` on `<spool>/lock`).
+#[derive(Debug)]
+pub struct SpoolLock {
+    _file: File,
+}
+
+/// Takes the spool lock; `None` when another process (a running server) holds it.
+pub fn lock_spool(spool: &Path) -> std::io::Result<Option<SpoolLock>> {
+    std::fs::create_dir_all(spool)?;
+    let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(spool.join("lock"))?;
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let e = std::io::Error::last_os_error();
+        return if e.raw_os_error() == Some(libc::EWOULDBLOCK) { Ok(None) } else { Err(e) };
+    }
+    Ok(Some(SpoolLock { _file: file }))
+}
+
+/// Parses the ids of a request; the first bad one is the error.
+pub fn parse_ids(ids: &[String]) -> Result<Vec<QueueId>, AdminError> {
+    ids.iter().map(|s| QueueId::parse(s).ok_or_else(|| AdminError::BadId(s.clone()))).collect()
+}
+
+/// Carries out `req`: through the running server when there is one, else on the spool.
+pub fn request(data_dir: &Path, spool: &Path, req: &QueueRequest) -> Result<QueueAnswer, AdminError> {
+    if let Some(ids) = &req.ids {
+        parse_ids(ids)?;
+    }
+    match UnixStream::connect(socket_path(data_dir)) {
+        Ok(s) => over_socket(s, req),
+        Err(connect) => match lock_spool(spool).map_err(AdminError::Output)? {
+            Some(_lock) => offline(spool, req),
+            None => Err(AdminError::Server(format!(
+                "the server holds the spool but its control socket {} does not answer: {connect}",
+                socket_path(data_dir).display()
+            ))),
+        },
+    }
+}
+
+fn over_socket(s: UnixStream, req: &QueueRequest) -> Result<QueueAnswer, AdminError> {
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut w = s.try_clone()?;
+    let mut line = serde_json::to_vec(req).map_err(|e| AdminError::Server(e.to_string()))?;
+    line.push(b'\n');
+    w.write_all(&line)?;
+    let mut answer = String::new();
+    BufReader::new(s).read_line(&mut answer)?;
+    let a: QueueAnswer = serde_json::from_str(&answer)
+        .map_err(|e| AdminError::Server(format!("unreadable answer from the server ({e}): {answer:?}")))?;
+    match a.error {
+        Some(e) => Err(AdminError::Server(e)),
+        None => Ok(a),
+    }
+}
+
+/// The stopped server's case: marks appended to the control log.
+fn offline(spool: &Path, req: &QueueRequest) -> Result<QueueAnswer, AdminError> {
+    if req.op == QueueOp::Bounce {
+        return Err(AdminError::Server(
+            "bounce needs the running server (it builds and delivers the report): start it, then run this again".into(),
+        ));
+    }
+    let rec = recover(spool)?;
+    let mut answer = QueueAnswer::default();
+    let targets: Vec<&StoredMessage> = match &req.ids {
+        None => rec.messages.iter().collect(),
+        Some(ids) => {
+            let mut v = Vec::new();
+            for id in parse_ids(ids)? {
+                match rec.messages.iter().find(|m| m.envelope.id == id) {
+                    Some(m) => v.push(m),
+                    None => answer.not_found.push(id.to_string()),
+                }
+            }
+            v
+        }
+    };
+    if targets.is_empty() {
+        return Ok(answer);
+    }
+    let dir = shard_dir(spool, CONTROL_SHARD);
+    let (seq, end) = match rec.tails.get(&CONTROL_SHARD) {
+        Some(t) => (t.seq, Some(t.end)),
+        None => (1, None),
+    };
+    let size = std::fs::metadata(segment_path(&dir, seq)).map(|m| m.len()).unwrap_or(64 << 20);
+    let mut log = ShardLog::open(&dir, CONTROL_SHARD, size, seq, end)?;
+    for m in &targets {
+        let id = m.envelope.id;
+        match req.op {
+            QueueOp::Delete => log.append_mark(
+                0,
+                &Mark {
+                    id,
+                    rcpt: None,
+                    status: MarkStatus::Deleted,
+                    attempts: m.attempts(),
+                    next_attempt_ms: 0,
+                    text: DELETED_TEXT.into(),
+                },
+            ),
+            // The deferred recipients become due at once when the server starts.
+            QueueOp::Retry => {
+                for (i, mark) in m.latest_marks().into_iter().enumerate() {
+                    if let Some(k) = mark.filter(|k| k.status == MarkStatus::Deferred) {
+                        log.append_mark(0, &Mark { rcpt: Some(i as u16), next_attempt_ms: 0, ..k.clone() });
+                    }
+                }
+            }
+            QueueOp::Bounce => unreachable!("refused above"),
+        }
+        answer.done.push(id.to_string());
+    }
+    for c in log.flush_sync(true) {
+        c.result.map_err(|e: SpoolError| AdminError::Spool(e))?;
+    }
+    Ok(answer)
+}

@@ -1,0 +1,77 @@
+//! The control socket, `<data_dir>/control.sock`: `ringmx queue retry|delete|bounce` reach
+//! the control thread through it (protocol in [`crate::admin::control`]). One thread, one
+//! request at a time: operator commands are rare and the control thread answers each at once.
+
+use super::control::ControlMsg;
+use crate::admin::control::{QueueAnswer, QueueRequest};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::SyncSender;
+use std::time::Duration;
+
+/// How long a client may take to send its request, and the control thread to answer.
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Binds the socket (replacing a stale one: the caller holds the spool lock, so no other
+/// server uses it) and serves it until `stop`; the socket file is removed at the end.
+pub fn spawn(
+    path: PathBuf,
+    tx: SyncSender<ControlMsg>,
+    stop: Arc<AtomicBool>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    let _ = std::fs::remove_file(&path);
+    let listener = UnixListener::bind(&path)?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    listener.set_nonblocking(true)?;
+    std::thread::Builder::new().name("control-socket".into()).spawn(move || {
+        while !stop.load(Ordering::Relaxed) {
+            match listener.accept() {
+                Ok((s, _)) => {
+                    if let Err(e) = serve(s, &tx) {
+                        log::warn!("control socket: {e}");
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(50)),
+                Err(e) => {
+                    log::warn!("control socket: {e}");
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+        }
+        remove(&path);
+    })
+}
+
+fn remove(path: &Path) {
+    let _ = std::fs::remove_file(path);
+}
+
+fn serve(s: UnixStream, tx: &SyncSender<ControlMsg>) -> std::io::Result<()> {
+    s.set_nonblocking(false)?;
+    s.set_read_timeout(Some(TIMEOUT))?;
+    s.set_write_timeout(Some(TIMEOUT))?;
+    let mut w = s.try_clone()?;
+    let mut line = String::new();
+    // One request line, at most 1 MiB.
+    BufReader::new(s.take(1 << 20)).read_line(&mut line)?;
+    let answer = match serde_json::from_str::<QueueRequest>(&line) {
+        Err(e) => QueueAnswer { error: Some(format!("bad request: {e}")), ..QueueAnswer::default() },
+        Ok(req) => {
+            let (atx, arx) = std::sync::mpsc::channel();
+            match tx.send(ControlMsg::Queue(req, atx)) {
+                Err(_) => QueueAnswer { error: Some("the server is stopping".into()), ..QueueAnswer::default() },
+                Ok(()) => arx.recv_timeout(TIMEOUT).unwrap_or_else(|_| QueueAnswer {
+                    error: Some("the control thread did not answer in time".into()),
+                    ..QueueAnswer::default()
+                }),
+            }
+        }
+    };
+    let mut out = serde_json::to_vec(&answer).map_err(std::io::Error::other)?;
+    out.push(b'\n');
+    w.write_all(&out)
+}
