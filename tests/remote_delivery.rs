@@ -128,3 +128,43 @@ fn more_messages_than_connections() {
     assert_eq!(counts["messages"], 30);
     assert!(counts["connections"].as_u64().unwrap() <= 3, "{counts}");
 }
+
+/// A redirect and a group member in a domain relayed elsewhere: the local copies go to
+/// their Maildirs and one forwarded message per original reaches the far end; nothing stays
+/// queued.
+#[test]
+fn redirect_and_group_member_elsewhere_are_forwarded() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = Sink::start(dir.path(), "127.0.0.1:0", &[]);
+    let d = dir.path().join("data/directory");
+    std::fs::create_dir_all(&d).unwrap();
+    let data = serde_json::json!({
+        "postoffices": [{"name": "po"}],
+        "domains": [
+            {"name": "example.net", "postoffice": "po"},
+            {"name": "backup.example", "postoffice": "po", "smart_host": sink.addr.to_string()}
+        ],
+        "mailboxes": [
+            {"postoffice": "po", "name": "alice", "addresses": ["alice@example.net"]},
+            {"postoffice": "po", "name": "bob", "addresses": ["bob@example.net"],
+             "redirect": ["u@backup.example"], "redirect_keep_copy": true}
+        ],
+        "groups": [{"address": "team@example.net", "members": ["alice@example.net", "w@backup.example"]}]
+    });
+    std::fs::write(d.join("directory.json"), serde_json::to_string(&data).unwrap()).unwrap();
+    let srv = start_plain(dir.path(), "uring", SHORT_RETRY);
+    let (mut c, _) = Client::connect(srv.addr());
+    c.cmd("EHLO c");
+    queued_id(&c.message("s@remote.example", &["bob@example.net"], "Subject: r\r\n\r\nx\r\n"));
+    queued_id(&c.message("s@remote.example", &["team@example.net"], "Subject: g\r\n\r\nx\r\n"));
+    assert!(eventually(Duration::from_secs(20), || queue(dir.path()).is_empty()), "{:?}", queue(dir.path()));
+    let count = |mb: &str| {
+        std::fs::read_dir(dir.path().join("data/mailboxes/po").join(mb).join("Maildir/new")).map_or(0, |r| r.count())
+    };
+    assert_eq!((count("alice"), count("bob")), (1, 1));
+    let (status, log) = srv.stop();
+    assert!(status.success(), "{log}");
+    assert!(log.contains("forwarded to u@backup.example") && log.contains("forwarded to w@backup.example"), "{log}");
+    let counts = sink.stop();
+    assert_eq!((counts["messages"].as_u64(), counts["recipients"].as_u64()), (Some(2), Some(2)), "{counts}");
+}

@@ -178,6 +178,9 @@ struct Attempt {
     copies: Vec<Copy>,
     /// Original recipients whose outcome is not simply "delivered".
     outcomes: Vec<(String, Outcome)>,
+    /// Addresses elsewhere that redirects and groups lead to, with the original recipients
+    /// behind each.
+    forwards: Vec<(String, Vec<String>)>,
 }
 
 /// A staged copy: which mailbox, and which original recipients it stands for.
@@ -838,16 +841,16 @@ impl Control {
         let expansion = dir.expand_all(&addrs, self.cfg.catch_alls);
         let mut outcomes: Vec<(String, Outcome)> = Vec::new();
         let mut copies = Vec::new();
+        let mut forwards = Vec::new();
         for t in &expansion.targets {
-            let Destination::Mailbox { maildir, delivered_to } = &t.destination else {
-                // A redirect or group member elsewhere: remote delivery is not built yet.
-                note(
-                    &mut outcomes,
-                    &t.original_recipients,
-                    MarkStatus::Deferred,
-                    "451 4.4.0 remote delivery pending".into(),
-                );
-                continue;
+            let (maildir, delivered_to) = match &t.destination {
+                Destination::Mailbox { maildir, delivered_to } => (maildir, delivered_to),
+                // A redirect or group member elsewhere: forwarded as a new message (after
+                // the local copies are committed, see `finish`).
+                Destination::Remote(address) | Destination::Relay { address, .. } => {
+                    forwards.push((address.clone(), t.original_recipients.clone()));
+                    continue;
+                }
             };
             let quota = dir.mailbox_by_maildir(maildir).map_or(0, |m| m.quota_bytes);
             let path = mailbox_path(&self.cfg.maildir_root, maildir);
@@ -912,7 +915,7 @@ impl Control {
             };
             note(&mut outcomes, &[addr], status, text);
         }
-        Staging::Ready(Box::new(Attempt { p, local, content, copies, outcomes }))
+        Staging::Ready(Box::new(Attempt { p, local, content, copies, outcomes, forwards }))
     }
 
     /// After the commit: one mark per local recipient, a report for the failed ones.
@@ -939,6 +942,25 @@ impl Control {
             let mark =
                 Mark { id: a.p.envelope.id, rcpt: Some(*i), status, attempts: a.p.attempts, next_attempt_ms, text };
             self.append_mark(mark);
+        }
+        // Forward what goes elsewhere as one new message from the same sender, written in
+        // the same sync as the marks (so neither lost nor sent twice). A target whose
+        // original recipients are all deferred waits for their retry, which expands again.
+        let deferred = |o: &String| a.outcomes.iter().any(|(x, out)| x == o && out.status == MarkStatus::Deferred);
+        let mut to: Vec<String> = Vec::new();
+        for (address, originals) in &a.forwards {
+            if !originals.iter().all(deferred) && !to.contains(address) {
+                to.push(address.clone());
+            }
+        }
+        if !to.is_empty() {
+            log::info!("control: {}: forwarded to {}", a.p.envelope.id, to.join(", "));
+            let env = &a.p.envelope;
+            let (from, body, smtputf8) = (env.from.clone(), env.body, env.smtputf8);
+            self.generate_message(from, to, a.content.clone(), now, |e| {
+                e.body = body;
+                e.smtputf8 = smtputf8;
+            });
         }
         if !reports.is_empty() {
             let content = std::mem::take(&mut a.content);
@@ -1021,10 +1043,23 @@ impl Control {
 
     /// Appends a message of our own to the control log; it is queued once durable.
     fn generate(&mut self, from: String, to: String, data: Vec<u8>, now: u64) {
+        self.generate_message(from, vec![to], data, now, |_| {});
+    }
+
+    /// [`Control::generate`] for several recipients, with a last touch to the envelope.
+    fn generate_message(
+        &mut self,
+        from: String,
+        to: Vec<String>,
+        data: Vec<u8>,
+        now: u64,
+        envelope_with: impl FnOnce(&mut Envelope),
+    ) {
         let mut envelope = Envelope::new(self.ids.next(now / 1000));
         envelope.received_ms = now;
         envelope.from = from;
-        envelope.rcpts.push(Recipient { address: to, notify: None, orcpt: None });
+        envelope.rcpts = to.into_iter().map(|address| Recipient { address, notify: None, orcpt: None }).collect();
+        envelope_with(&mut envelope);
         self.log.append(TOKEN_MESSAGE, SpoolRequest { envelope, data });
     }
 
