@@ -98,6 +98,9 @@ pub struct DeliveryConfig {
     /// `[delivery.dns]`: the resolver for MX lookups.
     #[serde(default)]
     pub dns: crate::delivery::mx::DnsConfig,
+    /// `[delivery.lmtp]`: mailboxes delivered to an LMTP server instead of Maildirs.
+    #[serde(default)]
+    pub lmtp: crate::delivery::lmtp::LmtpConfig,
 }
 
 impl Default for DeliveryConfig {
@@ -114,6 +117,7 @@ impl Default for DeliveryConfig {
             remote: Default::default(),
             routing: Default::default(),
             dns: Default::default(),
+            lmtp: Default::default(),
         }
     }
 }
@@ -805,6 +809,11 @@ impl Config {
             || !self.delivery.catch_all_header.bytes().all(|b| b.is_ascii_graphic() && b != b':')
         {
             bad("delivery.catch_all_header", "not a header field name (RFC 5322 §3.6.8)".into());
+        }
+        if let Some(server) = &self.delivery.lmtp.server
+            && let Err(e) = crate::delivery::lmtp::LmtpEndpoint::parse(server)
+        {
+            bad("delivery.lmtp.server", e);
         }
         if self.timeouts.command.is_zero() || self.timeouts.data.is_zero() {
             bad("timeouts", "time-outs must be positive".into());

@@ -1,12 +1,17 @@
-//! The LMTP driver over real sockets (TCP on 127.0.0.1:0 and a Unix socket).
+//! The LMTP driver over real sockets (TCP on 127.0.0.1:0 and a Unix socket), and the
+//! server routing a directory domain's mailboxes to an LMTP server (`[delivery.lmtp]`).
 //!
 //! The peer is a minimal LMTP listener written here, not Dovecot: running `dovecot-lmtpd`
 //! unprivileged with its own configuration in a temporary directory has not been set up
 //! yet. The listener checks what the client sends (LHLO, pipelined envelope, dot-stuffed
 //! body) and answers one final reply per accepted recipient (RFC 2033 §4.2).
 
+mod common;
+
+use common::*;
 use ringmx::delivery::lmtp::{LmtpEndpoint, deliver};
 use std::io::{BufRead, BufReader, Write};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Serves one LMTP session on `stream`: refuses `nobody@`, fails `full@` after the data,
@@ -142,4 +147,71 @@ fn connection_lost_fails_the_waiting_recipients_transiently() {
     // Nothing listening: an error to connect.
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
     assert!(deliver(&LmtpEndpoint::Tcp(closed), "mx", "", &rcpts(), CONTENT, Duration::from_secs(5)).is_err());
+}
+
+/// What one LMTP session received: the commands and the body.
+type Session = (Vec<String>, Vec<u8>);
+
+/// SMTP in, LMTP out: mailboxes of the LMTP domain go to the LMTP server with their
+/// address as RCPT (the server's 250 per recipient is the delivery), another domain's to
+/// its Maildir; a 452 after the data defers that recipient with the server's reply.
+#[test]
+fn lmtp_domain_routed_to_the_lmtp_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let lmtp = listener.local_addr().unwrap();
+    let sessions: Arc<Mutex<Vec<Session>>> = Arc::default();
+    {
+        let sessions = sessions.clone();
+        std::thread::spawn(move || {
+            for s in listener.incoming().flatten() {
+                let got = serve(s, true);
+                sessions.lock().unwrap().push(got);
+            }
+        });
+    }
+    let d = dir.path().join("data/directory");
+    std::fs::create_dir_all(&d).unwrap();
+    let data = serde_json::json!({
+        "postoffices": [{"name": "po"}],
+        "domains": [{"name": "example.test", "postoffice": "po"}, {"name": "maildir.example", "postoffice": "po"}],
+        "mailboxes": [
+            {"postoffice": "po", "name": "alice", "addresses": ["alice@example.test"]},
+            {"postoffice": "po", "name": "full", "addresses": ["full@example.test"]},
+            {"postoffice": "po", "name": "carol", "addresses": ["carol@maildir.example"]}
+        ]
+    });
+    std::fs::write(d.join("directory.json"), serde_json::to_string(&data).unwrap()).unwrap();
+    let config = format!(
+        "[delivery]\nlocal_retry = \"1h\"\n[delivery.lmtp]\nserver = \"{lmtp}\"\ndomains = [\"Example.Test\"]\n"
+    );
+    let srv = start_plain(dir.path(), "uring", &config);
+    let (mut c, _) = Client::connect(srv.addr());
+    c.cmd("EHLO c");
+    queued_id(&c.message(
+        "s@remote.example",
+        &["alice@example.test", "carol@maildir.example"],
+        "Subject: l\r\n\r\nhi\r\n",
+    ));
+    let full = queued_id(&c.message("s@remote.example", &["full@example.test"], "Subject: f\r\n\r\nhi\r\n"));
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            let q = queue(dir.path());
+            q.len() == 1 && q[0]["id"] == full.as_str() && q[0]["status"] == "deferred"
+        }),
+        "{:?}",
+        queue(dir.path())
+    );
+    let q = queue(dir.path());
+    assert!(q[0]["recipients"][0]["last_error"].as_str().unwrap().starts_with("452 4.2.2 over quota"), "{q:?}");
+    let carol = dir.path().join("data/mailboxes/po/carol/Maildir/new");
+    assert_eq!(std::fs::read_dir(carol).unwrap().count(), 1);
+    assert!(!dir.path().join("data/mailboxes/po/alice").exists(), "alice is not a Maildir");
+    let (status, log) = srv.stop();
+    assert!(status.success(), "{log}");
+    let sessions = sessions.lock().unwrap();
+    let first = &sessions[0];
+    assert_eq!(first.0[1..4], ["MAIL FROM:<s@remote.example>", "RCPT TO:<alice@example.test>", "DATA"]);
+    assert!(String::from_utf8_lossy(&first.1).contains("Subject: l"));
+    assert!(sessions.iter().any(|(cmds, _)| cmds.contains(&"RCPT TO:<full@example.test>".to_string())));
 }

@@ -285,6 +285,72 @@ pub enum LmtpEndpoint {
     Unix(PathBuf),
 }
 
+impl LmtpEndpoint {
+    /// `host:port` (an IP address and port) or `unix:/path/to/socket`.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s.strip_prefix("unix:") {
+            Some(path) if path.starts_with('/') => Ok(LmtpEndpoint::Unix(PathBuf::from(path))),
+            Some(_) => Err(format!("{s:?}: the socket path must be absolute")),
+            None => {
+                s.parse().map(LmtpEndpoint::Tcp).map_err(|_| format!("{s:?} is neither ADDRESS:PORT nor unix:/PATH"))
+            }
+        }
+    }
+}
+
+/// `[delivery.lmtp]`: mailboxes delivered to an LMTP server (Dovecot, Cyrus) instead of
+/// Maildirs.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LmtpConfig {
+    /// `ADDRESS:PORT` or `unix:/PATH`. Default none: every mailbox is a Maildir.
+    #[serde(default)]
+    pub server: Option<String>,
+    /// Directory domains whose mailboxes go to the LMTP server. Default empty: all of them.
+    #[serde(default)]
+    pub domains: Vec<String>,
+    /// Each read and write with the server is bounded by this. Default `"30s"`.
+    #[serde(default = "default_lmtp_timeout", deserialize_with = "crate::queue::serde_duration::de")]
+    pub timeout: Duration,
+}
+
+fn default_lmtp_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+impl Default for LmtpConfig {
+    fn default() -> Self {
+        LmtpConfig { server: None, domains: Vec::new(), timeout: default_lmtp_timeout() }
+    }
+}
+
+/// The LMTP route as the router uses it.
+#[derive(Debug, Clone)]
+pub struct LmtpRoute {
+    pub endpoint: LmtpEndpoint,
+    /// Lower case; empty: every directory domain.
+    pub domains: Vec<String>,
+    pub timeout: Duration,
+}
+
+impl LmtpRoute {
+    /// The route of a valid configuration, if one is set.
+    pub fn from_config(c: &LmtpConfig) -> Option<Self> {
+        let endpoint = LmtpEndpoint::parse(c.server.as_deref()?).ok()?;
+        Some(LmtpRoute {
+            endpoint,
+            domains: c.domains.iter().map(|d| d.to_ascii_lowercase()).collect(),
+            timeout: c.timeout,
+        })
+    }
+
+    /// True when mail for a mailbox reached as `address` goes over LMTP.
+    pub fn applies_to(&self, address: &str) -> bool {
+        let domain = address.rsplit_once('@').map_or("", |(_, d)| d);
+        self.domains.is_empty() || self.domains.iter().any(|d| d.eq_ignore_ascii_case(domain))
+    }
+}
+
 trait Stream: Read + Write {}
 impl<T: Read + Write> Stream for T {}
 

@@ -17,6 +17,7 @@ use super::remote::{RcptOutcome, RemoteHandle, RemoteJob, RemoteOutcome};
 use crate::admin::control::{BOUNCED_TEXT, DELETED_TEXT, QueueAnswer, QueueOp, QueueRequest};
 use crate::delivery::autoreply::{self, ReplyMemory};
 use crate::delivery::dsn::{self, Action as DsnAction, DsnConfig, DsnInput, RecipientReport};
+use crate::delivery::lmtp::LmtpRoute;
 use crate::delivery::maildir::{self, Maildir, Staged, UsageCache, mailbox_path};
 use crate::delivery::mx::{Route, RoutingConfig, route};
 use crate::directory::{Destination, Directory, DirectoryHandle, ExpandProblem, Mailbox};
@@ -116,6 +117,8 @@ pub struct ControlConfig {
     pub routing: RoutingConfig,
     pub retry: RetryConfig,
     pub delay_notice: DelayNoticeConfig,
+    /// Mailboxes delivered to an LMTP server instead of Maildirs.
+    pub lmtp: Option<LmtpRoute>,
 }
 
 /// One message the control side tracks until every recipient is final.
@@ -644,7 +647,7 @@ impl Control {
                             {
                                 self.usage.set(&t.maildir, u.bytes);
                             }
-                            self.after_delivery(mb, &t.delivered_to, &a.p, &a.content, &f.path, now);
+                            self.after_delivery(mb, &t.delivered_to, &a.p, &a.content, Some(&f.path), now);
                         }
                     }
                     Err(e) => {
@@ -842,8 +845,15 @@ impl Control {
         let mut outcomes: Vec<(String, Outcome)> = Vec::new();
         let mut copies = Vec::new();
         let mut forwards = Vec::new();
+        let mut lmtp = Vec::new();
         for t in &expansion.targets {
             let (maildir, delivered_to) = match &t.destination {
+                Destination::Mailbox { delivered_to, .. }
+                    if self.cfg.lmtp.as_ref().is_some_and(|l| l.applies_to(delivered_to)) =>
+                {
+                    lmtp.push(t);
+                    continue;
+                }
                 Destination::Mailbox { maildir, delivered_to } => (maildir, delivered_to),
                 // A redirect or group member elsewhere: forwarded as a new message (after
                 // the local copies are committed, see `finish`).
@@ -892,6 +902,9 @@ impl Control {
                 }
             }
         }
+        if !lmtp.is_empty() {
+            self.deliver_lmtp(dir, &p, &content, &lmtp, &mut outcomes, now);
+        }
         for problem in &expansion.problems {
             let (addr, status, text) = match problem {
                 ExpandProblem::Unknown { address } | ExpandProblem::Blocked { address } => {
@@ -916,6 +929,78 @@ impl Control {
             note(&mut outcomes, &[addr], status, text);
         }
         Staging::Ready(Box::new(Attempt { p, local, content, copies, outcomes, forwards }))
+    }
+
+    /// Hands the copies for LMTP mailboxes to the LMTP server (RFC 2033): one transaction
+    /// for the plain copies, one per catch-all copy (its content differs); per-recipient
+    /// replies become the outcomes. The server's 250 makes the copy durable there.
+    fn deliver_lmtp(
+        &mut self,
+        dir: &Directory,
+        p: &Pending,
+        content: &[u8],
+        targets: &[&crate::directory::Target],
+        outcomes: &mut Vec<(String, Outcome)>,
+        now: u64,
+    ) {
+        let Some(route) = self.cfg.lmtp.clone() else { return };
+        let address = |t: &crate::directory::Target| match &t.destination {
+            Destination::Mailbox { delivered_to, .. } => delivered_to.clone(),
+            _ => String::new(),
+        };
+        let mut batches: Vec<(Vec<&crate::directory::Target>, Vec<u8>)> = Vec::new();
+        let plain: Vec<&crate::directory::Target> = targets.iter().copied().filter(|t| !t.catch_all).collect();
+        if !plain.is_empty() {
+            batches.push((plain, content.to_vec()));
+        }
+        for t in targets.iter().copied().filter(|t| t.catch_all) {
+            let mut c = Vec::with_capacity(content.len() + 128);
+            let _ = write!(c, "{}: {}\r\n", self.cfg.catch_all_header, t.original_recipients.join(", "));
+            c.extend_from_slice(content);
+            batches.push((vec![t], c));
+        }
+        for (ts, body) in batches {
+            let rcpts: Vec<String> = ts.iter().map(|t| address(t)).collect();
+            let r = crate::delivery::lmtp::deliver(
+                &route.endpoint,
+                &self.cfg.hostname,
+                &p.envelope.from,
+                &rcpts,
+                &body,
+                route.timeout,
+            );
+            match r {
+                Ok(results) => {
+                    for (t, res) in ts.iter().zip(results) {
+                        match res {
+                            Ok(()) => {
+                                self.delivered += 1;
+                                if let Destination::Mailbox { maildir, delivered_to } = &t.destination
+                                    && let Some(mb) = dir.mailbox_by_maildir(maildir)
+                                {
+                                    self.after_delivery(mb, delivered_to, p, &body, None, now);
+                                }
+                            }
+                            Err(f) => {
+                                let status = if f.permanent { MarkStatus::Failed } else { MarkStatus::Deferred };
+                                note(outcomes, &t.original_recipients, status, f.reply.to_string());
+                            }
+                        }
+                    }
+                }
+                Err(e) => {
+                    log::warn!("control: {}: LMTP server: {e}", p.envelope.id);
+                    for t in &ts {
+                        note(
+                            outcomes,
+                            &t.original_recipients,
+                            MarkStatus::Deferred,
+                            format!("451 4.4.1 LMTP server: {e}"),
+                        );
+                    }
+                }
+            }
+        }
     }
 
     /// After the commit: one mark per local recipient, a report for the failed ones.
@@ -976,7 +1061,7 @@ impl Control {
         delivered_to: &str,
         p: &Pending,
         content: &[u8],
-        file: &std::path::Path,
+        file: Option<&std::path::Path>,
         now: u64,
     ) {
         if mb.autoresponder.is_none() && mb.delivery_event.is_none() {
@@ -1003,7 +1088,9 @@ impl Control {
             self.generate(String::new(), p.envelope.from.clone(), reply, now);
             self.save_replies();
         }
+        // The delivery event names the Maildir file: there is none for an LMTP copy.
         if let Some(program) = &mb.delivery_event
+            && let Some(file) = file
             && !bulk
         {
             run_event(program, &mb.postoffice, &mb.name, file, self.cfg.event_timeout);

@@ -164,6 +164,7 @@ impl Server {
                 local_retry: cfg.delivery.local_retry,
                 local_domains: cfg.local_domains.iter().map(|d| d.to_ascii_lowercase()).collect(),
                 routing: cfg.delivery.routing.clone(),
+                lmtp: crate::delivery::lmtp::LmtpRoute::from_config(&cfg.delivery.lmtp),
                 retry: cfg.delivery.retry.clone(),
                 delay_notice: cfg.delivery.delay_notice,
             },
