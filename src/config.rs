@@ -1004,6 +1004,7 @@ impl Config {
             local_domains: self.local_domains.iter().map(|d| d.to_ascii_lowercase()).collect::<HashSet<_>>(),
             catch_alls: self.policy.catch_alls,
             usage: None,
+            conn_limits: None,
             hide_client_ip: self.policy.hide_client_ip,
             policy: self.policy(),
             auth_mode: listener.auth,

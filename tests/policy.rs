@@ -58,6 +58,33 @@ impl Proxied {
 const PROXY_LISTENER: &str =
     "[[listener]]\nport = 0\nbind = [\"127.0.0.1\"]\nproxy_protocol = true\nproxy_trusted = [\"127.0.0.1\"]\n";
 
+/// Behind a load balancer the per-address connection limit counts the client named in the
+/// PROXY header, not the balancer: 421 4.7.0 for the client over the limit, others still
+/// served; a closed connection frees its place.
+#[test]
+fn per_address_limit_counts_the_proxied_client() {
+    for driver in DRIVERS {
+        let tmp = tempfile::tempdir().unwrap();
+        let srv = start(tmp.path(), driver, &format!("{PROXY_LISTENER}[limits]\nmax_connections_per_ip = 2\n"));
+        let (a1, g1) = Proxied::connect(srv.addr(), "192.0.2.7");
+        let (_a2, g2) = Proxied::connect(srv.addr(), "192.0.2.7");
+        assert!(g1.starts_with("220") && g2.starts_with("220"), "{driver}: {g1}{g2}");
+        let (_a3, g3) = Proxied::connect(srv.addr(), "192.0.2.7");
+        assert!(g3.starts_with("421 4.7.0"), "{driver}: {g3}");
+        // Three connections from the balancer already: another client is still served.
+        let (mut b, gb) = Proxied::connect(srv.addr(), "192.0.2.8");
+        assert!(gb.starts_with("220"), "{driver}: {gb}");
+        assert!(b.cmd("EHLO b").starts_with("250"));
+        drop(a1);
+        assert!(
+            eventually(Duration::from_secs(5), || Proxied::connect(srv.addr(), "192.0.2.7").1.starts_with("220")),
+            "{driver}: the place of the closed connection is not freed"
+        );
+        let (status, log) = srv.stop();
+        assert!(status.success(), "{log}");
+    }
+}
+
 #[test]
 fn access_list_and_auto_ban_across_restart() {
     for driver in DRIVERS {

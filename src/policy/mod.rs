@@ -21,11 +21,13 @@
 
 pub mod auth;
 pub mod bans;
+pub mod conns;
 pub mod iplist;
 pub mod pop;
 pub mod rate;
 
 pub use bans::{BanError, BanList};
+pub use conns::ConnLimits;
 pub use iplist::{IpList, IpListError};
 pub use pop::{DropFolder, PopLookup};
 pub use rate::RateLimiter;

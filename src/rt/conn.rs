@@ -39,7 +39,9 @@ pub struct Conn {
     pub closing: bool,
     /// A message of this connection is with the spool.
     pub spooling: bool,
-    pub peer_ip: std::net::IpAddr,
+    /// The address this connection is counted under in the limits (none: a proxied
+    /// connection, whose session counts the client's address).
+    pub counted_ip: Option<std::net::IpAddr>,
     /// The answer awaited from a service thread (DNS, password check).
     awaiting: Option<AnswerSlot>,
     /// Wakes the shard's loop when a service answers this connection.
@@ -51,7 +53,11 @@ pub struct Conn {
 pub struct TlsFailure;
 
 impl Conn {
-    pub fn new(session: Session, peer_ip: std::net::IpAddr, implicit_tls: Option<Arc<rustls::ServerConfig>>) -> Self {
+    pub fn new(
+        session: Session,
+        counted_ip: Option<std::net::IpAddr>,
+        implicit_tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> Self {
         let mut c = Conn {
             session,
             tls: None,
@@ -59,7 +65,7 @@ impl Conn {
             outq: Vec::new(),
             closing: false,
             spooling: false,
-            peer_ip,
+            counted_ip,
             awaiting: None,
             waker: None,
         };

@@ -141,7 +141,7 @@ impl Driver {
             if shard.stopping() {
                 continue;
             }
-            if !shard.limits.try_acquire(peer.ip()) {
+            if !shard.limits.try_acquire(shard.counted_ip(l, peer.ip())) {
                 shard.stats.refused_connections += 1;
                 listener::send_and_forget(fd.as_raw_fd(), TOO_MANY_CONNECTIONS);
                 continue;
@@ -235,7 +235,7 @@ impl Driver {
     fn close(&mut self, shard: &mut Shard, token: u64) {
         if let Some(s) = self.conns.remove(token) {
             shard.stats.messages += s.conn.session.messages_accepted();
-            shard.limits.release(s.conn.peer_ip);
+            shard.limits.release(s.conn.counted_ip);
             // Dropping the descriptor closes it and removes it from the epoll set.
             drop(s.fd);
         }

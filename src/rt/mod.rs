@@ -123,6 +123,7 @@ impl Server {
         };
         // Mailbox usage: local delivery keeps it, RCPT reads it.
         let usage = Arc::new(UsageCache::new());
+        let limits = Arc::new(ConnLimits::new(cfg.limits.max_connections, cfg.limits.max_connections_per_ip));
         // Bind everything first, so that a bad address fails the start before any thread.
         let mut per_shard: Vec<Vec<ShardListener>> = (0..shards).map(|_| Vec::new()).collect();
         let mut local_addrs = Vec::new();
@@ -132,6 +133,7 @@ impl Server {
             local_addrs.push(actual);
             let mut session = cfg.session_config(&l, tls.is_some());
             session.usage = Some(usage.clone());
+            session.conn_limits = Some(limits.clone());
             let session = Arc::new(session);
             for (i, socket) in socks.into_iter().enumerate() {
                 per_shard[i].push(ShardListener {
@@ -178,7 +180,6 @@ impl Server {
             Some(remote),
             control_stop.clone(),
         )?;
-        let limits = Arc::new(ConnLimits::new(cfg.limits.max_connections, cfg.limits.max_connections_per_ip));
         let shutdown = Arc::new(AtomicBool::new(false));
         let socket_path = crate::admin::control::socket_path(&cfg.data_dir);
         // Without the socket the server still serves mail; only the queue commands need it.

@@ -4,6 +4,7 @@
 use super::conn::{Conn, Effect};
 use super::control::{Accepted, ControlLink};
 use crate::directory::DirectoryHandle;
+pub use crate::policy::ConnLimits;
 use crate::session::{Session, SessionConfig};
 use crate::spool::{IdGen, QueueId, ShardLog, SpoolError, Stored};
 use crate::util::time::Now;
@@ -13,71 +14,13 @@ use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::os::fd::OwnedFd;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// A listening socket of this shard and what its connections get.
 pub struct ShardListener {
     pub socket: TcpListener,
     pub session: Arc<SessionConfig>,
     pub implicit_tls: bool,
-}
-
-/// Connection counts shared by all shards, without locks: a total and a table of per-address
-/// counters indexed by a hash of the address (a collision only makes the limit stricter).
-pub struct ConnLimits {
-    total: AtomicUsize,
-    per_ip: Box<[AtomicU32]>,
-    pub max_total: usize,
-    pub max_per_ip: usize,
-}
-
-const IP_SLOTS: usize = 4096;
-
-impl ConnLimits {
-    pub fn new(max_total: usize, max_per_ip: usize) -> Self {
-        ConnLimits {
-            total: AtomicUsize::new(0),
-            per_ip: (0..IP_SLOTS).map(|_| AtomicU32::new(0)).collect(),
-            max_total,
-            max_per_ip,
-        }
-    }
-
-    fn slot(&self, ip: IpAddr) -> &AtomicU32 {
-        let h = match ip {
-            IpAddr::V4(a) => u32::from(a).wrapping_mul(0x9e37_79b9) as usize,
-            // IPv6 clients are counted per /64, the unit an end site gets.
-            IpAddr::V6(a) => {
-                let b = a.octets();
-                (u64::from_be_bytes(b[..8].try_into().unwrap()).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) as usize
-            }
-        };
-        &self.per_ip[h % IP_SLOTS]
-    }
-
-    /// Counts a new connection; false (and nothing counted) when a limit is reached.
-    pub fn try_acquire(&self, ip: IpAddr) -> bool {
-        if self.total.fetch_add(1, Ordering::Relaxed) >= self.max_total {
-            self.total.fetch_sub(1, Ordering::Relaxed);
-            return false;
-        }
-        let s = self.slot(ip);
-        if s.fetch_add(1, Ordering::Relaxed) as usize >= self.max_per_ip {
-            s.fetch_sub(1, Ordering::Relaxed);
-            self.total.fetch_sub(1, Ordering::Relaxed);
-            return false;
-        }
-        true
-    }
-
-    pub fn release(&self, ip: IpAddr) {
-        self.slot(ip).fetch_sub(1, Ordering::Relaxed);
-        self.total.fetch_sub(1, Ordering::Relaxed);
-    }
-
-    pub fn current(&self) -> usize {
-        self.total.load(Ordering::Relaxed)
-    }
 }
 
 /// Wakes a shard's loop from another thread (DNS answers, password checks) and says which
@@ -235,11 +178,19 @@ impl<D> Default for Slab<D> {
 
 impl Shard {
     /// A new connection on listener `l`: its session, greeting included.
+    /// The address a new connection on listener `l` is counted under at accept: none for a
+    /// trusted load balancer speaking the PROXY protocol (the session counts the client's
+    /// real address once the header is read).
+    pub fn counted_ip(&self, l: usize, peer: IpAddr) -> Option<IpAddr> {
+        let proxied = self.listeners[l].session.proxy_from.as_ref().is_some_and(|list| list.contains(peer));
+        (!proxied).then_some(peer)
+    }
+
     pub fn new_conn(&self, l: usize, peer: SocketAddr, now: Now) -> Conn {
         let lst = &self.listeners[l];
         let session = Session::new(lst.session.clone(), self.ids.clone(), self.directory.current(), peer, None, now);
         let implicit = if lst.implicit_tls { self.tls.clone() } else { None };
-        Conn::new(session, peer.ip(), implicit)
+        Conn::new(session, self.counted_ip(l, peer.ip()), implicit)
     }
 
     /// Queues the effects of connection `token` (spool requests).

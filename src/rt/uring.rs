@@ -327,7 +327,7 @@ impl Driver {
             return;
         }
         let Ok(peer) = listener::peer_addr(fd.as_raw_fd()) else { return };
-        if !shard.limits.try_acquire(peer.ip()) {
+        if !shard.limits.try_acquire(shard.counted_ip(l, peer.ip())) {
             shard.stats.refused_connections += 1;
             listener::send_and_forget(fd.as_raw_fd(), TOO_MANY_CONNECTIONS);
             return;
@@ -437,7 +437,7 @@ impl Driver {
             }
             if let Some(s) = self.conns.remove(token) {
                 shard.stats.messages += s.conn.session.messages_accepted();
-                shard.limits.release(s.conn.peer_ip);
+                shard.limits.release(s.conn.counted_ip);
                 drop(s.fd);
             }
             return;

@@ -40,6 +40,16 @@ impl Session {
                 if let Some(src) = h.source {
                     self.peer = src;
                 }
+                // The per-address limit applies to the client, not to the load balancer.
+                if let Some(limits) = &self.cfg.conn_limits {
+                    let ip = self.peer.ip();
+                    if !limits.try_acquire_ip(ip) {
+                        self.reply(Reply::new(421, "4.7.0", "Error: too many connections from your address"));
+                        self.close();
+                        return Some(buf.len());
+                    }
+                    self.counted_ip = Some(ip);
+                }
                 self.phase = Phase::Command;
                 self.connect(now);
                 Some(used)

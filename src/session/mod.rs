@@ -85,6 +85,9 @@ pub struct SessionConfig {
     /// Mailbox usage, kept by local delivery, so that RCPT can refuse a mailbox known to be
     /// full (552 5.2.2). None: no mailbox is known full.
     pub usage: Option<Arc<crate::delivery::maildir::UsageCache>>,
+    /// The server's connection limits: a PROXY-protocol session counts its client's real
+    /// address there once the header is read (421 4.7.0 over the per-address limit).
+    pub conn_limits: Option<Arc<crate::policy::ConnLimits>>,
     /// Show 127.0.0.1 instead of the client address in the Received header.
     pub hide_client_ip: bool,
     /// The rules at the door, shared by every listener of the server.
@@ -116,6 +119,7 @@ impl Default for SessionConfig {
             local_domains: HashSet::new(),
             catch_alls: true,
             usage: None,
+            conn_limits: None,
             hide_client_ip: false,
             policy: Arc::new(Policy::default()),
             auth_mode: AuthMode::TlsOnly,
@@ -235,6 +239,16 @@ pub struct Session {
     /// Start of the Received header in `body`, for the Received "for" clause.
     received_hdr_len: usize,
     messages: u64,
+    /// The client address this session counts in `cfg.conn_limits` (a proxied client).
+    counted_ip: Option<std::net::IpAddr>,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        if let (Some(ip), Some(l)) = (self.counted_ip, &self.cfg.conn_limits) {
+            l.release_ip(ip);
+        }
+    }
 }
 
 impl Session {
@@ -272,6 +286,7 @@ impl Session {
             errors: 0,
             received_hdr_len: 0,
             messages: 0,
+            counted_ip: None,
         };
         if !proxied {
             s.connect(now);
