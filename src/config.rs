@@ -772,9 +772,6 @@ impl Config {
                     "needs proxy_trusted, the load balancers' addresses".into(),
                 );
             }
-            if l.proxy_protocol && l.tls == ListenerTls::Implicit {
-                bad(&format!("listener[{i}].proxy_protocol"), "not supported with implicit TLS yet".into());
-            }
         }
         if self.tls.certificate.is_some() != self.tls.private_key.is_some() {
             bad("tls.certificate", "certificate and private_key go together".into());

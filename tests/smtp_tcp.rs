@@ -195,6 +195,28 @@ fn implicit_tls() {
     });
 }
 
+/// Implicit TLS behind a load balancer: the PROXY header comes first in plaintext, then the
+/// handshake; the client it names is the one in the Received header.
+#[test]
+fn implicit_tls_after_a_proxy_header() {
+    each_driver(|driver, dir| {
+        let (cert, key, der) = make_cert(dir);
+        let srv = start(
+            dir,
+            driver,
+            &format!(
+                "[[listener]]\nport = 0\nbind = [\"127.0.0.1\"]\ntls = \"implicit\"\nproxy_protocol = true\nproxy_trusted = [\"127.0.0.1\"]\n[tls]\ncertificate = {cert:?}\nprivate_key = {key:?}\n"
+            ),
+        );
+        let (mut c, greeting) = Client::connect_proxied_tls(srv.addr(), "192.0.2.9", tls_client_config(&der));
+        assert!(greeting.starts_with("220 mx.example.test"), "{driver}: {greeting}");
+        c.cmd("EHLO c");
+        let id = queued_id(&c.message("a@remote.example", &["x@example.test"], "Subject: s\r\n\r\nx\r\n"));
+        let (_, shown) = ringmx(dir, &["queue", "show", &id]);
+        assert!(shown.contains("[192.0.2.9]") && shown.contains(" with ESMTPS id "), "{shown}");
+    });
+}
+
 /// SPEC §2: connections past the per-address limit get 421 4.7.0.
 #[test]
 fn connection_limit_421() {

@@ -96,7 +96,9 @@ impl Conn {
         match self.tls.as_mut() {
             None => self.session.handle_input(now, data),
             Some(_) => {
-                if self.tls_input(now, data, scratch).is_err() {
+                // Implicit TLS behind a load balancer: its PROXY header precedes the handshake.
+                let data = &data[self.session.proxy_prelude(now, data)..];
+                if !data.is_empty() && self.tls_input(now, data, scratch).is_err() {
                     self.closing = true;
                 }
             }

@@ -351,6 +351,27 @@ impl Session {
         }
     }
 
+    /// Implicit TLS behind a trusted load balancer: the PROXY header comes first, in
+    /// plaintext, then the TLS handshake. Reads the header only and returns how many bytes
+    /// of `data` it took (the rest is TLS): all of them while the header is incomplete, none
+    /// when no header is expected.
+    pub fn proxy_prelude(&mut self, now: Now, data: &[u8]) -> usize {
+        if self.phase != Phase::Proxy {
+            return 0;
+        }
+        self.last_unix = now.unix_secs();
+        let before = self.pending.len();
+        let mut buf = std::mem::take(&mut self.pending);
+        buf.extend_from_slice(data);
+        match self.proxy_input(now, &buf) {
+            None => {
+                self.pending = buf;
+                data.len()
+            }
+            Some(used) => used.saturating_sub(before).min(data.len()),
+        }
+    }
+
     fn process_pending(&mut self, now: Now) {
         if self.pending.is_empty() || self.is_blocked() {
             return;

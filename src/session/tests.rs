@@ -927,6 +927,23 @@ fn proxy_header_names_the_client() {
     assert!(first.starts_with("220 "));
 }
 
+/// Implicit TLS behind a load balancer: the prelude takes the header only, in pieces, and
+/// leaves what follows it (the TLS handshake) to the caller.
+#[test]
+fn proxy_prelude_takes_the_header_only() {
+    let c = SessionConfig { proxy_from: Some(Arc::new(IpList::parse(&["127.0.0.1"]).unwrap())), ..cfg() };
+    let (mut h, _) = Harness::raw(c.clone(), "127.0.0.1:5000");
+    let now = Now::system();
+    assert_eq!(h.s.proxy_prelude(now, b"PROXY TCP4 198.51.100.20 "), 25);
+    let rest = b"192.0.2.1 40000 465\r\n\x16\x03\x01";
+    assert_eq!(h.s.proxy_prelude(now, rest), rest.len() - 3, "the TLS record stays with the caller");
+    assert_eq!(h.s.client(), "198.51.100.20:40000".parse().unwrap());
+    assert_eq!(h.s.proxy_prelude(now, b"\x16\x03\x01"), 0, "no header expected any more");
+    // Not behind a balancer: nothing to take.
+    let (mut h, _) = Harness::raw(c, "192.0.2.9:1");
+    assert_eq!(h.s.proxy_prelude(now, b"\x16\x03\x01"), 0);
+}
+
 #[test]
 fn inbound_auth_per_postoffice_by_default() {
     let data = serde_json::from_value(serde_json::json!({

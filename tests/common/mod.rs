@@ -213,6 +213,18 @@ impl Client {
         (c, greeting)
     }
 
+    /// Connects as a load balancer would: a PROXY v1 header naming `client`, then implicit
+    /// TLS; reads the greeting.
+    pub fn connect_proxied_tls(addr: SocketAddr, client: &str, cfg: Arc<rustls::ClientConfig>) -> (Client, String) {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        s.write_all(format!("PROXY TCP4 {client} 127.0.0.1 40000 465\r\n").as_bytes()).unwrap();
+        let conn = rustls::ClientConnection::new(cfg, "localhost".try_into().unwrap()).unwrap();
+        let mut c = Client { stream: Stream::Tls(Box::new(rustls::StreamOwned::new(conn, s))), buf: Vec::new() };
+        let greeting = c.reply();
+        (c, greeting)
+    }
+
     /// STARTTLS was accepted: continue over TLS.
     pub fn upgrade(&mut self, cfg: Arc<rustls::ClientConfig>) {
         let Stream::Plain(s) = std::mem::replace(&mut self.stream, Stream::Swapping) else { panic!("already TLS") };
