@@ -85,6 +85,7 @@ pub struct Server {
     threads: Vec<std::thread::JoinHandle<Result<ShardStats, std::io::Error>>>,
     control: Option<std::thread::JoinHandle<()>>,
     socket: Option<std::thread::JoinHandle<()>>,
+    spares: Option<std::thread::JoinHandle<()>>,
     /// Held while the server runs: one server per spool, and the queue commands know.
     _lock: crate::admin::control::SpoolLock,
     /// Set once the shards have stopped: the control thread then finishes.
@@ -238,6 +239,7 @@ impl Server {
                 .map_err(ServeError::Thread)?;
             threads.push(t);
         }
+        let spares = spawn_spare_preparer(&spool, shards, cfg.spool.segment_size, shutdown.clone())?;
         drop(tx);
         log::info!(
             "{shards} ingress shard(s), {driver:?} driver, fsync {}",
@@ -247,6 +249,7 @@ impl Server {
             threads,
             control: Some(control_thread),
             socket,
+            spares: Some(spares),
             _lock: lock,
             control_stop,
             directory,
@@ -273,9 +276,9 @@ impl Server {
                 }
             }
         }
-        // The shards set `shutdown`, which also ends the control socket.
-        if let Some(s) = self.socket {
-            let _ = s.join();
+        // The shards set `shutdown`, which also ends the control socket and the preparer.
+        for t in [self.socket, self.spares].into_iter().flatten() {
+            let _ = t.join();
         }
         self.control_stop.store(true, Ordering::Relaxed);
         if let Some(c) = self.control
@@ -285,6 +288,31 @@ impl Server {
         }
         Ok(all)
     }
+}
+
+/// Keeps one spare segment file, written through, in each shard's spool directory (and the
+/// control log's), so that a shard moving to a new segment finds one ready instead of writing
+/// it on its own thread (see [`crate::spool::log::prepare_spare`]).
+fn spawn_spare_preparer(
+    spool: &std::path::Path,
+    shards: usize,
+    segment_size: u64,
+    stop: Arc<AtomicBool>,
+) -> Result<std::thread::JoinHandle<()>, ServeError> {
+    let dirs: Vec<std::path::PathBuf> = (0..shards as u8).chain([CONTROL_SHARD]).map(|s| shard_dir(spool, s)).collect();
+    std::thread::Builder::new()
+        .name("spool-spares".into())
+        .spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                for d in &dirs {
+                    if let Err(e) = crate::spool::log::prepare_spare(d, segment_size) {
+                        log::warn!("spool: preparing a spare segment in {}: {e}", d.display());
+                    }
+                }
+                std::thread::sleep(std::time::Duration::from_millis(250));
+            }
+        })
+        .map_err(ServeError::Thread)
 }
 
 fn pin_to_core(core: usize) {

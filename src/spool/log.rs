@@ -19,12 +19,14 @@
 //! # Segment files
 //!
 //! A new segment is prepared under a temporary name (`<seq>.tmp`: header written and
-//! synced, space preallocated) and renamed into place, so a `<seq>.seg` always has a valid
-//! header, whatever the moment of a crash. When the shard's directory holds a retired
-//! segment (`*.free`, left by [`super::retire_segment`]), that file is used instead of a new
-//! one: its blocks are already written, so the `fdatasync` after each batch flushes data and
-//! no extent conversion. Stale records in it never check: every record's CRC is seeded with
-//! the sequence of the segment it was written for.
+//! synced) and renamed into place, so a `<seq>.seg` always has a valid header, whatever the
+//! moment of a crash. When the shard's directory holds a spare file (`*.free`: a retired
+//! segment left by [`super::retire_segment`], or one written ahead by [`prepare_spare`]),
+//! that file is used; else a new file is written through with zeros. Either way every block
+//! is already written, so the `fdatasync` after each batch flushes data, never an extent
+//! conversion (which doubles its cost on ext4: docs/decisions/005-segment-reuse.md). Stale
+//! records in a reused file never check: every record's CRC is seeded with the sequence of
+//! the segment it was written for.
 
 use super::envelope::Envelope;
 use super::envelope::QueueId;
@@ -381,14 +383,12 @@ fn create_segment(dir: &Path, shard: u8, seq: u64, size: u64) -> Result<Segment,
         let _ = std::fs::remove_file(&tmp);
         SpoolError::from_write(e, &path, 0)
     };
-    // Preallocate so that appends do not change the file size: fdatasync then flushes data,
-    // not metadata. A reused file keeps its size (and its written blocks).
+    // Written through once (zeros), so that appends neither change the file size nor
+    // convert unwritten extents: each fdatasync then flushes data only. A reused file
+    // keeps its size and its written blocks.
     let have = file.metadata().map_err(fail)?.len();
     if have < size {
-        let r = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, size as libc::off_t) };
-        if r != 0 {
-            return Err(fail(std::io::Error::last_os_error()));
-        }
+        fill_zeros(&file, have, size).map_err(fail)?;
     }
     let created_ms = crate::util::time::Now::system().unix_ms;
     let mut head = [0u8; SEGMENT_HEADER_LEN + END_MARK.len()];
@@ -398,6 +398,40 @@ fn create_segment(dir: &Path, shard: u8, seq: u64, size: u64) -> Result<Segment,
     std::fs::rename(&tmp, &path).map_err(fail)?;
     File::open(dir).and_then(|d| d.sync_all()).map_err(|e| SpoolError::io("sync directory", dir, 0, e))?;
     Ok(Segment { file, seq, end: SEGMENT_HEADER_LEN as u64, size: have.max(size) })
+}
+
+/// Writes zeros over `from..to` of `file` (the blocks become written, not just allocated).
+fn fill_zeros(file: &File, from: u64, to: u64) -> std::io::Result<()> {
+    const CHUNK: usize = 1 << 20;
+    let zeros = vec![0u8; CHUNK];
+    let mut at = from;
+    while at < to {
+        let n = ((to - at) as usize).min(CHUNK);
+        file.write_all_at(&zeros[..n], at)?;
+        at += n as u64;
+    }
+    Ok(())
+}
+
+/// Prepares a spare segment file in `dir` when it has none: `size` bytes of zeros, synced,
+/// then named `*.free`, for the shard's next segment. Returns whether it made one. Run off
+/// the shards (it writes a whole segment), so that a rotation never waits for it.
+pub fn prepare_spare(dir: &Path, size: u64) -> std::io::Result<bool> {
+    if take_free(dir).is_some() || !dir.exists() {
+        return Ok(false);
+    }
+    let stamp = crate::util::time::Now::system().unix_ms;
+    let tmp = dir.join(format!("spare-{stamp}.tmp"));
+    let r = (|| {
+        let file = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+        fill_zeros(&file, 0, size)?;
+        file.sync_data()?;
+        std::fs::rename(&tmp, tmp.with_extension(FREE_EXT))
+    })();
+    if r.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    r.map(|()| true)
 }
 
 /// A retired segment file of `dir`, if any.

@@ -71,7 +71,10 @@ fn wait_timeout(child: &mut Child, limit: Duration) -> std::process::ExitStatus 
 pub fn start(dir: &Path, driver: &str, config: &str) -> Server {
     std::fs::create_dir_all(dir).unwrap();
     let cfg = dir.join("ringmx.toml");
-    let text = format!("data_dir = {:?}\nhostname = \"mx.example.test\"\n{config}", dir.join("data"));
+    // Small segments unless the test says otherwise: every server start writes its segments
+    // (and one spare per shard) through with zeros.
+    let spool = if config.contains("[spool]") { "" } else { "\n[spool]\nsegment_size = \"1MiB\"\n" };
+    let text = format!("data_dir = {:?}\nhostname = \"mx.example.test\"\n{config}{spool}", dir.join("data"));
     std::fs::write(&cfg, text).unwrap();
     let mut child = Command::new(BIN)
         .args(["serve", "--config"])
