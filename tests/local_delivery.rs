@@ -317,3 +317,30 @@ fn sigkill_during_local_delivery() {
     }
     drop(srv);
 }
+
+/// `ringmx directory …` on a running server: the change applies to new connections within
+/// a moment (the server sees the store change, as on SIGHUP), and a connection open across
+/// the change keeps working.
+#[test]
+fn directory_change_reloads_the_running_server() {
+    let dir = tempfile::tempdir().unwrap();
+    directory(dir.path(), sample());
+    let srv = start_plain(dir.path(), "uring", "");
+    let (mut old, _) = Client::connect(srv.addr());
+    old.cmd("EHLO c");
+    assert!(old.cmd("MAIL FROM:<s@remote.example>").starts_with("250"));
+    assert!(old.cmd("RCPT TO:<newbie@example.net>").starts_with("550 5.1.1"));
+    let (code, out) = ringmx(dir.path(), &["directory", "mailbox", "add", "newbie@example.net"]);
+    assert_eq!(code, 0, "{out}");
+    let accepted = || {
+        let (mut c, _) = Client::connect(srv.addr());
+        c.cmd("EHLO c");
+        c.cmd("MAIL FROM:<s@remote.example>");
+        c.cmd("RCPT TO:<newbie@example.net>").starts_with("250")
+    };
+    assert!(eventually(Duration::from_secs(10), accepted));
+    assert!(old.cmd("NOOP").starts_with("250"), "the old connection is still served");
+    let (status, log) = srv.stop();
+    assert!(status.success(), "{log}");
+    assert!(log.contains("directory changed: reloaded"), "{log}");
+}

@@ -19,6 +19,11 @@ pub trait DirectoryStore: Send + Sync {
     fn load(&self) -> Result<DirectoryData, DirectoryError>;
     /// Replaces the stored directory, atomically.
     fn save(&self, data: &DirectoryData) -> Result<(), DirectoryError>;
+    /// A stamp that changes whenever the stored directory does (for reloading a running
+    /// server); `None` when the store cannot tell.
+    fn stamp(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// The directory as one JSON file, by default `<data_dir>/directory/directory.json`.
@@ -81,6 +86,18 @@ impl DirectoryStore for JsonFileStore {
         };
         serde_json::from_str(&text)
             .map_err(|e| DirectoryError::Corrupt { path: self.path.clone(), what: e.to_string() })
+    }
+
+    /// The file's inode, size and modification time: a save renames a new file over it.
+    fn stamp(&self) -> Option<u64> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(&self.path).ok()?;
+        Some(
+            m.ino().rotate_left(40)
+                ^ m.size().rotate_left(20)
+                ^ (m.mtime() as u64).wrapping_mul(1_000_000_007)
+                ^ m.mtime_nsec() as u64,
+        )
     }
 
     fn save(&self, data: &DirectoryData) -> Result<(), DirectoryError> {

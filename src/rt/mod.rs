@@ -239,7 +239,7 @@ impl Server {
                 .map_err(ServeError::Thread)?;
             threads.push(t);
         }
-        let spares = spawn_spare_preparer(&spool, shards, cfg.spool.segment_size, shutdown.clone())?;
+        let spares = spawn_housekeeping(&spool, shards, cfg.spool.segment_size, directory.clone(), shutdown.clone())?;
         drop(tx);
         log::info!(
             "{shards} ingress shard(s), {driver:?} driver, fsync {}",
@@ -290,20 +290,29 @@ impl Server {
     }
 }
 
-/// Keeps one spare segment file, written through, in each shard's spool directory (and the
-/// control log's), so that a shard moving to a new segment finds one ready instead of writing
-/// it on its own thread (see [`crate::spool::log::prepare_spare`]).
-fn spawn_spare_preparer(
+/// Background chores, four times a second, off the shards:
+/// - one spare segment file, written through, in each shard's spool directory (and the
+///   control log's), so that a shard moving to a new segment finds one ready instead of
+///   writing it on its own thread ([`crate::spool::log::prepare_spare`]);
+/// - the directory reloaded when its store changed (`ringmx directory …` saved it), as on
+///   SIGHUP: connections keep the directory they started with.
+fn spawn_housekeeping(
     spool: &std::path::Path,
     shards: usize,
     segment_size: u64,
+    directory: Arc<DirectoryHandle>,
     stop: Arc<AtomicBool>,
 ) -> Result<std::thread::JoinHandle<()>, ServeError> {
     let dirs: Vec<std::path::PathBuf> = (0..shards as u8).chain([CONTROL_SHARD]).map(|s| shard_dir(spool, s)).collect();
     std::thread::Builder::new()
-        .name("spool-spares".into())
+        .name("housekeeping".into())
         .spawn(move || {
             while !stop.load(Ordering::Relaxed) {
+                match directory.reload_if_changed() {
+                    Some(Ok(d)) => log::info!("directory changed: reloaded ({} domain(s))", d.data().domains.len()),
+                    Some(Err(e)) => log::error!("directory changed but not reloaded, the previous one stays: {e}"),
+                    None => {}
+                }
                 for d in &dirs {
                     if let Err(e) = crate::spool::log::prepare_spare(d, segment_size) {
                         log::warn!("spool: preparing a spare segment in {}: {e}", d.display());
