@@ -24,6 +24,15 @@ pub enum Command {
     Sink(SinkArgs),
 }
 
+/// The sink's event loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Io {
+    /// io_uring when the kernel allows it, else epoll.
+    Auto,
+    Uring,
+    Epoll,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum AuthMech {
     Plain,
@@ -140,6 +149,10 @@ pub struct SinkArgs {
     /// Event-loop threads (default: one per core).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Event loop: io_uring, epoll, or auto (io_uring when the kernel allows it; the
+    /// choice is printed on stderr at start).
+    #[arg(long, value_enum, default_value_t = Io::Auto)]
+    pub io: Io,
     /// Name in the greeting and EHLO reply.
     #[arg(long, default_value = "sink.example.test")]
     pub hostname: String,

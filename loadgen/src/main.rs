@@ -7,14 +7,14 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::process::ExitCode;
 
 use clap::Parser;
-use ringmx_loadgen::cli::{AuthMech, Cli, Command, RunArgs, SinkArgs};
+use ringmx_loadgen::cli::{AuthMech, Cli, Command, Io, RunArgs, SinkArgs};
 use ringmx_loadgen::client::driver::{self, RunConfig, TlsClient};
 use ringmx_loadgen::client::message::MessageConfig;
 use ringmx_loadgen::client::session::{AuthConfig, AuthMechanism, SessionConfig};
 use ringmx_loadgen::report::progress;
 use ringmx_loadgen::report::summary::{self, Figures, RunDescription};
 use ringmx_loadgen::sink::replies::SinkPhase;
-use ringmx_loadgen::sink::{Sink, SinkConfig, SinkOptions, SinkStats};
+use ringmx_loadgen::sink::{IoMode, Sink, SinkConfig, SinkOptions, SinkStats};
 use ringmx_loadgen::{net, plot, tls};
 
 /// A failure with the exit status it maps to.
@@ -201,7 +201,13 @@ fn sink(a: SinkArgs) -> Result<u8, Failure> {
     opts.max_messages = a.max_messages;
     opts.duration = a.duration;
     opts.idle_timeout = a.idle_timeout;
+    opts.io = match a.io {
+        Io::Auto => IoMode::Auto,
+        Io::Uring => IoMode::Uring,
+        Io::Epoll => IoMode::Epoll,
+    };
     let sink = Sink::start(opts).map_err(|e| runtime(format!("listen on {listen}: {e}")))?;
+    eprintln!("ringmx-loadgen sink: {}", sink.driver());
     net::stop_on_signals(sink.wake_fd()).map_err(runtime)?;
     println!("listening on {}", sink.local_addr());
     use std::io::Write as _;

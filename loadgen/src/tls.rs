@@ -138,7 +138,6 @@ pub enum ReadOutcome {
 
 /// Reads what the socket has, decrypts it and appends the plaintext to `plain`.
 pub fn read(conn: &mut rustls::Connection, fd: RawFd, plain: &mut Vec<u8>) -> io::Result<ReadOutcome> {
-    let tls_err = |e: rustls::Error| io::Error::new(io::ErrorKind::InvalidData, e);
     loop {
         let socket_eof = match conn.read_tls(&mut FdIo(fd)) {
             Ok(0) => true,
@@ -146,21 +145,37 @@ pub fn read(conn: &mut rustls::Connection, fd: RawFd, plain: &mut Vec<u8>) -> io
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(ReadOutcome::Open),
             Err(e) => return Err(e),
         };
-        conn.process_new_packets().map_err(tls_err)?;
-        // Drain after every record batch so rustls's plaintext buffer never fills.
-        let mut chunk = [0u8; 16 * 1024];
-        loop {
-            match conn.reader().read(&mut chunk) {
-                Ok(0) => return Ok(ReadOutcome::Eof), // close_notify
-                Ok(n) => plain.extend_from_slice(&chunk[..n]),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                // Closed without close_notify.
-                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(ReadOutcome::Eof),
-                Err(e) => return Err(e),
-            }
-        }
-        if socket_eof {
+        if decrypt(conn, plain)? == ReadOutcome::Eof || socket_eof {
             return Ok(ReadOutcome::Eof);
+        }
+    }
+}
+
+/// Decrypts `data`, bytes already received (a completion-based loop's read buffer), and
+/// appends the plaintext to `plain`.
+pub fn read_bytes(conn: &mut rustls::Connection, mut data: &[u8], plain: &mut Vec<u8>) -> io::Result<ReadOutcome> {
+    while !data.is_empty() {
+        conn.read_tls(&mut data)?;
+        if decrypt(conn, plain)? == ReadOutcome::Eof {
+            return Ok(ReadOutcome::Eof);
+        }
+    }
+    Ok(ReadOutcome::Open)
+}
+
+/// Processes the records rustls holds and drains their plaintext into `plain`, so its
+/// plaintext buffer never fills.
+fn decrypt(conn: &mut rustls::Connection, plain: &mut Vec<u8>) -> io::Result<ReadOutcome> {
+    conn.process_new_packets().map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        match conn.reader().read(&mut chunk) {
+            Ok(0) => return Ok(ReadOutcome::Eof), // close_notify
+            Ok(n) => plain.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(ReadOutcome::Open),
+            // Closed without close_notify.
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(ReadOutcome::Eof),
+            Err(e) => return Err(e),
         }
     }
 }
@@ -173,10 +188,11 @@ pub fn write_plaintext(conn: &mut rustls::Connection, plain: &[u8]) -> io::Resul
     conn.writer().write(plain)
 }
 
-/// Writes pending TLS records. Returns true when the socket would block with data left.
-pub fn flush(conn: &mut rustls::Connection, fd: RawFd) -> io::Result<bool> {
+/// Writes pending TLS records to `out` (a socket, or a send buffer). Returns true when
+/// `out` would block with data left.
+pub fn flush(conn: &mut rustls::Connection, out: &mut impl io::Write) -> io::Result<bool> {
     while conn.wants_write() {
-        match conn.write_tls(&mut FdIo(fd)) {
+        match conn.write_tls(out) {
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(true),
             Err(e) => return Err(e),

@@ -20,7 +20,7 @@ use rustls::pki_types::ServerName;
 use crate::client::message::{MessageConfig, MessageFactory};
 use crate::client::schedule::{Schedule, WorkerSchedule};
 use crate::client::session::{ClientSession, SessionConfig};
-use crate::net::{self, Epoll};
+use crate::net::{self, Epoll, FdIo};
 use crate::report::recorder::{ErrorKind, Interval};
 use crate::report::{Phase, Recorder};
 use crate::tls;
@@ -733,7 +733,7 @@ fn flush(c: &mut Conn, now: Instant) -> io::Result<()> {
                 let n = tls::write_plaintext(t, c.session.pending_output())?;
                 c.session.transmitted(now, n);
             }
-            if tls::flush(t, fd)? || c.session.pending_output().is_empty() || t.is_handshaking() {
+            if tls::flush(t, &mut FdIo(fd))? || c.session.pending_output().is_empty() || t.is_handshaking() {
                 break;
             }
         },

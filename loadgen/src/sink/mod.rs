@@ -5,13 +5,22 @@
 //! - [`replies`]: the reply chosen at each phase (with probabilities) and injected delays.
 //! - [`proto`]: [`proto::SinkSession`], the sans-IO server session: input bytes and `now`
 //!   in, reply bytes (released when their delay has passed) out. Any event loop can drive
-//!   it; [`server`] is one.
-//! - [`server`]: the thread-per-core epoll loop, SO_REUSEPORT listeners, TLS, counters,
-//!   and the bounds (`max_messages`, `duration`, stop).
+//!   it; the two below do.
+//! - [`server`]: [`Sink`]: the choice of driver ([`IoMode`]), one thread per core with its
+//!   own SO_REUSEPORT listener, the bounds (`max_messages`, `duration`, stop) and the
+//!   counters at the end.
+//! - `shard`: what both drivers share: per-thread counters, held-reply timers, idle scan,
+//!   the connection table, and the step from a session's due replies to a transport (TLS
+//!   included).
+//! - `uring`: the io_uring driver (multishot accept and recv, a provided-buffer ring, one
+//!   `io_uring_enter` per loop turn); `epoll`: the fallback driver.
 
+mod epoll;
 pub mod proto;
 pub mod replies;
 pub mod server;
+mod shard;
+mod uring;
 
 pub use proto::{SinkConfig, SinkSession, SinkStats};
-pub use server::{Sink, SinkOptions};
+pub use server::{Driver, IoMode, Sink, SinkOptions};

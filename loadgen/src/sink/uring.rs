@@ -1,0 +1,570 @@
+//! The io_uring driver: one ring per thread, set up with SINGLE_ISSUER, DEFER_TASKRUN and
+//! COOP_TASKRUN where the kernel accepts them (the thread is the only submitter, and
+//! completions are processed only when it enters the kernel). Per loop turn:
+//!
+//! 1. one `io_uring_enter` submits everything queued and waits for a completion, at most
+//!    until the next held reply, idle scan or the end of the run;
+//! 2. completions are handled in order: multishot accept, multishot recv into the thread's
+//!    provided-buffer ring (the buffer goes back as soon as the session has taken the
+//!    bytes), send completions, the stop eventfd's multishot poll;
+//! 3. every connection touched this turn gets its due replies moved into its send buffer
+//!    and, when no send is in flight, one `Send` (its buffer stays untouched until it
+//!    completes).
+//!
+//! Closing a connection: never while a send is in flight; a synchronous `shutdown(2)` ends
+//! its multishot recv, then the descriptor is closed at once. Every completion carries the
+//! connection's token (slot and generation), so a late one for a closed connection is
+//! recognised and only its buffer taken back. At exit everything in flight is cancelled and
+//! waited for before the buffers are freed.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::{Duration, Instant};
+
+use io_uring::types::{BufRingEntry, CancelBuilder, Fd, SubmitArgs, Timespec};
+use io_uring::{IoUring, cqueue, opcode, squeue};
+
+use crate::sink::shard::{self, ConnState, Core, Flow, Slots};
+
+/// Submission queue entries (the completion queue gets twice as many). Ring memory counts
+/// against the locked-memory limit: this ring and the buffer ring's entries take ~30 KiB.
+const RING_ENTRIES: u32 = 256;
+/// The provided buffers: 128 × 16 KiB = 2 MiB per thread (ordinary memory, not locked).
+const BUF_COUNT: u16 = 128;
+const BUF_SIZE: usize = 16 * 1024;
+const BGID: u16 = 0;
+/// How long the exit waits for cancelled operations before leaking their buffers instead.
+const QUIESCE_LIMIT: Duration = Duration::from_secs(2);
+/// How long the sends in flight at a stop may take to complete.
+const FLUSH_LIMIT: Duration = Duration::from_millis(500);
+
+// user_data: the operation kind in the top byte, the connection token below.
+const K_ACCEPT: u64 = 1 << 56;
+const K_RECV: u64 = 2 << 56;
+const K_SEND: u64 = 3 << 56;
+const K_WAKE: u64 = 4 << 56;
+const K_CANCEL: u64 = 5 << 56;
+const KIND_MASK: u64 = 0xff << 56;
+
+/// Builds a ring with the flags that batch best, or with fewer where the kernel refuses
+/// them; returns the flags used.
+fn build_ring(entries: u32) -> io::Result<(IoUring, &'static str)> {
+    if let Ok(r) = IoUring::builder()
+        .setup_single_issuer()
+        .setup_defer_taskrun()
+        .setup_coop_taskrun()
+        .setup_submit_all()
+        .build(entries)
+    {
+        return Ok((r, "SINGLE_ISSUER, DEFER_TASKRUN, COOP_TASKRUN"));
+    }
+    if let Ok(r) = IoUring::builder().setup_coop_taskrun().build(entries) {
+        return Ok((r, "COOP_TASKRUN"));
+    }
+    Ok((IoUring::new(entries)?, "no setup flags"))
+}
+
+/// Checks that io_uring does here what the loop needs: a ring, a waiting enter with a
+/// timeout (EXT_ARG), a provided-buffer ring and a multishot recv (on a socket pair).
+/// Returns the ring flags accepted.
+pub(super) fn probe() -> io::Result<&'static str> {
+    let (ring, flags) = build_ring(8)?;
+    if !ring.params().is_feature_ext_arg() {
+        return Err(io::Error::other("the kernel lacks IORING_FEAT_EXT_ARG"));
+    }
+    let mut ring = Ring::new(ring);
+    let bufs = BufRing::new(&ring.ring, 8, 64)?;
+    let mut fds = [0; 2];
+    if unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0, fds.as_mut_ptr()) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let (a, b) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    ring.push(opcode::RecvMulti::new(Fd(a.as_raw_fd()), BGID).build().user_data(K_RECV));
+    let r = (|| {
+        if unsafe { libc::write(b.as_raw_fd(), b"x".as_ptr().cast(), 1) } != 1 {
+            return Err(io::Error::last_os_error());
+        }
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while ring.cqes.is_empty() && Instant::now() < deadline {
+            ring.enter(Duration::from_millis(100))?;
+        }
+        match ring.cqes.first() {
+            Some(&(_, 1, flags)) if cqueue::buffer_select(flags).is_some() => Ok(flags),
+            Some(&(_, res, _)) if res < 0 => Err(io::Error::from_raw_os_error(-res)),
+            Some(_) => Err(io::Error::other("multishot recv answered unexpectedly")),
+            None => Err(io::Error::other("multishot recv did not complete")),
+        }
+    })();
+    unsafe { libc::shutdown(a.as_raw_fd(), libc::SHUT_RDWR) };
+    ring.release(bufs);
+    r.map(|_| flags)
+}
+
+/// The ring and the count of operations whose last completion has not come yet.
+struct Ring {
+    ring: IoUring,
+    /// Operations submitted (or queued) whose final completion (one without
+    /// IORING_CQE_F_MORE) has not been seen.
+    inflight: usize,
+    /// This turn's completions: `(user_data, result, flags)`.
+    cqes: Vec<(u64, i32, u32)>,
+}
+
+impl Ring {
+    fn new(ring: IoUring) -> Self {
+        Ring { ring, inflight: 0, cqes: Vec::with_capacity(2 * RING_ENTRIES as usize) }
+    }
+
+    /// Queues an SQE, handing the queue to the kernel first if it is full.
+    fn push(&mut self, e: squeue::Entry) {
+        self.inflight += 1;
+        loop {
+            if unsafe { self.ring.submission().push(&e) }.is_ok() {
+                return;
+            }
+            let _ = self.ring.submit();
+        }
+    }
+
+    /// Submits what is queued and waits up to `wait` for a completion; collects every
+    /// completion into `cqes`.
+    fn enter(&mut self, wait: Duration) -> io::Result<()> {
+        let ts = Timespec::from(wait);
+        let args = SubmitArgs::new().timespec(&ts);
+        match self.ring.submitter().submit_with_args(1, &args) {
+            Ok(_) => {}
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ETIME) | Some(libc::EINTR) | Some(libc::EBUSY)) => {}
+            Err(e) => return Err(e),
+        }
+        self.cqes.clear();
+        for c in self.ring.completion() {
+            if !cqueue::more(c.flags()) {
+                self.inflight -= 1;
+            }
+            self.cqes.push((c.user_data(), c.result(), c.flags()));
+        }
+        Ok(())
+    }
+
+    /// Cancels everything in flight and waits (bounded) for the kernel to finish with it.
+    /// Returns whether it did.
+    fn quiesce(&mut self) -> bool {
+        if self.inflight > 0 {
+            self.push(opcode::AsyncCancel2::new(CancelBuilder::any()).build().user_data(K_CANCEL));
+        }
+        let deadline = Instant::now() + QUIESCE_LIMIT;
+        while self.inflight > 0 && Instant::now() < deadline {
+            if self.enter(Duration::from_millis(100)).is_err() {
+                break;
+            }
+        }
+        self.inflight == 0
+    }
+
+    /// Ends the ring's use of `bufs` and frees them. If the kernel may still write into
+    /// them (operations that would not end), they are leaked rather than freed, and the
+    /// result is false: the caller must leak the buffers of its sends too.
+    fn release(mut self, bufs: BufRing) -> bool {
+        if self.quiesce() {
+            let _ = self.ring.submitter().unregister_buf_ring(BGID);
+            drop(self.ring);
+            drop(bufs);
+            return true;
+        }
+        eprintln!("ringmx-loadgen sink: {} io_uring operation(s) did not end; leaking their buffers", self.inflight);
+        std::mem::forget(bufs);
+        false
+    }
+}
+
+/// The provided-buffer ring (IORING_REGISTER_PBUF_RING) and the buffers behind it.
+struct BufRing {
+    entries: *mut BufRingEntry,
+    entries_len: usize,
+    count: u16,
+    size: usize,
+    mem: Vec<u8>,
+    tail: u16,
+}
+
+impl BufRing {
+    fn new(ring: &IoUring, count: u16, size: usize) -> io::Result<Self> {
+        debug_assert!(count.is_power_of_two());
+        let entries_len = count as usize * std::mem::size_of::<BufRingEntry>();
+        // Page-aligned, as the kernel requires.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                entries_len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let mut b = BufRing {
+            entries: ptr as *mut BufRingEntry,
+            entries_len,
+            count,
+            size,
+            mem: vec![0u8; count as usize * size],
+            tail: 0,
+        };
+        unsafe { ring.submitter().register_buf_ring_with_flags(ptr as u64, count, BGID, 0)? };
+        for bid in 0..count {
+            b.push(bid);
+        }
+        b.publish();
+        Ok(b)
+    }
+
+    fn slice(&self, bid: u16, len: usize) -> &[u8] {
+        let start = bid as usize * self.size;
+        &self.mem[start..start + len.min(self.size)]
+    }
+
+    /// Gives buffer `bid` back to the kernel (visible after [`BufRing::publish`]).
+    fn push(&mut self, bid: u16) {
+        let idx = (self.tail & (self.count - 1)) as usize;
+        let e = unsafe { &mut *self.entries.add(idx) };
+        e.set_addr(self.mem.as_ptr() as u64 + (bid as usize * self.size) as u64);
+        e.set_len(self.size as u32);
+        e.set_bid(bid);
+        self.tail = self.tail.wrapping_add(1);
+    }
+
+    /// Publishes the tail with a release store, so the kernel sees the entries first.
+    fn publish(&self) {
+        unsafe {
+            let tail = BufRingEntry::tail(self.entries) as *mut u16;
+            AtomicU16::from_ptr(tail).store(self.tail, Ordering::Release);
+        }
+    }
+}
+
+impl Drop for BufRing {
+    fn drop(&mut self) {
+        unsafe { libc::munmap(self.entries as *mut _, self.entries_len) };
+    }
+}
+
+struct Conn {
+    fd: OwnedFd,
+    state: ConnState,
+    recv_armed: bool,
+    /// The multishot recv stopped (no buffer was free): arm it again after this turn.
+    recv_rearm: bool,
+    send_inflight: bool,
+    /// The bytes being sent; untouched while `send_inflight`.
+    sending: Vec<u8>,
+    /// How much of `sending` is sent.
+    sent: usize,
+    /// Bytes for the next send.
+    pending: Vec<u8>,
+    /// The peer closed its side: send what is due, then close.
+    eof: bool,
+    /// The session is over: close once the output is out.
+    closing: bool,
+    /// The socket failed or the connection idled out: drop the output and close.
+    dead: bool,
+}
+
+struct Loop<'a> {
+    core: &'a mut Core,
+    ring: Ring,
+    bufs: BufRing,
+    listener: OwnedFd,
+    accept_armed: bool,
+    conns: Slots<Conn>,
+    plain: Vec<u8>,
+    /// Connections to service after this turn's completions.
+    touched: Vec<u64>,
+}
+
+/// Runs one thread's loop until the sink stops.
+pub(super) fn run(core: &mut Core, listener: OwnedFd) -> io::Result<()> {
+    // Built on this thread: with SINGLE_ISSUER the creating thread is the only submitter.
+    let (ring, _) = build_ring(RING_ENTRIES)?;
+    let ring = Ring::new(ring);
+    let bufs = BufRing::new(&ring.ring, BUF_COUNT, BUF_SIZE)?;
+    let mut l = Loop {
+        core,
+        ring,
+        bufs,
+        listener,
+        accept_armed: false,
+        conns: Slots::new(),
+        plain: Vec::with_capacity(BUF_SIZE),
+        touched: Vec::new(),
+    };
+    l.arm_accept();
+    l.arm_wake();
+    let r = l.turns();
+    l.flush_sends();
+    l.finish();
+    r
+}
+
+impl Loop<'_> {
+    fn turns(&mut self) -> io::Result<()> {
+        loop {
+            let now = Instant::now();
+            if self.core.stopping(now) {
+                return Ok(());
+            }
+            self.ring.enter(self.core.next_wake().saturating_duration_since(now))?;
+            let now = Instant::now();
+            let cqes = std::mem::take(&mut self.ring.cqes);
+            for &(ud, res, flags) in &cqes {
+                let token = ud & !KIND_MASK;
+                match ud & KIND_MASK {
+                    K_ACCEPT => self.on_accept(res, flags, now),
+                    K_RECV => self.on_recv(token, res, flags, now),
+                    K_SEND => self.on_send(token, res),
+                    K_WAKE if !cqueue::more(flags) => self.arm_wake(),
+                    _ => {}
+                }
+            }
+            self.ring.cqes = cqes;
+            self.bufs.publish();
+            self.core.due_timers(now, &mut self.touched);
+            if self.core.idle_scan_due(now) {
+                // An accept refused for want of descriptors is retried here.
+                if !self.accept_armed {
+                    self.arm_accept();
+                }
+                for token in self.conns.tokens() {
+                    if let Some(c) = self.conns.get_mut(token).filter(|c| self.core.is_idle(&c.state, now)) {
+                        c.dead = true;
+                        self.touched.push(token);
+                    }
+                }
+            }
+            let mut touched = std::mem::take(&mut self.touched);
+            for &token in &touched {
+                self.service(token, now);
+            }
+            touched.clear();
+            self.touched = touched;
+            self.core.publish();
+        }
+    }
+
+    /// Lets the output already produced go out (bounded by [`FLUSH_LIMIT`]): the replies
+    /// of the last turn, such as the one to the message that reached `max_messages`, are
+    /// sent as the epoll driver would have written them. Input that arrives meanwhile is
+    /// dropped.
+    fn flush_sends(&mut self) {
+        let deadline = Instant::now() + FLUSH_LIMIT;
+        let mut sending: Vec<u64> = self.conns.tokens().into_iter().filter(|&t| self.start_send(t)).collect();
+        while !sending.is_empty() {
+            let now = Instant::now();
+            if now >= deadline || self.ring.enter(deadline - now).is_err() {
+                return;
+            }
+            let cqes = std::mem::take(&mut self.ring.cqes);
+            for &(ud, res, flags) in &cqes {
+                let token = ud & !KIND_MASK;
+                match ud & KIND_MASK {
+                    K_SEND => {
+                        self.on_send(token, res);
+                        if !self.start_send(token) {
+                            sending.retain(|&t| t != token);
+                        }
+                    }
+                    K_RECV => {
+                        if let Some(b) = cqueue::buffer_select(flags) {
+                            self.bufs.push(b);
+                        }
+                        if let Some(c) = self.conns.get_mut(token).filter(|_| !cqueue::more(flags)) {
+                            c.recv_armed = false;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            self.ring.cqes = cqes;
+            self.bufs.publish();
+        }
+    }
+
+    /// Ends every connection and waits for the kernel to be done with the ring's buffers.
+    fn finish(self) {
+        let Loop { ring, bufs, mut conns, .. } = self;
+        // The buffers of sends in flight must outlive them.
+        let mut sending = Vec::new();
+        for c in conns.drain() {
+            if c.recv_armed {
+                unsafe { libc::shutdown(c.fd.as_raw_fd(), libc::SHUT_RDWR) };
+            }
+            if c.send_inflight {
+                sending.push(c.sending);
+            }
+        }
+        if !ring.release(bufs) {
+            std::mem::forget(sending);
+        }
+    }
+
+    fn arm_accept(&mut self) {
+        let e = opcode::AcceptMulti::new(Fd(self.listener.as_raw_fd())).flags(libc::SOCK_CLOEXEC).build();
+        self.ring.push(e.user_data(K_ACCEPT));
+        self.accept_armed = true;
+    }
+
+    /// A multishot poll on the sink's eventfd: a stop request or signal wakes the loop.
+    fn arm_wake(&mut self) {
+        let e = opcode::PollAdd::new(Fd(self.core.shared.wake.raw()), libc::POLLIN as u32).multi(true).build();
+        self.ring.push(e.user_data(K_WAKE));
+    }
+
+    fn arm_recv(&mut self, token: u64, fd: RawFd) {
+        self.ring.push(opcode::RecvMulti::new(Fd(fd), BGID).build().user_data(K_RECV | token));
+    }
+
+    fn on_accept(&mut self, res: i32, flags: u32, now: Instant) {
+        if !cqueue::more(flags) {
+            self.accept_armed = false;
+            // Re-armed at once, unless out of descriptors (then at the next idle scan).
+            if ![-libc::ECANCELED, -libc::EMFILE, -libc::ENFILE].contains(&res) {
+                self.arm_accept();
+            }
+        }
+        if res < 0 {
+            return;
+        }
+        let fd = unsafe { OwnedFd::from_raw_fd(res) };
+        let Some(state) = self.core.accept(now) else { return };
+        let raw = fd.as_raw_fd();
+        let conn = Conn {
+            fd,
+            state,
+            recv_armed: true,
+            recv_rearm: false,
+            send_inflight: false,
+            sending: Vec::new(),
+            sent: 0,
+            pending: Vec::new(),
+            eof: false,
+            closing: false,
+            dead: false,
+        };
+        let token = self.conns.insert(conn);
+        self.arm_recv(token, raw);
+        // The greeting goes out with this turn's sends.
+        self.touched.push(token);
+    }
+
+    fn on_recv(&mut self, token: u64, res: i32, flags: u32, now: Instant) {
+        let bid = cqueue::buffer_select(flags);
+        let Some(c) = self.conns.get_mut(token) else {
+            // A late completion for a closed connection.
+            if let Some(b) = bid {
+                self.bufs.push(b);
+            }
+            return;
+        };
+        let more = cqueue::more(flags);
+        if !more {
+            c.recv_armed = false;
+        }
+        if res > 0 {
+            if let Some(b) = bid {
+                let data = self.bufs.slice(b, res as usize);
+                if !c.dead && !c.state.received(now, data, &mut self.plain, &mut self.core.stats) {
+                    c.eof = true;
+                }
+                self.bufs.push(b);
+            }
+            if !more {
+                c.recv_rearm = true;
+            }
+        } else {
+            if let Some(b) = bid {
+                self.bufs.push(b);
+            }
+            match -res {
+                0 => c.eof = true,
+                // Every buffer was in use; they are back after this turn.
+                libc::ENOBUFS => c.recv_rearm = true,
+                libc::ECANCELED => {}
+                _ => c.dead = true,
+            }
+        }
+        self.touched.push(token);
+    }
+
+    fn on_send(&mut self, token: u64, res: i32) {
+        let Some(c) = self.conns.get_mut(token) else { return };
+        c.send_inflight = false;
+        if res < 0 {
+            c.dead = true;
+        } else {
+            c.sent += res as usize;
+        }
+        self.touched.push(token);
+    }
+
+    /// Starts the connection's next send unless one is in flight; returns whether a send
+    /// is in flight now. A dead connection's output is dropped.
+    fn start_send(&mut self, token: u64) -> bool {
+        let Some(c) = self.conns.get_mut(token) else { return false };
+        if c.dead {
+            c.pending.clear();
+        }
+        if c.send_inflight || c.dead {
+            return c.send_inflight;
+        }
+        if c.sent == c.sending.len() {
+            c.sending.clear();
+            c.sent = 0;
+            std::mem::swap(&mut c.sending, &mut c.pending);
+        }
+        if c.sent == c.sending.len() {
+            return false;
+        }
+        let rest = &c.sending[c.sent..];
+        let e = opcode::Send::new(Fd(c.fd.as_raw_fd()), rest.as_ptr(), rest.len() as u32)
+            .flags(libc::MSG_NOSIGNAL)
+            .build()
+            .user_data(K_SEND | token);
+        c.send_inflight = true;
+        self.ring.push(e);
+        true
+    }
+
+    /// Moves due replies into the send buffer, starts a send, re-arms the recv, or closes.
+    fn service(&mut self, token: u64, now: Instant) {
+        let Some(c) = self.conns.get_mut(token) else { return };
+        if !c.dead && !c.closing {
+            match shard::drive(&mut c.state, &mut c.pending, self.core, now) {
+                Ok(Flow::Open) => self.core.arm_timer(token, &mut c.state),
+                Ok(Flow::Close) => c.closing = true,
+                Err(_) => c.dead = true,
+            }
+            c.closing |= c.eof;
+        }
+        if self.start_send(token) {
+            return;
+        }
+        let Some(c) = self.conns.get_mut(token) else { return };
+        if (c.closing || c.dead) && !c.send_inflight {
+            // Ends the multishot recv at once; its last completion finds the slot gone.
+            if c.recv_armed {
+                unsafe { libc::shutdown(c.fd.as_raw_fd(), libc::SHUT_RDWR) };
+            }
+            self.conns.remove(token);
+            return;
+        }
+        if c.recv_rearm && !c.recv_armed && !c.eof {
+            c.recv_rearm = false;
+            c.recv_armed = true;
+            let fd = c.fd.as_raw_fd();
+            self.arm_recv(token, fd);
+        }
+    }
+}
