@@ -119,6 +119,8 @@ pub struct ControlConfig {
     pub delay_notice: DelayNoticeConfig,
     /// Mailboxes delivered to an LMTP server instead of Maildirs.
     pub lmtp: Option<LmtpRoute>,
+    /// Raised by the control log when its next segment is near ([`ShardLog::want_spares`]).
+    pub spare_wanted: Option<Arc<AtomicBool>>,
 }
 
 /// One message the control side tracks until every recipient is final.
@@ -253,10 +255,13 @@ pub fn spawn(
     stop: Arc<AtomicBool>,
 ) -> Result<std::thread::JoinHandle<()>, crate::spool::SpoolError> {
     let dir = shard_dir(&cfg.spool, CONTROL_SHARD);
-    let log = match tail {
+    let mut log = match tail {
         Some(t) => ShardLog::open(&dir, CONTROL_SHARD, cfg.segment_size, t.seq, Some(t.end))?,
         None => ShardLog::open(&dir, CONTROL_SHARD, cfg.segment_size, 1, None)?,
     };
+    if let Some(flag) = &cfg.spare_wanted {
+        log.want_spares(flag.clone());
+    }
     let replies = std::fs::read(cfg.data_dir.join("autoreply.json"))
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())

@@ -148,6 +148,11 @@ impl Server {
             DirectoryHandle::open(Box::new(JsonFileStore::in_data_dir(&cfg.data_dir)))
                 .map_err(ServeError::Directory)?,
         );
+        // One flag per spool directory: its log raises it when the next segment is near.
+        let spare_flags: Vec<(std::path::PathBuf, Arc<AtomicBool>)> = (0..shards as u8)
+            .chain([CONTROL_SHARD])
+            .map(|s| (shard_dir(&spool, s), Arc::new(AtomicBool::new(false))))
+            .collect();
         let (tx, rx) = std::sync::mpsc::sync_channel(control::CHANNEL_CAPACITY);
         let control_stop = Arc::new(AtomicBool::new(false));
         let remote = remote::spawn(cfg.delivery.remote.clone(), cfg.delivery.dns.clone(), &cfg.hostname, tx.clone())
@@ -168,6 +173,7 @@ impl Server {
                 local_domains: cfg.local_domains.iter().map(|d| d.to_ascii_lowercase()).collect(),
                 routing: cfg.delivery.routing.clone(),
                 lmtp: crate::delivery::lmtp::LmtpRoute::from_config(&cfg.delivery.lmtp),
+                spare_wanted: Some(spare_flags[shards].1.clone()),
                 retry: cfg.delivery.retry.clone(),
                 delay_notice: cfg.delivery.delay_notice,
             },
@@ -197,10 +203,11 @@ impl Server {
             let shard_id = i as u8;
             let tail = rec.tails.get(&shard_id).copied();
             let dir = shard_dir(&spool, shard_id);
-            let log = match tail {
+            let mut log = match tail {
                 Some(t) => ShardLog::open(&dir, shard_id, cfg.spool.segment_size, t.seq, Some(t.end))?,
                 None => ShardLog::open(&dir, shard_id, cfg.spool.segment_size, 1, None)?,
             };
+            log.want_spares(spare_flags[i].1.clone());
             let max_id = rec.max_id;
             let tls = tls.clone();
             let directory = directory.clone();
@@ -239,7 +246,7 @@ impl Server {
                 .map_err(ServeError::Thread)?;
             threads.push(t);
         }
-        let spares = spawn_housekeeping(&spool, shards, cfg.spool.segment_size, directory.clone(), shutdown.clone())?;
+        let spares = spawn_housekeeping(spare_flags, cfg.spool.segment_size, directory.clone(), shutdown.clone())?;
         drop(tx);
         log::info!(
             "{shards} ingress shard(s), {driver:?} driver, fsync {}",
@@ -291,19 +298,18 @@ impl Server {
 }
 
 /// Background chores, four times a second, off the shards:
-/// - one spare segment file, written through, in each shard's spool directory (and the
-///   control log's), so that a shard moving to a new segment finds one ready instead of
-///   writing it on its own thread ([`crate::spool::log::prepare_spare`]);
+/// - a spare segment file, written through, for each spool directory whose log asked for
+///   one (its active segment is half full), so that the shard moving to its next segment
+///   finds it ready instead of writing it on its own thread
+///   ([`crate::spool::log::prepare_spare`]);
 /// - the directory reloaded when its store changed (`ringmx directory …` saved it), as on
 ///   SIGHUP: connections keep the directory they started with.
 fn spawn_housekeeping(
-    spool: &std::path::Path,
-    shards: usize,
+    spare_flags: Vec<(std::path::PathBuf, Arc<AtomicBool>)>,
     segment_size: u64,
     directory: Arc<DirectoryHandle>,
     stop: Arc<AtomicBool>,
 ) -> Result<std::thread::JoinHandle<()>, ServeError> {
-    let dirs: Vec<std::path::PathBuf> = (0..shards as u8).chain([CONTROL_SHARD]).map(|s| shard_dir(spool, s)).collect();
     std::thread::Builder::new()
         .name("housekeeping".into())
         .spawn(move || {
@@ -313,9 +319,11 @@ fn spawn_housekeeping(
                     Some(Err(e)) => log::error!("directory changed but not reloaded, the previous one stays: {e}"),
                     None => {}
                 }
-                for d in &dirs {
-                    if let Err(e) = crate::spool::log::prepare_spare(d, segment_size) {
-                        log::warn!("spool: preparing a spare segment in {}: {e}", d.display());
+                for (dir, wanted) in &spare_flags {
+                    if wanted.swap(false, Ordering::Relaxed)
+                        && let Err(e) = crate::spool::log::prepare_spare(dir, segment_size)
+                    {
+                        log::warn!("spool: preparing a spare segment in {}: {e}", dir.display());
                     }
                 }
                 std::thread::sleep(std::time::Duration::from_millis(250));

@@ -37,6 +37,8 @@ use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Records per batch at most (one vectored write takes at most `IOV_MAX` = 1024 slices,
 /// two per record and one for the end marker).
@@ -139,6 +141,11 @@ pub struct ShardLog {
     stats: LogStats,
     /// Spare header buffers.
     spare: Vec<Vec<u8>>,
+    /// Raised once the active segment is half full, for whoever prepares the next one
+    /// ([`prepare_spare`]); see [`ShardLog::want_spares`].
+    spare_wanted: Option<Arc<AtomicBool>>,
+    /// The flag was raised for the active segment.
+    spare_asked: bool,
 }
 
 impl ShardLog {
@@ -182,11 +189,19 @@ impl ShardLog {
             inflight: None,
             stats: LogStats::default(),
             spare: Vec::new(),
+            spare_wanted: None,
+            spare_asked: false,
         })
     }
 
     pub fn stats(&self) -> LogStats {
         self.stats
+    }
+
+    /// Raise `flag` when the active segment is half full, so that a spare for the next one
+    /// can be written in time, off the shard.
+    pub fn want_spares(&mut self, flag: Arc<AtomicBool>) {
+        self.spare_wanted = Some(flag);
     }
 
     /// Queues a message; its outcome comes from [`ShardLog::finish_batch`] with `token`.
@@ -252,6 +267,7 @@ impl ShardLog {
                 Ok(seg) => {
                     self.active = seg;
                     self.stats.segments_created += 1;
+                    self.spare_asked = false;
                 }
                 Err(e) => {
                     let q = std::mem::take(&mut self.queue);
@@ -302,6 +318,13 @@ impl ShardLog {
         let ok = result.is_ok();
         if ok {
             self.active.end += batch.records_len;
+            if !self.spare_asked
+                && self.active.end > self.active.size / 2
+                && let Some(flag) = &self.spare_wanted
+            {
+                self.spare_asked = true;
+                flag.store(true, Ordering::Relaxed);
+            }
             self.stats.batches += 1;
             self.stats.records += batch.entries.len() as u64;
             self.stats.bytes += batch.records_len;
@@ -415,7 +438,8 @@ fn fill_zeros(file: &File, from: u64, to: u64) -> std::io::Result<()> {
 
 /// Prepares a spare segment file in `dir` when it has none: `size` bytes of zeros, synced,
 /// then named `*.free`, for the shard's next segment. Returns whether it made one. Run off
-/// the shards (it writes a whole segment), so that a rotation never waits for it.
+/// the shards (it writes a whole segment), when the shard's log asks
+/// ([`ShardLog::want_spares`]), so that its next rotation finds a spare ready.
 pub fn prepare_spare(dir: &Path, size: u64) -> std::io::Result<bool> {
     if take_free(dir).is_some() || !dir.exists() {
         return Ok(false);

@@ -250,3 +250,45 @@ fn half_created_segment_is_ignored_and_reused() {
     assert_eq!(names, vec![format!("{:016x}.seg", 1)]);
     assert_eq!(recover(dir.path()).unwrap().messages.len(), 1);
 }
+
+/// The log asks for a spare once its active segment is half full, once per segment; the
+/// spare is a written-through file of the segment size that the next rotation takes.
+#[test]
+fn spare_asked_at_half_and_taken_at_rotation() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    let sd = shard_dir(dir.path(), 0);
+    let flag = std::sync::Arc::new(AtomicBool::new(false));
+    let mut log = ShardLog::open(&sd, 0, 64 << 10, 1, None).unwrap();
+    log.want_spares(flag.clone());
+    let mut id = 0;
+    let mut write = |log: &mut ShardLog, n: usize| {
+        for _ in 0..n {
+            id += 1;
+            log.append(id, request(id, &"x".repeat(1000)));
+            log.flush_sync(true);
+        }
+    };
+    write(&mut log, 20);
+    assert!(!flag.load(Ordering::Relaxed), "20 KiB of 64: not yet");
+    write(&mut log, 20);
+    assert!(flag.swap(false, Ordering::Relaxed), "past half");
+    assert!(log::prepare_spare(&sd, 64 << 10).unwrap());
+    assert!(!log::prepare_spare(&sd, 64 << 10).unwrap(), "one spare is enough");
+    let spare: Vec<_> = std::fs::read_dir(&sd)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "free"))
+        .collect();
+    assert_eq!(spare.len(), 1);
+    assert_eq!(std::fs::metadata(&spare[0]).unwrap().len(), 64 << 10);
+    write(&mut log, 10);
+    assert!(!flag.load(Ordering::Relaxed), "asked once per segment");
+    // The rotation takes the spare, and the new segment asks again at its half.
+    write(&mut log, 30);
+    assert!(!spare[0].exists());
+    assert_eq!(recover(dir.path()).unwrap().tails[&0].seq, 2);
+    write(&mut log, 20);
+    assert!(flag.load(Ordering::Relaxed));
+    assert_eq!(recover(dir.path()).unwrap().messages.len(), 100);
+}
