@@ -10,11 +10,13 @@
 //!   epoll loop that moves bytes between sockets and sessions.
 //! - [`sink`]: the discard server. [`sink::proto`] is its sans-IO SMTP server session;
 //!   [`sink::replies`] the configurable replies and delays; [`sink::server`] the
-//!   thread-per-core epoll loop.
+//!   thread-per-core server, on an io_uring loop or, where io_uring is unavailable, an
+//!   epoll one.
 //! - [`report`]: HDR histograms per SMTP phase, reply-code table, the text and JSON reports
 //!   and the live progress line.
 //! - [`plot`]: the SVG latency spectrum and throughput-over-time plot.
-//! - [`net`], [`tls`]: the only code that touches sockets, epoll and rustls.
+//! - [`net`], [`tls`]: the system calls and rustls I/O the loops use (the sink's io_uring
+//!   driver submits its own operations).
 //! - [`rng`], [`b64`]: small helpers kept here to keep the dependency list short.
 
 pub mod b64;
