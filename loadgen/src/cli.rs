@@ -130,7 +130,8 @@ pub struct RunArgs {
     /// Write every figure as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
-    /// Write the latency spectrum and throughput over time (SVG).
+    /// Write the latency spectrum and throughput over time (FILE.svg or FILE.png; a PNG
+    /// needs a TrueType font such as Debian's fonts-dejavu-core).
     #[arg(long)]
     pub plot: Option<PathBuf>,
     /// No live progress line even on a terminal.

@@ -63,6 +63,9 @@ fn run(a: RunArgs) -> Result<u8, Failure> {
     if a.recipients == 0 || a.connections == 0 {
         return Err(usage("--recipients and --connections must be at least 1"));
     }
+    if let Some(path) = &a.plot {
+        plot::check(path).map_err(|e| usage(e.to_string()))?;
+    }
     let tls = if a.tls || a.starttls {
         let config = tls::client_config(a.insecure, a.ca_file.as_deref()).map_err(|e| usage(e.to_string()))?;
         let host = a.target.rsplit_once(':').map_or(a.target.as_str(), |(h, _)| h).trim_matches(['[', ']']);
@@ -150,7 +153,7 @@ fn run(a: RunArgs) -> Result<u8, Failure> {
     }
     if let Some(path) = &a.plot {
         let title = format!("ringmx-loadgen → {}", desc.target);
-        plot::write_svg(&result, path, &title).map_err(runtime)?;
+        plot::write(&result, path, &title).map_err(runtime)?;
     }
     let f = Figures::of(&result);
     if f.error_rate > a.max_error_rate || f.attempted == 0 {

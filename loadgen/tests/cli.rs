@@ -232,6 +232,14 @@ fn the_default_driver_is_chosen_at_start_and_named_on_stderr() {
 }
 
 #[test]
+fn a_plot_that_cannot_be_drawn_is_refused_before_the_run() {
+    let o = run(&["run", "--target", "127.0.0.1:9", "--messages", "1", "--plot", "latency.jpg"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains(".svg or .png"), "{}", stderr(&o));
+    assert!(o.stdout.is_empty(), "no run took place");
+}
+
+#[test]
 fn an_unknown_driver_is_a_usage_error() {
     let o = run(&["sink", "--listen", "127.0.0.1:0", "--io", "kqueue"]);
     assert_eq!(o.status.code(), Some(2));
