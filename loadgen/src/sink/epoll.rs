@@ -7,7 +7,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::Instant;
 
 use crate::net::{self, Epoll, FdIo};
-use crate::sink::shard::{self, ConnState, Core, Flow, Slots};
+use crate::sink::shard::{self, ConnState, Core, Flow, Ready, Slots};
 
 struct Conn {
     fd: OwnedFd,
@@ -30,10 +30,13 @@ struct Loop<'a> {
 }
 
 /// Runs one thread's loop until the sink stops.
-pub(super) fn run(core: &mut Core, listener: OwnedFd) -> io::Result<()> {
-    let epoll = Epoll::new(256)?;
-    epoll.add(listener.as_raw_fd(), net::READ, LISTENER)?;
-    epoll.add(core.shared.wake.raw(), net::READ, WAKE)?;
+pub(super) fn run(core: &mut Core, listener: OwnedFd, ready: &Ready) -> io::Result<()> {
+    let epoll = ready.report((|| {
+        let epoll = Epoll::new(256)?;
+        epoll.add(listener.as_raw_fd(), net::READ, LISTENER)?;
+        epoll.add(core.shared.wake.raw(), net::READ, WAKE)?;
+        Ok(epoll)
+    })())?;
     let mut l = Loop {
         core,
         listener,

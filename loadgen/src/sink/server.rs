@@ -5,14 +5,14 @@
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::net::{self, EventFd};
 use crate::sink::proto::{SinkConfig, SinkStats};
-use crate::sink::shard::{Core, Shared};
+use crate::sink::shard::{Core, Ready, Shared};
 use crate::sink::{epoll, uring};
 
 /// Which event loop to run.
@@ -112,6 +112,19 @@ impl Sink {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "TLS requested without a certificate"));
         }
         let driver = opts.io.choose()?;
+        let uring = matches!(driver, Driver::Uring { .. });
+        let opts = Arc::new(opts);
+        match Sink::spawn(&opts, driver) {
+            // The probe passed but a thread could not set up its ring (say, the locked-memory
+            // limit with many threads): `auto` starts over on epoll. Nothing was announced
+            // yet, so new listeners (a new port, for port 0) are fine.
+            Err(e) if uring && opts.io == IoMode::Auto => Sink::spawn(&opts, Driver::Epoll { why: e.to_string() }),
+            r => r,
+        }
+    }
+
+    /// Binds, starts the threads on `driver` and waits until every one has set up its loop.
+    fn spawn(opts: &Arc<SinkOptions>, driver: Driver) -> io::Result<Sink> {
         let threads = opts.threads.max(1);
         let first = net::listen_reuseport(&opts.listen, 1024)?;
         let addr = net::local_addr(first.as_raw_fd())?;
@@ -125,20 +138,34 @@ impl Sink {
             messages: AtomicU64::new(0),
             max_messages: opts.max_messages.unwrap_or(u64::MAX),
         });
-        let opts = Arc::new(opts);
         let end = opts.duration.map(|d| Instant::now() + d);
+        let uring = matches!(driver, Driver::Uring { .. });
+        let (ready_tx, ready) = mpsc::channel();
         let mut handles = Vec::new();
         for (id, listener) in listeners.into_iter().enumerate() {
-            let mut core = Core::new(id, Arc::clone(&opts), Arc::clone(&shared), end);
-            let uring = matches!(driver, Driver::Uring { .. });
+            let mut core = Core::new(id, Arc::clone(opts), Arc::clone(&shared), end);
+            let ready = Ready(ready_tx.clone());
             handles.push(std::thread::Builder::new().name(format!("sink-{id}")).spawn(move || {
-                let r = run_shard(uring, &mut core, listener);
+                let r = run_shard(uring, &mut core, listener, &ready);
                 // One thread ending (bound reached, error) ends them all.
                 core.shared.request_stop();
                 r.map(|()| core.stats)
             })?);
         }
-        Ok(Sink { addr, driver, shared, handles })
+        let sink = Sink { addr, driver, shared, handles };
+        for _ in 0..threads {
+            match ready.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    let hint = if opts.io == IoMode::Uring { " (use --io epoll)" } else { "" };
+                    let e = io::Error::new(e.kind(), format!("{} setup: {e}{hint}", sink.driver));
+                    let _ = sink.stop();
+                    return Err(e);
+                }
+                Err(_) => return sink.stop().and(Err(io::Error::other("a sink thread ended during setup"))),
+            }
+        }
+        Ok(sink)
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -184,6 +211,6 @@ impl Sink {
     }
 }
 
-fn run_shard(uring: bool, core: &mut Core, listener: OwnedFd) -> io::Result<()> {
-    if uring { uring::run(core, listener) } else { epoll::run(core, listener) }
+fn run_shard(uring: bool, core: &mut Core, listener: OwnedFd, ready: &Ready) -> io::Result<()> {
+    if uring { uring::run(core, listener, ready) } else { epoll::run(core, listener, ready) }
 }

@@ -9,8 +9,8 @@
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::io;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use crate::net::{self, EventFd};
@@ -32,6 +32,19 @@ impl Shared {
     pub fn request_stop(&self) {
         self.stop.store(true, Ordering::Relaxed);
         self.wake.notify();
+    }
+}
+
+/// How a thread tells [`Sink::start`](crate::sink::Sink::start) that its event loop is set
+/// up (or why it could not be), so that setup failures surface before the sink is said to
+/// be listening.
+pub(super) struct Ready(pub mpsc::Sender<io::Result<()>>);
+
+impl Ready {
+    /// Passes `r` through, telling the starter whether it is an error.
+    pub fn report<T>(&self, r: io::Result<T>) -> io::Result<T> {
+        let _ = self.0.send(r.as_ref().map(|_| ()).map_err(|e| io::Error::new(e.kind(), e.to_string())));
+        r
     }
 }
 

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use io_uring::types::{BufRingEntry, CancelBuilder, Fd, SubmitArgs, Timespec};
 use io_uring::{IoUring, cqueue, opcode, squeue};
 
-use crate::sink::shard::{self, ConnState, Core, Flow, Slots};
+use crate::sink::shard::{self, ConnState, Core, Flow, Ready, Slots};
 
 /// Submission queue entries (the completion queue gets twice as many). Ring memory counts
 /// against the locked-memory limit: this ring and the buffer ring's entries take ~30 KiB.
@@ -65,16 +65,24 @@ fn build_ring(entries: u32) -> io::Result<(IoUring, &'static str)> {
     Ok((IoUring::new(entries)?, "no setup flags"))
 }
 
-/// Checks that io_uring does here what the loop needs: a ring, a waiting enter with a
+/// Checks that io_uring does here what the loops need: a ring with a waiting enter with a
 /// timeout (EXT_ARG), a provided-buffer ring and a multishot recv (on a socket pair).
-/// Returns the ring flags accepted.
+/// Small sizes: a closed ring's memory is given back asynchronously, and it still counts
+/// against the locked-memory limit while the threads set up theirs. Returns the ring flags
+/// accepted.
 pub(super) fn probe() -> io::Result<&'static str> {
     let (ring, flags) = build_ring(8)?;
     if !ring.params().is_feature_ext_arg() {
         return Err(io::Error::other("the kernel lacks IORING_FEAT_EXT_ARG"));
     }
+    let bufs = BufRing::new(&ring, 8, 64)?;
     let mut ring = Ring::new(ring);
-    let bufs = BufRing::new(&ring.ring, 8, 64)?;
+    let r = recv_multishot_works(&mut ring);
+    ring.release(bufs);
+    r.map(|()| flags)
+}
+
+fn recv_multishot_works(ring: &mut Ring) -> io::Result<()> {
     let mut fds = [0; 2];
     if unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0, fds.as_mut_ptr()) } < 0 {
         return Err(io::Error::last_os_error());
@@ -90,15 +98,15 @@ pub(super) fn probe() -> io::Result<&'static str> {
             ring.enter(Duration::from_millis(100))?;
         }
         match ring.cqes.first() {
-            Some(&(_, 1, flags)) if cqueue::buffer_select(flags).is_some() => Ok(flags),
+            Some(&(_, 1, flags)) if cqueue::buffer_select(flags).is_some() => Ok(()),
             Some(&(_, res, _)) if res < 0 => Err(io::Error::from_raw_os_error(-res)),
             Some(_) => Err(io::Error::other("multishot recv answered unexpectedly")),
             None => Err(io::Error::other("multishot recv did not complete")),
         }
     })();
+    // Ends the recv, so that releasing the ring finds nothing in flight.
     unsafe { libc::shutdown(a.as_raw_fd(), libc::SHUT_RDWR) };
-    ring.release(bufs);
-    r.map(|_| flags)
+    r
 }
 
 /// The ring and the count of operations whose last completion has not come yet.
@@ -286,11 +294,13 @@ struct Loop<'a> {
 }
 
 /// Runs one thread's loop until the sink stops.
-pub(super) fn run(core: &mut Core, listener: OwnedFd) -> io::Result<()> {
+pub(super) fn run(core: &mut Core, listener: OwnedFd, ready: &Ready) -> io::Result<()> {
     // Built on this thread: with SINGLE_ISSUER the creating thread is the only submitter.
-    let (ring, _) = build_ring(RING_ENTRIES)?;
-    let ring = Ring::new(ring);
-    let bufs = BufRing::new(&ring.ring, BUF_COUNT, BUF_SIZE)?;
+    let (ring, bufs) = ready.report((|| {
+        let (ring, _) = build_ring(RING_ENTRIES)?;
+        let bufs = BufRing::new(&ring, BUF_COUNT, BUF_SIZE)?;
+        Ok((Ring::new(ring), bufs))
+    })())?;
     let mut l = Loop {
         core,
         ring,
