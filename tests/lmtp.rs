@@ -1,10 +1,10 @@
 //! The LMTP driver over real sockets (TCP on 127.0.0.1:0 and a Unix socket), and the
 //! server routing a directory domain's mailboxes to an LMTP server (`[delivery.lmtp]`).
 //!
-//! The peer is a minimal LMTP listener written here, not Dovecot: running `dovecot-lmtpd`
-//! unprivileged with its own configuration in a temporary directory has not been set up
-//! yet. The listener checks what the client sends (LHLO, pipelined envelope, dot-stuffed
-//! body) and answers one final reply per accepted recipient (RFC 2033 §4.2).
+//! The peer here is a minimal LMTP listener written in the test, so that every byte the
+//! client sends can be checked (LHLO, pipelined envelope, dot-stuffed body) and the replies
+//! scripted (one final reply per accepted recipient, RFC 2033 §4.2). The same path against
+//! a real Dovecot is tests/lmtp_dovecot.rs.
 
 mod common;
 

@@ -10,6 +10,8 @@ command -v swaks >/dev/null || need+=(swaks)
 # swaks speaks TLS through these Perl modules (only recommended by its package).
 perl -MNet::SSLeay -MIO::Socket::SSL -e 1 2>/dev/null || need+=(libnet-ssleay-perl libio-socket-ssl-perl)
 command -v python3 >/dev/null || need+=(python3)
+# A real LMTP server for tests/lmtp_dovecot.rs.
+[ -x /usr/sbin/dovecot ] && [ -x /usr/lib/dovecot/lmtp ] || need+=(dovecot-core dovecot-lmtpd)
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" = 0 ] || sudo="sudo"

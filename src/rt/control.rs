@@ -219,8 +219,6 @@ struct Control {
     ids: IdGen,
     /// Messages by id, waiting for their next attempt.
     queue: BTreeMap<QueueId, Pending>,
-    /// Messages with held recipients and nothing else to do, for `queue retry|delete|bounce`.
-    held: HashMap<QueueId, Pending>,
     /// When each queued message is next due (Unix ms), in order, and by id.
     due: BTreeMap<(u64, QueueId), ()>,
     due_of: HashMap<QueueId, u64>,
@@ -273,7 +271,6 @@ pub fn spawn(
         log,
         ids: IdGen::new(CONTROL_SHARD, max_id),
         queue: BTreeMap::new(),
-        held: HashMap::new(),
         due: BTreeMap::new(),
         due_of: HashMap::new(),
         segments: HashMap::new(),
@@ -322,8 +319,6 @@ impl Control {
     fn park(&mut self, p: Pending) {
         if !p.inflight.is_empty() {
             self.queue.insert(p.envelope.id, p);
-        } else if !p.held.is_empty() {
-            self.held.insert(p.envelope.id, p);
         }
     }
 
@@ -539,8 +534,36 @@ impl Control {
     /// [`crate::admin::control`]). Marks are durable before the answer goes back.
     fn queue_request(&mut self, req: &QueueRequest) -> QueueAnswer {
         let mut answer = QueueAnswer::default();
+        // Messages held for an accept-all domain with no route are not kept in memory: they
+        // are read back from the spool (an operator's command is rare).
+        let mut held: HashMap<QueueId, Pending> = match crate::spool::recover(&self.cfg.spool) {
+            Ok(rec) => rec
+                .messages
+                .into_iter()
+                .filter(|m| !self.queue.contains_key(&m.envelope.id))
+                .map(|m| {
+                    let done: HashSet<u16> = m
+                        .latest_marks()
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, k)| k.is_some_and(|k| k.status.is_final()))
+                        .map(|(i, _)| i as u16)
+                        .collect();
+                    let attempts = m.attempts();
+                    let mut p = Pending::new(m.envelope, m.path, m.content_offset, m.content_len);
+                    p.held = (0..p.envelope.rcpts.len() as u16).filter(|i| !done.contains(i)).collect();
+                    p.done = (0..p.envelope.rcpts.len() as u16).collect();
+                    p.attempts = attempts;
+                    (p.envelope.id, p)
+                })
+                .collect(),
+            Err(e) => {
+                log::error!("control: reading the spool for a queue command: {e}");
+                HashMap::new()
+            }
+        };
         let ids: Vec<QueueId> = match &req.ids {
-            None => self.queue.keys().chain(self.held.keys()).copied().collect(),
+            None => self.queue.keys().chain(held.keys()).copied().collect(),
             Some(ids) => match crate::admin::control::parse_ids(ids) {
                 Ok(v) => v,
                 Err(e) => return QueueAnswer { error: Some(e.to_string()), ..QueueAnswer::default() },
@@ -548,7 +571,7 @@ impl Control {
         };
         let now = Now::system().unix_ms;
         for id in ids {
-            let Some(mut p) = self.queue.remove(&id).or_else(|| self.held.remove(&id)) else {
+            let Some(mut p) = self.queue.remove(&id).or_else(|| held.remove(&id)) else {
                 answer.not_found.push(id.to_string());
                 continue;
             };

@@ -30,7 +30,9 @@ pub type SegmentKey = (u8, u64);
 #[derive(Debug)]
 struct Msg {
     seg: SegmentKey,
-    /// Latest mark per recipient while unfinished; empty once finished.
+    rcpts: u16,
+    /// Latest mark per recipient while unfinished (allocated at the first mark); empty
+    /// once finished.
     marks: Vec<Option<Mark>>,
     finished: bool,
 }
@@ -97,7 +99,10 @@ impl Reclaimer {
         if !finished {
             seg.live += 1;
         }
-        self.msgs.insert(id, Msg { seg: (shard, seq), marks: vec![None; rcpts], finished });
+        self.msgs.insert(
+            id,
+            Msg { seg: (shard, seq), rcpts: rcpts.min(u16::MAX as usize) as u16, marks: Vec::new(), finished },
+        );
     }
 
     /// A state mark is durable in segment `seq` of the control log.
@@ -115,6 +120,9 @@ impl Reclaimer {
             None if mark.status.is_final() => msg.finished = true,
             None => {}
             Some(i) => {
+                if msg.marks.is_empty() {
+                    msg.marks = vec![None; msg.rcpts as usize];
+                }
                 if let Some(slot) = msg.marks.get_mut(i as usize) {
                     *slot = Some(mark.clone());
                 }
