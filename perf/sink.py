@@ -10,9 +10,12 @@ run gets a fresh server. It prints medians of msgs/s (messages / smtp-source's w
 and server CPU µs per message (utime+stime of the server process from /proc/PID/stat, all
 threads, over the run), and the ratios to smtp-sink. smtp-source costs about as much CPU
 per message as the servers, so on 2 cores it often sets msgs/s: read the CPU column.
+`--client loadgen` drives them with `ringmx-loadgen run` instead (PIPELINING, the next
+message's commands sent with the previous content; one client thread): more commands per
+loop turn.
 
 Usage: perf/sink.py [--rounds 5] [--messages 20000] [--cpm-messages 10000]
-                    [--sessions 10] [--size 1024] [--threads 1]
+                    [--sessions 10] [--size 1024] [--threads 1] [--client smtp-source|loadgen]
                     [--loadgen target/release/ringmx-loadgen] [--only NAME,...]
 Loopback only; every run is bounded by its message count.
 """
@@ -22,6 +25,7 @@ import os
 import statistics
 import subprocess
 import sys
+import time
 
 from hotpath import CLK_TCK, SmtpSink, cpu_ticks, run_source
 
@@ -47,6 +51,16 @@ class LoadgenSink:
         return out
 
 
+def run_loadgen(binary, port, n, sessions, size, persistent):
+    cmd = [binary, "run", "-q", "--target", f"127.0.0.1:{port}", "--threads", "1", "-c", str(sessions),
+           "--messages", str(n), "--size", str(size)]
+    if not persistent:
+        cmd += ["--messages-per-connection", "1"]
+    t0 = time.time()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=600)
+    return time.time() - t0
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=5)
@@ -55,6 +69,7 @@ def main():
     ap.add_argument("--sessions", type=int, default=10)
     ap.add_argument("--size", type=int, default=1024)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--client", choices=["smtp-source", "loadgen"], default="smtp-source")
     ap.add_argument("--loadgen",
                     default=os.path.join(os.path.dirname(__file__), "..", "target", "release", "ringmx-loadgen"))
     ap.add_argument("--only", default="")
@@ -77,7 +92,10 @@ def main():
                     print(f"{name}: {srv.driver}", flush=True)
                 try:
                     c0 = cpu_ticks(srv.pids())
-                    secs = run_source(srv.port, n, a.sessions, a.size, mode == "persistent")
+                    if a.client == "loadgen":
+                        secs = run_loadgen(a.loadgen, srv.port, n, a.sessions, a.size, mode == "persistent")
+                    else:
+                        secs = run_source(srv.port, n, a.sessions, a.size, mode == "persistent")
                     c1 = cpu_ticks(srv.pids())
                 finally:
                     srv.stop()
@@ -87,7 +105,7 @@ def main():
 
     med = {k: (statistics.median(x for x, _ in v), statistics.median(y for _, y in v)) for k, v in results.items()}
     print()
-    print(f"medians over {a.rounds} round(s); smtp-source -s {a.sessions} -l {a.size}; "
+    print(f"medians over {a.rounds} round(s); {a.client}, {a.sessions} sessions, {a.size}-byte messages; "
           f"{a.messages} msgs persistent, {a.cpm_messages} connection-per-message; sink --threads {a.threads}")
     print(f"{'server':11} {'mode':11} {'msg/s':>9} {'µs/msg':>8} {'msg/s ÷ smtp-sink':>18} {'CPU ÷ smtp-sink':>16}")
     for mode in ("persistent", "cpm"):
