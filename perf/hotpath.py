@@ -101,7 +101,12 @@ class Ringmx:
             f.write(extra)
         self.log = open(os.path.join(self.dir, "log"), "w+")
         self.p = subprocess.Popen([binary, "serve", "--config", cfg, "--io", io],
-                                  stdout=subprocess.DEVNULL, stderr=self.log)
+                                  stdout=subprocess.PIPE, stderr=self.log, text=True)
+        # The socket listens before the spool is ready (a fresh spool writes its first
+        # segments through): measure from "listening on", which comes once it is.
+        line = self.p.stdout.readline()
+        if "listening on" not in line:
+            raise RuntimeError(f"ringmx did not start: {line!r}")
         wait_port(self.port)
 
     def pids(self):
