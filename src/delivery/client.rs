@@ -404,6 +404,20 @@ pub struct OutboundMessage {
     pub eight_bit: bool,
     /// Needs SMTPUTF8 (non-ASCII addresses or headers).
     pub smtputf8: bool,
+    /// DSN parameters, relayed to a next hop that offers DSN (RFC 3461 §4).
+    pub dsn: DsnParams,
+    /// The submitter (RFC 4954 §5, xtext), sent as `AUTH=` to a next hop we authenticated
+    /// to; `None` sends `AUTH=<>` there.
+    pub auth: Option<String>,
+}
+
+/// The RFC 3461 parameters of a message as received, still xtext-encoded.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DsnParams {
+    pub ret: Option<crate::wire::Ret>,
+    pub envid: Option<String>,
+    /// NOTIFY and ORCPT per recipient, in the order of `rcpts` (empty: none).
+    pub rcpts: Vec<(Option<crate::wire::Notify>, Option<String>)>,
 }
 
 impl OutboundMessage {
@@ -412,8 +426,30 @@ impl OutboundMessage {
     pub fn new(from: &str, rcpts: Vec<String>, content: Arc<[u8]>, smtputf8: bool) -> Self {
         let eight_bit = !content.is_ascii();
         let smtputf8 = smtputf8 || !from.is_ascii() || rcpts.iter().any(|r| !r.is_ascii());
-        OutboundMessage { from: from.to_string(), rcpts, content, eight_bit, smtputf8 }
+        OutboundMessage {
+            from: from.to_string(),
+            rcpts,
+            content,
+            eight_bit,
+            smtputf8,
+            dsn: DsnParams::default(),
+            auth: None,
+        }
     }
+}
+
+/// `NOTIFY=` as sent (RFC 3461 §4.1).
+fn notify_param(n: crate::wire::Notify) -> String {
+    if n.never {
+        return "NEVER".into();
+    }
+    let mut v = Vec::new();
+    for (on, word) in [(n.success, "SUCCESS"), (n.failure, "FAILURE"), (n.delay, "DELAY")] {
+        if on {
+            v.push(word);
+        }
+    }
+    v.join(",")
 }
 
 /// One recipient's result: the server's acceptance (the reply after the data) or why not.
@@ -446,6 +482,8 @@ pub struct Extensions {
     pub auth_plain: bool,
     pub auth_login: bool,
     pub enhanced_status_codes: bool,
+    /// RFC 3461.
+    pub dsn: bool,
 }
 
 impl Extensions {
@@ -461,6 +499,7 @@ impl Extensions {
                 "SMTPUTF8" => x.smtputf8 = true,
                 "STARTTLS" => x.starttls = true,
                 "ENHANCEDSTATUSCODES" => x.enhanced_status_codes = true,
+                "DSN" => x.dsn = true,
                 "AUTH" => {
                     for m in words {
                         match m.to_ascii_uppercase().as_str() {
@@ -731,10 +770,37 @@ impl Client {
         if msg.smtputf8 {
             mail.push_str(" SMTPUTF8");
         }
+        // RFC 3461 §4: the DSN parameters go on to a next hop that offers DSN.
+        if self.ext.dsn {
+            match msg.dsn.ret {
+                Some(crate::wire::Ret::Full) => mail.push_str(" RET=FULL"),
+                Some(crate::wire::Ret::Hdrs) => mail.push_str(" RET=HDRS"),
+                None => {}
+            }
+            if let Some(envid) = &msg.dsn.envid {
+                mail.push_str(&format!(" ENVID={envid}"));
+            }
+        }
+        // RFC 4954 §5: to a next hop we authenticated to, the submitter or <> (unknown).
+        if self.authenticated {
+            mail.push_str(&format!(" AUTH={}", msg.auth.as_deref().unwrap_or("<>")));
+        }
         mail.push_str("\r\n");
         queued.push_back((mail.into_bytes(), Expect::Mail));
         for (i, r) in msg.rcpts.iter().enumerate() {
-            queued.push_back((format!("RCPT TO:<{r}>\r\n").into_bytes(), Expect::Rcpt(i)));
+            let mut line = format!("RCPT TO:<{r}>");
+            if self.ext.dsn
+                && let Some((notify, orcpt)) = msg.dsn.rcpts.get(i)
+            {
+                if let Some(n) = notify {
+                    line.push_str(&format!(" NOTIFY={}", notify_param(*n)));
+                }
+                if let Some(o) = orcpt {
+                    line.push_str(&format!(" ORCPT={o}"));
+                }
+            }
+            line.push_str("\r\n");
+            queued.push_back((line.into_bytes(), Expect::Rcpt(i)));
         }
         queued.push_back((b"DATA\r\n".to_vec(), Expect::Data));
         self.used = true;

@@ -474,3 +474,60 @@ fn multi_line_rejection_keeps_the_text() {
     assert_eq!(reply.text, "blocked\nsee https://x.test");
     assert_eq!(reply.to_string(), "550 5.7.1 blocked / see https://x.test");
 }
+
+/// RFC 3461 §4: RET, ENVID, NOTIFY and ORCPT go on to a next hop that offers DSN, and not
+/// to one that does not.
+#[test]
+fn dsn_parameters_relayed_only_to_a_dsn_peer() {
+    use crate::wire::{Notify, Ret};
+    let mut m = OutboundMessage::new(
+        "a@src.test",
+        vec!["x@dst.test".into(), "y@dst.test".into()],
+        "Subject: d\r\n\r\nx\r\n".as_bytes().into(),
+        false,
+    );
+    m.dsn = DsnParams {
+        ret: Some(Ret::Hdrs),
+        envid: Some("QQ+2B1".into()),
+        rcpts: vec![
+            (Some(Notify { success: true, failure: true, ..Default::default() }), Some("rfc822;x@orig.test".into())),
+            (Some(Notify { never: true, ..Default::default() }), None),
+        ],
+    };
+    let m = Arc::new(m);
+    let mut h = H::open(cfg(), &["PIPELINING", "DSN"]);
+    h.c.send(m.clone(), h.now);
+    assert_eq!(
+        h.sent(),
+        "MAIL FROM:<a@src.test> RET=HDRS ENVID=QQ+2B1\r\n\
+         RCPT TO:<x@dst.test> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;x@orig.test\r\n\
+         RCPT TO:<y@dst.test> NOTIFY=NEVER\r\nDATA\r\n"
+    );
+    let mut h = H::open(cfg(), &["PIPELINING"]);
+    h.c.send(m, h.now);
+    assert_eq!(h.sent(), "MAIL FROM:<a@src.test>\r\nRCPT TO:<x@dst.test>\r\nRCPT TO:<y@dst.test>\r\nDATA\r\n");
+}
+
+/// RFC 4954 §5: to a next hop we authenticated to, MAIL carries the submitter, or <>.
+#[test]
+fn auth_parameter_only_after_authenticating() {
+    let mut with = OutboundMessage::new("a@src.test", vec!["x@dst.test".into()], "x\r\n".as_bytes().into(), false);
+    with.auth = Some("alice+2Bme@src.test".into());
+    let with = Arc::new(with);
+    let mut h = H::open(auth_cfg(None), &["PIPELINING", "AUTH PLAIN"]);
+    h.sent();
+    h.reply("235 2.7.0 ok\r\n");
+    h.events();
+    h.c.send(with.clone(), h.now);
+    assert!(h.sent().starts_with("MAIL FROM:<a@src.test> AUTH=alice+2Bme@src.test\r\n"));
+    let mut h = H::open(auth_cfg(None), &["PIPELINING", "AUTH PLAIN"]);
+    h.sent();
+    h.reply("235 2.7.0 ok\r\n");
+    h.events();
+    h.c.send(msg(&["x@dst.test"], "x\r\n"), h.now);
+    assert!(h.sent().starts_with("MAIL FROM:<a@src.test> AUTH=<>\r\n"));
+    // Not authenticated to this peer: no AUTH= at all.
+    let mut h = H::open(cfg(), &["PIPELINING", "AUTH PLAIN"]);
+    h.c.send(with, h.now);
+    assert!(h.sent().starts_with("MAIL FROM:<a@src.test>\r\n"));
+}

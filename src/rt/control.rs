@@ -359,12 +359,23 @@ impl Control {
             for (i, _) in &group {
                 p.inflight.insert(*i);
             }
+            let env = &p.envelope;
+            let dsn = crate::delivery::client::DsnParams {
+                ret: env.ret,
+                envid: env.envid.clone(),
+                rcpts: group
+                    .iter()
+                    .map(|(i, _)| env.rcpts.get(*i as usize).map_or((None, None), |r| (r.notify, r.orcpt.clone())))
+                    .collect(),
+            };
             remote.submit(RemoteJob {
                 id: p.envelope.id,
                 from: p.envelope.from.clone(),
                 rcpts: group,
                 content: content.clone(),
                 smtputf8: p.envelope.smtputf8,
+                dsn,
+                auth: p.envelope.auth.clone(),
                 route: rcpts[start].0.clone(),
                 seed: p.envelope.id.0 ^ now,
             });
@@ -1069,10 +1080,11 @@ impl Control {
         if !to.is_empty() {
             log::info!("control: {}: forwarded to {}", a.p.envelope.id, to.join(", "));
             let env = &a.p.envelope;
-            let (from, body, smtputf8) = (env.from.clone(), env.body, env.smtputf8);
+            let (from, body, smtputf8, auth) = (env.from.clone(), env.body, env.smtputf8, env.auth.clone());
             self.generate_message(from, to, a.content.clone(), now, |e| {
                 e.body = body;
                 e.smtputf8 = smtputf8;
+                e.auth = auth;
             });
         }
         if !reports.is_empty() {

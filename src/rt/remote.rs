@@ -25,6 +25,10 @@ pub struct RemoteJob {
     pub rcpts: Vec<(u16, String)>,
     pub content: Arc<[u8]>,
     pub smtputf8: bool,
+    /// RFC 3461 parameters (NOTIFY/ORCPT in the order of `rcpts`) and the RFC 4954 §5
+    /// submitter, relayed to next hops that take them.
+    pub dsn: crate::delivery::client::DsnParams,
+    pub auth: Option<String>,
     pub route: Route,
     /// Seed for the order of equal-preference MX hosts.
     pub seed: u64,
@@ -150,12 +154,15 @@ async fn run_job(pool: &Pool, resolver: Option<&MxResolver>, job: RemoteJob) -> 
             results: all(RcptOutcome::Deferred { reply: "451 4.4.4 no address to deliver to".into() }),
         };
     }
-    let msg = Arc::new(OutboundMessage::new(
+    let mut msg = OutboundMessage::new(
         &job.from,
         job.rcpts.iter().map(|(_, a)| a.clone()).collect(),
         job.content.clone(),
         job.smtputf8,
-    ));
+    );
+    msg.dsn = job.dsn.clone();
+    msg.auth = job.auth.clone();
+    let msg = Arc::new(msg);
     let mut last_error = String::from("451 4.4.1 no host answered");
     for (host, addr) in hosts {
         let dest = Destination { host: host.clone(), addr, auth: auth.clone() };

@@ -132,7 +132,14 @@ impl Session {
         env.smtputf8 = params.smtputf8;
         env.ret = params.ret;
         env.envid = params.envid.map(str::to_owned);
-        // RFC 4954 §5: AUTH= is accepted and, as we do not relay it further, dropped.
+        // RFC 4954 §5: an authenticated client may name the original submitter (AUTH=),
+        // or is the submitter itself (its login, when that is an address); from anyone
+        // else AUTH= is treated as AUTH=<> (unknown) and not passed on.
+        env.auth = match (&self.auth, params.auth) {
+            (None, _) | (Some(_), Some("<>")) => None,
+            (Some(_), Some(a)) => Some(a.to_string()),
+            (Some(id), None) => id.login.contains('@').then(|| crate::wire::command::xtext_encode(&id.login)),
+        };
         self.mail_policy(env);
     }
 

@@ -744,6 +744,13 @@ fn auth_plain_then_relay_with_esmtpa_and_added_headers() {
     h.send("MAIL FROM:<alice@example.net>\r\nRCPT TO:<x@example.test>\r\nDATA\r\nmessage-id: <m@x>\r\nDate: Sun, 1 Nov 2026 00:00:00 +0000\r\n\r\nb\r\n.\r\n");
     let m = String::from_utf8_lossy(&h.spooled[1].data).into_owned();
     assert!(!m.contains("Message-ID: <"), "{m}");
+    // RFC 4954 §5: the submitter is the login, unless the client names another (AUTH=);
+    // AUTH=<> means unknown.
+    assert_eq!(h.spooled[0].envelope.auth.as_deref(), Some("alice@example.net"));
+    h.send("MAIL FROM:<alice@example.net> AUTH=bob+2Bx@example.net\r\nRCPT TO:<x@example.test>\r\nDATA\r\nb\r\n.\r\n");
+    assert_eq!(h.spooled[2].envelope.auth.as_deref(), Some("bob+2Bx@example.net"));
+    h.send("MAIL FROM:<alice@example.net> AUTH=<>\r\nRCPT TO:<x@example.test>\r\nDATA\r\nb\r\n.\r\n");
+    assert_eq!(h.spooled[3].envelope.auth, None);
     // AUTH again: 503.
     assert_eq!(h.send("AUTH PLAIN\r\n"), "503 5.5.1 Error: already authenticated\r\n");
 }
@@ -965,4 +972,15 @@ fn inbound_auth_per_postoffice_by_default() {
     );
     let out = String::from_utf8(std::mem::take(s.output())).unwrap();
     assert!(out.ends_with("250 2.1.0 Ok\r\n530 5.7.0 Error: authentication required\r\n250 2.1.5 Ok\r\n"), "{out}");
+}
+
+/// RFC 4954 §5: AUTH= from a client that did not authenticate is treated as AUTH=<>: the
+/// message keeps no submitter.
+#[test]
+fn auth_parameter_from_an_unauthenticated_client_is_not_kept() {
+    let mut h = Harness::new(cfg());
+    h.ehlo();
+    h.send("MAIL FROM:<a@r.example> AUTH=boss@example.test\r\nRCPT TO:<x@example.test>\r\nDATA\r\nb\r\n.\r\n");
+    assert_eq!(h.spooled.len(), 1);
+    assert_eq!(h.spooled[0].envelope.auth, None);
 }

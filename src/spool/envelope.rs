@@ -84,6 +84,10 @@ pub struct Envelope {
     pub ret: Option<Ret>,
     pub envid: Option<String>,
     pub rcpts: Vec<Recipient>,
+    /// RFC 4954 §5: who submitted the message, as an xtext-encoded mailbox, when an
+    /// authenticated client told us (`AUTH=`) or is itself that submitter; relayed as
+    /// `AUTH=` to a next hop we authenticate to.
+    pub auth: Option<String>,
 }
 
 impl Envelope {
@@ -97,6 +101,7 @@ impl Envelope {
             ret: None,
             envid: None,
             rcpts: Vec::new(),
+            auth: None,
         }
     }
 }

@@ -29,9 +29,10 @@
 //! (preallocated) or stale; replay stops at the first record that does not check.
 //!
 //! Message body: id u64, received Unix ms u64, flags u8 (bit 0 SMTPUTF8, bits 1-2 BODY,
-//! bits 3-4 RET), from (u16 length + bytes), envid (u16 + bytes), recipient count u16, each
-//! recipient (address u16 + bytes, notify u8, orcpt u16 + bytes), then the content length
-//! u32 and the content.
+//! bits 3-4 RET, bit 5 AUTH present), from (u16 length + bytes), envid (u16 + bytes), the
+//! AUTH= mailbox (u16 + bytes, only with bit 5), recipient count u16, each recipient
+//! (address u16 + bytes, notify u8, orcpt u16 + bytes), then the content length u32 and
+//! the content.
 //!
 //! Mark body: id u64, recipient index u16 (0xffff: every recipient), status u8, attempts
 //! u16, next attempt Unix ms u64, text (u16 + bytes).
@@ -181,9 +182,13 @@ pub fn encode_message_header(seq: u64, env: &Envelope, content: &[u8], out: &mut
         Some(Ret::Full) => 1,
         Some(Ret::Hdrs) => 2,
     };
-    out.push(env.smtputf8 as u8 | body << 1 | ret << 3);
+    let has_auth = env.auth.is_some() as u8;
+    out.push(env.smtputf8 as u8 | body << 1 | ret << 3 | has_auth << 5);
     put_str(out, &env.from);
     put_str(out, env.envid.as_deref().unwrap_or(""));
+    if let Some(auth) = &env.auth {
+        put_str(out, auth);
+    }
     out.extend_from_slice(&(env.rcpts.len() as u16).to_le_bytes());
     for r in &env.rcpts {
         put_str(out, &r.address);
@@ -287,6 +292,9 @@ pub fn decode_record(seq: u64, b: &[u8]) -> Result<(Record<'_>, usize), DecodeEr
             env.from = r.string("from")?;
             let envid = r.string("envid")?;
             env.envid = (!envid.is_empty()).then_some(envid);
+            if flags & 0x20 != 0 {
+                env.auth = Some(r.string("auth")?);
+            }
             let count = r.u16()?;
             for _ in 0..count {
                 let address = r.string("recipient")?;
@@ -351,7 +359,13 @@ mod tests {
         rec.extend_from_slice(content);
         let (r, len) = decode_record(7, &rec).unwrap();
         assert_eq!(len, rec.len());
-        assert_eq!(r, Record::Message { envelope: env, content: &content[..] });
+        assert_eq!(r, Record::Message { envelope: env.clone(), content: &content[..] });
+        // With the AUTH= mailbox (RFC 4954 §5) too; records without it read as before.
+        let with_auth = Envelope { auth: Some("alice+2Bx@remote.example".into()), ..env };
+        let mut rec2 = Vec::new();
+        encode_message_header(7, &with_auth, content, &mut rec2);
+        rec2.extend_from_slice(content);
+        assert_eq!(decode_record(7, &rec2).unwrap().0, Record::Message { envelope: with_auth, content: &content[..] });
         // The same bytes are not a record of another segment.
         assert_eq!(decode_record(8, &rec).unwrap_err(), DecodeError::BadChecksum);
         // Every truncation and every flipped byte is detected.

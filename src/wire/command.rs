@@ -491,6 +491,20 @@ fn set_once<T>(slot: &mut Option<T>, v: T, dup: &'static str) -> Result<(), Comm
     Ok(())
 }
 
+/// Encodes `s` as xtext (RFC 3461 §4): bytes outside "!".."~", and "+" and "=", become
+/// `+XX`.
+pub fn xtext_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for &b in s.as_bytes() {
+        if (b'!'..=b'~').contains(&b) && b != b'+' && b != b'=' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("+{b:02X}"));
+        }
+    }
+    out
+}
+
 /// RFC 3461 §4: xtext = *( xchar / hexchar ), xchar = "!".."~" except "+" and "=".
 fn is_xtext(s: &str) -> bool {
     let b = s.as_bytes();
@@ -803,6 +817,15 @@ mod tests {
         );
         assert_eq!(parse_command(b"AUTH LOGIN"), Ok(Command::Auth { mechanism: "LOGIN", initial: None }));
         assert!(parse_command(b"AUTH").is_err());
+    }
+
+    #[test]
+    fn xtext_encoding_round_trips() {
+        let raw = "a+b=c d@exämple.test";
+        let enc = xtext_encode(raw);
+        assert_eq!(enc, "a+2Bb+3Dc+20d@ex+C3+A4mple.test");
+        assert!(is_xtext(&enc));
+        assert_eq!(crate::delivery::dsn::xtext_decode(&enc), raw);
     }
 
     #[test]
