@@ -19,7 +19,7 @@ processes from /proc, over the run), ratios to smtp-sink, and ringmx's group-com
 
 Usage: perf/hotpath.py [--rounds 3] [--messages 20000] [--cpm-messages 10000]
                        [--sessions 20] [--size 1024] [--ringmx target/release/ringmx]
-                       [--no-postfix-mta] [--only NAME,...]
+                       [--no-postfix-mta] [--only NAME,...] [--alt NAME=BINARY]...
 Loopback only; every run is bounded by its message count.
 """
 
@@ -212,6 +212,9 @@ def main():
     ap.add_argument("--ringmx", default=os.path.join(os.path.dirname(__file__), "..", "target", "release", "ringmx"))
     ap.add_argument("--no-postfix-mta", action="store_true")
     ap.add_argument("--only", default="")
+    ap.add_argument("--alt", action="append", default=[], metavar="NAME=BINARY",
+                    help="another ringmx binary, run as NAME-uring and NAME-epoll in the same rounds "
+                         "(e.g. a build with another allocator)")
     a = ap.parse_args()
 
     tmp = tempfile.mkdtemp(prefix="ringmx-perf-")
@@ -223,6 +226,10 @@ def main():
         "ringmx-policy": lambda: Ringmx(a.ringmx, "uring", True, tmp, policy_config()),
         "smtp-sink": lambda: SmtpSink(tmp),
     }
+    for alt in a.alt:
+        alt_name, binary = alt.split("=", 1)
+        makers[f"{alt_name}-uring"] = lambda b=binary: Ringmx(b, "uring", True, tmp)
+        makers[f"{alt_name}-epoll"] = lambda b=binary: Ringmx(b, "epoll", True, tmp)
     if not a.no_postfix_mta:
         makers["postfix-mta"] = lambda: PostfixMta(tmp)
     names = [n for n in makers if not a.only or n in a.only.split(",")]
