@@ -168,3 +168,57 @@ fn redirect_and_group_member_elsewhere_are_forwarded() {
     let counts = sink.stop();
     assert_eq!((counts["messages"].as_u64(), counts["recipients"].as_u64()), (Some(2), Some(2)), "{counts}");
 }
+
+/// RFC 3461 §5.2: NOTIFY=SUCCESS relayed to a server without DSN gets a "relayed" report
+/// from us; relayed to one with DSN (another ringmx), the parameters go on with the message
+/// (§5.2.1) and we send no report.
+#[test]
+fn success_notification_relayed_or_passed_on() {
+    // Far end without DSN: the loadgen sink.
+    let dir = tempfile::tempdir().unwrap();
+    let sink = Sink::start(dir.path(), "127.0.0.1:0", &[]);
+    smart_host_directory(dir.path(), &sink.addr.to_string());
+    let srv = start_plain(dir.path(), "uring", SHORT_RETRY);
+    let (mut c, _) = Client::connect(srv.addr());
+    c.cmd("EHLO c");
+    assert!(c.cmd("MAIL FROM:<alice@example.net> ENVID=env+2B1").starts_with("250"));
+    assert!(
+        c.cmd("RCPT TO:<u@backup.example> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;U@backup.example").starts_with("250")
+    );
+    assert!(c.cmd("DATA").starts_with("354"));
+    queued_id(&c.cmd("Subject: s\r\n\r\nx\r\n."));
+    let new = dir.path().join("data/mailboxes/po/alice/Maildir/new");
+    assert!(eventually(Duration::from_secs(20), || std::fs::read_dir(&new).map(|d| d.count() == 1).unwrap_or(false)));
+    let f = std::fs::read_dir(&new).unwrap().next().unwrap().unwrap().path();
+    let report = std::fs::read_to_string(f).unwrap();
+    assert!(report.contains("Action: relayed\n") && report.contains("Original-Envelope-Id: env+1\n"), "{report}");
+    assert!(report.contains("Original-Recipient: rfc822; U@backup.example\n"), "{report}");
+    assert!(report.contains("do not send delivery notifications"), "{report}");
+    let (status, log) = srv.stop();
+    assert!(status.success(), "{log}");
+    sink.stop();
+
+    // Far end with DSN: a second ringmx that holds mail for backup.example.
+    let dir = tempfile::tempdir().unwrap();
+    let far_dir = dir.path().join("far");
+    let far = start(
+        &far_dir,
+        "epoll",
+        "local_domains = [\"backup.example\"]\n[[listener]]\nport = 0\nbind = [\"127.0.0.1\"]\n",
+    );
+    smart_host_directory(dir.path(), &far.addr().to_string());
+    let srv = start_plain(dir.path(), "uring", SHORT_RETRY);
+    let (mut c, _) = Client::connect(srv.addr());
+    c.cmd("EHLO c");
+    assert!(c.cmd("MAIL FROM:<alice@example.net> RET=HDRS ENVID=env+2B2").starts_with("250"));
+    assert!(c.cmd("RCPT TO:<u@backup.example> NOTIFY=SUCCESS ORCPT=rfc822;U@backup.example").starts_with("250"));
+    assert!(c.cmd("DATA").starts_with("354"));
+    queued_id(&c.cmd("Subject: s\r\n\r\nx\r\n."));
+    assert!(eventually(Duration::from_secs(20), || queue(dir.path()).is_empty() && queue(&far_dir).len() == 1));
+    let r = &queue(&far_dir)[0]["recipients"][0];
+    assert_eq!((r["notify"].as_str(), r["orcpt"].as_str()), (Some("SUCCESS"), Some("rfc822;U@backup.example")), "{r}");
+    assert!(!dir.path().join("data/mailboxes/po/alice/Maildir/new").exists(), "no report from the relay");
+    let (status, log) = srv.stop();
+    assert!(status.success(), "{log}");
+    far.stop();
+}

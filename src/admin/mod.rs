@@ -55,8 +55,11 @@ fn recipients(m: &StoredMessage) -> Vec<serde_json::Value> {
                 Some(MarkStatus::Failed) => "failed",
                 Some(MarkStatus::Deleted) => "deleted",
             };
+            let notify = r.notify.map(|n| n.keywords());
             serde_json::json!({
                 "address": r.address,
+                "notify": notify,
+                "orcpt": r.orcpt,
                 "status": status,
                 "attempts": k.map_or(0, |k| k.attempts),
                 "next_attempt": k.filter(|k| k.status == MarkStatus::Deferred).map(|k| rfc3339_ms(k.next_attempt_ms)),

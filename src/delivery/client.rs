@@ -438,20 +438,6 @@ impl OutboundMessage {
     }
 }
 
-/// `NOTIFY=` as sent (RFC 3461 §4.1).
-fn notify_param(n: crate::wire::Notify) -> String {
-    if n.never {
-        return "NEVER".into();
-    }
-    let mut v = Vec::new();
-    for (on, word) in [(n.success, "SUCCESS"), (n.failure, "FAILURE"), (n.delay, "DELAY")] {
-        if on {
-            v.push(word);
-        }
-    }
-    v.join(",")
-}
-
 /// One recipient's result: the server's acceptance (the reply after the data) or why not.
 pub type RcptResult = Result<Response, Error>;
 
@@ -793,7 +779,7 @@ impl Client {
                 && let Some((notify, orcpt)) = msg.dsn.rcpts.get(i)
             {
                 if let Some(n) = notify {
-                    line.push_str(&format!(" NOTIFY={}", notify_param(*n)));
+                    line.push_str(&format!(" NOTIFY={}", n.keywords()));
                 }
                 if let Some(o) = orcpt {
                     line.push_str(&format!(" ORCPT={o}"));

@@ -178,6 +178,10 @@ pub fn build(input: &DsnInput<'_>) -> Option<Dsn> {
     } else if delayed {
         m += "Your message has not been delivered to one or more recipients yet.\r\n";
         m += "Delivery will be tried again; you do not need to send it again.\r\n";
+    } else if reports.iter().all(|r| r.action == Action::Relayed) {
+        // RFC 3461 §5.2.2: passed to a system that will not report further.
+        m += "Your message was passed on to the recipients' mail systems below, which\r\n";
+        m += "do not send delivery notifications: this is the last report you will get.\r\n";
     } else {
         m += "Your message was delivered to the recipients below.\r\n";
     }

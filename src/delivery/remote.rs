@@ -227,10 +227,21 @@ impl Pool {
     /// Delivers one message to `dest`: one result per recipient, in order. A connection
     /// failure gives every recipient that error (the caller may try the next MX host).
     pub async fn deliver(&self, dest: &Destination, msg: Arc<OutboundMessage>) -> Result<Vec<RcptResult>, RemoteError> {
+        self.deliver_to_peer(dest, msg).await.map(|(results, _)| results)
+    }
+
+    /// [`Pool::deliver`], also telling whether the server that took the message offers
+    /// DSN (RFC 3461): if it does, reporting success is its business; if not, ours
+    /// ("relayed").
+    pub async fn deliver_to_peer(
+        &self,
+        dest: &Destination,
+        msg: Arc<OutboundMessage>,
+    ) -> Result<(Vec<RcptResult>, bool), RemoteError> {
         let max = self.inner.cfg.max_message_size;
         if max > 0 && msg.content.len() as u64 > max {
             let e = client::Error::TooBig { size: msg.content.len() as u64, max };
-            return Ok(msg.rcpts.iter().map(|_| Err(e.clone())).collect());
+            return Ok((msg.rcpts.iter().map(|_| Err(e.clone())).collect(), false));
         }
         // A pooled connection may have been closed by the peer meanwhile: one retry on a
         // fresh connection when a reused one fails before any reply to the message.
@@ -239,7 +250,7 @@ impl Pool {
                 Acquired::Idle(c) => (*c, true),
                 Acquired::Permits(p) => match self.connect(dest, p).await? {
                     Ok(c) => (c, false),
-                    Err(e) => return Ok(msg.rcpts.iter().map(|_| Err(e.clone())).collect()),
+                    Err(e) => return Ok((msg.rcpts.iter().map(|_| Err(e.clone())).collect(), false)),
                 },
             };
             conn.client.send(msg.clone(), Instant::now());
@@ -265,6 +276,7 @@ impl Pool {
             if stale {
                 continue;
             }
+            let peer_dsn = conn.client.extensions().dsn;
             // Wait for the Ready that follows Done, then park the connection.
             if !conn.client.is_closed()
                 && let Some(Event::Ready) = conn.client.poll_event()
@@ -272,7 +284,7 @@ impl Pool {
                 conn.idle_since = Instant::now();
                 self.put_idle(conn);
             }
-            return Ok(results);
+            return Ok((results, peer_dsn));
         }
         unreachable!("the loop returns on its second pass")
     }

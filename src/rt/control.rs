@@ -411,7 +411,12 @@ impl Control {
             let (status, text, next_ms) = match outcome {
                 RcptOutcome::Delivered { reply } => {
                     self.relayed += 1;
-                    reports.push(report(DsnAction::Delivered, &reply));
+                    // RFC 3461 §5.2.2 (b): passed to a server without DSN, NOTIFY=SUCCESS gets
+                    // a "relayed" report from us; a server with DSN got the parameters and
+                    // reports itself (§5.2.1).
+                    if !o.peer_dsn {
+                        reports.push(report(DsnAction::Relayed, &reply));
+                    }
                     (MarkStatus::Delivered, reply, 0)
                 }
                 RcptOutcome::Failed { reply } => {

@@ -48,6 +48,8 @@ pub struct RemoteOutcome {
     pub id: QueueId,
     /// The host that answered last (for `Remote-MTA`), if any did.
     pub remote_mta: Option<String>,
+    /// That host offers DSN (RFC 3461): it reports success itself if asked.
+    pub peer_dsn: bool,
     pub results: Vec<(u16, RcptOutcome)>,
 }
 
@@ -133,6 +135,7 @@ async fn run_job(pool: &Pool, resolver: Option<&MxResolver>, job: RemoteJob) -> 
                 return RemoteOutcome {
                     id: job.id,
                     remote_mta: None,
+                    peer_dsn: false,
                     results: all(RcptOutcome::Deferred { reply: "451 4.4.3 no resolver available".into() }),
                 };
             };
@@ -142,7 +145,7 @@ async fn run_job(pool: &Pool, resolver: Option<&MxResolver>, job: RemoteJob) -> 
                     let reply = format!("{} {} {e}", if e.is_permanent() { 550 } else { 451 }, e.status());
                     let o =
                         if e.is_permanent() { RcptOutcome::Failed { reply } } else { RcptOutcome::Deferred { reply } };
-                    return RemoteOutcome { id: job.id, remote_mta: None, results: all(o) };
+                    return RemoteOutcome { id: job.id, remote_mta: None, peer_dsn: false, results: all(o) };
                 }
             }
         }
@@ -151,6 +154,7 @@ async fn run_job(pool: &Pool, resolver: Option<&MxResolver>, job: RemoteJob) -> 
         return RemoteOutcome {
             id: job.id,
             remote_mta: None,
+            peer_dsn: false,
             results: all(RcptOutcome::Deferred { reply: "451 4.4.4 no address to deliver to".into() }),
         };
     }
@@ -166,8 +170,8 @@ async fn run_job(pool: &Pool, resolver: Option<&MxResolver>, job: RemoteJob) -> 
     let mut last_error = String::from("451 4.4.1 no host answered");
     for (host, addr) in hosts {
         let dest = Destination { host: host.clone(), addr, auth: auth.clone() };
-        match pool.deliver(&dest, msg.clone()).await {
-            Ok(results) => {
+        match pool.deliver_to_peer(&dest, msg.clone()).await {
+            Ok((results, peer_dsn)) => {
                 // A failure that concerns the connection (or is temporary and about the
                 // message) is worth the next host; anything else is the answer.
                 let next_host = results
@@ -201,10 +205,15 @@ async fn run_job(pool: &Pool, resolver: Option<&MxResolver>, job: RemoteJob) -> 
                         (*i, o)
                     })
                     .collect();
-                return RemoteOutcome { id: job.id, remote_mta: Some(host), results };
+                return RemoteOutcome { id: job.id, remote_mta: Some(host), peer_dsn, results };
             }
             Err(e) => last_error = format!("451 4.4.1 {e}"),
         }
     }
-    RemoteOutcome { id: job.id, remote_mta: None, results: all(RcptOutcome::Deferred { reply: last_error }) }
+    RemoteOutcome {
+        id: job.id,
+        remote_mta: None,
+        peer_dsn: false,
+        results: all(RcptOutcome::Deferred { reply: last_error }),
+    }
 }

@@ -164,6 +164,16 @@ impl Notify {
     pub fn from_bits(b: u8) -> Self {
         Notify { success: b & 1 != 0, failure: b & 2 != 0, delay: b & 4 != 0, never: b & 8 != 0 }
     }
+
+    /// The value as written in `NOTIFY=` (RFC 3461 §4.1): `NEVER`, or the keywords joined by
+    /// commas.
+    pub fn keywords(self) -> String {
+        if self.never {
+            return "NEVER".into();
+        }
+        let words = [(self.success, "SUCCESS"), (self.failure, "FAILURE"), (self.delay, "DELAY")];
+        words.iter().filter(|(on, _)| *on).map(|(_, w)| *w).collect::<Vec<_>>().join(",")
+    }
 }
 
 /// Parameters of MAIL FROM.
