@@ -20,6 +20,15 @@ pub enum TlsError {
     Rustls(#[from] rustls::Error),
 }
 
+/// The crypto provider: `ring`, or `aws-lc-rs` in a build with `--features aws-lc`
+/// (docs/decisions/002-tls-provider.md).
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    #[cfg(feature = "aws-lc")]
+    return Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    #[cfg(not(feature = "aws-lc"))]
+    return Arc::new(rustls::crypto::ring::default_provider());
+}
+
 /// Builds the server configuration from PEM files.
 pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsError> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
@@ -30,8 +39,7 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsEr
     }
     let key = PrivateKeyDer::from_pem_file(key)
         .map_err(|source| TlsError::Key { path: key.display().to_string(), source })?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut cfg = ServerConfig::builder_with_provider(provider)
+    let mut cfg = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
         .with_single_cert(certs, key)?;
