@@ -157,3 +157,61 @@ fn sigkill_while_reclaiming_loses_nothing() {
         assert!((1..=2).contains(&k), "message {i}: {k} copies");
     }
 }
+
+/// A message deferred for an hour keeps the first segment alive among hundreds of delivered
+/// ones; compaction copies it forward, the segment goes, and the message keeps its state
+/// and content across a restart.
+#[test]
+fn a_long_deferred_message_is_copied_forward_and_its_segment_goes() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = Sink::start(dir.path(), "127.0.0.1:0", &["--rcpt-reply", "450 4.2.1 busy@100%"]);
+    let d = dir.path().join("data/directory");
+    std::fs::create_dir_all(&d).unwrap();
+    let data = serde_json::json!({
+        "postoffices": [{"name": "po"}],
+        "domains": [
+            {"name": "example.net", "postoffice": "po"},
+            {"name": "backup.example", "postoffice": "po", "smart_host": sink.addr.to_string()}
+        ],
+        "mailboxes": [{"postoffice": "po", "name": "alice", "addresses": ["alice@example.net"]}]
+    });
+    std::fs::write(d.join("directory.json"), serde_json::to_string(&data).unwrap()).unwrap();
+    let config = format!(
+        "{CONFIG}[delivery.retry]\nintervals = [\"1h\"]\n[delivery.delay_notice]\nmode = \"off\"\n[delivery.remote]\ntls = \"off\"\n"
+    );
+    let srv = start_plain(dir.path(), "uring", &config);
+    let (mut c, _) = Client::connect(srv.addr());
+    c.cmd("EHLO c");
+    let slow = queued_id(&c.message("s@remote.example", &["u@backup.example"], &body("slow", 0)));
+    assert!(eventually(Duration::from_secs(20), || queue(dir.path()).iter().any(|m| m["status"] == "deferred")));
+    for i in 0..300 {
+        queued_id(&c.message("s@remote.example", &["alice@example.net"], &body("fill", i)));
+    }
+    assert!(eventually(Duration::from_secs(30), || copies(dir.path(), "alice").len() == 300));
+    let first = dir.path().join("data/spool/00").join(format!("{:016x}.seg", 1));
+    assert!(eventually(Duration::from_secs(20), || !first.exists()), "the first segment is still there");
+    let q = queue(dir.path());
+    assert_eq!(q.len(), 1);
+    assert_eq!(
+        (q[0]["id"].as_str(), q[0]["status"].as_str(), q[0]["attempts"].as_u64()),
+        (Some(slow.as_str()), Some("deferred"), Some(1))
+    );
+    assert_eq!(q[0]["shard"], 255, "now in the control log");
+    let (status, log) = srv.stop();
+    assert!(status.success(), "{log}");
+
+    let srv = start_plain(dir.path(), "epoll", &config);
+    let q = queue(dir.path());
+    assert_eq!(q.len(), 1);
+    assert_eq!((q[0]["id"].as_str(), q[0]["attempts"].as_u64()), (Some(slow.as_str()), Some(1)));
+    let (_, shown) = ringmx(dir.path(), &["queue", "show", &slow]);
+    assert!(
+        shown.contains("Message-ID: <slow-0@test>") && shown.ends_with(&format!("{}\r\n", "r".repeat(1500))),
+        "{shown}"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(copies(dir.path(), "alice").len(), 300);
+    let (status, log) = srv.stop();
+    assert!(status.success(), "{log}");
+    sink.stop();
+}

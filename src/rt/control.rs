@@ -210,6 +210,16 @@ fn note(out: &mut Vec<(String, Outcome)>, originals: &[String], status: MarkStat
 /// Token of appended records: marks need no answer, generated messages are queued.
 const TOKEN_MARK: u64 = 0;
 const TOKEN_MESSAGE: u64 = 1;
+/// A message copied forward by compaction.
+const TOKEN_MOVE: u64 = 2;
+
+/// Compaction copies the unfinished messages of a sealed segment when they are at most one
+/// in this many of what it holds.
+const COMPACT_FRACTION: usize = 10;
+/// Bytes copied by compaction per loop turn at most.
+const COMPACT_BUDGET: u64 = 8 << 20;
+/// A message due sooner than this is left where it is (it is likely to finish first).
+const COMPACT_MIN_WAIT_MS: u64 = 60_000;
 
 struct Control {
     cfg: ControlConfig,
@@ -754,6 +764,17 @@ impl Control {
                     self.insert(p, 0);
                 }
             }
+            Ok(stored) if c.token == TOKEN_MOVE => {
+                let l = stored.location;
+                if let Some(envelope) = &stored.envelope {
+                    self.reclaimer.message_stored(CONTROL_SHARD, l.seq, envelope.id, envelope.rcpts.len());
+                }
+                if let Some(p) = self.queue.get_mut(&stored.id) {
+                    p.path = segment_path(&shard_dir(&self.cfg.spool, CONTROL_SHARD), l.seq);
+                    p.content_offset = l.content_offset;
+                    p.content_len = l.content_len;
+                }
+            }
             Ok(stored) => {
                 if let Some(m) = mark {
                     self.reclaimer.mark_stored(stored.location.seq, &m);
@@ -777,9 +798,52 @@ impl Control {
             return;
         }
         let plan = self.reclaimer.plan();
-        if plan.is_empty() {
-            return;
+        if !plan.is_empty() {
+            self.retire(plan);
         }
+        self.compact();
+    }
+
+    /// Copies the few unfinished messages of mostly finished sealed segments into the control
+    /// log (see [`crate::spool::reclaim`]); once the copies are durable the segments go at
+    /// the next [`Control::reclaim`]. Only messages waiting a while in the queue are copied:
+    /// a segment with a held message (not kept in memory) or one about to be tried waits.
+    fn compact(&mut self) {
+        let now = Now::system().unix_ms;
+        let mut budget = COMPACT_BUDGET;
+        let mut copied = 0;
+        for (_, ids) in self.reclaimer.compaction_candidates(COMPACT_FRACTION) {
+            let ready = ids.iter().all(|id| {
+                self.queue.get(id).is_some_and(|p| p.inflight.is_empty())
+                    && self.due_of.get(id).is_some_and(|&t| t >= now + COMPACT_MIN_WAIT_MS)
+            });
+            if !ready {
+                continue;
+            }
+            for id in ids {
+                let Some(p) = self.queue.remove(&id) else { continue };
+                match self.read_content(&p) {
+                    Ok(content) => {
+                        budget = budget.saturating_sub(content.len() as u64);
+                        copied += 1;
+                        self.log.append(TOKEN_MOVE, SpoolRequest { envelope: p.envelope.clone(), data: content });
+                    }
+                    Err(e) => log::warn!("control: {id}: reading for compaction: {e}"),
+                }
+                self.queue.insert(id, p);
+            }
+            if budget == 0 {
+                break;
+            }
+        }
+        if copied > 0 {
+            self.flush_log();
+            log::debug!("control: {copied} message(s) copied forward out of mostly finished segments");
+        }
+    }
+
+    /// Carries out a reclaim plan.
+    fn retire(&mut self, plan: crate::spool::Plan) {
         let copies = plan.copies.len();
         for m in &plan.copies {
             self.append_mark(m.clone());

@@ -16,8 +16,11 @@
 //! 3. the control segments are retired;
 //! 4. [`Reclaimer::retired`].
 //!
-//! A segment with one message that stays unfinished (deferred for days, or held) stays too;
-//! compaction of mostly dead segments is not done.
+//! A segment kept only by a few unfinished messages (deferred for days, or held) is
+//! compacted: the control thread copies those messages into its own log
+//! ([`Reclaimer::compaction_candidates`]); once the copies are durable the old segment holds
+//! nothing needed and goes like the others. Replay reads the control log last, so a copy
+//! replaces the original of the same id.
 
 use super::CONTROL_SHARD;
 use super::envelope::QueueId;
@@ -93,6 +96,21 @@ impl Reclaimer {
     /// A message with `rcpts` recipients is durable in segment `seq` of `shard`.
     pub fn message_stored(&mut self, shard: u8, seq: u64, id: QueueId, rcpts: usize) {
         self.segment_seen(shard, seq);
+        // A copy of a message already known (compaction): it lives here from now on.
+        if let Some(m) = self.msgs.get_mut(&id) {
+            let old = std::mem::replace(&mut m.seg, (shard, seq));
+            let finished = m.finished;
+            if !finished && let Some(o) = self.segs.get_mut(&old) {
+                o.live = o.live.saturating_sub(1);
+            }
+            let seg = self.segs.entry((shard, seq)).or_default();
+            seg.messages.push(id);
+            if !finished {
+                seg.live += 1;
+            }
+            self.dirty = true;
+            return;
+        }
         let seg = self.segs.entry((shard, seq)).or_default();
         seg.messages.push(id);
         let finished = rcpts == 0;
@@ -158,7 +176,10 @@ impl Reclaimer {
             if !sealed || seg.live > 0 {
                 continue;
             }
-            gone.extend(seg.messages.iter().copied());
+            // Messages copied elsewhere by compaction are not gone with this segment.
+            gone.extend(
+                seg.messages.iter().copied().filter(|id| self.msgs.get(id).is_some_and(|m| m.seg == (shard, seq))),
+            );
             if shard == CONTROL_SHARD {
                 plan.control.push(seq);
             } else {
@@ -197,10 +218,34 @@ impl Reclaimer {
         for key in keys {
             if let Some(seg) = self.segs.remove(&key) {
                 for id in seg.messages {
-                    self.msgs.remove(&id);
+                    if self.msgs.get(&id).is_some_and(|m| m.seg == key) {
+                        self.msgs.remove(&id);
+                    }
                 }
             }
         }
+    }
+
+    /// Sealed segments kept only by a few unfinished messages (at most one in
+    /// `1 / fraction` of what they hold): copying those messages forward
+    /// ([`Reclaimer::message_stored`] with the copy's place) lets the segment go. Returns
+    /// each such segment with its unfinished messages.
+    pub fn compaction_candidates(&self, fraction: usize) -> Vec<(SegmentKey, Vec<QueueId>)> {
+        let mut out = Vec::new();
+        for (&key, seg) in &self.segs {
+            let sealed = self.active.get(&key.0).is_some_and(|&a| key.1 < a);
+            if !sealed || seg.live == 0 || seg.live * fraction > seg.messages.len() {
+                continue;
+            }
+            let live: Vec<QueueId> = seg
+                .messages
+                .iter()
+                .copied()
+                .filter(|id| self.msgs.get(id).is_some_and(|m| m.seg == key && !m.finished))
+                .collect();
+            out.push((key, live));
+        }
+        out
     }
 }
 
@@ -286,6 +331,34 @@ mod tests {
         // Every message with marks in control segment 2 is gone with its segment.
         assert_eq!(p.control, vec![2]);
         assert!(p.copies.is_empty(), "{p:?}");
+    }
+
+    /// A long-deferred message keeps its segment until it is copied forward; then the
+    /// segment goes and the message lives on in the copy.
+    #[test]
+    fn compaction_moves_the_last_unfinished_messages() {
+        let mut r = Reclaimer::new();
+        for id in 1..=20 {
+            r.message_stored(0, 1, QueueId(id), 1);
+        }
+        r.message_stored(0, 2, QueueId(21), 1);
+        for id in 2..=20 {
+            r.mark_stored(1, &mark(id, Some(0), MarkStatus::Delivered));
+        }
+        r.mark_stored(1, &mark(1, Some(0), MarkStatus::Deferred));
+        assert!(r.plan().messages.is_empty(), "message 1 keeps segment 0/1");
+        assert_eq!(r.compaction_candidates(10), vec![((0, 1), vec![QueueId(1)])]);
+        assert!(r.compaction_candidates(30).is_empty(), "1 in 20 is more than 1 in 30");
+        // The copy is durable in control segment 3.
+        r.message_stored(CONTROL_SHARD, 3, QueueId(1), 1);
+        let p = r.plan();
+        assert_eq!(p.messages, vec![(0, 1)]);
+        r.retired(&p);
+        assert_eq!(r.messages(), 2, "message 1 (the copy) and message 21");
+        // Its later marks finish it where it now lives.
+        r.segment_seen(CONTROL_SHARD, 4);
+        r.mark_stored(4, &mark(1, Some(0), MarkStatus::Delivered));
+        assert!(r.plan().control.contains(&3));
     }
 
     #[test]
