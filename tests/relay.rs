@@ -50,14 +50,7 @@ impl Proxied {
 }
 
 fn directory(dir: &Path) {
-    let d = dir.join("data/directory");
-    std::fs::create_dir_all(&d).unwrap();
-    let data = serde_json::json!({
-        "postoffices": [{"name": "po"}],
-        "domains": [{"name": "example.net", "postoffice": "po"}],
-        "mailboxes": [{"postoffice": "po", "name": "alice", "addresses": ["alice@example.net"]}]
-    });
-    std::fs::write(d.join("directory.json"), serde_json::to_string(&data).unwrap()).unwrap();
+    alice_directory(dir);
 }
 
 const PROXY_LISTENER: &str =

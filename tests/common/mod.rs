@@ -409,3 +409,16 @@ pub fn smart_host_directory(dir: &Path, smart_host: &str) {
     });
     std::fs::write(d.join("directory.json"), serde_json::to_string(&data).unwrap()).unwrap();
 }
+
+/// A directory with one postoffice, the domain example.net and its mailbox
+/// alice@example.net (where reports to a local sender land).
+pub fn alice_directory(dir: &Path) {
+    let d = dir.join("data/directory");
+    std::fs::create_dir_all(&d).unwrap();
+    let data = serde_json::json!({
+        "postoffices": [{"name": "po"}],
+        "domains": [{"name": "example.net", "postoffice": "po"}],
+        "mailboxes": [{"postoffice": "po", "name": "alice", "addresses": ["alice@example.net"]}]
+    });
+    std::fs::write(d.join("directory.json"), serde_json::to_string(&data).unwrap()).unwrap();
+}
