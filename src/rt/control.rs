@@ -560,9 +560,18 @@ impl Control {
     /// [`crate::admin::control`]). Marks are durable before the answer goes back.
     fn queue_request(&mut self, req: &QueueRequest) -> QueueAnswer {
         let mut answer = QueueAnswer::default();
+        let named = match &req.ids {
+            None => None,
+            Some(ids) => match crate::admin::control::parse_ids(ids) {
+                Ok(v) => Some(v),
+                Err(e) => return QueueAnswer { error: Some(e.to_string()), ..QueueAnswer::default() },
+            },
+        };
         // Messages held for an accept-all domain with no route are not kept in memory: they
-        // are read back from the spool (an operator's command is rare).
-        let mut held: HashMap<QueueId, Pending> = match crate::spool::recover(&self.cfg.spool) {
+        // are read back from the spool, only when the request may concern them.
+        let read_spool = named.as_ref().is_none_or(|ids| ids.iter().any(|id| !self.queue.contains_key(id)));
+        let spool = if read_spool { crate::spool::recover(&self.cfg.spool) } else { Ok(Default::default()) };
+        let mut held: HashMap<QueueId, Pending> = match spool {
             Ok(rec) => rec
                 .messages
                 .into_iter()
@@ -588,12 +597,9 @@ impl Control {
                 HashMap::new()
             }
         };
-        let ids: Vec<QueueId> = match &req.ids {
+        let ids: Vec<QueueId> = match named {
             None => self.queue.keys().chain(held.keys()).copied().collect(),
-            Some(ids) => match crate::admin::control::parse_ids(ids) {
-                Ok(v) => v,
-                Err(e) => return QueueAnswer { error: Some(e.to_string()), ..QueueAnswer::default() },
-            },
+            Some(v) => v,
         };
         let now = Now::system().unix_ms;
         for id in ids {
