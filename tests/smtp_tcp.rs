@@ -174,18 +174,19 @@ fn starttls() {
     });
 }
 
+/// A listener with implicit TLS (and `extra` listener keys) and the certificate.
+fn implicit_tls_listener(extra: &str, cert: &std::path::Path, key: &std::path::Path) -> String {
+    format!(
+        "[[listener]]\nport = 0\nbind = [\"127.0.0.1\"]\ntls = \"implicit\"\n{extra}[tls]\ncertificate = {cert:?}\nprivate_key = {key:?}\n"
+    )
+}
+
 /// RFC 8314: implicit TLS from the first byte.
 #[test]
 fn implicit_tls() {
     each_driver(|driver, dir| {
         let (cert, key, der) = make_cert(dir);
-        let srv = start(
-            dir,
-            driver,
-            &format!(
-                "[[listener]]\nport = 0\nbind = [\"127.0.0.1\"]\ntls = \"implicit\"\n[tls]\ncertificate = {cert:?}\nprivate_key = {key:?}\n"
-            ),
-        );
+        let srv = start(dir, driver, &implicit_tls_listener("", &cert, &key));
         let (mut c, greeting) = Client::connect_tls(srv.addr(), tls_client_config(&der));
         assert!(greeting.starts_with("220 mx.example.test"), "{driver}: {greeting}");
         assert!(!c.cmd("EHLO c").contains("STARTTLS"));
@@ -201,13 +202,8 @@ fn implicit_tls() {
 fn implicit_tls_after_a_proxy_header() {
     each_driver(|driver, dir| {
         let (cert, key, der) = make_cert(dir);
-        let srv = start(
-            dir,
-            driver,
-            &format!(
-                "[[listener]]\nport = 0\nbind = [\"127.0.0.1\"]\ntls = \"implicit\"\nproxy_protocol = true\nproxy_trusted = [\"127.0.0.1\"]\n[tls]\ncertificate = {cert:?}\nprivate_key = {key:?}\n"
-            ),
-        );
+        let proxy = "proxy_protocol = true\nproxy_trusted = [\"127.0.0.1\"]\n";
+        let srv = start(dir, driver, &implicit_tls_listener(proxy, &cert, &key));
         let (mut c, greeting) = Client::connect_proxied_tls(srv.addr(), "192.0.2.9", tls_client_config(&der));
         assert!(greeting.starts_with("220 mx.example.test"), "{driver}: {greeting}");
         c.cmd("EHLO c");

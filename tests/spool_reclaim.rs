@@ -165,17 +165,7 @@ fn sigkill_while_reclaiming_loses_nothing() {
 fn a_long_deferred_message_is_copied_forward_and_its_segment_goes() {
     let dir = tempfile::tempdir().unwrap();
     let sink = Sink::start(dir.path(), "127.0.0.1:0", &["--rcpt-reply", "450 4.2.1 busy@100%"]);
-    let d = dir.path().join("data/directory");
-    std::fs::create_dir_all(&d).unwrap();
-    let data = serde_json::json!({
-        "postoffices": [{"name": "po"}],
-        "domains": [
-            {"name": "example.net", "postoffice": "po"},
-            {"name": "backup.example", "postoffice": "po", "smart_host": sink.addr.to_string()}
-        ],
-        "mailboxes": [{"postoffice": "po", "name": "alice", "addresses": ["alice@example.net"]}]
-    });
-    std::fs::write(d.join("directory.json"), serde_json::to_string(&data).unwrap()).unwrap();
+    smart_host_directory(dir.path(), &sink.addr.to_string());
     let config = format!(
         "{CONFIG}[delivery.retry]\nintervals = [\"1h\"]\n[delivery.delay_notice]\nmode = \"off\"\n[delivery.remote]\ntls = \"off\"\n"
     );
