@@ -535,6 +535,19 @@ pub struct LimitsConfig {
     /// Bare CR or LF in DATA: `reject` (554 5.5.2) or `allow`. Default reject.
     #[serde(default)]
     pub bare_newlines: BareLinePolicy,
+    /// Recipients past `max_recipients` answered 452 4.5.3 without counting as errors
+    /// (`max_errors`); past these, each counts. Default 1000.
+    #[serde(default = "default_recipient_overshoot")]
+    pub recipient_overshoot: usize,
+    /// Minimum content rate in bytes per second: each block of DATA or BDAT content extends
+    /// the data time-out by its size over this rate, never past `timeouts.data` from the
+    /// block; 0: every block renews `timeouts.data`. Default 500.
+    #[serde(default = "default_min_data_rate")]
+    pub min_data_rate: u64,
+    /// Fraction of `max_connections` from which the server is under stress and every wait
+    /// is cut to `timeouts.stress`; 0 turns this off. Default 0.8.
+    #[serde(default = "default_stress_threshold")]
+    pub stress_threshold: f64,
 }
 
 impl Default for LimitsConfig {
@@ -548,6 +561,9 @@ impl Default for LimitsConfig {
             max_connections: default_max_connections(),
             max_connections_per_ip: default_max_connections_per_ip(),
             bare_newlines: BareLinePolicy::Reject,
+            recipient_overshoot: default_recipient_overshoot(),
+            min_data_rate: default_min_data_rate(),
+            stress_threshold: default_stress_threshold(),
         }
     }
 }
@@ -556,12 +572,22 @@ impl Default for LimitsConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TimeoutsConfig {
-    /// Waiting for a command. Default 5 minutes.
+    /// Receiving a whole command line, however it is split. Default 5 minutes.
     #[serde(default = "default_command_timeout", deserialize_with = "de_duration")]
     pub command: Duration,
-    /// Waiting for more message content. Default 3 minutes.
+    /// Receiving message content: at most this between blocks, and at most this after the
+    /// last block once the sender is below `limits.min_data_rate`. Default 3 minutes.
     #[serde(default = "default_data_timeout", deserialize_with = "de_duration")]
     pub data: Duration,
+    /// The whole AUTH exchange, from AUTH to its last response. Default 1 minute.
+    #[serde(default = "default_auth_timeout", deserialize_with = "de_duration")]
+    pub auth: Duration,
+    /// Longest a connection may last; 0 for no limit. Default 1 hour.
+    #[serde(default = "default_session_timeout", deserialize_with = "de_duration")]
+    pub session: Duration,
+    /// Under stress (see `limits.stress_threshold`), every wait is cut to this. Default 10 s.
+    #[serde(default = "default_stress_timeout", deserialize_with = "de_duration")]
+    pub stress: Duration,
     /// Draining on SIGTERM: how long to wait for sessions in a transaction. Default 30 s.
     #[serde(default = "default_drain_timeout", deserialize_with = "de_duration")]
     pub shutdown: Duration,
@@ -572,6 +598,9 @@ impl Default for TimeoutsConfig {
         TimeoutsConfig {
             command: default_command_timeout(),
             data: default_data_timeout(),
+            auth: default_auth_timeout(),
+            session: default_session_timeout(),
+            stress: default_stress_timeout(),
             shutdown: default_drain_timeout(),
         }
     }
@@ -641,6 +670,24 @@ fn default_command_timeout() -> Duration {
 }
 fn default_data_timeout() -> Duration {
     Duration::from_secs(180)
+}
+fn default_auth_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_session_timeout() -> Duration {
+    Duration::from_secs(3600)
+}
+fn default_stress_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_recipient_overshoot() -> usize {
+    1000
+}
+fn default_min_data_rate() -> u64 {
+    500
+}
+fn default_stress_threshold() -> f64 {
+    0.8
 }
 fn default_drain_timeout() -> Duration {
     Duration::from_secs(30)
@@ -812,8 +859,15 @@ impl Config {
         {
             bad("delivery.lmtp.server", e);
         }
-        if self.timeouts.command.is_zero() || self.timeouts.data.is_zero() {
-            bad("timeouts", "time-outs must be positive".into());
+        if self.timeouts.command.is_zero()
+            || self.timeouts.data.is_zero()
+            || self.timeouts.auth.is_zero()
+            || self.timeouts.stress.is_zero()
+        {
+            bad("timeouts", "time-outs must be positive (only timeouts.session may be 0, for no limit)".into());
+        }
+        if !(0.0..=1.0).contains(&self.limits.stress_threshold) {
+            bad("limits.stress_threshold", "a fraction of max_connections, from 0 (off) to 1".into());
         }
         self.validate_policy(&mut bad);
         if problems.is_empty() { Ok(()) } else { Err(ConfigError { problems }) }
@@ -997,6 +1051,12 @@ impl Config {
             bare_line_policy: self.limits.bare_newlines,
             command_timeout: self.timeouts.command,
             data_timeout: self.timeouts.data,
+            min_data_rate: self.limits.min_data_rate,
+            auth_timeout: self.timeouts.auth,
+            max_session_time: self.timeouts.session,
+            stress_timeout: self.timeouts.stress,
+            stress_threshold: self.limits.stress_threshold,
+            recipient_overshoot: self.limits.recipient_overshoot,
             starttls: tls_available && listener.tls == ListenerTls::Starttls,
             local_domains: self.local_domains.iter().map(|d| d.to_ascii_lowercase()).collect::<HashSet<_>>(),
             catch_alls: self.policy.catch_alls,

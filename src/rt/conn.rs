@@ -11,6 +11,16 @@ use crate::wire::Reply;
 use rustls::ServerConnection;
 use std::io::{Read, Write};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Unsent wire bytes (queued here and in the driver's send) at or above which the
+/// connection is not read: a peer that does not read its replies cannot make us buffer.
+pub const OUTQ_HIGH: usize = 32 * 1024;
+/// A paused session resumes once the unsent bytes are below this.
+pub const OUTQ_RESUME: usize = 8 * 1024;
+/// How long a closing connection may take to flush its last replies before it is reset: a
+/// peer that reads nothing must not hold the slot after its time-out.
+pub const CLOSE_LINGER: Duration = Duration::from_secs(5);
 
 /// An answer from the DNS service or the password verifier, filled in by their threads.
 enum ServiceAnswer {
@@ -46,6 +56,10 @@ pub struct Conn {
     awaiting: Option<AnswerSlot>,
     /// Wakes the shard's loop when a service answers this connection.
     waker: Option<(Arc<ShardWaker>, u64)>,
+    /// Bytes the driver took from `outq` and has not sent yet (the io_uring send buffer).
+    pub driver_unsent: usize,
+    /// When a connection that wants to close is reset if its output has not gone by then.
+    close_deadline: Option<Instant>,
 }
 
 /// A TLS failure; the connection is closed after any alert in `outq` is sent.
@@ -68,6 +82,8 @@ impl Conn {
             counted_ip,
             awaiting: None,
             waker: None,
+            driver_unsent: 0,
+            close_deadline: None,
         };
         if let Some(cfg) = implicit_tls {
             match ServerConnection::new(cfg) {
@@ -288,6 +304,52 @@ impl Conn {
     /// True when the connection should be closed once `outq` is empty.
     pub fn wants_close(&self) -> bool {
         self.closing && !self.spooling
+    }
+
+    /// Wire bytes not yet sent: queued here and held by the driver's send.
+    pub fn backlog(&self) -> usize {
+        self.outq.len() + self.driver_unsent
+    }
+
+    /// Should the driver read from the socket now? Not while the session holds buffered
+    /// input it cannot process yet, nor while the replies are backed up (the peer does not
+    /// read them), nor once closing. This is the connection's back-pressure: what the
+    /// driver does not read stays in the kernel, whose TCP window then stops the peer.
+    pub fn wants_read(&self) -> bool {
+        !self.closing && self.session.wants_input() && self.backlog() < OUTQ_HIGH
+    }
+
+    /// The driver sent some output: a session paused on its output goes on once the
+    /// backlog is below [`OUTQ_RESUME`]. Returns true when it resumed (effects may follow).
+    pub fn on_drained(
+        &mut self,
+        now: Now,
+        starttls: Option<&Arc<rustls::ServerConfig>>,
+        effects: &mut Vec<Effect>,
+    ) -> bool {
+        if !self.session.is_paused() || self.backlog() >= OUTQ_RESUME || self.closing {
+            return false;
+        }
+        self.session.resume(now);
+        self.pump(now, starttls, effects);
+        true
+    }
+
+    /// Called on every tick: true once a connection that wants to close has had
+    /// [`CLOSE_LINGER`] to flush its output and has not; the driver then resets it.
+    pub fn close_overdue(&mut self, now: Now) -> bool {
+        if !self.wants_close() {
+            return false;
+        }
+        let deadline = *self.close_deadline.get_or_insert(now.mono + CLOSE_LINGER);
+        now.mono >= deadline
+    }
+}
+
+/// Gives back a send buffer that a burst made large, once it is empty.
+pub fn trim_buffer(buf: &mut Vec<u8>) {
+    if buf.is_empty() && buf.capacity() > crate::session::KEEP_BUFFER {
+        *buf = Vec::new();
     }
 }
 

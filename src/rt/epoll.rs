@@ -5,7 +5,7 @@
 //! and synced with plain syscalls at the end of the turn, which is the group commit of this
 //! driver (the loop waits for the sync).
 
-use super::conn::Effect;
+use super::conn::{Effect, trim_buffer};
 use super::listener;
 use super::shard::{Shard, ShardStats, Slab, TOO_MANY_CONNECTIONS};
 use crate::util::time::Now;
@@ -19,10 +19,13 @@ const LISTENER_TAG: u64 = 1 << 63;
 const WAKER_TAG: u64 = 1 << 62;
 const TICK: Duration = Duration::from_millis(100);
 
-#[derive(Default)]
+/// The events a connection is first registered for.
+const READ_EVENTS: u32 = (libc::EPOLLIN | libc::EPOLLRDHUP) as u32;
+
 struct EpollIo {
-    /// EPOLLOUT is in the interest set.
-    want_write: bool,
+    /// The interest set registered for the socket: reading while the connection wants
+    /// input, writing while output waits.
+    events: u32,
 }
 
 struct Driver {
@@ -79,14 +82,22 @@ pub fn run(mut shard: Shard) -> io::Result<ShardStats> {
                         s.conn.pump(now, shard.tls.as_ref(), &mut d.effects);
                         shard.apply(t, &mut d.effects);
                     }
-                    d.service(&mut shard, t);
+                    d.service(&mut shard, t, now);
                 }
                 continue;
             }
-            if flags & (libc::EPOLLIN | libc::EPOLLHUP | libc::EPOLLERR) as u32 != 0 {
+            if flags & libc::EPOLLIN as u32 != 0 {
                 d.read(&mut shard, data, now, &mut buf);
             }
-            d.service(&mut shard, data);
+            if flags & (libc::EPOLLHUP | libc::EPOLLERR) as u32 != 0 {
+                // Reported whatever the interest set: the peer is gone both ways (or the
+                // socket failed); a message already with the spool still completes.
+                if let Some(s) = d.conns.get_mut(data) {
+                    s.conn.closing = true;
+                    s.conn.outq.clear();
+                }
+            }
+            d.service(&mut shard, data, now);
         }
         d.flush_spool(&mut shard, now);
         shard.flush_control();
@@ -96,8 +107,13 @@ pub fn run(mut shard: Shard) -> io::Result<ShardStats> {
                 if let Some(s) = d.conns.get_mut(t) {
                     s.conn.on_tick(now, shard.tls.as_ref(), &mut d.effects);
                     shard.apply(t, &mut d.effects);
+                    if s.conn.close_overdue(now) {
+                        // Its last reply did not go in time: the peer does not read.
+                        d.reset(&mut shard, t);
+                        continue;
+                    }
                 }
-                d.service(&mut shard, t);
+                d.service(&mut shard, t, now);
             }
         }
         if shard.stopping() {
@@ -113,7 +129,7 @@ pub fn run(mut shard: Shard) -> io::Result<ShardStats> {
                 if let Some(s) = d.conns.get_mut(t) {
                     s.conn.shutdown(now, &mut d.effects);
                 }
-                d.service(&mut shard, t);
+                d.service(&mut shard, t, now);
             }
             if d.conns.is_empty() || now.mono >= deadline {
                 break;
@@ -149,10 +165,8 @@ impl Driver {
             shard.stats.connections += 1;
             let conn = shard.new_conn(l, peer, now);
             let raw = fd.as_raw_fd();
-            let token = self.conns.insert(conn, fd, EpollIo::default());
-            if ctl(self.ep.as_raw_fd(), libc::EPOLL_CTL_ADD, raw, (libc::EPOLLIN | libc::EPOLLRDHUP) as u32, token)
-                .is_err()
-            {
+            let token = self.conns.insert(conn, fd, EpollIo { events: READ_EVENTS });
+            if ctl(self.ep.as_raw_fd(), libc::EPOLL_CTL_ADD, raw, READ_EVENTS, token).is_err() {
                 self.close(shard, token);
                 continue;
             }
@@ -160,14 +174,18 @@ impl Driver {
                 s.conn.set_waker(shard.waker.clone(), token);
                 s.conn.pump(now, shard.tls.as_ref(), &mut self.effects);
             }
-            self.service(shard, token);
+            self.service(shard, token, now);
         }
     }
 
     fn read(&mut self, shard: &mut Shard, token: u64, now: Now, buf: &mut [u8]) {
         let Some(s) = self.conns.get_mut(token) else { return };
-        // A few reads per event keep one busy client from starving the rest.
+        // A few reads per event keep one busy client from starving the rest; none once the
+        // connection pushes back (its replies are not read, or its input waits).
         for _ in 0..4 {
+            if !s.conn.wants_read() {
+                return;
+            }
             let r = unsafe { libc::recv(s.fd.as_raw_fd(), buf.as_mut_ptr() as *mut _, buf.len(), 0) };
             if r > 0 {
                 s.conn.on_bytes(now, &buf[..r as usize], &mut self.scratch, shard.tls.as_ref(), &mut self.effects);
@@ -195,41 +213,60 @@ impl Driver {
         }
     }
 
-    /// Sends what is queued, adjusts the interest set, closes when done.
-    fn service(&mut self, shard: &mut Shard, token: u64) {
+    /// Sends what is queued (resuming a session that paused on its output as it drains),
+    /// adjusts the interest set, closes when done.
+    fn service(&mut self, shard: &mut Shard, token: u64, now: Now) {
         let ep = self.ep.as_raw_fd();
         let Some(s) = self.conns.get_mut(token) else { return };
         let fd = s.fd.as_raw_fd();
         let mut failed = false;
-        while !s.conn.outq.is_empty() {
-            let r = unsafe { libc::send(fd, s.conn.outq.as_ptr() as *const _, s.conn.outq.len(), libc::MSG_NOSIGNAL) };
-            if r >= 0 {
-                s.conn.outq.drain(..r as usize);
-            } else {
-                let e = io::Error::last_os_error();
-                match e.kind() {
-                    io::ErrorKind::WouldBlock => break,
-                    io::ErrorKind::Interrupted => continue,
-                    _ => {
-                        failed = true;
-                        break;
+        loop {
+            while !s.conn.outq.is_empty() {
+                let r =
+                    unsafe { libc::send(fd, s.conn.outq.as_ptr() as *const _, s.conn.outq.len(), libc::MSG_NOSIGNAL) };
+                if r >= 0 {
+                    s.conn.outq.drain(..r as usize);
+                } else {
+                    let e = io::Error::last_os_error();
+                    match e.kind() {
+                        io::ErrorKind::WouldBlock => break,
+                        io::ErrorKind::Interrupted => continue,
+                        _ => {
+                            failed = true;
+                            break;
+                        }
                     }
                 }
             }
+            if failed || !s.conn.on_drained(now, shard.tls.as_ref(), &mut self.effects) {
+                break;
+            }
+            shard.apply(token, &mut self.effects);
         }
+        trim_buffer(&mut s.conn.outq);
         if failed || (s.conn.wants_close() && s.conn.outq.is_empty()) {
             self.close(shard, token);
             return;
         }
-        let want = !s.conn.outq.is_empty();
-        if want != s.io.want_write {
-            s.io.want_write = want;
-            let mut ev = (libc::EPOLLIN | libc::EPOLLRDHUP) as u32;
-            if want {
-                ev |= libc::EPOLLOUT as u32;
-            }
-            let _ = ctl(ep, libc::EPOLL_CTL_MOD, fd, ev, token);
+        let mut events = 0;
+        if s.conn.wants_read() {
+            events |= READ_EVENTS;
         }
+        if !s.conn.outq.is_empty() {
+            events |= libc::EPOLLOUT as u32;
+        }
+        if events != s.io.events {
+            s.io.events = events;
+            let _ = ctl(ep, libc::EPOLL_CTL_MOD, fd, events, token);
+        }
+    }
+
+    /// Closes at once with a reset, dropping unsent output (a peer that stopped reading).
+    fn reset(&mut self, shard: &mut Shard, token: u64) {
+        if let Some(s) = self.conns.get_mut(token) {
+            super::listener::set_linger_zero(s.fd.as_raw_fd());
+        }
+        self.close(shard, token);
     }
 
     fn close(&mut self, shard: &mut Shard, token: u64) {
@@ -255,7 +292,7 @@ impl Driver {
                     s.conn.spool_done(now, result, c.data, shard.tls.as_ref(), &mut self.effects);
                     shard.apply(c.token, &mut self.effects);
                 }
-                self.service(shard, c.token);
+                self.service(shard, c.token, now);
             }
         }
     }

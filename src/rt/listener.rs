@@ -67,3 +67,21 @@ pub fn send_and_forget(fd: i32, bytes: &[u8]) {
         libc::send(fd, bytes.as_ptr() as *const _, bytes.len(), libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT);
     }
 }
+
+/// SO_LINGER with a zero time-out: the close that follows resets the connection and drops
+/// whatever the kernel still holds to send (a peer that stopped reading), instead of
+/// keeping the socket and its buffers while they time out.
+pub fn set_linger_zero(fd: i32) {
+    let l = libc::linger { l_onoff: 1, l_linger: 0 };
+    // SAFETY: `fd` is an open socket owned by the caller; the option value is a valid
+    // `linger` whose size is passed with it, and setsockopt only reads it.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            &l as *const libc::linger as *const libc::c_void,
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
+    }
+}

@@ -21,7 +21,7 @@
 //! ends the multishot recv, and every completion carries the connection's generation, so a
 //! late one for a closed connection is recognised.
 
-use super::conn::Effect;
+use super::conn::{Effect, trim_buffer};
 use super::listener;
 use super::shard::{Shard, ShardStats, Slab, TOO_MANY_CONNECTIONS};
 use crate::util::time::Now;
@@ -46,6 +46,9 @@ const K_SPOOL_WRITE: u64 = 5 << 56;
 const K_SPOOL_SYNC: u64 = 6 << 56;
 const K_CANCEL_ACCEPT: u64 = 7 << 56;
 const K_WAKE: u64 = 8 << 56;
+/// The completion of an AsyncCancel of a connection's recv or send (nothing to do: the
+/// cancelled operation completes on its own).
+const K_CANCEL_OP: u64 = 9 << 56;
 const KIND_MASK: u64 = 0xff << 56;
 
 fn build_ring() -> io::Result<IoUring> {
@@ -145,9 +148,12 @@ impl Drop for BufRing {
 /// Per-connection state of this driver.
 #[derive(Default)]
 struct UringIo {
+    /// A multishot recv is armed (until its last completion, the one without MORE).
     recv_armed: bool,
-    /// The multishot recv stopped for want of buffers: arm it again after this turn.
-    recv_rearm: bool,
+    /// An AsyncCancel for the armed recv is on its way: the connection pushes back.
+    recv_cancelling: bool,
+    /// An AsyncCancel for the in-flight send is on its way: the connection is being reset.
+    send_cancelling: bool,
     send_inflight: bool,
     /// The buffer being sent; untouched while `send_inflight`.
     sending: Vec<u8>,
@@ -205,6 +211,7 @@ pub fn run(mut shard: Shard) -> io::Result<ShardStats> {
                 K_ACCEPT => d.on_accept(&mut shard, token as usize, res, flags, now),
                 K_RECV => d.on_recv(&mut shard, &mut bufs, token, res, flags, now),
                 K_SEND => d.on_send(token, res),
+                K_CANCEL_OP => {}
                 K_SPOOL_WRITE => d.on_spool_write(&mut shard, res, now),
                 K_SPOOL_SYNC => d.on_spool_sync(&mut shard, res, now),
                 K_CANCEL_ACCEPT => {}
@@ -230,6 +237,10 @@ pub fn run(mut shard: Shard) -> io::Result<ShardStats> {
                 if let Some(s) = d.conns.get_mut(t) {
                     s.conn.on_tick(now, shard.tls.as_ref(), &mut d.effects);
                     shard.apply(t, &mut d.effects);
+                    if s.conn.close_overdue(now) {
+                        // Its last reply did not go in time: the peer does not read.
+                        d.reset(t);
+                    }
                 }
                 d.touched.push(t);
             }
@@ -267,7 +278,7 @@ pub fn run(mut shard: Shard) -> io::Result<ShardStats> {
         shard.flush_control();
         let touched = std::mem::take(&mut d.touched);
         for t in &touched {
-            d.service(&mut shard, *t);
+            d.service(&mut shard, *t, now);
         }
         d.touched = touched;
         d.touched.clear();
@@ -355,17 +366,19 @@ impl Driver {
             return;
         };
         if !more {
+            // The recv ended (cancelled for back-pressure, out of buffers, EOF, error);
+            // `service` arms a new one whenever the connection wants input again.
             s.io.recv_armed = false;
+            s.io.recv_cancelling = false;
         }
         if res > 0 {
             if let Some(b) = bid {
+                // Completions already posted when the connection began to push back still
+                // arrive here: the session keeps them (at most a few buffers, then capped).
                 let data = bufs.slice(b, res as usize);
                 s.conn.on_bytes(now, data, &mut self.scratch, shard.tls.as_ref(), &mut self.effects);
                 bufs.push(b);
                 shard.apply(token, &mut self.effects);
-            }
-            if !more && !s.conn.closing {
-                s.io.recv_rearm = true;
             }
         } else if res == 0 {
             // EOF: the peer closed (maybe half-closed after QUIT).
@@ -373,12 +386,9 @@ impl Driver {
                 bufs.push(b);
             }
             s.conn.closing = true;
-        } else if res == -libc::ENOBUFS {
-            // Every buffer is in use; they come back this turn.
-            if !s.conn.closing {
-                s.io.recv_rearm = true;
-            }
-        } else if res != -libc::ECANCELED {
+        } else if res != -libc::ENOBUFS && res != -libc::ECANCELED {
+            // ENOBUFS: every buffer is in use; they come back this turn and the recv is
+            // armed again. ECANCELED: our own back-pressure.
             s.conn.closing = true;
             s.conn.outq.clear();
         }
@@ -403,14 +413,21 @@ impl Driver {
         self.touched.push(token);
     }
 
-    /// Starts a send, re-arms a recv, or moves the connection towards closing.
-    fn service(&mut self, shard: &mut Shard, token: u64) {
+    /// Starts a send (resuming a session that paused on its output once it drains), arms
+    /// or cancels the recv as the connection wants input or pushes back, or moves the
+    /// connection towards closing.
+    fn service(&mut self, shard: &mut Shard, token: u64, now: Now) {
         let Some(s) = self.conns.get_mut(token) else { return };
         let fd = s.fd.as_raw_fd();
         if !s.io.send_inflight {
+            s.conn.driver_unsent = s.io.sending.len() - s.io.send_off;
+            if s.conn.on_drained(now, shard.tls.as_ref(), &mut self.effects) {
+                shard.apply(token, &mut self.effects);
+            }
             if s.io.sending.is_empty() && !s.conn.outq.is_empty() {
                 std::mem::swap(&mut s.io.sending, &mut s.conn.outq);
                 s.io.send_off = 0;
+                trim_buffer(&mut s.conn.outq);
             }
             if s.io.send_off < s.io.sending.len() {
                 let rest = &s.io.sending[s.io.send_off..];
@@ -419,8 +436,11 @@ impl Driver {
                     .build()
                     .user_data(K_SEND | token);
                 s.io.send_inflight = true;
+                s.conn.driver_unsent = rest.len();
                 self.push(e);
-                return;
+            } else {
+                s.conn.driver_unsent = 0;
+                trim_buffer(&mut s.io.sending);
             }
         }
         let Some(s) = self.conns.get_mut(token) else { return };
@@ -433,6 +453,7 @@ impl Driver {
             // the AsyncCancel round trip per connection (and avoids IORING_OP_SHUTDOWN,
             // which resolves the descriptor late).
             if s.io.recv_armed {
+                // SAFETY: `fd` is this slot's open socket; shutdown(2) takes no memory.
                 unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
             }
             if let Some(s) = self.conns.remove(token) {
@@ -442,10 +463,33 @@ impl Driver {
             }
             return;
         }
-        if s.io.recv_rearm && !s.io.recv_armed && !s.conn.closing {
-            s.io.recv_rearm = false;
+        let wants = s.conn.wants_read();
+        if wants && !s.io.recv_armed && !s.conn.closing {
             s.io.recv_armed = true;
             self.arm_recv(token, fd);
+        } else if !wants && s.io.recv_armed && !s.io.recv_cancelling {
+            // Back-pressure: stop the multishot recv; the peer's bytes stay in the kernel.
+            s.io.recv_cancelling = true;
+            let e = opcode::AsyncCancel::new(K_RECV | token).build().user_data(K_CANCEL_OP | token);
+            self.push(e);
+        }
+    }
+
+    /// A closing connection whose output did not drain in time: drop the output, cancel a
+    /// send stuck on a peer that does not read, and reset the connection when it closes.
+    fn reset(&mut self, token: u64) {
+        let Some(s) = self.conns.get_mut(token) else { return };
+        listener::set_linger_zero(s.fd.as_raw_fd());
+        s.conn.outq.clear();
+        if s.io.send_inflight {
+            if !s.io.send_cancelling {
+                s.io.send_cancelling = true;
+                let e = opcode::AsyncCancel::new(K_SEND | token).build().user_data(K_CANCEL_OP | token);
+                self.push(e);
+            }
+        } else {
+            s.io.sending.clear();
+            s.io.send_off = 0;
         }
     }
 

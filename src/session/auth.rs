@@ -166,7 +166,7 @@ impl Session {
         }
         self.phase = Phase::Command;
         self.auth_result(outcome, login, maildir);
-        self.deadline = now.mono + self.cfg.command_timeout;
+        self.wait_for(now, self.cfg.command_timeout);
         self.process_pending(now);
     }
 

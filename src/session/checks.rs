@@ -108,7 +108,7 @@ impl Session {
         }
         let Some(wait) = self.wait.take() else { return };
         self.phase = Phase::Command;
-        self.deadline = now.mono + self.cfg.command_timeout;
+        self.wait_for(now, self.cfg.command_timeout);
         match wait {
             Wait::Dnsbl(i) => {
                 // RFC 5782 §2.1: listed means an A record in 127/8; 127.255.255.x are the

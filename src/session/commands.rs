@@ -155,8 +155,15 @@ impl Session {
             return self.reply_error(Reply::new(553, "5.6.7", "Error: non-ASCII recipient address needs SMTPUTF8"));
         }
         if env.rcpts.len() >= self.cfg.max_recipients {
-            // RFC 5321 §4.5.3.1.10.
-            return self.reply_error(Reply::new(452, "4.5.3", "Error: too many recipients"));
+            // RFC 5321 §4.5.3.1.10: the client delivers to the recipients accepted and tries
+            // the rest later, so a pipelining client's excess is not an error, up to the
+            // overshoot limit (RFC 5321 §4.5.3.1.8 wants 100 per transaction).
+            self.tx.overshoot += 1;
+            let r = Reply::new(452, "4.5.3", "Error: too many recipients");
+            if self.tx.overshoot <= self.cfg.recipient_overshoot {
+                return self.reply(r);
+            }
+            return self.reply_error(r);
         }
         if let Err(reply) = self.rcpt_policy(&to) {
             return self.reply_error(reply);

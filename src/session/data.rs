@@ -17,11 +17,12 @@ impl Session {
         self.reply(Reply::new(354, "", "End data with <CR><LF>.<CR><LF>"));
         self.scanner.reset();
         self.phase = Phase::Data;
-        self.deadline = now.mono + self.cfg.data_timeout;
+        self.wait_for(now, self.cfg.data_timeout);
     }
 
     pub(super) fn data_input(&mut self, now: Now, buf: &[u8]) -> usize {
         let p = self.scanner.feed(buf, &mut self.body);
+        self.data_progress(now, p.consumed);
         self.check_size();
         if p.status == DataStatus::Done {
             if self.tx.too_big {
@@ -51,7 +52,7 @@ impl Session {
             self.tx.bdat = true;
         }
         self.phase = Phase::Bdat { remaining: size, last, discard };
-        self.deadline = now.mono + self.cfg.data_timeout;
+        self.wait_for(now, self.cfg.data_timeout);
         if size == 0 {
             self.chunk_done(now, last);
         }
@@ -60,6 +61,7 @@ impl Session {
     pub(super) fn bdat_input(&mut self, now: Now, buf: &[u8]) -> usize {
         let Phase::Bdat { remaining, last, discard } = self.phase else { return 0 };
         let n = remaining.min(buf.len() as u64) as usize;
+        self.data_progress(now, n);
         if !discard {
             self.body.extend_from_slice(&buf[..n]);
             self.check_size();
@@ -73,6 +75,8 @@ impl Session {
     }
 
     fn chunk_done(&mut self, now: Now, last: bool) {
+        // The chunk is in: the next command has its own time.
+        self.wait_for(now, self.cfg.command_timeout);
         if let Some(r) = self.tx.refusal.take() {
             self.phase = Phase::Command;
             if r.code != 503 {

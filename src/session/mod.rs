@@ -51,6 +51,16 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// Reply bytes after which the session stops processing input until the driver has sent
+/// them ([`Session::resume`]).
+pub const OUTPUT_PAUSE: usize = 16 * 1024;
+/// Buffered input past which a session closes (421 4.7.0) rather than buffer more: reached
+/// only by a driver that reads on when [`Session::wants_input`] says no.
+pub const INPUT_BACKLOG_LIMIT: usize = 256 * 1024;
+/// Buffers larger than this are given back once empty, so that a burst does not pin memory
+/// for the rest of a connection.
+pub const KEEP_BUFFER: usize = 64 * 1024;
+
 /// Settings of a session that come from the configuration, shared by every connection of
 /// a listener.
 #[derive(Debug, Clone)]
@@ -72,8 +82,28 @@ pub struct SessionConfig {
     pub bare_line_policy: BareLinePolicy,
     /// Waiting for a command (RFC 5321 §4.5.3.2.7: 5 minutes).
     pub command_timeout: Duration,
-    /// Waiting for more message content (RFC 5321 §4.5.3.2.5/6: 3 minutes between blocks).
+    /// Receiving a DATA body or one BDAT chunk (RFC 5321 §4.5.3.2.5/6: 3 minutes), stretched
+    /// by `min_data_rate` but never past this much after the last block.
     pub data_timeout: Duration,
+    /// Bytes per second of content that extend the data deadline (each block of n bytes adds
+    /// n / rate, as Postfix's `smtpd_min_data_rate`); a slower sender hits `data_timeout`.
+    /// 0: every block renews `data_timeout` (RFC 5321's literal reading, which a trickling
+    /// sender can stretch for ever).
+    pub min_data_rate: u64,
+    /// The whole AUTH exchange, from the AUTH command to its last response line.
+    pub auth_timeout: Duration,
+    /// Longest a connection may last, whatever it does (421 4.4.2); zero for no limit.
+    pub max_session_time: Duration,
+    /// Under stress (open connections at or above `stress_threshold` of the server's
+    /// maximum) every wait is cut to this: a whole command, a SASL exchange, or the gap
+    /// between two blocks of content (Postfix's stress-dependent `smtpd_timeout`).
+    pub stress_timeout: Duration,
+    /// The fraction of `max_connections` at which stress begins; 0 turns it off.
+    pub stress_threshold: f64,
+    /// Recipients past `max_recipients` that get 452 4.5.3 without counting as errors
+    /// (Postfix's `smtpd_recipient_overshoot_limit`); the transaction goes on with the first
+    /// `max_recipients`.
+    pub recipient_overshoot: usize,
     /// Offer STARTTLS (a certificate is configured and the listener is not implicit TLS).
     pub starttls: bool,
     /// Domains accepted for every address without directory entries (held in the queue,
@@ -115,6 +145,12 @@ impl Default for SessionConfig {
             bare_line_policy: BareLinePolicy::Reject,
             command_timeout: Duration::from_secs(300),
             data_timeout: Duration::from_secs(180),
+            min_data_rate: 500,
+            auth_timeout: Duration::from_secs(60),
+            max_session_time: Duration::from_secs(3600),
+            stress_timeout: Duration::from_secs(10),
+            stress_threshold: 0.8,
+            recipient_overshoot: 1000,
             starttls: false,
             local_domains: HashSet::new(),
             catch_alls: true,
@@ -201,6 +237,8 @@ struct Transaction {
     started: bool,
     /// A BDAT chunk is read only to be refused with this reply (RFC 3030 §2).
     refusal: Option<Reply>,
+    /// Recipients refused for exceeding `max_recipients` so far.
+    overshoot: usize,
 }
 
 /// One SMTP server conversation; see the module documentation.
@@ -235,7 +273,14 @@ pub struct Session {
     out: Vec<u8>,
     actions: VecDeque<Action>,
     errors: u32,
+    /// When the current wait times out (before stress and the session limit are applied).
     deadline: Instant,
+    /// When the current wait began: the command awaited, or the last block of content.
+    wait_start: Instant,
+    /// The end of the connection's allowed lifetime (`max_session_time`).
+    session_end: Option<Instant>,
+    /// Output is backed up: input stays in `pending` until [`Session::resume`].
+    paused: bool,
     /// Start of the Received header in `body`, for the Received "for" clause.
     received_hdr_len: usize,
     messages: u64,
@@ -265,6 +310,9 @@ impl Session {
         let mut s = Session {
             scanner: DataScanner::new(cfg.bare_line_policy),
             deadline: now.mono + cfg.command_timeout,
+            wait_start: now.mono,
+            session_end: (!cfg.max_session_time.is_zero()).then(|| now.mono + cfg.max_session_time),
+            paused: false,
             cfg,
             ids,
             directory,
@@ -333,18 +381,55 @@ impl Session {
         matches!(self.phase, Phase::Spooling | Phase::Waiting)
     }
 
+    /// True while input is not being processed: the session waits for the driver, or its
+    /// output is backed up.
+    fn is_stalled(&self) -> bool {
+        self.paused || self.is_blocked()
+    }
+
+    /// Should the driver read more from the peer? False while the output is backed up
+    /// ([`Session::is_paused`]), while the session waits for the driver with pipelined input
+    /// already buffered, and once it is closed. The driver then stops reading (the peer's
+    /// further bytes wait in the kernel, and TCP's window pushes back on the peer); at most
+    /// one read's worth more is buffered here.
+    pub fn wants_input(&self) -> bool {
+        !matches!(self.phase, Phase::Closed | Phase::TlsPending)
+            && !self.paused
+            && (self.pending.is_empty() || !self.is_blocked())
+    }
+
+    /// True when processing stopped because [`Session::output`] reached
+    /// [`OUTPUT_PAUSE`]: the driver calls [`Session::resume`] once it has sent enough.
+    pub fn is_paused(&self) -> bool {
+        self.paused
+    }
+
+    /// The driver sent the backed-up output: go on with the buffered input.
+    pub fn resume(&mut self, now: Now) {
+        if !self.paused {
+            return;
+        }
+        self.paused = false;
+        self.process_pending(now);
+    }
+
     /// The peer sent `data`.
     pub fn handle_input(&mut self, now: Now, data: &[u8]) {
         if self.phase == Phase::Closed || self.phase == Phase::TlsPending {
             return;
         }
         self.last_unix = now.unix_secs();
-        self.deadline = now.mono + self.current_timeout();
-        if self.pending.is_empty() && !self.is_blocked() {
+        if self.pending.is_empty() && !self.is_stalled() {
             let used = self.process(now, data);
             if used < data.len() && self.phase != Phase::Closed && self.phase != Phase::TlsPending {
                 self.pending.extend_from_slice(&data[used..]);
             }
+        } else if self.pending.len() + data.len() > INPUT_BACKLOG_LIMIT {
+            // A driver that honours `wants_input` never gets here; one that does not must
+            // not make us buffer without bound.
+            let text = format!("{} Error: too much unread input", self.cfg.hostname);
+            crate::wire::write_reply(&mut self.out, 421, "4.7.0", &text);
+            self.close();
         } else {
             self.pending.extend_from_slice(data);
             self.process_pending(now);
@@ -373,7 +458,7 @@ impl Session {
     }
 
     fn process_pending(&mut self, now: Now) {
-        if self.pending.is_empty() || self.is_blocked() {
+        if self.pending.is_empty() || self.is_stalled() {
             return;
         }
         let pending = std::mem::take(&mut self.pending);
@@ -385,14 +470,24 @@ impl Session {
             pending.drain(..used);
         }
         // Keep whatever arrived meanwhile (nothing can, we are single-threaded) and the
-        // allocation.
+        // allocation, unless a burst made it large.
+        if pending.is_empty() && pending.capacity() > KEEP_BUFFER {
+            pending = Vec::new();
+        }
         self.pending = pending;
     }
 
-    /// Runs the state machine over `buf`; returns the bytes used.
+    /// Runs the state machine over `buf`; returns the bytes used. Stops early when the
+    /// session must wait for the driver or its output reached [`OUTPUT_PAUSE`].
     fn process(&mut self, now: Now, buf: &[u8]) -> usize {
         let mut pos = 0;
         while pos < buf.len() {
+            if self.out.len() >= OUTPUT_PAUSE && matches!(self.phase, Phase::Command | Phase::Sasl(_)) {
+                // Back-pressure: a client that pipelines without reading the replies gets no
+                // more of them until it reads.
+                self.paused = true;
+                break;
+            }
             match self.phase {
                 Phase::Proxy => match self.proxy_input(now, &buf[pos..]) {
                     Some(used) => pos += used,
@@ -402,6 +497,7 @@ impl Session {
                     Ok(Some((line, used))) => {
                         pos += used;
                         self.sasl_line(now, step, line);
+                        self.line_done(now, true);
                     }
                     Ok(None) => break,
                     Err(_) => {
@@ -413,6 +509,7 @@ impl Session {
                     Ok(Some((line, used))) => {
                         pos += used;
                         self.command(now, line);
+                        self.line_done(now, false);
                     }
                     Ok(None) => break,
                     Err(_) => {
@@ -425,16 +522,63 @@ impl Session {
                         pos += i + 1;
                         if self.phase == Phase::SkipLine {
                             self.phase = Phase::Command;
+                            self.wait_for(now, self.cfg.command_timeout);
                         }
                     }
                     None => pos = buf.len(),
                 },
-                Phase::Data => pos += self.data_input(now, &buf[pos..]),
+                Phase::Data => {
+                    pos += self.data_input(now, &buf[pos..]);
+                    if self.phase == Phase::Command {
+                        // The content was refused: the next command has its own time.
+                        self.wait_for(now, self.cfg.command_timeout);
+                    }
+                }
                 Phase::Bdat { .. } => pos += self.bdat_input(now, &buf[pos..]),
                 Phase::Spooling | Phase::Waiting | Phase::TlsPending | Phase::Closed => break,
             }
         }
         pos
+    }
+
+    /// A command or SASL line was handled: start the clock of whatever is awaited next. A
+    /// command line has the whole `command_timeout` to arrive, however it is split (the
+    /// clock does not restart on each byte); the SASL exchange has `auth_timeout` in all,
+    /// from AUTH to its last line.
+    fn line_done(&mut self, now: Now, in_sasl: bool) {
+        match self.phase {
+            Phase::Command => self.wait_for(now, self.cfg.command_timeout),
+            Phase::Waiting if !in_sasl => self.wait_for(now, self.cfg.command_timeout),
+            Phase::Sasl(_) if !in_sasl => self.wait_for(now, self.cfg.auth_timeout),
+            // DATA and BDAT set their own; a SASL exchange keeps its overall deadline.
+            _ => {}
+        }
+    }
+
+    /// A new wait begins now and lasts `timeout`.
+    fn wait_for(&mut self, now: Now, timeout: Duration) {
+        self.wait_start = now.mono;
+        self.deadline = now.mono + timeout;
+    }
+
+    /// `n` bytes of content arrived: with a minimum data rate they buy `n / rate` more time,
+    /// never more than `data_timeout` from now; without one, the full time-out again.
+    fn data_progress(&mut self, now: Now, n: usize) {
+        if n == 0 {
+            return;
+        }
+        self.wait_start = now.mono;
+        let cap = now.mono + self.cfg.data_timeout;
+        self.deadline = match self.cfg.min_data_rate {
+            0 => cap,
+            rate => (self.deadline + Duration::from_secs_f64(n as f64 / rate as f64)).min(cap),
+        };
+    }
+
+    /// True when the server has so many connections that waits are cut to `stress_timeout`.
+    fn under_stress(&self) -> bool {
+        let Some(l) = &self.cfg.conn_limits else { return false };
+        self.cfg.stress_threshold > 0.0 && l.current() as f64 >= l.max_total as f64 * self.cfg.stress_threshold
     }
 
     /// The spool answered an [`Action::Spool`]: `Ok` once the message is durable. `buffer`
@@ -457,7 +601,7 @@ impl Session {
         if self.phase == Phase::Spooling {
             self.phase = Phase::Command;
         }
-        self.deadline = now.mono + self.cfg.command_timeout;
+        self.wait_for(now, self.cfg.command_timeout);
         self.process_pending(now);
     }
 
@@ -471,7 +615,7 @@ impl Session {
         self.tx = Transaction::default();
         self.pending.clear();
         self.phase = Phase::Command;
-        self.deadline = now.mono + self.cfg.command_timeout;
+        self.wait_for(now, self.cfg.command_timeout);
     }
 
     /// Implicit TLS (RFC 8314): the handshake finished; only the Received header changes.
@@ -484,17 +628,34 @@ impl Session {
         // the connection for ever.
         match self.phase {
             Phase::Closed | Phase::Spooling => None,
-            _ => Some(self.deadline),
+            _ => Some(self.effective_deadline()),
         }
+    }
+
+    /// The deadline with stress and the session's lifetime applied: stress is judged now,
+    /// so waits that began before it are cut too.
+    fn effective_deadline(&self) -> Instant {
+        let mut d = self.deadline;
+        if self.under_stress() {
+            d = d.min(self.wait_start + self.cfg.stress_timeout);
+        }
+        if let Some(end) = self.session_end {
+            d = d.min(end);
+        }
+        d
     }
 
     /// Time passed; closes the session with 421 4.4.2 when its deadline is reached.
     pub fn handle_timeout(&mut self, now: Now) {
-        if self.phase == Phase::Closed || self.phase == Phase::Spooling || now.mono < self.deadline {
+        if self.phase == Phase::Closed || self.phase == Phase::Spooling || now.mono < self.effective_deadline() {
             return;
         }
         self.wait = None;
-        let text = format!("{} Error: timeout exceeded", self.cfg.hostname);
+        let what = match self.session_end {
+            Some(end) if now.mono >= end => "connection time limit exceeded",
+            _ => "timeout exceeded",
+        };
+        let text = format!("{} Error: {what}", self.cfg.hostname);
         crate::wire::write_reply(&mut self.out, 421, "4.4.2", &text);
         self.close();
     }
@@ -511,13 +672,6 @@ impl Session {
                 self.close();
                 true
             }
-        }
-    }
-
-    fn current_timeout(&self) -> Duration {
-        match self.phase {
-            Phase::Data | Phase::Bdat { .. } => self.cfg.data_timeout,
-            _ => self.cfg.command_timeout,
         }
     }
 
