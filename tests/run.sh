@@ -22,8 +22,28 @@ fi
 export PATH="$PATH:/usr/sbin:/usr/local/sbin"
 
 cargo build --workspace --all-targets --locked
-# The fuzz targets (run with `cargo fuzz run --fuzz-dir tests/fuzz wire`) must keep building.
+# The fuzz targets must keep building; with a nightly toolchain each also gets a short smoke
+# run from its seeds (tests/fuzz/run.sh; docs/fuzzing.md has the long runs).
 cargo check --manifest-path tests/fuzz/Cargo.toml --target-dir target/fuzz
+if rustup run nightly rustc --version >/dev/null 2>&1; then
+  if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
+    echo "tests/run.sh: installing cargo-fuzz"
+    cargo install cargo-fuzz --locked --quiet
+  fi
+  for t in wire session dialog client dsn; do
+    echo "tests/run.sh: fuzz smoke run: $t"
+    log=$(mktemp)
+    if ! bash tests/fuzz/run.sh "$t" -runs=3000 -max_total_time=120 >"$log" 2>&1; then
+      tail -60 "$log" >&2
+      echo "tests/run.sh: fuzz target $t failed" >&2
+      exit 1
+    fi
+    grep -E "^Done " "$log" || true
+    rm -f "$log"
+  done
+else
+  echo "tests/run.sh: no nightly toolchain: fuzz smoke runs skipped"
+fi
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast --locked
 else

@@ -205,14 +205,15 @@ pub fn build(input: &DsnInput<'_>) -> Option<Dsn> {
     m += "Content-Description: Delivery report\r\n\r\n";
     m += &format!("Reporting-MTA: dns; {mta}\r\n");
     if let Some(envid) = &env.envid {
-        m += &format!("Original-Envelope-Id: {}\r\n", xtext_decode(envid));
+        m += &format!("Original-Envelope-Id: {}\r\n", clip(&xtext_decode(envid)));
     }
     m += &format!("Arrival-Date: {}\r\n", rfc5322(env.received_ms / 1000));
     for r in &reports {
         let rcpt = env.rcpts.get(r.rcpt);
         m += "\r\n";
         if let Some((kind, addr)) = rcpt.and_then(|x| x.orcpt.as_deref()).and_then(|o| o.split_once(';')) {
-            m += &format!("Original-Recipient: {}; {}\r\n", kind.trim(), xtext_decode(addr.trim()));
+            let value = format!("{}; {}", kind.trim(), xtext_decode(addr.trim()));
+            m += &format!("Original-Recipient: {}\r\n", clip(&value));
         }
         let addr = rcpt.map_or("", |x| x.address.as_str());
         m += &format!("Final-Recipient: {}; {addr}\r\n", if addr.is_ascii() { "rfc822" } else { "utf-8" });
@@ -274,9 +275,11 @@ fn header_of(content: &[u8]) -> &[u8] {
     }
 }
 
-/// A diagnostic on one line of bounded length.
+/// A value from outside (a remote reply, a client's ENVID or ORCPT, whose xtext can encode
+/// any byte) on one line of bounded length: control characters become spaces, so that it
+/// can neither end its field nor start another (RFC 3461 §4.4 wants printable ASCII there).
 fn clip(s: &str) -> String {
-    let one: String = s.chars().map(|c| if c == '\r' || c == '\n' { ' ' } else { c }).collect();
+    let one: String = s.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
     match one.char_indices().nth(900) {
         Some((i, _)) => format!("{}...", &one[..i]),
         None => one,

@@ -154,3 +154,19 @@ fn notify_defaults_and_xtext() {
     assert_eq!(xtext_decode("a+2Bb+3Dc+"), "a+b=c+");
     assert_eq!(xtext_decode("j+C3+B6rg"), "jörg");
 }
+
+/// ENVID and ORCPT are the client's xtext, which can encode CR and LF: decoded into the
+/// report they must not end their field and start another (found by the `dsn` fuzz
+/// target).
+#[test]
+fn xtext_cannot_inject_report_fields() {
+    let mut env = envelope(None);
+    env.envid = Some("id+0D+0AX-Injected:+20yes".into());
+    env.rcpts[1].orcpt = Some("rfc822;c+0A+0AFinal-Recipient:+20rfc822;evil@x".into());
+    let dsn = run(&env, &[failed(0), failed(1)]).unwrap();
+    let text = String::from_utf8_lossy(&dsn.content);
+    assert!(text.contains("Original-Envelope-Id: id  X-Injected: yes\r\n"), "{text}");
+    assert!(!text.contains("\r\nX-Injected:"), "{text}");
+    assert!(!text.contains("\nFinal-Recipient: rfc822;evil"), "{text}");
+    assert!(!text.contains("\r\n\r\nFinal-Recipient: rfc822;evil"), "{text}");
+}

@@ -1,5 +1,8 @@
 //! Random input, in random pieces, never panics the session, and everything it sends is
-//! well-formed reply lines.
+//! well-formed reply lines. The first byte holds flags (0x80: the client is a trusted
+//! PROXY-protocol balancer; 0x40: the connection is already TLS) and picks the DNS and
+//! password answers; then each piece is a length byte and that many bytes. The seeds in
+//! `seeds/session/` are whole dialogs in this form (see `make_seeds.py`).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -14,17 +17,23 @@ use std::sync::Arc;
 use std::time::Duration;
 
 fuzz_target!(|data: &[u8]| {
+    let Some((&flags, data)) = data.split_first() else { return };
+    let policy = ringmx::policy::Policy { auth_directory: true, ..Default::default() };
     let cfg = Arc::new(SessionConfig {
         hostname: "mx.example.test".into(),
         max_message_size: 4096,
         local_domains: ["example.test".to_string()].into_iter().collect(),
-        starttls: true,
+        starttls: flags & 0x40 == 0,
+        auth_mode: ringmx::policy::AuthMode::Always,
+        policy: Arc::new(policy),
+        proxy_from: (flags & 0x80 != 0).then(|| Arc::new(ringmx::policy::IpList::parse(&["192.0.2.0/24"]).unwrap())),
         ..SessionConfig::default()
     });
+    let tls = (flags & 0x40 != 0).then(|| ringmx::session::TlsInfo { version: "t".into(), cipher: "c".into() });
     let ids = Rc::new(RefCell::new(IdGen::new(0, QueueId(0))));
     let mut now = Now::system();
     let dir = std::sync::Arc::new(ringmx::directory::Directory::build(Default::default()).unwrap());
-    let mut s = Session::new(cfg, ids, dir, "192.0.2.1:25".parse().unwrap(), None, now);
+    let mut s = Session::new(cfg, ids, dir, "192.0.2.1:25".parse().unwrap(), tls, now);
     // The first byte of each piece sets its length; pieces are fed one by one.
     let mut rest = data;
     while let Some((&n, tail)) = rest.split_first() {
@@ -39,11 +48,13 @@ fuzz_target!(|data: &[u8]| {
                     let id = req.envelope.id;
                     s.spool_done(now, Ok(id), req.data);
                 }
-                Action::StartTls => s.tls_established(now, ringmx::session::TlsInfo { version: "t".into(), cipher: "c".into() }),
+                Action::StartTls => {
+                    s.tls_established(now, ringmx::session::TlsInfo { version: "t".into(), cipher: "c".into() })
+                }
                 // DNS and password answers come from the first input byte, so every path of
                 // the policy checks is reachable.
                 Action::Resolve(_) => {
-                    let answer = match data.first().copied().unwrap_or(0) % 3 {
+                    let answer = match flags % 3 {
                         0 => DnsAnswer::Found(vec!["127.0.0.2".into()]),
                         1 => DnsAnswer::NotFound,
                         _ => DnsAnswer::TempFail,
@@ -51,7 +62,7 @@ fuzz_target!(|data: &[u8]| {
                     s.provide_policy_answer(now, answer);
                 }
                 Action::Authenticate(_) => {
-                    let outcome = match data.first().copied().unwrap_or(0) % 3 {
+                    let outcome = match (flags >> 2) % 3 {
                         0 => AuthOutcome::Success,
                         1 => AuthOutcome::Failure,
                         _ => AuthOutcome::Unavailable,
