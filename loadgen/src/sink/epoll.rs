@@ -12,7 +12,9 @@ use crate::sink::shard::{self, ConnState, Core, Flow, Ready, Slots};
 struct Conn {
     fd: OwnedFd,
     state: ConnState,
-    want_write: bool,
+    /// The registered interest: reading while the session wants input, writing while
+    /// replies wait.
+    interest: u32,
 }
 
 // Connection tokens have the top byte clear (see `Slots`).
@@ -85,7 +87,7 @@ impl Loop<'_> {
             let Some(fd) = net::accept(self.listener.as_raw_fd())? else { break };
             let Some(state) = self.core.accept(now) else { continue };
             let raw = fd.as_raw_fd();
-            let token = self.conns.insert(Conn { fd, state, want_write: false });
+            let token = self.conns.insert(Conn { fd, state, interest: net::READ });
             self.epoll.add(raw, net::READ, token)?;
             self.drive(token, now);
         }
@@ -122,9 +124,11 @@ impl Loop<'_> {
         self.core.arm_timer(token, &mut c.state);
         let want_write =
             !c.state.session.poll_transmit(now).is_empty() || c.state.tls.as_ref().is_some_and(|t| t.wants_write());
-        if want_write != c.want_write {
-            c.want_write = want_write;
-            let interest = if want_write { net::READ | net::WRITE } else { net::READ };
+        // Back-pressure: a client whose replies back up is not read until they drain.
+        let want_read = c.state.session.wants_input();
+        let interest = if want_read { net::READ } else { 0 } | if want_write { net::WRITE } else { 0 };
+        if interest != c.interest {
+            c.interest = interest;
             let _ = self.epoll.modify(fd, interest, token);
         }
     }

@@ -31,6 +31,13 @@ use crate::sink::replies::{PhaseReplies, SinkPhase};
 
 /// A command line longer than this (RFC 5321 §4.5.3.1.4 says 512) is refused and skipped.
 const MAX_COMMAND_LINE: usize = 4096;
+/// Unsent reply bytes at which the session stops reading its input: a client that
+/// pipelines without reading its replies cannot make the sink buffer without bound. The
+/// unprocessed input is held until [`SinkSession::resume`].
+pub const OUTPUT_PAUSE: usize = 64 * 1024;
+/// Input held while paused past which the connection is closed (reached only by a driver
+/// that reads on when [`SinkSession::wants_input`] says no).
+const MAX_HELD_INPUT: usize = 256 * 1024;
 
 /// What every sink session shares. Build with [`SinkConfig::new`], adjust, then
 /// [`SinkConfig::build`].
@@ -243,6 +250,8 @@ pub struct SinkSession {
     /// Delayed replies: `(due, end offset in out)`, in order.
     held: VecDeque<(Instant, usize)>,
     action: Option<Action>,
+    /// Input not processed yet because the replies are backed up.
+    held_input: Vec<u8>,
 }
 
 impl SinkSession {
@@ -269,6 +278,7 @@ impl SinkSession {
             released: 0,
             held: VecDeque::new(),
             action: None,
+            held_input: Vec::new(),
         };
         let cfg = Arc::clone(&s.cfg);
         let banner = cfg.replies[SinkPhase::Banner.index()].pick(&mut s.rng);
@@ -280,13 +290,59 @@ impl SinkSession {
         s
     }
 
-    /// Consumes all of `input`. Replies are queued for [`Self::poll_transmit`].
+    /// Takes all of `input`. Replies are queued for [`Self::poll_transmit`]; once
+    /// [`OUTPUT_PAUSE`] bytes of them are unsent, the rest of the input is held (and
+    /// [`Self::wants_input`] is false) until [`Self::resume`].
     pub fn handle_input(&mut self, now: Instant, input: &[u8], stats: &mut SinkStats) {
+        if !self.held_input.is_empty() {
+            if self.held_input.len() + input.len() > MAX_HELD_INPUT {
+                self.held_input = Vec::new();
+                self.state = State::Closing;
+                return;
+            }
+            self.held_input.extend_from_slice(input);
+            return;
+        }
+        let used = self.process(now, input, stats);
+        if used < input.len() {
+            self.held_input.extend_from_slice(&input[used..]);
+        }
+    }
+
+    /// Should the driver read more? Not while input is held or the replies are backed up.
+    pub fn wants_input(&self) -> bool {
+        self.held_input.is_empty() && self.unsent() < OUTPUT_PAUSE
+    }
+
+    fn unsent(&self) -> usize {
+        self.out.len() - self.sent
+    }
+
+    /// The driver sent replies: go on with held input once they are below half the pause
+    /// mark. Returns true when it processed some.
+    pub fn resume(&mut self, now: Instant, stats: &mut SinkStats) -> bool {
+        if self.held_input.is_empty() || self.unsent() >= OUTPUT_PAUSE / 2 {
+            return false;
+        }
+        let held = std::mem::take(&mut self.held_input);
+        let used = self.process(now, &held, stats);
+        if used < held.len() {
+            self.held_input = held[used..].to_vec();
+        }
+        true
+    }
+
+    /// Runs the protocol over `input`; returns the bytes used (all of them unless the
+    /// replies backed up).
+    fn process(&mut self, now: Instant, input: &[u8], stats: &mut SinkStats) -> usize {
         let mut i = 0;
         while i < input.len() {
             let rest = &input[i..];
+            if self.unsent() >= OUTPUT_PAUSE && !matches!(self.state, State::Data | State::Bdat { .. }) {
+                return i;
+            }
             match self.state {
-                State::Closing | State::AwaitTls => return,
+                State::Closing | State::AwaitTls => return input.len(),
                 State::Data => match self.eod.find(rest) {
                     Some(n) => {
                         // The final ".\r\n" is not part of the message (it may have
@@ -342,6 +398,7 @@ impl SinkSession {
                 }
             }
         }
+        input.len()
     }
 
     /// Reply bytes that may be written at `now`.

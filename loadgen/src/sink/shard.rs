@@ -206,6 +206,10 @@ pub(super) enum Flow {
 pub(super) fn drive(c: &mut ConnState, out: &mut impl io::Write, core: &mut Core, now: Instant) -> io::Result<Flow> {
     loop {
         write_due(c, out, now)?;
+        // Replies went out: input held back while they were backed up goes on.
+        if c.session.resume(now, &mut core.stats) {
+            continue;
+        }
         match c.session.poll_action() {
             Some(Action::Close) => {
                 if let Some(t) = &mut c.tls {

@@ -261,12 +261,37 @@ impl Drop for BufRing {
     }
 }
 
+/// Reply bytes a connection may have queued for sending (in flight and next).
+const OUT_ROOM: usize = 64 * 1024;
+
+/// A send buffer that takes at most `room` more bytes, then says WouldBlock.
+struct Bounded<'a> {
+    buf: &'a mut Vec<u8>,
+    room: usize,
+}
+
+impl io::Write for Bounded<'_> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let free = self.room.saturating_sub(self.buf.len());
+        if free == 0 {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        let n = free.min(data.len());
+        self.buf.extend_from_slice(&data[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 struct Conn {
     fd: OwnedFd,
     state: ConnState,
     recv_armed: bool,
-    /// The multishot recv stopped (no buffer was free): arm it again after this turn.
-    recv_rearm: bool,
+    /// An AsyncCancel of the recv is on its way (back-pressure).
+    recv_cancelling: bool,
     send_inflight: bool,
     /// The bytes being sent; untouched while `send_inflight`.
     sending: Vec<u8>,
@@ -455,7 +480,7 @@ impl Loop<'_> {
             fd,
             state,
             recv_armed: true,
-            recv_rearm: false,
+            recv_cancelling: false,
             send_inflight: false,
             sending: Vec::new(),
             sent: 0,
@@ -481,7 +506,10 @@ impl Loop<'_> {
         };
         let more = cqueue::more(flags);
         if !more {
+            // Ended (cancelled for back-pressure, out of buffers, EOF, error): `service`
+            // arms a new one whenever the session wants input again.
             c.recv_armed = false;
+            c.recv_cancelling = false;
         }
         if res > 0 {
             if let Some(b) = bid {
@@ -491,8 +519,10 @@ impl Loop<'_> {
                 }
                 self.bufs.push(b);
             }
-            if !more {
-                c.recv_rearm = true;
+            if more && !c.recv_cancelling && !c.state.session.wants_input() {
+                // Stop the recv as soon as the session pushes back, not after the turn.
+                c.recv_cancelling = true;
+                self.ring.push(opcode::AsyncCancel::new(K_RECV | token).build().user_data(K_CANCEL | token));
             }
         } else {
             if let Some(b) = bid {
@@ -500,9 +530,8 @@ impl Loop<'_> {
             }
             match -res {
                 0 => c.eof = true,
-                // Every buffer was in use; they are back after this turn.
-                libc::ENOBUFS => c.recv_rearm = true,
-                libc::ECANCELED => {}
+                // Every buffer was in use (they are back after this turn), or our cancel.
+                libc::ENOBUFS | libc::ECANCELED => {}
                 _ => c.dead = true,
             }
         }
@@ -552,7 +581,12 @@ impl Loop<'_> {
     fn service(&mut self, token: u64, now: Instant) {
         let Some(c) = self.conns.get_mut(token) else { return };
         if !c.dead && !c.closing {
-            match shard::drive(&mut c.state, &mut c.pending, self.core, now) {
+            // Replies move to the send buffer only while little is unsent there, so that a
+            // client that does not read backs them up in the session, which then stops
+            // taking input.
+            let in_flight = c.sending.len() - c.sent;
+            let mut out = Bounded { buf: &mut c.pending, room: OUT_ROOM.saturating_sub(in_flight) };
+            match shard::drive(&mut c.state, &mut out, self.core, now) {
                 Ok(Flow::Open) => self.core.arm_timer(token, &mut c.state),
                 Ok(Flow::Close) => c.closing = true,
                 Err(_) => c.dead = true,
@@ -571,11 +605,14 @@ impl Loop<'_> {
             self.conns.remove(token);
             return;
         }
-        if c.recv_rearm && !c.recv_armed && !c.eof {
-            c.recv_rearm = false;
+        let wants = c.state.session.wants_input();
+        if wants && !c.recv_armed && !c.eof {
             c.recv_armed = true;
             let fd = c.fd.as_raw_fd();
             self.arm_recv(token, fd);
+        } else if !wants && c.recv_armed && !c.recv_cancelling {
+            c.recv_cancelling = true;
+            self.ring.push(opcode::AsyncCancel::new(K_RECV | token).build().user_data(K_CANCEL | token));
         }
     }
 }

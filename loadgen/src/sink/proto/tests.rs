@@ -194,3 +194,27 @@ fn eod_scanner_matches_across_every_split() {
     assert_eq!(EodScanner::new().find(b".\r\n"), Some(3));
     assert_eq!(EodScanner::new().find(b"x.\r\n"), None);
 }
+
+/// A client that pipelines and does not read its replies: once `OUTPUT_PAUSE` bytes wait,
+/// the sink holds the rest of the input and asks for no more; as the replies go, it goes
+/// on, and every command is answered once.
+#[test]
+fn replies_push_back_on_a_client_that_does_not_read() {
+    let mut h = Harness::new(config());
+    let n = 4000;
+    h.s.handle_input(h.now, "EHLO c.test\r\n".repeat(n).as_bytes(), &mut h.stats);
+    let unsent = h.s.poll_transmit(h.now).len();
+    assert!((OUTPUT_PAUSE..OUTPUT_PAUSE + 1024).contains(&unsent), "{unsent}");
+    assert!(!h.s.wants_input());
+    let mut replies = 0;
+    loop {
+        let out = h.take();
+        replies += reply_codes(&out).len();
+        if !h.s.resume(h.now, &mut h.stats) {
+            break;
+        }
+    }
+    replies += reply_codes(&h.take()).len();
+    assert_eq!(replies, n);
+    assert!(h.s.wants_input());
+}
