@@ -94,7 +94,7 @@ pub struct DeliveryConfig {
     pub remote: crate::delivery::remote::RemoteConfig,
     /// `[delivery.routing]`: smart hosts.
     #[serde(default)]
-    pub routing: crate::delivery::mx::RoutingConfig,
+    pub routing: crate::routing::RoutingConfig,
     /// `[delivery.dns]`: the resolver for MX lookups.
     #[serde(default)]
     pub dns: crate::delivery::mx::DnsConfig,

@@ -32,6 +32,7 @@ pub mod directory;
 pub mod dns;
 pub mod policy;
 pub mod queue;
+pub mod routing;
 pub mod rt;
 pub mod session;
 pub mod spool;

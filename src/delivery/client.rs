@@ -270,15 +270,16 @@ pub enum TlsPolicy {
 }
 
 /// AUTH mechanisms we speak (RFC 4954).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AuthMechanism {
     Plain,
     Login,
 }
 
-/// Credentials for AUTH (a smart host).
-#[derive(Clone, PartialEq, Eq, Hash, Deserialize)]
+/// Credentials for AUTH (a smart host). Their `Debug` leaves the password out, so they can
+/// be part of a logged key.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Credentials {
     /// User name. No default.

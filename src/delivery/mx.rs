@@ -1,6 +1,5 @@
-//! Where a message for a domain goes: routing (pure) and the MX plan (RFC 5321 §5.1).
+//! The MX plan (RFC 5321 §5.1) for a domain that [`crate::routing`] sends to its MX.
 //!
-//! - [`route`]: smart host or MX, from the configuration alone.
 //! - [`order_mx`]: MX records by preference, equal preferences shuffled by a seed (pure,
 //!   so tests fix the seed).
 //! - [`MxResolver::plan`]: the MX lookup over hickory-resolver: null MX (RFC 7505) is a
@@ -10,76 +9,13 @@
 //! DNS failures say whether they are permanent (NXDOMAIN: 5.1.2) or temporary (SERVFAIL,
 //! time-out: 4.4.3).
 
-use super::client::Credentials;
 use hickory_resolver::TokioResolver;
 use hickory_resolver::config::{LookupIpStrategy, NameServerConfig, ResolveHosts, ResolverConfig};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::proto::rr::{Name, RData};
 use serde::Deserialize;
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
-
-/// A smart host: every message of its scope goes there instead of to the MX.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SmartHostConfig {
-    /// Host name or address. No default.
-    pub host: String,
-    /// Port. Default 25 (587 for submission to a provider is common).
-    #[serde(default = "default_port")]
-    pub port: u16,
-    /// AUTH credentials (PLAIN or LOGIN). Default none.
-    #[serde(default)]
-    pub auth: Option<Credentials>,
-}
-
-fn default_port() -> u16 {
-    25
-}
-
-/// `[delivery.routing]`: smart hosts and the port of MX delivery.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub struct RoutingConfig {
-    /// Smart host for all outbound mail. Default none (MX delivery).
-    #[serde(default)]
-    pub smart_host: Option<SmartHostConfig>,
-    /// Smart hosts per recipient domain (lower case). Default none.
-    #[serde(default)]
-    pub domain_smart_hosts: HashMap<String, SmartHostConfig>,
-    /// A domain's smart host wins over the global one. Default false: with a global smart
-    /// host, everything goes there.
-    #[serde(default)]
-    pub domain_smart_host_priority: bool,
-}
-
-/// Where mail for a domain goes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Route {
-    SmartHost {
-        host: String,
-        port: u16,
-        auth: Option<Credentials>,
-    },
-    /// Look up the domain's MX.
-    Mx(String),
-}
-
-/// The route for recipient domain `domain` (pure).
-pub fn route(domain: &str, cfg: &RoutingConfig) -> Route {
-    let domain = domain.trim_end_matches('.').to_ascii_lowercase();
-    let per_domain = cfg.domain_smart_hosts.get(&domain);
-    let chosen = match (&cfg.smart_host, per_domain) {
-        (Some(_), Some(d)) if cfg.domain_smart_host_priority => Some(d),
-        (Some(g), _) => Some(g),
-        (None, d) => d,
-    };
-    match chosen {
-        Some(s) => Route::SmartHost { host: s.host.clone(), port: s.port, auth: s.auth.clone() },
-        None => Route::Mx(domain),
-    }
-}
 
 /// Why there is no plan.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -179,7 +115,7 @@ pub struct DnsConfig {
     pub timeout: Duration,
     /// Port of the SMTP servers found by MX lookup. Default 25; tests point it at a
     /// loopback port.
-    #[serde(default = "default_port")]
+    #[serde(default = "crate::routing::default_port")]
     pub remote_port: u16,
 }
 
@@ -290,6 +226,21 @@ impl MxResolver {
         Ok(MxPlan { domain, implicit: false, hosts })
     }
 
+    /// A smart host's addresses on `port`, through the resolver (never a blocking lookup
+    /// on the delivery runtime): an address literal as it is, `localhost` as the loopback
+    /// addresses (RFC 6761 §6.3), any other name from DNS.
+    pub async fn smart_host(&self, host: &str, port: u16) -> Result<Vec<SocketAddr>, MxError> {
+        if let Some(addrs) = literal_host(host, port) {
+            return Ok(addrs);
+        }
+        match self.addresses(host).await {
+            Ok(a) if !a.is_empty() => Ok(a.into_iter().map(|a| SocketAddr::new(a.ip(), port)).collect()),
+            Ok(_) | Err(AddrError::NoRecords) => Err(MxError::NoMailHost(host.to_string())),
+            Err(AddrError::NoSuchName) => Err(MxError::NoSuchDomain(host.to_string())),
+            Err(AddrError::Temporary(what)) => Err(MxError::Temporary { name: host.to_string(), what }),
+        }
+    }
+
     /// A host's addresses, IPv6 first then IPv4 (RFC 5321 §5.1 leaves the order to us).
     async fn addresses(&self, host: &str) -> Result<Vec<SocketAddr>, AddrError> {
         let name = Name::from_utf8(format!("{host}.")).map_err(|_| AddrError::NoSuchName)?;
@@ -307,6 +258,23 @@ impl MxResolver {
     }
 }
 
+/// The addresses of a host named without DNS: an IP address (bracketed or not), or
+/// `localhost` (RFC 6761 §6.3: always the loopback, never looked up).
+pub fn literal_host(host: &str, port: u16) -> Option<Vec<SocketAddr>> {
+    let h = host.trim_matches(|c| c == '[' || c == ']');
+    if let Ok(ip) = h.parse::<IpAddr>() {
+        return Some(vec![SocketAddr::new(ip, port)]);
+    }
+    let h = h.trim_end_matches('.');
+    if h.eq_ignore_ascii_case("localhost") || h.to_ascii_lowercase().ends_with(".localhost") {
+        return Some(vec![
+            SocketAddr::new(IpAddr::from([0u16, 0, 0, 0, 0, 0, 0, 1]), port),
+            SocketAddr::new(IpAddr::from([127, 0, 0, 1]), port),
+        ]);
+    }
+    None
+}
+
 enum AddrError {
     NoSuchName,
     NoRecords,
@@ -317,31 +285,16 @@ enum AddrError {
 mod tests {
     use super::*;
 
-    fn sh(host: &str) -> SmartHostConfig {
-        SmartHostConfig { host: host.into(), port: 587, auth: None }
-    }
-
+    /// Smart hosts named without DNS: address literals and RFC 6761 §6.3's localhost.
     #[test]
-    fn routing_table() {
-        let mx = |d: &str| Route::Mx(d.into());
-        let smart = |h: &str| Route::SmartHost { host: h.into(), port: 587, auth: None };
-        let mut cfg = RoutingConfig::default();
-        assert_eq!(route("Example.ORG.", &cfg), mx("example.org"));
-        cfg.domain_smart_hosts.insert("partner.test".into(), sh("relay.partner.test"));
-        assert_eq!(route("partner.test", &cfg), smart("relay.partner.test"));
-        assert_eq!(route("other.test", &cfg), mx("other.test"));
-        cfg.smart_host = Some(sh("relay.isp.test"));
-        assert_eq!(route("partner.test", &cfg), smart("relay.isp.test"), "global wins by default");
-        assert_eq!(route("other.test", &cfg), smart("relay.isp.test"));
-        cfg.domain_smart_host_priority = true;
-        assert_eq!(route("partner.test", &cfg), smart("relay.partner.test"));
-        assert_eq!(route("other.test", &cfg), smart("relay.isp.test"));
-        let t: RoutingConfig = toml::from_str(
-            "domain_smart_host_priority = true\n[smart_host]\nhost = \"relay\"\nauth = { user = \"u\", password = \"p\" }\n[domain_smart_hosts.\"a.test\"]\nhost = \"r2\"\nport = 2525\n",
-        )
-        .unwrap();
-        assert_eq!(t.smart_host.as_ref().unwrap().port, 25);
-        assert_eq!(t.domain_smart_hosts["a.test"].port, 2525);
+    fn literal_smart_hosts() {
+        let a = |s: &str| s.parse::<SocketAddr>().unwrap();
+        assert_eq!(literal_host("192.0.2.1", 25), Some(vec![a("192.0.2.1:25")]));
+        assert_eq!(literal_host("[2001:db8::1]", 587), Some(vec![a("[2001:db8::1]:587")]));
+        assert_eq!(literal_host("LocalHost.", 10025), Some(vec![a("[::1]:10025"), a("127.0.0.1:10025")]));
+        assert_eq!(literal_host("relay.localhost", 25).map(|v| v.len()), Some(2));
+        assert_eq!(literal_host("relay.example", 25), None);
+        assert_eq!(literal_host("notlocalhost", 25), None);
     }
 
     #[test]

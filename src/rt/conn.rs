@@ -1,7 +1,7 @@
 //! One connection as both drivers see it: the SMTP session, TLS when there is any, and
 //! the bytes waiting to go out. The drivers only move bytes between this and the socket.
 
-use super::shard::ShardWaker;
+use super::waker::ShardWaker;
 use crate::dns::DnsAnswer;
 use crate::policy::auth::AuthOutcome;
 use crate::session::{Action, Session, SpoolRequest};
@@ -28,8 +28,8 @@ enum ServiceAnswer {
     Auth(AuthOutcome),
 }
 
-/// Where a service thread leaves its answer for this connection. Until the shards have an
-/// inbox that wakes them, the answer is picked up at the next input or tick.
+/// Where a service thread leaves its answer for this connection; the thread then wakes the
+/// shard through its [`ShardWaker`], which pumps this connection in its next turn.
 type AnswerSlot = Arc<Mutex<Option<ServiceAnswer>>>;
 
 /// What a connection asks of its shard after it handled input.

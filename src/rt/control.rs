@@ -19,9 +19,9 @@ use crate::delivery::autoreply::{self, ReplyMemory};
 use crate::delivery::dsn::{self, Action as DsnAction, DsnConfig, DsnInput, RecipientReport};
 use crate::delivery::lmtp::LmtpRoute;
 use crate::delivery::maildir::{self, Maildir, Staged, UsageCache, mailbox_path};
-use crate::delivery::mx::{Route, RoutingConfig, route};
 use crate::directory::{Destination, Directory, DirectoryHandle, ExpandProblem, Mailbox};
 use crate::queue::{DelayNoticeConfig, RetryConfig, RetryDecision};
+use crate::routing::{Route, RoutingConfig, Where, route_of};
 use crate::session::SpoolRequest;
 use crate::spool::{
     CONTROL_SHARD, Completion, Envelope, IdGen, Location, Mark, MarkStatus, QueueId, Recipient, Reclaimer, ShardLog,
@@ -332,25 +332,6 @@ impl Control {
         }
     }
 
-    /// Where a recipient's mail goes: a local mailbox (or group, catch-all), a remote
-    /// route, or nowhere yet.
-    fn route_of(&self, dir: &Directory, addr: &str) -> Where {
-        let Some((_, domain)) = addr.rsplit_once('@') else { return Where::Local };
-        if let Some(d) = dir.domain(domain) {
-            // A hosted domain with a smart host (the backup-MX case) is relayed there.
-            return match d.smart_host.as_deref().and_then(split_host_port) {
-                Some((host, port)) => Where::Remote(Route::SmartHost { host, port, auth: None }),
-                None => Where::Local,
-            };
-        }
-        let r = route(domain, &self.cfg.routing);
-        if self.cfg.local_domains.contains(domain) && matches!(r, Route::Mx(_)) {
-            // Our own accept-all domain: its MX is us.
-            return Where::Held;
-        }
-        Where::Remote(r)
-    }
-
     /// Sends one job per route with the recipients that share it.
     fn submit_remote(&mut self, p: &mut Pending, mut rcpts: Vec<(Route, u16, String)>, content: &[u8], now: u64) {
         let Some(remote) = &self.remote else {
@@ -361,7 +342,7 @@ impl Control {
         };
         p.first_attempt_ms.get_or_insert(now);
         let content: Arc<[u8]> = Arc::from(content);
-        rcpts.sort_by(|a, b| format!("{:?}", a.0).cmp(&format!("{:?}", b.0)));
+        rcpts.sort_by(|a, b| a.0.cmp(&b.0));
         let mut start = 0;
         while start < rcpts.len() {
             let end = start + rcpts[start..].iter().take_while(|r| r.0 == rcpts[start].0).count();
@@ -927,7 +908,7 @@ impl Control {
             if p.inflight.contains(&i) {
                 continue;
             }
-            match self.route_of(dir, &a) {
+            match route_of(dir, &a, &self.cfg.routing, &self.cfg.local_domains) {
                 Where::Local => local.push((i, a)),
                 Where::Remote(r) => remote.push((r, i, a)),
                 // Held: an accept-all domain with nowhere to send it; it stays queued.
@@ -1301,19 +1282,6 @@ fn status_of(text: &str) -> String {
         Some(s) if s.len() >= 5 && s.as_bytes()[1] == b'.' && s.starts_with(|c: char| c.is_ascii_digit()) => s.into(),
         _ => format!("{}.0.0", code.chars().next().filter(|c| matches!(c, '2' | '4' | '5')).unwrap_or('5')),
     }
-}
-
-/// `host:port` of a directory domain's smart host.
-fn split_host_port(s: &str) -> Option<(String, u16)> {
-    let (h, p) = s.rsplit_once(':')?;
-    Some((h.trim_matches(|c| c == '[' || c == ']').to_string(), p.parse().ok()?))
-}
-
-/// Where a recipient's mail goes.
-enum Where {
-    Local,
-    Remote(Route),
-    Held,
 }
 
 /// Runs `program postoffice mailbox messagefile` (SPEC §6, MailEnable's delivery event) in

@@ -22,6 +22,7 @@ pub mod remote;
 mod shard;
 pub mod tls;
 mod uring;
+mod waker;
 
 pub use shard::{ConnLimits, ShardStats};
 
@@ -333,6 +334,10 @@ fn spawn_housekeeping(
 }
 
 fn pin_to_core(core: usize) {
+    // SAFETY: one invariant for the three calls: `set` is a local cpu_set_t, for which all-zero bytes are a valid
+    // (empty) value; CPU_SET indexes its bit array with a bounds check (a `core` past CPU_SETSIZE panics, it does not
+    // write out of bounds); sched_setaffinity only reads `size_of::<cpu_set_t>()` bytes from it and applies to the
+    // calling thread (pid 0). A failure is ignored: the thread stays unpinned.
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         libc::CPU_SET(core, &mut set);
@@ -346,6 +351,10 @@ pub fn serve(cfg: &Config) -> Result<Vec<ShardStats>, ServeError> {
     // Signals are taken synchronously by this thread: block them before the shard
     // threads start so that they inherit the mask.
     let set = signal_set(&[libc::SIGTERM, libc::SIGINT, libc::SIGHUP]);
+    // SAFETY: one invariant for both calls: pthread_sigmask only reads `set`, a sigset_t initialized by `signal_set`,
+    // and a null old-set pointer is allowed (the old mask is not stored); it changes only this thread's mask, before
+    // `Server::start` spawns the shard threads that inherit it. SIG_IGN for SIGPIPE installs no Rust handler, so
+    // nothing runs in signal context.
     unsafe {
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
         libc::signal(libc::SIGPIPE, libc::SIG_IGN);
@@ -360,6 +369,8 @@ pub fn serve(cfg: &Config) -> Result<Vec<ShardStats>, ServeError> {
     }
     loop {
         let mut sig = 0;
+        // SAFETY: sigwait only reads `set` (initialized by `signal_set`, and blocked in this thread above) and writes
+        // one c_int into `sig`, a live local.
         if unsafe { libc::sigwait(&set, &mut sig) } != 0 {
             continue;
         }
@@ -390,6 +401,9 @@ pub fn serve(cfg: &Config) -> Result<Vec<ShardStats>, ServeError> {
 }
 
 fn signal_set(sigs: &[i32]) -> libc::sigset_t {
+    // SAFETY: one invariant for the block: all-zero bytes are a valid sigset_t (plain integers), and sigemptyset then
+    // initializes it as POSIX requires; sigemptyset/sigaddset write only inside `set`, a live local, and an invalid
+    // signal number makes sigaddset return EINVAL without writing.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);

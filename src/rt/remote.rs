@@ -9,10 +9,11 @@
 
 use super::control::ControlMsg;
 use crate::delivery::client::{Concern, OutboundMessage};
-use crate::delivery::mx::{DnsConfig, MxResolver, Route};
+use crate::delivery::mx::{DnsConfig, MxError, MxResolver};
 use crate::delivery::remote::{Destination, Pool, RemoteConfig};
+use crate::routing::Route;
 use crate::spool::QueueId;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::mpsc::SyncSender;
 
@@ -127,8 +128,25 @@ async fn run_job(pool: &Pool, resolver: Option<&MxResolver>, job: RemoteJob) -> 
     let all = |o: RcptOutcome| job.rcpts.iter().map(|(i, _)| (*i, o.clone())).collect();
     let (hosts, auth): (Vec<(String, SocketAddr)>, _) = match &job.route {
         Route::SmartHost { host, port, auth } => {
-            let addrs = (host.as_str(), *port).to_socket_addrs().map(|a| a.collect::<Vec<_>>()).unwrap_or_default();
-            (addrs.into_iter().map(|a| (host.clone(), a)).collect(), auth.clone())
+            let found = match resolver {
+                Some(r) => r.smart_host(host, *port).await,
+                None => crate::delivery::mx::literal_host(host, *port)
+                    .ok_or_else(|| MxError::Temporary { name: host.clone(), what: "no resolver available".into() }),
+            };
+            match found {
+                Ok(addrs) => (addrs.into_iter().map(|a| (host.clone(), a)).collect(), auth.clone()),
+                // A smart host that does not resolve is our configuration's problem, not the
+                // message's: deferred, whatever DNS says, until an operator fixes it.
+                Err(e) => {
+                    let reply = format!("451 4.4.3 smart host {host}: {e}");
+                    return RemoteOutcome {
+                        id: job.id,
+                        remote_mta: None,
+                        peer_dsn: false,
+                        results: all(RcptOutcome::Deferred { reply }),
+                    };
+                }
+            }
         }
         Route::Mx(domain) => {
             let Some(resolver) = resolver else {
