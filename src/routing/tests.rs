@@ -84,7 +84,7 @@ fn the_route_is_a_key_without_secrets() {
     let a = Route::SmartHost { host: "relay".into(), port: 587, auth: Some(login("u", "secret-1")) };
     let b = Route::SmartHost { host: "relay".into(), port: 587, auth: Some(login("u", "secret-2")) };
     let c = Route::Mx("remote.example".into());
-    let mut v = vec![c.clone(), a.clone(), b.clone(), a.clone(), c.clone()];
+    let mut v = [c.clone(), a.clone(), b.clone(), a.clone(), c.clone()];
     v.sort();
     let groups = v.iter().fold(Vec::<(&Route, usize)>::new(), |mut g, r| {
         match g.last_mut() {
