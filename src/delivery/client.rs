@@ -69,6 +69,13 @@ impl Response {
         self.enhanced.clone().unwrap_or_else(|| format!("{}.0.0", self.code / 100))
     }
 
+    /// A reply from its code and text, the enhanced code taken from the front of the text
+    /// when it has one of the code's class (an LMTP or SMTP reply as received).
+    pub fn from_code_text(code: u16, text: &str) -> Self {
+        let (enhanced, text) = split_enhanced(code, text);
+        Response { code, enhanced: enhanced.map(str::to_string), text: text.to_string() }
+    }
+
     /// Parses the one-line form of [`fmt::Display`] (as stored in spool marks).
     pub fn parse(s: &str) -> Option<Response> {
         let s = s.trim_end();
@@ -79,6 +86,13 @@ impl Response {
         let rest = s[3..].trim_start_matches([' ', '-']);
         let (enhanced, text) = split_enhanced(code, rest);
         Some(Response { code, enhanced: enhanced.map(str::to_string), text: text.to_string() })
+    }
+}
+
+impl From<&crate::wire::Reply> for Response {
+    /// One of our own replies (a local delivery's refusal, say) as an outcome.
+    fn from(r: &crate::wire::Reply) -> Self {
+        Response::new(r.code, Some(r.status).filter(|s| !s.is_empty()), &r.text)
     }
 }
 

@@ -16,6 +16,7 @@
 use super::remote::{RcptOutcome, RemoteHandle, RemoteJob, RemoteOutcome};
 use crate::admin::control::{BOUNCED_TEXT, DELETED_TEXT, QueueAnswer, QueueOp, QueueRequest};
 use crate::delivery::autoreply::{self, ReplyMemory};
+use crate::delivery::client::Response;
 use crate::delivery::dsn::{self, Action as DsnAction, DsnConfig, DsnInput, RecipientReport};
 use crate::delivery::lmtp::LmtpRoute;
 use crate::delivery::maildir::{self, Maildir, Staged, UsageCache, mailbox_path};
@@ -162,8 +163,8 @@ impl Pending {
 /// The outcome of one original recipient in one attempt.
 struct Outcome {
     status: MarkStatus,
-    /// The reply or our words, `"552 5.2.2 …"` style.
-    text: String,
+    /// The server's reply, or ours in the same form.
+    reply: Response,
 }
 
 /// What staging made of a message.
@@ -197,12 +198,12 @@ struct Copy {
 
 /// Records the outcome of the original recipients behind a copy; the worst outcome of any
 /// of a recipient's copies is its outcome.
-fn note(out: &mut Vec<(String, Outcome)>, originals: &[String], status: MarkStatus, text: String) {
+fn note(out: &mut Vec<(String, Outcome)>, originals: &[String], status: MarkStatus, reply: Response) {
     for o in originals {
         match out.iter_mut().find(|(a, _)| a == o) {
             Some((_, prev)) if prev.status == MarkStatus::Failed => {}
-            Some((_, prev)) => *prev = Outcome { status, text: text.clone() },
-            None => out.push((o.clone(), Outcome { status, text: text.clone() })),
+            Some((_, prev)) => *prev = Outcome { status, reply: reply.clone() },
+            None => out.push((o.clone(), Outcome { status, reply: reply.clone() })),
         }
     }
 }
@@ -390,12 +391,12 @@ impl Control {
         let expires = self.cfg.retry.expires_at(p.envelope.received_ms);
         for (i, outcome) in o.results {
             p.inflight.remove(&i);
-            let report = |action, text: &str| RecipientReport {
+            let report = |action, reply: &Response| RecipientReport {
                 rcpt: i as usize,
                 action,
-                status: status_of(text),
+                status: reply.status(),
                 remote_mta: o.remote_mta.clone(),
-                diagnostic: Some(text.to_string()),
+                diagnostic: Some(reply.to_string()),
                 last_attempt_ms: Some(now),
                 will_retry_until_ms: (action == DsnAction::Delayed).then_some(expires),
             };
@@ -408,25 +409,28 @@ impl Control {
                     if !o.peer_dsn {
                         reports.push(report(DsnAction::Relayed, &reply));
                     }
-                    (MarkStatus::Delivered, reply, 0)
+                    (MarkStatus::Delivered, reply.to_string(), 0)
                 }
                 RcptOutcome::Failed { reply } => {
                     reports.push(report(DsnAction::Failed, &reply));
-                    (MarkStatus::Failed, reply, 0)
+                    (MarkStatus::Failed, reply.to_string(), 0)
                 }
                 RcptOutcome::Deferred { reply } => {
                     match self.cfg.retry.decide(attempts as u32, p.envelope.received_ms, now) {
                         RetryDecision::RetryAt(t) => {
                             delays.push(report(DsnAction::Delayed, &reply));
                             next = Some(next.map_or(t, |n| n.min(t)));
-                            (MarkStatus::Deferred, reply, t)
+                            (MarkStatus::Deferred, reply.to_string(), t)
                         }
                         RetryDecision::GiveUp => {
-                            let text = format!("{reply} (given up: message expired)");
-                            let mut r = report(DsnAction::Failed, &text);
+                            // RFC 3463 4.4.7: the message's time in the queue ran out; the
+                            // last reply stays in the text.
+                            let mut given_up = reply.clone();
+                            given_up.text.push_str(" (given up: message expired)");
+                            let mut r = report(DsnAction::Failed, &given_up);
                             r.status = "4.4.7".into();
                             reports.push(r);
-                            (MarkStatus::Failed, text, 0)
+                            (MarkStatus::Failed, given_up.to_string(), 0)
                         }
                     }
                 }
@@ -613,7 +617,7 @@ impl Control {
                         .collect();
                     let mut reports = Vec::new();
                     for i in open {
-                        reports.push(failure_report(i as usize, BOUNCED_TEXT, now));
+                        reports.push(failure_report(i as usize, &bounced(), now));
                         self.append_mark(Mark {
                             id,
                             rcpt: Some(i),
@@ -696,7 +700,7 @@ impl Control {
                         if !e.is_permanent() {
                             log::warn!("control: {}: delivery to {}: {e}", a.p.envelope.id, t.maildir);
                         }
-                        note(&mut a.outcomes, &t.originals, status, e.smtp_reply().to_string());
+                        note(&mut a.outcomes, &t.originals, status, Response::from(&e.smtp_reply()));
                     }
                 }
             }
@@ -993,7 +997,7 @@ impl Control {
                 }
                 Err(e) => {
                     let status = if e.is_permanent() { MarkStatus::Failed } else { MarkStatus::Deferred };
-                    note(&mut outcomes, &t.original_recipients, status, e.smtp_reply().to_string());
+                    note(&mut outcomes, &t.original_recipients, status, Response::from(&e.smtp_reply()));
                 }
             }
         }
@@ -1001,27 +1005,26 @@ impl Control {
             self.deliver_lmtp(dir, &p, &content, &lmtp, &mut outcomes, now);
         }
         for problem in &expansion.problems {
-            let (addr, status, text) = match problem {
+            let failed = |code, status, text: &str| (MarkStatus::Failed, Response::new(code, Some(status), text));
+            let (addr, (status, reply)) = match problem {
                 ExpandProblem::Unknown { address } | ExpandProblem::Blocked { address } => {
-                    (address.clone(), MarkStatus::Failed, "550 5.1.1 unknown user".to_string())
+                    (address.clone(), failed(550, "5.1.1", "unknown user"))
                 }
-                ExpandProblem::Disabled { address } => {
-                    (address.clone(), MarkStatus::Failed, "550 5.2.1 mailbox disabled".to_string())
-                }
+                ExpandProblem::Disabled { address } => (address.clone(), failed(550, "5.2.1", "mailbox disabled")),
                 ExpandProblem::Loop { chain } => (
                     chain.first().cloned().unwrap_or_default(),
-                    MarkStatus::Failed,
-                    format!("554 5.4.6 routing loop: {}", chain.join(" -> ")),
+                    failed(554, "5.4.6", &format!("routing loop: {}", chain.join(" -> "))),
                 ),
                 ExpandProblem::TooDeep { address } => {
-                    (address.clone(), MarkStatus::Failed, "554 5.4.6 redirects nested too deep".to_string())
+                    (address.clone(), failed(554, "5.4.6", "redirects nested too deep"))
                 }
                 ExpandProblem::UnresolvedPostmaster { address } => {
                     // Held for the operator: never bounce mail to postmaster.
-                    (address.clone(), MarkStatus::Deferred, "451 4.3.0 postmaster has no mailbox".to_string())
+                    let reply = Response::new(451, Some("4.3.0"), "postmaster has no mailbox");
+                    (address.clone(), (MarkStatus::Deferred, reply))
                 }
             };
-            note(&mut outcomes, &[addr], status, text);
+            note(&mut outcomes, &[addr], status, reply);
         }
         Staging::Ready(Box::new(Attempt { p, local, content, copies, outcomes, forwards }))
     }
@@ -1078,7 +1081,8 @@ impl Control {
                             }
                             Err(f) => {
                                 let status = if f.permanent { MarkStatus::Failed } else { MarkStatus::Deferred };
-                                note(outcomes, &t.original_recipients, status, f.reply.to_string());
+                                let reply = Response::from_code_text(f.reply.code, &f.reply.text);
+                                note(outcomes, &t.original_recipients, status, reply);
                             }
                         }
                     }
@@ -1086,12 +1090,8 @@ impl Control {
                 Err(e) => {
                     log::warn!("control: {}: LMTP server: {e}", p.envelope.id);
                     for t in &ts {
-                        note(
-                            outcomes,
-                            &t.original_recipients,
-                            MarkStatus::Deferred,
-                            format!("451 4.4.1 LMTP server: {e}"),
-                        );
+                        let reply = Response::new(451, Some("4.4.1"), &format!("LMTP server: {e}"));
+                        note(outcomes, &t.original_recipients, MarkStatus::Deferred, reply);
                     }
                 }
             }
@@ -1105,9 +1105,9 @@ impl Control {
         let mut reports = Vec::new();
         for (i, addr) in &a.local {
             let o = a.outcomes.iter().find(|(x, _)| x == addr).map(|(_, o)| o);
-            let (status, text) = match o {
-                None => (MarkStatus::Delivered, "250 2.0.0 delivered to mailbox".to_string()),
-                Some(o) => (o.status, o.text.clone()),
+            let (status, reply) = match o {
+                None => (MarkStatus::Delivered, Response::new(250, Some("2.0.0"), "delivered to mailbox")),
+                Some(o) => (o.status, o.reply.clone()),
             };
             let next_attempt_ms = if status == MarkStatus::Deferred {
                 retry = true;
@@ -1117,8 +1117,9 @@ impl Control {
                 0
             };
             if status == MarkStatus::Failed {
-                reports.push(failure_report(*i as usize, &text, now));
+                reports.push(failure_report(*i as usize, &reply, now));
             }
+            let text = reply.to_string();
             let mark =
                 Mark { id: a.p.envelope.id, rcpt: Some(*i), status, attempts: a.p.attempts, next_attempt_ms, text };
             self.append_mark(mark);
@@ -1259,29 +1260,22 @@ impl Control {
     }
 }
 
-/// A permanent failure line for a DSN; `text` starts with the reply code.
-fn failure_report(rcpt: usize, text: &str, now: u64) -> RecipientReport {
-    let status = status_of(text);
+/// A permanent failure line for a DSN.
+fn failure_report(rcpt: usize, reply: &Response, now: u64) -> RecipientReport {
     RecipientReport {
         rcpt,
         action: DsnAction::Failed,
-        status,
+        status: reply.status(),
         remote_mta: None,
-        diagnostic: Some(text.to_string()),
+        diagnostic: Some(reply.to_string()),
         last_attempt_ms: Some(now),
         will_retry_until_ms: None,
     }
 }
 
-/// The enhanced status code of a reply text (`"550 5.1.1 …"` → `5.1.1`), or one from its
-/// class.
-fn status_of(text: &str) -> String {
-    let mut it = text.split_whitespace();
-    let code = it.next().unwrap_or("");
-    match it.next() {
-        Some(s) if s.len() >= 5 && s.as_bytes()[1] == b'.' && s.starts_with(|c: char| c.is_ascii_digit()) => s.into(),
-        _ => format!("{}.0.0", code.chars().next().filter(|c| matches!(c, '2' | '4' | '5')).unwrap_or('5')),
-    }
+/// An operator's `queue bounce`, as the recipient's outcome.
+fn bounced() -> Response {
+    Response::parse(BOUNCED_TEXT).expect("BOUNCED_TEXT is a reply")
 }
 
 /// Runs `program postoffice mailbox messagefile` (SPEC §6, MailEnable's delivery event) in

@@ -8,7 +8,7 @@
 //! job. Connections go back to the pool for the next message to the same destination.
 
 use super::control::ControlMsg;
-use crate::delivery::client::{Concern, OutboundMessage};
+use crate::delivery::client::{Concern, OutboundMessage, Response};
 use crate::delivery::mx::{DnsConfig, MxError, MxResolver};
 use crate::delivery::remote::{Destination, Pool, RemoteConfig};
 use crate::routing::Route;
@@ -38,9 +38,9 @@ pub struct RemoteJob {
 /// What became of one recipient.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RcptOutcome {
-    Delivered { reply: String },
-    Deferred { reply: String },
-    Failed { reply: String },
+    Delivered { reply: Response },
+    Deferred { reply: Response },
+    Failed { reply: Response },
 }
 
 /// The answer to a [`RemoteJob`].
@@ -138,7 +138,7 @@ async fn run_job(pool: &Pool, resolver: Option<&MxResolver>, job: RemoteJob) -> 
                 // A smart host that does not resolve is our configuration's problem, not the
                 // message's: deferred, whatever DNS says, until an operator fixes it.
                 Err(e) => {
-                    let reply = format!("451 4.4.3 smart host {host}: {e}");
+                    let reply = Response::new(451, Some("4.4.3"), &format!("smart host {host}: {e}"));
                     return RemoteOutcome {
                         id: job.id,
                         remote_mta: None,
@@ -154,13 +154,16 @@ async fn run_job(pool: &Pool, resolver: Option<&MxResolver>, job: RemoteJob) -> 
                     id: job.id,
                     remote_mta: None,
                     peer_dsn: false,
-                    results: all(RcptOutcome::Deferred { reply: "451 4.4.3 no resolver available".into() }),
+                    results: all(RcptOutcome::Deferred {
+                        reply: Response::new(451, Some("4.4.3"), "no resolver available"),
+                    }),
                 };
             };
             match resolver.plan(domain, job.seed).await {
                 Ok(plan) => (plan.addrs().map(|(h, a)| (h.to_string(), a)).collect(), None),
                 Err(e) => {
-                    let reply = format!("{} {} {e}", if e.is_permanent() { 550 } else { 451 }, e.status());
+                    let reply =
+                        Response::new(if e.is_permanent() { 550 } else { 451 }, Some(e.status()), &e.to_string());
                     let o =
                         if e.is_permanent() { RcptOutcome::Failed { reply } } else { RcptOutcome::Deferred { reply } };
                     return RemoteOutcome { id: job.id, remote_mta: None, peer_dsn: false, results: all(o) };
@@ -173,7 +176,9 @@ async fn run_job(pool: &Pool, resolver: Option<&MxResolver>, job: RemoteJob) -> 
             id: job.id,
             remote_mta: None,
             peer_dsn: false,
-            results: all(RcptOutcome::Deferred { reply: "451 4.4.4 no address to deliver to".into() }),
+            results: all(RcptOutcome::Deferred {
+                reply: Response::new(451, Some("4.4.4"), "no address to deliver to"),
+            }),
         };
     }
     let mut msg = OutboundMessage::new(
@@ -185,7 +190,7 @@ async fn run_job(pool: &Pool, resolver: Option<&MxResolver>, job: RemoteJob) -> 
     msg.dsn = job.dsn.clone();
     msg.auth = job.auth.clone();
     let msg = Arc::new(msg);
-    let mut last_error = String::from("451 4.4.1 no host answered");
+    let mut last_error = Response::new(451, Some("4.4.1"), "no host answered");
     for (host, addr) in hosts {
         let dest = Destination { host: host.clone(), addr, auth: auth.clone() };
         match pool.deliver_to_peer(&dest, msg.clone()).await {
@@ -197,7 +202,7 @@ async fn run_job(pool: &Pool, resolver: Option<&MxResolver>, job: RemoteJob) -> 
                     .all(|r| r.as_ref().err().is_some_and(|e| e.concern() == Concern::Connection && !e.is_permanent()));
                 if next_host {
                     if let Some(Err(e)) = results.first() {
-                        last_error = format!("451 {} {host}: {e}", e.status());
+                        last_error = Response::new(451, Some(&e.status()), &format!("{host}: {e}"));
                     }
                     continue;
                 }
@@ -207,11 +212,15 @@ async fn run_job(pool: &Pool, resolver: Option<&MxResolver>, job: RemoteJob) -> 
                     .zip(results)
                     .map(|((i, _), r)| {
                         let o = match r {
-                            Ok(resp) => RcptOutcome::Delivered { reply: format!("{resp}") },
+                            Ok(resp) => RcptOutcome::Delivered { reply: resp },
                             Err(e) => {
                                 let reply = match e.reply() {
-                                    Some(resp) => format!("{resp}"),
-                                    None => format!("{} {} {e}", if e.is_permanent() { 554 } else { 451 }, e.status()),
+                                    Some(resp) => resp.clone(),
+                                    None => Response::new(
+                                        if e.is_permanent() { 554 } else { 451 },
+                                        Some(&e.status()),
+                                        &e.to_string(),
+                                    ),
                                 };
                                 if e.is_permanent() {
                                     RcptOutcome::Failed { reply }
@@ -225,7 +234,7 @@ async fn run_job(pool: &Pool, resolver: Option<&MxResolver>, job: RemoteJob) -> 
                     .collect();
                 return RemoteOutcome { id: job.id, remote_mta: Some(host), peer_dsn, results };
             }
-            Err(e) => last_error = format!("451 4.4.1 {e}"),
+            Err(e) => last_error = Response::new(451, Some("4.4.1"), &e.to_string()),
         }
     }
     RemoteOutcome {
