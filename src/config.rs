@@ -608,6 +608,7 @@ impl Default for TimeoutsConfig {
 
 fn default_hostname() -> String {
     let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most `buf.len()` bytes into the live 256-byte array.
     let r = unsafe { libc::gethostname(buf.as_mut_ptr() as *mut libc::c_char, buf.len()) };
     let n = buf.iter().position(|&b| b == 0).unwrap_or(0);
     match std::str::from_utf8(&buf[..n]) {

@@ -72,6 +72,8 @@ pub struct SpoolLock {
 pub fn lock_spool(spool: &Path) -> std::io::Result<Option<SpoolLock>> {
     std::fs::create_dir_all(spool)?;
     let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(spool.join("lock"))?;
+    // SAFETY: flock(2) takes no pointers; `file` is the open lock file owned here, so its descriptor is valid for
+    // the call, and the lock lives as long as `file` (moved into the returned SpoolLock).
     if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
         let e = std::io::Error::last_os_error();
         return if e.raw_os_error() == Some(libc::EWOULDBLOCK) { Ok(None) } else { Err(e) };

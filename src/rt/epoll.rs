@@ -37,16 +37,21 @@ struct Driver {
 
 fn ctl(ep: i32, op: i32, fd: i32, events: u32, data: u64) -> io::Result<()> {
     let mut ev = libc::epoll_event { events, u64: data };
+    // SAFETY: `ev` is a live local epoll_event that epoll_ctl only reads during the call (ignored for EPOLL_CTL_DEL);
+    // `ep` and `fd` are plain descriptor numbers, a stale one only fails with EBADF.
     if unsafe { libc::epoll_ctl(ep, op, fd, &mut ev) } < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
 }
 
 /// Runs a shard until shutdown is requested and drained.
 pub fn run(mut shard: Shard) -> io::Result<ShardStats> {
+    // SAFETY: epoll_create1 takes no pointers; the result is checked below before it is used.
     let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
     if ep < 0 {
         return Err(io::Error::last_os_error());
     }
     let mut d = Driver {
+        // SAFETY: `ep` was just returned by epoll_create1 and checked non-negative: a new descriptor nothing else owns,
+        // so `d.ep` becomes its only owner.
         ep: unsafe { OwnedFd::from_raw_fd(ep) },
         conns: Slab::new(),
         effects: Vec::new(),
@@ -61,6 +66,8 @@ pub fn run(mut shard: Shard) -> io::Result<ShardStats> {
     let mut last_tick = Instant::now();
     let mut drain_deadline: Option<Instant> = None;
     loop {
+        // SAFETY: the kernel writes at most `events.len()` (256, fits in i32) entries into `events`, a live Vec of that
+        // length; `ep` stays open while `d` (its owner, `d.ep`) lives, i.e. the whole loop.
         let n = unsafe { libc::epoll_wait(ep, events.as_mut_ptr(), events.len() as i32, TICK.as_millis() as i32) };
         if n < 0 {
             let e = io::Error::last_os_error();
@@ -186,6 +193,8 @@ impl Driver {
             if !s.conn.wants_read() {
                 return;
             }
+            // SAFETY: the kernel writes at most `buf.len()` bytes into `buf`, a live exclusive slice; `s.fd` is this
+            // slot's open socket, owned by the slab entry borrowed for the call.
             let r = unsafe { libc::recv(s.fd.as_raw_fd(), buf.as_mut_ptr() as *mut _, buf.len(), 0) };
             if r > 0 {
                 s.conn.on_bytes(now, &buf[..r as usize], &mut self.scratch, shard.tls.as_ref(), &mut self.effects);
@@ -222,6 +231,9 @@ impl Driver {
         let mut failed = false;
         loop {
             while !s.conn.outq.is_empty() {
+                // SAFETY: send(2) only reads `outq.len()` bytes from `s.conn.outq`, a live Vec not touched during the
+                // call; `fd` is the raw descriptor of `s.fd`, and the slot stays in the slab (borrowed as `s`) until
+                // `close` after this loop, so the descriptor is open.
                 let r =
                     unsafe { libc::send(fd, s.conn.outq.as_ptr() as *const _, s.conn.outq.len(), libc::MSG_NOSIGNAL) };
                 if r >= 0 {

@@ -41,12 +41,16 @@ pub fn bind_shards(addr: SocketAddr, shards: usize) -> io::Result<Vec<TcpListene
 
 /// Accepts one pending connection, non-blocking and close-on-exec.
 pub fn accept(listener_fd: i32) -> io::Result<(OwnedFd, SocketAddr)> {
+    // SAFETY: accept4(2) with null `addr`/`addrlen` is allowed and stores no peer address, so the kernel writes into no
+    // memory of ours; `listener_fd` is only used as a descriptor and a bad one just fails with an error.
     let fd = unsafe {
         libc::accept4(listener_fd, std::ptr::null_mut(), std::ptr::null_mut(), libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC)
     };
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
+    // SAFETY: `fd` was just returned by accept4 and checked non-negative: a new descriptor that nothing else owns, so
+    // the OwnedFd takes sole ownership and closes it once.
     let owned = unsafe { OwnedFd::from_raw_fd(fd) };
     let peer = peer_addr(owned.as_raw_fd())?;
     Ok((owned, peer))
@@ -54,6 +58,9 @@ pub fn accept(listener_fd: i32) -> io::Result<(OwnedFd, SocketAddr)> {
 
 /// The peer address of a connected socket.
 pub fn peer_addr(fd: i32) -> io::Result<SocketAddr> {
+    // SAFETY: the Socket only borrows `fd` for getpeername: `into_raw_fd` below releases it without closing, so the
+    // caller keeps ownership. This needs `fd` to be an open socket for the call; the signature does not enforce that,
+    // and every caller passes `as_raw_fd()` of an OwnedFd it holds.
     let s = unsafe { Socket::from_raw_fd(fd) };
     let r = s.peer_addr();
     let _ = s.into_raw_fd();
@@ -63,6 +70,9 @@ pub fn peer_addr(fd: i32) -> io::Result<SocketAddr> {
 /// Best-effort, non-blocking write of a short reply on a socket we are about to close
 /// (connection limits).
 pub fn send_and_forget(fd: i32, bytes: &[u8]) {
+    // SAFETY: send(2) only reads `bytes.len()` bytes from `bytes`, a live slice borrowed for the whole call;
+    // MSG_NOSIGNAL avoids SIGPIPE and MSG_DONTWAIT never blocks. `fd` is the caller's open socket (each caller passes
+    // `as_raw_fd()` of an OwnedFd it holds); the result is ignored on purpose (best effort).
     unsafe {
         libc::send(fd, bytes.as_ptr() as *const _, bytes.len(), libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT);
     }

@@ -86,6 +86,8 @@ impl BufRing {
         debug_assert!(count.is_power_of_two());
         let entries_len = count as usize * std::mem::size_of::<BufRingEntry>();
         // Page-aligned, as the kernel requires.
+        // SAFETY: an anonymous private mapping with no address hint touches no existing
+        // memory; the result is checked against MAP_FAILED before use.
         let ptr = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
@@ -107,6 +109,9 @@ impl BufRing {
             mem: vec![0u8; count as usize * size],
             tail: 0,
         };
+        // SAFETY: `ptr` is the mapping of `count` entries made above; it stays mapped until
+        // Drop, which runs after the ring unregisters it (`run` unregisters before dropping
+        // the BufRing), and the buffers it will point at live in `mem`, owned by `b`.
         unsafe { ring.submitter().register_buf_ring_with_flags(ptr as u64, count, BGID, 0)? };
         for bid in 0..count {
             b.push(bid);
@@ -123,6 +128,8 @@ impl BufRing {
     /// Gives buffer `bid` back to the kernel (visible after [`BufRing::publish`]).
     fn push(&mut self, bid: u16) {
         let idx = (self.tail & (self.count - 1)) as usize;
+        // SAFETY: `idx` < `count`, the number of entries in the mapping at `entries`; the
+        // kernel only reads entries up to the published tail, and this one is past it.
         let e = unsafe { &mut *self.entries.add(idx) };
         e.set_addr(self.mem.as_ptr() as u64 + (bid as usize * self.size) as u64);
         e.set_len(self.size as u32);
@@ -132,6 +139,9 @@ impl BufRing {
 
     /// Publishes the tail with a release store, so the kernel sees the entries first.
     fn publish(&self) {
+        // SAFETY: the tail field lives in the first entry of the live mapping at `entries`
+        // and is 2-byte aligned; the kernel reads it concurrently, so it is written with an
+        // atomic release store only.
         unsafe {
             let tail = BufRingEntry::tail(self.entries) as *mut u16;
             AtomicU16::from_ptr(tail).store(self.tail, Ordering::Release);
@@ -141,6 +151,8 @@ impl BufRing {
 
 impl Drop for BufRing {
     fn drop(&mut self) {
+        // SAFETY: `entries` and `entries_len` are the mapping made in `new`, unmapped only
+        // here; no reference into it outlives `self`.
         unsafe { libc::munmap(self.entries as *mut _, self.entries_len) };
     }
 }
@@ -294,6 +306,12 @@ impl Driver {
     /// Queues an SQE, flushing the submission queue to the kernel if it is full.
     fn push(&mut self, e: squeue::Entry) {
         loop {
+            // SAFETY: every SQE built in this driver points only at memory that outlives its
+            // completion: send buffers stay in `UringIo::sending` (untouched while
+            // `send_inflight`), the spool batch's iovecs stay in the log until the batch
+            // finishes, and recv uses the registered buffer ring. (A drain time-out or an
+            // error exit closes the ring with operations still out: the kernel then only
+            // reads those buffers, it never writes them.)
             if unsafe { self.ring.submission().push(&e) }.is_ok() {
                 return;
             }
@@ -333,6 +351,7 @@ impl Driver {
             }
             return;
         }
+        // SAFETY: a non-negative accept result is a new descriptor that nothing else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(res) };
         if shard.stopping() {
             return;

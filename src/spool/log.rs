@@ -84,8 +84,9 @@ pub struct Batch {
     entries: Vec<Queued>,
 }
 
-// SAFETY: the iovec pointers point into the `entries` buffers this batch owns, which move
-// with it; nothing else refers to them.
+// SAFETY: the iovec pointers point into the heap buffers of the `entries` this batch owns
+// (moving the batch does not move them) or at the immutable static END_MARK; nothing else
+// refers to them, so the batch can go to another thread with its buffers.
 unsafe impl Send for Batch {}
 
 impl Batch {
@@ -471,6 +472,9 @@ fn take_free(dir: &Path) -> Option<PathBuf> {
 pub(crate) const FREE_EXT: &str = "free";
 
 fn write_all_vectored_at(fd: i32, iov: &[libc::iovec], offset: u64, len: u64) -> std::io::Result<()> {
+    // SAFETY: pwritev only reads: `iov` is a live slice (at most 2 * MAX_BATCH + 1 = 1023 <= IOV_MAX entries, so the
+    // count fits in i32), and each entry points at a header or data Vec owned by the caller's Batch, borrowed for the
+    // call, or at the static END_MARK; `fd` is the active segment's file, open while the ShardLog lives.
     let r = unsafe { libc::pwritev(fd, iov.as_ptr(), iov.len() as i32, offset as libc::off_t) };
     if r < 0 {
         return Err(std::io::Error::last_os_error());
@@ -483,5 +487,7 @@ fn write_all_vectored_at(fd: i32, iov: &[libc::iovec], offset: u64, len: u64) ->
 }
 
 fn fdatasync(fd: i32) -> std::io::Result<()> {
+    // SAFETY: fdatasync(2) takes no pointers; `fd` is the active segment's descriptor (`batch.fd`), whose File the
+    // ShardLog keeps open across the call.
     if unsafe { libc::fdatasync(fd) } != 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) }
 }

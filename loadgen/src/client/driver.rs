@@ -577,12 +577,11 @@ impl Worker {
                 }
                 let len = c.inbuf.len();
                 let spare = c.inbuf.spare_capacity_mut();
-                // SAFETY: read() writes at most spare.len() bytes into the spare capacity,
-                // and only the n bytes it reports are then marked initialised.
-                let buf = unsafe { std::slice::from_raw_parts_mut(spare.as_mut_ptr() as *mut u8, spare.len()) };
-                match net::read(fd, buf) {
+                match net::read_uninit(fd, spare) {
                     Ok(0) => true,
                     Ok(n) => {
+                        // SAFETY: `n` <= `buf.len()` = capacity - `len`, and read() initialised exactly
+                        // those `n` bytes after the old length, so `len + n` bytes are initialised.
                         unsafe { c.inbuf.set_len(len + n) };
                         false
                     }

@@ -85,12 +85,18 @@ pub(super) fn probe() -> io::Result<&'static str> {
 
 fn recv_multishot_works(ring: &mut Ring) -> io::Result<()> {
     let mut fds = [0; 2];
+    // SAFETY: socketpair writes exactly two c_ints into `fds`, a live local [c_int; 2]; the result is checked before
+    // they are used.
     if unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0, fds.as_mut_ptr()) } < 0 {
         return Err(io::Error::last_os_error());
     }
+    // SAFETY: one invariant for both: socketpair succeeded, so `fds` holds two new, distinct descriptors that nothing
+    // else owns; each OwnedFd becomes the only owner of one.
     let (a, b) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
     ring.push(opcode::RecvMulti::new(Fd(a.as_raw_fd()), BGID).build().user_data(K_RECV));
     let r = (|| {
+        // SAFETY: write(2) only reads 1 byte from the static `b"x"`; `b` is the open socket owned above, alive for the
+        // call.
         if unsafe { libc::write(b.as_raw_fd(), b"x".as_ptr().cast(), 1) } != 1 {
             return Err(io::Error::last_os_error());
         }
@@ -106,6 +112,8 @@ fn recv_multishot_works(ring: &mut Ring) -> io::Result<()> {
         }
     })();
     // Ends the recv, so that releasing the ring finds nothing in flight.
+    // SAFETY: `a` is the open socket owned above (closed only when it drops at the end of this function); shutdown(2)
+    // takes no memory.
     unsafe { libc::shutdown(a.as_raw_fd(), libc::SHUT_RDWR) };
     r
 }
@@ -129,6 +137,12 @@ impl Ring {
     fn push(&mut self, e: squeue::Entry) {
         self.inflight += 1;
         loop {
+            // SAFETY: an SQE's memory must stay valid until its final completion, which `inflight` counts. A Send
+            // points into `Conn::sending`, untouched while `send_inflight`; `service` removes a connection only when no
+            // send is in flight, and `finish` keeps the in-flight `sending` Vecs until `Ring::release` has seen every
+            // operation end (or leaks them). A RecvMulti takes buffers from `bufs`, freed only after `release` has
+            // quiesced the ring (else leaked). Accept, PollAdd and the cancels carry no buffers. Not upheld if a panic
+            // unwinds out of `run`: `Loop` then drops the ring, the connections and `bufs` without waiting.
             if unsafe { self.ring.submission().push(&e) }.is_ok() {
                 return;
             }
@@ -202,6 +216,8 @@ impl BufRing {
         debug_assert!(count.is_power_of_two());
         let entries_len = count as usize * std::mem::size_of::<BufRingEntry>();
         // Page-aligned, as the kernel requires.
+        // SAFETY: a fresh anonymous private mapping (null hint, fd -1) of `entries_len` bytes: mmap touches no existing
+        // memory, and the result is checked against MAP_FAILED before use. It is unmapped only in Drop.
         let ptr = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
@@ -223,6 +239,11 @@ impl BufRing {
             mem: vec![0u8; count as usize * size],
             tail: 0,
         };
+        // SAFETY: `ptr` is the page-aligned mapping of `entries_len` bytes (`count` entries) made above, owned by `b`
+        // and unmapped only in Drop; the entries will point into `b.mem` (`count * size` bytes). The kernel may use
+        // both while BGID is registered: every BufRing that got this far is handed to `Ring::release`, which waits for
+        // all operations to end and unregisters BGID before dropping it, or leaks it (except on a panic unwinding out
+        // of `run`, see `Ring::push`). On failure `b` is dropped unregistered, which only unmaps.
         unsafe { ring.submitter().register_buf_ring_with_flags(ptr as u64, count, BGID, 0)? };
         for bid in 0..count {
             b.push(bid);
@@ -239,6 +260,11 @@ impl BufRing {
     /// Gives buffer `bid` back to the kernel (visible after [`BufRing::publish`]).
     fn push(&mut self, bid: u16) {
         let idx = (self.tail & (self.count - 1)) as usize;
+        // SAFETY: `idx` = tail & (count - 1) < `count`, so the entry lies inside the `entries_len`-byte mapping made in
+        // `new` and unmapped only in Drop. It is the unpublished tail slot: the kernel holds at most `count - 1`
+        // pending entries (`bid` is not among them) and reads none past the published tail, and the reference ends with
+        // this call. Every `bid` is < `count` (from `new`, or handed back by the kernel), so the address set below lies
+        // inside `mem`.
         let e = unsafe { &mut *self.entries.add(idx) };
         e.set_addr(self.mem.as_ptr() as u64 + (bid as usize * self.size) as u64);
         e.set_len(self.size as u32);
@@ -248,6 +274,9 @@ impl BufRing {
 
     /// Publishes the tail with a release store, so the kernel sees the entries first.
     fn publish(&self) {
+        // SAFETY: `self.entries` is the base (entry 0) of the page-aligned mapping made in `new`, mapped until Drop, so
+        // `tail` points at entry 0's `resv` field, the ring's 2-byte-aligned tail. The kernel only reads it (an acquire
+        // load) and this thread is the only writer, so the release store through AtomicU16 is the only access of ours.
         unsafe {
             let tail = BufRingEntry::tail(self.entries) as *mut u16;
             AtomicU16::from_ptr(tail).store(self.tail, Ordering::Release);
@@ -257,6 +286,10 @@ impl BufRing {
 
 impl Drop for BufRing {
     fn drop(&mut self) {
+        // SAFETY: `entries`/`entries_len` are exactly the mapping made in `new` (Drop runs once, and no reference into
+        // it outlives `push`/`publish`); the kernel no longer uses it: Drop runs after `Ring::release` unregistered
+        // BGID (a BufRing it cannot release is forgotten), or on a BufRing never registered or never used by an
+        // operation; the one exception is a panic unwinding out of `run` (see `Ring::push`).
         unsafe { libc::munmap(self.entries as *mut _, self.entries_len) };
     }
 }
@@ -435,6 +468,8 @@ impl Loop<'_> {
         let mut sending = Vec::new();
         for c in conns.drain() {
             if c.recv_armed {
+                // SAFETY: `c` was just taken out of the slots and owns its open socket until it drops at the end of
+                // this iteration; shutdown(2) takes no memory.
                 unsafe { libc::shutdown(c.fd.as_raw_fd(), libc::SHUT_RDWR) };
             }
             if c.send_inflight {
@@ -473,6 +508,8 @@ impl Loop<'_> {
         if res < 0 {
             return;
         }
+        // SAFETY: `res` >= 0 is the descriptor a (non-fixed) accept completion installed in our table: each completion
+        // carries a new one that nothing else owns, so the OwnedFd becomes its only owner.
         let fd = unsafe { OwnedFd::from_raw_fd(res) };
         let Some(state) = self.core.accept(now) else { return };
         let raw = fd.as_raw_fd();
@@ -600,6 +637,8 @@ impl Loop<'_> {
         if (c.closing || c.dead) && !c.send_inflight {
             // Ends the multishot recv at once; its last completion finds the slot gone.
             if c.recv_armed {
+                // SAFETY: `c` is still in the slots (removed just below), so `c.fd` is its open socket; shutdown(2)
+                // takes no memory.
                 unsafe { libc::shutdown(c.fd.as_raw_fd(), libc::SHUT_RDWR) };
             }
             self.conns.remove(token);
