@@ -24,6 +24,7 @@
 pub mod autoreply;
 pub mod client;
 pub mod dsn;
+pub mod event;
 pub mod lmtp;
 pub mod maildir;
 pub mod mx;

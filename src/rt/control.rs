@@ -18,6 +18,7 @@ use crate::admin::control::{BOUNCED_TEXT, DELETED_TEXT, QueueAnswer, QueueOp, Qu
 use crate::delivery::autoreply::{self, ReplyMemory};
 use crate::delivery::client::Response;
 use crate::delivery::dsn::{self, Action as DsnAction, DsnConfig, DsnInput, RecipientReport};
+use crate::delivery::event::EventRunner;
 use crate::delivery::lmtp::LmtpRoute;
 use crate::delivery::maildir::{self, Maildir, Staged, UsageCache, mailbox_path};
 use crate::directory::{Destination, Directory, DirectoryHandle, ExpandProblem, Mailbox};
@@ -239,6 +240,8 @@ struct Control {
     maildirs: HashMap<String, Maildir>,
     replies: ReplyMemory,
     remote: Option<RemoteHandle>,
+    /// Runs and reaps mailboxes' delivery-event programs.
+    events: EventRunner,
     /// What every segment holds: which ones can be retired.
     reclaimer: Reclaimer,
     /// Marks appended and not yet durable, in order (their completions come in that order).
@@ -288,6 +291,8 @@ pub fn spawn(
         maildirs: HashMap::new(),
         replies,
         remote,
+        events: EventRunner::new()
+            .map_err(|e| crate::spool::SpoolError::io("start the delivery-event reaper", &dir, 0, e))?,
         reclaimer,
         unsynced_marks: VecDeque::new(),
         delivered: 0,
@@ -1190,7 +1195,7 @@ impl Control {
             && let Some(file) = file
             && !bulk
         {
-            run_event(program, &mb.postoffice, &mb.name, file, self.cfg.event_timeout);
+            self.events.run(program, &mb.postoffice, &mb.name, file, self.cfg.event_timeout);
         }
     }
 
@@ -1276,41 +1281,4 @@ fn failure_report(rcpt: usize, reply: &Response, now: u64) -> RecipientReport {
 /// An operator's `queue bounce`, as the recipient's outcome.
 fn bounced() -> Response {
     Response::parse(BOUNCED_TEXT).expect("BOUNCED_TEXT is a reply")
-}
-
-/// Runs `program postoffice mailbox messagefile` (SPEC §6, MailEnable's delivery event) in
-/// the background; it is killed after `timeout`.
-fn run_event(program: &str, postoffice: &str, mailbox: &str, file: &std::path::Path, timeout: Duration) {
-    let child = std::process::Command::new(program)
-        .arg(postoffice)
-        .arg(mailbox)
-        .arg(file)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn();
-    let mut child = match child {
-        Ok(c) => c,
-        Err(e) => {
-            log::warn!("control: delivery event {program}: {e}");
-            return;
-        }
-    };
-    let program = program.to_string();
-    std::thread::spawn(move || {
-        let start = std::time::Instant::now();
-        loop {
-            match child.try_wait() {
-                Ok(Some(_)) => return,
-                Ok(None) if start.elapsed() >= timeout => {
-                    log::warn!("control: delivery event {program} killed after {timeout:?}");
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    return;
-                }
-                Ok(None) => std::thread::sleep(Duration::from_millis(20)),
-                Err(_) => return,
-            }
-        }
-    });
 }
