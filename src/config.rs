@@ -7,6 +7,8 @@
 
 use crate::policy::{AclMode, AuthMode, InboundAuth, IpList, Policy, PtrCheck, Spoofing};
 use crate::session::SessionConfig;
+use crate::util::units::{de_duration, de_size};
+pub use crate::util::units::{parse_duration, parse_size};
 use crate::wire::BareLinePolicy;
 use serde::Deserialize;
 use std::collections::HashSet;
@@ -694,61 +696,6 @@ fn default_drain_timeout() -> Duration {
     Duration::from_secs(30)
 }
 
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum NumOrStr {
-    Num(u64),
-    Str(String),
-}
-
-/// Sizes as bytes or with a unit: `"64MiB"`, `"10M"`, `"512k"`.
-pub fn parse_size(s: &str) -> Option<u64> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (n, unit) = s.split_at(split);
-    let n: u64 = n.parse().ok()?;
-    let mult = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" | "kib" => 1 << 10,
-        "m" | "mb" | "mib" => 1 << 20,
-        "g" | "gb" | "gib" => 1 << 30,
-        _ => return None,
-    };
-    n.checked_mul(mult)
-}
-
-/// Durations as seconds or with a unit: `"300s"`, `"5m"`, `"250ms"`, `"1h"`.
-pub fn parse_duration(s: &str) -> Option<Duration> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (n, unit) = s.split_at(split);
-    let n: u64 = n.parse().ok()?;
-    Some(match unit.trim() {
-        "" | "s" => Duration::from_secs(n),
-        "ms" => Duration::from_millis(n),
-        "m" => Duration::from_secs(n.checked_mul(60)?),
-        "h" => Duration::from_secs(n.checked_mul(3600)?),
-        _ => return None,
-    })
-}
-
-fn de_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
-    match NumOrStr::deserialize(d)? {
-        NumOrStr::Num(n) => Ok(n),
-        NumOrStr::Str(s) => parse_size(&s)
-            .ok_or_else(|| serde::de::Error::custom(format!("bad size {s:?} (e.g. 10485760 or \"10MiB\")"))),
-    }
-}
-
-fn de_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    match NumOrStr::deserialize(d)? {
-        NumOrStr::Num(n) => Ok(Duration::from_secs(n)),
-        NumOrStr::Str(s) => parse_duration(&s).ok_or_else(|| {
-            serde::de::Error::custom(format!("bad duration {s:?} (e.g. 300, \"300s\", \"5m\", \"250ms\")"))
-        }),
-    }
-}
-
 /// Configuration errors: every problem found, each with its key and line.
 #[derive(Debug, thiserror::Error)]
 #[error("{}", .problems.join("\n"))]
@@ -1189,15 +1136,5 @@ data = 120
         assert!(e.problems[1].starts_with("f.toml:5: policy.access_list:"), "{e}");
         assert!(e.problems[2].starts_with("f.toml:6: policy.disabled_commands:"), "{e}");
         assert!(e.problems[3].starts_with("f.toml:8: auth.username:"), "{e}");
-    }
-
-    #[test]
-    fn units() {
-        assert_eq!(parse_size("512k"), Some(512 << 10));
-        assert_eq!(parse_size("10 MiB"), Some(10 << 20));
-        assert_eq!(parse_size("x"), None);
-        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
-        assert_eq!(parse_duration("1h"), Some(Duration::from_secs(3600)));
-        assert_eq!(parse_duration("1d"), None);
     }
 }

@@ -27,7 +27,7 @@
 //! message, or the connection — then another host or a later attempt may do better), and
 //! keeps the server's reply for the DSN ([`Error::reply`], [`Error::status`]).
 
-use crate::queue::serde_duration;
+use crate::util::units;
 use serde::Deserialize;
 use std::collections::VecDeque;
 use std::fmt;
@@ -316,25 +316,25 @@ impl fmt::Debug for Credentials {
 #[serde(deny_unknown_fields)]
 pub struct ClientTimeouts {
     /// The 220 greeting (§4.5.3.2.1). Default `"5m"`.
-    #[serde(default = "five_min", deserialize_with = "serde_duration::de")]
+    #[serde(default = "five_min", deserialize_with = "units::de_duration")]
     pub greeting: Duration,
     /// EHLO, HELO, STARTTLS, AUTH, RSET and QUIT replies. Default `"5m"`.
-    #[serde(default = "five_min", deserialize_with = "serde_duration::de")]
+    #[serde(default = "five_min", deserialize_with = "units::de_duration")]
     pub command: Duration,
     /// MAIL FROM (§4.5.3.2.2). Default `"5m"`.
-    #[serde(default = "five_min", deserialize_with = "serde_duration::de")]
+    #[serde(default = "five_min", deserialize_with = "units::de_duration")]
     pub mail: Duration,
     /// Each RCPT TO (§4.5.3.2.3). Default `"5m"`.
-    #[serde(default = "five_min", deserialize_with = "serde_duration::de")]
+    #[serde(default = "five_min", deserialize_with = "units::de_duration")]
     pub rcpt: Duration,
     /// The 354 to DATA (§4.5.3.2.4). Default `"2m"`.
-    #[serde(default = "two_min", deserialize_with = "serde_duration::de")]
+    #[serde(default = "two_min", deserialize_with = "units::de_duration")]
     pub data_init: Duration,
     /// Each block of content sent (§4.5.3.2.5). Default `"3m"`.
-    #[serde(default = "three_min", deserialize_with = "serde_duration::de")]
+    #[serde(default = "three_min", deserialize_with = "units::de_duration")]
     pub data_block: Duration,
     /// The reply after the final dot (§4.5.3.2.6). Default `"10m"`.
-    #[serde(default = "ten_min", deserialize_with = "serde_duration::de")]
+    #[serde(default = "ten_min", deserialize_with = "units::de_duration")]
     pub data_end: Duration,
 }
 

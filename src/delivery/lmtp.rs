@@ -310,7 +310,7 @@ pub struct LmtpConfig {
     #[serde(default)]
     pub domains: Vec<String>,
     /// Each read and write with the server is bounded by this. Default `"30s"`.
-    #[serde(default = "default_lmtp_timeout", deserialize_with = "crate::queue::serde_duration::de")]
+    #[serde(default = "default_lmtp_timeout", deserialize_with = "crate::util::units::de_duration")]
     pub timeout: Duration,
 }
 

@@ -111,7 +111,7 @@ pub struct DnsConfig {
     #[serde(default = "default_servers")]
     pub servers: Vec<SocketAddr>,
     /// Per-query time-out. Default `"5s"`.
-    #[serde(default = "default_dns_timeout", deserialize_with = "crate::queue::serde_duration::de")]
+    #[serde(default = "default_dns_timeout", deserialize_with = "crate::util::units::de_duration")]
     pub timeout: Duration,
     /// Port of the SMTP servers found by MX lookup. Default 25; tests point it at a
     /// loopback port.

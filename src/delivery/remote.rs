@@ -23,7 +23,7 @@
 //! Semaphores bound the connections per destination and in all.
 
 use super::client::{self, Client, ClientConfig, ClientTimeouts, Event, OutboundMessage, RcptResult, TlsPolicy};
-use crate::queue::serde_duration;
+use crate::util::units;
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -53,10 +53,10 @@ pub struct RemoteConfig {
     #[serde(default)]
     pub source_address: Option<IpAddr>,
     /// TCP connect time-out. Default `"30s"`.
-    #[serde(default = "default_connect_timeout", deserialize_with = "serde_duration::de")]
+    #[serde(default = "default_connect_timeout", deserialize_with = "units::de_duration")]
     pub connect_timeout: Duration,
     /// Idle connections are closed after this long. Default `"30s"`.
-    #[serde(default = "default_idle_timeout", deserialize_with = "serde_duration::de")]
+    #[serde(default = "default_idle_timeout", deserialize_with = "units::de_duration")]
     pub idle_timeout: Duration,
     /// Connections to one destination at once. Default 5.
     #[serde(default = "default_per_destination")]

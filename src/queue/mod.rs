@@ -20,38 +20,3 @@ pub mod timer;
 pub use schedule::{DelayNoticeConfig, DelayNoticeMode, RetryConfig, RetryDecision};
 pub use status::Status;
 pub use timer::TimerQueue;
-
-/// Serde helpers for durations written as in the rest of the configuration (`300`, `"15m"`,
-/// `"4h"`), shared by the delivery configuration structs.
-pub(crate) mod serde_duration {
-    use crate::config::parse_duration;
-    use serde::Deserialize;
-    use std::time::Duration;
-
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum NumOrStr {
-        Num(u64),
-        Str(String),
-    }
-
-    fn one<E: serde::de::Error>(v: NumOrStr) -> Result<Duration, E> {
-        match v {
-            NumOrStr::Num(n) => Ok(Duration::from_secs(n)),
-            NumOrStr::Str(s) => parse_duration(&s)
-                .ok_or_else(|| E::custom(format!("bad duration {s:?} (e.g. 300, \"300s\", \"15m\", \"4h\")"))),
-        }
-    }
-
-    pub fn de<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        one(NumOrStr::deserialize(d)?)
-    }
-
-    pub fn de_opt<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-        Option::<NumOrStr>::deserialize(d)?.map(one).transpose()
-    }
-
-    pub fn de_vec<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
-        Vec::<NumOrStr>::deserialize(d)?.into_iter().map(one).collect()
-    }
-}

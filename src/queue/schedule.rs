@@ -4,7 +4,7 @@
 //! Times are Unix milliseconds. `attempts` counts the delivery attempts already made, so
 //! the decision after the first failed attempt is `decide(1, …)`.
 
-use super::serde_duration;
+use crate::util::units;
 use serde::Deserialize;
 use std::time::Duration;
 
@@ -23,7 +23,7 @@ pub enum RetryDecision {
 pub struct RetryConfig {
     /// Delay after the 1st, 2nd, … failed attempt; the last one repeats. Default
     /// `["15m", "30m", "60m", "240m"]`.
-    #[serde(default = "default_intervals", deserialize_with = "serde_duration::de_vec")]
+    #[serde(default = "default_intervals", deserialize_with = "units::de_duration_vec")]
     pub intervals: Vec<Duration>,
     /// Attempts after which the recipient fails; none for no limit. Default none.
     #[serde(default)]
@@ -31,7 +31,7 @@ pub struct RetryConfig {
     /// Age (since arrival) after which a recipient that still fails temporarily fails for
     /// good; the last retry is moved up to this age. Default `"120h"` (5 days, RFC 5321
     /// §4.5.4.1 asks for at least 4–5 days).
-    #[serde(default = "default_lifetime", deserialize_with = "serde_duration::de")]
+    #[serde(default = "default_lifetime", deserialize_with = "units::de_duration")]
     pub lifetime: Duration,
 }
 
@@ -117,7 +117,7 @@ pub struct DelayNoticeConfig {
     #[serde(default)]
     pub mode: DelayNoticeMode,
     /// Only once this long has passed since the first attempt. Default none (at once).
-    #[serde(default, deserialize_with = "serde_duration::de_opt")]
+    #[serde(default, deserialize_with = "units::de_duration_opt")]
     pub after: Option<Duration>,
 }
 

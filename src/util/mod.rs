@@ -2,3 +2,4 @@
 
 pub mod logger;
 pub mod time;
+pub mod units;
