@@ -14,7 +14,7 @@
 //! temporary directory: point it at the disk the spool will live on).
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use ringmx::session::SpoolRequest;
+use ringmx::spool::NewMessage;
 use ringmx::spool::{Envelope, QueueId, Recipient, ShardLog, shard_dir};
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
@@ -25,11 +25,11 @@ const SIZE: u64 = 1 << 30;
 const BATCH: u64 = 8;
 const RECORD: usize = 2048;
 
-fn request(id: u64) -> SpoolRequest {
+fn request(id: u64) -> NewMessage {
     let mut envelope = Envelope::new(QueueId(id));
     envelope.from = "sender@example.org".into();
     envelope.rcpts.push(Recipient { address: "rcpt@example.test".into(), notify: None, orcpt: None });
-    SpoolRequest { envelope, data: vec![b'x'; RECORD] }
+    NewMessage { envelope, data: vec![b'x'; RECORD] }
 }
 
 fn raw_file(dir: &std::path::Path, written: bool) -> File {

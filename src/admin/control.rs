@@ -14,76 +14,19 @@
 //! which builds and delivers the report.
 
 use super::AdminError;
+pub use crate::queue::requests::{BOUNCED_TEXT, DELETED_TEXT, QueueAnswer, QueueOp, QueueRequest, socket_path};
 use crate::spool::{
     CONTROL_SHARD, Mark, MarkStatus, QueueId, ShardLog, SpoolError, StoredMessage, recover, segment_path, shard_dir,
 };
-use serde::{Deserialize, Serialize};
-use std::fs::File;
+pub use crate::spool::{SpoolLock, lock_spool};
 use std::io::{BufRead, BufReader, Write};
-use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
-
-/// What the operator asks for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum QueueOp {
-    /// Try now.
-    Retry,
-    /// Remove without a report.
-    Delete,
-    /// Fail every unfinished recipient and report it to the sender.
-    Bounce,
-}
-
-/// One request: `ids` none means every queued message.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct QueueRequest {
-    pub op: QueueOp,
-    pub ids: Option<Vec<String>>,
-}
-
-/// The answer: which messages it applied to, which ids are not (or no longer) queued.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
-pub struct QueueAnswer {
-    pub done: Vec<String>,
-    pub not_found: Vec<String>,
-    pub error: Option<String>,
-}
-
-/// Mark text of an operator's decision.
-pub const DELETED_TEXT: &str = "deleted by the administrator";
-/// Reply text of a recipient the operator bounced (RFC 3463 5.0.0: other, permanent).
-pub const BOUNCED_TEXT: &str = "550 5.0.0 returned to the sender by the administrator";
-
-/// The server's control socket.
-pub fn socket_path(data_dir: &Path) -> PathBuf {
-    data_dir.join("control.sock")
-}
-
-/// The lock a running server holds on its spool (`flock` on `<spool>/lock`).
-#[derive(Debug)]
-pub struct SpoolLock {
-    _file: File,
-}
-
-/// Takes the spool lock; `None` when another process (a running server) holds it.
-pub fn lock_spool(spool: &Path) -> std::io::Result<Option<SpoolLock>> {
-    std::fs::create_dir_all(spool)?;
-    let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(spool.join("lock"))?;
-    // SAFETY: flock(2) takes no pointers; `file` is the open lock file owned here, so its descriptor is valid for
-    // the call, and the lock lives as long as `file` (moved into the returned SpoolLock).
-    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        let e = std::io::Error::last_os_error();
-        return if e.raw_os_error() == Some(libc::EWOULDBLOCK) { Ok(None) } else { Err(e) };
-    }
-    Ok(Some(SpoolLock { _file: file }))
-}
 
 /// Parses the ids of a request; the first bad one is the error.
 pub fn parse_ids(ids: &[String]) -> Result<Vec<QueueId>, AdminError> {
-    ids.iter().map(|s| QueueId::parse(s).ok_or_else(|| AdminError::BadId(s.clone()))).collect()
+    crate::queue::requests::parse_ids(ids).map_err(AdminError::BadId)
 }
 
 /// Carries out `req`: through the running server when there is one, else on the spool.

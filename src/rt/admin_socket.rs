@@ -1,9 +1,10 @@
 //! The control socket, `<data_dir>/control.sock`: `ringmx queue retry|delete|bounce` reach
-//! the control thread through it (protocol in [`crate::admin::control`]). One thread, one
-//! request at a time: operator commands are rare and the control thread answers each at once.
+//! the control thread through it (requests in [`crate::queue::requests`], the command line's
+//! side in `admin::control`). One thread, one request at a time: operator commands are rare
+//! and the control thread answers each at once.
 
-use super::control::ControlMsg;
-use crate::admin::control::{QueueAnswer, QueueRequest};
+use super::link::ControlMsg;
+use crate::queue::requests::{QueueAnswer, QueueRequest};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};

@@ -4,7 +4,8 @@
 use super::waker::ShardWaker;
 use crate::dns::DnsAnswer;
 use crate::policy::auth::AuthOutcome;
-use crate::session::{Action, Session, SpoolRequest};
+use crate::session::{Action, Session};
+use crate::spool::NewMessage;
 use crate::spool::QueueId;
 use crate::util::time::Now;
 use crate::wire::Reply;
@@ -35,7 +36,7 @@ type AnswerSlot = Arc<Mutex<Option<ServiceAnswer>>>;
 /// What a connection asks of its shard after it handled input.
 pub enum Effect {
     /// Make this message durable for connection `token`.
-    Spool(Box<SpoolRequest>),
+    Spool(Box<NewMessage>),
 }
 
 pub struct Conn {

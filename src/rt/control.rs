@@ -13,8 +13,8 @@
 //! again after the restart: at most a duplicate, never a loss. A notification is written in
 //! the same sync as the marks that caused it, so it is neither lost nor sent twice.
 
+use super::link::{Accepted, ControlMsg};
 use super::remote::{RcptOutcome, RemoteHandle, RemoteJob, RemoteOutcome};
-use crate::admin::control::{BOUNCED_TEXT, DELETED_TEXT, QueueAnswer, QueueOp, QueueRequest};
 use crate::delivery::autoreply::{self, ReplyMemory};
 use crate::delivery::client::Response;
 use crate::delivery::dsn::{self, Action as DsnAction, DsnConfig, DsnInput, RecipientReport};
@@ -22,12 +22,13 @@ use crate::delivery::event::EventRunner;
 use crate::delivery::lmtp::LmtpRoute;
 use crate::delivery::maildir::{self, Maildir, Staged, UsageCache, mailbox_path};
 use crate::directory::{Destination, Directory, DirectoryHandle, ExpandProblem, Mailbox};
+use crate::queue::requests::{BOUNCED_TEXT, DELETED_TEXT, QueueAnswer, QueueOp, QueueRequest};
 use crate::queue::{DelayNoticeConfig, RetryConfig, RetryDecision};
 use crate::routing::{Route, RoutingConfig, Where, route_of};
-use crate::session::SpoolRequest;
+use crate::spool::NewMessage;
 use crate::spool::{
-    CONTROL_SHARD, Completion, Envelope, IdGen, Location, Mark, MarkStatus, QueueId, Recipient, Reclaimer, ShardLog,
-    ShardTail, StoredMessage, segment_path, shard_dir,
+    CONTROL_SHARD, Completion, Envelope, IdGen, Mark, MarkStatus, QueueId, Recipient, Reclaimer, ShardLog, ShardTail,
+    StoredMessage, segment_path, shard_dir,
 };
 use crate::util::time::Now;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
@@ -36,63 +37,8 @@ use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::Duration;
-
-/// A message a shard made durable.
-#[derive(Debug)]
-pub struct Accepted {
-    pub shard: u8,
-    pub envelope: Envelope,
-    pub location: Location,
-}
-
-/// What reaches the control thread.
-#[derive(Debug)]
-pub enum ControlMsg {
-    /// A shard made these messages durable (one loop turn's worth: one wake-up).
-    Accepted(Vec<Accepted>),
-    /// The remote-delivery thread finished a job.
-    Remote(RemoteOutcome),
-    /// An operator's `ringmx queue retry|delete|bounce`; the answer goes back on the sender.
-    Queue(QueueRequest, std::sync::mpsc::Sender<QueueAnswer>),
-}
-
-/// A shard's end of the channel. Messages of a loop turn are handed over together at the
-/// end of the turn: one wake-up of the control thread per turn, not per message.
-pub struct ControlLink {
-    tx: SyncSender<ControlMsg>,
-    backlog: Vec<Accepted>,
-}
-
-impl ControlLink {
-    pub fn new(tx: SyncSender<ControlMsg>) -> Self {
-        ControlLink { tx, backlog: Vec::new() }
-    }
-
-    /// Queues a message for the end of the turn.
-    pub fn send(&mut self, a: Accepted) {
-        self.backlog.push(a);
-    }
-
-    /// Hands over what the turn produced, without blocking; a full channel keeps it for
-    /// the next turn.
-    pub fn flush(&mut self) {
-        if self.backlog.is_empty() {
-            return;
-        }
-        match self.tx.try_send(ControlMsg::Accepted(std::mem::take(&mut self.backlog))) {
-            Ok(()) => {}
-            Err(TrySendError::Full(ControlMsg::Accepted(v))) => self.backlog = v,
-            Err(TrySendError::Full(_)) => {}
-            // The control side is gone (shutting down): the spool has the messages.
-            Err(TrySendError::Disconnected(_)) => {}
-        }
-    }
-}
-
-/// Channel capacity: a few seconds of peak intake.
-pub const CHANNEL_CAPACITY: usize = 65_536;
 
 /// Settings of the control side.
 #[derive(Debug, Clone)]
@@ -547,14 +493,17 @@ impl Control {
     }
 
     /// `ringmx queue retry|delete|bounce` on the running server (see
-    /// [`crate::admin::control`]). Marks are durable before the answer goes back.
+    /// [`crate::queue::requests`]). Marks are durable before the answer goes back.
     fn queue_request(&mut self, req: &QueueRequest) -> QueueAnswer {
         let mut answer = QueueAnswer::default();
         let named = match &req.ids {
             None => None,
-            Some(ids) => match crate::admin::control::parse_ids(ids) {
+            Some(ids) => match crate::queue::requests::parse_ids(ids) {
                 Ok(v) => Some(v),
-                Err(e) => return QueueAnswer { error: Some(e.to_string()), ..QueueAnswer::default() },
+                Err(bad) => {
+                    let error = format!("{bad:?} is not a queue id (16 hexadecimal digits)");
+                    return QueueAnswer { error: Some(error), ..QueueAnswer::default() };
+                }
             },
         };
         // Messages held for an accept-all domain with no route are not kept in memory: they
@@ -822,7 +771,7 @@ impl Control {
                     Ok(content) => {
                         budget = budget.saturating_sub(content.len() as u64);
                         copied += 1;
-                        self.log.append(TOKEN_MOVE, SpoolRequest { envelope: p.envelope.clone(), data: content });
+                        self.log.append(TOKEN_MOVE, NewMessage { envelope: p.envelope.clone(), data: content });
                     }
                     Err(e) => log::warn!("control: {id}: reading for compaction: {e}"),
                 }
@@ -1249,7 +1198,7 @@ impl Control {
         envelope.from = from;
         envelope.rcpts = to.into_iter().map(|address| Recipient { address, notify: None, orcpt: None }).collect();
         envelope_with(&mut envelope);
-        self.log.append(TOKEN_MESSAGE, SpoolRequest { envelope, data });
+        self.log.append(TOKEN_MESSAGE, NewMessage { envelope, data });
     }
 
     fn save_replies(&self) {

@@ -17,6 +17,7 @@ mod admin_socket;
 mod conn;
 pub mod control;
 mod epoll;
+mod link;
 pub mod listener;
 pub mod remote;
 mod shard;
@@ -88,7 +89,7 @@ pub struct Server {
     socket: Option<std::thread::JoinHandle<()>>,
     spares: Option<std::thread::JoinHandle<()>>,
     /// Held while the server runs: one server per spool, and the queue commands know.
-    _lock: crate::admin::control::SpoolLock,
+    _lock: crate::spool::SpoolLock,
     /// Set once the shards have stopped: the control thread then finishes.
     control_stop: Arc<AtomicBool>,
     /// The directory in use; SIGHUP reloads it.
@@ -106,7 +107,7 @@ impl Server {
         let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
         let shards = cfg.ingress_cores(cpus);
         let spool = cfg.spool_dir();
-        let lock = crate::admin::control::lock_spool(&spool)
+        let lock = crate::spool::lock_spool(&spool)
             .map_err(|e| crate::spool::SpoolError::io("lock", &spool.join("lock"), 0, e))?
             .ok_or_else(|| ServeError::SpoolInUse(spool.clone()))?;
         let rec = crate::spool::recover(&spool)?;
@@ -154,7 +155,7 @@ impl Server {
             .chain([CONTROL_SHARD])
             .map(|s| (shard_dir(&spool, s), Arc::new(AtomicBool::new(false))))
             .collect();
-        let (tx, rx) = std::sync::mpsc::sync_channel(control::CHANNEL_CAPACITY);
+        let (tx, rx) = std::sync::mpsc::sync_channel(link::CHANNEL_CAPACITY);
         let control_stop = Arc::new(AtomicBool::new(false));
         let remote = remote::spawn(cfg.delivery.remote.clone(), cfg.delivery.dns.clone(), &cfg.hostname, tx.clone())
             .map_err(ServeError::Thread)?;
@@ -189,7 +190,7 @@ impl Server {
             control_stop.clone(),
         )?;
         let shutdown = Arc::new(AtomicBool::new(false));
-        let socket_path = crate::admin::control::socket_path(&cfg.data_dir);
+        let socket_path = crate::queue::requests::socket_path(&cfg.data_dir);
         // Without the socket the server still serves mail; only the queue commands need it.
         let socket = admin_socket::spawn(socket_path.clone(), tx.clone(), shutdown.clone())
             .inspect_err(|e| {
@@ -212,7 +213,7 @@ impl Server {
             let max_id = rec.max_id;
             let tls = tls.clone();
             let directory = directory.clone();
-            let link = control::ControlLink::new(tx.clone());
+            let link = link::ControlLink::new(tx.clone());
             let limits = limits.clone();
             let shutdown = shutdown.clone();
             let fsync = cfg.spool.fsync;

@@ -7,7 +7,7 @@
 //! connection (RFC 5321 §5.1); a reply that concerns the message or a recipient ends the
 //! job. Connections go back to the pool for the next message to the same destination.
 
-use super::control::ControlMsg;
+use super::link::ControlMsg;
 use crate::delivery::client::{Concern, OutboundMessage, Response};
 use crate::delivery::mx::{DnsConfig, MxError, MxResolver};
 use crate::delivery::remote::{Destination, Pool, RemoteConfig};

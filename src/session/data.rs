@@ -1,8 +1,9 @@
 //! Message content: DATA (RFC 5321 §4.1.1.4), BDAT (RFC 3030), the Received header
 //! (RFC 5321 §4.4) and the hand-off to the spool.
 
-use super::{Action, Phase, Session, SpoolRequest, Transaction};
+use super::{Action, Phase, Session, Transaction};
 use crate::policy::PtrCheck;
+use crate::spool::NewMessage;
 use crate::util::time::{Now, rfc5322};
 use crate::wire::{BareLinePolicy, DataStatus, Reply};
 use std::io::Write;
@@ -171,7 +172,7 @@ impl Session {
         }
         let data = std::mem::take(&mut self.body);
         self.phase = Phase::Spooling;
-        self.actions.push_back(Action::Spool(Box::new(SpoolRequest { envelope, data })));
+        self.actions.push_back(Action::Spool(Box::new(NewMessage { envelope, data })));
     }
 }
 

@@ -41,7 +41,7 @@ use crate::directory::Directory;
 use crate::dns::DnsQuery;
 use crate::policy::auth::AuthRequest;
 use crate::policy::{AuthMode, IpList, Policy};
-use crate::spool::{Envelope, IdGen, QueueId};
+use crate::spool::{Envelope, IdGen, NewMessage, QueueId};
 use crate::util::time::Now;
 use crate::wire::{BareLinePolicy, DataScanner, Reply, next_line};
 use std::cell::RefCell;
@@ -177,7 +177,7 @@ pub struct TlsInfo {
 #[derive(Debug)]
 pub enum Action {
     /// Make this message durable; answer with [`Session::spool_done`].
-    Spool(Box<SpoolRequest>),
+    Spool(Box<NewMessage>),
     /// Answer this DNS question with [`Session::provide_policy_answer`].
     Resolve(DnsQuery),
     /// Verify this password off the shard; answer with [`Session::auth_done`].
@@ -186,14 +186,6 @@ pub enum Action {
     StartTls,
     /// Send the pending output, then close the connection.
     Close,
-}
-
-/// A complete message, ready for the spool.
-#[derive(Debug)]
-pub struct SpoolRequest {
-    pub envelope: Envelope,
-    /// The message as stored: our Received header, then the content as received.
-    pub data: Vec<u8>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

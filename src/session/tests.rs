@@ -9,10 +9,10 @@ struct Harness {
     s: Session,
     now: Now,
     /// Messages spooled so far.
-    spooled: Vec<SpoolRequest>,
+    spooled: Vec<NewMessage>,
     /// Answer spool requests at once (else they wait for `complete_spool`).
     auto_spool: bool,
-    waiting: Option<Box<SpoolRequest>>,
+    waiting: Option<Box<NewMessage>>,
     closed: bool,
     starttls: bool,
     /// DNS questions asked and not yet answered.

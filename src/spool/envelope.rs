@@ -71,6 +71,14 @@ pub struct Recipient {
     pub orcpt: Option<String>,
 }
 
+/// A message to make durable: its envelope and its content as stored (our Received header,
+/// then the message as received).
+#[derive(Debug)]
+pub struct NewMessage {
+    pub envelope: Envelope,
+    pub data: Vec<u8>,
+}
+
 /// The envelope of a spooled message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Envelope {

@@ -32,7 +32,7 @@ use super::envelope::Envelope;
 use super::envelope::QueueId;
 use super::record::{Mark, SEGMENT_HEADER_LEN, SegmentHeader, encode_mark, encode_message_header};
 use super::{SpoolError, segment_path};
-use crate::session::SpoolRequest;
+use crate::spool::NewMessage;
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
@@ -206,7 +206,7 @@ impl ShardLog {
     }
 
     /// Queues a message; its outcome comes from [`ShardLog::finish_batch`] with `token`.
-    pub fn append(&mut self, token: u64, req: SpoolRequest) {
+    pub fn append(&mut self, token: u64, req: NewMessage) {
         let mut header = self.spare.pop().unwrap_or_default();
         // The segment sequence is filled in when the batch is placed; encode with the
         // active one now and again if a rotation moves it.

@@ -21,11 +21,13 @@
 //! never does.
 
 mod envelope;
+mod lock;
 pub mod log;
 pub mod reclaim;
 pub mod record;
 
-pub use envelope::{Envelope, IdGen, QueueId, Recipient};
+pub use envelope::{Envelope, IdGen, NewMessage, QueueId, Recipient};
+pub use lock::{SpoolLock, lock_spool};
 pub use log::{Batch, Completion, Location, LogStats, ShardLog, Stored};
 pub use reclaim::{Plan, Reclaimer};
 pub use record::{Mark, MarkStatus};

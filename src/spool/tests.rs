@@ -1,14 +1,14 @@
 //! Spool tests on real files with real fsync.
 
 use super::*;
-use crate::session::SpoolRequest;
+use crate::spool::NewMessage;
 
-fn request(id: u64, body: &str) -> SpoolRequest {
+fn request(id: u64, body: &str) -> NewMessage {
     let mut envelope = Envelope::new(QueueId(id));
     envelope.received_ms = 1_795_321_697_000 + id;
     envelope.from = "a@remote.example".into();
     envelope.rcpts.push(Recipient { address: format!("u{id}@example.test"), notify: None, orcpt: None });
-    SpoolRequest { envelope, data: format!("Message-ID: <{id}@x>\r\n\r\n{body}\r\n").into_bytes() }
+    NewMessage { envelope, data: format!("Message-ID: <{id}@x>\r\n\r\n{body}\r\n").into_bytes() }
 }
 
 fn open_fresh(spool: &Path, seg: u64) -> ShardLog {

@@ -1,0 +1,49 @@
+//! An operator's requests to the queue (`ringmx queue retry|delete|bounce`) and their
+//! answers: what the control socket carries to the queue's owner, and what a stopped
+//! server's spool gets instead (admin/control.rs).
+
+use crate::spool::QueueId;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// What the operator asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueOp {
+    /// Try now.
+    Retry,
+    /// Remove without a report.
+    Delete,
+    /// Fail every unfinished recipient and report it to the sender.
+    Bounce,
+}
+
+/// One request: `ids` none means every queued message.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct QueueRequest {
+    pub op: QueueOp,
+    pub ids: Option<Vec<String>>,
+}
+
+/// The answer: which messages it applied to, which ids are not (or no longer) queued.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct QueueAnswer {
+    pub done: Vec<String>,
+    pub not_found: Vec<String>,
+    pub error: Option<String>,
+}
+
+/// Mark text of an operator's decision.
+pub const DELETED_TEXT: &str = "deleted by the administrator";
+/// Reply text of a recipient the operator bounced (RFC 3463 5.0.0: other, permanent).
+pub const BOUNCED_TEXT: &str = "550 5.0.0 returned to the sender by the administrator";
+
+/// The server's control socket.
+pub fn socket_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("control.sock")
+}
+
+/// Parses the ids of a request; the first bad one is the error.
+pub fn parse_ids(ids: &[String]) -> Result<Vec<QueueId>, String> {
+    ids.iter().map(|s| QueueId::parse(s).ok_or_else(|| s.clone())).collect()
+}

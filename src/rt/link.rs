@@ -1,0 +1,63 @@
+//! What the shards, the remote-delivery thread and the control socket send the control
+//! thread, and the shards' end of that channel. Kept apart from the control side itself so
+//! that its senders depend on the messages, not on the queue's code.
+
+use super::remote::RemoteOutcome;
+use crate::queue::requests::{QueueAnswer, QueueRequest};
+use crate::spool::{Envelope, Location};
+use std::sync::mpsc::{SyncSender, TrySendError};
+
+/// A message a shard made durable.
+#[derive(Debug)]
+pub struct Accepted {
+    pub shard: u8,
+    pub envelope: Envelope,
+    pub location: Location,
+}
+
+/// What reaches the control thread.
+#[derive(Debug)]
+pub enum ControlMsg {
+    /// A shard made these messages durable (one loop turn's worth: one wake-up).
+    Accepted(Vec<Accepted>),
+    /// The remote-delivery thread finished a job.
+    Remote(RemoteOutcome),
+    /// An operator's `ringmx queue retry|delete|bounce`; the answer goes back on the sender.
+    Queue(QueueRequest, std::sync::mpsc::Sender<QueueAnswer>),
+}
+
+/// A shard's end of the channel. Messages of a loop turn are handed over together at the
+/// end of the turn: one wake-up of the control thread per turn, not per message.
+pub struct ControlLink {
+    tx: SyncSender<ControlMsg>,
+    backlog: Vec<Accepted>,
+}
+
+impl ControlLink {
+    pub fn new(tx: SyncSender<ControlMsg>) -> Self {
+        ControlLink { tx, backlog: Vec::new() }
+    }
+
+    /// Queues a message for the end of the turn.
+    pub fn send(&mut self, a: Accepted) {
+        self.backlog.push(a);
+    }
+
+    /// Hands over what the turn produced, without blocking; a full channel keeps it for
+    /// the next turn.
+    pub fn flush(&mut self) {
+        if self.backlog.is_empty() {
+            return;
+        }
+        match self.tx.try_send(ControlMsg::Accepted(std::mem::take(&mut self.backlog))) {
+            Ok(()) => {}
+            Err(TrySendError::Full(ControlMsg::Accepted(v))) => self.backlog = v,
+            Err(TrySendError::Full(_)) => {}
+            // The control side is gone (shutting down): the spool has the messages.
+            Err(TrySendError::Disconnected(_)) => {}
+        }
+    }
+}
+
+/// Channel capacity: a few seconds of peak intake.
+pub const CHANNEL_CAPACITY: usize = 65_536;
