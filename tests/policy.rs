@@ -13,50 +13,9 @@ use hickory_server::proto::rr::{LowerName, Name, RData, Record};
 use hickory_server::store::in_memory::InMemoryZoneHandler;
 use hickory_server::zone_handler::{AxfrPolicy, Catalog, ZoneHandler, ZoneType};
 use ringmx::dns::{DnsAnswer, DnsQuery, DnsService, DnsSettings};
-use std::io::{BufRead, BufReader, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
-
-/// A plain-TCP client that first sends a PROXY v1 header naming `client`.
-struct Proxied {
-    r: BufReader<TcpStream>,
-    w: TcpStream,
-}
-
-impl Proxied {
-    fn connect(addr: SocketAddr, client: &str) -> (Proxied, String) {
-        let s = TcpStream::connect(addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-        let mut w = s.try_clone().unwrap();
-        w.write_all(format!("PROXY TCP4 {client} 127.0.0.1 40000 25\r\n").as_bytes()).unwrap();
-        let mut c = Proxied { r: BufReader::new(s), w };
-        let g = c.reply();
-        (c, g)
-    }
-
-    fn reply(&mut self) -> String {
-        let mut out = String::new();
-        loop {
-            let mut line = String::new();
-            if self.r.read_line(&mut line).unwrap_or(0) == 0 {
-                return out;
-            }
-            out.push_str(&line);
-            if line.as_bytes().get(3) != Some(&b'-') {
-                return out;
-            }
-        }
-    }
-
-    fn cmd(&mut self, line: &str) -> String {
-        self.w.write_all(format!("{line}\r\n").as_bytes()).unwrap();
-        self.reply()
-    }
-}
-
-const PROXY_LISTENER: &str =
-    "[[listener]]\nport = 0\nbind = [\"127.0.0.1\"]\nproxy_protocol = true\nproxy_trusted = [\"127.0.0.1\"]\n";
 
 /// Behind a load balancer the per-address connection limit counts the client named in the
 /// PROXY header, not the balancer: 421 4.7.0 for the client over the limit, others still
@@ -66,18 +25,20 @@ fn per_address_limit_counts_the_proxied_client() {
     for driver in DRIVERS {
         let tmp = tempfile::tempdir().unwrap();
         let srv = start(tmp.path(), driver, &format!("{PROXY_LISTENER}[limits]\nmax_connections_per_ip = 2\n"));
-        let (a1, g1) = Proxied::connect(srv.addr(), "192.0.2.7");
-        let (_a2, g2) = Proxied::connect(srv.addr(), "192.0.2.7");
+        let (a1, g1) = Client::connect_proxied(srv.addr(), "192.0.2.7");
+        let (_a2, g2) = Client::connect_proxied(srv.addr(), "192.0.2.7");
         assert!(g1.starts_with("220") && g2.starts_with("220"), "{driver}: {g1}{g2}");
-        let (_a3, g3) = Proxied::connect(srv.addr(), "192.0.2.7");
+        let (_a3, g3) = Client::connect_proxied(srv.addr(), "192.0.2.7");
         assert!(g3.starts_with("421 4.7.0"), "{driver}: {g3}");
         // Three connections from the balancer already: another client is still served.
-        let (mut b, gb) = Proxied::connect(srv.addr(), "192.0.2.8");
+        let (mut b, gb) = Client::connect_proxied(srv.addr(), "192.0.2.8");
         assert!(gb.starts_with("220"), "{driver}: {gb}");
         assert!(b.cmd("EHLO b").starts_with("250"));
         drop(a1);
         assert!(
-            eventually(Duration::from_secs(5), || Proxied::connect(srv.addr(), "192.0.2.7").1.starts_with("220")),
+            eventually(Duration::from_secs(5), || Client::connect_proxied(srv.addr(), "192.0.2.7")
+                .1
+                .starts_with("220")),
             "{driver}: the place of the closed connection is not freed"
         );
         let (status, log) = srv.stop();
@@ -95,19 +56,19 @@ fn access_list_and_auto_ban_across_restart() {
         );
         let srv = start(tmp.path(), driver, &cfg);
         for listed in ["192.0.2.66", "198.51.100.7", "203.0.113.250"] {
-            let (mut c, g) = Proxied::connect(srv.addr(), listed);
+            let (mut c, g) = Client::connect_proxied(srv.addr(), listed);
             assert_eq!(g, format!("554 5.7.1 Error: access denied for {listed}\r\n"), "{driver}");
             assert_eq!(c.reply(), "", "closed");
         }
         for (client, banned) in [("192.0.2.77", true), ("192.0.2.200", false)] {
-            let (mut c, g) = Proxied::connect(srv.addr(), client);
+            let (mut c, g) = Client::connect_proxied(srv.addr(), client);
             assert!(g.starts_with("220 "), "{g}");
             c.cmd("EHLO c");
             c.cmd("MAIL FROM:<a@remote.example>");
             assert!(c.cmd("RCPT TO:<x@remote.example>").starts_with("550 5.7.1"));
             assert!(c.cmd("RCPT TO:<y@remote.example>").starts_with("550 5.7.1"));
             assert!(c.reply().starts_with("421 4.7.0"));
-            let (_, g) = Proxied::connect(srv.addr(), client);
+            let (_, g) = Client::connect_proxied(srv.addr(), client);
             assert_eq!(g.starts_with("554 5.7.1"), banned, "{driver} {client}: {g}");
         }
         let (status, _) = srv.stop();
@@ -115,7 +76,7 @@ fn access_list_and_auto_ban_across_restart() {
         let bans = std::fs::read_to_string(tmp.path().join("data/bans")).unwrap();
         assert!(bans.contains("192.0.2.77 ") && !bans.contains("192.0.2.200"), "{bans}");
         let srv = start(tmp.path(), driver, &cfg);
-        let (_, g) = Proxied::connect(srv.addr(), "192.0.2.77");
+        let (_, g) = Client::connect_proxied(srv.addr(), "192.0.2.77");
         assert_eq!(g, "554 5.7.1 Error: access denied for 192.0.2.77 (banned)\r\n", "{driver}: kept across a restart");
         drop(srv);
         // allow_only_listed.
@@ -127,8 +88,8 @@ fn access_list_and_auto_ban_across_restart() {
                 "{PROXY_LISTENER}[policy]\naccess_control = \"allow_only_listed\"\naccess_list = [\"2001:db8::/32\", \"192.0.2.1\"]\n"
             ),
         );
-        assert!(Proxied::connect(srv.addr(), "192.0.2.1").1.starts_with("220 "));
-        assert!(Proxied::connect(srv.addr(), "192.0.2.2").1.starts_with("554 5.7.1 "));
+        assert!(Client::connect_proxied(srv.addr(), "192.0.2.1").1.starts_with("220 "));
+        assert!(Client::connect_proxied(srv.addr(), "192.0.2.2").1.starts_with("554 5.7.1 "));
     }
 }
 
@@ -274,10 +235,10 @@ fn dnsbl_ptr_and_sender_domain_over_tcp() {
              [[policy.dnsbl]]\nzone = \"bl.test\"\n[[policy.dnsbl]]\nzone = \"off.test\"\nenabled = false\n"
         );
         let srv = start(tmp.path(), driver, &cfg);
-        let (mut c, g) = Proxied::connect(srv.addr(), "192.0.2.9");
+        let (mut c, g) = Client::connect_proxied(srv.addr(), "192.0.2.9");
         assert_eq!(g, "554 5.7.1 Error: client 192.0.2.9 is listed by bl.test\r\n", "{driver}");
         assert_eq!(c.reply(), "");
-        let (mut c, g) = Proxied::connect(srv.addr(), "192.0.2.10");
+        let (mut c, g) = Client::connect_proxied(srv.addr(), "192.0.2.10");
         assert!(g.starts_with("220 "), "{driver}: {g}");
         c.cmd("EHLO host.test");
         assert_eq!(c.cmd("MAIL FROM:<a@good.test>"), "250 2.1.0 Ok\r\n", "{driver}");
@@ -291,11 +252,11 @@ fn dnsbl_ptr_and_sender_domain_over_tcp() {
         assert_eq!(c.cmd("MAIL FROM:<a@example.test>"), "250 2.1.0 Ok\r\n", "local domains need no lookup");
         c.cmd("RSET");
         assert_eq!(c.cmd("MAIL FROM:<>"), "250 2.1.0 Ok\r\n");
-        let (mut c, _) = Proxied::connect(srv.addr(), "192.0.2.11");
+        let (mut c, _) = Client::connect_proxied(srv.addr(), "192.0.2.11");
         c.cmd("EHLO nameless");
         assert_eq!(c.cmd("MAIL FROM:<a@good.test>"), "550 5.7.25 Error: client 192.0.2.11 has no PTR record\r\n");
         // Private addresses are not checked.
-        let (mut c, _) = Proxied::connect(srv.addr(), "10.1.2.3");
+        let (mut c, _) = Client::connect_proxied(srv.addr(), "10.1.2.3");
         c.cmd("EHLO lan");
         assert_eq!(c.cmd("MAIL FROM:<a@good.test>"), "250 2.1.0 Ok\r\n");
         drop(srv);
@@ -307,12 +268,12 @@ fn dnsbl_ptr_and_sender_domain_over_tcp() {
              [policy.dns]\nservers = [\"{addr}\"]\ntimeout = \"2s\"\n"
         );
         let srv = start(tmp.path(), driver, &cfg);
-        let (mut c, _) = Proxied::connect(srv.addr(), "192.0.2.11");
+        let (mut c, _) = Client::connect_proxied(srv.addr(), "192.0.2.11");
         c.cmd("EHLO nameless");
         assert_eq!(c.cmd("MAIL FROM:<a@remote.example>"), "250 2.1.0 Ok\r\n");
         c.cmd("RCPT TO:<x@example.test>");
         c.cmd("DATA");
-        c.w.write_all(b"Subject: t\r\n\r\nx\r\n.\r\n").unwrap();
+        c.send(b"Subject: t\r\n\r\nx\r\n.\r\n");
         let id = queued_id(&c.reply());
         let (_, shown) = ringmx(tmp.path(), &["queue", "show", &id]);
         assert!(shown.contains("\r\nX-PTR-Missing: none (client 192.0.2.11 has no PTR record)\r\n"), "{shown}");

@@ -7,54 +7,11 @@
 mod common;
 
 use common::*;
-use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
-use std::time::Duration;
-
-/// A plain-TCP client that first sends a PROXY v1 header naming `client`.
-struct Proxied {
-    r: BufReader<TcpStream>,
-    w: TcpStream,
-}
-
-impl Proxied {
-    fn connect(addr: SocketAddr, client: &str) -> (Proxied, String) {
-        let s = TcpStream::connect(addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-        let mut w = s.try_clone().unwrap();
-        w.write_all(format!("PROXY TCP4 {client} 127.0.0.1 40000 25\r\n").as_bytes()).unwrap();
-        let mut c = Proxied { r: BufReader::new(s), w };
-        let g = c.reply();
-        (c, g)
-    }
-
-    fn reply(&mut self) -> String {
-        let mut out = String::new();
-        loop {
-            let mut line = String::new();
-            if self.r.read_line(&mut line).unwrap_or(0) == 0 {
-                return out;
-            }
-            out.push_str(&line);
-            if line.as_bytes().get(3) != Some(&b'-') {
-                return out;
-            }
-        }
-    }
-
-    fn cmd(&mut self, line: &str) -> String {
-        self.w.write_all(format!("{line}\r\n").as_bytes()).unwrap();
-        self.reply()
-    }
-}
 
 fn directory(dir: &Path) {
     alice_directory(dir);
 }
-
-const PROXY_LISTENER: &str =
-    "[[listener]]\nport = 0\nbind = [\"127.0.0.1\"]\nproxy_protocol = true\nproxy_trusted = [\"127.0.0.1\"]\n";
 
 #[test]
 fn open_relay_suite_refuses_every_trick() {
@@ -62,7 +19,7 @@ fn open_relay_suite_refuses_every_trick() {
         let tmp = tempfile::tempdir().unwrap();
         directory(tmp.path());
         let srv = start(tmp.path(), driver, &format!("{PROXY_LISTENER}[policy]\ndomain_literals = true\n"));
-        let (mut c, g) = Proxied::connect(srv.addr(), "198.51.100.77");
+        let (mut c, g) = Client::connect_proxied(srv.addr(), "198.51.100.77");
         assert!(g.starts_with("220 mx.example.test "), "{driver}: {g}");
         assert!(c.cmd("EHLO relay-tester.example").starts_with("250"));
         assert!(c.cmd("MAIL FROM:<spammer@remote.example>").starts_with("250"));
@@ -96,7 +53,7 @@ fn open_relay_suite_refuses_every_trick() {
             assert_eq!(c.cmd(&format!("RCPT TO:{rcpt}")), "250 2.1.5 Ok\r\n", "{driver}: {rcpt}");
         }
         assert!(c.cmd("DATA").starts_with("354"));
-        c.w.write_all(b"Subject: t\r\n\r\nx\r\n.\r\n").unwrap();
+        c.send(b"Subject: t\r\n\r\nx\r\n.\r\n");
         assert!(c.reply().starts_with("250 2.0.0 Ok: queued as"));
         // What was stored names local recipients only (notices the router may have generated
         // since are from <>).
@@ -122,7 +79,7 @@ fn relay_allowed_by_privileged_range_local_sender_and_pop_before_smtp() {
         let srv = start(tmp.path(), driver, &cfg);
         for (client, ok) in [("192.0.2.44", true), ("203.0.113.8", true), ("203.0.113.9", false), ("127.0.0.1", false)]
         {
-            let (mut c, _) = Proxied::connect(srv.addr(), client);
+            let (mut c, _) = Client::connect_proxied(srv.addr(), client);
             c.cmd("EHLO c");
             c.cmd("MAIL FROM:<a@remote.example>");
             let r = c.cmd("RCPT TO:<b@elsewhere.example>");

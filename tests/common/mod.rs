@@ -11,6 +11,11 @@ use std::time::Duration;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_ringmx");
 
+/// A plain listener on 127.0.0.1:0 that reads the PROXY protocol from 127.0.0.1, so that
+/// tests can present any client address.
+pub const PROXY_LISTENER: &str =
+    "[[listener]]\nport = 0\nbind = [\"127.0.0.1\"]\nproxy_protocol = true\nproxy_trusted = [\"127.0.0.1\"]\n";
+
 /// Both drivers, so that every server test runs on each.
 pub const DRIVERS: [&str; 2] = ["uring", "epoll"];
 
@@ -212,6 +217,17 @@ impl Client {
         s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
         let conn = rustls::ClientConnection::new(cfg, "localhost".try_into().unwrap()).unwrap();
         let mut c = Client { stream: Stream::Tls(Box::new(rustls::StreamOwned::new(conn, s))), buf: Vec::new() };
+        let greeting = c.reply();
+        (c, greeting)
+    }
+
+    /// Connects as a load balancer would: a PROXY v1 header naming `client`; reads the
+    /// greeting.
+    pub fn connect_proxied(addr: SocketAddr, client: &str) -> (Client, String) {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        s.write_all(format!("PROXY TCP4 {client} 127.0.0.1 40000 25\r\n").as_bytes()).unwrap();
+        let mut c = Client { stream: Stream::Plain(s), buf: Vec::new() };
         let greeting = c.reply();
         (c, greeting)
     }
