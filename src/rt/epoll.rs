@@ -7,7 +7,7 @@
 
 use super::conn::{Effect, trim_buffer};
 use super::listener;
-use super::shard::{Shard, ShardStats, Slab, TOO_MANY_CONNECTIONS};
+use super::shard::{Shard, ShardStats, Slab, Slot, TOO_MANY_CONNECTIONS};
 use crate::util::time::Now;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -30,7 +30,7 @@ struct EpollIo {
 
 struct Driver {
     ep: OwnedFd,
-    conns: Slab<EpollIo>,
+    conns: Slab<Slot<EpollIo>>,
     effects: Vec<Effect>,
     scratch: Vec<u8>,
 }

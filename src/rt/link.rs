@@ -61,3 +61,49 @@ impl ControlLink {
 
 /// Channel capacity: a few seconds of peak intake.
 pub const CHANNEL_CAPACITY: usize = 65_536;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spool::QueueId;
+
+    fn accepted(n: u64) -> Accepted {
+        Accepted {
+            shard: 0,
+            envelope: Envelope::new(QueueId(n)),
+            location: Location { seq: 1, content_offset: n, content_len: 1 },
+        }
+    }
+
+    fn ids(m: ControlMsg) -> Vec<u64> {
+        match m {
+            ControlMsg::Accepted(v) => v.iter().map(|a| a.envelope.id.0).collect(),
+            _ => panic!("not an Accepted"),
+        }
+    }
+
+    /// A turn's messages go over together; a full channel keeps them (and what the next
+    /// turns add) until there is room, in order; a closed one drops them (the spool has them).
+    #[test]
+    fn a_full_channel_keeps_the_backlog_in_order() {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let mut link = ControlLink::new(tx);
+        link.flush();
+        assert!(rx.try_recv().is_err(), "nothing to send, nothing sent");
+        link.send(accepted(1));
+        link.send(accepted(2));
+        link.flush();
+        link.send(accepted(3));
+        link.flush(); // full: kept
+        link.send(accepted(4));
+        link.flush(); // still full
+        assert_eq!(ids(rx.try_recv().unwrap()), [1, 2]);
+        link.flush();
+        assert_eq!(ids(rx.try_recv().unwrap()), [3, 4]);
+        assert!(rx.try_recv().is_err());
+        drop(rx);
+        link.send(accepted(5));
+        link.flush();
+        assert!(link.backlog.is_empty(), "the control side is gone: nothing is kept");
+    }
+}

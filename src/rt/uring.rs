@@ -23,7 +23,7 @@
 
 use super::conn::{Effect, trim_buffer};
 use super::listener;
-use super::shard::{Shard, ShardStats, Slab, TOO_MANY_CONNECTIONS};
+use super::shard::{Shard, ShardStats, Slab, Slot, TOO_MANY_CONNECTIONS};
 use crate::util::time::Now;
 use io_uring::types::{BufRingEntry, Fd, FsyncFlags, SubmitArgs, Timespec};
 use io_uring::{IoUring, cqueue, opcode, squeue};
@@ -174,7 +174,7 @@ struct UringIo {
 
 struct Driver {
     ring: IoUring,
-    conns: Slab<UringIo>,
+    conns: Slab<Slot<UringIo>>,
     effects: Vec<Effect>,
     scratch: Vec<u8>,
     /// Tokens to look at after this turn's completions (send, close, re-arm).
