@@ -25,11 +25,11 @@ use super::conn::{Effect, trim_buffer};
 use super::listener;
 use super::shard::{Shard, ShardStats, Slab, Slot, TOO_MANY_CONNECTIONS};
 use crate::util::time::Now;
-use io_uring::types::{BufRingEntry, Fd, FsyncFlags, SubmitArgs, Timespec};
+use io_uring::types::{Fd, FsyncFlags};
 use io_uring::{IoUring, cqueue, opcode, squeue};
+use ringmx_bufring::{BufRing, Ring};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
 const RING_ENTRIES: u32 = 1024;
@@ -37,6 +37,8 @@ const BUF_SIZE: usize = 16 * 1024;
 const BUF_COUNT: u16 = 512;
 const BGID: u16 = 0;
 const TICK: Duration = Duration::from_millis(100);
+/// How long the exit waits for cancelled operations before leaking their buffers instead.
+const QUIESCE_LIMIT: Duration = Duration::from_secs(2);
 
 // user_data: operation kind in the top byte, token (or listener index) below.
 const K_ACCEPT: u64 = 1 << 56;
@@ -64,97 +66,11 @@ fn build_ring() -> io::Result<IoUring> {
 /// Checks that io_uring works here: a ring with the flags we use and a provided-buffer ring.
 pub fn probe() -> io::Result<()> {
     let ring = build_ring()?;
-    let bufs = BufRing::new(&ring, 8, 64)?;
-    ring.submitter().unregister_buf_ring(BGID)?;
-    drop(ring);
-    drop(bufs);
+    let bufs = BufRing::new(&ring, BGID, 8, 64)?;
+    if !Ring::new(ring).release(bufs, QUIESCE_LIMIT, K_CANCEL_OP) {
+        return Err(io::Error::other("an idle io_uring would not release its buffers"));
+    }
     Ok(())
-}
-
-/// The provided-buffer ring (IORING_REGISTER_PBUF_RING) and the buffers behind it.
-struct BufRing {
-    entries: *mut BufRingEntry,
-    entries_len: usize,
-    count: u16,
-    size: usize,
-    mem: Vec<u8>,
-    tail: u16,
-}
-
-impl BufRing {
-    fn new(ring: &IoUring, count: u16, size: usize) -> io::Result<Self> {
-        debug_assert!(count.is_power_of_two());
-        let entries_len = count as usize * std::mem::size_of::<BufRingEntry>();
-        // Page-aligned, as the kernel requires.
-        // SAFETY: an anonymous private mapping with no address hint touches no existing
-        // memory; the result is checked against MAP_FAILED before use.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                entries_len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        let mut b = BufRing {
-            entries: ptr as *mut BufRingEntry,
-            entries_len,
-            count,
-            size,
-            mem: vec![0u8; count as usize * size],
-            tail: 0,
-        };
-        // SAFETY: `ptr` is the mapping of `count` entries made above; it stays mapped until
-        // Drop, which runs after the ring unregisters it (`run` unregisters before dropping
-        // the BufRing), and the buffers it will point at live in `mem`, owned by `b`.
-        unsafe { ring.submitter().register_buf_ring_with_flags(ptr as u64, count, BGID, 0)? };
-        for bid in 0..count {
-            b.push(bid);
-        }
-        b.publish();
-        Ok(b)
-    }
-
-    fn slice(&self, bid: u16, len: usize) -> &[u8] {
-        let start = bid as usize * self.size;
-        &self.mem[start..start + len.min(self.size)]
-    }
-
-    /// Gives buffer `bid` back to the kernel (visible after [`BufRing::publish`]).
-    fn push(&mut self, bid: u16) {
-        let idx = (self.tail & (self.count - 1)) as usize;
-        // SAFETY: `idx` < `count`, the number of entries in the mapping at `entries`; the
-        // kernel only reads entries up to the published tail, and this one is past it.
-        let e = unsafe { &mut *self.entries.add(idx) };
-        e.set_addr(self.mem.as_ptr() as u64 + (bid as usize * self.size) as u64);
-        e.set_len(self.size as u32);
-        e.set_bid(bid);
-        self.tail = self.tail.wrapping_add(1);
-    }
-
-    /// Publishes the tail with a release store, so the kernel sees the entries first.
-    fn publish(&self) {
-        // SAFETY: the tail field lives in the first entry of the live mapping at `entries`
-        // and is 2-byte aligned; the kernel reads it concurrently, so it is written with an
-        // atomic release store only.
-        unsafe {
-            let tail = BufRingEntry::tail(self.entries) as *mut u16;
-            AtomicU16::from_ptr(tail).store(self.tail, Ordering::Release);
-        }
-    }
-}
-
-impl Drop for BufRing {
-    fn drop(&mut self) {
-        // SAFETY: `entries` and `entries_len` are the mapping made in `new`, unmapped only
-        // here; no reference into it outlives `self`.
-        unsafe { libc::munmap(self.entries as *mut _, self.entries_len) };
-    }
 }
 
 /// Per-connection state of this driver.
@@ -173,7 +89,7 @@ struct UringIo {
 }
 
 struct Driver {
-    ring: IoUring,
+    ring: Ring,
     conns: Slab<Slot<UringIo>>,
     effects: Vec<Effect>,
     scratch: Vec<u8>,
@@ -188,9 +104,9 @@ struct Driver {
 /// Runs a shard until shutdown is requested and drained.
 pub fn run(mut shard: Shard) -> io::Result<ShardStats> {
     let ring = build_ring()?;
-    let mut bufs = BufRing::new(&ring, BUF_COUNT, BUF_SIZE)?;
+    let mut bufs = BufRing::new(&ring, BGID, BUF_COUNT, BUF_SIZE)?;
     let mut d = Driver {
-        ring,
+        ring: Ring::new(ring),
         conns: Slab::new(),
         effects: Vec::new(),
         scratch: vec![0u8; 16 * 1024],
@@ -199,124 +115,124 @@ pub fn run(mut shard: Shard) -> io::Result<ShardStats> {
         spool_write: None,
         spool_inflight: false,
     };
-    for l in 0..shard.listeners.len() {
-        d.arm_accept(&shard, l);
-    }
-    d.arm_waker(&shard);
-    let mut cqes: Vec<(u64, i32, u32)> = Vec::with_capacity(RING_ENTRIES as usize);
-    let mut last_tick = Instant::now();
-    let mut drain_deadline: Option<Instant> = None;
-    let ts = Timespec::new().nsec(TICK.as_nanos() as u32);
-    loop {
-        let args = SubmitArgs::new().timespec(&ts);
-        match d.ring.submitter().submit_with_args(1, &args) {
-            Ok(_) => {}
-            Err(e) if matches!(e.raw_os_error(), Some(libc::ETIME) | Some(libc::EINTR) | Some(libc::EBUSY)) => {}
-            Err(e) => return Err(e),
-        }
-        let now = Now::system();
-        cqes.clear();
-        cqes.extend(d.ring.completion().map(|c| (c.user_data(), c.result(), c.flags())));
-        for &(ud, res, flags) in &cqes {
-            let token = ud & !KIND_MASK;
-            match ud & KIND_MASK {
-                K_ACCEPT => d.on_accept(&mut shard, token as usize, res, flags, now),
-                K_RECV => d.on_recv(&mut shard, &mut bufs, token, res, flags, now),
-                K_SEND => d.on_send(token, res),
-                K_CANCEL_OP => {}
-                K_SPOOL_WRITE => d.on_spool_write(&mut shard, res, now),
-                K_SPOOL_SYNC => d.on_spool_sync(&mut shard, res, now),
-                K_CANCEL_ACCEPT => {}
-                K_WAKE => {
-                    for t in shard.waker.take() {
-                        if let Some(s) = d.conns.get_mut(t) {
-                            s.conn.pump(now, shard.tls.as_ref(), &mut d.effects);
-                            shard.apply(t, &mut d.effects);
-                        }
-                        d.touched.push(t);
-                    }
-                    if !cqueue::more(flags) {
-                        d.arm_waker(&shard);
-                    }
-                }
-                _ => {}
-            }
-        }
-        bufs.publish();
-        if now.mono.duration_since(last_tick) >= TICK {
-            last_tick = now.mono;
-            for t in d.conns.tokens() {
-                if let Some(s) = d.conns.get_mut(t) {
-                    s.conn.on_tick(now, shard.tls.as_ref(), &mut d.effects);
-                    shard.apply(t, &mut d.effects);
-                    if s.conn.close_overdue(now) {
-                        // Its last reply did not go in time: the peer does not read.
-                        d.reset(t);
-                    }
-                }
-                d.touched.push(t);
-            }
-            for l in 0..shard.listeners.len() {
-                if !d.accept_armed[l] && !shard.stopping() {
-                    d.arm_accept(&shard, l);
-                }
-            }
-        }
-        if shard.stopping() {
-            let deadline = *drain_deadline.get_or_insert_with(|| {
-                for l in 0..shard.listeners.len() {
-                    if d.accept_armed[l] {
-                        let e = opcode::AsyncCancel::new(K_ACCEPT | l as u64).build().user_data(K_CANCEL_ACCEPT);
-                        d.push(e);
-                    }
-                }
-                now.mono + shard.drain_timeout
-            });
-            for t in d.conns.tokens() {
-                if let Some(s) = d.conns.get_mut(t) {
-                    s.conn.shutdown(now, &mut d.effects);
-                }
-                d.touched.push(t);
-            }
-            if d.conns.is_empty() && !d.spool_inflight {
-                break;
-            }
-            if now.mono >= deadline {
-                log::warn!("shard {}: drain time-out with {} connection(s) open", shard.id, d.conns.len());
-                break;
-            }
-        }
-        d.start_spool_batch(&mut shard);
-        shard.flush_control();
-        let touched = std::mem::take(&mut d.touched);
-        for t in &touched {
-            d.service(&mut shard, *t, now);
-        }
-        d.touched = touched;
-        d.touched.clear();
-    }
-    let _ = d.ring.submitter().unregister_buf_ring(BGID);
+    let result = d.run(&mut shard, &mut bufs);
     let stats = shard.final_stats();
-    drop(d);
-    drop(bufs);
-    Ok(stats)
+    // Cancel what is still out (a drain time-out, an error) and wait for the kernel to be
+    // done with every buffer before any is freed.
+    let Driver { ring, conns, .. } = d;
+    if !ring.release(bufs, QUIESCE_LIMIT, K_CANCEL_OP) {
+        log::error!("shard {}: io_uring operations would not end; leaking their buffers", shard.id);
+        std::mem::forget(conns);
+        std::mem::forget(shard);
+    }
+    result.map(|()| stats)
 }
 
 impl Driver {
+    /// The loop: until shutdown is requested and drained, or the ring fails.
+    fn run(&mut self, shard: &mut Shard, bufs: &mut BufRing) -> io::Result<()> {
+        for l in 0..shard.listeners.len() {
+            self.arm_accept(shard, l);
+        }
+        self.arm_waker(shard);
+        let mut last_tick = Instant::now();
+        let mut drain_deadline: Option<Instant> = None;
+        loop {
+            self.ring.enter(TICK)?;
+            let now = Now::system();
+            let cqes = std::mem::take(&mut self.ring.cqes);
+            for &(ud, res, flags) in &cqes {
+                let token = ud & !KIND_MASK;
+                match ud & KIND_MASK {
+                    K_ACCEPT => self.on_accept(shard, token as usize, res, flags, now),
+                    K_RECV => self.on_recv(shard, bufs, token, res, flags, now),
+                    K_SEND => self.on_send(token, res),
+                    K_CANCEL_OP => {}
+                    K_SPOOL_WRITE => self.on_spool_write(shard, res, now),
+                    K_SPOOL_SYNC => self.on_spool_sync(shard, res, now),
+                    K_CANCEL_ACCEPT => {}
+                    K_WAKE => {
+                        for t in shard.waker.take() {
+                            if let Some(s) = self.conns.get_mut(t) {
+                                s.conn.pump(now, shard.tls.as_ref(), &mut self.effects);
+                                shard.apply(t, &mut self.effects);
+                            }
+                            self.touched.push(t);
+                        }
+                        if !cqueue::more(flags) {
+                            self.arm_waker(shard);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            self.ring.cqes = cqes;
+            bufs.publish();
+            if now.mono.duration_since(last_tick) >= TICK {
+                last_tick = now.mono;
+                for t in self.conns.tokens() {
+                    if let Some(s) = self.conns.get_mut(t) {
+                        s.conn.on_tick(now, shard.tls.as_ref(), &mut self.effects);
+                        shard.apply(t, &mut self.effects);
+                        if s.conn.close_overdue(now) {
+                            // Its last reply did not go in time: the peer does not reaself.
+                            self.reset(t);
+                        }
+                    }
+                    self.touched.push(t);
+                }
+                for l in 0..shard.listeners.len() {
+                    if !self.accept_armed[l] && !shard.stopping() {
+                        self.arm_accept(shard, l);
+                    }
+                }
+            }
+            if shard.stopping() {
+                let deadline = *drain_deadline.get_or_insert_with(|| {
+                    for l in 0..shard.listeners.len() {
+                        if self.accept_armed[l] {
+                            let e = opcode::AsyncCancel::new(K_ACCEPT | l as u64).build().user_data(K_CANCEL_ACCEPT);
+                            self.push(e);
+                        }
+                    }
+                    now.mono + shard.drain_timeout
+                });
+                for t in self.conns.tokens() {
+                    if let Some(s) = self.conns.get_mut(t) {
+                        s.conn.shutdown(now, &mut self.effects);
+                    }
+                    self.touched.push(t);
+                }
+                if self.conns.is_empty() && !self.spool_inflight {
+                    break;
+                }
+                if now.mono >= deadline {
+                    log::warn!("shard {}: drain time-out with {} connection(s) open", shard.id, self.conns.len());
+                    break;
+                }
+            }
+            self.start_spool_batch(shard);
+            shard.flush_control();
+            let touched = std::mem::take(&mut self.touched);
+            for t in &touched {
+                self.service(shard, *t, now);
+            }
+            self.touched = touched;
+            self.touched.clear();
+        }
+        Ok(())
+    }
+
     /// Queues an SQE, flushing the submission queue to the kernel if it is full.
     fn push(&mut self, e: squeue::Entry) {
-        loop {
-            // SAFETY: every SQE built in this driver points only at memory that outlives its
-            // completion: send buffers stay in `UringIo::sending` (untouched while
-            // `send_inflight`), the spool batch's iovecs stay in the log until the batch
-            // finishes, and recv uses the registered buffer ring. (A drain time-out or an
-            // error exit closes the ring with operations still out: the kernel then only
-            // reads those buffers, it never writes them.)
-            if unsafe { self.ring.submission().push(&e) }.is_ok() {
-                return;
-            }
-            let _ = self.ring.submit();
-        }
+        // SAFETY: every SQE built in this driver points only at memory that outlives its
+        // final completion: send buffers stay in `UringIo::sending` (untouched while
+        // `send_inflight`; a connection is removed only with no send in flight), the spool
+        // batch's iovecs stay in the shard's log until the batch finishes, and recv uses
+        // the registered buffer ring. At exit `run` has the ring cancel and wait for every
+        // operation before the connections, the log and the buffer ring are dropped, and
+        // leaks them if it cannot.
+        unsafe { self.ring.push(e) }
     }
 
     fn arm_accept(&mut self, shard: &Shard, l: usize) {

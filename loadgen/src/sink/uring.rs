@@ -19,11 +19,11 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
-use io_uring::types::{BufRingEntry, CancelBuilder, Fd, SubmitArgs, Timespec};
+use io_uring::types::Fd;
 use io_uring::{IoUring, cqueue, opcode, squeue};
+use ringmx_bufring::BufRing;
 
 use crate::sink::shard::{self, ConnState, Core, Flow, Ready, Slots};
 
@@ -76,7 +76,7 @@ pub(super) fn probe() -> io::Result<&'static str> {
     if !ring.params().is_feature_ext_arg() {
         return Err(io::Error::other("the kernel lacks IORING_FEAT_EXT_ARG"));
     }
-    let bufs = BufRing::new(&ring, 8, 64)?;
+    let bufs = BufRing::new(&ring, BGID, 8, 64)?;
     let mut ring = Ring::new(ring);
     let r = recv_multishot_works(&mut ring);
     ring.release(bufs);
@@ -118,179 +118,48 @@ fn recv_multishot_works(ring: &mut Ring) -> io::Result<()> {
     r
 }
 
-/// The ring and the count of operations whose last completion has not come yet.
-struct Ring {
-    ring: IoUring,
-    /// Operations submitted (or queued) whose final completion (one without
-    /// IORING_CQE_F_MORE) has not been seen.
-    inflight: usize,
-    /// This turn's completions: `(user_data, result, flags)`.
-    cqes: Vec<(u64, i32, u32)>,
+/// The shared ring (it counts operations in flight and quiesces before buffers are freed),
+/// with this driver's argument for the memory of what it submits.
+struct Ring(ringmx_bufring::Ring);
+
+impl std::ops::Deref for Ring {
+    type Target = ringmx_bufring::Ring;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Ring {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
 }
 
 impl Ring {
     fn new(ring: IoUring) -> Self {
-        Ring { ring, inflight: 0, cqes: Vec::with_capacity(2 * RING_ENTRIES as usize) }
+        Ring(ringmx_bufring::Ring::new(ring))
     }
 
     /// Queues an SQE, handing the queue to the kernel first if it is full.
     fn push(&mut self, e: squeue::Entry) {
-        self.inflight += 1;
-        loop {
-            // SAFETY: an SQE's memory must stay valid until its final completion, which `inflight` counts. A Send
-            // points into `Conn::sending`, untouched while `send_inflight`; `service` removes a connection only when no
-            // send is in flight, and `finish` keeps the in-flight `sending` Vecs until `Ring::release` has seen every
-            // operation end (or leaks them). A RecvMulti takes buffers from `bufs`, freed only after `release` has
-            // quiesced the ring (else leaked). Accept, PollAdd and the cancels carry no buffers. Not upheld if a panic
-            // unwinds out of `run`: `Loop` then drops the ring, the connections and `bufs` without waiting.
-            if unsafe { self.ring.submission().push(&e) }.is_ok() {
-                return;
-            }
-            let _ = self.ring.submit();
-        }
+        // SAFETY: an SQE's memory must stay valid until its final completion, which `inflight` counts. A Send
+        // points into `Conn::sending`, untouched while `send_inflight`; `service` removes a connection only when no
+        // send is in flight, and `finish` keeps the in-flight `sending` Vecs until `Ring::release` has seen every
+        // operation end (or leaks them). A RecvMulti takes buffers from `bufs`, freed only after `release` has
+        // quiesced the ring (else leaked). Accept, PollAdd and the cancels carry no buffers. Not upheld if a panic
+        // unwinds out of `run`: `Loop` then drops the ring, the connections and `bufs` without waiting.
+        unsafe { self.0.push(e) }
     }
 
-    /// Submits what is queued and waits up to `wait` for a completion; collects every
-    /// completion into `cqes`.
-    fn enter(&mut self, wait: Duration) -> io::Result<()> {
-        let ts = Timespec::from(wait);
-        let args = SubmitArgs::new().timespec(&ts);
-        match self.ring.submitter().submit_with_args(1, &args) {
-            Ok(_) => {}
-            Err(e) if matches!(e.raw_os_error(), Some(libc::ETIME) | Some(libc::EINTR) | Some(libc::EBUSY)) => {}
-            Err(e) => return Err(e),
-        }
-        self.cqes.clear();
-        for c in self.ring.completion() {
-            if !cqueue::more(c.flags()) {
-                self.inflight -= 1;
-            }
-            self.cqes.push((c.user_data(), c.result(), c.flags()));
-        }
-        Ok(())
-    }
-
-    /// Cancels everything in flight and waits (bounded) for the kernel to finish with it.
-    /// Returns whether it did.
-    fn quiesce(&mut self) -> bool {
-        if self.inflight > 0 {
-            self.push(opcode::AsyncCancel2::new(CancelBuilder::any()).build().user_data(K_CANCEL));
-        }
-        let deadline = Instant::now() + QUIESCE_LIMIT;
-        while self.inflight > 0 && Instant::now() < deadline {
-            if self.enter(Duration::from_millis(100)).is_err() {
-                break;
-            }
-        }
-        self.inflight == 0
-    }
-
-    /// Ends the ring's use of `bufs` and frees them. If the kernel may still write into
-    /// them (operations that would not end), they are leaked rather than freed, and the
-    /// result is false: the caller must leak the buffers of its sends too.
-    fn release(mut self, bufs: BufRing) -> bool {
-        if self.quiesce() {
-            let _ = self.ring.submitter().unregister_buf_ring(BGID);
-            drop(self.ring);
-            drop(bufs);
+    /// Cancels everything in flight, waits for it, then frees `bufs`; false (and `bufs`
+    /// leaked) when operations would not end: the caller leaks its send buffers too.
+    fn release(self, bufs: BufRing) -> bool {
+        let n = self.0.inflight();
+        if self.0.release(bufs, QUIESCE_LIMIT, K_CANCEL) {
             return true;
         }
-        eprintln!("ringmx-loadgen sink: {} io_uring operation(s) did not end; leaking their buffers", self.inflight);
-        std::mem::forget(bufs);
+        eprintln!("ringmx-loadgen sink: io_uring operation(s) of {n} did not end; leaking their buffers");
         false
-    }
-}
-
-/// The provided-buffer ring (IORING_REGISTER_PBUF_RING) and the buffers behind it.
-struct BufRing {
-    entries: *mut BufRingEntry,
-    entries_len: usize,
-    count: u16,
-    size: usize,
-    mem: Vec<u8>,
-    tail: u16,
-}
-
-impl BufRing {
-    fn new(ring: &IoUring, count: u16, size: usize) -> io::Result<Self> {
-        debug_assert!(count.is_power_of_two());
-        let entries_len = count as usize * std::mem::size_of::<BufRingEntry>();
-        // Page-aligned, as the kernel requires.
-        // SAFETY: a fresh anonymous private mapping (null hint, fd -1) of `entries_len` bytes: mmap touches no existing
-        // memory, and the result is checked against MAP_FAILED before use. It is unmapped only in Drop.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                entries_len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        let mut b = BufRing {
-            entries: ptr as *mut BufRingEntry,
-            entries_len,
-            count,
-            size,
-            mem: vec![0u8; count as usize * size],
-            tail: 0,
-        };
-        // SAFETY: `ptr` is the page-aligned mapping of `entries_len` bytes (`count` entries) made above, owned by `b`
-        // and unmapped only in Drop; the entries will point into `b.mem` (`count * size` bytes). The kernel may use
-        // both while BGID is registered: every BufRing that got this far is handed to `Ring::release`, which waits for
-        // all operations to end and unregisters BGID before dropping it, or leaks it (except on a panic unwinding out
-        // of `run`, see `Ring::push`). On failure `b` is dropped unregistered, which only unmaps.
-        unsafe { ring.submitter().register_buf_ring_with_flags(ptr as u64, count, BGID, 0)? };
-        for bid in 0..count {
-            b.push(bid);
-        }
-        b.publish();
-        Ok(b)
-    }
-
-    fn slice(&self, bid: u16, len: usize) -> &[u8] {
-        let start = bid as usize * self.size;
-        &self.mem[start..start + len.min(self.size)]
-    }
-
-    /// Gives buffer `bid` back to the kernel (visible after [`BufRing::publish`]).
-    fn push(&mut self, bid: u16) {
-        let idx = (self.tail & (self.count - 1)) as usize;
-        // SAFETY: `idx` = tail & (count - 1) < `count`, so the entry lies inside the `entries_len`-byte mapping made in
-        // `new` and unmapped only in Drop. It is the unpublished tail slot: the kernel holds at most `count - 1`
-        // pending entries (`bid` is not among them) and reads none past the published tail, and the reference ends with
-        // this call. Every `bid` is < `count` (from `new`, or handed back by the kernel), so the address set below lies
-        // inside `mem`.
-        let e = unsafe { &mut *self.entries.add(idx) };
-        e.set_addr(self.mem.as_ptr() as u64 + (bid as usize * self.size) as u64);
-        e.set_len(self.size as u32);
-        e.set_bid(bid);
-        self.tail = self.tail.wrapping_add(1);
-    }
-
-    /// Publishes the tail with a release store, so the kernel sees the entries first.
-    fn publish(&self) {
-        // SAFETY: `self.entries` is the base (entry 0) of the page-aligned mapping made in `new`, mapped until Drop, so
-        // `tail` points at entry 0's `resv` field, the ring's 2-byte-aligned tail. The kernel only reads it (an acquire
-        // load) and this thread is the only writer, so the release store through AtomicU16 is the only access of ours.
-        unsafe {
-            let tail = BufRingEntry::tail(self.entries) as *mut u16;
-            AtomicU16::from_ptr(tail).store(self.tail, Ordering::Release);
-        }
-    }
-}
-
-impl Drop for BufRing {
-    fn drop(&mut self) {
-        // SAFETY: `entries`/`entries_len` are exactly the mapping made in `new` (Drop runs once, and no reference into
-        // it outlives `push`/`publish`); the kernel no longer uses it: Drop runs after `Ring::release` unregistered
-        // BGID (a BufRing it cannot release is forgotten), or on a BufRing never registered or never used by an
-        // operation; the one exception is a panic unwinding out of `run` (see `Ring::push`).
-        unsafe { libc::munmap(self.entries as *mut _, self.entries_len) };
     }
 }
 
@@ -357,7 +226,7 @@ pub(super) fn run(core: &mut Core, listener: OwnedFd, ready: &Ready) -> io::Resu
     // Built on this thread: with SINGLE_ISSUER the creating thread is the only submitter.
     let (ring, bufs) = ready.report((|| {
         let (ring, _) = build_ring(RING_ENTRIES)?;
-        let bufs = BufRing::new(&ring, BUF_COUNT, BUF_SIZE)?;
+        let bufs = BufRing::new(&ring, BGID, BUF_COUNT, BUF_SIZE)?;
         Ok((Ring::new(ring), bufs))
     })())?;
     let mut l = Loop {
