@@ -40,6 +40,7 @@ fn raw_file(dir: &std::path::Path, written: bool) -> File {
             f.write_all_at(&zeros, i << 20).unwrap();
         }
     } else {
+        // SAFETY: fallocate(2) takes no memory; `f` is the open file created above.
         assert_eq!(unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, SIZE as libc::off_t) }, 0);
     }
     f.sync_all().unwrap();

@@ -219,6 +219,7 @@ fn far_end(
                     seen.lock().unwrap().push(mid);
                     let _ = w.write_all(b"250 2.0.0 accepted\r\n");
                     if let Some(pid) = kill.lock().unwrap().take() {
+                        // SAFETY: kill(2) takes a pid and a signal, no memory; `pid` is the server child this test started.
                         unsafe { libc::kill(pid as i32, libc::SIGKILL) };
                     }
                     continue;

@@ -5,6 +5,8 @@
 //! `cargo build -p ringmx-loadgen` (tests/run.sh builds the whole workspace before the
 //! tests). It is found next to this test's executable, in `target/debug/`.
 
+mod common;
+
 use ringmx::delivery::client::{Concern, Credentials, Error, OutboundMessage, TlsPolicy};
 use ringmx::delivery::remote::{Destination, Pool, RemoteConfig};
 use std::io::{BufRead, BufReader};
@@ -59,6 +61,7 @@ impl Sink {
 
     /// SIGTERM, then its counters.
     fn stop(mut self) -> serde_json::Value {
+        // SAFETY: kill(2) takes a pid and a signal, no memory; the pid is our own child, not yet reaped.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let start = Instant::now();
         while self.child.try_wait().unwrap().is_none() && start.elapsed() < Duration::from_secs(10) {
@@ -175,21 +178,13 @@ fn postfix_smtp_sink() {
         eprintln!("skipped: {bin} not installed");
         return;
     }
-    // smtp-sink takes a port, not port 0: borrow a free one from the kernel.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let mut child = Command::new(bin)
-        .args(["-u", "nobody", &format!("127.0.0.1:{port}"), "1000"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    // smtp-sink takes a port, not port 0.
+    let (mut child, port) = common::spawn_on_free_port(|port| {
+        let mut c = Command::new(bin);
+        c.args(["-u", "nobody", &format!("127.0.0.1:{port}"), "1000"]).stdout(Stdio::null()).stderr(Stdio::null());
+        c
+    });
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    for _ in 0..100 {
-        if std::net::TcpStream::connect(addr).is_ok() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
     let pool = Pool::new(cfg(TlsPolicy::Off), "client.test").unwrap();
     rt().block_on(async {
         for i in 0..3 {

@@ -28,7 +28,6 @@ impl Drop for Dovecot {
 }
 
 fn start_dovecot(dir: &Path) -> Dovecot {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     for sub in ["run", "state", "mail"] {
         std::fs::create_dir_all(dir.join(sub)).unwrap();
     }
@@ -44,41 +43,34 @@ fn start_dovecot(dir: &Path) -> Dovecot {
     )
     .unwrap();
     let conf = dir.join("dovecot.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "base_dir = {run}\nstate_dir = {state}\nlog_path = /dev/stderr\nprotocols = lmtp\nssl = no\n\
-             listen = 127.0.0.1\ndefault_internal_user = root\ndefault_internal_group = root\n\
-             default_login_user = root\nmail_location = maildir:~/Maildir\nmail_plugins = quota\n\
-             plugin {{\n  quota = maildir:User quota\n}}\n\
-             userdb {{\n  driver = passwd-file\n  args = username_format=%n {users}\n}}\n\
-             passdb {{\n  driver = static\n  args = nopassword=y\n}}\n\
-             service lmtp {{\n  inet_listener lmtp {{\n    address = 127.0.0.1\n    port = {port}\n  }}\n}}\n\
-             service anvil {{\n  chroot =\n}}\nservice stats {{\n  chroot =\n}}\n",
-            run = dir.join("run").display(),
-            state = dir.join("state").display(),
-            users = users.display(),
-        ),
-    )
-    .unwrap();
-    let child = Command::new(DOVECOT)
-        .arg("-F")
-        .arg("-c")
-        .arg(&conf)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start dovecot");
-    let d = Dovecot { child, port };
-    assert!(
-        eventually(Duration::from_secs(20), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()),
-        "dovecot does not listen on {port}"
-    );
-    d
+    let (child, port) = spawn_on_free_port(|port| {
+        std::fs::write(
+            &conf,
+            format!(
+                "base_dir = {run}\nstate_dir = {state}\nlog_path = /dev/stderr\nprotocols = lmtp\nssl = no\n\
+                 listen = 127.0.0.1\ndefault_internal_user = root\ndefault_internal_group = root\n\
+                 default_login_user = root\nmail_location = maildir:~/Maildir\nmail_plugins = quota\n\
+                 plugin {{\n  quota = maildir:User quota\n}}\n\
+                 userdb {{\n  driver = passwd-file\n  args = username_format=%n {users}\n}}\n\
+                 passdb {{\n  driver = static\n  args = nopassword=y\n}}\n\
+                 service lmtp {{\n  inet_listener lmtp {{\n    address = 127.0.0.1\n    port = {port}\n  }}\n}}\n\
+                 service anvil {{\n  chroot =\n}}\nservice stats {{\n  chroot =\n}}\n",
+                run = dir.join("run").display(),
+                state = dir.join("state").display(),
+                users = users.display(),
+            ),
+        )
+        .unwrap();
+        let mut c = Command::new(DOVECOT);
+        c.arg("-F").arg("-c").arg(&conf).stdout(Stdio::null()).stderr(Stdio::null());
+        c
+    });
+    Dovecot { child, port }
 }
 
 #[test]
 fn delivered_to_dovecot_over_lmtp_with_its_refusals_reported() {
+    // SAFETY: geteuid(2) takes no arguments and cannot fail.
     if !Path::new(DOVECOT).exists() || unsafe { libc::geteuid() } != 0 {
         eprintln!("skipped: needs {DOVECOT} (dovecot-core, dovecot-lmtpd) and root");
         return;

@@ -193,6 +193,7 @@ fn the_sink_prints_counters_on_sigterm_and_writes_json(io: &str) {
     let o = run(&["run", "--target", &addr, "--messages", "20", "-c", "1", "--messages-per-connection", "10"]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(counter(&String::from_utf8_lossy(&o.stdout), "connections"), 2);
+    // SAFETY: kill(2) takes a pid and a signal, no memory; the pid is our own child, not yet reaped.
     unsafe { libc_kill(sink.id() as i32, 15) };
     let out = wait_bounded(sink, Duration::from_secs(30));
     assert!(out.status.success());
@@ -219,6 +220,7 @@ fn the_sink_ends_after_its_duration(io: &str) {
 fn the_default_driver_is_chosen_at_start_and_named_on_stderr() {
     let json = tmp("auto.json");
     let (sink, _addr, rx) = spawn_sink_with(&["--json", json.to_str().unwrap()], &[]);
+    // SAFETY: kill(2) takes a pid and a signal, no memory; the pid is our own child, not yet reaped.
     unsafe { libc_kill(sink.id() as i32, 15) };
     let out = wait_bounded(sink, Duration::from_secs(30));
     assert!(out.status.success());
@@ -246,6 +248,7 @@ fn an_unknown_driver_is_a_usage_error() {
     assert!(stderr(&o).contains("--io"), "{}", stderr(&o));
 }
 
+// SAFETY: the declaration matches kill(2) in the C library: int kill(pid_t, int).
 unsafe extern "C" {
     #[link_name = "kill"]
     fn libc_kill(pid: i32, sig: i32) -> i32;
@@ -258,20 +261,33 @@ fn against_postfix_smtp_sink() {
         eprintln!("skipped: /usr/sbin/smtp-sink is not installed");
         return;
     }
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let addr = format!("127.0.0.1:{port}");
-    let mut sink = Command::new(bin)
-        .args(["-u", "nobody", &addr, "1000"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    // Wait (bounded) until it accepts.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(&addr).is_err() {
-        assert!(Instant::now() < deadline, "smtp-sink did not start");
-        std::thread::sleep(Duration::from_millis(20));
+    // smtp-sink takes a port, not port 0: one the kernel hands out, and another if some
+    // process took it before smtp-sink could listen there.
+    let mut started = None;
+    for _ in 0..5 {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let addr = format!("127.0.0.1:{port}");
+        let mut sink = Command::new(bin)
+            .args(["-u", "nobody", &addr, "1000"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(&addr).is_err()
+            && sink.try_wait().ok().flatten().is_none()
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if sink.try_wait().ok().flatten().is_none() && std::net::TcpStream::connect(&addr).is_ok() {
+            started = Some((sink, addr));
+            break;
+        }
+        sink.kill().ok();
+        sink.wait().ok();
     }
+    let (mut sink, addr) = started.expect("smtp-sink did not start");
     let o = run(&["run", "--target", &addr, "--messages", "300", "-c", "4", "--recipients", "2"]);
     let o2 = run(&["run", "--target", &addr, "--messages", "50", "-c", "2", "--messages-per-connection", "1"]);
     sink.kill().ok();

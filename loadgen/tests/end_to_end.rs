@@ -284,8 +284,10 @@ fn base64_lines(der: &[u8]) -> String {
 
 #[test]
 fn a_dead_target_still_ends_a_message_bounded_run() {
-    // Bind then drop: nothing listens on this port.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    // A socket bound but not listening: connections to its port are refused, and no other
+    // process can take the port while the test runs.
+    let dead = bound_not_listening();
+    let port = dead.1;
     let sink = start_sink(IoMode::Epoll, SinkConfig::new("sink.test"), |_| {});
     let mut cfg = config(&sink);
     cfg.target = format!("127.0.0.1:{port}").parse().unwrap();
@@ -295,6 +297,28 @@ fn a_dead_target_still_ends_a_message_bounded_run() {
     assert_eq!(r.recorder.ok, 0);
     assert!(r.recorder.errors.connect >= 20);
     sink.stop().unwrap();
+}
+
+/// A TCP socket bound to a free loopback port without listening, and its port.
+fn bound_not_listening() -> (std::os::fd::OwnedFd, u16) {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    // SAFETY: socket(2) takes no pointers; the result is checked before it is owned.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    assert!(fd >= 0);
+    // SAFETY: a new descriptor that nothing else owns.
+    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    // SAFETY: sockaddr_in is plain old data, for which all-zero bytes are a valid value.
+    let mut addr: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+    addr.sin_family = libc::AF_INET as libc::sa_family_t;
+    addr.sin_addr.s_addr = u32::from_ne_bytes([127, 0, 0, 1]);
+    let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: bind and getsockname read and write one sockaddr_in, a live local whose size
+    // is passed with it; `fd` is the socket owned above.
+    unsafe {
+        assert_eq!(libc::bind(fd.as_raw_fd(), &addr as *const _ as *const libc::sockaddr, len), 0);
+        assert_eq!(libc::getsockname(fd.as_raw_fd(), &mut addr as *mut _ as *mut libc::sockaddr, &mut len), 0);
+    }
+    (fd, u16::from_be(addr.sin_port))
 }
 
 fn a_stalled_server_still_ends_a_duration_bounded_run(io: IoMode) {

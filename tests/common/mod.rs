@@ -34,6 +34,7 @@ impl Server {
 
     /// SIGTERM, then the exit status and what the server logged.
     pub fn stop(mut self) -> (std::process::ExitStatus, String) {
+        // SAFETY: kill(2) takes a pid and a signal, no memory; the pid is our own child, not yet reaped.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let status = wait_timeout(&mut self.child, Duration::from_secs(20));
         let log = self.stderr.take().map(|h| h.join().unwrap()).unwrap_or_default();
@@ -42,6 +43,7 @@ impl Server {
 
     /// SIGKILL: no drain, no flush.
     pub fn kill(mut self) {
+        // SAFETY: kill(2) takes a pid and a signal, no memory; the pid is our own child, not yet reaped.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGKILL) };
         let _ = self.child.wait();
         if let Some(h) = self.stderr.take() {
@@ -385,6 +387,7 @@ impl Sink {
 
     /// SIGTERM, then its counters (`connections`, `messages`, `recipients`, `codes`, …).
     pub fn stop(mut self) -> serde_json::Value {
+        // SAFETY: kill(2) takes a pid and a signal, no memory; the pid is our own child, not yet reaped.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         wait_timeout(&mut self.child, Duration::from_secs(10));
         serde_json::from_slice(&std::fs::read(&self.json).unwrap()).unwrap()
@@ -396,6 +399,26 @@ impl Drop for Sink {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Starts a program that must be told its port (no port 0): a port the kernel hands out
+/// is given to `command`, and if the program exits before it listens there (another
+/// process took the port in between), it is tried again with another, up to five times.
+/// Returns the program and its port once it accepts connections.
+pub fn spawn_on_free_port(mut command: impl FnMut(u16) -> Command) -> (Child, u16) {
+    for _ in 0..5 {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut child = command(port).spawn().expect("start the program");
+        let up = eventually(Duration::from_secs(20), || {
+            TcpStream::connect(("127.0.0.1", port)).is_ok() || child.try_wait().ok().flatten().is_some()
+        });
+        if up && child.try_wait().ok().flatten().is_none() {
+            return (child, port);
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    panic!("the program did not listen on any of five ports");
 }
 
 /// Polls `f` every 25 ms until it holds, for at most `limit`; returns whether it did.
