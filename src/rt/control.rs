@@ -23,7 +23,7 @@ use crate::delivery::lmtp::LmtpRoute;
 use crate::delivery::maildir::{self, Maildir, Staged, UsageCache, mailbox_path};
 use crate::directory::{Destination, Directory, DirectoryHandle, ExpandProblem, Mailbox};
 use crate::queue::requests::{BOUNCED_TEXT, DELETED_TEXT, QueueAnswer, QueueOp, QueueRequest};
-use crate::queue::{DelayNoticeConfig, RetryConfig, RetryDecision};
+use crate::queue::{DelayNoticeConfig, RetryConfig, RetryDecision, TimerQueue};
 use crate::routing::{Route, RoutingConfig, Where, route_of};
 use crate::spool::NewMessage;
 use crate::spool::{
@@ -178,8 +178,7 @@ struct Control {
     /// Messages by id, waiting for their next attempt.
     queue: BTreeMap<QueueId, Pending>,
     /// When each queued message is next due (Unix ms), in order, and by id.
-    due: BTreeMap<(u64, QueueId), ()>,
-    due_of: HashMap<QueueId, u64>,
+    due: TimerQueue<QueueId>,
     /// Open segment files, for reading contents.
     segments: HashMap<PathBuf, std::fs::File>,
     /// Opened Maildirs, by `<postoffice>/<mailbox>`.
@@ -231,8 +230,7 @@ pub fn spawn(
         log,
         ids: IdGen::new(CONTROL_SHARD, max_id),
         queue: BTreeMap::new(),
-        due: BTreeMap::new(),
-        due_of: HashMap::new(),
+        due: TimerQueue::new(),
         segments: HashMap::new(),
         maildirs: HashMap::new(),
         replies,
@@ -330,15 +328,12 @@ impl Control {
     /// for failures (and successes asked for with NOTIFY=SUCCESS), a delay notice when due.
     fn remote_done(&mut self, o: RemoteOutcome) {
         let Some(mut p) = self.queue.remove(&o.id) else { return };
-        let due_key = self.due_of.remove(&o.id).map(|t| (t, o.id));
-        if let Some(k) = due_key {
-            self.due.remove(&k);
-        }
+        let due_at = self.due.remove(&o.id);
         let now = Now::system().unix_ms;
         let attempts = p.attempts.max(1);
         let mut reports = Vec::new();
         let mut delays = Vec::new();
-        let mut next: Option<u64> = due_key.map(|(t, _)| t);
+        let mut next: Option<u64> = due_at;
         let expires = self.cfg.retry.expires_at(p.envelope.received_ms);
         for (i, outcome) in o.results {
             p.inflight.remove(&i);
@@ -415,10 +410,7 @@ impl Control {
 
     fn insert(&mut self, p: Pending, due_ms: u64) {
         let id = p.envelope.id;
-        if let Some(old) = self.due_of.insert(id, due_ms) {
-            self.due.remove(&(old, id));
-        }
-        self.due.insert((due_ms, id), ());
+        self.due.insert(id, due_ms);
         self.queue.insert(id, p);
     }
 
@@ -441,9 +433,8 @@ impl Control {
             let now = Now::system().unix_ms;
             let wait = self
                 .due
-                .keys()
-                .next()
-                .map(|(t, _)| Duration::from_millis(t.saturating_sub(now)))
+                .next_due()
+                .map(|t| Duration::from_millis(t.saturating_sub(now)))
                 .unwrap_or(Duration::from_millis(200))
                 .min(Duration::from_millis(200));
             match rx.recv_timeout(wait) {
@@ -546,9 +537,7 @@ impl Control {
                 answer.not_found.push(id.to_string());
                 continue;
             };
-            if let Some(t) = self.due_of.remove(&id) {
-                self.due.remove(&(t, id));
-            }
+            self.due.remove(&id);
             match req.op {
                 QueueOp::Retry => {
                     for i in std::mem::take(&mut p.held) {
@@ -610,11 +599,8 @@ impl Control {
     /// messages are made durable in one sync of the control log.
     fn run_due(&mut self) {
         let now = Now::system().unix_ms;
-        let later = self.due.split_off(&(now + 1, QueueId(0)));
-        let due: Vec<QueueId> = std::mem::replace(&mut self.due, later).into_keys().map(|(_, id)| id).collect();
-        for id in &due {
-            self.due_of.remove(id);
-        }
+        let mut due = Vec::new();
+        self.due.drain_due(now, usize::MAX, &mut due);
         if due.is_empty() {
             self.flush_log();
             return;
@@ -760,7 +746,7 @@ impl Control {
         for (_, ids) in self.reclaimer.compaction_candidates(COMPACT_FRACTION) {
             let ready = ids.iter().all(|id| {
                 self.queue.get(id).is_some_and(|p| p.inflight.is_empty())
-                    && self.due_of.get(id).is_some_and(|&t| t >= now + COMPACT_MIN_WAIT_MS)
+                    && self.due.due_of(id).is_some_and(|t| t >= now + COMPACT_MIN_WAIT_MS)
             });
             if !ready {
                 continue;
