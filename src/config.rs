@@ -14,7 +14,7 @@ use serde::Deserialize;
 use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The whole configuration.
@@ -53,10 +53,6 @@ pub struct Config {
     pub relay: RelayConfig,
     #[serde(default)]
     pub auth: AuthConfig,
-    /// The policy built from this configuration, shared by every listener: auto-bans, rate
-    /// counters and the password verifier must be one for the whole server.
-    #[serde(skip)]
-    built_policy: Arc<OnceLock<Arc<Policy>>>,
 }
 
 /// `[delivery]`: local delivery.
@@ -875,96 +871,6 @@ impl Config {
         }
     }
 
-    /// The policy of this configuration, built once and shared by every listener.
-    pub fn policy(&self) -> Arc<Policy> {
-        self.built_policy.get_or_init(|| Arc::new(self.build_policy())).clone()
-    }
-
-    fn build_policy(&self) -> Policy {
-        let p = &self.policy;
-        // Checked by validate(); a configuration built in code falls back to empty lists.
-        let list = |l: &[String]| IpList::parse(l).unwrap_or_default();
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-        let bans = if p.auto_ban {
-            let path = self.data_dir.join("bans");
-            Some(Arc::new(crate::policy::BanList::load(&path, now).unwrap_or_else(|e| {
-                log::error!("auto-bans: {e}; starting with an empty list");
-                crate::policy::BanList::in_memory()
-            })))
-        } else {
-            None
-        };
-        Policy {
-            acl_mode: p.access_control,
-            acl: list(&p.access_list),
-            whitelist: list(&p.whitelist),
-            bans,
-            auto_ban: p.auto_ban.then_some(p.auto_ban_duration),
-            dnsbl: p
-                .dnsbl
-                .iter()
-                .filter(|d| d.enabled)
-                .map(|d| crate::policy::DnsblProvider {
-                    zone: d.zone.trim_end_matches('.').to_ascii_lowercase(),
-                    server: d.server,
-                })
-                .collect(),
-            ptr_check: p.ptr_check,
-            ptr_header: p.ptr_header.clone(),
-            ehlo_block: p.ehlo_block.iter().map(|s| s.trim().to_ascii_lowercase()).collect(),
-            relay: crate::policy::RelayRules {
-                enabled: self.relay.enabled,
-                authenticated: self.relay.authenticated,
-                privileged: list(&self.relay.privileged),
-                local_senders: self.relay.local_senders,
-                pop_before_smtp: self.relay.pop_before_smtp_dir.as_ref().map(|dir| {
-                    Arc::new(crate::policy::DropFolder { dir: dir.clone(), window: self.relay.pop_before_smtp_window })
-                        as Arc<dyn crate::policy::PopLookup>
-                }),
-            },
-            spoofing: p.sender_spoofing,
-            sender_domain_resolves: p.sender_domain_resolves,
-            sender_must_own: p.sender_must_own,
-            domain_literals: p.domain_literals,
-            literal_addresses: p.domain_literal_addresses.clone(),
-            rcpt_per_hour: (p.max_recipients_per_hour > 0)
-                .then(|| Arc::new(crate::policy::RateLimiter::new(p.max_recipients_per_hour))),
-            inbound_auth: p.inbound_auth,
-            disabled_commands: p.disabled_commands.iter().map(|c| c.to_ascii_uppercase()).collect(),
-            welcome: p.welcome.clone(),
-            add_missing_headers: p.add_missing_headers,
-            auth_directory: self.auth.directory,
-            auth_fixed: self.auth.username.clone().zip(self.auth.password.clone()),
-            verifier: Some(Arc::new(crate::policy::auth::Verifier::new(self.auth.verifier_threads))),
-            dns: self.needs_dns().then(|| self.start_dns()).flatten(),
-        }
-    }
-
-    /// True when a policy check asks DNS.
-    fn needs_dns(&self) -> bool {
-        let p = &self.policy;
-        p.dnsbl.iter().any(|d| d.enabled) || p.ptr_check != PtrCheck::Never || p.sender_domain_resolves
-    }
-
-    fn start_dns(&self) -> Option<Arc<crate::dns::DnsService>> {
-        let d = &self.policy.dns;
-        let settings = crate::dns::DnsSettings {
-            servers: d.servers.clone(),
-            timeout: d.timeout,
-            min_ttl: d.min_ttl,
-            max_ttl: d.max_ttl,
-            negative_ttl: d.negative_ttl,
-        };
-        match crate::dns::DnsService::start(settings) {
-            Ok(s) => Some(Arc::new(s)),
-            Err(e) => {
-                // Every check then sees a temporary failure (DNSBL passes, MAIL gets 451).
-                log::error!("dns: cannot start the resolver thread: {e}");
-                None
-            }
-        }
-    }
-
     /// The ingress shard count for a machine with `cpus` cores.
     pub fn ingress_cores(&self, cpus: usize) -> usize {
         self.runtime.ingress_cores.unwrap_or_else(|| cpus.saturating_sub(self.runtime.delivery_cores).max(1))
@@ -986,8 +892,9 @@ impl Config {
             .collect()
     }
 
-    /// The session settings of one listener.
-    pub fn session_config(&self, listener: &ListenerConfig, tls_available: bool) -> SessionConfig {
+    /// The session settings of one listener; `policy` is the server's one policy (with its
+    /// services: bans, verifier, DNS), built by the runtime ([`crate::rt::Services`]).
+    pub fn session_config(&self, listener: &ListenerConfig, tls_available: bool, policy: Arc<Policy>) -> SessionConfig {
         SessionConfig {
             hostname: self.hostname.clone(),
             banner: self.banner.clone(),
@@ -1011,7 +918,7 @@ impl Config {
             usage: None,
             conn_limits: None,
             hide_client_ip: self.policy.hide_client_ip,
-            policy: self.policy(),
+            policy,
             auth_mode: listener.auth,
             require_auth: listener.require_auth,
             proxy_from: listener
@@ -1079,10 +986,10 @@ data = 120
         assert_eq!(c.limits.max_message_size, 25 << 20);
         assert_eq!(c.timeouts.command, Duration::from_secs(300));
         assert_eq!(c.timeouts.data, Duration::from_secs(120));
-        let s = c.session_config(&c.listeners[0], true);
+        let s = c.session_config(&c.listeners[0], true, Arc::default());
         assert!(s.starttls);
         assert!(s.local_domains.contains("example.org"));
-        assert!(!c.session_config(&c.listeners[1], true).starttls);
+        assert!(!c.session_config(&c.listeners[1], true, Arc::default()).starttls);
     }
 
     #[test]
@@ -1116,8 +1023,7 @@ data = 120
         assert_eq!((l[1].tls, l[1].require_auth), (ListenerTls::Starttls, true));
         assert_eq!((l[2].tls, l[2].require_auth), (ListenerTls::Implicit, true));
         assert_eq!((l[3].auth, l[3].require_auth, l[3].proxy_protocol), (AuthMode::Always, false, true));
-        let p = c.policy();
-        assert!(Arc::ptr_eq(&p, &c.policy()), "one policy for every listener");
+        let p = crate::rt::Services::start(&c).policy;
         assert!(
             p.acl.contains("192.0.2.5".parse().unwrap()) && p.relay.privileged.contains("10.1.1.1".parse().unwrap())
         );

@@ -20,8 +20,10 @@ mod epoll;
 mod link;
 pub mod listener;
 pub mod remote;
+mod services;
 mod shard;
 pub mod tls;
+pub use services::Services;
 mod uring;
 mod waker;
 
@@ -127,6 +129,7 @@ impl Server {
         // Mailbox usage: local delivery keeps it, RCPT reads it.
         let usage = Arc::new(UsageCache::new());
         let limits = Arc::new(ConnLimits::new(cfg.limits.max_connections, cfg.limits.max_connections_per_ip));
+        let services = Services::start(cfg);
         // Bind everything first, so that a bad address fails the start before any thread.
         let mut per_shard: Vec<Vec<ShardListener>> = (0..shards).map(|_| Vec::new()).collect();
         let mut local_addrs = Vec::new();
@@ -134,7 +137,7 @@ impl Server {
             let socks = listener::bind_shards(addr, shards).map_err(|source| ServeError::Bind { addr, source })?;
             let actual = socks[0].local_addr().map_err(|source| ServeError::Bind { addr, source })?;
             local_addrs.push(actual);
-            let mut session = cfg.session_config(&l, tls.is_some());
+            let mut session = cfg.session_config(&l, tls.is_some(), services.policy.clone());
             session.usage = Some(usage.clone());
             session.conn_limits = Some(limits.clone());
             let session = Arc::new(session);

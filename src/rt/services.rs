@@ -1,0 +1,106 @@
+//! The services the configuration asks for, started once by the runtime and passed down:
+//! the policy at the door with its ban list (loaded from the data directory), its password
+//! verifier threads and its DNS thread. `config.rs` only parses and validates.
+
+use crate::config::Config;
+use crate::policy::{IpList, Policy, PtrCheck};
+use std::sync::Arc;
+
+/// What the server runs besides its shards and delivery threads.
+pub struct Services {
+    /// The one policy of the server: auto-bans, rate counters, the verifier and the DNS
+    /// service are shared by every listener.
+    pub policy: Arc<Policy>,
+}
+
+impl Services {
+    /// Loads the ban list and starts the verifier and DNS threads `cfg` needs.
+    pub fn start(cfg: &Config) -> Self {
+        Services { policy: Arc::new(build_policy(cfg)) }
+    }
+}
+
+fn build_policy(cfg: &Config) -> Policy {
+    let p = &cfg.policy;
+    // Checked by validate(); a configuration built in code falls back to empty lists.
+    let list = |l: &[String]| IpList::parse(l).unwrap_or_default();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let bans = if p.auto_ban {
+        let path = cfg.data_dir.join("bans");
+        Some(Arc::new(crate::policy::BanList::load(&path, now).unwrap_or_else(|e| {
+            log::error!("auto-bans: {e}; starting with an empty list");
+            crate::policy::BanList::in_memory()
+        })))
+    } else {
+        None
+    };
+    Policy {
+        acl_mode: p.access_control,
+        acl: list(&p.access_list),
+        whitelist: list(&p.whitelist),
+        bans,
+        auto_ban: p.auto_ban.then_some(p.auto_ban_duration),
+        dnsbl: p
+            .dnsbl
+            .iter()
+            .filter(|d| d.enabled)
+            .map(|d| crate::policy::DnsblProvider {
+                zone: d.zone.trim_end_matches('.').to_ascii_lowercase(),
+                server: d.server,
+            })
+            .collect(),
+        ptr_check: p.ptr_check,
+        ptr_header: p.ptr_header.clone(),
+        ehlo_block: p.ehlo_block.iter().map(|s| s.trim().to_ascii_lowercase()).collect(),
+        relay: crate::policy::RelayRules {
+            enabled: cfg.relay.enabled,
+            authenticated: cfg.relay.authenticated,
+            privileged: list(&cfg.relay.privileged),
+            local_senders: cfg.relay.local_senders,
+            pop_before_smtp: cfg.relay.pop_before_smtp_dir.as_ref().map(|dir| {
+                Arc::new(crate::policy::DropFolder { dir: dir.clone(), window: cfg.relay.pop_before_smtp_window })
+                    as Arc<dyn crate::policy::PopLookup>
+            }),
+        },
+        spoofing: p.sender_spoofing,
+        sender_domain_resolves: p.sender_domain_resolves,
+        sender_must_own: p.sender_must_own,
+        domain_literals: p.domain_literals,
+        literal_addresses: p.domain_literal_addresses.clone(),
+        rcpt_per_hour: (p.max_recipients_per_hour > 0)
+            .then(|| Arc::new(crate::policy::RateLimiter::new(p.max_recipients_per_hour))),
+        inbound_auth: p.inbound_auth,
+        disabled_commands: p.disabled_commands.iter().map(|c| c.to_ascii_uppercase()).collect(),
+        welcome: p.welcome.clone(),
+        add_missing_headers: p.add_missing_headers,
+        auth_directory: cfg.auth.directory,
+        auth_fixed: cfg.auth.username.clone().zip(cfg.auth.password.clone()),
+        verifier: Some(Arc::new(crate::policy::auth::Verifier::new(cfg.auth.verifier_threads))),
+        dns: needs_dns(cfg).then(|| start_dns(cfg)).flatten(),
+    }
+}
+
+/// True when a policy check asks DNS.
+fn needs_dns(cfg: &Config) -> bool {
+    let p = &cfg.policy;
+    p.dnsbl.iter().any(|d| d.enabled) || p.ptr_check != PtrCheck::Never || p.sender_domain_resolves
+}
+
+fn start_dns(cfg: &Config) -> Option<Arc<crate::dns::DnsService>> {
+    let d = &cfg.policy.dns;
+    let settings = crate::dns::DnsSettings {
+        servers: d.servers.clone(),
+        timeout: d.timeout,
+        min_ttl: d.min_ttl,
+        max_ttl: d.max_ttl,
+        negative_ttl: d.negative_ttl,
+    };
+    match crate::dns::DnsService::start(settings) {
+        Ok(s) => Some(Arc::new(s)),
+        Err(e) => {
+            // Every check then sees a temporary failure (DNSBL passes, MAIL gets 451).
+            log::error!("dns: cannot start the resolver thread: {e}");
+            None
+        }
+    }
+}
