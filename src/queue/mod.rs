@@ -13,6 +13,7 @@
 //! - [`status`]: a recipient's [`Status`] and its conversion to and from spool marks, so a
 //!   restart keeps attempt counts and next-attempt times.
 
+pub mod outcome;
 pub mod requests;
 pub mod schedule;
 pub mod status;

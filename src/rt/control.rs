@@ -14,7 +14,7 @@
 //! the same sync as the marks that caused it, so it is neither lost nor sent twice.
 
 use super::link::{Accepted, ControlMsg};
-use super::remote::{RcptOutcome, RemoteHandle, RemoteJob, RemoteOutcome};
+use super::remote::{RemoteHandle, RemoteJob, RemoteOutcome};
 use crate::delivery::autoreply::{self, ReplyMemory};
 use crate::delivery::client::Response;
 use crate::delivery::dsn::{self, Action as DsnAction, DsnConfig, DsnInput, RecipientReport};
@@ -22,8 +22,9 @@ use crate::delivery::event::EventRunner;
 use crate::delivery::lmtp::LmtpRoute;
 use crate::delivery::maildir::{self, Maildir, Staged, UsageCache, mailbox_path};
 use crate::directory::{Destination, Directory, DirectoryHandle, ExpandProblem, Mailbox};
+use crate::queue::outcome::{self, Answered, Attempted, MarkFor};
 use crate::queue::requests::{BOUNCED_TEXT, DELETED_TEXT, QueueAnswer, QueueOp, QueueRequest};
-use crate::queue::{DelayNoticeConfig, RetryConfig, RetryDecision, TimerQueue};
+use crate::queue::{DelayNoticeConfig, RetryConfig, TimerQueue};
 use crate::routing::{Route, RoutingConfig, Where, route_of};
 use crate::spool::NewMessage;
 use crate::spool::{
@@ -328,80 +329,39 @@ impl Control {
     /// for failures (and successes asked for with NOTIFY=SUCCESS), a delay notice when due.
     fn remote_done(&mut self, o: RemoteOutcome) {
         let Some(mut p) = self.queue.remove(&o.id) else { return };
-        let due_at = self.due.remove(&o.id);
+        let due_ms = self.due.remove(&o.id);
         let now = Now::system().unix_ms;
         let attempts = p.attempts.max(1);
-        let mut reports = Vec::new();
-        let mut delays = Vec::new();
-        let mut next: Option<u64> = due_at;
-        let expires = self.cfg.retry.expires_at(p.envelope.received_ms);
-        for (i, outcome) in o.results {
-            p.inflight.remove(&i);
-            let report = |action, reply: &Response| RecipientReport {
-                rcpt: i as usize,
-                action,
-                status: reply.status(),
-                remote_mta: o.remote_mta.clone(),
-                diagnostic: Some(reply.to_string()),
-                last_attempt_ms: Some(now),
-                will_retry_until_ms: (action == DsnAction::Delayed).then_some(expires),
-            };
-            let (status, text, next_ms) = match outcome {
-                RcptOutcome::Delivered { reply } => {
-                    self.relayed += 1;
-                    // RFC 3461 §5.2.2 (b): passed to a server without DSN, NOTIFY=SUCCESS gets
-                    // a "relayed" report from us; a server with DSN got the parameters and
-                    // reports itself (§5.2.1).
-                    if !o.peer_dsn {
-                        reports.push(report(DsnAction::Relayed, &reply));
-                    }
-                    (MarkStatus::Delivered, reply.to_string(), 0)
-                }
-                RcptOutcome::Failed { reply } => {
-                    reports.push(report(DsnAction::Failed, &reply));
-                    (MarkStatus::Failed, reply.to_string(), 0)
-                }
-                RcptOutcome::Deferred { reply } => {
-                    match self.cfg.retry.decide(attempts as u32, p.envelope.received_ms, now) {
-                        RetryDecision::RetryAt(t) => {
-                            delays.push(report(DsnAction::Delayed, &reply));
-                            next = Some(next.map_or(t, |n| n.min(t)));
-                            (MarkStatus::Deferred, reply.to_string(), t)
-                        }
-                        RetryDecision::GiveUp => {
-                            // RFC 3463 4.4.7: the message's time in the queue ran out; the
-                            // last reply stays in the text.
-                            let mut given_up = reply.clone();
-                            given_up.text.push_str(" (given up: message expired)");
-                            let mut r = report(DsnAction::Failed, &given_up);
-                            r.status = "4.4.7".into();
-                            reports.push(r);
-                            (MarkStatus::Failed, given_up.to_string(), 0)
-                        }
-                    }
-                }
-            };
-            if status != MarkStatus::Deferred {
-                p.done.insert(i);
-            }
-            let mark = Mark { id: p.envelope.id, rcpt: Some(i), status, attempts, next_attempt_ms: next_ms, text };
-            self.append_mark(mark);
+        for (i, _) in &o.results {
+            p.inflight.remove(i);
         }
-        let want_delay_notice = !delays.is_empty()
-            && self.cfg.delay_notice.should_notify(p.first_attempt_ms.unwrap_or(now), p.last_deferral_ms, now);
-        if !delays.is_empty() {
+        let m = Attempted {
+            received_ms: p.envelope.received_ms,
+            attempts: attempts as u32,
+            first_attempt_ms: p.first_attempt_ms,
+            last_deferral_ms: p.last_deferral_ms,
+            due_ms,
+        };
+        let server = Answered { remote_mta: o.remote_mta, peer_dsn: o.peer_dsn };
+        let j = outcome::judge(&self.cfg.retry, &self.cfg.delay_notice, m, &server, o.results, now);
+        self.relayed += j.relayed;
+        for mark in j.marks {
+            if mark.status != MarkStatus::Deferred {
+                p.done.insert(mark.rcpt);
+            }
+            let MarkFor { rcpt, status, text, next_attempt_ms } = mark;
+            self.append_mark(Mark { id: p.envelope.id, rcpt: Some(rcpt), status, attempts, next_attempt_ms, text });
+        }
+        if j.deferred {
             p.last_deferral_ms = Some(now);
         }
-        if want_delay_notice {
-            reports.extend(delays);
-        }
-        if !reports.is_empty() {
+        if !j.reports.is_empty() {
             match self.read_content(&p) {
-                Ok(content) => self.bounce(&p, &content, &reports, now),
+                Ok(content) => self.bounce(&p, &content, &j.reports, now),
                 Err(e) => log::error!("control: {}: reading for a report: {e}", p.envelope.id),
             }
         }
-        match next {
+        match j.next_due_ms {
             Some(t) => self.insert(p, t),
             None => self.park(p),
         }

@@ -11,6 +11,7 @@ use super::link::ControlMsg;
 use crate::delivery::client::{Concern, OutboundMessage, Response};
 use crate::delivery::mx::{DnsConfig, MxError, MxResolver};
 use crate::delivery::remote::{Destination, Pool, RemoteConfig};
+pub use crate::queue::outcome::RcptOutcome;
 use crate::routing::Route;
 use crate::spool::QueueId;
 use std::net::SocketAddr;
@@ -33,14 +34,6 @@ pub struct RemoteJob {
     pub route: Route,
     /// Seed for the order of equal-preference MX hosts.
     pub seed: u64,
-}
-
-/// What became of one recipient.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RcptOutcome {
-    Delivered { reply: Response },
-    Deferred { reply: Response },
-    Failed { reply: Response },
 }
 
 /// The answer to a [`RemoteJob`].
