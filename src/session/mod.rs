@@ -597,8 +597,11 @@ impl Session {
         self.process_pending(now);
     }
 
-    /// The TLS handshake that STARTTLS announced is complete (RFC 3207 §4.2: the session
-    /// starts over, the client must say EHLO again).
+    /// STARTTLS was answered and the connection now speaks TLS (RFC 3207 §4.2: the session
+    /// starts over, the client must say EHLO again). The driver calls this as soon as it
+    /// switches the connection to TLS, before the handshake completes: every byte after the
+    /// 220 is TLS, so no plaintext command can reach the new session; `info` is refined with
+    /// [`Session::set_tls`] once the handshake is done.
     pub fn tls_established(&mut self, now: Now, info: TlsInfo) {
         self.tls = Some(info);
         self.auth = None;
@@ -610,7 +613,8 @@ impl Session {
         self.wait_for(now, self.cfg.command_timeout);
     }
 
-    /// Implicit TLS (RFC 8314): the handshake finished; only the Received header changes.
+    /// The TLS handshake finished (implicit TLS, RFC 8314, or after STARTTLS): its version
+    /// and cipher go into the Received header.
     pub fn set_tls(&mut self, info: TlsInfo) {
         self.tls = Some(info);
     }
