@@ -26,7 +26,7 @@ use super::listener;
 use super::shard::{Shard, ShardStats, Slab, Slot, TOO_MANY_CONNECTIONS};
 use crate::util::time::Now;
 use io_uring::types::{Fd, FsyncFlags};
-use io_uring::{IoUring, cqueue, opcode, squeue};
+use io_uring::{cqueue, opcode, squeue};
 use ringmx_bufring::{BufRing, Ring};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -53,19 +53,9 @@ const K_WAKE: u64 = 8 << 56;
 const K_CANCEL_OP: u64 = 9 << 56;
 const KIND_MASK: u64 = 0xff << 56;
 
-fn build_ring() -> io::Result<IoUring> {
-    IoUring::builder()
-        .setup_single_issuer()
-        .setup_defer_taskrun()
-        .setup_coop_taskrun()
-        .setup_submit_all()
-        .build(RING_ENTRIES)
-        .or_else(|_| IoUring::builder().setup_coop_taskrun().build(RING_ENTRIES))
-}
-
 /// Checks that io_uring works here: a ring with the flags we use and a provided-buffer ring.
 pub fn probe() -> io::Result<()> {
-    let ring = build_ring()?;
+    let (ring, _) = ringmx_bufring::build_ring(RING_ENTRIES)?;
     let bufs = BufRing::new(&ring, BGID, 8, 64)?;
     if !Ring::new(ring).release(bufs, QUIESCE_LIMIT, K_CANCEL_OP) {
         return Err(io::Error::other("an idle io_uring would not release its buffers"));
@@ -103,7 +93,7 @@ struct Driver {
 
 /// Runs a shard until shutdown is requested and drained.
 pub fn run(mut shard: Shard) -> io::Result<ShardStats> {
-    let ring = build_ring()?;
+    let (ring, _) = ringmx_bufring::build_ring(RING_ENTRIES)?;
     let mut bufs = BufRing::new(&ring, BGID, BUF_COUNT, BUF_SIZE)?;
     let mut d = Driver {
         ring: Ring::new(ring),

@@ -12,6 +12,26 @@ use std::io;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
+/// Builds a ring of `entries` with the flags that batch best for a thread that is the
+/// ring's only submitter and enters it once per loop turn (SINGLE_ISSUER, DEFER_TASKRUN,
+/// COOP_TASKRUN, SUBMIT_ALL), or with fewer where the kernel refuses them; returns the
+/// flags used.
+pub fn build_ring(entries: u32) -> io::Result<(IoUring, &'static str)> {
+    if let Ok(r) = IoUring::builder()
+        .setup_single_issuer()
+        .setup_defer_taskrun()
+        .setup_coop_taskrun()
+        .setup_submit_all()
+        .build(entries)
+    {
+        return Ok((r, "SINGLE_ISSUER, DEFER_TASKRUN, COOP_TASKRUN"));
+    }
+    if let Ok(r) = IoUring::builder().setup_coop_taskrun().build(entries) {
+        return Ok((r, "COOP_TASKRUN"));
+    }
+    Ok((IoUring::new(entries)?, "no setup flags"))
+}
+
 /// The ring and the count of operations whose last completion has not come yet.
 pub struct Ring {
     pub ring: IoUring,

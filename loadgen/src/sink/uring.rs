@@ -48,31 +48,13 @@ const K_WAKE: u64 = 4 << 56;
 const K_CANCEL: u64 = 5 << 56;
 const KIND_MASK: u64 = 0xff << 56;
 
-/// Builds a ring with the flags that batch best, or with fewer where the kernel refuses
-/// them; returns the flags used.
-fn build_ring(entries: u32) -> io::Result<(IoUring, &'static str)> {
-    if let Ok(r) = IoUring::builder()
-        .setup_single_issuer()
-        .setup_defer_taskrun()
-        .setup_coop_taskrun()
-        .setup_submit_all()
-        .build(entries)
-    {
-        return Ok((r, "SINGLE_ISSUER, DEFER_TASKRUN, COOP_TASKRUN"));
-    }
-    if let Ok(r) = IoUring::builder().setup_coop_taskrun().build(entries) {
-        return Ok((r, "COOP_TASKRUN"));
-    }
-    Ok((IoUring::new(entries)?, "no setup flags"))
-}
-
 /// Checks that io_uring does here what the loops need: a ring with a waiting enter with a
 /// timeout (EXT_ARG), a provided-buffer ring and a multishot recv (on a socket pair).
 /// Small sizes: a closed ring's memory is given back asynchronously, and it still counts
 /// against the locked-memory limit while the threads set up theirs. Returns the ring flags
 /// accepted.
 pub(super) fn probe() -> io::Result<&'static str> {
-    let (ring, flags) = build_ring(8)?;
+    let (ring, flags) = ringmx_bufring::build_ring(8)?;
     if !ring.params().is_feature_ext_arg() {
         return Err(io::Error::other("the kernel lacks IORING_FEAT_EXT_ARG"));
     }
@@ -225,7 +207,7 @@ struct Loop<'a> {
 pub(super) fn run(core: &mut Core, listener: OwnedFd, ready: &Ready) -> io::Result<()> {
     // Built on this thread: with SINGLE_ISSUER the creating thread is the only submitter.
     let (ring, bufs) = ready.report((|| {
-        let (ring, _) = build_ring(RING_ENTRIES)?;
+        let (ring, _) = ringmx_bufring::build_ring(RING_ENTRIES)?;
         let bufs = BufRing::new(&ring, BGID, BUF_COUNT, BUF_SIZE)?;
         Ok((Ring::new(ring), bufs))
     })())?;
