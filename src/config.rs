@@ -53,6 +53,9 @@ pub struct Config {
     pub relay: RelayConfig,
     #[serde(default)]
     pub auth: AuthConfig,
+    /// `[dns]`: the name servers and cache bounds of every lookup (policy checks, MX).
+    #[serde(default)]
+    pub dns: ResolverConfig,
 }
 
 /// `[delivery]`: local delivery.
@@ -95,7 +98,7 @@ pub struct DeliveryConfig {
     pub routing: crate::routing::RoutingConfig,
     /// `[delivery.dns]`: the resolver for MX lookups.
     #[serde(default)]
-    pub dns: crate::delivery::mx::DnsConfig,
+    pub dns: DeliveryDnsConfig,
     /// `[delivery.lmtp]`: mailboxes delivered to an LMTP server instead of Maildirs.
     #[serde(default)]
     pub lmtp: crate::delivery::lmtp::LmtpConfig,
@@ -200,9 +203,10 @@ pub struct PolicyConfig {
     /// `[[policy.dnsbl]]`: DNS blacklists, asked at connect. Default none.
     #[serde(default)]
     pub dnsbl: Vec<DnsblConfig>,
-    /// `[policy.dns]`: the resolvers for DNSBL, PTR and sender-domain checks.
+    /// `[policy.dns]`: the resolver of the DNSBL, PTR and sender-domain checks when it must
+    /// differ from `[dns]` (the older, per-part form of it). Default: `[dns]`.
     #[serde(default)]
-    pub dns: PolicyDnsConfig,
+    pub dns: Option<ResolverConfig>,
 }
 
 impl Default for PolicyConfig {
@@ -228,8 +232,9 @@ pub struct DnsblConfig {
 /// `[policy.dns]`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct PolicyDnsConfig {
-    /// Name servers, `ADDR:PORT`. Default `["127.0.0.1:53"]`.
+pub struct ResolverConfig {
+    /// Name servers, `ADDR:PORT`. Default `["127.0.0.1:53"]` (a local caching resolver;
+    /// /etc/resolv.conf is not read).
     #[serde(default = "default_dns_servers")]
     pub servers: Vec<SocketAddr>,
     /// Per-query time-out. Default 5 s.
@@ -246,9 +251,31 @@ pub struct PolicyDnsConfig {
     pub negative_ttl: Duration,
 }
 
-impl Default for PolicyDnsConfig {
+impl Default for ResolverConfig {
     fn default() -> Self {
-        toml::from_str("").expect("the empty [policy.dns] is valid")
+        toml::from_str("").expect("the empty [dns] is valid")
+    }
+}
+
+/// `[delivery.dns]`: what MX lookups do differently from `[dns]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeliveryDnsConfig {
+    /// Name servers for MX and address lookups. Default: `[dns] servers`.
+    #[serde(default)]
+    pub servers: Option<Vec<SocketAddr>>,
+    /// Per-query time-out. Default: `[dns] timeout`.
+    #[serde(default, deserialize_with = "crate::util::units::de_duration_opt")]
+    pub timeout: Option<Duration>,
+    /// Port of the SMTP servers found by MX lookup. Default 25; tests point it at a
+    /// loopback port.
+    #[serde(default = "crate::routing::default_port")]
+    pub remote_port: u16,
+}
+
+impl Default for DeliveryDnsConfig {
+    fn default() -> Self {
+        toml::from_str("").expect("the empty [delivery.dns] is valid")
     }
 }
 
@@ -847,18 +874,24 @@ impl Config {
                 bad("policy.dnsbl.zone", format!("{:?} is not a domain name", d.zone));
             }
         }
-        if p.dns.servers.is_empty()
+        let (dns, key) = if p.dns.is_some() { (self.policy_dns(), "policy.dns") } else { (&self.dns, "dns") };
+        if dns.servers.is_empty()
             && (p.dnsbl.iter().any(|d| d.enabled && d.server.is_none())
                 || p.ptr_check != PtrCheck::Never
                 || p.sender_domain_resolves)
         {
-            bad("policy.dns.servers", "DNS checks are on but no server is configured".into());
+            bad(&format!("{key}.servers"), "DNS checks are on but no server is configured".into());
         }
-        if p.dns.timeout.is_zero() {
-            bad("policy.dns.timeout", "must be positive".into());
+        for (r, key) in [(&self.dns, "dns"), (dns, key)] {
+            if r.timeout.is_zero() {
+                bad(&format!("{key}.timeout"), "must be positive".into());
+            }
+            if r.min_ttl > r.max_ttl {
+                bad(&format!("{key}.min_ttl"), "greater than max_ttl".into());
+            }
         }
-        if p.dns.min_ttl > p.dns.max_ttl {
-            bad("policy.dns.min_ttl", "greater than max_ttl".into());
+        if self.delivery.dns.timeout.is_some_and(|t| t.is_zero()) {
+            bad("delivery.dns.timeout", "must be positive".into());
         }
         if self.auth.username.is_some() != self.auth.password.is_some() {
             bad("auth.username", "username and password go together".into());
@@ -874,6 +907,24 @@ impl Config {
     /// The ingress shard count for a machine with `cpus` cores.
     pub fn ingress_cores(&self, cpus: usize) -> usize {
         self.runtime.ingress_cores.unwrap_or_else(|| cpus.saturating_sub(self.runtime.delivery_cores).max(1))
+    }
+
+    /// The resolver settings of the policy checks: `[policy.dns]` if given, else `[dns]`.
+    pub fn policy_dns(&self) -> &ResolverConfig {
+        self.policy.dns.as_ref().unwrap_or(&self.dns)
+    }
+
+    /// The resolver settings of MX lookups: `[dns]`, with what `[delivery.dns]` changes.
+    pub fn delivery_dns(&self) -> crate::delivery::mx::DnsConfig {
+        let d = &self.delivery.dns;
+        crate::delivery::mx::DnsConfig {
+            servers: d.servers.clone().unwrap_or_else(|| self.dns.servers.clone()),
+            timeout: d.timeout.unwrap_or(self.dns.timeout),
+            remote_port: d.remote_port,
+            min_ttl: self.dns.min_ttl,
+            max_ttl: self.dns.max_ttl,
+            negative_ttl: self.dns.negative_ttl,
+        }
     }
 
     pub fn spool_dir(&self) -> PathBuf {
@@ -1042,5 +1093,31 @@ data = 120
         assert!(e.problems[1].starts_with("f.toml:5: policy.access_list:"), "{e}");
         assert!(e.problems[2].starts_with("f.toml:6: policy.disabled_commands:"), "{e}");
         assert!(e.problems[3].starts_with("f.toml:8: auth.username:"), "{e}");
+    }
+
+    /// One `[dns]` serves the policy checks and MX lookups; `[policy.dns]` and
+    /// `[delivery.dns]`, the older per-part sections, still override it where given.
+    #[test]
+    fn one_dns_section_with_per_part_overrides() {
+        let c = Config::parse("[dns]\nservers = [\"192.0.2.53:53\"]\ntimeout = \"3s\"\nmax_ttl = \"10m\"\n", "t.toml")
+            .unwrap();
+        let ns: SocketAddr = "192.0.2.53:53".parse().unwrap();
+        assert_eq!((c.policy_dns().servers.clone(), c.policy_dns().timeout), (vec![ns], Duration::from_secs(3)));
+        let d = c.delivery_dns();
+        assert_eq!(
+            (d.servers, d.timeout, d.max_ttl, d.remote_port),
+            (vec![ns], Duration::from_secs(3), Duration::from_secs(600), 25)
+        );
+        let c = Config::parse(
+            "[dns]\nservers = [\"192.0.2.53:53\"]\n[policy.dns]\nservers = [\"198.51.100.1:5353\"]\n\
+             [delivery.dns]\ntimeout = \"1s\"\nremote_port = 2525\n",
+            "t.toml",
+        )
+        .unwrap();
+        assert_eq!(c.policy_dns().servers, vec!["198.51.100.1:5353".parse::<SocketAddr>().unwrap()]);
+        let d = c.delivery_dns();
+        assert_eq!((d.servers, d.timeout, d.remote_port), (vec![ns], Duration::from_secs(1), 2525));
+        let e = Config::parse("[dns]\ntimeout = 0\n", "f.toml").unwrap_err();
+        assert!(e.problems[0].contains("dns.timeout"), "{e}");
     }
 }

@@ -49,7 +49,12 @@ fn with_dns<F: AsyncFnOnce(MxResolver)>(f: F) {
         catalog.upsert(LowerName::from(name("test.")), vec![handler]);
         let mut server = Server::new(catalog);
         server.register_socket(socket);
-        let cfg = DnsConfig { servers: vec![addr], timeout: Duration::from_secs(2), remote_port: 2525 };
+        let cfg = DnsConfig {
+            servers: vec![addr],
+            timeout: Duration::from_secs(2),
+            remote_port: 2525,
+            ..DnsConfig::default()
+        };
         f(MxResolver::new(&cfg).unwrap()).await;
         server.shutdown_gracefully().await.unwrap();
     });
@@ -112,6 +117,7 @@ fn a_silent_name_server_is_a_temporary_failure() {
             servers: vec![silent.local_addr().unwrap()],
             timeout: Duration::from_millis(200),
             remote_port: 25,
+            ..DnsConfig::default()
         };
         let r = MxResolver::new(&cfg).unwrap();
         let e = r.plan("multi.test", 0).await.unwrap_err();

@@ -13,7 +13,6 @@ use hickory_resolver::TokioResolver;
 use hickory_resolver::config::{LookupIpStrategy, NameServerConfig, ResolveHosts, ResolverConfig};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::proto::rr::{Name, RData};
-use serde::Deserialize;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
@@ -102,33 +101,32 @@ fn splitmix64(state: &mut u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// `[delivery.dns]`: the resolver.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// The resolver settings of MX lookups (`[dns]` with `[delivery.dns]`'s changes).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DnsConfig {
-    /// Name servers, `ADDR:PORT`. Default `["127.0.0.1:53"]` (a local caching resolver;
-    /// /etc/resolv.conf is not read).
-    #[serde(default = "default_servers")]
+    /// Name servers, `ADDR:PORT`.
     pub servers: Vec<SocketAddr>,
-    /// Per-query time-out. Default `"5s"`.
-    #[serde(default = "default_dns_timeout", deserialize_with = "crate::util::units::de_duration")]
+    /// Per-query time-out.
     pub timeout: Duration,
-    /// Port of the SMTP servers found by MX lookup. Default 25; tests point it at a
-    /// loopback port.
-    #[serde(default = "crate::routing::default_port")]
+    /// Port of the SMTP servers found by MX lookup (25; tests point it at a loopback port).
     pub remote_port: u16,
-}
-
-fn default_servers() -> Vec<SocketAddr> {
-    vec![SocketAddr::from(([127, 0, 0, 1], 53))]
-}
-fn default_dns_timeout() -> Duration {
-    Duration::from_secs(5)
+    /// Answers are cached for their TTL held within these bounds.
+    pub min_ttl: Duration,
+    pub max_ttl: Duration,
+    /// How long "no such name / no records" is cached.
+    pub negative_ttl: Duration,
 }
 
 impl Default for DnsConfig {
     fn default() -> Self {
-        DnsConfig { servers: default_servers(), timeout: default_dns_timeout(), remote_port: 25 }
+        DnsConfig {
+            servers: vec![SocketAddr::from(([127, 0, 0, 1], 53))],
+            timeout: Duration::from_secs(5),
+            remote_port: 25,
+            min_ttl: Duration::from_secs(30),
+            max_ttl: Duration::from_secs(3600),
+            negative_ttl: Duration::from_secs(300),
+        }
     }
 }
 
@@ -161,6 +159,10 @@ impl MxResolver {
         o.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
         o.timeout = cfg.timeout;
         o.attempts = 2;
+        o.positive_min_ttl = Some(cfg.min_ttl);
+        o.positive_max_ttl = Some(cfg.max_ttl);
+        o.negative_min_ttl = Some(cfg.negative_ttl.min(cfg.max_ttl));
+        o.negative_max_ttl = Some(cfg.negative_ttl);
         let resolver =
             b.build().map_err(|e| MxError::Temporary { name: String::new(), what: format!("resolver: {e}") })?;
         Ok(MxResolver { resolver, remote_port: cfg.remote_port })

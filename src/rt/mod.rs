@@ -160,7 +160,7 @@ impl Server {
             .collect();
         let (tx, rx) = std::sync::mpsc::sync_channel(link::CHANNEL_CAPACITY);
         let control_stop = Arc::new(AtomicBool::new(false));
-        let remote = remote::spawn(cfg.delivery.remote.clone(), cfg.delivery.dns.clone(), &cfg.hostname, tx.clone())
+        let remote = remote::spawn(cfg.delivery.remote.clone(), cfg.delivery_dns(), &cfg.hostname, tx.clone())
             .map_err(ServeError::Thread)?;
         let control_thread = control::spawn(
             control::ControlConfig {

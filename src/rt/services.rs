@@ -87,7 +87,7 @@ fn needs_dns(cfg: &Config) -> bool {
 }
 
 fn start_dns(cfg: &Config) -> Option<Arc<crate::dns::DnsService>> {
-    let d = &cfg.policy.dns;
+    let d = cfg.policy_dns();
     let settings = crate::dns::DnsSettings {
         servers: d.servers.clone(),
         timeout: d.timeout,
