@@ -161,7 +161,8 @@ fn quota_reached_mid_stream() {
     for _ in 0..4 {
         queued_id(&c.message("s@remote.example", &["erin@example.net"], &body));
     }
-    std::thread::sleep(Duration::from_millis(300));
+    // Each message ends delivered (a file) or failed (a report queued): wait for all four.
+    assert!(eventually(Duration::from_secs(20), || files(dir.path(), "erin").len() + queue(dir.path()).len() == 4));
     let got = files(dir.path(), "erin");
     assert!(got.len() < 4 && !got.is_empty(), "{} delivered", got.len());
     // What stays queued is only the reports to the (remote) sender, from <>.
@@ -266,7 +267,11 @@ fn auto_responder_and_delivery_event() {
     queued_id(&c.message("y@remote.example", &["away@example.net"], "Precedence: bulk\r\n\r\nnews\r\n"));
     queued_id(&c.message("", &["away@example.net"], "Subject: bounce\r\n\r\nx\r\n"));
     assert_eq!(wait_files(dir.path(), "away", 4).len(), 4);
-    std::thread::sleep(Duration::from_millis(300));
+    // A later message, handled after those four: once it is in, any reply they caused is
+    // queued (a late second reply would be too).
+    queued_id(&c.message("z@remote.example", &["alice@example.net"], "Subject: sentinel\r\n\r\nx\r\n"));
+    assert_eq!(wait_files(dir.path(), "alice", 1).len(), 1);
+    assert!(eventually(Duration::from_secs(20), || !queue(dir.path()).is_empty()));
     let q = queue(dir.path());
     assert_eq!(q.len(), 1, "one reply: {q:?}");
     assert_eq!(q[0]["from"], "");
