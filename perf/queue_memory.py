@@ -1,0 +1,131 @@
+#!/usr/bin/env python3
+"""Memory and time with a large queue: what a backlog during a downstream outage costs.
+
+Fills a fresh spool with N messages of 1 KiB that stay queued (their smart host refuses
+every connection, retries are an hour apart), stops the server, then measures:
+- the server restarted on that spool: time from start to `listening on`, and its RSS once
+  every message is back in memory (VmRSS from /proc), minus an empty server's;
+- `ringmx queue list --json` and `ringmx queue show ID` on the stopped server: wall time and
+  peak RSS.
+Prints bytes per queued message. Loopback only; everything it starts is stopped at the end.
+
+Usage: perf/queue_memory.py [--messages 200000] [--ringmx target/release/ringmx]
+                            [--loadgen target/release/ringmx-loadgen]
+"""
+
+import argparse
+import json
+import os
+import resource
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def write_config(d, port, dead_port):
+    cfg = os.path.join(d, "ringmx.toml")
+    with open(cfg, "w") as f:
+        f.write(f'data_dir = "{d}/data"\nlocal_domains = ["held.example"]\n')
+        f.write(f'[[listener]]\nport = {port}\nbind = ["127.0.0.1"]\n')
+        f.write("[limits]\nmax_connections = 10000\nmax_connections_per_ip = 10000\n")
+        f.write('[delivery.retry]\nintervals = ["1h"]\n[delivery.delay_notice]\nmode = "off"\n')
+        f.write(f'[delivery.routing.smart_host]\nhost = "127.0.0.1"\nport = {dead_port}\n')
+        f.write('[delivery.remote]\ntls = "off"\n')
+    return cfg
+
+
+def start(binary, cfg):
+    t0 = time.monotonic()
+    p = subprocess.Popen([binary, "serve", "--config", cfg], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    line = p.stdout.readline().decode()
+    assert line.startswith("listening on"), line
+    return p, time.monotonic() - t0
+
+
+def stop(p):
+    p.send_signal(signal.SIGTERM)
+    p.wait(timeout=120)
+
+
+def timed(cmd):
+    """Runs `cmd`; returns (seconds, peak RSS KiB, stdout)."""
+    t0 = time.monotonic()
+    pid = os.fork()
+    if pid == 0:
+        out = os.open(os.path.join(tempfile.gettempdir(), "queue_memory.out"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        os.dup2(out, 1)
+        os.execvp(cmd[0], cmd)
+    _, _, usage = os.wait4(pid, 0)
+    secs = time.monotonic() - t0
+    with open(os.path.join(tempfile.gettempdir(), "queue_memory.out")) as f:
+        out = f.read()
+    return secs, usage.ru_maxrss, out
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    here = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "target", "release")
+    ap.add_argument("--messages", type=int, default=200_000)
+    ap.add_argument("--ringmx", default=os.path.join(here, "ringmx"))
+    ap.add_argument("--loadgen", default=os.path.join(here, "ringmx-loadgen"))
+    a = ap.parse_args()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 65536)), hard))
+    d = tempfile.mkdtemp(prefix="ringmx-queue-")
+    port, dead = free_port(), free_port()
+    cfg = write_config(d, port, dead)
+
+    # An empty server, for the baseline.
+    p, _ = start(a.ringmx, cfg)
+    time.sleep(1)
+    empty = rss_kib(p.pid)
+    # Fill: N messages of 1 KiB for a domain relayed to the dead smart host.
+    subprocess.run([a.loadgen, "run", "--target", f"127.0.0.1:{port}", "-n", str(a.messages), "-c", "8",
+                    "--size", "1k", "--rcpt-domain", "held.example"], check=True, stdout=subprocess.DEVNULL)
+    # Every message is tried once and deferred: wait until the queue says so.
+    deadline = time.monotonic() + 3600
+    while time.monotonic() < deadline:
+        _, _, out = timed([a.ringmx, "queue", "list", "--json", "--config", cfg])
+        q = [json.loads(l) for l in out.splitlines()]
+        if len(q) == a.messages and all(m["status"] == "deferred" for m in q):
+            break
+        time.sleep(5)
+    stop(p)
+
+    # Restart on the full spool.
+    p, startup = start(a.ringmx, cfg)
+    time.sleep(5)
+    full = rss_kib(p.pid)
+    stop(p)
+    list_s, list_kib, out = timed([a.ringmx, "queue", "list", "--json", "--config", cfg])
+    some_id = json.loads(out.splitlines()[len(out.splitlines()) // 2])["id"]
+    show_s, show_kib, _ = timed([a.ringmx, "queue", "show", some_id, "--config", cfg])
+    n = a.messages
+    print(f"{n} queued messages of 1 KiB")
+    print(f"server: start to 'listening on' {startup:.2f} s; RSS empty {empty} KiB, with the queue {full} KiB: "
+          f"{(full - empty) * 1024 / n:.0f} bytes per queued message")
+    print(f"queue list --json (server stopped): {list_s:.2f} s, peak RSS {list_kib} KiB")
+    print(f"queue show ID (server stopped): {show_s * 1000:.0f} ms, peak RSS {show_kib} KiB")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
