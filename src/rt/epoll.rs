@@ -172,7 +172,7 @@ impl Driver {
             shard.stats.connections += 1;
             let conn = shard.new_conn(l, peer, now);
             let raw = fd.as_raw_fd();
-            let token = self.conns.insert(conn, fd, EpollIo { events: READ_EVENTS });
+            let token = self.conns.add(Slot { conn, fd, io: EpollIo { events: READ_EVENTS } });
             if ctl(self.ep.as_raw_fd(), libc::EPOLL_CTL_ADD, raw, READ_EVENTS, token).is_err() {
                 self.close(shard, token);
                 continue;

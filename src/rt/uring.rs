@@ -271,7 +271,7 @@ impl Driver {
         shard.stats.connections += 1;
         let conn = shard.new_conn(l, peer, now);
         let raw = fd.as_raw_fd();
-        let token = self.conns.insert(conn, fd, UringIo::default());
+        let token = self.conns.add(Slot { conn, fd, io: UringIo::default() });
         if let Some(s) = self.conns.get_mut(token) {
             s.io.recv_armed = true;
             s.conn.set_waker(shard.waker.clone(), token);

@@ -5,6 +5,11 @@
 //!   done before any buffer is freed ([`Ring::release`]); it leaks what it cannot prove
 //!   unused rather than free memory the kernel may still write.
 //! - [`BufRing`]: a provided-buffer ring (IORING_REGISTER_PBUF_RING) for multishot recv.
+//! - [`Slab`]: connections by token (index and generation), so that a late completion for
+//!   a closed connection is recognised; both drivers of both programs use it.
+
+mod slab;
+pub use slab::Slab;
 
 use io_uring::types::{BufRingEntry, CancelBuilder, SubmitArgs, Timespec};
 use io_uring::{IoUring, cqueue, opcode, squeue};

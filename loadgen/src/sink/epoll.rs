@@ -7,7 +7,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::Instant;
 
 use crate::net::{self, Epoll, FdIo};
-use crate::sink::shard::{self, ConnState, Core, Flow, Ready, Slots};
+use crate::sink::shard::{self, ConnState, Core, Flow, Ready, Slab};
 
 struct Conn {
     fd: OwnedFd,
@@ -17,7 +17,7 @@ struct Conn {
     interest: u32,
 }
 
-// Connection tokens have the top byte clear (see `Slots`).
+// Connection tokens have the top byte clear (see `ringmx_bufring::Slab`).
 const LISTENER: u64 = u64::MAX;
 const WAKE: u64 = u64::MAX - 1;
 const READ_BUF: usize = 64 * 1024;
@@ -26,7 +26,7 @@ struct Loop<'a> {
     core: &'a mut Core,
     listener: OwnedFd,
     epoll: Epoll,
-    conns: Slots<Conn>,
+    conns: Slab<Conn>,
     buf: Vec<u8>,
     plain: Vec<u8>,
 }
@@ -39,14 +39,8 @@ pub(super) fn run(core: &mut Core, listener: OwnedFd, ready: &Ready) -> io::Resu
         epoll.add(core.shared.wake.raw(), net::READ, WAKE)?;
         Ok(epoll)
     })())?;
-    let mut l = Loop {
-        core,
-        listener,
-        epoll,
-        conns: Slots::new(),
-        buf: vec![0; READ_BUF],
-        plain: Vec::with_capacity(READ_BUF),
-    };
+    let mut l =
+        Loop { core, listener, epoll, conns: Slab::new(), buf: vec![0; READ_BUF], plain: Vec::with_capacity(READ_BUF) };
     let mut events = Vec::with_capacity(256);
     let mut due = Vec::new();
     loop {
@@ -87,7 +81,7 @@ impl Loop<'_> {
             let Some(fd) = net::accept(self.listener.as_raw_fd())? else { break };
             let Some(state) = self.core.accept(now) else { continue };
             let raw = fd.as_raw_fd();
-            let token = self.conns.insert(Conn { fd, state, interest: net::READ });
+            let token = self.conns.add(Conn { fd, state, interest: net::READ });
             self.epoll.add(raw, net::READ, token)?;
             self.drive(token, now);
         }

@@ -25,7 +25,7 @@ use io_uring::types::Fd;
 use io_uring::{IoUring, cqueue, opcode, squeue};
 use ringmx_bufring::BufRing;
 
-use crate::sink::shard::{self, ConnState, Core, Flow, Ready, Slots};
+use crate::sink::shard::{self, ConnState, Core, Flow, Ready, Slab};
 
 /// Submission queue entries (the completion queue gets twice as many). Without
 /// CAP_IPC_LOCK the ring and the buffer ring's entries count against the locked-memory
@@ -197,7 +197,7 @@ struct Loop<'a> {
     bufs: BufRing,
     listener: OwnedFd,
     accept_armed: bool,
-    conns: Slots<Conn>,
+    conns: Slab<Conn>,
     plain: Vec<u8>,
     /// Connections to service after this turn's completions.
     touched: Vec<u64>,
@@ -217,7 +217,7 @@ pub(super) fn run(core: &mut Core, listener: OwnedFd, ready: &Ready) -> io::Resu
         bufs,
         listener,
         accept_armed: false,
-        conns: Slots::new(),
+        conns: Slab::new(),
         plain: Vec::with_capacity(BUF_SIZE),
         touched: Vec::new(),
     };
@@ -377,7 +377,7 @@ impl Loop<'_> {
             closing: false,
             dead: false,
         };
-        let token = self.conns.insert(conn);
+        let token = self.conns.add(conn);
         self.arm_recv(token, raw);
         // The greeting goes out with this turn's sends.
         self.touched.push(token);
