@@ -17,6 +17,7 @@
 //! - [`plot`]: the SVG latency spectrum and throughput-over-time plot.
 //! - [`net`], [`tls`]: the system calls and rustls I/O the loops use (the sink's io_uring
 //!   driver submits its own operations).
+//! - [`units`]: durations and sizes as the command line writes them.
 //! - [`rng`], [`b64`]: small helpers kept here to keep the dependency list short.
 
 pub mod b64;
@@ -28,3 +29,4 @@ pub mod report;
 pub mod rng;
 pub mod sink;
 pub mod tls;
+pub mod units;

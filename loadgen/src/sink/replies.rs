@@ -158,7 +158,7 @@ impl FromStr for DelaySpec {
     fn from_str(s: &str) -> Result<Self, ReplyError> {
         let (p, d) = s.split_once('=').ok_or_else(|| ReplyError::BadDelay(s.into()))?;
         let phase = p.trim().parse()?;
-        let delay = crate::cli::parse_duration(d.trim()).map_err(|_| ReplyError::BadDelay(s.into()))?;
+        let delay = crate::units::parse_duration(d.trim()).map_err(|_| ReplyError::BadDelay(s.into()))?;
         Ok(DelaySpec { phase, delay })
     }
 }

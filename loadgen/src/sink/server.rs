@@ -8,23 +8,13 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crate::net::{self, EventFd};
-use crate::sink::proto::{SinkConfig, SinkStats};
+use crate::sink::options::{IoMode, SinkOptions};
+use crate::sink::proto::SinkStats;
 use crate::sink::shard::{Core, Ready, Shared};
 use crate::sink::{epoll, uring};
-
-/// Which event loop to run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum IoMode {
-    /// io_uring when the kernel allows it (checked at start), else epoll.
-    #[default]
-    Auto,
-    /// io_uring; the start fails where it is unavailable.
-    Uring,
-    Epoll,
-}
 
 /// The event loop a sink runs on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,40 +47,6 @@ impl IoMode {
                 Ok(flags) => Driver::Uring { flags },
                 Err(e) => Driver::Epoll { why: e.to_string() },
             }),
-        }
-    }
-}
-
-/// How a sink runs.
-#[derive(Debug, Clone)]
-pub struct SinkOptions {
-    pub listen: SocketAddr,
-    pub threads: usize,
-    pub config: Arc<SinkConfig>,
-    /// Needed for STARTTLS (`config.starttls`) or implicit TLS.
-    pub tls: Option<Arc<rustls::ServerConfig>>,
-    /// TLS from the first byte.
-    pub implicit_tls: bool,
-    /// Stop once this many messages were accepted.
-    pub max_messages: Option<u64>,
-    /// Stop after this long.
-    pub duration: Option<Duration>,
-    pub idle_timeout: Duration,
-    pub io: IoMode,
-}
-
-impl SinkOptions {
-    pub fn new(listen: SocketAddr, config: Arc<SinkConfig>) -> Self {
-        SinkOptions {
-            listen,
-            threads: 1,
-            config,
-            tls: None,
-            implicit_tls: false,
-            max_messages: None,
-            duration: None,
-            idle_timeout: Duration::from_secs(300),
-            io: IoMode::Auto,
         }
     }
 }

@@ -14,8 +14,8 @@ use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use crate::net::{self, EventFd};
+use crate::sink::options::SinkOptions;
 use crate::sink::proto::{Action, SinkSession, SinkStats};
-use crate::sink::server::SinkOptions;
 use crate::tls;
 
 /// State shared by every thread of one sink.
