@@ -327,10 +327,9 @@ impl Control {
 
     /// A remote job came back: one mark per recipient, retries per the schedule, reports
     /// for failures (and successes asked for with NOTIFY=SUCCESS), a delay notice when due.
-    fn remote_done(&mut self, o: RemoteOutcome) {
+    fn remote_done(&mut self, o: RemoteOutcome, now: u64) {
         let Some(mut p) = self.queue.remove(&o.id) else { return };
         let due_ms = self.due.remove(&o.id);
-        let now = Now::system().unix_ms;
         let attempts = p.attempts.max(1);
         for (i, _) in &o.results {
             p.inflight.remove(i);
@@ -397,29 +396,33 @@ impl Control {
                 .map(|t| Duration::from_millis(t.saturating_sub(now)))
                 .unwrap_or(Duration::from_millis(200))
                 .min(Duration::from_millis(200));
-            match rx.recv_timeout(wait) {
+            let first = rx.recv_timeout(wait);
+            // One reading of the clock per turn: everything this turn decides uses it.
+            let now = Now::system().unix_ms;
+            match first {
                 Ok(m) => {
-                    self.handle(m);
+                    self.handle(m, now);
                     // Take whatever else is waiting, so that deliveries and marks batch.
                     while let Ok(m) = rx.try_recv() {
-                        self.handle(m);
+                        self.handle(m, now);
                     }
                 }
                 Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => {}
             }
-            self.run_due();
-            self.reclaim();
+            self.run_due(now);
+            self.reclaim(now);
             if stop.load(Ordering::Relaxed) {
                 // The shards are gone: take what they sent last, then stop. Remote jobs
                 // still out are tried again after the restart (no final mark).
                 while let Ok(m) = rx.try_recv() {
-                    self.handle(m);
+                    self.handle(m, now);
                 }
                 break;
             }
         }
-        self.run_due();
-        self.reclaim();
+        let now = Now::system().unix_ms;
+        self.run_due(now);
+        self.reclaim(now);
         log::info!(
             "control: {} local deliveries, {} remote, {} spool segment(s) retired",
             self.delivered,
@@ -428,16 +431,16 @@ impl Control {
         );
     }
 
-    fn handle(&mut self, m: ControlMsg) {
+    fn handle(&mut self, m: ControlMsg, now: u64) {
         match m {
             ControlMsg::Accepted(v) => {
                 for a in v {
                     self.accept(a);
                 }
             }
-            ControlMsg::Remote(o) => self.remote_done(o),
+            ControlMsg::Remote(o) => self.remote_done(o, now),
             ControlMsg::Queue(req, answer) => {
-                let a = self.queue_request(&req);
+                let a = self.queue_request(&req, now);
                 let _ = answer.send(a);
             }
         }
@@ -445,7 +448,7 @@ impl Control {
 
     /// `ringmx queue retry|delete|bounce` on the running server (see
     /// [`crate::queue::requests`]). Marks are durable before the answer goes back.
-    fn queue_request(&mut self, req: &QueueRequest) -> QueueAnswer {
+    fn queue_request(&mut self, req: &QueueRequest, now: u64) -> QueueAnswer {
         let mut answer = QueueAnswer::default();
         let named = match &req.ids {
             None => None,
@@ -491,7 +494,6 @@ impl Control {
             None => self.queue.keys().chain(held.keys()).copied().collect(),
             Some(v) => v,
         };
-        let now = Now::system().unix_ms;
         for id in ids {
             let Some(mut p) = self.queue.remove(&id).or_else(|| held.remove(&id)) else {
                 answer.not_found.push(id.to_string());
@@ -557,8 +559,7 @@ impl Control {
     /// Maildir's `tmp/`, one commit makes them all durable and visible ([`maildir::commit`]:
     /// two `syncfs` calls in all, not two fsyncs per copy), then the marks and any generated
     /// messages are made durable in one sync of the control log.
-    fn run_due(&mut self) {
-        let now = Now::system().unix_ms;
+    fn run_due(&mut self, now: u64) {
         let mut due = Vec::new();
         self.due.drain_due(now, usize::MAX, &mut due);
         if due.is_empty() {
@@ -684,7 +685,7 @@ impl Control {
     /// Retires the segments that hold nothing unfinished, in the order that keeps a restart
     /// correct (see [`crate::spool::reclaim`]): marks still needed copied and made durable,
     /// then message segments (directories synced), then control segments.
-    fn reclaim(&mut self) {
+    fn reclaim(&mut self, now: u64) {
         if !self.reclaimer.dirty() {
             return;
         }
@@ -692,15 +693,14 @@ impl Control {
         if !plan.is_empty() {
             self.retire(plan);
         }
-        self.compact();
+        self.compact(now);
     }
 
     /// Copies the few unfinished messages of mostly finished sealed segments into the control
     /// log (see [`crate::spool::reclaim`]); once the copies are durable the segments go at
     /// the next [`Control::reclaim`]. Only messages waiting a while in the queue are copied:
     /// a segment with a held message (not kept in memory) or one about to be tried waits.
-    fn compact(&mut self) {
-        let now = Now::system().unix_ms;
+    fn compact(&mut self, now: u64) {
         let mut budget = COMPACT_BUDGET;
         let mut copied = 0;
         for (_, ids) in self.reclaimer.compaction_candidates(COMPACT_FRACTION) {
