@@ -43,7 +43,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("192.0.2.5"), "").unwrap();
         std::fs::write(dir.path().join("2001:db8::5.pbs"), "").unwrap();
-        let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs();
+        // "Now" is the newer file's own time: the clock read separately could already be a
+        // second past it, and the window is counted in whole seconds.
+        let modified = std::fs::metadata(dir.path().join("2001:db8::5.pbs")).unwrap().modified().unwrap();
+        let now = modified.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs();
         let f = DropFolder { dir: dir.path().into(), window: Duration::from_secs(600) };
         assert!(f.recent("192.0.2.5".parse().unwrap(), now));
         assert!(f.recent("2001:db8::5".parse().unwrap(), now + 600));
