@@ -35,17 +35,11 @@ import sys
 import tempfile
 import time
 
+from common import free_port
+
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 SMTP_SOURCE = shutil.which("smtp-source") or "/usr/sbin/smtp-source"
 SMTP_SINK = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
 
 
 def wait_port(port, limit=20.0):

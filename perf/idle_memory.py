@@ -23,21 +23,7 @@ import sys
 import tempfile
 import time
 
-
-def rss_kib(pid, field="VmRSS:"):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith(field):
-                return int(line.split()[1])
-    return 0
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
+from common import free_port, rss_kib
 
 
 def start(binary, io, n):
@@ -55,16 +41,21 @@ def start(binary, io, n):
     return p, port
 
 
-def flood(binary, io, n):
-    """M connections that pipeline EHLO and never read: (base, peak, after) in KiB."""
-    p, port = start(binary, io, n)
+def warm_baseline(p, port):
+    """One full conversation, so that lazily built state exists, then the server's RSS."""
     w = socket.create_connection(("127.0.0.1", port))
     w.recv(512)
     w.sendall(b"EHLO warm\r\n")
     w.recv(4096)
     w.close()
     time.sleep(0.3)
-    base = rss_kib(p.pid)
+    return rss_kib(p.pid)
+
+
+def flood(binary, io, n):
+    """M connections that pipeline EHLO and never read: (base, peak, after) in KiB."""
+    p, port = start(binary, io, n)
+    base = warm_baseline(p, port)
     chunk = b"EHLO x\r\n" * 8192
     socks = []
     for _ in range(n):
@@ -104,14 +95,7 @@ def flood(binary, io, n):
 
 def measure(binary, io, n):
     p, port = start(binary, io, n)
-    # Warm up: one full conversation so that lazily built state exists before the baseline.
-    w = socket.create_connection(("127.0.0.1", port))
-    w.recv(512)
-    w.sendall(b"EHLO warm\r\n")
-    w.recv(4096)
-    w.close()
-    time.sleep(0.3)
-    base = rss_kib(p.pid)
+    base = warm_baseline(p, port)
     socks = []
     for _ in range(n):
         s = socket.create_connection(("127.0.0.1", port))

@@ -19,22 +19,15 @@ import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 
+from common import free_port
+
 SMTP_SOURCE = shutil.which("smtp-source") or "/usr/sbin/smtp-source"
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
 
 
 def start(binary, tmp, with_mailbox):

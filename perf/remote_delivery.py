@@ -20,23 +20,16 @@ import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 
+from common import free_port
+
 SMTP_SOURCE = shutil.which("smtp-source") or "/usr/sbin/smtp-source"
 HERE = os.path.dirname(__file__)
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
 
 
 def start_sink(loadgen, tmp, n):
