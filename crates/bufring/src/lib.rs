@@ -61,6 +61,9 @@ impl Ring {
     /// memory the kernel reads, unchanged) until the entry's final completion has been
     /// collected by [`Ring::enter`] — or until [`Ring::release`] returned true; if it
     /// returned false, that memory must be leaked.
+    // SAFETY: the ring cannot check the entry's memory, so the caller
+    // states that invariant (above); `inflight` counts the entry until its final
+    // completion so that `quiesce` and `release` can wait for it.
     pub unsafe fn push(&mut self, e: squeue::Entry) {
         self.inflight += 1;
         loop {
