@@ -1120,4 +1120,29 @@ data = 120
         let e = Config::parse("[dns]\ntimeout = 0\n", "f.toml").unwrap_err();
         assert!(e.problems[0].contains("dns.timeout"), "{e}");
     }
+
+    /// The hostile-client settings: their defaults reach the session, bad values are named.
+    #[test]
+    fn hostile_client_keys() {
+        let c = Config::parse("", "t.toml").unwrap();
+        let l = &c.listeners[0];
+        let s = c.session_config(l, false, Arc::default());
+        assert_eq!((s.recipient_overshoot, s.min_data_rate, s.stress_threshold), (1000, 500, 0.8));
+        assert_eq!(
+            (s.auth_timeout, s.max_session_time, s.stress_timeout),
+            (Duration::from_secs(60), Duration::from_secs(3600), Duration::from_secs(10))
+        );
+        let c = Config::parse(
+            "[limits]\nrecipient_overshoot = 0\nmin_data_rate = 0\n[timeouts]\nsession = 0\nauth = \"30s\"\n",
+            "t.toml",
+        )
+        .unwrap();
+        let s = c.session_config(&c.listeners[0], false, Arc::default());
+        assert_eq!((s.recipient_overshoot, s.min_data_rate, s.max_session_time), (0, 0, Duration::ZERO));
+        assert_eq!(s.auth_timeout, Duration::from_secs(30));
+        let e = Config::parse("[limits]\nstress_threshold = 1.5\n[timeouts]\nstress = 0\n", "f.toml").unwrap_err();
+        assert_eq!(e.problems.len(), 2, "{e}");
+        assert!(e.problems.iter().any(|p| p.contains("limits.stress_threshold")), "{e}");
+        assert!(e.problems.iter().any(|p| p.contains("timeouts")), "{e}");
+    }
 }
