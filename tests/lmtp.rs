@@ -9,10 +9,23 @@
 mod common;
 
 use common::*;
-use ringmx::delivery::lmtp::{LmtpEndpoint, deliver};
+use ringmx::delivery::lmtp::{LmtpEndpoint, LmtpError, LmtpFailure};
 use std::io::{BufRead, BufReader, Write};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+/// The driver as the delivery runtime runs it, on a runtime of the test's own.
+fn deliver(
+    endpoint: &LmtpEndpoint,
+    lhlo: &str,
+    from: &str,
+    rcpts: &[String],
+    content: &[u8],
+    timeout: Duration,
+) -> Result<Vec<Result<(), LmtpFailure>>, LmtpError> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(ringmx::delivery::lmtp::deliver(endpoint, lhlo, from, rcpts, content, timeout))
+}
 
 /// Serves one LMTP session on `stream`: refuses `nobody@`, fails `full@` after the data,
 /// and returns the commands and the body it received.

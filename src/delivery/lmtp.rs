@@ -7,17 +7,17 @@
 //!   It sends LHLO, then MAIL, every RCPT and DATA in one flight when the server offers
 //!   PIPELINING (RFC 2920), one at a time otherwise; after the final dot it reads one reply
 //!   per accepted recipient, in RCPT order (RFC 2033 §4.2).
-//! - [`deliver`]: a small blocking driver over TCP or a Unix socket, with time-outs.
+//! - [`deliver`]: the driver on the delivery runtime (tokio), over TCP or a Unix socket,
+//!   with time-outs.
 //!
 //! The result is per recipient: `Ok(())` or an [`LmtpFailure`] that says whether it is
 //! permanent (5xx: bounce) or not (4xx, or the connection failed: retry).
 
 use std::collections::VecDeque;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::os::unix::net::UnixStream;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Longest reply line accepted (RFC 5321 §4.5.3.1.5 says 512; servers send longer texts).
 const MAX_LINE: usize = 4096;
@@ -351,13 +351,10 @@ impl LmtpRoute {
     }
 }
 
-trait Stream: Read + Write {}
-impl<T: Read + Write> Stream for T {}
-
-/// Delivers one message over a blocking connection, each read and write bounded by
+/// Delivers one message on the delivery runtime, each connect, read and write bounded by
 /// `timeout`. A failure to connect is an error; a connection that breaks later fails the
 /// recipients still waiting, transiently, and the others keep their results.
-pub fn deliver(
+pub async fn deliver(
     endpoint: &LmtpEndpoint,
     lhlo_name: &str,
     from: &str,
@@ -366,31 +363,40 @@ pub fn deliver(
     timeout: Duration,
 ) -> Result<Vec<Result<(), LmtpFailure>>, LmtpError> {
     let io = |op| move |source| LmtpError::Io { op, source };
-    let mut stream: Box<dyn Stream> = match endpoint {
+    let client = LmtpClient::new(lhlo_name, from, rcpts, content);
+    match endpoint {
         LmtpEndpoint::Tcp(addr) => {
-            let s = TcpStream::connect_timeout(addr, timeout).map_err(io("connect"))?;
-            s.set_read_timeout(Some(timeout)).map_err(io("set timeout"))?;
-            s.set_write_timeout(Some(timeout)).map_err(io("set timeout"))?;
+            let s = bounded(timeout, tokio::net::TcpStream::connect(addr)).await.map_err(io("connect"))?;
             s.set_nodelay(true).map_err(io("set nodelay"))?;
-            Box::new(s)
+            Ok(converse(s, client, timeout).await)
         }
         LmtpEndpoint::Unix(path) => {
-            let s = UnixStream::connect(path).map_err(io("connect"))?;
-            s.set_read_timeout(Some(timeout)).map_err(io("set timeout"))?;
-            s.set_write_timeout(Some(timeout)).map_err(io("set timeout"))?;
-            Box::new(s)
+            let s = bounded(timeout, tokio::net::UnixStream::connect(path)).await.map_err(io("connect"))?;
+            Ok(converse(s, client, timeout).await)
         }
-    };
-    let mut client = LmtpClient::new(lhlo_name, from, rcpts, content);
+    }
+}
+
+/// An I/O future that fails with `TimedOut` after `timeout`.
+async fn bounded<T>(timeout: Duration, f: impl Future<Output = std::io::Result<T>>) -> std::io::Result<T> {
+    tokio::time::timeout(timeout, f).await.unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
+}
+
+/// Runs the transaction over a connected stream; every recipient has a result at the end.
+async fn converse<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    mut client: LmtpClient<'_>,
+    timeout: Duration,
+) -> Vec<Result<(), LmtpFailure>> {
     let mut buf = vec![0u8; 8192];
     while !client.is_done() {
         if let Some(out) = client.poll_transmit()
-            && let Err(e) = stream.write_all(&out)
+            && let Err(e) = bounded(timeout, stream.write_all(&out)).await
         {
             client.fail_remaining(&format!("write: {e}"));
             break;
         }
-        match stream.read(&mut buf) {
+        match bounded(timeout, stream.read(&mut buf)).await {
             Ok(0) => client.fail_remaining("connection closed by the LMTP server"),
             Ok(n) => {
                 if let Err(e) = client.handle_input(&buf[..n]) {
@@ -402,9 +408,9 @@ pub fn deliver(
     }
     // QUIT, best effort: every result is already known.
     if let Some(out) = client.poll_transmit() {
-        let _ = stream.write_all(&out);
+        let _ = bounded(timeout, stream.write_all(&out)).await;
     }
-    Ok(client.results.into_iter().map(|r| r.expect("every recipient has a result when done")).collect())
+    client.results.into_iter().map(|r| r.expect("every recipient has a result when done")).collect()
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
-//! The delivery queue's pure parts: when to try a recipient again, when to give up, when
-//! to tell the sender about a delay, and the timer queue that wakes the deliverer.
+//! The delivery queue: the queue manager (every decision of the delivery side) and its pure
+//! parts: when to try a recipient again, when to give up, when to tell the sender about a
+//! delay, and the timer queue that wakes the deliverer.
 //!
 //! Nothing here reads a clock: every function takes `now` (Unix milliseconds, the unit of
 //! the spool's marks) as an argument, so schedules are tested as literal vectors on a
@@ -10,15 +11,20 @@
 //! - [`schedule`]: [`RetryConfig`] and [`RetryConfig::decide`] (retry or give up, SPEC §7),
 //!   [`DelayNoticeConfig`] and [`DelayNoticeConfig::should_notify`].
 //! - [`timer`]: [`TimerQueue`], keys ordered by next attempt.
+//! - [`manager`]: [`QueueManager`], the sans-IO state machine of the delivery side, and
+//!   [`actions`], what it asks its driver to do and what comes back.
 //! - [`status`]: a recipient's [`Status`] and its conversion to and from spool marks, so a
 //!   restart keeps attempt counts and next-attempt times.
 
+pub mod actions;
+pub mod manager;
 pub mod outcome;
 pub mod requests;
 pub mod schedule;
 pub mod status;
 pub mod timer;
 
+pub use manager::{ManagerConfig, QueueManager};
 pub use schedule::{DelayNoticeConfig, DelayNoticeMode, RetryConfig, RetryDecision};
 pub use status::Status;
 pub use timer::TimerQueue;

@@ -3,7 +3,7 @@
 //! side in `admin::control`). One thread, one request at a time: operator commands are rare
 //! and the control thread answers each at once.
 
-use super::link::ControlMsg;
+use super::control::link::ControlMsg;
 use crate::queue::requests::{QueueAnswer, QueueRequest};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;

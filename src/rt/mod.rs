@@ -17,7 +17,6 @@ mod admin_socket;
 mod conn;
 pub mod control;
 mod epoll;
-mod link;
 pub mod listener;
 pub mod remote;
 mod services;
@@ -158,29 +157,32 @@ impl Server {
             .chain([CONTROL_SHARD])
             .map(|s| (shard_dir(&spool, s), Arc::new(AtomicBool::new(false))))
             .collect();
-        let (tx, rx) = std::sync::mpsc::sync_channel(link::CHANNEL_CAPACITY);
+        let (tx, rx) = std::sync::mpsc::sync_channel(control::link::CHANNEL_CAPACITY);
         let control_stop = Arc::new(AtomicBool::new(false));
         let remote = remote::spawn(cfg.delivery.remote.clone(), cfg.delivery_dns(), &cfg.hostname, tx.clone())
             .map_err(ServeError::Thread)?;
         let control_thread = control::spawn(
             control::ControlConfig {
-                hostname: cfg.hostname.clone(),
                 data_dir: cfg.data_dir.clone(),
                 dsn: cfg.delivery.dsn,
-                autoreply_period: cfg.delivery.autoreply_period,
                 event_timeout: cfg.delivery.event_timeout,
                 spool: spool.clone(),
                 maildir_root: cfg.maildir_root(),
                 segment_size: cfg.spool.segment_size,
-                catch_alls: cfg.policy.catch_alls,
-                catch_all_header: cfg.delivery.catch_all_header.clone(),
-                local_retry: cfg.delivery.local_retry,
-                local_domains: cfg.local_domains.iter().map(|d| d.to_ascii_lowercase()).collect(),
-                routing: cfg.delivery.routing.clone(),
                 lmtp: crate::delivery::lmtp::LmtpRoute::from_config(&cfg.delivery.lmtp),
                 spare_wanted: Some(spare_flags[shards].1.clone()),
-                retry: cfg.delivery.retry.clone(),
-                delay_notice: cfg.delivery.delay_notice,
+                manager: crate::queue::ManagerConfig {
+                    hostname: cfg.hostname.clone(),
+                    autoreply_period: cfg.delivery.autoreply_period,
+                    catch_alls: cfg.policy.catch_alls,
+                    catch_all_header: cfg.delivery.catch_all_header.clone(),
+                    local_retry: cfg.delivery.local_retry,
+                    local_domains: cfg.local_domains.iter().map(|d| d.to_ascii_lowercase()).collect(),
+                    routing: cfg.delivery.routing.clone(),
+                    lmtp: crate::delivery::lmtp::LmtpRoute::from_config(&cfg.delivery.lmtp),
+                    retry: cfg.delivery.retry.clone(),
+                    delay_notice: cfg.delivery.delay_notice,
+                },
             },
             directory.clone(),
             usage.clone(),
@@ -189,7 +191,7 @@ impl Server {
             rec.tails.get(&CONTROL_SHARD).copied(),
             rec.max_id,
             rx,
-            Some(remote),
+            remote,
             control_stop.clone(),
         )?;
         let shutdown = Arc::new(AtomicBool::new(false));
@@ -216,7 +218,7 @@ impl Server {
             let max_id = rec.max_id;
             let tls = tls.clone();
             let directory = directory.clone();
-            let link = link::ControlLink::new(tx.clone());
+            let link = control::link::ControlLink::new(tx.clone());
             let limits = limits.clone();
             let shutdown = shutdown.clone();
             let fsync = cfg.spool.fsync;

@@ -1,66 +1,53 @@
-//! Remote delivery: a thread running a tokio runtime (hickory-resolver and the outbound
-//! connection pool need one), taking jobs from the control thread and answering with one
-//! outcome per recipient.
+//! The delivery runtime: a thread running a tokio runtime (hickory-resolver and the
+//! outbound connection pool need one), taking remote and LMTP jobs from the control thread
+//! and answering with one outcome per recipient. Nothing that waits on a server runs on the
+//! control thread.
 //!
 //! A job is one message for the recipients that share a route (a smart host, or one
 //! domain's MX plan). Hosts of the plan are tried in order while the failure concerns the
 //! connection (RFC 5321 §5.1); a reply that concerns the message or a recipient ends the
 //! job. Connections go back to the pool for the next message to the same destination.
 
-use super::link::ControlMsg;
+use super::control::link::ControlMsg;
 use crate::delivery::client::{Concern, OutboundMessage, Response};
+use crate::delivery::lmtp::{LmtpEndpoint, LmtpRoute};
 use crate::delivery::mx::{DnsConfig, MxError, MxResolver};
 use crate::delivery::remote::{Destination, Pool, RemoteConfig};
-pub use crate::queue::outcome::RcptOutcome;
+use crate::queue::actions::{LmtpBatch, LocalFailure, Outcome, RcptOutcome, RemoteJob, RemoteOutcome};
 use crate::routing::Route;
-use crate::spool::QueueId;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::mpsc::SyncSender;
+use std::time::Duration;
 
-/// One message to send to the recipients that share `route`.
+/// Work for the delivery runtime.
 #[derive(Debug)]
-pub struct RemoteJob {
-    pub id: QueueId,
-    pub from: String,
-    /// Recipient index in the envelope, and address.
-    pub rcpts: Vec<(u16, String)>,
-    pub content: Arc<[u8]>,
-    pub smtputf8: bool,
-    /// RFC 3461 parameters (NOTIFY/ORCPT in the order of `rcpts`) and the RFC 4954 §5
-    /// submitter, relayed to next hops that take them.
-    pub dsn: crate::delivery::client::DsnParams,
-    pub auth: Option<String>,
-    pub route: Route,
-    /// Seed for the order of equal-preference MX hosts.
-    pub seed: u64,
+enum Job {
+    Remote(RemoteJob),
+    Lmtp { endpoint: Arc<LmtpEndpoint>, timeout: Duration, batch: LmtpBatch },
 }
 
-/// The answer to a [`RemoteJob`].
-#[derive(Debug)]
-pub struct RemoteOutcome {
-    pub id: QueueId,
-    /// The host that answered last (for `Remote-MTA`), if any did.
-    pub remote_mta: Option<String>,
-    /// That host offers DSN (RFC 3461): it reports success itself if asked.
-    pub peer_dsn: bool,
-    pub results: Vec<(u16, RcptOutcome)>,
-}
-
-/// The control thread's handle on the remote-delivery thread.
-pub struct RemoteHandle {
-    tx: tokio::sync::mpsc::UnboundedSender<RemoteJob>,
+/// The control thread's handle on the delivery runtime.
+pub struct DeliveryHandle {
+    tx: tokio::sync::mpsc::UnboundedSender<Job>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
-impl RemoteHandle {
+impl DeliveryHandle {
+    /// Sends a message to a remote server; the outcome comes back as [`Outcome::Remote`].
     pub fn submit(&self, job: RemoteJob) {
         // The thread only ends when this handle is dropped.
-        let _ = self.tx.send(job);
+        let _ = self.tx.send(Job::Remote(job));
+    }
+
+    /// Hands copies to the LMTP server; the outcome comes back as [`Outcome::Lmtp`].
+    pub fn submit_lmtp(&self, route: &LmtpRoute, batch: LmtpBatch) {
+        let endpoint = Arc::new(route.endpoint.clone());
+        let _ = self.tx.send(Job::Lmtp { endpoint, timeout: route.timeout, batch });
     }
 }
 
-impl Drop for RemoteHandle {
+impl Drop for DeliveryHandle {
     fn drop(&mut self) {
         // Closing the channel ends the thread.
         let (tx, _) = tokio::sync::mpsc::unbounded_channel();
@@ -71,15 +58,16 @@ impl Drop for RemoteHandle {
     }
 }
 
-/// Starts the remote-delivery thread; outcomes go to `results`.
+/// Starts the delivery thread; outcomes go to `results`.
 pub fn spawn(
     remote: RemoteConfig,
     dns: DnsConfig,
     hostname: &str,
     results: SyncSender<ControlMsg>,
-) -> std::io::Result<RemoteHandle> {
+) -> std::io::Result<DeliveryHandle> {
     let pool = Pool::new(remote, hostname).map_err(std::io::Error::other)?;
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<RemoteJob>();
+    let lhlo_name = hostname.to_string();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Job>();
     let thread = std::thread::Builder::new().name("remote".into()).spawn(move || {
         let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
             Ok(rt) => rt,
@@ -98,11 +86,16 @@ pub fn spawn(
             };
             let pool = Arc::new(pool);
             let mut tasks = tokio::task::JoinSet::new();
+            let lhlo_name: Arc<str> = Arc::from(lhlo_name.as_str());
             while let Some(job) = rx.recv().await {
                 let (pool, resolver, results) = (pool.clone(), resolver.clone(), results.clone());
+                let lhlo_name = lhlo_name.clone();
                 tasks.spawn(async move {
-                    let outcome = run_job(&pool, resolver.as_ref(), job).await;
-                    let _ = results.send(ControlMsg::Remote(outcome));
+                    let outcome = match job {
+                        Job::Remote(job) => Outcome::Remote(run_job(&pool, resolver.as_ref(), job).await),
+                        Job::Lmtp { endpoint, timeout, batch } => run_lmtp(&endpoint, &lhlo_name, timeout, batch).await,
+                    };
+                    let _ = results.send(ControlMsg::Outcome(outcome));
                 });
                 // Reap finished tasks as we go.
                 while tasks.try_join_next().is_some() {}
@@ -114,7 +107,23 @@ pub fn spawn(
             pool.close_idle().await;
         });
     })?;
-    Ok(RemoteHandle { tx, thread: Some(thread) })
+    Ok(DeliveryHandle { tx, thread: Some(thread) })
+}
+
+/// One LMTP transaction (RFC 2033): a result per recipient, or why there was none.
+async fn run_lmtp(endpoint: &LmtpEndpoint, lhlo_name: &str, timeout: Duration, b: LmtpBatch) -> Outcome {
+    let r = crate::delivery::lmtp::deliver(endpoint, lhlo_name, &b.from, &b.rcpts, &b.body, timeout).await;
+    let result = r.map_err(|e| e.to_string()).map(|v| {
+        v.into_iter()
+            .map(|r| {
+                r.map_err(|f| LocalFailure {
+                    permanent: f.permanent,
+                    reply: Response::from_code_text(f.reply.code, &f.reply.text),
+                })
+            })
+            .collect()
+    });
+    Outcome::Lmtp { id: b.id, batch: b.batch, result }
 }
 
 async fn run_job(pool: &Pool, resolver: Option<&MxResolver>, job: RemoteJob) -> RemoteOutcome {

@@ -2,7 +2,7 @@
 //! log, its connections, and the shared connection limits.
 
 use super::conn::{Conn, Effect};
-use super::link::{Accepted, ControlLink};
+use super::control::link::{Accepted, ControlLink};
 pub use super::waker::ShardWaker;
 use crate::directory::DirectoryHandle;
 pub use crate::policy::ConnLimits;

@@ -94,6 +94,8 @@ pub fn segment_path(shard_dir: &Path, seq: u64) -> PathBuf {
 pub struct StoredMessage {
     pub envelope: Envelope,
     pub shard: u8,
+    /// The segment it is in (`path` is that segment's file).
+    pub seq: u64,
     pub path: PathBuf,
     /// Offset and length of the content (Received header and message) in the segment.
     pub content_offset: u64,
@@ -303,6 +305,7 @@ fn replay_segment(
                     StoredMessage {
                         envelope,
                         shard,
+                        seq,
                         path: path.to_path_buf(),
                         content_offset,
                         content_len: content.len() as u64,

@@ -2,7 +2,7 @@
 //! thread, and the shards' end of that channel. Kept apart from the control side itself so
 //! that its senders depend on the messages, not on the queue's code.
 
-use super::remote::RemoteOutcome;
+use crate::queue::actions::Outcome;
 use crate::queue::requests::{QueueAnswer, QueueRequest};
 use crate::spool::{Envelope, Location};
 use std::sync::mpsc::{SyncSender, TrySendError};
@@ -20,8 +20,8 @@ pub struct Accepted {
 pub enum ControlMsg {
     /// A shard made these messages durable (one loop turn's worth: one wake-up).
     Accepted(Vec<Accepted>),
-    /// The remote-delivery thread finished a job.
-    Remote(RemoteOutcome),
+    /// The delivery runtime finished a job (remote SMTP, LMTP).
+    Outcome(Outcome),
     /// An operator's `ringmx queue retry|delete|bounce`; the answer goes back on the sender.
     Queue(QueueRequest, std::sync::mpsc::Sender<QueueAnswer>),
 }

@@ -1,0 +1,153 @@
+//! What the queue manager asks its driver to do ([`Action`]) and what the driver reports
+//! back ([`Outcome`]). The manager decides; the driver (rt/control/) reads the spool,
+//! writes Maildirs, talks to servers and runs programs, then feeds the results back in.
+
+use crate::delivery::client::{DsnParams, Response};
+use crate::delivery::dsn::RecipientReport;
+pub use crate::queue::outcome::RcptOutcome;
+use crate::routing::Route;
+use crate::spool::{Envelope, Location, Mark, NewMessage, QueueId};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Where a message's content is in the spool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct At {
+    pub shard: u8,
+    pub seq: u64,
+    pub offset: u64,
+    pub len: u64,
+}
+
+impl At {
+    pub fn new(shard: u8, l: Location) -> Self {
+        At { shard, seq: l.seq, offset: l.content_offset, len: l.content_len }
+    }
+}
+
+/// A message's content: in hand, or still in the spool (the driver reads it).
+#[derive(Debug, Clone)]
+pub enum Content {
+    Bytes(Arc<[u8]>),
+    At(At),
+}
+
+/// One thing for the driver to do.
+#[derive(Debug)]
+pub enum Action {
+    /// Read the content of a message due for delivery; answer with
+    /// [`super::manager::QueueManager::handle_content`].
+    ReadContent { id: QueueId, at: At },
+    /// Send a message to the recipients that share a route (the delivery runtime).
+    SubmitRemote(RemoteJob),
+    /// Write one copy into a Maildir's `tmp/`. Copies of a turn are committed together;
+    /// each result goes back as [`Outcome::Maildir`].
+    StageMaildir(MaildirCopy),
+    /// Hand copies to the LMTP server (the delivery runtime); [`Outcome::Lmtp`].
+    DeliverLmtp(LmtpBatch),
+    /// Append a recipient's (or the message's) state to the control log; the driver makes
+    /// the marks of a turn durable in one sync, with the messages generated in that turn.
+    AppendMark(Mark),
+    /// Append a message of our own to the control log; once durable it comes back through
+    /// [`super::manager::QueueManager::handle_accepted`].
+    Generate(Generate),
+    /// Keep a report that cannot be sent (its message came from the null sender) in the
+    /// bad-mail folder.
+    KeepBadmail { id: QueueId, content: Content },
+    /// Run a mailbox's delivery-event program on the file just delivered.
+    RunEvent { program: String, postoffice: String, mailbox: String, file: PathBuf },
+    /// The auto-responders' memory changed: save it
+    /// ([`super::manager::QueueManager::replies`]).
+    SaveReplies,
+}
+
+/// A message the manager generates.
+#[derive(Debug)]
+pub enum Generate {
+    /// A delivery status notification (RFC 3464) about `original`, built by the driver
+    /// from its content ([`crate::delivery::dsn::build`]; nothing when no recipient's
+    /// NOTIFY asks for one).
+    Dsn { id: QueueId, original: Box<Envelope>, content: Content, reports: Vec<RecipientReport>, now_ms: u64 },
+    /// A whole message: an automatic reply, or a copy forwarded by a redirect.
+    Message(NewMessage),
+}
+
+/// One message to send to the recipients that share `route`.
+#[derive(Debug)]
+pub struct RemoteJob {
+    pub id: QueueId,
+    pub from: String,
+    /// Recipient index in the envelope, and address.
+    pub rcpts: Vec<(u16, String)>,
+    pub content: Arc<[u8]>,
+    pub smtputf8: bool,
+    /// RFC 3461 parameters (NOTIFY/ORCPT in the order of `rcpts`) and the RFC 4954 §5
+    /// submitter, relayed to next hops that take them.
+    pub dsn: DsnParams,
+    pub auth: Option<String>,
+    pub route: Route,
+    /// Seed for the order of equal-preference MX hosts.
+    pub seed: u64,
+}
+
+/// The answer to a [`RemoteJob`].
+#[derive(Debug)]
+pub struct RemoteOutcome {
+    pub id: QueueId,
+    /// The host that answered last (for `Remote-MTA`), if any did.
+    pub remote_mta: Option<String>,
+    /// That host offers DSN (RFC 3461): it reports success itself if asked.
+    pub peer_dsn: bool,
+    pub results: Vec<(u16, RcptOutcome)>,
+}
+
+/// One copy for a Maildir: `maildir` is `<postoffice>/<mailbox>` under the Maildir root.
+#[derive(Debug, Clone)]
+pub struct MaildirCopy {
+    pub id: QueueId,
+    /// Which copy of the message's attempt (for the outcome).
+    pub copy: u16,
+    pub maildir: String,
+    /// The mailbox's quota in bytes, 0 for none.
+    pub quota: u64,
+    pub from: String,
+    pub delivered_to: String,
+    pub body: Arc<[u8]>,
+}
+
+/// One LMTP transaction (RFC 2033).
+#[derive(Debug, Clone)]
+pub struct LmtpBatch {
+    pub id: QueueId,
+    /// Which batch of the message's attempt (for the outcome).
+    pub batch: u16,
+    pub from: String,
+    pub rcpts: Vec<String>,
+    pub body: Arc<[u8]>,
+}
+
+/// A local copy that did not make it: the reply the sender sees, and whether it is final.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalFailure {
+    pub permanent: bool,
+    pub reply: Response,
+}
+
+/// What the driver reports back about an action.
+#[derive(Debug)]
+pub enum Outcome {
+    Remote(RemoteOutcome),
+    /// A staged copy committed (the file it became) or not.
+    Maildir {
+        id: QueueId,
+        copy: u16,
+        result: Result<PathBuf, LocalFailure>,
+    },
+    /// An LMTP transaction: one result per recipient, or the server could not be reached
+    /// (every recipient of the batch deferred with that reason).
+    Lmtp {
+        id: QueueId,
+        batch: u16,
+        result: Result<Vec<Result<(), LocalFailure>>, String>,
+    },
+}
