@@ -31,7 +31,7 @@ use super::requests::{BOUNCED_TEXT, DELETED_TEXT, QueueAnswer, QueueOp, QueueReq
 use super::{DelayNoticeConfig, RetryConfig, TimerQueue};
 use crate::delivery::autoreply::{self, ReplyMemory};
 use crate::delivery::client::{DsnParams, Response};
-use crate::delivery::dsn::{Action as DsnAction, RecipientReport};
+use crate::delivery::dsn::{self, Action as DsnAction, RecipientReport};
 use crate::delivery::lmtp::LmtpRoute;
 use crate::directory::{AutoResponder, Destination, Directory, ExpandProblem};
 use crate::routing::{Route, RoutingConfig, Where, route_of};
@@ -705,7 +705,12 @@ impl QueueManager {
 
     /// A report to the sender of `env`, or the message to the bad-mail folder when it came
     /// from the null sender (a report that bounced).
-    fn report(&mut self, now: u64, env: &Envelope, content: Content, reports: Vec<RecipientReport>) {
+    /// Only the reports some recipient's NOTIFY asks for (RFC 3461 §4.1) count.
+    fn report(&mut self, now: u64, env: &Envelope, content: Content, mut reports: Vec<RecipientReport>) {
+        reports.retain(|r| dsn::wants_notice(env.rcpts.get(r.rcpt).and_then(|x| x.notify), r.action));
+        if reports.is_empty() {
+            return;
+        }
         if env.from.is_empty() {
             self.actions.push_back(Action::KeepBadmail { id: env.id, content });
             return;
@@ -849,3 +854,6 @@ fn failure_report(rcpt: usize, reply: &Response, now: u64) -> RecipientReport {
     }
 }
 
+#[cfg(test)]
+#[path = "manager_tests.rs"]
+mod tests;

@@ -108,12 +108,19 @@ pub fn judge(
                     (MarkStatus::Deferred, reply.to_string(), t)
                 }
                 RetryDecision::GiveUp => {
-                    // RFC 3463 4.4.7: the message's time in the queue ran out; the last reply
-                    // stays in the text.
+                    // The last reply stays in the text. Out of time: RFC 3463 4.4.7 (delivery
+                    // time expired); out of attempts: the last reply's own status.
+                    let out_of_attempts = retry.max_attempts.is_some_and(|max| m.attempts >= max);
                     let mut given_up = reply.clone();
-                    given_up.text.push_str(" (given up: message expired)");
+                    if out_of_attempts {
+                        given_up.text.push_str(&format!(" (given up after {} attempts)", m.attempts));
+                    } else {
+                        given_up.text.push_str(" (given up: message expired)");
+                    }
                     let mut r = report(DsnAction::Failed, &given_up);
-                    r.status = "4.4.7".into();
+                    if !out_of_attempts {
+                        r.status = "4.4.7".into();
+                    }
                     j.reports.push(r);
                     (MarkStatus::Failed, given_up.to_string(), 0)
                 }

@@ -1,0 +1,564 @@
+//! The queue manager on a simulated clock, with literal vectors of what comes out and when
+//! (KumoMTA-style): each test plays the driver, answers the manager's actions with scripted
+//! outcomes, and compares every action, rendered as a line, with the expected list.
+//!
+//! Times are minutes after `T0`; `m+15` in a line is a next attempt 15 minutes after `T0`.
+
+use super::*;
+use crate::queue::DelayNoticeMode;
+use crate::spool::MarkStatus;
+
+const T0: u64 = 1_795_000_000_000;
+const MIN: u64 = 60_000;
+
+fn directory() -> Directory {
+    let data = serde_json::from_value(serde_json::json!({
+        "postoffices": [{"name": "po"}],
+        "domains": [{"name": "example.net", "postoffice": "po"}],
+        "mailboxes": [
+            {"postoffice": "po", "name": "alice", "addresses": ["alice@example.net"]},
+            {"postoffice": "po", "name": "away", "addresses": ["away@example.net"],
+             "autoresponder": {"subject": "Away", "body": "Back on Monday."},
+             "delivery_event": "/usr/local/bin/notify"},
+            {"postoffice": "po", "name": "fwd", "addresses": ["fwd@example.net"],
+             "redirect": ["someone@elsewhere.test"]}
+        ]
+    }))
+    .unwrap();
+    Directory::build(data).unwrap()
+}
+
+fn config() -> ManagerConfig {
+    ManagerConfig {
+        hostname: "mx.example.net".into(),
+        local_retry: Duration::from_secs(5 * 60),
+        catch_alls: true,
+        catch_all_header: "X-Original-To".into(),
+        autoreply_period: Duration::from_secs(24 * 3600),
+        local_domains: ["accept.test".to_string()].into_iter().collect(),
+        routing: RoutingConfig::default(),
+        retry: RetryConfig::default(),
+        delay_notice: DelayNoticeConfig::default(),
+        lmtp: None,
+    }
+}
+
+/// The driver's side: the manager, the directory, the clock, and the content of messages.
+struct Driver {
+    m: QueueManager,
+    dir: Directory,
+    now: u64,
+    next_id: u64,
+}
+
+impl Driver {
+    fn new(cfg: ManagerConfig) -> Self {
+        Driver { m: QueueManager::new(cfg, QueueId(0), ReplyMemory::default()), dir: directory(), now: T0, next_id: 1 }
+    }
+
+    fn at(&mut self, minutes: u64) {
+        self.now = T0 + minutes * MIN;
+    }
+
+    /// A message from `from` to `rcpts`, made durable now.
+    fn accept(&mut self, from: &str, rcpts: &[&str]) -> QueueId {
+        let id = QueueId(self.next_id << 32);
+        self.next_id += 1;
+        let mut e = Envelope::new(id);
+        e.received_ms = self.now;
+        e.from = from.into();
+        e.rcpts = rcpts.iter().map(|a| Recipient { address: a.to_string(), notify: None, orcpt: None }).collect();
+        self.m.handle_accepted(self.now, e, 0, Location { seq: 1, content_offset: id.0 >> 32, content_len: 20 });
+        id
+    }
+
+    /// Runs what is due now and renders every action; contents are read at once.
+    fn run(&mut self) -> Vec<String> {
+        self.m.handle_timeout(self.now, &self.dir);
+        self.drain()
+    }
+
+    fn drain(&mut self) -> Vec<String> {
+        let mut out = Vec::new();
+        while let Some(a) = self.m.poll_action() {
+            if let Action::ReadContent { id, .. } = a {
+                let content: Arc<[u8]> = Arc::from(&b"Subject: hello\r\n\r\nHi.\r\n"[..]);
+                self.m.handle_content(self.now, &self.dir, id, Ok(content));
+                continue;
+            }
+            out.push(show(&a));
+        }
+        out
+    }
+
+    fn outcome(&mut self, o: Outcome) -> Vec<String> {
+        self.m.handle_outcome(self.now, o);
+        self.drain()
+    }
+
+    /// Every remote recipient of `id` gets `reply` (2xx delivered, 4xx deferred, 5xx failed).
+    fn remote(&mut self, id: QueueId, rcpts: &[u16], reply: &str) -> Vec<String> {
+        let r = Response::parse(reply).unwrap();
+        let o = match r.code {
+            200..=299 => RcptOutcome::Delivered { reply: r },
+            400..=499 => RcptOutcome::Deferred { reply: r },
+            _ => RcptOutcome::Failed { reply: r },
+        };
+        let results = rcpts.iter().map(|i| (*i, o.clone())).collect();
+        self.outcome(Outcome::Remote(RemoteOutcome {
+            id,
+            remote_mta: Some("mx.elsewhere.test".into()),
+            peer_dsn: false,
+            results,
+        }))
+    }
+
+    fn maildir_ok(&mut self, id: QueueId, copy: u16) -> Vec<String> {
+        let file = PathBuf::from(format!("/m/new/{copy}"));
+        self.outcome(Outcome::Maildir { id, copy, result: Ok(file) })
+    }
+
+    fn next_due_minutes(&self) -> Option<u64> {
+        self.m.poll_timeout().map(|t| (t - T0) / MIN)
+    }
+}
+
+use crate::queue::actions::{LocalFailure, RcptOutcome, RemoteOutcome};
+use std::path::PathBuf;
+
+fn minutes(t: u64) -> String {
+    format!("m+{}", (t - T0) / MIN)
+}
+
+/// One line per action.
+fn show(a: &Action) -> String {
+    match a {
+        Action::ReadContent { id, .. } => format!("read {id}"),
+        Action::SubmitRemote(j) => {
+            let rcpts: Vec<String> = j.rcpts.iter().map(|(i, a)| format!("{i}:{a}")).collect();
+            format!("remote {:?} {}", j.route, rcpts.join(","))
+        }
+        Action::StageMaildir(c) => format!("maildir {} copy{} to {}", c.maildir, c.copy, c.delivered_to),
+        Action::DeliverLmtp(b) => format!("lmtp batch{} {}", b.batch, b.rcpts.join(",")),
+        Action::AppendMark(m) => {
+            let who = m.rcpt.map_or("all".to_string(), |i| i.to_string());
+            let next =
+                if m.next_attempt_ms > 0 { format!(" next {}", minutes(m.next_attempt_ms)) } else { String::new() };
+            format!("mark {who} {:?} #{}{next} {}", m.status, m.attempts, m.text)
+        }
+        Action::Generate(Generate::Dsn { reports, .. }) => {
+            let r: Vec<String> = reports.iter().map(|r| format!("{}:{}", r.rcpt, r.action.as_str())).collect();
+            format!("dsn {}", r.join(","))
+        }
+        Action::Generate(Generate::Message(m)) => {
+            let to: Vec<&str> = m.envelope.rcpts.iter().map(|r| r.address.as_str()).collect();
+            format!("message <{}> to {}", m.envelope.from, to.join(","))
+        }
+        Action::KeepBadmail { .. } => "badmail".into(),
+        Action::RunEvent { program, postoffice, mailbox, file } => {
+            format!("event {program} {postoffice} {mailbox} {}", file.display())
+        }
+        Action::SaveReplies => "save replies".into(),
+    }
+}
+
+fn mx(d: &str) -> String {
+    format!("Mx({d:?})")
+}
+
+/// A remote recipient that never gets through, on the default schedule with a lifetime
+/// of 12 hours: attempts at 0, 15, 45, 105, 345, 585 and the last at the lifetime's end
+/// (720), then it fails and the sender gets one delay notice (first deferral) and the
+/// failure report.
+#[test]
+fn retry_schedule_and_lifetime() {
+    let mut cfg = config();
+    cfg.retry.lifetime = Duration::from_secs(12 * 3600);
+    let mut d = Driver::new(cfg);
+    let id = d.accept("s@sender.test", &["r@remote.test"]);
+    let mut tried = Vec::new();
+    let mut reports = Vec::new();
+    while let Some(m) = d.next_due_minutes() {
+        d.at(m);
+        let out = d.run();
+        assert_eq!(out, vec![format!("remote {} 0:r@remote.test", mx("remote.test"))]);
+        tried.push(m);
+        for line in d.remote(id, &[0], "451 4.3.0 try later") {
+            if line.starts_with("dsn") {
+                reports.push((m, line));
+            } else {
+                assert!(line.starts_with("mark 0 "), "{line}");
+            }
+        }
+        assert!(tried.len() < 20, "the lifetime ends it");
+    }
+    assert_eq!(tried, vec![0, 15, 45, 105, 345, 585, 720]);
+    assert_eq!(reports, vec![(0, "dsn 0:delayed".to_string()), (720, "dsn 0:failed".to_string())]);
+    assert!(d.m.is_empty(), "nothing left to track");
+}
+
+/// Each mark of a deferred recipient carries its attempt number and next attempt.
+#[test]
+fn marks_of_the_first_attempts() {
+    let mut d = Driver::new(config());
+    let id = d.accept("s@sender.test", &["r@remote.test"]);
+    d.run();
+    assert_eq!(
+        d.remote(id, &[0], "451 4.3.0 try later"),
+        ["mark 0 Deferred #1 next m+15 451 4.3.0 try later", "dsn 0:delayed"]
+    );
+    d.at(15);
+    d.run();
+    assert_eq!(d.remote(id, &[0], "421 4.4.2 busy"), ["mark 0 Deferred #2 next m+45 421 4.4.2 busy"]);
+    d.at(45);
+    d.run();
+    assert_eq!(d.remote(id, &[0], "250 2.0.0 ok"), ["mark 0 Delivered #3 250 2.0.0 ok"]);
+    assert_eq!(d.m.stats().relayed, 1);
+    assert!(d.m.is_empty());
+}
+
+#[test]
+fn max_attempts_fails_the_recipient() {
+    let mut cfg = config();
+    cfg.retry.max_attempts = Some(3);
+    let mut d = Driver::new(cfg);
+    let id = d.accept("s@sender.test", &["r@remote.test"]);
+    let mut out = Vec::new();
+    while let Some(m) = d.next_due_minutes() {
+        d.at(m);
+        d.run();
+        out.push((m, d.remote(id, &[0], "450 4.2.1 mailbox busy")));
+    }
+    assert_eq!(
+        out,
+        vec![
+            (0, vec!["mark 0 Deferred #1 next m+15 450 4.2.1 mailbox busy".to_string(), "dsn 0:delayed".into()]),
+            (15, vec!["mark 0 Deferred #2 next m+45 450 4.2.1 mailbox busy".into()]),
+            (
+                45,
+                vec![
+                    "mark 0 Failed #3 450 4.2.1 mailbox busy (given up after 3 attempts)".into(),
+                    "dsn 0:failed".into()
+                ]
+            ),
+        ]
+    );
+}
+
+/// When delay notices go out, for each mode: minutes of the deferrals that sent one.
+#[test]
+fn delay_notices_off_first_each_and_after() {
+    let run = |mode, after: Option<u64>| -> Vec<u64> {
+        let mut cfg = config();
+        cfg.retry.max_attempts = Some(6);
+        cfg.delay_notice = DelayNoticeConfig { mode, after: after.map(|m| Duration::from_secs(m * 60)) };
+        let mut d = Driver::new(cfg);
+        let id = d.accept("s@sender.test", &["r@remote.test"]);
+        let mut notices = Vec::new();
+        while let Some(m) = d.next_due_minutes() {
+            d.at(m);
+            d.run();
+            if d.remote(id, &[0], "451 4.3.0 later").contains(&"dsn 0:delayed".to_string()) {
+                notices.push(m);
+            }
+        }
+        notices
+    };
+    assert_eq!(run(DelayNoticeMode::Off, None), Vec::<u64>::new());
+    assert_eq!(run(DelayNoticeMode::First, None), vec![0]);
+    assert_eq!(run(DelayNoticeMode::First, Some(60)), vec![105]);
+    assert_eq!(run(DelayNoticeMode::Each, None), vec![0, 15, 45, 105, 345]);
+    assert_eq!(run(DelayNoticeMode::Each, Some(60)), vec![105, 345]);
+}
+
+/// One recipient local, one remote (deferred), one unknown: exactly which marks, reports
+/// and notices come out, and when.
+#[test]
+fn mixed_message() {
+    let mut d = Driver::new(config());
+    let id = d.accept("s@sender.test", &["alice@example.net", "r@remote.test", "bob@example.net"]);
+    assert_eq!(
+        d.run(),
+        [
+            format!("remote {} 1:r@remote.test", mx("remote.test")),
+            "maildir po/alice copy0 to alice@example.net".to_string(),
+        ]
+    );
+    // The Maildir commit: alice delivered; bob failed at expansion; one report for bob.
+    assert_eq!(
+        d.maildir_ok(id, 0),
+        [
+            "mark 0 Delivered #1 250 2.0.0 delivered to mailbox",
+            "mark 2 Failed #1 550 5.1.1 unknown user",
+            "dsn 2:failed",
+        ]
+    );
+    assert_eq!(d.next_due_minutes(), None, "the remote job is out");
+    assert_eq!(d.m.len(), 1);
+    assert_eq!(
+        d.remote(id, &[1], "451 4.4.1 no answer"),
+        ["mark 1 Deferred #1 next m+15 451 4.4.1 no answer", "dsn 1:delayed"]
+    );
+    assert_eq!(d.next_due_minutes(), Some(15));
+    d.at(15);
+    // Only the open recipient is tried again.
+    assert_eq!(d.run(), [format!("remote {} 1:r@remote.test", mx("remote.test"))]);
+    assert_eq!(d.remote(id, &[1], "250 2.0.0 queued as X"), ["mark 1 Delivered #2 250 2.0.0 queued as X"]);
+    assert!(d.m.is_empty());
+    assert_eq!(d.m.stats(), Stats { delivered: 1, relayed: 1 });
+}
+
+/// Remote recipients are grouped by route: one job per destination, in route order.
+#[test]
+fn one_job_per_route() {
+    let mut d = Driver::new(config());
+    d.accept("s@sender.test", &["a@b.test", "x@a.test", "c@b.test", "y@a.test"]);
+    assert_eq!(
+        d.run(),
+        [
+            format!("remote {} 1:x@a.test,3:y@a.test", mx("a.test")),
+            format!("remote {} 0:a@b.test,2:c@b.test", mx("b.test"))
+        ]
+    );
+}
+
+/// A Maildir that fails for a transient reason is retried after the local pause; a
+/// permanent one fails the recipient. A failure of mail from the null sender goes to the
+/// bad-mail folder instead of a report.
+#[test]
+fn local_retry_and_badmail() {
+    let mut d = Driver::new(config());
+    let id = d.accept("", &["alice@example.net"]);
+    assert_eq!(d.run(), ["maildir po/alice copy0 to alice@example.net"]);
+    let busy = LocalFailure { permanent: false, reply: Response::new(451, Some("4.3.0"), "disk busy") };
+    assert_eq!(
+        d.outcome(Outcome::Maildir { id, copy: 0, result: Err(busy) }),
+        ["mark 0 Deferred #1 next m+5 451 4.3.0 disk busy"]
+    );
+    d.at(5);
+    assert_eq!(d.run(), ["maildir po/alice copy0 to alice@example.net"]);
+    let full = LocalFailure { permanent: true, reply: Response::new(552, Some("5.2.2"), "mailbox full") };
+    assert_eq!(
+        d.outcome(Outcome::Maildir { id, copy: 0, result: Err(full) }),
+        ["mark 0 Failed #2 552 5.2.2 mailbox full", "badmail"]
+    );
+    assert!(d.m.is_empty());
+}
+
+/// A mailbox with an auto-responder and a delivery event: one reply per sender per period
+/// (RFC 3834 §2), from the null sender (§3.3), and the event on the delivered file.
+#[test]
+fn auto_reply_and_delivery_event() {
+    let mut d = Driver::new(config());
+    let id = d.accept("s@sender.test", &["away@example.net"]);
+    assert_eq!(d.run(), ["maildir po/away copy0 to away@example.net"]);
+    assert_eq!(
+        d.maildir_ok(id, 0),
+        [
+            "message <> to s@sender.test",
+            "save replies",
+            "event /usr/local/bin/notify po away /m/new/0",
+            "mark 0 Delivered #1 250 2.0.0 delivered to mailbox",
+        ]
+    );
+    d.at(60);
+    let id = d.accept("s@sender.test", &["away@example.net"]);
+    d.run();
+    assert_eq!(
+        d.maildir_ok(id, 0),
+        ["event /usr/local/bin/notify po away /m/new/0", "mark 0 Delivered #1 250 2.0.0 delivered to mailbox"],
+        "answered within the period: no second reply"
+    );
+}
+
+/// A redirect elsewhere is forwarded as a new message from the same sender, in the same
+/// turn as the marks.
+#[test]
+fn redirect_elsewhere_is_forwarded() {
+    let mut d = Driver::new(config());
+    d.accept("s@sender.test", &["fwd@example.net"]);
+    assert_eq!(
+        d.run(),
+        ["mark 0 Delivered #1 250 2.0.0 delivered to mailbox", "message <s@sender.test> to someone@elsewhere.test"]
+    );
+}
+
+/// LMTP mailboxes: one transaction for the plain copies; a broken server defers them all.
+#[test]
+fn lmtp_batches() {
+    let mut cfg = config();
+    cfg.lmtp = Some(LmtpRoute {
+        endpoint: crate::delivery::lmtp::LmtpEndpoint::parse("127.0.0.1:24").unwrap(),
+        domains: vec![],
+        timeout: Duration::from_secs(30),
+    });
+    let mut d = Driver::new(cfg);
+    let id = d.accept("s@sender.test", &["alice@example.net", "away@example.net"]);
+    assert_eq!(d.run(), ["lmtp batch0 alice@example.net,away@example.net"]);
+    assert_eq!(
+        d.outcome(Outcome::Lmtp { id, batch: 0, result: Err("connect: refused".into()) }),
+        [
+            "mark 0 Deferred #1 next m+5 451 4.4.1 LMTP server: connect: refused",
+            "mark 1 Deferred #1 next m+5 451 4.4.1 LMTP server: connect: refused",
+        ]
+    );
+    d.at(5);
+    d.run();
+    let full = LocalFailure { permanent: true, reply: Response::new(552, Some("5.2.2"), "over quota") };
+    assert_eq!(
+        d.outcome(Outcome::Lmtp { id, batch: 0, result: Ok(vec![Err(full), Ok(())]) }),
+        [
+            "message <> to s@sender.test",
+            "save replies",
+            "mark 0 Failed #2 552 5.2.2 over quota",
+            "mark 1 Delivered #2 250 2.0.0 delivered to mailbox",
+            "dsn 0:failed",
+        ],
+        "no delivery event for an LMTP copy (there is no file)"
+    );
+}
+
+fn request(op: QueueOp, ids: &[QueueId]) -> QueueRequest {
+    QueueRequest { op, ids: Some(ids.iter().map(|i| i.to_string()).collect()) }
+}
+
+/// `queue retry|delete|bounce` on a message waiting for its next attempt.
+#[test]
+fn queue_requests_on_a_waiting_message() {
+    for (op, expect_now) in [
+        (QueueOp::Retry, vec![format!("remote {} 0:r@remote.test", mx("remote.test"))]),
+        (QueueOp::Delete, vec!["mark all Deleted #1 deleted by the administrator".to_string()]),
+        (
+            QueueOp::Bounce,
+            vec![
+                "mark 0 Failed #1 550 5.0.0 returned to the sender by the administrator".into(),
+                "dsn 0:failed".into(),
+            ],
+        ),
+    ] {
+        let mut d = Driver::new(config());
+        let id = d.accept("s@sender.test", &["r@remote.test"]);
+        d.run();
+        d.remote(id, &[0], "451 4.3.0 later");
+        d.at(3);
+        assert!(!d.m.queue_request_reads_spool(&request(op, &[id])));
+        let a = d.m.handle_queue_request(d.now, &request(op, &[id]), Vec::new());
+        assert_eq!(a.done, [id.to_string()]);
+        let mut out = d.drain();
+        out.extend(d.run());
+        assert_eq!(out, expect_now, "{op:?}");
+        if op != QueueOp::Retry {
+            assert!(d.m.is_empty(), "{op:?}: forgotten");
+        }
+    }
+}
+
+/// A message whose remote job is out: delete marks it, and the late outcome changes
+/// nothing (no mark, no report).
+#[test]
+fn queue_delete_while_in_flight() {
+    let mut d = Driver::new(config());
+    let id = d.accept("s@sender.test", &["r@remote.test"]);
+    d.run();
+    d.m.handle_queue_request(d.now, &request(QueueOp::Delete, &[id]), Vec::new());
+    assert_eq!(d.drain(), ["mark all Deleted #1 deleted by the administrator"]);
+    assert_eq!(d.remote(id, &[0], "250 2.0.0 ok"), Vec::<String>::new());
+    let a = d.m.handle_queue_request(d.now, &request(QueueOp::Retry, &[id]), Vec::new());
+    assert_eq!(a.not_found, [id.to_string()]);
+}
+
+fn stored(id: QueueId, rcpts: &[&str], marks: Vec<Mark>) -> StoredMessage {
+    let mut e = Envelope::new(id);
+    e.received_ms = T0;
+    e.from = "s@sender.test".into();
+    e.rcpts = rcpts.iter().map(|a| Recipient { address: a.to_string(), notify: None, orcpt: None }).collect();
+    StoredMessage {
+        envelope: e,
+        shard: 0,
+        seq: 7,
+        path: PathBuf::from("/spool/0/7.seg"),
+        content_offset: 100,
+        content_len: 20,
+        marks,
+        head: Vec::new(),
+    }
+}
+
+/// Mail for an accept-all domain with no route is held (not kept in memory); `queue
+/// retry` reads it from the spool and tries it again, `queue bounce` returns it.
+#[test]
+fn held_messages_come_back_from_the_spool() {
+    let mut d = Driver::new(config());
+    let id = d.accept("s@sender.test", &["x@accept.test"]);
+    assert_eq!(d.run(), Vec::<String>::new());
+    assert!(d.m.is_empty(), "held: nothing in memory");
+    let req = request(QueueOp::Bounce, &[id]);
+    assert!(d.m.queue_request_reads_spool(&req));
+    d.m.handle_queue_request(d.now, &req, vec![stored(id, &["x@accept.test"], Vec::new())]);
+    assert_eq!(d.drain(), ["mark 0 Failed #0 550 5.0.0 returned to the sender by the administrator", "dsn 0:failed"]);
+    // With a smart host configured meanwhile, a retry sends it there.
+    let mut cfg = config();
+    cfg.routing.smart_host = Some(crate::routing::SmartHostConfig { host: "relay.test".into(), port: 25, auth: None });
+    let mut d = Driver::new(cfg);
+    d.m.handle_queue_request(d.now, &request(QueueOp::Retry, &[id]), vec![stored(id, &["x@accept.test"], Vec::new())]);
+    assert_eq!(d.run(), [r#"remote SmartHost { host: "relay.test", port: 25, auth: None } 0:x@accept.test"#]);
+}
+
+/// A restart feeds the manager what recovery found: final recipients stay done, a
+/// deferred one is due at its mark's next attempt, and the attempt count goes on.
+#[test]
+fn restart_replay() {
+    let mut d = Driver::new(config());
+    let id = QueueId(42 << 32);
+    let mark = |rcpt, status, next_attempt_ms| Mark {
+        id,
+        rcpt: Some(rcpt),
+        status,
+        attempts: 2,
+        next_attempt_ms,
+        text: String::new(),
+    };
+    let m = stored(
+        id,
+        &["alice@example.net", "r@remote.test", "q@remote.test"],
+        vec![
+            mark(0, MarkStatus::Delivered, 0),
+            mark(1, MarkStatus::Deferred, T0 + 45 * MIN),
+            mark(2, MarkStatus::Failed, 0),
+        ],
+    );
+    d.at(20);
+    d.m.handle_recovered(d.now, m);
+    assert_eq!(d.next_due_minutes(), Some(45));
+    assert_eq!(d.m.message(id).map(|(_, at)| at), Some(At { shard: 0, seq: 7, offset: 100, len: 20 }));
+    d.at(45);
+    assert_eq!(d.run(), [format!("remote {} 1:r@remote.test", mx("remote.test"))]);
+    assert_eq!(
+        d.remote(id, &[1], "451 4.3.0 later"),
+        ["mark 1 Deferred #3 next m+105 451 4.3.0 later"],
+        "third attempt: 60 minutes; no second delay notice (first mode, one was due at the first deferral)"
+    );
+    // A message never tried is due at once.
+    let fresh = stored(QueueId(43 << 32), &["r@remote.test"], Vec::new());
+    d.m.handle_recovered(d.now, fresh);
+    assert_eq!(d.next_due_minutes(), Some(45));
+}
+
+/// A content that cannot be read puts the attempt off by the local pause, without marks.
+#[test]
+fn unreadable_content_is_retried() {
+    let mut d = Driver::new(config());
+    let id = d.accept("s@sender.test", &["r@remote.test"]);
+    d.m.handle_timeout(d.now, &d.dir);
+    match d.m.poll_action() {
+        Some(Action::ReadContent { id: got, at }) => {
+            assert_eq!((got, at.seq), (id, 1));
+        }
+        other => panic!("{other:?}"),
+    }
+    d.m.handle_content(d.now, &d.dir, id, Err("no such file".into()));
+    assert!(d.m.poll_action().is_none());
+    assert_eq!(d.next_due_minutes(), Some(5));
+    assert!(!d.m.is_idle_until(id, T0 + 10 * MIN), "due before then");
+    assert!(d.m.is_idle_until(id, T0 + 5 * MIN));
+}
