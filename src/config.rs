@@ -81,6 +81,11 @@ pub struct DeliveryConfig {
     /// A mailbox's delivery-event program is killed after this long. Default 30 s.
     #[serde(default = "default_event_timeout", deserialize_with = "de_duration")]
     pub event_timeout: Duration,
+    /// Messages the queue works on at a time (envelope and content in memory, like
+    /// Postfix's active queue); the rest of the queue costs a compact entry each. Default
+    /// 20,000.
+    #[serde(default = "default_active_limit")]
+    pub active_limit: usize,
     /// `[delivery.dsn]`: non-delivery reports.
     #[serde(default)]
     pub dsn: crate::delivery::dsn::DsnConfig,
@@ -112,6 +117,7 @@ impl Default for DeliveryConfig {
             local_retry: default_local_retry(),
             autoreply_period: default_autoreply_period(),
             event_timeout: default_event_timeout(),
+            active_limit: default_active_limit(),
             dsn: Default::default(),
             retry: Default::default(),
             delay_notice: Default::default(),
@@ -372,6 +378,9 @@ fn default_catch_all_header() -> String {
 }
 fn default_local_retry() -> Duration {
     Duration::from_secs(300)
+}
+fn default_active_limit() -> usize {
+    20_000
 }
 fn default_autoreply_period() -> Duration {
     Duration::from_secs(86_400)
@@ -807,6 +816,12 @@ impl Config {
         }
         if self.spool.segment_size < 64 * 1024 {
             bad("spool.segment_size", "at least 64KiB".into());
+        }
+        if self.spool.segment_size > 4 << 30 {
+            bad("spool.segment_size", "at most 4GiB (the queue keeps offsets in 32 bits)".into());
+        }
+        if self.delivery.active_limit == 0 {
+            bad("delivery.active_limit", "must be at least 1".into());
         }
         if self.limits.max_line_length < 512 {
             bad("limits.max_line_length", "RFC 5321 §4.5.3.1.4 requires at least 512".into());

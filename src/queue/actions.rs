@@ -10,34 +10,55 @@ use crate::spool::{Envelope, Location, Mark, NewMessage, QueueId};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-/// Where a message's content is in the spool.
+/// Where a message's record is in the spool: segment, offset and length, packed in 16
+/// bytes (the queue keeps one per queued message). Segments are at most 4 GiB
+/// (`spool.segment_size`), sequences below 2^56.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct At {
-    pub shard: u8,
-    pub seq: u64,
-    pub offset: u64,
-    pub len: u64,
+    seq_shard: u64,
+    offset: u32,
+    len: u32,
 }
 
 impl At {
     pub fn new(shard: u8, l: Location) -> Self {
-        At { shard, seq: l.seq, offset: l.content_offset, len: l.content_len }
+        At::of_record(shard, l.seq, l.record_offset, l.record_len())
     }
-}
 
-/// A message's content: in hand, or still in the spool (the driver reads it).
-#[derive(Debug, Clone)]
-pub enum Content {
-    Bytes(Arc<[u8]>),
-    At(At),
+    pub fn of_record(shard: u8, seq: u64, offset: u64, len: u64) -> Self {
+        debug_assert!(seq < 1 << 56 && offset <= u32::MAX as u64 && len <= u32::MAX as u64);
+        At { seq_shard: seq << 8 | shard as u64, offset: offset as u32, len: len as u32 }
+    }
+
+    pub fn shard(&self) -> u8 {
+        self.seq_shard as u8
+    }
+
+    pub fn seq(&self) -> u64 {
+        self.seq_shard >> 8
+    }
+
+    /// The record's first byte in its segment.
+    pub fn offset(&self) -> u64 {
+        self.offset as u64
+    }
+
+    /// The record's length.
+    pub fn len(&self) -> u64 {
+        self.len as u64
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
 }
 
 /// One thing for the driver to do.
 #[derive(Debug)]
 pub enum Action {
-    /// Read the content of a message due for delivery; answer with
-    /// [`super::manager::QueueManager::handle_content`].
-    ReadContent { id: QueueId, at: At },
+    /// Read a message's record (envelope and content): it is due for delivery, or an
+    /// operator bounced it. Answer with [`super::manager::QueueManager::handle_message`].
+    ReadMessage { id: QueueId, at: At },
     /// Send a message to the recipients that share a route (the delivery runtime).
     SubmitRemote(RemoteJob),
     /// Write one copy into a Maildir's `tmp/`. Copies of a turn are committed together;
@@ -53,7 +74,7 @@ pub enum Action {
     Generate(Generate),
     /// Keep a report that cannot be sent (its message came from the null sender) in the
     /// bad-mail folder.
-    KeepBadmail { id: QueueId, content: Content },
+    KeepBadmail { id: QueueId, content: Arc<[u8]> },
     /// Run a mailbox's delivery-event program on the file just delivered.
     RunEvent { program: String, postoffice: String, mailbox: String, file: PathBuf },
     /// The auto-responders' memory changed: save it
@@ -67,7 +88,7 @@ pub enum Generate {
     /// A delivery status notification (RFC 3464) about `original`, built by the driver
     /// from its content ([`crate::delivery::dsn::build`]; nothing when no recipient's
     /// NOTIFY asks for one).
-    Dsn { id: QueueId, original: Box<Envelope>, content: Content, reports: Vec<RecipientReport>, now_ms: u64 },
+    Dsn { id: QueueId, original: Box<Envelope>, content: Arc<[u8]>, reports: Vec<RecipientReport>, now_ms: u64 },
     /// A whole message: an automatic reply, or a copy forwarded by a redirect.
     Message(NewMessage),
 }

@@ -4,7 +4,7 @@
 //! The driver feeds it what happened — a message made durable
 //! ([`QueueManager::handle_accepted`]), a message found at start
 //! ([`QueueManager::handle_recovered`]), the clock ([`QueueManager::handle_timeout`]), the
-//! content it was asked to read ([`QueueManager::handle_content`]), the result of a delivery
+//! message it was asked to read ([`QueueManager::handle_message`]), the result of a delivery
 //! ([`QueueManager::handle_outcome`]), an operator's request
 //! ([`QueueManager::handle_queue_request`]) — and executes what
 //! [`QueueManager::poll_action`] returns until it returns nothing, then sleeps until
@@ -12,22 +12,31 @@
 //! unit of the spool's marks, so the whole queue is tested on a simulated clock
 //! (`manager_tests.rs`).
 //!
+//! # Memory
+//!
+//! Every queued message has a compact entry ([`super::entries`]: where its record is, when
+//! it is due, two bits per recipient); its envelope and content are loaded only while it is
+//! worked on, for at most [`ManagerConfig::active_limit`] messages at a time (Postfix's
+//! active queue). What is due beyond that waits for room, in due order.
+//!
 //! # One message's way
 //!
-//! Due → its open recipients are routed (local, remote by route, or held for an accept-all
-//! domain with nowhere to send) → `ReadContent` → one `SubmitRemote` per route, and for the
+//! Due → `ReadMessage` → its open recipients are routed (local, remote by route, or held for
+//! an accept-all domain with nowhere to send) → one `SubmitRemote` per route, and for the
 //! local recipients the directory's expansion: one `StageMaildir` per mailbox copy, one
 //! `DeliverLmtp` per LMTP transaction → outcomes → one `AppendMark` per recipient, reports
 //! to the sender (`Generate`), forwards for redirects elsewhere, auto-replies and delivery
-//! events → due again at the retry time, or forgotten once nothing is left to do (the spool
-//! keeps the message until its segment is reclaimed).
+//! events → unloaded, due again at the retry time, or forgotten once every recipient is
+//! final (the spool keeps the message until its segment is reclaimed).
 //!
 //! The driver makes the marks and generated messages of one turn durable in one sync, so a
 //! report is never written without the marks that caused it, nor the reverse.
 
-use super::actions::{Action, At, Content, Generate, LmtpBatch, MaildirCopy, Outcome, RemoteJob, RemoteOutcome};
+use super::actions::{Action, At, Generate, LmtpBatch, MaildirCopy, Outcome, RemoteJob, RemoteOutcome};
+use super::entries::{Entries, Entry, Rcpt, RcptStates, Want};
 use super::outcome::{self, Answered, Attempted, MarkFor};
 use super::requests::{BOUNCED_TEXT, DELETED_TEXT, QueueAnswer, QueueOp, QueueRequest};
+use super::timer::second_of;
 use super::{DelayNoticeConfig, RetryConfig, TimerQueue};
 use crate::delivery::autoreply::{self, ReplyMemory};
 use crate::delivery::client::{DsnParams, Response};
@@ -36,9 +45,9 @@ use crate::delivery::lmtp::LmtpRoute;
 use crate::directory::{AutoResponder, Destination, Directory, ExpandProblem};
 use crate::routing::{Route, RoutingConfig, Where, route_of};
 use crate::spool::{
-    CONTROL_SHARD, Envelope, IdGen, Location, Mark, MarkStatus, NewMessage, QueueId, Recipient, StoredMessage,
+    CONTROL_SHARD, Envelope, IdGen, Location, Mark, MarkStatus, NewMessage, QueueId, QueuedMessage, Recipient,
 };
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -62,6 +71,8 @@ pub struct ManagerConfig {
     pub delay_notice: DelayNoticeConfig,
     /// Which mailboxes go to an LMTP server instead of Maildirs.
     pub lmtp: Option<LmtpRoute>,
+    /// Messages loaded (envelope and content in memory) at most at a time.
+    pub active_limit: usize,
 }
 
 /// Counters for the exit summary.
@@ -73,54 +84,13 @@ pub struct Stats {
     pub relayed: u64,
 }
 
-/// One message the manager tracks until every recipient is final.
+/// A message in the active window.
 #[derive(Debug)]
-struct Pending {
+struct Loaded {
     envelope: Envelope,
-    at: At,
-    /// Recipient indexes final (delivered, failed) or held.
-    done: HashSet<u16>,
-    /// Recipient indexes with a delivery out (remote job, local attempt).
-    inflight: HashSet<u16>,
-    /// Recipient indexes held: an accept-all domain with nowhere to send them (also in
-    /// `done`, without a mark; `queue retry` tries them again).
-    held: HashSet<u16>,
-    attempts: u16,
-    /// When delivery was first tried, and last deferred (for delay notices).
-    first_attempt_ms: Option<u64>,
-    last_deferral_ms: Option<u64>,
-    /// Routed, waiting for the content.
-    routed: Option<Routed>,
+    content: Arc<[u8]>,
     /// The local part of the attempt, waiting for its copies' outcomes.
     local: Option<LocalAttempt>,
-}
-
-impl Pending {
-    fn new(envelope: Envelope, at: At) -> Self {
-        Pending {
-            envelope,
-            at,
-            done: HashSet::new(),
-            inflight: HashSet::new(),
-            held: HashSet::new(),
-            attempts: 0,
-            first_attempt_ms: None,
-            last_deferral_ms: None,
-            routed: None,
-            local: None,
-        }
-    }
-
-    fn open_rcpts(&self) -> Vec<u16> {
-        (0..self.envelope.rcpts.len() as u16).filter(|i| !self.done.contains(i) || self.held.contains(i)).collect()
-    }
-}
-
-/// The recipients of an attempt, by where they go.
-#[derive(Debug, Default)]
-struct Routed {
-    local: Vec<(u16, String)>,
-    remote: Vec<(Route, u16, String)>,
 }
 
 /// The local part of an attempt between the content and the last copy's outcome.
@@ -128,7 +98,6 @@ struct Routed {
 struct LocalAttempt {
     /// The local recipients tried: index and lower-cased address.
     rcpts: Vec<(u16, String)>,
-    content: Arc<[u8]>,
     /// Maildir copies by number, then LMTP batches (one entry per recipient).
     copies: Vec<CopyOf>,
     lmtp: Vec<Vec<CopyOf>>,
@@ -176,15 +145,27 @@ fn note(out: &mut Vec<(String, LocalOutcome)>, originals: &[String], status: Mar
     }
 }
 
+fn secs(ms: u64) -> u32 {
+    (ms / 1000).min(u32::MAX as u64) as u32
+}
+
+fn ms(s: u32) -> Option<u64> {
+    (s != 0).then_some(s as u64 * 1000)
+}
+
 /// The queue manager (see the module documentation).
 pub struct QueueManager {
     cfg: ManagerConfig,
     ids: IdGen,
-    /// Messages with something left to do, by id.
-    queue: BTreeMap<QueueId, Pending>,
-    /// When each queued message is next due (Unix ms).
-    due: TimerQueue<QueueId>,
+    /// Every message with a recipient not final yet.
+    entries: Entries<Loaded>,
+    /// Slots by due time (stale filings are told apart by the entry's own due time).
+    due: TimerQueue<u32>,
+    /// Messages loaded or being loaded.
+    active: usize,
     actions: VecDeque<Action>,
+    /// Recipients an operator returned, reported once their message is loaded.
+    bounced: HashMap<QueueId, Vec<u16>>,
     replies: ReplyMemory,
     stats: Stats,
 }
@@ -196,9 +177,11 @@ impl QueueManager {
         QueueManager {
             cfg,
             ids: IdGen::new(CONTROL_SHARD, max_id),
-            queue: BTreeMap::new(),
+            entries: Entries::default(),
             due: TimerQueue::new(),
+            active: 0,
             actions: VecDeque::new(),
+            bounced: HashMap::new(),
             replies,
             stats: Stats::default(),
         }
@@ -209,8 +192,12 @@ impl QueueManager {
         self.actions.pop_front()
     }
 
-    /// When [`QueueManager::handle_timeout`] has work next (Unix ms).
+    /// When [`QueueManager::handle_timeout`] has work next (Unix ms). While the active
+    /// window is full, what is due waits for an outcome instead.
     pub fn poll_timeout(&self) -> Option<u64> {
+        if self.active >= self.cfg.active_limit {
+            return None;
+        }
         self.due.next_due()
     }
 
@@ -223,143 +210,195 @@ impl QueueManager {
         &self.replies
     }
 
-    /// Messages tracked (queued or with a delivery out).
+    /// Messages queued (a recipient not final yet).
     pub fn len(&self) -> usize {
-        self.queue.len()
+        self.entries.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.queue.is_empty()
+        self.entries.is_empty()
+    }
+
+    /// Messages loaded or being loaded.
+    pub fn active(&self) -> usize {
+        self.active
     }
 
     /// A message was made durable (by a shard, or a generated one by the driver): due now.
     pub fn handle_accepted(&mut self, now: u64, envelope: Envelope, shard: u8, location: Location) {
-        let id = envelope.id;
-        self.queue.insert(id, Pending::new(envelope, At::new(shard, location)));
-        self.due.insert(id, now);
+        let n = envelope.rcpts.len().min(u16::MAX as usize) as u16;
+        let e = Entry { id: envelope.id, at: At::new(shard, location), rcpts: RcptStates::new(n), ..Entry::default() };
+        let slot = self.entries.insert(e);
+        self.schedule(slot, now, now);
     }
 
     /// A message recovery found unfinished: its final recipients stay done, the others are
     /// due at their latest mark's next attempt (now, if they were never tried).
-    pub fn handle_recovered(&mut self, now: u64, m: StoredMessage) {
-        let latest = m.latest_marks();
-        let done: HashSet<u16> = latest
-            .iter()
-            .enumerate()
-            .filter(|(_, k)| k.is_some_and(|k| k.status.is_final()))
-            .map(|(i, _)| i as u16)
-            .collect();
-        let next =
-            latest.iter().flatten().filter(|k| k.status == MarkStatus::Deferred).map(|k| k.next_attempt_ms).min();
-        let at = At { shard: m.shard, seq: m.seq, offset: m.content_offset, len: m.content_len };
-        let mut p = Pending::new(m.envelope, at);
-        p.attempts = m.marks.iter().map(|k| k.attempts).max().unwrap_or(0);
-        p.done = done;
-        if next.is_some() {
-            p.first_attempt_ms = Some(p.envelope.received_ms);
-            p.last_deferral_ms = Some(now);
-        }
-        let id = p.envelope.id;
-        self.queue.insert(id, p);
-        self.due.insert(id, next.unwrap_or(now).max(now));
-    }
-
-    /// Compaction copied a message forward: its content is now there.
-    pub fn handle_moved(&mut self, id: QueueId, at: At) {
-        if let Some(p) = self.queue.get_mut(&id) {
-            p.at = at;
-        }
-    }
-
-    /// Whether a message may be copied by compaction: known, with no delivery out and not
-    /// due before `not_before`.
-    pub fn is_idle_until(&self, id: QueueId, not_before: u64) -> bool {
-        self.queue.get(&id).is_some_and(|p| p.inflight.is_empty())
-            && self.due.due_of(&id).is_some_and(|t| t >= not_before)
-    }
-
-    /// Where a tracked message's content is, and its envelope.
-    pub fn message(&self, id: QueueId) -> Option<(&Envelope, At)> {
-        self.queue.get(&id).map(|p| (&p.envelope, p.at))
-    }
-
-    /// Routes every message due at `now`: held recipients are set aside, the others wait
-    /// for the content ([`Action::ReadContent`]).
-    pub fn handle_timeout(&mut self, now: u64, dir: &Directory) {
-        let mut due = Vec::new();
-        self.due.drain_due(now, usize::MAX, &mut due);
-        for id in due {
-            let Some(p) = self.queue.get_mut(&id) else { continue };
-            let mut routed = Routed::default();
-            for (i, r) in p.envelope.rcpts.iter().enumerate() {
-                let i = i as u16;
-                if p.done.contains(&i) || p.inflight.contains(&i) {
-                    continue;
-                }
-                let a = r.address.to_ascii_lowercase();
-                match route_of(dir, &a, &self.cfg.routing, &self.cfg.local_domains) {
-                    Where::Local => routed.local.push((i, a)),
-                    Where::Remote(route) => routed.remote.push((route, i, a)),
-                    Where::Held => {
-                        p.done.insert(i);
-                        p.held.insert(i);
-                    }
-                }
+    pub fn handle_recovered(&mut self, now: u64, m: QueuedMessage) {
+        let mut rcpts = RcptStates::new(m.latest.len().min(u16::MAX as usize) as u16);
+        let mut next: Option<u64> = None;
+        for (i, latest) in m.latest.iter().enumerate() {
+            match latest {
+                Some((status, _)) if status.is_final() => rcpts.set(i as u16, Rcpt::Done),
+                Some((MarkStatus::Deferred, t)) => next = Some(next.map_or(*t, |n| n.min(*t))),
+                _ => {}
             }
-            if routed.local.is_empty() && routed.remote.is_empty() {
-                self.settle(id, None);
+        }
+        let deferred = next.is_some();
+        let e = Entry {
+            id: m.id,
+            at: At::new(m.shard, m.location),
+            attempts: m.attempts,
+            first_attempt_s: if deferred { secs(m.received_ms) } else { 0 },
+            last_deferral_s: if deferred { secs(now) } else { 0 },
+            rcpts,
+            ..Entry::default()
+        };
+        let slot = self.entries.insert(e);
+        self.schedule(slot, next.unwrap_or(now).max(now), now);
+    }
+
+    /// Compaction copied a message forward: its record is now there.
+    pub fn handle_moved(&mut self, id: QueueId, at: At) {
+        if let Some(e) = self.entries.get_mut(id) {
+            e.at = at;
+        }
+    }
+
+    /// Whether a message may be copied by compaction: queued, not in the active window, and
+    /// not due before `not_before` (a held message is never due).
+    pub fn is_idle_until(&self, id: QueueId, not_before: u64) -> bool {
+        self.entries
+            .get(id)
+            .is_some_and(|e| e.loaded.is_none() && e.want == Want::Nothing && (e.due == 0 || e.due >= not_before))
+    }
+
+    /// Where a queued message's record is.
+    pub fn location(&self, id: QueueId) -> Option<At> {
+        self.entries.get(id).map(|e| e.at)
+    }
+
+    /// Files the entry in `slot` as due at `due` (or earlier, if it already is).
+    fn schedule(&mut self, slot: u32, due: u64, now: u64) {
+        let Some(e) = self.entries.at_slot(slot) else { return };
+        let due = if e.due != 0 { e.due.min(due) } else { due };
+        let id = e.id;
+        if let Some(e) = self.entries.get_mut(id) {
+            e.due = due.max(1);
+        }
+        self.due.insert(slot, due, now);
+    }
+
+    /// Tries the messages due at `now`, while the active window has room: a loaded one at
+    /// once, the others once their record is read ([`Action::ReadMessage`]).
+    pub fn handle_timeout(&mut self, now: u64, dir: &Directory) {
+        while self.active < self.cfg.active_limit {
+            let Some((slot, filed)) = self.due.pop_due(now) else { break };
+            let Some(e) = self.entries.at_slot(slot) else { continue };
+            // A stale filing: rescheduled, fired already, or another message in the slot.
+            let current = e.due != 0 && e.due <= now && (filed == 0 || second_of(e.due) * 1000 == filed);
+            if !current {
                 continue;
             }
-            for (i, _) in &routed.local {
-                p.inflight.insert(*i);
+            let id = e.id;
+            if self.load(id, Want::Attempt) {
+                self.attempt(now, dir, id);
+                self.settle(now, id, None);
             }
-            for (_, i, _) in &routed.remote {
-                p.inflight.insert(*i);
-            }
-            p.routed = Some(routed);
-            self.actions.push_back(Action::ReadContent { id, at: p.at });
         }
     }
 
-    /// The content of a message routed by [`QueueManager::handle_timeout`], or why it could
-    /// not be read (the attempt is put off by the local retry pause).
-    pub fn handle_content(&mut self, now: u64, dir: &Directory, id: QueueId, content: Result<Arc<[u8]>, String>) {
-        let Some(p) = self.queue.get_mut(&id) else { return };
-        let Some(routed) = p.routed.take() else { return };
-        let content = match content {
-            Ok(c) => c,
-            Err(e) => {
-                log::error!("queue: {id}: reading the content: {e}");
-                for (i, _) in &routed.local {
-                    p.inflight.remove(i);
-                }
-                for (_, i, _) in &routed.remote {
-                    p.inflight.remove(i);
-                }
-                let retry = now + self.cfg.local_retry.as_millis() as u64;
-                self.settle(id, Some(retry));
-                return;
-            }
-        };
-        p.attempts = p.attempts.saturating_add(1);
-        if !routed.remote.is_empty() {
-            p.first_attempt_ms.get_or_insert(now);
-            self.submit_remote(id, routed.remote, &content, now);
+    /// Asks for a message's record for `why`; true when it is loaded already.
+    fn load(&mut self, id: QueueId, why: Want) -> bool {
+        let Some(e) = self.entries.get_mut(id) else { return false };
+        e.due = 0;
+        if e.loaded.is_some() {
+            return true;
         }
-        if !routed.local.is_empty() {
-            self.stage_local(now, dir, id, routed.local, content);
+        if e.want == Want::Nothing {
+            self.active += 1;
+            self.actions.push_back(Action::ReadMessage { id, at: e.at });
+            e.want = why;
+        } else if why == Want::Bounce {
+            e.want = why;
+        }
+        false
+    }
+
+    /// The record asked for by [`Action::ReadMessage`], or why it could not be read (the
+    /// attempt is put off by the local retry pause).
+    pub fn handle_message(&mut self, now: u64, dir: &Directory, id: QueueId, r: Result<(Envelope, Arc<[u8]>), String>) {
+        let Some(e) = self.entries.get_mut(id) else {
+            // Deleted while it was read.
+            self.active -= 1;
+            return;
+        };
+        let why = std::mem::take(&mut e.want);
+        match r {
+            Ok((envelope, content)) if envelope.id == id => {
+                e.loaded = Some(Box::new(Loaded { envelope, content, local: None }));
+                match why {
+                    Want::Bounce => self.bounce_loaded(now, id),
+                    _ => self.attempt(now, dir, id),
+                }
+                self.settle(now, id, None);
+            }
+            r => {
+                let why_not = match r {
+                    Err(e) => e,
+                    Ok((env, _)) => format!("the record holds {} instead", env.id),
+                };
+                log::error!("queue: {id}: reading the message: {why_not}");
+                self.active -= 1;
+                let retry = now + self.cfg.local_retry.as_millis() as u64;
+                self.settle(now, id, Some(retry));
+            }
+        }
+    }
+
+    /// Routes the open recipients of a loaded message and sends them on their way.
+    fn attempt(&mut self, now: u64, dir: &Directory, id: QueueId) {
+        let Some(e) = self.entries.get_mut(id) else { return };
+        let Some(l) = e.loaded.as_deref() else { return };
+        let mut local = Vec::new();
+        let mut remote: Vec<(Route, u16, String)> = Vec::new();
+        for i in e.rcpts.with(Rcpt::Open).collect::<Vec<_>>() {
+            let Some(r) = l.envelope.rcpts.get(i as usize) else { continue };
+            let a = r.address.to_ascii_lowercase();
+            match route_of(dir, &a, &self.cfg.routing, &self.cfg.local_domains) {
+                Where::Local => local.push((i, a)),
+                Where::Remote(route) => remote.push((route, i, a)),
+                Where::Held => {
+                    e.rcpts.set(i, Rcpt::Held);
+                    continue;
+                }
+            }
+            e.rcpts.set(i, Rcpt::Inflight);
+        }
+        if local.is_empty() && remote.is_empty() {
+            return;
+        }
+        e.attempts = e.attempts.saturating_add(1);
+        if !remote.is_empty() && e.first_attempt_s == 0 {
+            e.first_attempt_s = secs(now);
+        }
+        if !remote.is_empty() {
+            self.submit_remote(id, remote, now);
+        }
+        if !local.is_empty() {
+            self.stage_local(now, dir, id, local);
         }
     }
 
     /// One job per route with the recipients that share it.
-    fn submit_remote(&mut self, id: QueueId, mut rcpts: Vec<(Route, u16, String)>, content: &Arc<[u8]>, now: u64) {
-        let Some(p) = self.queue.get(&id) else { return };
+    fn submit_remote(&mut self, id: QueueId, mut rcpts: Vec<(Route, u16, String)>, now: u64) {
+        let Some(l) = self.entries.get(id).and_then(|e| e.loaded.as_deref()) else { return };
         rcpts.sort_by(|a, b| a.0.cmp(&b.0));
         let mut start = 0;
         while start < rcpts.len() {
             let end = start + rcpts[start..].iter().take_while(|r| r.0 == rcpts[start].0).count();
             let group: Vec<(u16, String)> = rcpts[start..end].iter().map(|(_, i, a)| (*i, a.clone())).collect();
-            let env = &p.envelope;
+            let env = &l.envelope;
             let dsn = DsnParams {
                 ret: env.ret,
                 envid: env.envid.clone(),
@@ -372,7 +411,7 @@ impl QueueManager {
                 id,
                 from: env.from.clone(),
                 rcpts: group,
-                content: content.clone(),
+                content: l.content.clone(),
                 smtputf8: env.smtputf8,
                 dsn,
                 auth: env.auth.clone(),
@@ -384,13 +423,13 @@ impl QueueManager {
     }
 
     /// Expands the local recipients and asks for one copy per mailbox (Maildir or LMTP).
-    fn stage_local(&mut self, now: u64, dir: &Directory, id: QueueId, rcpts: Vec<(u16, String)>, content: Arc<[u8]>) {
-        let Some(p) = self.queue.get_mut(&id) else { return };
+    fn stage_local(&mut self, now: u64, dir: &Directory, id: QueueId, rcpts: Vec<(u16, String)>) {
+        let Some(l) = self.entries.get_mut(id).and_then(|e| e.loaded.as_deref_mut()) else { return };
+        let content = l.content.clone();
         let addrs: Vec<&str> = rcpts.iter().map(|(_, a)| a.as_str()).collect();
         let expansion = dir.expand_all(&addrs, self.cfg.catch_alls);
         let mut a = LocalAttempt {
             rcpts: Vec::new(),
-            content: content.clone(),
             copies: Vec::new(),
             lmtp: Vec::new(),
             waiting: 0,
@@ -442,7 +481,7 @@ impl QueueManager {
                 copy: a.copies.len() as u16,
                 maildir: maildir.clone(),
                 quota: mb.map_or(0, |m| m.quota_bytes),
-                from: p.envelope.from.clone(),
+                from: l.envelope.from.clone(),
                 delivered_to: delivered_to.clone(),
                 body,
             }));
@@ -455,7 +494,7 @@ impl QueueManager {
             self.actions.push_back(Action::DeliverLmtp(LmtpBatch {
                 id,
                 batch: a.lmtp.len() as u16,
-                from: p.envelope.from.clone(),
+                from: l.envelope.from.clone(),
                 rcpts: copies.iter().map(|c| c.delivered_to.clone()).collect(),
                 body,
             }));
@@ -485,8 +524,9 @@ impl QueueManager {
         }
         a.waiting = a.copies.len() + a.lmtp.len();
         a.rcpts = rcpts;
-        p.local = Some(a);
-        if p.local.as_ref().is_some_and(|a| a.waiting == 0) {
+        let nothing_out = a.waiting == 0;
+        l.local = Some(a);
+        if nothing_out {
             self.finish_local(now, id);
         }
     }
@@ -494,9 +534,13 @@ impl QueueManager {
     /// The result of an action.
     pub fn handle_outcome(&mut self, now: u64, o: Outcome) {
         match o {
-            Outcome::Remote(o) => self.remote_done(now, o),
+            Outcome::Remote(o) => {
+                let id = o.id;
+                self.remote_done(now, o);
+                self.settle(now, id, None);
+            }
             Outcome::Maildir { id, copy, result } => {
-                let Some(a) = self.queue.get_mut(&id).and_then(|p| p.local.as_mut()) else { return };
+                let Some(a) = self.local_attempt(id) else { return };
                 let Some(c) = a.copies.get(copy as usize).cloned() else { return };
                 a.waiting -= 1;
                 match result {
@@ -509,7 +553,7 @@ impl QueueManager {
                 self.maybe_finish_local(now, id);
             }
             Outcome::Lmtp { id, batch, result } => {
-                let Some(a) = self.queue.get_mut(&id).and_then(|p| p.local.as_mut()) else { return };
+                let Some(a) = self.local_attempt(id) else { return };
                 let Some(copies) = a.lmtp.get(batch as usize).cloned() else { return };
                 a.waiting -= 1;
                 match result {
@@ -519,7 +563,7 @@ impl QueueManager {
                                 Ok(()) => self.delivered(now, id, c, None),
                                 Err(f) => {
                                     let status = if f.permanent { MarkStatus::Failed } else { MarkStatus::Deferred };
-                                    if let Some(a) = self.queue.get_mut(&id).and_then(|p| p.local.as_mut()) {
+                                    if let Some(a) = self.local_attempt(id) {
                                         note(&mut a.outcomes, &c.originals, status, &f.reply);
                                     }
                                 }
@@ -539,8 +583,12 @@ impl QueueManager {
         }
     }
 
+    fn local_attempt(&mut self, id: QueueId) -> Option<&mut LocalAttempt> {
+        self.entries.get_mut(id)?.loaded.as_deref_mut()?.local.as_mut()
+    }
+
     fn maybe_finish_local(&mut self, now: u64, id: QueueId) {
-        if self.queue.get(&id).and_then(|p| p.local.as_ref()).is_some_and(|a| a.waiting == 0) {
+        if self.local_attempt(id).is_some_and(|a| a.waiting == 0) {
             self.finish_local(now, id);
         }
     }
@@ -549,14 +597,12 @@ impl QueueManager {
     fn delivered(&mut self, now: u64, id: QueueId, c: &CopyOf, file: Option<std::path::PathBuf>) {
         self.stats.delivered += 1;
         let Some(h) = &c.hooks else { return };
-        let Some(p) = self.queue.get(&id) else { return };
-        let Some(a) = &p.local else { return };
-        let head = &a.content[..a.content.len().min(16 * 1024)];
-        let bulk = autoreply::should_reply(&p.envelope.from, head).is_err();
-        if bulk {
+        let Some(l) = self.entries.get(id).and_then(|e| e.loaded.as_deref()) else { return };
+        let head = &l.content[..l.content.len().min(16 * 1024)];
+        let sender = l.envelope.from.clone();
+        if autoreply::should_reply(&sender, head).is_err() {
             return;
         }
-        let sender = p.envelope.from.clone();
         if let Some(ar) = &h.autoresponder
             && self.replies.try_record(&c.delivered_to, &sender, now, self.cfg.autoreply_period).is_ok()
         {
@@ -590,33 +636,37 @@ impl QueueManager {
     /// Every copy of the local part is done: one mark per local recipient, a report for the
     /// failed ones, forwards for redirects elsewhere, and the local retry if one deferred.
     fn finish_local(&mut self, now: u64, id: QueueId) {
-        let Some(p) = self.queue.get_mut(&id) else { return };
-        let Some(a) = p.local.take() else { return };
+        let Some(e) = self.entries.get_mut(id) else { return };
+        let Some(l) = e.loaded.as_deref_mut() else { return };
+        let Some(a) = l.local.take() else { return };
         let retry_at = now + self.cfg.local_retry.as_millis() as u64;
         let mut retry = false;
         let mut reports = Vec::new();
-        let mut marks = Vec::new();
         for (i, addr) in &a.rcpts {
-            p.inflight.remove(i);
             let o = a.outcomes.iter().find(|(x, _)| x == addr).map(|(_, o)| o);
             let (status, reply) = match o {
                 None => (MarkStatus::Delivered, Response::new(250, Some("2.0.0"), "delivered to mailbox")),
                 Some(o) => (o.status, o.reply.clone()),
             };
+            // An operator's decision while the copies were out stands.
+            if e.rcpts.get(*i) != Rcpt::Inflight {
+                continue;
+            }
             let next_attempt_ms = if status == MarkStatus::Deferred {
                 retry = true;
+                e.rcpts.set(*i, Rcpt::Open);
                 retry_at
             } else {
-                p.done.insert(*i);
+                e.rcpts.set(*i, Rcpt::Done);
                 0
             };
             if status == MarkStatus::Failed {
                 reports.push(failure_report(*i as usize, &reply, now));
             }
             let text = reply.to_string();
-            marks.push(Mark { id, rcpt: Some(*i), status, attempts: p.attempts, next_attempt_ms, text });
+            let mark = Mark { id, rcpt: Some(*i), status, attempts: e.attempts, next_attempt_ms, text };
+            self.actions.push_back(Action::AppendMark(mark));
         }
-        self.actions.extend(marks.into_iter().map(Action::AppendMark));
         // Forward what goes elsewhere as one new message from the same sender, written in
         // the same sync as the marks (so neither lost nor sent twice). A target whose
         // original recipients are all deferred waits for their retry, which expands again.
@@ -627,45 +677,46 @@ impl QueueManager {
                 to.push(address.clone());
             }
         }
-        let env = p.envelope.clone();
+        let (env, content) = (l.envelope.clone(), l.content.clone());
         if !to.is_empty() {
             log::info!("queue: {id}: forwarded to {}", to.join(", "));
             let fwd_id = self.ids.next(now / 1000);
-            self.generate(fwd_id, now, env.from.clone(), to, a.content.to_vec(), |e| {
+            self.generate(fwd_id, now, env.from.clone(), to, content.to_vec(), |e| {
                 e.body = env.body;
                 e.smtputf8 = env.smtputf8;
                 e.auth = env.auth.clone();
             });
         }
         if !reports.is_empty() {
-            self.report(now, &env, Content::Bytes(a.content.clone()), reports);
+            self.report(now, &env, content, reports);
         }
-        self.settle(id, retry.then_some(retry_at));
+        self.settle(now, id, retry.then_some(retry_at));
     }
 
     /// A remote job came back: one mark per recipient, retries per the schedule, reports for
     /// failures (and successes asked for with NOTIFY=SUCCESS), a delay notice when due.
-    fn remote_done(&mut self, now: u64, o: RemoteOutcome) {
-        let Some(p) = self.queue.get_mut(&o.id) else { return };
-        let due_ms = self.due.remove(&o.id);
-        let attempts = p.attempts.max(1);
-        for (i, _) in &o.results {
-            p.inflight.remove(i);
+    fn remote_done(&mut self, now: u64, mut o: RemoteOutcome) {
+        let Some(e) = self.entries.get_mut(o.id) else { return };
+        // Only recipients still out count: an operator may have decided meanwhile.
+        o.results.retain(|(i, _)| e.rcpts.get(*i) == Rcpt::Inflight);
+        let Some(l) = e.loaded.as_deref() else { return };
+        if o.results.is_empty() {
+            return;
         }
+        let attempts = e.attempts.max(1);
         let m = Attempted {
-            received_ms: p.envelope.received_ms,
+            received_ms: l.envelope.received_ms,
             attempts: attempts as u32,
-            first_attempt_ms: p.first_attempt_ms,
-            last_deferral_ms: p.last_deferral_ms,
-            due_ms,
+            first_attempt_ms: ms(e.first_attempt_s),
+            last_deferral_ms: ms(e.last_deferral_s),
+            due_ms: (e.due != 0).then_some(e.due),
         };
         let server = Answered { remote_mta: o.remote_mta, peer_dsn: o.peer_dsn };
         let j = outcome::judge(&self.cfg.retry, &self.cfg.delay_notice, m, &server, o.results, now);
         self.stats.relayed += j.relayed;
         for mark in j.marks {
-            if mark.status != MarkStatus::Deferred {
-                p.done.insert(mark.rcpt);
-            }
+            let state = if mark.status == MarkStatus::Deferred { Rcpt::Open } else { Rcpt::Done };
+            e.rcpts.set(mark.rcpt, state);
             let MarkFor { rcpt, status, text, next_attempt_ms } = mark;
             self.actions.push_back(Action::AppendMark(Mark {
                 id: o.id,
@@ -677,36 +728,43 @@ impl QueueManager {
             }));
         }
         if j.deferred {
-            p.last_deferral_ms = Some(now);
+            e.last_deferral_s = secs(now);
         }
+        let (env, content) = (l.envelope.clone(), l.content.clone());
         if !j.reports.is_empty() {
-            let (env, at) = (p.envelope.clone(), p.at);
-            self.report(now, &env, Content::At(at), j.reports);
+            self.report(now, &env, content, j.reports);
         }
-        self.settle(o.id, j.next_due_ms);
+        if let Some(t) = j.next_due_ms {
+            self.settle(now, o.id, Some(t));
+        }
     }
 
-    /// Schedules a message at `due` (the earlier of it and any time already set), or
-    /// forgets it when nothing is left: no delivery out and no time set.
-    fn settle(&mut self, id: QueueId, due: Option<u64>) {
-        match due {
-            Some(t) => {
-                let t = self.due.due_of(&id).map_or(t, |prev| prev.min(t));
-                self.due.insert(id, t);
-            }
-            None => {
-                let idle = self.queue.get(&id).is_some_and(|p| p.inflight.is_empty());
-                if idle && self.due.due_of(&id).is_none() {
-                    self.queue.remove(&id);
-                }
-            }
+    /// Schedules a message at `due` (the earlier of it and any time already set); unloads it
+    /// when nothing of it is out; forgets it once every recipient is final.
+    fn settle(&mut self, now: u64, id: QueueId, due: Option<u64>) {
+        let Some(slot) = self.entries.slot_of(id) else { return };
+        if let Some(t) = due {
+            self.schedule(slot, t, now);
+        }
+        let Some(e) = self.entries.get_mut(id) else { return };
+        let busy = e.want != Want::Nothing
+            || e.rcpts.any(Rcpt::Inflight)
+            || e.loaded.as_ref().is_some_and(|l| l.local.is_some());
+        if busy {
+            return;
+        }
+        if e.loaded.take().is_some() {
+            self.active -= 1;
+        }
+        if !e.rcpts.any(Rcpt::Open) && !e.rcpts.any(Rcpt::Held) {
+            self.entries.remove(id);
         }
     }
 
     /// A report to the sender of `env`, or the message to the bad-mail folder when it came
-    /// from the null sender (a report that bounced).
-    /// Only the reports some recipient's NOTIFY asks for (RFC 3461 §4.1) count.
-    fn report(&mut self, now: u64, env: &Envelope, content: Content, mut reports: Vec<RecipientReport>) {
+    /// from the null sender (a report that bounced). Only the reports some recipient's
+    /// NOTIFY asks for (RFC 3461 §4.1) count.
+    fn report(&mut self, now: u64, env: &Envelope, content: Arc<[u8]>, mut reports: Vec<RecipientReport>) {
         reports.retain(|r| dsn::wants_notice(env.rcpts.get(r.rcpt).and_then(|x| x.notify), r.action));
         if reports.is_empty() {
             return;
@@ -743,101 +801,89 @@ impl QueueManager {
         self.actions.push_back(Action::Generate(Generate::Message(NewMessage { envelope, data })));
     }
 
-    /// Whether [`QueueManager::handle_queue_request`] needs the messages of the spool that
-    /// are not tracked (those held for an accept-all domain with no route are not kept in
-    /// memory): for `--all`, or when a named id is not tracked.
-    pub fn queue_request_reads_spool(&self, req: &QueueRequest) -> bool {
-        match &req.ids {
-            None => true,
-            Some(ids) => ids.iter().any(|s| QueueId::parse(s).is_none_or(|id| !self.queue.contains_key(&id))),
-        }
-    }
-
-    /// `ringmx queue retry|delete|bounce` (see [`crate::queue::requests`]). `spool` are the
-    /// unfinished messages of the spool when [`QueueManager::queue_request_reads_spool`]
-    /// says so (tracked ones among them are ignored). The driver makes the marks durable
+    /// `ringmx queue retry|delete|bounce` (see [`crate::queue::requests`]); held messages are
+    /// queued like any other, so nothing needs the spool. The driver makes the marks durable
     /// before it answers.
-    pub fn handle_queue_request(&mut self, now: u64, req: &QueueRequest, spool: Vec<StoredMessage>) -> QueueAnswer {
+    pub fn handle_queue_request(&mut self, now: u64, req: &QueueRequest) -> QueueAnswer {
         let mut answer = QueueAnswer::default();
-        let named = match &req.ids {
-            None => None,
+        let ids = match &req.ids {
+            None => self.entries.ids(),
             Some(ids) => match super::requests::parse_ids(ids) {
-                Ok(v) => Some(v),
+                Ok(v) => v,
                 Err(bad) => {
                     let error = format!("{bad:?} is not a queue id (16 hexadecimal digits)");
                     return QueueAnswer { error: Some(error), ..QueueAnswer::default() };
                 }
             },
         };
-        let mut held: BTreeMap<QueueId, Pending> = BTreeMap::new();
-        for m in spool.into_iter().filter(|m| !self.queue.contains_key(&m.envelope.id)) {
-            let done: HashSet<u16> = m
-                .latest_marks()
-                .iter()
-                .enumerate()
-                .filter(|(_, k)| k.is_some_and(|k| k.status.is_final()))
-                .map(|(i, _)| i as u16)
-                .collect();
-            let at = At { shard: m.shard, seq: m.seq, offset: m.content_offset, len: m.content_len };
-            let attempts = m.attempts();
-            let mut p = Pending::new(m.envelope, at);
-            p.held = (0..p.envelope.rcpts.len() as u16).filter(|i| !done.contains(i)).collect();
-            p.done = (0..p.envelope.rcpts.len() as u16).collect();
-            p.attempts = attempts;
-            held.insert(p.envelope.id, p);
-        }
-        let ids: Vec<QueueId> = match named {
-            None => self.queue.keys().chain(held.keys()).copied().collect(),
-            Some(v) => v,
-        };
         for id in ids {
-            let Some(mut p) = self.queue.remove(&id).or_else(|| held.remove(&id)) else {
+            let Some(e) = self.entries.get_mut(id) else {
                 answer.not_found.push(id.to_string());
                 continue;
             };
-            self.due.remove(&id);
             match req.op {
                 QueueOp::Retry => {
-                    for i in std::mem::take(&mut p.held) {
-                        p.done.remove(&i);
+                    for i in e.rcpts.with(Rcpt::Held).collect::<Vec<_>>() {
+                        e.rcpts.set(i, Rcpt::Open);
                     }
-                    self.queue.insert(id, p);
-                    self.due.insert(id, now);
+                    e.due = 0;
+                    let slot = self.entries.slot_of(id).expect("found above");
+                    self.schedule(slot, now, now);
                 }
-                // A delivery still out comes back to no queue entry and is dropped.
-                QueueOp::Delete => self.actions.push_back(Action::AppendMark(Mark {
-                    id,
-                    rcpt: None,
-                    status: MarkStatus::Deleted,
-                    attempts: p.attempts,
-                    next_attempt_ms: 0,
-                    text: DELETED_TEXT.into(),
-                })),
+                // A delivery still out comes back to no entry and is dropped.
+                QueueOp::Delete => {
+                    let attempts = e.attempts;
+                    if e.loaded.is_some() {
+                        self.active -= 1;
+                    }
+                    // One being read is counted out when its record comes back.
+                    self.entries.remove(id);
+                    self.actions.push_back(Action::AppendMark(Mark {
+                        id,
+                        rcpt: None,
+                        status: MarkStatus::Deleted,
+                        attempts,
+                        next_attempt_ms: 0,
+                        text: DELETED_TEXT.into(),
+                    }));
+                }
                 QueueOp::Bounce => {
-                    let bounced = Response::parse(BOUNCED_TEXT).expect("BOUNCED_TEXT is a reply");
-                    let mut reports = Vec::new();
-                    for i in p.open_rcpts() {
-                        reports.push(failure_report(i as usize, &bounced, now));
+                    // The marks now (durable before the answer), the report once the message
+                    // is loaded.
+                    let open: Vec<u16> = (0..e.rcpts.len()).filter(|&i| e.rcpts.get(i) != Rcpt::Done).collect();
+                    for &i in &open {
+                        e.rcpts.set(i, Rcpt::Done);
                         self.actions.push_back(Action::AppendMark(Mark {
                             id,
                             rcpt: Some(i),
                             status: MarkStatus::Failed,
-                            attempts: p.attempts,
+                            attempts: e.attempts,
                             next_attempt_ms: 0,
                             text: BOUNCED_TEXT.into(),
                         }));
                     }
-                    let content = match &p.local {
-                        Some(a) => Content::Bytes(a.content.clone()),
-                        None => Content::At(p.at),
-                    };
-                    self.report(now, &p.envelope, content, reports);
+                    let pending = self.bounced.entry(id).or_default();
+                    pending.extend(open);
+                    if self.load(id, Want::Bounce) {
+                        self.bounce_loaded(now, id);
+                    }
+                    self.settle(now, id, None);
                 }
             }
             log::info!("queue: {id}: {:?} by the administrator", req.op);
             answer.done.push(id.to_string());
         }
         answer
+    }
+
+    /// The report of an operator's bounce, once the message is loaded.
+    fn bounce_loaded(&mut self, now: u64, id: QueueId) {
+        let Some(open) = self.bounced.remove(&id) else { return };
+        let Some(l) = self.entries.get(id).and_then(|e| e.loaded.as_deref()) else { return };
+        let bounced = Response::parse(BOUNCED_TEXT).expect("BOUNCED_TEXT is a reply");
+        let reports = open.iter().map(|&i| failure_report(i as usize, &bounced, now)).collect();
+        let (env, content) = (l.envelope.clone(), l.content.clone());
+        self.report(now, &env, content, reports);
     }
 }
 

@@ -40,6 +40,7 @@ fn config() -> ManagerConfig {
         retry: RetryConfig::default(),
         delay_notice: DelayNoticeConfig::default(),
         lmtp: None,
+        active_limit: 100,
     }
 }
 
@@ -49,11 +50,14 @@ struct Driver {
     dir: Directory,
     now: u64,
     next_id: u64,
+    /// The spool: each message's envelope.
+    spool: HashMap<QueueId, Envelope>,
 }
 
 impl Driver {
     fn new(cfg: ManagerConfig) -> Self {
-        Driver { m: QueueManager::new(cfg, QueueId(0), ReplyMemory::default()), dir: directory(), now: T0, next_id: 1 }
+        let m = QueueManager::new(cfg, QueueId(0), ReplyMemory::default());
+        Driver { m, dir: directory(), now: T0, next_id: 1, spool: HashMap::new() }
     }
 
     fn at(&mut self, minutes: u64) {
@@ -68,7 +72,10 @@ impl Driver {
         e.received_ms = self.now;
         e.from = from.into();
         e.rcpts = rcpts.iter().map(|a| Recipient { address: a.to_string(), notify: None, orcpt: None }).collect();
-        self.m.handle_accepted(self.now, e, 0, Location { seq: 1, content_offset: id.0 >> 32, content_len: 20 });
+        self.spool.insert(id, e.clone());
+        let offset = (id.0 >> 32) * 100;
+        let location = Location { seq: 1, record_offset: offset, content_offset: offset + 80, content_len: 20 };
+        self.m.handle_accepted(self.now, e, 0, location);
         id
     }
 
@@ -81,9 +88,10 @@ impl Driver {
     fn drain(&mut self) -> Vec<String> {
         let mut out = Vec::new();
         while let Some(a) = self.m.poll_action() {
-            if let Action::ReadContent { id, .. } = a {
+            if let Action::ReadMessage { id, .. } = a {
                 let content: Arc<[u8]> = Arc::from(&b"Subject: hello\r\n\r\nHi.\r\n"[..]);
-                self.m.handle_content(self.now, &self.dir, id, Ok(content));
+                let env = self.spool[&id].clone();
+                self.m.handle_message(self.now, &self.dir, id, Ok((env, content)));
                 continue;
             }
             out.push(show(&a));
@@ -124,6 +132,7 @@ impl Driver {
 }
 
 use crate::queue::actions::{LocalFailure, RcptOutcome, RemoteOutcome};
+use std::collections::HashMap;
 use std::path::PathBuf;
 
 fn minutes(t: u64) -> String {
@@ -133,7 +142,7 @@ fn minutes(t: u64) -> String {
 /// One line per action.
 fn show(a: &Action) -> String {
     match a {
-        Action::ReadContent { id, .. } => format!("read {id}"),
+        Action::ReadMessage { id, .. } => format!("read {id}"),
         Action::SubmitRemote(j) => {
             let rcpts: Vec<String> = j.rcpts.iter().map(|(i, a)| format!("{i}:{a}")).collect();
             format!("remote {:?} {}", j.route, rcpts.join(","))
@@ -441,8 +450,7 @@ fn queue_requests_on_a_waiting_message() {
         d.run();
         d.remote(id, &[0], "451 4.3.0 later");
         d.at(3);
-        assert!(!d.m.queue_request_reads_spool(&request(op, &[id])));
-        let a = d.m.handle_queue_request(d.now, &request(op, &[id]), Vec::new());
+        let a = d.m.handle_queue_request(d.now, &request(op, &[id]));
         assert_eq!(a.done, [id.to_string()]);
         let mut out = d.drain();
         out.extend(d.run());
@@ -460,47 +468,41 @@ fn queue_delete_while_in_flight() {
     let mut d = Driver::new(config());
     let id = d.accept("s@sender.test", &["r@remote.test"]);
     d.run();
-    d.m.handle_queue_request(d.now, &request(QueueOp::Delete, &[id]), Vec::new());
+    d.m.handle_queue_request(d.now, &request(QueueOp::Delete, &[id]));
     assert_eq!(d.drain(), ["mark all Deleted #1 deleted by the administrator"]);
     assert_eq!(d.remote(id, &[0], "250 2.0.0 ok"), Vec::<String>::new());
-    let a = d.m.handle_queue_request(d.now, &request(QueueOp::Retry, &[id]), Vec::new());
+    let a = d.m.handle_queue_request(d.now, &request(QueueOp::Retry, &[id]));
     assert_eq!(a.not_found, [id.to_string()]);
 }
 
-fn stored(id: QueueId, rcpts: &[&str], marks: Vec<Mark>) -> StoredMessage {
-    let mut e = Envelope::new(id);
-    e.received_ms = T0;
-    e.from = "s@sender.test".into();
-    e.rcpts = rcpts.iter().map(|a| Recipient { address: a.to_string(), notify: None, orcpt: None }).collect();
-    StoredMessage {
-        envelope: e,
-        shard: 0,
-        seq: 7,
-        path: PathBuf::from("/spool/0/7.seg"),
-        content_offset: 100,
-        content_len: 20,
-        marks,
-        head: Vec::new(),
-    }
+/// What recovery finds of a message: where it is, its attempts and latest marks.
+fn recovered(id: QueueId, attempts: u16, latest: Vec<Option<(MarkStatus, u64)>>) -> QueuedMessage {
+    let location = Location { seq: 7, record_offset: 100, content_offset: 180, content_len: 20 };
+    QueuedMessage { id, received_ms: T0, shard: 0, location, attempts, latest }
 }
 
-/// Mail for an accept-all domain with no route is held (not kept in memory); `queue
-/// retry` reads it from the spool and tries it again, `queue bounce` returns it.
+/// Mail for an accept-all domain with no route is held (a compact entry, never due);
+/// `queue retry` tries it again, `queue bounce` returns it; after a restart with a smart
+/// host configured it goes there.
 #[test]
-fn held_messages_come_back_from_the_spool() {
+fn held_messages() {
     let mut d = Driver::new(config());
     let id = d.accept("s@sender.test", &["x@accept.test"]);
     assert_eq!(d.run(), Vec::<String>::new());
-    assert!(d.m.is_empty(), "held: nothing in memory");
-    let req = request(QueueOp::Bounce, &[id]);
-    assert!(d.m.queue_request_reads_spool(&req));
-    d.m.handle_queue_request(d.now, &req, vec![stored(id, &["x@accept.test"], Vec::new())]);
+    assert_eq!((d.m.len(), d.m.active(), d.next_due_minutes()), (1, 0, None), "held: not loaded, not due");
+    d.m.handle_queue_request(d.now, &request(QueueOp::Retry, &[id]));
+    assert_eq!(d.run(), Vec::<String>::new(), "still nowhere to send it");
+    d.m.handle_queue_request(d.now, &request(QueueOp::Bounce, &[id]));
     assert_eq!(d.drain(), ["mark 0 Failed #0 550 5.0.0 returned to the sender by the administrator", "dsn 0:failed"]);
-    // With a smart host configured meanwhile, a retry sends it there.
+    assert!(d.m.is_empty());
     let mut cfg = config();
     cfg.routing.smart_host = Some(crate::routing::SmartHostConfig { host: "relay.test".into(), port: 25, auth: None });
     let mut d = Driver::new(cfg);
-    d.m.handle_queue_request(d.now, &request(QueueOp::Retry, &[id]), vec![stored(id, &["x@accept.test"], Vec::new())]);
+    let id = QueueId(9 << 32);
+    let mut e = Envelope::new(id);
+    e.rcpts = vec![Recipient { address: "x@accept.test".into(), notify: None, orcpt: None }];
+    d.spool.insert(id, e);
+    d.m.handle_recovered(d.now, recovered(id, 0, vec![None]));
     assert_eq!(d.run(), [r#"remote SmartHost { host: "relay.test", port: 25, auth: None } 0:x@accept.test"#]);
 }
 
@@ -510,53 +512,71 @@ fn held_messages_come_back_from_the_spool() {
 fn restart_replay() {
     let mut d = Driver::new(config());
     let id = QueueId(42 << 32);
-    let mark = |rcpt, status, next_attempt_ms| Mark {
-        id,
-        rcpt: Some(rcpt),
-        status,
-        attempts: 2,
-        next_attempt_ms,
-        text: String::new(),
-    };
-    let m = stored(
-        id,
-        &["alice@example.net", "r@remote.test", "q@remote.test"],
-        vec![
-            mark(0, MarkStatus::Delivered, 0),
-            mark(1, MarkStatus::Deferred, T0 + 45 * MIN),
-            mark(2, MarkStatus::Failed, 0),
-        ],
-    );
+    let mut e = Envelope::new(id);
+    e.received_ms = T0;
+    e.from = "s@sender.test".into();
+    e.rcpts = ["alice@example.net", "r@remote.test", "q@remote.test"]
+        .iter()
+        .map(|a| Recipient { address: a.to_string(), notify: None, orcpt: None })
+        .collect();
+    d.spool.insert(id, e);
+    let latest = vec![
+        Some((MarkStatus::Delivered, 0)),
+        Some((MarkStatus::Deferred, T0 + 45 * MIN)),
+        Some((MarkStatus::Failed, 0)),
+    ];
     d.at(20);
-    d.m.handle_recovered(d.now, m);
+    d.m.handle_recovered(d.now, recovered(id, 2, latest));
     assert_eq!(d.next_due_minutes(), Some(45));
-    assert_eq!(d.m.message(id).map(|(_, at)| at), Some(At { shard: 0, seq: 7, offset: 100, len: 20 }));
+    assert_eq!(d.m.location(id), Some(At::of_record(0, 7, 100, 100)));
+    assert_eq!(d.m.active(), 0, "nothing loaded until due");
     d.at(45);
     assert_eq!(d.run(), [format!("remote {} 1:r@remote.test", mx("remote.test"))]);
+    assert_eq!(d.m.active(), 1);
     assert_eq!(
         d.remote(id, &[1], "451 4.3.0 later"),
         ["mark 1 Deferred #3 next m+105 451 4.3.0 later"],
         "third attempt: 60 minutes; no second delay notice (first mode, one was due at the first deferral)"
     );
+    assert_eq!(d.m.active(), 0, "unloaded while it waits");
     // A message never tried is due at once.
-    let fresh = stored(QueueId(43 << 32), &["r@remote.test"], Vec::new());
-    d.m.handle_recovered(d.now, fresh);
-    assert_eq!(d.next_due_minutes(), Some(45));
+    d.m.handle_recovered(d.now, recovered(QueueId(43 << 32), 0, vec![None]));
+    assert_eq!(d.next_due_minutes(), Some(45), "due now (minute 45)");
 }
 
-/// A content that cannot be read puts the attempt off by the local pause, without marks.
+/// The active window: with room for two, the third due message waits until one of the
+/// first two is done, then goes in due order.
 #[test]
-fn unreadable_content_is_retried() {
+fn active_window() {
+    let mut cfg = config();
+    cfg.active_limit = 2;
+    let mut d = Driver::new(cfg);
+    let a = d.accept("s@sender.test", &["r@a.test"]);
+    let b = d.accept("s@sender.test", &["r@b.test"]);
+    let c = d.accept("s@sender.test", &["r@c.test"]);
+    assert_eq!(d.run(), [format!("remote {} 0:r@a.test", mx("a.test")), format!("remote {} 0:r@b.test", mx("b.test"))]);
+    assert_eq!((d.m.active(), d.m.poll_timeout()), (2, None), "full: nothing to wake up for");
+    assert_eq!(d.run(), Vec::<String>::new());
+    assert_eq!(d.remote(b, &[0], "250 2.0.0 ok"), ["mark 0 Delivered #1 250 2.0.0 ok"]);
+    assert_eq!(d.run(), [format!("remote {} 0:r@c.test", mx("c.test"))]);
+    d.remote(a, &[0], "250 2.0.0 ok");
+    d.remote(c, &[0], "250 2.0.0 ok");
+    assert!(d.m.is_empty() && d.m.active() == 0);
+}
+
+/// A record that cannot be read puts the attempt off by the local pause, without marks.
+#[test]
+fn unreadable_record_is_retried() {
     let mut d = Driver::new(config());
     let id = d.accept("s@sender.test", &["r@remote.test"]);
     d.m.handle_timeout(d.now, &d.dir);
     match d.m.poll_action() {
-        Some(Action::ReadContent { id: got, at }) => {
-            assert_eq!((got, at.seq), (id, 1));
+        Some(Action::ReadMessage { id: got, at }) => {
+            assert_eq!((got, at.seq()), (id, 1));
         }
         other => panic!("{other:?}"),
     }
-    d.m.handle_content(d.now, &d.dir, id, Err("no such file".into()));
+    d.m.handle_message(d.now, &d.dir, id, Err("no such file".into()));
     assert!(d.m.poll_action().is_none());
     assert_eq!(d.next_due_minutes(), Some(5));
     assert!(!d.m.is_idle_until(id, T0 + 10 * MIN), "due before then");

@@ -10,13 +10,15 @@
 //!
 //! - [`schedule`]: [`RetryConfig`] and [`RetryConfig::decide`] (retry or give up, SPEC §7),
 //!   [`DelayNoticeConfig`] and [`DelayNoticeConfig::should_notify`].
-//! - [`timer`]: [`TimerQueue`], keys ordered by next attempt.
+//! - [`timer`]: [`TimerQueue`], keys filed by the second they are due.
+//! - [`entries`]: what the queue keeps per message (72 bytes and two bits per recipient).
 //! - [`manager`]: [`QueueManager`], the sans-IO state machine of the delivery side, and
 //!   [`actions`], what it asks its driver to do and what comes back.
 //! - [`status`]: a recipient's [`Status`] and its conversion to and from spool marks, so a
 //!   restart keeps attempt counts and next-attempt times.
 
 pub mod actions;
+pub mod entries;
 pub mod manager;
 pub mod outcome;
 pub mod requests;

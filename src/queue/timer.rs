@@ -1,95 +1,94 @@
-//! A timer queue keyed by next attempt.
+//! A timer queue for a large queue: keys filed by the second they are due.
 //!
-//! # Why a `BTreeMap` and not a hashed wheel
+//! # Why buckets of a second, and no index
 //!
-//! Retry times span 15 minutes to days and are kept to the millisecond (they are written
-//! to the spool and shown by `queue list`). A hashed wheel needs several levels for such a
-//! span and rounds to its tick; a hierarchical wheel (KumoMTA's `timeq`) pays off with
-//! millions of entries churning every second. A delivery core holds far fewer pending
-//! recipients, and each entry is followed by a network round trip: O(log n) insert, remove
-//! and pop-first on an ordered map cost nothing next to it, are exact, and keep the code
-//! obviously right. The map key `(due, seq)` keeps equal times in insertion order.
+//! The queue may hold millions of waiting messages during a downstream outage, so what it
+//! costs per key matters more than exactness below the second: retries are minutes to hours
+//! apart. Keys are filed under the second they are due in (rounded up: never early), a
+//! `Vec` per second in a `BTreeMap`: a few bytes per key, where an ordered map of
+//! `(due, key)` plus a map from key to due costs tens. There is no removal: the owner knows
+//! when each of its keys is due, and when a key pops it checks that the key is still due
+//! then ([`TimerQueue::pop_due`] returns the second it was filed under). A key rescheduled is
+//! simply filed again.
 //!
-//! # Invariants
-//!
-//! Every key is in `by_key` exactly when its `(due, seq)` is in `by_due`.
+//! Keys due at once (a new message, an operator's retry) skip the map: they go to a FIFO
+//! and pop at the next call, without waiting for a second boundary.
 
-use std::collections::{BTreeMap, HashMap};
-use std::hash::Hash;
+use std::collections::{BTreeMap, VecDeque};
 
-/// Keys (a message, a recipient, a destination) ordered by the Unix ms they are due at.
-/// Nothing here reads a clock: [`TimerQueue::pop_due`] takes `now`.
+/// Keys ordered by the second they are due; see the module documentation.
 #[derive(Debug)]
 pub struct TimerQueue<K> {
-    by_due: BTreeMap<(u64, u64), K>,
-    by_key: HashMap<K, (u64, u64)>,
-    seq: u64,
+    /// Keys due already, with their due time.
+    now: VecDeque<(K, u64)>,
+    by_second: BTreeMap<u64, Vec<K>>,
+    len: usize,
 }
 
 impl<K> Default for TimerQueue<K> {
     fn default() -> Self {
-        TimerQueue { by_due: BTreeMap::new(), by_key: HashMap::new(), seq: 0 }
+        TimerQueue { now: VecDeque::new(), by_second: BTreeMap::new(), len: 0 }
     }
 }
 
-impl<K: Clone + Eq + Hash> TimerQueue<K> {
+/// The second a time in Unix ms is filed under: rounded up, so a key never pops early.
+pub fn second_of(due_ms: u64) -> u64 {
+    due_ms.div_ceil(1000)
+}
+
+impl<K: Copy> TimerQueue<K> {
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// Schedules `key` at `due_ms`, replacing any earlier schedule of the same key.
-    pub fn insert(&mut self, key: K, due_ms: u64) {
-        self.remove(&key);
-        let slot = (due_ms, self.seq);
-        self.seq += 1;
-        self.by_due.insert(slot, key.clone());
-        self.by_key.insert(key, slot);
+    /// Files `key` as due at `due_ms`; `now_ms` is the caller's clock (a key already due goes
+    /// to the front queue). Filing a key again does not remove the earlier filing: the owner
+    /// tells stale ones apart when they pop.
+    pub fn insert(&mut self, key: K, due_ms: u64, now_ms: u64) {
+        self.len += 1;
+        if due_ms <= now_ms {
+            self.now.push_back((key, due_ms));
+        } else {
+            self.by_second.entry(second_of(due_ms)).or_default().push(key);
+        }
     }
 
-    /// Unschedules `key`; returns when it was due.
-    pub fn remove(&mut self, key: &K) -> Option<u64> {
-        let slot = self.by_key.remove(key)?;
-        self.by_due.remove(&slot);
-        Some(slot.0)
-    }
-
-    /// When `key` is due, if it is scheduled.
-    pub fn due_of(&self, key: &K) -> Option<u64> {
-        self.by_key.get(key).map(|s| s.0)
-    }
-
-    /// The earliest due time: how long the driver may sleep.
+    /// The earliest time (Unix ms) something may pop: how long the driver may sleep (a key
+    /// filed as due already gives the time it was due).
     pub fn next_due(&self) -> Option<u64> {
-        self.by_due.first_key_value().map(|(s, _)| s.0)
+        if let Some(&(_, due)) = self.now.front() {
+            return Some(due);
+        }
+        self.by_second.first_key_value().map(|(s, _)| s * 1000)
     }
 
-    /// Takes out the earliest key due at or before `now_ms`.
+    /// Takes out one key due at or before `now_ms`, with the second (in ms) it was filed
+    /// under (0 for one filed as due at once).
     pub fn pop_due(&mut self, now_ms: u64) -> Option<(K, u64)> {
-        let entry = self.by_due.first_entry()?;
-        if entry.key().0 > now_ms {
+        if let Some((k, _)) = self.now.pop_front() {
+            self.len -= 1;
+            return Some((k, 0));
+        }
+        let mut entry = self.by_second.first_entry()?;
+        let second = *entry.key();
+        if second * 1000 > now_ms {
             return None;
         }
-        let ((due, _), key) = entry.remove_entry();
-        self.by_key.remove(&key);
-        Some((key, due))
-    }
-
-    /// Takes out every key due at or before `now_ms`, earliest first, up to `max`.
-    pub fn drain_due(&mut self, now_ms: u64, max: usize, out: &mut Vec<K>) {
-        while out.len() < max {
-            match self.pop_due(now_ms) {
-                Some((k, _)) => out.push(k),
-                None => break,
-            }
+        let k = entry.get_mut().pop().expect("no empty bucket is kept");
+        if entry.get().is_empty() {
+            entry.remove();
         }
+        self.len -= 1;
+        Some((k, second * 1000))
     }
 
+    /// Filings, stale ones included.
     pub fn len(&self) -> usize {
-        self.by_key.len()
+        self.len
     }
 
     pub fn is_empty(&self) -> bool {
-        self.by_key.is_empty()
+        self.len == 0
     }
 }
 
@@ -98,53 +97,39 @@ mod tests {
     use super::*;
 
     #[test]
-    fn pops_in_time_order_on_a_simulated_clock() {
+    fn pops_in_second_order_never_early() {
         let mut q = TimerQueue::new();
-        q.insert("c", 300);
-        q.insert("a", 100);
-        q.insert("b", 200);
-        q.insert("a2", 100); // same time as "a": after it
+        q.insert('c', 3_000, 0);
+        q.insert('a', 1_200, 0);
+        q.insert('b', 2_000, 0);
+        q.insert('n', 500, 900); // due already: at once
         assert_eq!(q.len(), 4);
-        assert_eq!(q.next_due(), Some(100));
+        assert_eq!(q.next_due(), Some(500));
+        assert_eq!(q.pop_due(900), Some(('n', 0)));
+        assert_eq!(q.next_due(), Some(2_000), "1.2 s is filed under the second that ends it");
         let mut fired = Vec::new();
-        for now in (0..=400).step_by(50) {
-            while let Some((k, due)) = q.pop_due(now) {
-                assert!(due <= now);
+        for now in (0..=4_000).step_by(250) {
+            while let Some((k, filed)) = q.pop_due(now) {
+                assert!(filed <= now);
                 fired.push((now, k));
             }
         }
-        assert_eq!(fired, vec![(100, "a"), (100, "a2"), (200, "b"), (300, "c")]);
+        assert_eq!(fired.len(), 3);
+        assert_eq!(fired[2], (3_000, 'c'));
+        assert!(fired[..2].iter().all(|&(t, _)| t == 2_000), "{fired:?}");
         assert!(q.is_empty());
         assert_eq!(q.next_due(), None);
     }
 
     #[test]
-    fn reschedule_and_remove() {
+    fn a_key_filed_twice_pops_twice_with_its_second() {
         let mut q = TimerQueue::new();
-        q.insert(1u64, 1000);
-        q.insert(2, 2000);
-        q.insert(1, 3000); // deferred again: moves, not duplicated
-        assert_eq!(q.len(), 2);
-        assert_eq!(q.due_of(&1), Some(3000));
-        assert_eq!(q.pop_due(2500), Some((2, 2000)));
-        assert_eq!(q.pop_due(2500), None);
-        assert_eq!(q.remove(&1), Some(3000));
-        assert_eq!(q.remove(&1), None);
-        assert!(q.is_empty());
-    }
-
-    #[test]
-    fn drain_is_bounded() {
-        let mut q = TimerQueue::new();
-        for i in 0..10u32 {
-            q.insert(i, u64::from(i) * 10);
-        }
-        let mut out = Vec::new();
-        q.drain_due(45, 3, &mut out);
-        assert_eq!(out, vec![0, 1, 2]);
-        out.clear();
-        q.drain_due(45, 100, &mut out);
-        assert_eq!(out, vec![3, 4]);
-        assert_eq!(q.next_due(), Some(50));
+        q.insert(1u32, 60_000, 0);
+        q.insert(1, 120_000, 0); // rescheduled: the owner now expects 120 s
+        assert_eq!(q.pop_due(60_000), Some((1, 60_000)), "stale: the owner skips it");
+        assert_eq!(q.pop_due(60_000), None);
+        assert_eq!(q.pop_due(120_000), Some((1, 120_000)));
+        assert_eq!(second_of(120_000), 120);
+        assert_eq!(second_of(120_001), 121);
     }
 }

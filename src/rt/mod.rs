@@ -111,7 +111,7 @@ impl Server {
         let lock = crate::spool::lock_spool(&spool)
             .map_err(|e| crate::spool::SpoolError::io("lock", &spool.join("lock"), 0, e))?
             .ok_or_else(|| ServeError::SpoolInUse(spool.clone()))?;
-        let rec = crate::spool::recover(&spool)?;
+        let rec = crate::spool::recover_queue(&spool)?;
         for note in &rec.notes {
             log::warn!("spool recovery: {note}");
         }
@@ -182,6 +182,7 @@ impl Server {
                     lmtp: crate::delivery::lmtp::LmtpRoute::from_config(&cfg.delivery.lmtp),
                     retry: cfg.delivery.retry.clone(),
                     delay_notice: cfg.delivery.delay_notice,
+                    active_limit: cfg.delivery.active_limit,
                 },
             },
             directory.clone(),

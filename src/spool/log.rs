@@ -114,12 +114,21 @@ pub struct Stored {
     pub location: Location,
 }
 
-/// Where a message's content lies: segment `seq` of the writer's shard, at an offset.
+/// Where a record lies: segment `seq` of the writer's shard, the record from
+/// `record_offset`, a message's content at its end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Location {
     pub seq: u64,
+    pub record_offset: u64,
     pub content_offset: u64,
     pub content_len: u64,
+}
+
+impl Location {
+    /// The whole record's length.
+    pub fn record_len(&self) -> u64 {
+        self.content_offset + self.content_len - self.record_offset
+    }
 }
 
 struct Segment {
@@ -339,6 +348,7 @@ impl ShardLog {
         for e in batch.entries {
             let location = Location {
                 seq: e.sealed,
+                record_offset: offset,
                 content_offset: offset + e.header.len() as u64,
                 content_len: e.data.len() as u64,
             };

@@ -155,11 +155,11 @@ pub struct ShardTail {
     pub end: u64,
 }
 
-/// What replay found.
-#[derive(Debug, Default)]
-pub struct Recovery {
+/// What replay found; `M` is what it keeps of each unfinished message.
+#[derive(Debug)]
+pub struct Recovery<M = StoredMessage> {
     /// Messages not yet finished, by queue id.
-    pub messages: Vec<StoredMessage>,
+    pub messages: Vec<M>,
     /// Per shard directory found: where to append next.
     pub tails: HashMap<u8, ShardTail>,
     /// The largest queue id seen (ids are minted above it).
@@ -170,6 +170,134 @@ pub struct Recovery {
     pub finished: usize,
     /// What every segment holds, for reclaiming them.
     pub reclaimer: Reclaimer,
+}
+
+impl<M> Default for Recovery<M> {
+    fn default() -> Self {
+        Recovery {
+            messages: Vec::new(),
+            tails: HashMap::new(),
+            max_id: QueueId::default(),
+            notes: Vec::new(),
+            finished: 0,
+            reclaimer: Reclaimer::default(),
+        }
+    }
+}
+
+/// An unfinished message as the queue keeps it at start: where its record is and the
+/// latest state of each recipient, without envelope, content or mark texts (the queue loads
+/// those when the message is due).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueuedMessage {
+    pub id: QueueId,
+    pub received_ms: u64,
+    pub shard: u8,
+    pub location: Location,
+    /// Delivery attempts made so far.
+    pub attempts: u16,
+    /// The latest mark of each recipient: its status and next attempt (Unix ms).
+    pub latest: Vec<Option<(MarkStatus, u64)>>,
+}
+
+impl QueuedMessage {
+    fn is_done(&self) -> bool {
+        self.latest.iter().all(|m| m.is_some_and(|(s, _)| s.is_final()))
+    }
+}
+
+/// What replay hands each message and mark to.
+trait Collector {
+    type Message;
+    fn message(&mut self, shard: u8, seq: u64, path: &Path, location: Location, envelope: Envelope, content: &[u8]);
+    /// Marks come after every message, in the order each log has them.
+    fn mark(&mut self, m: Mark);
+    /// The unfinished messages in id order, how many were finished, the largest id.
+    fn finish(self) -> (Vec<Self::Message>, usize, QueueId);
+}
+
+/// Keeps everything (`queue list`, `queue show`).
+#[derive(Default)]
+struct Everything(HashMap<QueueId, StoredMessage>);
+
+impl Collector for Everything {
+    type Message = StoredMessage;
+
+    fn message(&mut self, shard: u8, seq: u64, path: &Path, l: Location, envelope: Envelope, content: &[u8]) {
+        let head = content[..content.len().min(HEAD_BYTES)].to_vec();
+        let m = StoredMessage {
+            envelope,
+            shard,
+            seq,
+            path: path.to_path_buf(),
+            content_offset: l.content_offset,
+            content_len: l.content_len,
+            marks: Vec::new(),
+            head,
+        };
+        self.0.insert(m.envelope.id, m);
+    }
+
+    fn mark(&mut self, m: Mark) {
+        if let Some(msg) = self.0.get_mut(&m.id) {
+            msg.marks.push(m);
+        }
+    }
+
+    fn finish(self) -> (Vec<StoredMessage>, usize, QueueId) {
+        let mut v: Vec<StoredMessage> = self.0.into_values().collect();
+        let max = v.iter().map(|m| m.envelope.id).max().unwrap_or_default();
+        let before = v.len();
+        v.retain(|m| !m.is_done());
+        v.sort_by_key(|m| m.envelope.id);
+        let finished = before - v.len();
+        (v, finished, max)
+    }
+}
+
+/// Keeps what the queue needs at start ([`QueuedMessage`]).
+#[derive(Default)]
+struct QueueIndex(HashMap<QueueId, QueuedMessage>);
+
+impl Collector for QueueIndex {
+    type Message = QueuedMessage;
+
+    fn message(&mut self, shard: u8, _seq: u64, _path: &Path, location: Location, env: Envelope, _content: &[u8]) {
+        // A copy made by compaction replaces the original; marks come later either way.
+        let m = QueuedMessage {
+            id: env.id,
+            received_ms: env.received_ms,
+            shard,
+            location,
+            attempts: 0,
+            latest: vec![None; env.rcpts.len()],
+        };
+        self.0.insert(env.id, m);
+    }
+
+    fn mark(&mut self, m: Mark) {
+        let Some(msg) = self.0.get_mut(&m.id) else { return };
+        msg.attempts = msg.attempts.max(m.attempts);
+        let state = Some((m.status, m.next_attempt_ms));
+        match m.rcpt {
+            Some(i) => {
+                if let Some(slot) = msg.latest.get_mut(i as usize) {
+                    *slot = state;
+                }
+            }
+            None => msg.latest.iter_mut().for_each(|slot| *slot = state),
+        }
+    }
+
+    fn finish(self) -> (Vec<QueuedMessage>, usize, QueueId) {
+        let mut v: Vec<QueuedMessage> = self.0.into_values().collect();
+        let max = v.iter().map(|m| m.id).max().unwrap_or_default();
+        let before = v.len();
+        v.retain(|m| !m.is_done());
+        v.sort_by_key(|m| m.id);
+        let finished = before - v.len();
+        (v, finished, max)
+    }
 }
 
 /// Retired segment files kept per shard directory for reuse; more are removed.
@@ -207,16 +335,25 @@ pub fn sync_dir(spool: &Path, shard: u8) -> Result<(), SpoolError> {
 /// Bytes of content kept in [`StoredMessage::head`].
 const HEAD_BYTES: usize = 8192;
 
-/// Replays every segment under `spool`. Works on a running server's spool too: a record
-/// still being written fails its CRC and is not shown.
+/// Replays every segment under `spool`, keeping every unfinished message whole. Works on a
+/// running server's spool too: a record still being written fails its CRC and is not shown.
 pub fn recover(spool: &Path) -> Result<Recovery, SpoolError> {
+    replay(spool, Everything::default())
+}
+
+/// Replays every segment under `spool` for the queue: each unfinished message as a
+/// [`QueuedMessage`], a few tens of bytes.
+pub fn recover_queue(spool: &Path) -> Result<Recovery<QueuedMessage>, SpoolError> {
+    replay(spool, QueueIndex::default())
+}
+
+fn replay<C: Collector>(spool: &Path, mut c: C) -> Result<Recovery<C::Message>, SpoolError> {
     let mut rec = Recovery::default();
     let entries = match std::fs::read_dir(spool) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(rec),
         Err(e) => return Err(SpoolError::io("read directory", spool, 0, e)),
     };
-    let mut by_id: HashMap<QueueId, StoredMessage> = HashMap::new();
     // Marks may be in another log than their message (the control side writes them): they
     // are applied once every segment is read, in the order each log has them.
     let mut marks: Vec<(u64, Mark)> = Vec::new();
@@ -243,7 +380,7 @@ pub fn recover(spool: &Path) -> Result<Recovery, SpoolError> {
         for (i, (seq, path)) in segs.iter().enumerate() {
             let last = i + 1 == segs.len();
             // A running server may retire a segment meanwhile: it held nothing unfinished.
-            let Some(end) = replay_segment(shard, *seq, path, &mut by_id, &mut marks, &mut rec, last)? else {
+            let Some(end) = replay_segment(shard, *seq, path, &mut c, &mut marks, &mut rec, last)? else {
                 continue;
             };
             rec.reclaimer.segment_seen(shard, *seq);
@@ -257,27 +394,22 @@ pub fn recover(spool: &Path) -> Result<Recovery, SpoolError> {
     let mark_max = marks.iter().map(|(_, m)| m.id).max().unwrap_or_default();
     for (seq, m) in marks {
         rec.reclaimer.mark_stored(seq, &m);
-        if let Some(msg) = by_id.get_mut(&m.id) {
-            msg.marks.push(m);
-        }
+        c.mark(m);
     }
-    let mut messages: Vec<StoredMessage> = by_id.into_values().collect();
-    rec.max_id = messages.iter().map(|m| m.envelope.id).max().unwrap_or_default().max(mark_max);
-    let before = messages.len();
-    messages.retain(|m| !m.is_done());
-    rec.finished = before - messages.len();
-    messages.sort_by_key(|m| m.envelope.id);
+    let (messages, finished, max) = c.finish();
+    rec.max_id = max.max(mark_max);
+    rec.finished = finished;
     rec.messages = messages;
     Ok(rec)
 }
 
-fn replay_segment(
+fn replay_segment<C: Collector>(
     shard: u8,
     seq: u64,
     path: &Path,
-    by_id: &mut HashMap<QueueId, StoredMessage>,
+    c: &mut C,
     marks: &mut Vec<(u64, Mark)>,
-    rec: &mut Recovery,
+    rec: &mut Recovery<C::Message>,
     last: bool,
 ) -> Result<Option<u64>, SpoolError> {
     let data = match std::fs::read(path) {
@@ -298,21 +430,10 @@ fn replay_segment(
         match decode_record(seq, &data[pos..]) {
             Ok((Record::Message { envelope, content }, len)) => {
                 let content_offset = (pos + len - content.len()) as u64;
-                let head = content[..content.len().min(HEAD_BYTES)].to_vec();
+                let location =
+                    Location { seq, record_offset: pos as u64, content_offset, content_len: content.len() as u64 };
                 rec.reclaimer.message_stored(shard, seq, envelope.id, envelope.rcpts.len());
-                by_id.insert(
-                    envelope.id,
-                    StoredMessage {
-                        envelope,
-                        shard,
-                        seq,
-                        path: path.to_path_buf(),
-                        content_offset,
-                        content_len: content.len() as u64,
-                        marks: Vec::new(),
-                        head,
-                    },
-                );
+                c.message(shard, seq, path, location, envelope, content);
                 pos += len;
             }
             Ok((Record::Mark(m), len)) => {

@@ -71,7 +71,7 @@ mod tests {
         Accepted {
             shard: 0,
             envelope: Envelope::new(QueueId(n)),
-            location: Location { seq: 1, content_offset: n, content_len: 1 },
+            location: Location { seq: 1, record_offset: n, content_offset: n, content_len: 1 },
         }
     }
 

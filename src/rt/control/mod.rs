@@ -27,11 +27,12 @@ use crate::delivery::event::EventRunner;
 use crate::delivery::lmtp::LmtpRoute;
 use crate::delivery::maildir::UsageCache;
 use crate::directory::DirectoryHandle;
-use crate::queue::actions::{Action, At, Content, Generate, Outcome};
+use crate::queue::actions::{Action, At, Generate, Outcome};
 use crate::queue::{ManagerConfig, QueueManager};
+use crate::spool::record::{Record, decode_record};
 use crate::spool::{
-    CONTROL_SHARD, Completion, Envelope, Mark, NewMessage, QueueId, Recipient, Reclaimer, ShardLog, ShardTail,
-    StoredMessage, segment_path, shard_dir,
+    CONTROL_SHARD, Completion, Envelope, Mark, NewMessage, QueueId, QueuedMessage, Recipient, Reclaimer, ShardLog,
+    ShardTail, segment_path, shard_dir,
 };
 use crate::util::time::Now;
 use link::ControlMsg;
@@ -72,7 +73,7 @@ const TOKEN_MOVE: u64 = 2;
 /// The longest the thread sleeps: it also checks for the stop flag.
 const MAX_WAIT: Duration = Duration::from_millis(200);
 
-/// Open segment files, for reading contents (messages come in runs from the same segment).
+/// Open segment files, for reading records (messages come in runs from the same segment).
 struct Segments {
     open: HashMap<(u8, u64), std::fs::File>,
 }
@@ -80,17 +81,25 @@ struct Segments {
 impl Segments {
     const MAX_OPEN: usize = 64;
 
-    fn read(&mut self, spool: &Path, at: At) -> std::io::Result<Vec<u8>> {
-        if !self.open.contains_key(&(at.shard, at.seq)) {
+    /// A message's envelope and content, from its record.
+    fn read(&mut self, spool: &Path, at: At) -> Result<(Envelope, Vec<u8>), String> {
+        let path = || segment_path(&shard_dir(spool, at.shard()), at.seq());
+        if !self.open.contains_key(&(at.shard(), at.seq())) {
             if self.open.len() >= Self::MAX_OPEN {
                 self.open.clear();
             }
-            let f = std::fs::File::open(segment_path(&shard_dir(spool, at.shard), at.seq))?;
-            self.open.insert((at.shard, at.seq), f);
+            let f = std::fs::File::open(path()).map_err(|e| format!("{}: {e}", path().display()))?;
+            self.open.insert((at.shard(), at.seq()), f);
         }
-        let mut buf = vec![0u8; at.len as usize];
-        self.open[&(at.shard, at.seq)].read_exact_at(&mut buf, at.offset)?;
-        Ok(buf)
+        let mut buf = vec![0u8; at.len() as usize];
+        self.open[&(at.shard(), at.seq())]
+            .read_exact_at(&mut buf, at.offset())
+            .map_err(|e| format!("{} at {}: {e}", path().display(), at.offset()))?;
+        match decode_record(at.seq(), &buf) {
+            Ok((Record::Message { envelope, content }, _)) => Ok((envelope, content.to_vec())),
+            Ok(_) => Err(format!("{} at {}: not a message record", path().display(), at.offset())),
+            Err(e) => Err(format!("{} at {}: {e}", path().display(), at.offset())),
+        }
     }
 
     /// A segment was retired: close it.
@@ -123,7 +132,7 @@ pub fn spawn(
     cfg: ControlConfig,
     directory: Arc<DirectoryHandle>,
     usage: Arc<UsageCache>,
-    recovered: Vec<StoredMessage>,
+    recovered: Vec<QueuedMessage>,
     reclaimer: Reclaimer,
     tail: Option<ShardTail>,
     max_id: QueueId,
@@ -144,10 +153,12 @@ pub fn spawn(
         .and_then(|b| serde_json::from_slice(&b).ok())
         .unwrap_or_default();
     let mut manager = QueueManager::new(cfg.manager.clone(), max_id, replies);
+    let queued = recovered.len();
     let now = Now::system().unix_ms;
     for m in recovered {
         manager.handle_recovered(now, m);
     }
+    log::debug!("control: {queued} queued message(s) taken over from recovery");
     let local = LocalDelivery::new(cfg.maildir_root.clone(), usage);
     local.load_usage(&directory.current());
     let c = Control {
@@ -231,15 +242,7 @@ impl Control {
             }
             ControlMsg::Outcome(o) => self.manager.handle_outcome(now, o),
             ControlMsg::Queue(req, answer) => {
-                let spool = if self.manager.queue_request_reads_spool(&req) {
-                    crate::spool::recover(&self.cfg.spool).map(|r| r.messages).unwrap_or_else(|e| {
-                        log::error!("control: reading the spool for a queue command: {e}");
-                        Vec::new()
-                    })
-                } else {
-                    Vec::new()
-                };
-                let mut a = self.manager.handle_queue_request(now, &req, spool);
+                let mut a = self.manager.handle_queue_request(now, &req);
                 self.execute(now);
                 // Marks are durable before the answer goes back.
                 if !self.flush_log(now) {
@@ -259,12 +262,9 @@ impl Control {
         loop {
             while let Some(a) = self.manager.poll_action() {
                 match a {
-                    Action::ReadContent { id, at } => {
-                        let r = self.segments.read(&self.cfg.spool, at).map(Arc::from).map_err(|e| {
-                            let path = segment_path(&shard_dir(&self.cfg.spool, at.shard), at.seq);
-                            format!("{}: {e}", path.display())
-                        });
-                        self.manager.handle_content(now, &dir, id, r);
+                    Action::ReadMessage { id, at } => {
+                        let r = self.segments.read(&self.cfg.spool, at).map(|(e, c)| (e, Arc::from(c)));
+                        self.manager.handle_message(now, &dir, id, r);
                     }
                     Action::SubmitRemote(job) => self.delivery.submit(job),
                     Action::StageMaildir(copy) => self.local.stage(copy),
@@ -295,26 +295,11 @@ impl Control {
         }
     }
 
-    /// The bytes of a content the manager names.
-    fn content(&mut self, c: Content) -> std::io::Result<Arc<[u8]>> {
-        match c {
-            Content::Bytes(b) => Ok(b),
-            Content::At(at) => self.segments.read(&self.cfg.spool, at).map(Arc::from),
-        }
-    }
-
     /// Appends a generated message to the control log; it joins the queue once durable.
     fn generate(&mut self, g: Generate) {
         let (envelope, data) = match g {
             Generate::Message(m) => (m.envelope, m.data),
             Generate::Dsn { id, original, content, reports, now_ms } => {
-                let content = match self.content(content) {
-                    Ok(c) => c,
-                    Err(e) => {
-                        log::error!("control: {}: reading for a report: {e}", original.id);
-                        return;
-                    }
-                };
                 let hostname = &self.cfg.manager.hostname;
                 let message_id = format!("{id}.dsn@{hostname}");
                 let boundary = format!("{id}/{hostname}");
@@ -341,11 +326,10 @@ impl Control {
 
     /// An undeliverable report (its message came from the null sender) goes to the bad-mail
     /// folder, for the operator.
-    fn keep_badmail(&mut self, id: QueueId, content: Content) {
+    fn keep_badmail(&mut self, id: QueueId, content: Arc<[u8]>) {
         let dir = self.cfg.data_dir.join("badmail");
         let path = dir.join(format!("{id}.eml"));
-        let r =
-            self.content(content).and_then(|c| std::fs::create_dir_all(&dir).and_then(|_| std::fs::write(&path, c)));
+        let r = std::fs::create_dir_all(&dir).and_then(|_| std::fs::write(&path, content));
         match r {
             Ok(()) => log::warn!("control: {id}: undeliverable system message kept in {}", path.display()),
             Err(e) => log::error!("control: {id}: writing {}: {e}", path.display()),

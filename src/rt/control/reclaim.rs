@@ -32,7 +32,7 @@ impl Control {
     /// Copies the few unfinished messages of mostly finished sealed segments into the control
     /// log (see [`crate::spool::reclaim`]); once the copies are durable the segments go at
     /// the next [`Control::reclaim`]. Only messages waiting a while in the queue are copied:
-    /// a segment with a held message (not kept in memory) or one about to be tried waits.
+    /// a segment with a message about to be tried, or being tried, waits.
     fn compact(&mut self, now: u64) {
         let mut budget = COMPACT_BUDGET;
         let mut copied = 0;
@@ -41,10 +41,9 @@ impl Control {
                 continue;
             }
             for id in ids {
-                let Some((envelope, at)) = self.manager.message(id) else { continue };
-                let envelope = envelope.clone();
+                let Some(at) = self.manager.location(id) else { continue };
                 match self.segments.read(&self.cfg.spool, at) {
-                    Ok(data) => {
+                    Ok((envelope, data)) => {
                         budget = budget.saturating_sub(data.len() as u64);
                         copied += 1;
                         self.log.append(TOKEN_MOVE, NewMessage { envelope, data });
