@@ -29,7 +29,7 @@ pub mod record;
 pub use envelope::{Envelope, IdGen, NewMessage, QueueId, Recipient};
 pub use lock::{SpoolLock, lock_spool};
 pub use log::{Batch, Completion, Location, LogStats, ShardLog, Stored};
-pub use reclaim::{Plan, Reclaimer};
+pub use reclaim::{CopyMark, Plan, Reclaimer};
 pub use record::{Mark, MarkStatus};
 
 use crate::wire::Reply;
@@ -456,6 +456,33 @@ fn replay_segment<C: Collector>(
         }
     }
     Ok(Some(pos as u64))
+}
+
+/// The texts of the last marks in control segment `seq` for the (message, recipient) pairs
+/// in `wanted`: what [`Reclaimer`] does not keep in memory, read back before a control
+/// segment goes ([`CopyMark::text_in`]).
+pub fn mark_texts(
+    spool: &Path,
+    seq: u64,
+    wanted: &std::collections::HashSet<(QueueId, Option<u16>)>,
+) -> Result<HashMap<(QueueId, Option<u16>), String>, SpoolError> {
+    let path = segment_path(&shard_dir(spool, CONTROL_SHARD), seq);
+    let data = std::fs::read(&path).map_err(|e| SpoolError::io("read segment", &path, 0, e))?;
+    let mut out = HashMap::new();
+    let mut pos = SEGMENT_HEADER_LEN;
+    while pos < data.len() {
+        match decode_record(seq, &data[pos..]) {
+            Ok((Record::Mark(m), len)) => {
+                if wanted.contains(&(m.id, m.rcpt)) {
+                    out.insert((m.id, m.rcpt), m.text);
+                }
+                pos += len;
+            }
+            Ok((_, len)) => pos += len,
+            Err(_) => break,
+        }
+    }
+    Ok(out)
 }
 
 /// The value of a header field in a message head, unfolded, if present.

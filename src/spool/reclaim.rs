@@ -27,17 +27,33 @@ use super::envelope::QueueId;
 use super::record::{Mark, MarkStatus};
 use std::collections::{BTreeMap, HashMap, HashSet};
 
+/// A sealed control segment kept by at most this many unfinished messages is compacted.
+const CONTROL_COMPACT_MESSAGES: usize = 64;
+
 /// A segment: shard and sequence.
 pub type SegmentKey = (u8, u64);
+
+/// A recipient's latest mark, without its text: the text is read back from the control
+/// segment `seq` if the mark must be copied forward (see [`Plan::copies`]).
+#[derive(Debug, Clone, Copy)]
+struct Latest {
+    next_attempt_ms: u64,
+    seq: u64,
+    attempts: u16,
+    status: MarkStatus,
+}
 
 #[derive(Debug)]
 struct Msg {
     seg: SegmentKey,
+    /// The oldest and newest control segment holding a mark of it (0: none yet).
+    first_mark: u64,
+    last_mark: u64,
     rcpts: u16,
-    /// Latest mark per recipient while unfinished (allocated at the first mark); empty
-    /// once finished.
-    marks: Vec<Option<Mark>>,
     finished: bool,
+    /// Latest mark per recipient while unfinished (allocated at the first mark); none once
+    /// finished.
+    latest: Option<Box<[Option<Latest>]>>,
 }
 
 #[derive(Debug, Default)]
@@ -46,15 +62,22 @@ struct Seg {
     messages: Vec<QueueId>,
     /// How many of them are not finished.
     live: usize,
-    /// Control segments: messages that have marks here.
-    marked: HashSet<QueueId>,
+}
+
+/// A mark to copy forward before its control segment goes. Its text is not kept in memory:
+/// the caller reads it from control segment `text_in` (the last mark there for the same
+/// message and recipient), when it names one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CopyMark {
+    pub mark: Mark,
+    pub text_in: Option<u64>,
 }
 
 /// What can go now, and what must be copied first.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Plan {
     /// Marks to append (and make durable) before anything is retired.
-    pub copies: Vec<Mark>,
+    pub copies: Vec<CopyMark>,
     /// Sealed message segments of the ingress shards with nothing unfinished.
     pub messages: Vec<SegmentKey>,
     /// Sealed control segments with nothing unfinished; retired last.
@@ -117,10 +140,8 @@ impl Reclaimer {
         if !finished {
             seg.live += 1;
         }
-        self.msgs.insert(
-            id,
-            Msg { seg: (shard, seq), rcpts: rcpts.min(u16::MAX as usize) as u16, marks: Vec::new(), finished },
-        );
+        let rcpts = rcpts.min(u16::MAX as usize) as u16;
+        self.msgs.insert(id, Msg { seg: (shard, seq), first_mark: 0, last_mark: 0, rcpts, finished, latest: None });
     }
 
     /// A state mark is durable in segment `seq` of the control log.
@@ -128,9 +149,10 @@ impl Reclaimer {
         self.segment_seen(CONTROL_SHARD, seq);
         // A mark of a message already reclaimed is left over: nothing to keep.
         let Some(msg) = self.msgs.get_mut(&mark.id) else { return };
-        if let Some(seg) = self.segs.get_mut(&(CONTROL_SHARD, seq)) {
-            seg.marked.insert(mark.id);
+        if msg.first_mark == 0 || seq < msg.first_mark {
+            msg.first_mark = seq;
         }
+        msg.last_mark = msg.last_mark.max(seq);
         if msg.finished {
             return;
         }
@@ -138,17 +160,20 @@ impl Reclaimer {
             None if mark.status.is_final() => msg.finished = true,
             None => {}
             Some(i) => {
-                if msg.marks.is_empty() {
-                    msg.marks = vec![None; msg.rcpts as usize];
+                let latest = msg.latest.get_or_insert_with(|| vec![None; msg.rcpts as usize].into_boxed_slice());
+                if let Some(slot) = latest.get_mut(i as usize) {
+                    *slot = Some(Latest {
+                        next_attempt_ms: mark.next_attempt_ms,
+                        seq,
+                        attempts: mark.attempts,
+                        status: mark.status,
+                    });
                 }
-                if let Some(slot) = msg.marks.get_mut(i as usize) {
-                    *slot = Some(mark.clone());
-                }
-                msg.finished = msg.marks.iter().all(|m| m.as_ref().is_some_and(|m| m.status.is_final()));
+                msg.finished = latest.iter().all(|m| m.is_some_and(|m| m.status.is_final()));
             }
         }
         if msg.finished {
-            msg.marks = Vec::new();
+            msg.latest = None;
             if let Some(seg) = self.segs.get_mut(&msg.seg) {
                 seg.live -= 1;
             }
@@ -186,26 +211,41 @@ impl Reclaimer {
                 plan.messages.push((shard, seq));
             }
         }
-        let mut copied: HashSet<QueueId> = HashSet::new();
-        for &seq in &plan.control {
-            let mut ids: Vec<QueueId> = self.segs[&(CONTROL_SHARD, seq)].marked.iter().copied().collect();
+        // Before a control segment goes, the marks there that still matter are copied: the
+        // latest of each recipient of an unfinished message, one final mark for a finished
+        // message still on disk. Which messages have marks there is known by range only (the
+        // oldest and newest control segment with a mark of each): copying a final mark
+        // too many is harmless. Rare (once per control segment), so a walk over every
+        // message is fine.
+        if let (Some(&lo), Some(&hi)) = (plan.control.iter().min(), plan.control.iter().max()) {
+            let retiring: HashSet<u64> = plan.control.iter().copied().collect();
+            let mut ids: Vec<QueueId> = self
+                .msgs
+                .iter()
+                .filter(|(id, m)| m.first_mark != 0 && m.first_mark <= hi && m.last_mark >= lo && !gone.contains(id))
+                .map(|(id, _)| *id)
+                .collect();
             ids.sort();
             for id in ids {
-                if gone.contains(&id) || !copied.insert(id) {
+                let msg = &self.msgs[&id];
+                if msg.finished {
+                    let text = "final (marks compacted)".to_string();
+                    let mark =
+                        Mark { id, rcpt: None, status: MarkStatus::Delivered, attempts: 0, next_attempt_ms: 0, text };
+                    plan.copies.push(CopyMark { mark, text_in: None });
                     continue;
                 }
-                let Some(msg) = self.msgs.get(&id) else { continue };
-                if msg.finished {
-                    plan.copies.push(Mark {
+                let latest = msg.latest.iter().flat_map(|l| l.iter().enumerate());
+                for (i, l) in latest.filter_map(|(i, l)| l.map(|l| (i, l))).filter(|(_, l)| retiring.contains(&l.seq)) {
+                    let mark = Mark {
                         id,
-                        rcpt: None,
-                        status: MarkStatus::Delivered,
-                        attempts: 0,
-                        next_attempt_ms: 0,
-                        text: "final (marks compacted)".into(),
-                    });
-                } else {
-                    plan.copies.extend(msg.marks.iter().flatten().cloned());
+                        rcpt: Some(i as u16),
+                        status: l.status,
+                        attempts: l.attempts,
+                        next_attempt_ms: l.next_attempt_ms,
+                        text: String::new(),
+                    };
+                    plan.copies.push(CopyMark { mark, text_in: Some(l.seq) });
                 }
             }
         }
@@ -227,14 +267,19 @@ impl Reclaimer {
     }
 
     /// Sealed segments kept only by a few unfinished messages (at most one in
-    /// `1 / fraction` of what they hold): copying those messages forward
+    /// `1 / fraction` of what they hold; in the control log, at most
+    /// `CONTROL_COMPACT_MESSAGES`, since its segments are mostly marks): copying those messages forward
     /// ([`Reclaimer::message_stored`] with the copy's place) lets the segment go. Returns
     /// each such segment with its unfinished messages.
     pub fn compaction_candidates(&self, fraction: usize) -> Vec<(SegmentKey, Vec<QueueId>)> {
         let mut out = Vec::new();
         for (&key, seg) in &self.segs {
             let sealed = self.active.get(&key.0).is_some_and(|&a| key.1 < a);
-            if !sealed || seg.live == 0 || seg.live * fraction > seg.messages.len() {
+            // A control segment is mostly marks: its few messages (generated ones, copies)
+            // are worth copying whatever their share of its messages.
+            let few = seg.live * fraction <= seg.messages.len()
+                || (key.0 == CONTROL_SHARD && seg.live <= CONTROL_COMPACT_MESSAGES);
+            if !sealed || seg.live == 0 || !few {
                 continue;
             }
             let live: Vec<QueueId> = seg
@@ -316,11 +361,14 @@ mod tests {
             mark(2, Some(1), MarkStatus::Deferred),
             mark(3, None, MarkStatus::Delivered),
         ];
-        let got: Vec<(QueueId, Option<u16>, MarkStatus)> = p.copies.iter().map(|m| (m.id, m.rcpt, m.status)).collect();
+        let got: Vec<(QueueId, Option<u16>, MarkStatus)> =
+            p.copies.iter().map(|c| (c.mark.id, c.mark.rcpt, c.mark.status)).collect();
         assert_eq!(got, want.iter().map(|m| (m.id, m.rcpt, m.status)).collect::<Vec<_>>());
+        let texts: Vec<Option<u64>> = p.copies.iter().map(|c| c.text_in).collect();
+        assert_eq!(texts, [None, Some(1), Some(1), None], "a recipient's text is read back from segment 1");
         // The copies land in control segment 2; segment 1 is retired.
-        for m in &p.copies {
-            r.mark_stored(2, m);
+        for c in &p.copies {
+            r.mark_stored(2, &c.mark);
         }
         r.retired(&p);
         r.segment_seen(CONTROL_SHARD, 3);
@@ -359,6 +407,24 @@ mod tests {
         r.segment_seen(CONTROL_SHARD, 4);
         r.mark_stored(4, &mark(1, Some(0), MarkStatus::Delivered));
         assert!(r.plan().control.contains(&3));
+    }
+
+    /// A control segment is mostly marks: its one unfinished message is copied forward even
+    /// though it is all the messages the segment holds.
+    #[test]
+    fn a_control_segment_with_a_few_messages_is_compacted() {
+        let mut r = Reclaimer::new();
+        r.message_stored(CONTROL_SHARD, 1, QueueId(5), 1);
+        r.mark_stored(1, &mark(5, Some(0), MarkStatus::Deferred));
+        assert!(r.compaction_candidates(10).is_empty(), "segment 1 is the active one");
+        r.segment_seen(CONTROL_SHARD, 2);
+        assert_eq!(r.compaction_candidates(10), vec![((CONTROL_SHARD, 1), vec![QueueId(5)])]);
+        r.message_stored(CONTROL_SHARD, 2, QueueId(5), 1);
+        let p = r.plan();
+        assert_eq!(p.control, vec![1]);
+        let copied: Vec<(Option<u16>, MarkStatus, Option<u64>)> =
+            p.copies.iter().map(|c| (c.mark.rcpt, c.mark.status, c.text_in)).collect();
+        assert_eq!(copied, [(Some(0), MarkStatus::Deferred, Some(1))], "its deferral, text from segment 1");
     }
 
     #[test]

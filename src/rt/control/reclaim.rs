@@ -4,7 +4,8 @@
 //! segments can go too.
 
 use super::{Control, TOKEN_MOVE};
-use crate::spool::{CONTROL_SHARD, NewMessage};
+use crate::spool::{CONTROL_SHARD, NewMessage, QueueId};
+use std::collections::{HashMap, HashSet};
 
 /// Compaction copies the unfinished messages of a sealed segment when they are at most one
 /// in this many of what it holds.
@@ -64,8 +65,31 @@ impl Control {
     /// Carries out a reclaim plan.
     fn retire(&mut self, now: u64, plan: crate::spool::Plan) {
         let copies = plan.copies.len();
-        for m in &plan.copies {
-            self.append_mark(m.clone());
+        // The texts of the copied marks, read back from the segments about to go.
+        let mut wanted: HashMap<u64, HashSet<(QueueId, Option<u16>)>> = HashMap::new();
+        for c in &plan.copies {
+            if let Some(seq) = c.text_in {
+                wanted.entry(seq).or_default().insert((c.mark.id, c.mark.rcpt));
+            }
+        }
+        let mut texts = HashMap::new();
+        for (seq, pairs) in wanted {
+            match crate::spool::mark_texts(&self.cfg.spool, seq, &pairs) {
+                Ok(t) => texts.extend(t.into_iter().map(|(k, v)| ((seq, k), v))),
+                Err(e) => {
+                    log::error!("control: spool reclaim put off: {e}");
+                    return;
+                }
+            }
+        }
+        for c in plan.copies.iter().cloned() {
+            let mut mark = c.mark;
+            if let Some(seq) = c.text_in
+                && let Some(t) = texts.remove(&(seq, (mark.id, mark.rcpt)))
+            {
+                mark.text = t;
+            }
+            self.append_mark(mark);
         }
         if !self.flush_log(now) {
             log::error!("control: spool reclaim put off: copied marks are not durable");
