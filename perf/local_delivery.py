@@ -10,7 +10,11 @@ The figure for accept+local is end to end: from the first connection until the l
 message is in the Maildir (`new/` holds N files). Rounds are interleaved; medians and the
 ratio are printed.
 
+With `--alt NAME=BINARY` (repeatable) another build's accept+local runs in the same rounds,
+for old-versus-new comparisons.
+
 Usage: perf/local_delivery.py [--rounds 3] [--messages 20000] [--ringmx target/release/ringmx]
+                              [--alt NAME=BINARY]...
 Loopback only; every run is bounded by its message count (and a 10-minute time limit).
 """
 
@@ -25,7 +29,7 @@ import sys
 import tempfile
 import time
 
-from common import free_port
+from common import free_port, parse_alts, rotated, spread
 
 SMTP_SOURCE = shutil.which("smtp-source") or "/usr/sbin/smtp-source"
 
@@ -82,23 +86,28 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--messages", type=int, default=20000)
     ap.add_argument("--ringmx", default=os.path.join(os.path.dirname(__file__), "..", "target", "release", "ringmx"))
+    ap.add_argument("--alt", action="append", default=[], metavar="NAME=BINARY")
     a = ap.parse_args()
     tmp = tempfile.mkdtemp(prefix="ringmx-local-")
-    only, local = [], []
+    kinds = [("accept-only", a.ringmx, False), ("accept+local", a.ringmx, True)]
+    kinds += [(f"{name} accept+local", binary, True) for name, binary in parse_alts(a.alt)]
+    figures = {label: [] for label, _, _ in kinds}
     for r in range(a.rounds):
-        for kind in (["accept-only", "accept+local"] if r % 2 == 0 else ["accept+local", "accept-only"]):
-            acc, e2e, delivered = run(a.ringmx, tmp, a.messages, kind == "accept+local")
-            if kind == "accept-only":
-                only.append(acc)
-                print(f"round {r + 1} accept-only   {acc:8.0f} msg/s accepted", flush=True)
+        for label, binary, local in rotated(kinds, r):
+            acc, e2e, delivered = run(binary, tmp, a.messages, local)
+            if not local:
+                figures[label].append(acc)
+                print(f"round {r + 1} {label:24} {acc:8.0f} msg/s accepted", flush=True)
             else:
-                local.append(e2e)
-                print(f"round {r + 1} accept+local  {acc:8.0f} msg/s accepted, {e2e:8.0f} msg/s delivered "
+                figures[label].append(e2e)
+                print(f"round {r + 1} {label:24} {acc:8.0f} msg/s accepted, {e2e:8.0f} msg/s delivered "
                       f"end to end ({delivered} files)", flush=True)
     shutil.rmtree(tmp, ignore_errors=True)
-    mo, ml = statistics.median(only), statistics.median(local)
+    mo = statistics.median(figures["accept-only"])
     print(f"\nmedians over {a.rounds} round(s), smtp-source -d -s 20 -m {a.messages} -l 1024:")
-    print(f"accept-only {mo:.0f} msg/s; accept+Maildir delivery {ml:.0f} msg/s end to end; ratio {ml / mo:.2f}")
+    for label, values in figures.items():
+        ratio = "" if label == "accept-only" else f"; ratio to accept-only {statistics.median(values) / mo:.2f}"
+        print(f"{label:24} {spread(values)} msg/s{ratio}")
 
 
 if __name__ == "__main__":

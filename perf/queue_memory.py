@@ -7,7 +7,8 @@ every connection, retries are an hour apart), stops the server, then measures:
   every message is back in memory (VmRSS from /proc), minus an empty server's;
 - `ringmx queue list --json` and `ringmx queue show ID` on the stopped server: wall time and
   peak RSS.
-Prints bytes per queued message. Loopback only; everything it starts is stopped at the end.
+Prints bytes per queued message. Loopback only; everything it starts is stopped at the end,
+and its spool removed.
 
 Usage: perf/queue_memory.py [--messages 200000] [--ringmx target/release/ringmx]
                             [--loadgen target/release/ringmx-loadgen]
@@ -17,6 +18,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -110,6 +112,7 @@ def main():
           f"{(full - empty) * 1024 / n:.0f} bytes per queued message")
     print(f"queue list --json (server stopped): {list_s:.2f} s, peak RSS {list_kib} KiB")
     print(f"queue show ID (server stopped): {show_s * 1000:.0f} ms, peak RSS {show_kib} KiB")
+    shutil.rmtree(d, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -10,8 +10,11 @@ Postfix's smtp-source (`-d -s 20 -m N -l 1024`):
 The sink is `ringmx-loadgen sink` (and, with --postfix-sink, Postfix's smtp-sink, counted
 by its own "-c" output). Rounds are interleaved; medians and the ratio are printed.
 
+With `--alt NAME=BINARY` (repeatable) another build's accept+relay runs in the same rounds,
+for old-versus-new comparisons.
+
 Usage: perf/remote_delivery.py [--rounds 3] [--messages 20000] [--ringmx target/release/ringmx]
-                               [--loadgen target/release/ringmx-loadgen]
+                               [--loadgen target/release/ringmx-loadgen] [--alt NAME=BINARY]...
 Loopback only; every run is bounded by its message count and a 10-minute limit.
 """
 
@@ -26,7 +29,7 @@ import sys
 import tempfile
 import time
 
-from common import free_port
+from common import free_port, parse_alts, rotated, spread
 
 SMTP_SOURCE = shutil.which("smtp-source") or "/usr/sbin/smtp-source"
 HERE = os.path.dirname(__file__)
@@ -61,11 +64,11 @@ def start_ringmx(binary, tmp, smart_host):
     return p, port, d
 
 
-def run(a, tmp, relay):
+def run(a, binary, tmp, relay):
     sink = addr = out = None
     if relay:
         sink, addr, out = start_sink(a.loadgen, tmp, a.messages)
-    p, port, d = start_ringmx(a.ringmx, tmp, addr)
+    p, port, d = start_ringmx(binary, tmp, addr)
     rcpt = "u@relay.example" if relay else "u@example.test"
     t0 = time.time()
     subprocess.run([SMTP_SOURCE, "-d", "-s", "20", "-m", str(a.messages), "-l", "1024", "-f", "s@remote.example",
@@ -89,23 +92,28 @@ def main():
     ap.add_argument("--messages", type=int, default=20000)
     ap.add_argument("--ringmx", default=os.path.join(HERE, "..", "target", "release", "ringmx"))
     ap.add_argument("--loadgen", default=os.path.join(HERE, "..", "target", "release", "ringmx-loadgen"))
+    ap.add_argument("--alt", action="append", default=[], metavar="NAME=BINARY")
     a = ap.parse_args()
     tmp = tempfile.mkdtemp(prefix="ringmx-remote-")
-    only, relay = [], []
+    kinds = [("accept-only", a.ringmx, False), ("accept+relay", a.ringmx, True)]
+    kinds += [(f"{name} accept+relay", binary, True) for name, binary in parse_alts(a.alt)]
+    figures = {label: [] for label, _, _ in kinds}
     for r in range(a.rounds):
-        for kind in (["accept-only", "accept+relay"] if r % 2 == 0 else ["accept+relay", "accept-only"]):
-            acc, e2e, counts = run(a, tmp, kind == "accept+relay")
-            if kind == "accept-only":
-                only.append(acc)
-                print(f"round {r + 1} accept-only   {acc:8.0f} msg/s accepted", flush=True)
+        for label, binary, relay in rotated(kinds, r):
+            acc, e2e, counts = run(a, binary, tmp, relay)
+            if not relay:
+                figures[label].append(acc)
+                print(f"round {r + 1} {label:24} {acc:8.0f} msg/s accepted", flush=True)
             else:
-                relay.append(e2e)
-                print(f"round {r + 1} accept+relay  {acc:8.0f} msg/s accepted, {e2e:8.0f} msg/s delivered end to end "
+                figures[label].append(e2e)
+                print(f"round {r + 1} {label:24} {acc:8.0f} msg/s accepted, {e2e:8.0f} msg/s delivered end to end "
                       f"({counts['messages']} messages over {counts['connections']} connections)", flush=True)
     shutil.rmtree(tmp, ignore_errors=True)
-    mo, mr = statistics.median(only), statistics.median(relay)
+    mo = statistics.median(figures["accept-only"])
     print(f"\nmedians over {a.rounds} round(s), smtp-source -d -s 20 -m {a.messages} -l 1024:")
-    print(f"accept-only {mo:.0f} msg/s; accept+remote delivery {mr:.0f} msg/s end to end; ratio {mr / mo:.2f}")
+    for label, values in figures.items():
+        ratio = "" if label == "accept-only" else f"; ratio to accept-only {statistics.median(values) / mo:.2f}"
+        print(f"{label:24} {spread(values)} msg/s{ratio}")
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@
 pub mod control;
 pub mod directory;
 
+use crate::queue::Status;
 use crate::spool::{MarkStatus, QueueId, SpoolError, StoredMessage, header_value, recover};
 use crate::util::time::rfc3339_ms;
 use std::io::Write;
@@ -46,24 +47,18 @@ fn recipients(m: &StoredMessage) -> Vec<serde_json::Value> {
     m.envelope
         .rcpts
         .iter()
-        .zip(m.latest_marks())
-        .map(|(r, k)| {
-            let status = match k.map(|k| k.status) {
-                None => "queued",
-                Some(MarkStatus::Deferred) => "deferred",
-                Some(MarkStatus::Delivered) => "delivered",
-                Some(MarkStatus::Failed) => "failed",
-                Some(MarkStatus::Deleted) => "deleted",
-            };
+        .enumerate()
+        .map(|(i, r)| {
+            let st = Status::from_marks(&m.marks, i as u16);
             let notify = r.notify.map(|n| n.keywords());
             serde_json::json!({
                 "address": r.address,
                 "notify": notify,
                 "orcpt": r.orcpt,
-                "status": status,
-                "attempts": k.map_or(0, |k| k.attempts),
-                "next_attempt": k.filter(|k| k.status == MarkStatus::Deferred).map(|k| rfc3339_ms(k.next_attempt_ms)),
-                "last_error": k.filter(|k| k.status != MarkStatus::Delivered).map(|k| k.text.clone()),
+                "status": st.name(),
+                "attempts": st.attempts(),
+                "next_attempt": st.next_attempt_ms().map(rfc3339_ms),
+                "last_error": st.last_error(),
             })
         })
         .collect()

@@ -32,6 +32,33 @@ impl Status {
         }
     }
 
+    /// The word `queue list` shows.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Status::Pending => "queued",
+            Status::Deferred { .. } => "deferred",
+            Status::Delivered { .. } => "delivered",
+            Status::Failed { .. } => "failed",
+            Status::Deleted => "deleted",
+        }
+    }
+
+    /// The next attempt (Unix ms) of a deferred recipient.
+    pub fn next_attempt_ms(&self) -> Option<u64> {
+        match self {
+            Status::Deferred { next_ms, .. } => Some(*next_ms),
+            _ => None,
+        }
+    }
+
+    /// The last reply or error of a recipient not delivered.
+    pub fn last_error(&self) -> Option<&str> {
+        match self {
+            Status::Deferred { last_reply: r, .. } | Status::Failed { reply: r, .. } => Some(r),
+            _ => None,
+        }
+    }
+
     /// True when the recipient needs no more work.
     pub fn is_final(&self) -> bool {
         !matches!(self, Status::Pending | Status::Deferred { .. })
