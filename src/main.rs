@@ -144,6 +144,7 @@ fn queue_control(
             QueueOp::Retry => "retry now",
             QueueOp::Delete => "deleted",
             QueueOp::Bounce => "bounced",
+            QueueOp::Locate => "located",
         };
         for id in &a.done {
             writeln!(out, "{id}: {verb}")?;
@@ -202,7 +203,9 @@ fn main() -> ExitCode {
                 QueueCmd::List { at, json } => {
                     spool_dir(&at).map(|d| ringmx::admin::queue_list(&d, json, &mut out).map(|_| ()))
                 }
-                QueueCmd::Show { id, at } => spool_dir(&at).map(|d| ringmx::admin::queue_show(&d, &id, &mut out)),
+                QueueCmd::Show { id, at } => {
+                    data_and_spool(&at).map(|(data, spool)| ringmx::admin::queue_show(&data, &spool, &id, &mut out))
+                }
                 QueueCmd::Retry(t) => queue_control(QueueOp::Retry, t, &mut out),
                 QueueCmd::Delete(t) => queue_control(QueueOp::Delete, t, &mut out),
                 QueueCmd::Bounce(t) => queue_control(QueueOp::Bounce, t, &mut out),

@@ -46,7 +46,7 @@ pub fn request(data_dir: &Path, spool: &Path, req: &QueueRequest) -> Result<Queu
     }
 }
 
-fn over_socket(s: UnixStream, req: &QueueRequest) -> Result<QueueAnswer, AdminError> {
+pub(super) fn over_socket(s: UnixStream, req: &QueueRequest) -> Result<QueueAnswer, AdminError> {
     s.set_read_timeout(Some(Duration::from_secs(30)))?;
     let mut w = s.try_clone()?;
     let mut line = serde_json::to_vec(req).map_err(|e| AdminError::Server(e.to_string()))?;
@@ -64,6 +64,9 @@ fn over_socket(s: UnixStream, req: &QueueRequest) -> Result<QueueAnswer, AdminEr
 
 /// The stopped server's case: marks appended to the control log.
 fn offline(spool: &Path, req: &QueueRequest) -> Result<QueueAnswer, AdminError> {
+    if req.op == QueueOp::Locate {
+        return Err(AdminError::Server("locate needs the running server (its queue index)".into()));
+    }
     if req.op == QueueOp::Bounce {
         return Err(AdminError::Server(
             "bounce needs the running server (it builds and delivers the report): start it, then run this again".into(),
@@ -116,7 +119,7 @@ fn offline(spool: &Path, req: &QueueRequest) -> Result<QueueAnswer, AdminError> 
                     }
                 }
             }
-            QueueOp::Bounce => unreachable!("refused above"),
+            QueueOp::Bounce | QueueOp::Locate => unreachable!("refused above"),
         }
         answer.done.push(id.to_string());
     }

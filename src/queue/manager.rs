@@ -35,7 +35,7 @@
 use super::actions::{Action, At, Generate, LmtpBatch, MaildirCopy, Outcome, RemoteJob, RemoteOutcome};
 use super::entries::{Entries, Entry, Rcpt, RcptStates, Want};
 use super::outcome::{self, Answered, Attempted, MarkFor};
-use super::requests::{BOUNCED_TEXT, DELETED_TEXT, QueueAnswer, QueueOp, QueueRequest};
+use super::requests::{BOUNCED_TEXT, DELETED_TEXT, Located, QueueAnswer, QueueOp, QueueRequest};
 use super::timer::second_of;
 use super::{DelayNoticeConfig, RetryConfig, TimerQueue};
 use crate::delivery::autoreply::{self, ReplyMemory};
@@ -224,12 +224,24 @@ impl QueueManager {
         self.active
     }
 
-    /// A message was made durable (by a shard, or a generated one by the driver): due now.
-    pub fn handle_accepted(&mut self, now: u64, envelope: Envelope, shard: u8, location: Location) {
+    /// A message was made durable (by a shard, or a generated one by the driver): due now,
+    /// unless every recipient is held (an accept-all domain with nowhere to send it): then
+    /// its record is not even read.
+    pub fn handle_accepted(&mut self, now: u64, dir: &Directory, envelope: Envelope, shard: u8, location: Location) {
         let n = envelope.rcpts.len().min(u16::MAX as usize) as u16;
-        let e = Entry { id: envelope.id, at: At::new(shard, location), rcpts: RcptStates::new(n), ..Entry::default() };
+        let mut rcpts = RcptStates::new(n);
+        for (i, r) in envelope.rcpts.iter().take(n as usize).enumerate() {
+            let a = r.address.to_ascii_lowercase();
+            if route_of(dir, &a, &self.cfg.routing, &self.cfg.local_domains) == Where::Held {
+                rcpts.set(i as u16, Rcpt::Held);
+            }
+        }
+        let held = !rcpts.any(Rcpt::Open);
+        let e = Entry { id: envelope.id, at: At::new(shard, location), rcpts, ..Entry::default() };
         let slot = self.entries.insert(e);
-        self.schedule(slot, now, now);
+        if !held {
+            self.schedule(slot, now, now);
+        }
     }
 
     /// A message recovery found unfinished: its final recipients stay done, the others are
@@ -822,6 +834,13 @@ impl QueueManager {
                 continue;
             };
             match req.op {
+                QueueOp::Locate => {
+                    let at = e.at;
+                    let (shard, seq, offset, len) = (at.shard(), at.seq(), at.offset(), at.len());
+                    answer.located.push(Located { id: id.to_string(), shard, seq, offset, len });
+                    answer.done.push(id.to_string());
+                    continue;
+                }
                 QueueOp::Retry => {
                     for i in e.rcpts.with(Rcpt::Held).collect::<Vec<_>>() {
                         e.rcpts.set(i, Rcpt::Open);

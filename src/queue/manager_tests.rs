@@ -75,7 +75,7 @@ impl Driver {
         self.spool.insert(id, e.clone());
         let offset = (id.0 >> 32) * 100;
         let location = Location { seq: 1, record_offset: offset, content_offset: offset + 80, content_len: 20 };
-        self.m.handle_accepted(self.now, e, 0, location);
+        self.m.handle_accepted(self.now, &self.dir, e, 0, location);
         id
     }
 
@@ -488,7 +488,8 @@ fn recovered(id: QueueId, attempts: u16, latest: Vec<Option<(MarkStatus, u64)>>)
 fn held_messages() {
     let mut d = Driver::new(config());
     let id = d.accept("s@sender.test", &["x@accept.test"]);
-    assert_eq!(d.run(), Vec::<String>::new());
+    d.m.handle_timeout(d.now, &d.dir);
+    assert!(d.m.poll_action().is_none(), "held at acceptance: its record is not even read");
     assert_eq!((d.m.len(), d.m.active(), d.next_due_minutes()), (1, 0, None), "held: not loaded, not due");
     d.m.handle_queue_request(d.now, &request(QueueOp::Retry, &[id]));
     assert_eq!(d.run(), Vec::<String>::new(), "still nowhere to send it");
@@ -581,4 +582,16 @@ fn unreadable_record_is_retried() {
     assert_eq!(d.next_due_minutes(), Some(5));
     assert!(!d.m.is_idle_until(id, T0 + 10 * MIN), "due before then");
     assert!(d.m.is_idle_until(id, T0 + 5 * MIN));
+}
+
+/// `queue show` on a running server: the record's place, from the queue's index.
+#[test]
+fn locate_through_the_index() {
+    let mut d = Driver::new(config());
+    let id = d.accept("s@sender.test", &["x@accept.test"]);
+    let a = d.m.handle_queue_request(d.now, &request(QueueOp::Locate, &[id, QueueId(77)]));
+    let l = &a.located[0];
+    assert_eq!((l.id.as_str(), l.shard, l.seq, l.offset, l.len), (id.to_string().as_str(), 0, 1, 100, 100));
+    assert_eq!(a.not_found, [QueueId(77).to_string()]);
+    assert!(d.drain().is_empty(), "no mark, no change");
 }

@@ -16,6 +16,9 @@ pub enum QueueOp {
     Delete,
     /// Fail every unfinished recipient and report it to the sender.
     Bounce,
+    /// Where the message's record is (`queue show` on a running server: found through the
+    /// queue's index, then read by the command itself).
+    Locate,
 }
 
 /// One request: `ids` none means every queued message.
@@ -31,6 +34,20 @@ pub struct QueueAnswer {
     pub done: Vec<String>,
     pub not_found: Vec<String>,
     pub error: Option<String>,
+    /// For [`QueueOp::Locate`]: where each record is.
+    #[serde(default)]
+    pub located: Vec<Located>,
+}
+
+/// A message's record in the spool: segment `seq` of shard directory `shard`, `len` bytes
+/// from `offset`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Located {
+    pub id: String,
+    pub shard: u8,
+    pub seq: u64,
+    pub offset: u64,
+    pub len: u64,
 }
 
 /// Mark text of an operator's decision.

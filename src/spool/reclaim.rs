@@ -38,22 +38,36 @@ pub type SegmentKey = (u8, u64);
 #[derive(Debug, Clone, Copy)]
 struct Latest {
     next_attempt_ms: u64,
-    seq: u64,
+    seq: u32,
     attempts: u16,
     status: MarkStatus,
 }
 
+/// What is known of one message on disk: 32 bytes (segment sequences are kept in 32 bits:
+/// four billion segments of at least 64 KiB per shard directory).
 #[derive(Debug)]
 struct Msg {
-    seg: SegmentKey,
+    seq: u32,
     /// The oldest and newest control segment holding a mark of it (0: none yet).
-    first_mark: u64,
-    last_mark: u64,
+    first_mark: u32,
+    last_mark: u32,
     rcpts: u16,
+    shard: u8,
     finished: bool,
     /// Latest mark per recipient while unfinished (allocated at the first mark); none once
     /// finished.
     latest: Option<Box<[Option<Latest>]>>,
+}
+
+impl Msg {
+    fn seg(&self) -> SegmentKey {
+        (self.shard, self.seq as u64)
+    }
+}
+
+/// A segment sequence as [`Msg`] keeps it.
+fn seq32(seq: u64) -> u32 {
+    u32::try_from(seq).unwrap_or(u32::MAX)
 }
 
 #[derive(Debug, Default)]
@@ -121,7 +135,8 @@ impl Reclaimer {
         self.segment_seen(shard, seq);
         // A copy of a message already known (compaction): it lives here from now on.
         if let Some(m) = self.msgs.get_mut(&id) {
-            let old = std::mem::replace(&mut m.seg, (shard, seq));
+            let old = m.seg();
+            (m.shard, m.seq) = (shard, seq32(seq));
             let finished = m.finished;
             if !finished && let Some(o) = self.segs.get_mut(&old) {
                 o.live = o.live.saturating_sub(1);
@@ -141,7 +156,8 @@ impl Reclaimer {
             seg.live += 1;
         }
         let rcpts = rcpts.min(u16::MAX as usize) as u16;
-        self.msgs.insert(id, Msg { seg: (shard, seq), first_mark: 0, last_mark: 0, rcpts, finished, latest: None });
+        let seq = seq32(seq);
+        self.msgs.insert(id, Msg { seq, first_mark: 0, last_mark: 0, rcpts, shard, finished, latest: None });
     }
 
     /// A state mark is durable in segment `seq` of the control log.
@@ -149,10 +165,11 @@ impl Reclaimer {
         self.segment_seen(CONTROL_SHARD, seq);
         // A mark of a message already reclaimed is left over: nothing to keep.
         let Some(msg) = self.msgs.get_mut(&mark.id) else { return };
-        if msg.first_mark == 0 || seq < msg.first_mark {
-            msg.first_mark = seq;
+        let seq32 = seq32(seq);
+        if msg.first_mark == 0 || seq32 < msg.first_mark {
+            msg.first_mark = seq32;
         }
-        msg.last_mark = msg.last_mark.max(seq);
+        msg.last_mark = msg.last_mark.max(seq32);
         if msg.finished {
             return;
         }
@@ -164,7 +181,7 @@ impl Reclaimer {
                 if let Some(slot) = latest.get_mut(i as usize) {
                     *slot = Some(Latest {
                         next_attempt_ms: mark.next_attempt_ms,
-                        seq,
+                        seq: seq32,
                         attempts: mark.attempts,
                         status: mark.status,
                     });
@@ -174,7 +191,7 @@ impl Reclaimer {
         }
         if msg.finished {
             msg.latest = None;
-            if let Some(seg) = self.segs.get_mut(&msg.seg) {
+            if let Some(seg) = self.segs.get_mut(&msg.seg()) {
                 seg.live -= 1;
             }
             self.dirty = true;
@@ -203,7 +220,7 @@ impl Reclaimer {
             }
             // Messages copied elsewhere by compaction are not gone with this segment.
             gone.extend(
-                seg.messages.iter().copied().filter(|id| self.msgs.get(id).is_some_and(|m| m.seg == (shard, seq))),
+                seg.messages.iter().copied().filter(|id| self.msgs.get(id).is_some_and(|m| m.seg() == (shard, seq))),
             );
             if shard == CONTROL_SHARD {
                 plan.control.push(seq);
@@ -222,7 +239,9 @@ impl Reclaimer {
             let mut ids: Vec<QueueId> = self
                 .msgs
                 .iter()
-                .filter(|(id, m)| m.first_mark != 0 && m.first_mark <= hi && m.last_mark >= lo && !gone.contains(id))
+                .filter(|(id, m)| {
+                    m.first_mark != 0 && m.first_mark as u64 <= hi && m.last_mark as u64 >= lo && !gone.contains(id)
+                })
                 .map(|(id, _)| *id)
                 .collect();
             ids.sort();
@@ -236,7 +255,8 @@ impl Reclaimer {
                     continue;
                 }
                 let latest = msg.latest.iter().flat_map(|l| l.iter().enumerate());
-                for (i, l) in latest.filter_map(|(i, l)| l.map(|l| (i, l))).filter(|(_, l)| retiring.contains(&l.seq)) {
+                let in_retiring = |l: &Latest| retiring.contains(&(l.seq as u64));
+                for (i, l) in latest.filter_map(|(i, l)| l.map(|l| (i, l))).filter(|(_, l)| in_retiring(l)) {
                     let mark = Mark {
                         id,
                         rcpt: Some(i as u16),
@@ -245,7 +265,7 @@ impl Reclaimer {
                         next_attempt_ms: l.next_attempt_ms,
                         text: String::new(),
                     };
-                    plan.copies.push(CopyMark { mark, text_in: Some(l.seq) });
+                    plan.copies.push(CopyMark { mark, text_in: Some(l.seq as u64) });
                 }
             }
         }
@@ -258,7 +278,7 @@ impl Reclaimer {
         for key in keys {
             if let Some(seg) = self.segs.remove(&key) {
                 for id in seg.messages {
-                    if self.msgs.get(&id).is_some_and(|m| m.seg == key) {
+                    if self.msgs.get(&id).is_some_and(|m| m.seg() == key) {
                         self.msgs.remove(&id);
                     }
                 }
@@ -286,7 +306,7 @@ impl Reclaimer {
                 .messages
                 .iter()
                 .copied()
-                .filter(|id| self.msgs.get(id).is_some_and(|m| m.seg == key && !m.finished))
+                .filter(|id| self.msgs.get(id).is_some_and(|m| m.seg() == key && !m.finished))
                 .collect();
             out.push((key, live));
         }
@@ -324,6 +344,12 @@ mod tests {
         r.retired(&p);
         assert_eq!(r.messages(), 1);
         assert!(r.plan().is_empty());
+    }
+
+    #[test]
+    fn what_is_kept_per_message_is_small() {
+        assert!(std::mem::size_of::<Msg>() <= 32, "{}", std::mem::size_of::<Msg>());
+        assert!(std::mem::size_of::<Option<Latest>>() <= 16);
     }
 
     #[test]

@@ -235,9 +235,10 @@ impl Control {
     fn handle(&mut self, m: ControlMsg, now: u64) {
         match m {
             ControlMsg::Accepted(v) => {
+                let dir = self.directory.current();
                 for a in v {
                     self.reclaimer.message_stored(a.shard, a.location.seq, a.envelope.id, a.envelope.rcpts.len());
-                    self.manager.handle_accepted(now, a.envelope, a.shard, a.location);
+                    self.manager.handle_accepted(now, &dir, a.envelope, a.shard, a.location);
                 }
             }
             ControlMsg::Outcome(o) => self.manager.handle_outcome(now, o),
@@ -371,7 +372,7 @@ impl Control {
                 if let Some(envelope) = stored.envelope {
                     let l = stored.location;
                     self.reclaimer.message_stored(CONTROL_SHARD, l.seq, envelope.id, envelope.rcpts.len());
-                    self.manager.handle_accepted(now, envelope, CONTROL_SHARD, l);
+                    self.manager.handle_accepted(now, &self.directory.current(), envelope, CONTROL_SHARD, l);
                 }
             }
             Ok(stored) if c.token == TOKEN_MOVE => {
