@@ -43,3 +43,27 @@ def spread(values):
     """Median and range of a list of figures, as text."""
     import statistics
     return f"{statistics.median(values):.0f} (range {min(values):.0f}-{max(values):.0f})"
+
+
+def accept_against_delivery(rounds, messages, kinds, run_one):
+    """The rounds of perf/local_delivery.py and perf/remote_delivery.py: `kinds` are
+    (label, binary, delivers) triples, the first one accept-only; `run_one(binary, delivers)`
+    returns (accepted msg/s, end-to-end msg/s, a note). Kinds take every place in turn across
+    rounds; prints each run, then medians with their range and the ratio to accept-only."""
+    import statistics
+    figures = {label: [] for label, _, _ in kinds}
+    for r in range(rounds):
+        for label, binary, delivers in rotated(kinds, r):
+            acc, e2e, note = run_one(binary, delivers)
+            if not delivers:
+                figures[label].append(acc)
+                print(f"round {r + 1} {label:24} {acc:8.0f} msg/s accepted", flush=True)
+            else:
+                figures[label].append(e2e)
+                print(f"round {r + 1} {label:24} {acc:8.0f} msg/s accepted, {e2e:8.0f} msg/s delivered "
+                      f"end to end {note}", flush=True)
+    only = statistics.median(figures[kinds[0][0]])
+    print(f"\nmedians over {rounds} round(s), smtp-source -d -s 20 -m {messages} -l 1024:")
+    for label, values in figures.items():
+        ratio = "" if label == kinds[0][0] else f"; ratio to accept-only {statistics.median(values) / only:.2f}"
+        print(f"{label:24} {spread(values)} msg/s{ratio}")

@@ -23,13 +23,12 @@ import json
 import os
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 
-from common import free_port, parse_alts, rotated, spread
+from common import accept_against_delivery, free_port, parse_alts
 
 SMTP_SOURCE = shutil.which("smtp-source") or "/usr/sbin/smtp-source"
 HERE = os.path.dirname(__file__)
@@ -97,23 +96,14 @@ def main():
     tmp = tempfile.mkdtemp(prefix="ringmx-remote-")
     kinds = [("accept-only", a.ringmx, False), ("accept+relay", a.ringmx, True)]
     kinds += [(f"{name} accept+relay", binary, True) for name, binary in parse_alts(a.alt)]
-    figures = {label: [] for label, _, _ in kinds}
-    for r in range(a.rounds):
-        for label, binary, relay in rotated(kinds, r):
-            acc, e2e, counts = run(a, binary, tmp, relay)
-            if not relay:
-                figures[label].append(acc)
-                print(f"round {r + 1} {label:24} {acc:8.0f} msg/s accepted", flush=True)
-            else:
-                figures[label].append(e2e)
-                print(f"round {r + 1} {label:24} {acc:8.0f} msg/s accepted, {e2e:8.0f} msg/s delivered end to end "
-                      f"({counts['messages']} messages over {counts['connections']} connections)", flush=True)
+
+    def one(binary, relay):
+        acc, e2e, counts = run(a, binary, tmp, relay)
+        note = f"({counts['messages']} messages over {counts['connections']} connections)" if relay else ""
+        return acc, e2e, note
+
+    accept_against_delivery(a.rounds, a.messages, kinds, one)
     shutil.rmtree(tmp, ignore_errors=True)
-    mo = statistics.median(figures["accept-only"])
-    print(f"\nmedians over {a.rounds} round(s), smtp-source -d -s 20 -m {a.messages} -l 1024:")
-    for label, values in figures.items():
-        ratio = "" if label == "accept-only" else f"; ratio to accept-only {statistics.median(values) / mo:.2f}"
-        print(f"{label:24} {spread(values)} msg/s{ratio}")
 
 
 if __name__ == "__main__":

@@ -18,9 +18,9 @@
 //! - [`net`], [`tls`]: the system calls and rustls I/O the loops use (the sink's io_uring
 //!   driver submits its own operations).
 //! - [`units`]: durations and sizes as the command line writes them.
-//! - [`rng`], [`b64`]: small helpers kept here to keep the dependency list short.
+//! - [`rng`]: a small helper kept here to keep the dependency list short (base64 is the
+//!   workspace's `ringmx-b64`, shared with the server).
 
-pub mod b64;
 pub mod cli;
 pub mod client;
 pub mod net;

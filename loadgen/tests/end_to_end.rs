@@ -278,7 +278,7 @@ fn a_certificate_we_do_not_trust_fails_cleanly(io: IoMode) {
 
 fn base64_lines(der: &[u8]) -> String {
     let mut out = Vec::new();
-    ringmx_loadgen::b64::encode_into(der, &mut out);
+    ringmx_b64::encode_into(der, &mut out);
     out.chunks(64).map(|c| String::from_utf8_lossy(c).into_owned()).collect::<Vec<_>>().join("\n")
 }
 

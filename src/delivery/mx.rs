@@ -10,8 +10,7 @@
 //! time-out: 4.4.3).
 
 use hickory_resolver::TokioResolver;
-use hickory_resolver::config::{LookupIpStrategy, NameServerConfig, ResolveHosts, ResolverConfig};
-use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::config::LookupIpStrategy;
 use hickory_resolver::proto::rr::{Name, RData};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
@@ -139,26 +138,9 @@ pub struct MxResolver {
 
 impl MxResolver {
     pub fn new(cfg: &DnsConfig) -> Result<Self, MxError> {
-        let servers = cfg
-            .servers
-            .iter()
-            .map(|s| {
-                let mut ns = NameServerConfig::udp_and_tcp(s.ip());
-                for c in &mut ns.connections {
-                    c.port = s.port();
-                }
-                ns
-            })
-            .collect();
-        let mut b = TokioResolver::builder_with_config(
-            ResolverConfig::from_name_servers(servers),
-            TokioRuntimeProvider::default(),
-        );
+        let mut b = crate::dns::service::resolver_builder(&cfg.servers, cfg.timeout);
         let o = b.options_mut();
-        o.use_hosts_file = ResolveHosts::Never;
         o.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
-        o.timeout = cfg.timeout;
-        o.attempts = 2;
         o.positive_min_ttl = Some(cfg.min_ttl);
         o.positive_max_ttl = Some(cfg.max_ttl);
         o.negative_min_ttl = Some(cfg.negative_ttl.min(cfg.max_ttl));

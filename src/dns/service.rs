@@ -9,10 +9,10 @@
 
 use super::{DnsAnswer, DnsQuery};
 use crate::policy::iplist::reverse_name;
-use hickory_resolver::TokioResolver;
 use hickory_resolver::config::{NameServerConfig, ResolveHosts, ResolverConfig};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::proto::rr::RData;
+use hickory_resolver::{ResolverBuilder, TokioResolver};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
@@ -155,6 +155,19 @@ fn finish(state: &Mutex<Shared>, q: &DnsQuery, answer: DnsAnswer, expires: Optio
 }
 
 fn build_resolver(servers: &[SocketAddr], timeout: Duration) -> Option<TokioResolver> {
+    match resolver_builder(servers, timeout).build() {
+        Ok(r) => Some(r),
+        Err(e) => {
+            log::error!("dns: cannot build a resolver: {e}");
+            None
+        }
+    }
+}
+
+/// The resolver settings policy and delivery share: these name servers only (no hosts
+/// file), each question bounded by `timeout`, two attempts. Callers add their own (TTL
+/// bounds, address families) before building.
+pub fn resolver_builder(servers: &[SocketAddr], timeout: Duration) -> ResolverBuilder<TokioRuntimeProvider> {
     let servers = servers
         .iter()
         .map(|s| {
@@ -171,13 +184,7 @@ fn build_resolver(servers: &[SocketAddr], timeout: Duration) -> Option<TokioReso
     o.use_hosts_file = ResolveHosts::Never;
     o.timeout = timeout;
     o.attempts = 2;
-    match b.build() {
-        Ok(r) => Some(r),
-        Err(e) => {
-            log::error!("dns: cannot build a resolver: {e}");
-            None
-        }
-    }
+    b
 }
 
 /// One question over the network: the answer and, when found, how long it is valid.

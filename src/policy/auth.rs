@@ -53,36 +53,7 @@ impl Drop for Credentials {
 
 /// Decodes standard base64 with padding (RFC 4648 §4); an empty line is an empty message.
 pub fn decode_base64(s: &str) -> Result<Vec<u8>, SaslError> {
-    let s = s.trim_end_matches([' ', '\t']).as_bytes();
-    if !s.len().is_multiple_of(4) {
-        return Err(SaslError::BadBase64);
-    }
-    let val = |c: u8| -> Option<u32> {
-        Some(match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => return None,
-        } as u32)
-    };
-    let mut out = Vec::with_capacity(s.len() / 4 * 3);
-    for (i, chunk) in s.chunks(4).enumerate() {
-        let last = i == s.len() / 4 - 1;
-        let pad = chunk.iter().rev().take_while(|&&c| c == b'=').count();
-        if pad > 2 || (pad > 0 && !last) {
-            return Err(SaslError::BadBase64);
-        }
-        let mut n = 0u32;
-        for &c in &chunk[..4 - pad] {
-            n = n << 6 | val(c).ok_or(SaslError::BadBase64)?;
-        }
-        n <<= 6 * pad as u32;
-        let bytes = [(n >> 16) as u8, (n >> 8) as u8, n as u8];
-        out.extend_from_slice(&bytes[..3 - pad]);
-    }
-    Ok(out)
+    ringmx_b64::decode(s.trim_end_matches([' ', '\t']).as_bytes()).ok_or(SaslError::BadBase64)
 }
 
 /// RFC 4616 §2: `[authzid] NUL authcid NUL passwd`. An authorization identity other than

@@ -195,12 +195,9 @@ impl Server {
             remote,
             control_stop.clone(),
         )?;
-        // Replaying a large spool allocated and freed a lot on this thread (the queue keeps
-        // a compact entry per message, not what replay read): mimalloc keeps freed pages
-        // for reuse, which would show as resident memory for the server's whole life.
-        // SAFETY: mi_collect takes no pointers; forcing a collection of this thread's heap
-        // is allowed at any time.
-        unsafe { libmimalloc_sys::mi_collect(true) };
+        // Replaying a large spool allocated and freed a lot on this thread: the queue keeps a
+        // compact entry per message, not what replay read.
+        crate::util::mem::release_free_memory();
         let shutdown = Arc::new(AtomicBool::new(false));
         let socket_path = crate::queue::requests::socket_path(&cfg.data_dir);
         // Without the socket the server still serves mail; only the queue commands need it.

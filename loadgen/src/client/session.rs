@@ -17,9 +17,9 @@ use std::io::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::b64;
 use crate::report::recorder::ErrorKind;
 use crate::report::{Phase, Recorder};
+use ringmx_b64 as b64;
 
 /// Longest reply line accepted; RFC 5321 §4.5.3.1.5 says 512, servers send more.
 const MAX_REPLY_LINE: usize = 8192;

@@ -24,10 +24,10 @@ use std::time::{Duration, Instant};
 
 use memchr::memmem;
 
-use crate::b64;
 use crate::report::recorder::CodeTable;
 use crate::rng::Rng;
 use crate::sink::replies::{PhaseReplies, SinkPhase};
+use ringmx_b64 as b64;
 
 /// A command line longer than this (RFC 5321 §4.5.3.1.4 says 512) is refused and skipped.
 const MAX_COMMAND_LINE: usize = 4096;

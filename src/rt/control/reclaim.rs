@@ -138,5 +138,10 @@ impl Control {
         self.reclaimed += n as u64;
         log::debug!("control: {n} spool segment(s) retired, {copies} mark(s) copied forward");
         self.reclaimer.retired(&retired);
+        if copies > 0 {
+            // Copying marks forward reads a whole control segment and builds a batch as
+            // large: give that back.
+            crate::util::mem::release_free_memory();
+        }
     }
 }
