@@ -11,7 +11,7 @@ Prints bytes per queued message. Loopback only; everything it starts is stopped 
 and its spool removed.
 
 Usage: perf/queue_memory.py [--messages 200000] [--ringmx target/release/ringmx]
-                            [--loadgen target/release/ringmx-loadgen]
+                            [--loadgen target/release/ringmx-loadgen] [--keep]
 """
 
 import argparse
@@ -72,6 +72,7 @@ def main():
     ap = argparse.ArgumentParser()
     here = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "target", "release")
     ap.add_argument("--messages", type=int, default=200_000)
+    ap.add_argument("--keep", action="store_true", help="leave the spool (its path is printed) for more runs")
     ap.add_argument("--ringmx", default=os.path.join(here, "ringmx"))
     ap.add_argument("--loadgen", default=os.path.join(here, "ringmx-loadgen"))
     a = ap.parse_args()
@@ -112,7 +113,10 @@ def main():
           f"{(full - empty) * 1024 / n:.0f} bytes per queued message")
     print(f"queue list --json (server stopped): {list_s:.2f} s, peak RSS {list_kib} KiB")
     print(f"queue show ID (server stopped): {show_s * 1000:.0f} ms, peak RSS {show_kib} KiB")
-    shutil.rmtree(d, ignore_errors=True)
+    if a.keep:
+        print(f"spool kept in {d} (ringmx serve --config {cfg})")
+    else:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ pub mod directory;
 
 use crate::queue::Status;
 use crate::queue::requests::{Located, QueueOp, QueueRequest};
-use crate::spool::{MarkStatus, QueueId, SpoolError, StoredMessage, header_value, recover};
+use crate::spool::{MarkStatus, QueueId, SpoolError, StoredMessage, recover};
 use crate::util::time::rfc3339_ms;
 use std::io::Write;
 use std::path::Path;
@@ -80,7 +80,7 @@ pub fn queue_list(spool: &Path, json: bool, out: &mut dyn Write) -> Result<usize
         if json {
             let v = serde_json::json!({
                 "id": e.id.to_string(),
-                "message_id": header_value(&m.head, "Message-ID"),
+                "message_id": m.message_id,
                 "from": e.from,
                 "to": e.rcpts.iter().map(|r| r.address.as_str()).collect::<Vec<_>>(),
                 "size": m.content_len,

@@ -102,8 +102,9 @@ pub struct StoredMessage {
     pub content_len: u64,
     /// State marks written for it, oldest first.
     pub marks: Vec<Mark>,
-    /// The first bytes of the content, enough for the header fields `queue list` shows.
-    pub head: Vec<u8>,
+    /// The Message-ID header field's value, if any (what `queue list` shows of the content:
+    /// the rest stays on disk).
+    pub message_id: Option<String>,
 }
 
 impl StoredMessage {
@@ -224,7 +225,7 @@ impl Collector for Everything {
     type Message = StoredMessage;
 
     fn message(&mut self, shard: u8, seq: u64, path: &Path, l: Location, envelope: Envelope, content: &[u8]) {
-        let head = content[..content.len().min(HEAD_BYTES)].to_vec();
+        let message_id = header_value(&content[..content.len().min(HEAD_BYTES)], "Message-ID");
         let m = StoredMessage {
             envelope,
             shard,
@@ -233,7 +234,7 @@ impl Collector for Everything {
             content_offset: l.content_offset,
             content_len: l.content_len,
             marks: Vec::new(),
-            head,
+            message_id,
         };
         self.0.insert(m.envelope.id, m);
     }
@@ -332,7 +333,7 @@ pub fn sync_dir(spool: &Path, shard: u8) -> Result<(), SpoolError> {
     std::fs::File::open(&dir).and_then(|d| d.sync_all()).map_err(|e| SpoolError::io("sync directory", &dir, 0, e))
 }
 
-/// Bytes of content kept in [`StoredMessage::head`].
+/// Bytes of content searched for the header fields [`StoredMessage`] keeps.
 const HEAD_BYTES: usize = 8192;
 
 /// Replays every segment under `spool`, keeping every unfinished message whole. Works on a

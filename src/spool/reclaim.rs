@@ -27,6 +27,14 @@ use super::envelope::QueueId;
 use super::record::{Mark, MarkStatus};
 use std::collections::{BTreeMap, HashMap, HashSet};
 
+/// A sealed control segment goes only when at most one in this many of its marks would be
+/// copied forward. Retiring one full of latest marks would only move them into the next
+/// segment, fill it, and do it again: a large deferred queue keeps about one segment of
+/// latest marks, and that segment stays until retries or deliveries supersede them.
+const CONTROL_COPY_FRACTION: usize = 4;
+/// Up to this many marks are copied whatever the fraction: too few to fill a segment.
+const CONTROL_COPY_ANYWAY: usize = 64;
+
 /// A sealed control segment kept by at most this many unfinished messages is compacted.
 const CONTROL_COMPACT_MESSAGES: usize = 64;
 
@@ -76,6 +84,10 @@ struct Seg {
     messages: Vec<QueueId>,
     /// How many of them are not finished.
     live: usize,
+    /// Control segments: marks stored here, and how many of them are still the latest of a
+    /// recipient of an unfinished message (what retiring the segment would copy).
+    marks: usize,
+    latest: usize,
 }
 
 /// A mark to copy forward before its control segment goes. Its text is not kept in memory:
@@ -170,6 +182,9 @@ impl Reclaimer {
             msg.first_mark = seq32;
         }
         msg.last_mark = msg.last_mark.max(seq32);
+        if let Some(seg) = self.segs.get_mut(&(CONTROL_SHARD, seq)) {
+            seg.marks += 1;
+        }
         if msg.finished {
             return;
         }
@@ -179,6 +194,15 @@ impl Reclaimer {
             Some(i) => {
                 let latest = msg.latest.get_or_insert_with(|| vec![None; msg.rcpts as usize].into_boxed_slice());
                 if let Some(slot) = latest.get_mut(i as usize) {
+                    if let Some(prev) = slot
+                        && let Some(s) = self.segs.get_mut(&(CONTROL_SHARD, prev.seq as u64))
+                    {
+                        s.latest -= 1;
+                        self.dirty = true;
+                    }
+                    if let Some(s) = self.segs.get_mut(&(CONTROL_SHARD, seq)) {
+                        s.latest += 1;
+                    }
                     *slot = Some(Latest {
                         next_attempt_ms: mark.next_attempt_ms,
                         seq: seq32,
@@ -190,7 +214,11 @@ impl Reclaimer {
             }
         }
         if msg.finished {
-            msg.latest = None;
+            for l in msg.latest.take().iter().flat_map(|l| l.iter().flatten()) {
+                if let Some(s) = self.segs.get_mut(&(CONTROL_SHARD, l.seq as u64)) {
+                    s.latest -= 1;
+                }
+            }
             if let Some(seg) = self.segs.get_mut(&msg.seg()) {
                 seg.live -= 1;
             }
@@ -215,7 +243,8 @@ impl Reclaimer {
         let mut gone: HashSet<QueueId> = HashSet::new();
         for (&(shard, seq), seg) in &self.segs {
             let sealed = self.active.get(&shard).is_some_and(|&a| seq < a);
-            if !sealed || seg.live > 0 {
+            let copies_too_many = seg.latest > CONTROL_COPY_ANYWAY && seg.latest * CONTROL_COPY_FRACTION > seg.marks;
+            if !sealed || seg.live > 0 || copies_too_many {
                 continue;
             }
             // Messages copied elsewhere by compaction are not gone with this segment.
@@ -451,6 +480,29 @@ mod tests {
         let copied: Vec<(Option<u16>, MarkStatus, Option<u64>)> =
             p.copies.iter().map(|c| (c.mark.rcpt, c.mark.status, c.text_in)).collect();
         assert_eq!(copied, [(Some(0), MarkStatus::Deferred, Some(1))], "its deferral, text from segment 1");
+    }
+
+    /// A control segment whose marks are mostly still the latest of their recipients stays:
+    /// retiring it would copy them all into the next segment, and again when that one is
+    /// sealed. Once retries supersede most of them, it goes and the rest are copied.
+    #[test]
+    fn a_control_segment_of_latest_marks_is_not_churned() {
+        let mut r = Reclaimer::new();
+        let n = 4 * CONTROL_COPY_ANYWAY as u64;
+        for id in 1..=n {
+            r.message_stored(0, 1, QueueId(id), 1);
+            r.mark_stored(1, &mark(id, Some(0), MarkStatus::Deferred));
+        }
+        r.segment_seen(CONTROL_SHARD, 2);
+        assert!(r.plan().control.is_empty(), "every mark in it is still the latest");
+        // Retried: all but 10 deferred again (marks in segment 2).
+        for id in 11..=n {
+            r.mark_stored(2, &mark(id, Some(0), MarkStatus::Deferred));
+        }
+        let p = r.plan();
+        assert_eq!(p.control, vec![1]);
+        let ids: Vec<u64> = p.copies.iter().map(|c| c.mark.id.0).collect();
+        assert_eq!(ids, (1..=10).collect::<Vec<_>>(), "only the ten still latest there");
     }
 
     #[test]

@@ -38,7 +38,7 @@ fn append_sync_recover() {
     let m = &r.messages[3];
     assert_eq!(m.envelope.rcpts[0].address, "u4@example.test");
     assert_eq!(m.read_content().unwrap(), b"Message-ID: <4@x>\r\n\r\nhello\r\n");
-    assert_eq!(header_value(&m.head, "message-id").as_deref(), Some("<4@x>"));
+    assert_eq!(m.message_id.as_deref(), Some("<4@x>"));
     assert!(r.notes.is_empty(), "{:?}", r.notes);
 }
 
