@@ -9,9 +9,10 @@
 //!   submission, linked write + fdatasync for group commit).
 //! - `epoll`: the fallback driver.
 //! - `listener`, `tls`: sockets and certificates.
-//! - `control`, `remote`: the control thread (routing, local delivery, marks, reclaiming)
-//!   and the remote-delivery thread; `admin_socket`: the operator's way in to the control
-//!   thread (`ringmx queue retry|delete|bounce`).
+//! - `control`, `remote`: the control thread (the driver of `queue::QueueManager`: record
+//!   reads, Maildir commits, marks, reclaiming) and the delivery runtime (remote SMTP and
+//!   LMTP); `admin_socket`: the operator's way in to the control thread (`ringmx queue
+//!   retry|delete|bounce`, and `queue show`'s lookup).
 
 mod admin_socket;
 mod conn;

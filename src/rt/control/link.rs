@@ -1,4 +1,4 @@
-//! What the shards, the remote-delivery thread and the control socket send the control
+//! What the shards, the delivery runtime and the control socket send the control
 //! thread, and the shards' end of that channel. Kept apart from the control side itself so
 //! that its senders depend on the messages, not on the queue's code.
 
