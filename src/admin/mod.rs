@@ -69,11 +69,18 @@ fn recipients(m: &StoredMessage) -> Vec<serde_json::Value> {
 /// last error); with `json`, one JSON object per line (SPEC §10), recipients in
 /// `recipients`. Returns the number of messages listed.
 pub fn queue_list(spool: &Path, json: bool, out: &mut dyn Write) -> Result<usize, AdminError> {
-    let rec = recover(spool)?;
+    let rec = crate::spool::recover_listing(spool)?;
     if !json && !rec.messages.is_empty() {
         writeln!(out, "{:<16}  {:>9}  {:<24}  {:<8}  sender / recipients", "id", "size", "received", "status")?;
     }
-    for m in &rec.messages {
+    let mut reader = crate::spool::RecordReader::new(spool);
+    for listed in &rec.messages {
+        // A running server may have retired the segment meanwhile: the message is finished.
+        let m = match listed.load(&mut reader) {
+            Ok(m) => m,
+            Err(_) => continue,
+        };
+        let m = &m;
         let (status, attempts, next) = status(m);
         let e = &m.envelope;
         let rcpts = recipients(m);

@@ -23,12 +23,14 @@
 mod envelope;
 mod lock;
 pub mod log;
+mod reader;
 pub mod reclaim;
 pub mod record;
 
 pub use envelope::{Envelope, IdGen, NewMessage, QueueId, Recipient};
 pub use lock::{SpoolLock, lock_spool};
 pub use log::{Batch, Completion, Location, LogStats, ShardLog, Stored};
+pub use reader::RecordReader;
 pub use reclaim::{CopyMark, Plan, Reclaimer};
 pub use record::{Mark, MarkStatus};
 
@@ -207,6 +209,93 @@ impl QueuedMessage {
     }
 }
 
+/// An unfinished message as `queue list` walks a stopped server's spool: where its record
+/// is and its latest marks (texts included). The envelope is read back one message at a
+/// time ([`Listed::load`]), so listing a large queue does not hold every envelope at once.
+#[derive(Debug, Clone)]
+pub struct Listed {
+    pub id: QueueId,
+    pub shard: u8,
+    pub location: Location,
+    /// The latest mark of each recipient and the latest message-wide one, with the order
+    /// they were read in.
+    latest: Vec<Option<(u64, Mark)>>,
+    whole: Option<(u64, Mark)>,
+}
+
+impl Listed {
+    fn is_done(&self) -> bool {
+        self.whole.as_ref().is_some_and(|(_, m)| m.status.is_final())
+            || self.latest.iter().all(|m| m.as_ref().is_some_and(|(_, m)| m.status.is_final()))
+    }
+
+    /// The whole message as [`recover`] gives it, its record read with `r`.
+    pub fn load(&self, r: &mut RecordReader) -> Result<StoredMessage, SpoolError> {
+        let l = self.location;
+        let (envelope, content) = r
+            .read(self.shard, l.seq, l.record_offset, l.record_len())
+            .map_err(|what| SpoolError::Corrupt { path: PathBuf::from(format!("{}", self.id)), what })?;
+        let mut marks: Vec<(u64, Mark)> = self.latest.iter().flatten().chain(self.whole.iter()).cloned().collect();
+        marks.sort_by_key(|(order, _)| *order);
+        let message_id = header_value(&content[..content.len().min(HEAD_BYTES)], "Message-ID");
+        Ok(StoredMessage {
+            envelope,
+            shard: self.shard,
+            seq: l.seq,
+            path: r.path(self.shard, l.seq),
+            content_offset: l.content_offset,
+            content_len: l.content_len,
+            marks: marks.into_iter().map(|(_, m)| m).collect(),
+            message_id,
+        })
+    }
+}
+
+/// Keeps what `queue list` needs to find each message again ([`Listed`]).
+#[derive(Default)]
+struct Listing {
+    by_id: HashMap<QueueId, Listed>,
+    order: u64,
+}
+
+impl Collector for Listing {
+    type Message = Listed;
+
+    fn message(&mut self, shard: u8, _seq: u64, _path: &Path, location: Location, env: Envelope, _content: &[u8]) {
+        // A copy made by compaction replaces the original; marks come later either way.
+        let latest = vec![None; env.rcpts.len()];
+        self.by_id.insert(env.id, Listed { id: env.id, shard, location, latest, whole: None });
+    }
+
+    fn mark(&mut self, m: Mark) {
+        self.order += 1;
+        let Some(msg) = self.by_id.get_mut(&m.id) else { return };
+        match m.rcpt {
+            Some(i) => {
+                if let Some(slot) = msg.latest.get_mut(i as usize) {
+                    *slot = Some((self.order, m));
+                }
+            }
+            None => msg.whole = Some((self.order, m)),
+        }
+    }
+
+    fn finish(self) -> (Vec<Listed>, usize, QueueId) {
+        unfinished(self.by_id.into_values().collect(), |m| m.id, Listed::is_done)
+    }
+}
+
+/// What [`Collector::finish`] returns: the unfinished messages of `all` in id order, how
+/// many were finished, the largest id.
+fn unfinished<M>(mut all: Vec<M>, id: impl Fn(&M) -> QueueId, done: impl Fn(&M) -> bool) -> (Vec<M>, usize, QueueId) {
+    let max = all.iter().map(&id).max().unwrap_or_default();
+    let before = all.len();
+    all.retain(|m| !done(m));
+    all.sort_by_key(&id);
+    let finished = before - all.len();
+    (all, finished, max)
+}
+
 /// What replay hands each message and mark to.
 trait Collector {
     type Message;
@@ -246,13 +335,7 @@ impl Collector for Everything {
     }
 
     fn finish(self) -> (Vec<StoredMessage>, usize, QueueId) {
-        let mut v: Vec<StoredMessage> = self.0.into_values().collect();
-        let max = v.iter().map(|m| m.envelope.id).max().unwrap_or_default();
-        let before = v.len();
-        v.retain(|m| !m.is_done());
-        v.sort_by_key(|m| m.envelope.id);
-        let finished = before - v.len();
-        (v, finished, max)
+        unfinished(self.0.into_values().collect(), |m| m.envelope.id, StoredMessage::is_done)
     }
 }
 
@@ -291,13 +374,7 @@ impl Collector for QueueIndex {
     }
 
     fn finish(self) -> (Vec<QueuedMessage>, usize, QueueId) {
-        let mut v: Vec<QueuedMessage> = self.0.into_values().collect();
-        let max = v.iter().map(|m| m.id).max().unwrap_or_default();
-        let before = v.len();
-        v.retain(|m| !m.is_done());
-        v.sort_by_key(|m| m.id);
-        let finished = before - v.len();
-        (v, finished, max)
+        unfinished(self.0.into_values().collect(), |m| m.id, QueuedMessage::is_done)
     }
 }
 
@@ -346,6 +423,12 @@ pub fn recover(spool: &Path) -> Result<Recovery, SpoolError> {
 /// [`QueuedMessage`], a few tens of bytes.
 pub fn recover_queue(spool: &Path) -> Result<Recovery<QueuedMessage>, SpoolError> {
     replay(spool, QueueIndex::default())
+}
+
+/// Replays every segment under `spool` for `queue list`: each unfinished message as a
+/// [`Listed`], its envelope left on disk until [`Listed::load`].
+pub fn recover_listing(spool: &Path) -> Result<Recovery<Listed>, SpoolError> {
+    replay(spool, Listing::default())
 }
 
 fn replay<C: Collector>(spool: &Path, mut c: C) -> Result<Recovery<C::Message>, SpoolError> {

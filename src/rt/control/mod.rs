@@ -29,17 +29,15 @@ use crate::delivery::maildir::UsageCache;
 use crate::directory::DirectoryHandle;
 use crate::queue::actions::{Action, At, Generate, Outcome};
 use crate::queue::{ManagerConfig, QueueManager};
-use crate::spool::record::{Record, decode_record};
 use crate::spool::{
-    CONTROL_SHARD, Completion, Envelope, Mark, NewMessage, QueueId, QueuedMessage, Recipient, Reclaimer, ShardLog,
-    ShardTail, segment_path, shard_dir,
+    CONTROL_SHARD, Completion, Envelope, Mark, NewMessage, QueueId, QueuedMessage, Recipient, Reclaimer, RecordReader,
+    ShardLog, ShardTail, shard_dir,
 };
 use crate::util::time::Now;
 use link::ControlMsg;
 use local::LocalDelivery;
-use std::collections::{HashMap, VecDeque};
-use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::collections::VecDeque;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
@@ -73,47 +71,12 @@ const TOKEN_MOVE: u64 = 2;
 /// The longest the thread sleeps: it also checks for the stop flag.
 const MAX_WAIT: Duration = Duration::from_millis(200);
 
-/// Open segment files, for reading records (messages come in runs from the same segment).
-struct Segments {
-    open: HashMap<(u8, u64), std::fs::File>,
-}
-
-impl Segments {
-    const MAX_OPEN: usize = 64;
-
-    /// A message's envelope and content, from its record.
-    fn read(&mut self, spool: &Path, at: At) -> Result<(Envelope, Vec<u8>), String> {
-        let path = || segment_path(&shard_dir(spool, at.shard()), at.seq());
-        if !self.open.contains_key(&(at.shard(), at.seq())) {
-            if self.open.len() >= Self::MAX_OPEN {
-                self.open.clear();
-            }
-            let f = std::fs::File::open(path()).map_err(|e| format!("{}: {e}", path().display()))?;
-            self.open.insert((at.shard(), at.seq()), f);
-        }
-        let mut buf = vec![0u8; at.len() as usize];
-        self.open[&(at.shard(), at.seq())]
-            .read_exact_at(&mut buf, at.offset())
-            .map_err(|e| format!("{} at {}: {e}", path().display(), at.offset()))?;
-        match decode_record(at.seq(), &buf) {
-            Ok((Record::Message { envelope, content }, _)) => Ok((envelope, content.to_vec())),
-            Ok(_) => Err(format!("{} at {}: not a message record", path().display(), at.offset())),
-            Err(e) => Err(format!("{} at {}: {e}", path().display(), at.offset())),
-        }
-    }
-
-    /// A segment was retired: close it.
-    fn forget(&mut self, shard: u8, seq: u64) {
-        self.open.remove(&(shard, seq));
-    }
-}
-
 struct Control {
     cfg: ControlConfig,
     directory: Arc<DirectoryHandle>,
     manager: QueueManager,
     log: ShardLog,
-    segments: Segments,
+    segments: RecordReader,
     local: LocalDelivery,
     delivery: DeliveryHandle,
     /// Runs and reaps mailboxes' delivery-event programs.
@@ -161,12 +124,13 @@ pub fn spawn(
     log::debug!("control: {queued} queued message(s) taken over from recovery");
     let local = LocalDelivery::new(cfg.maildir_root.clone(), usage);
     local.load_usage(&directory.current());
+    let segments = RecordReader::new(&cfg.spool);
     let c = Control {
         cfg,
         directory,
         manager,
         log,
-        segments: Segments { open: HashMap::new() },
+        segments,
         local,
         delivery,
         events: EventRunner::new()
@@ -264,7 +228,8 @@ impl Control {
             while let Some(a) = self.manager.poll_action() {
                 match a {
                     Action::ReadMessage { id, at } => {
-                        let r = self.segments.read(&self.cfg.spool, at).map(|(e, c)| (e, Arc::from(c)));
+                        let r = self.segments.read(at.shard(), at.seq(), at.offset(), at.len());
+                        let r = r.map(|(e, c)| (e, Arc::from(c)));
                         self.manager.handle_message(now, &dir, id, r);
                     }
                     Action::SubmitRemote(job) => self.delivery.submit(job),

@@ -43,7 +43,7 @@ impl Control {
             }
             for id in ids {
                 let Some(at) = self.manager.location(id) else { continue };
-                match self.segments.read(&self.cfg.spool, at) {
+                match self.segments.read(at.shard(), at.seq(), at.offset(), at.len()) {
                     Ok((envelope, data)) => {
                         budget = budget.saturating_sub(data.len() as u64);
                         copied += 1;
