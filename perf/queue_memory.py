@@ -54,18 +54,24 @@ def stop(p):
 
 
 def timed(cmd):
-    """Runs `cmd`; returns (seconds, peak RSS KiB, stdout)."""
+    """Runs `cmd`; returns (seconds, peak RSS KiB, stdout). The peak is measured by GNU time
+    (`/usr/bin/time`, Debian's `time` package), whose own small process forks the command:
+    forking from this script would count the script's memory (the parsed queue listings)
+    in the child's peak, since Linux keeps the pre-exec high-water mark."""
+    out_path = os.path.join(tempfile.gettempdir(), "queue_memory.out")
+    rss_path = os.path.join(tempfile.gettempdir(), "queue_memory.rss")
+    gnu_time = "/usr/bin/time"
+    if not os.path.exists(gnu_time):
+        raise SystemExit("perf/queue_memory.py needs GNU time (apt-get install time)")
     t0 = time.monotonic()
-    pid = os.fork()
-    if pid == 0:
-        out = os.open(os.path.join(tempfile.gettempdir(), "queue_memory.out"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-        os.dup2(out, 1)
-        os.execvp(cmd[0], cmd)
-    _, _, usage = os.wait4(pid, 0)
+    with open(out_path, "w") as out:
+        subprocess.run([gnu_time, "-f", "%M", "-o", rss_path] + cmd, stdout=out, check=True)
     secs = time.monotonic() - t0
-    with open(os.path.join(tempfile.gettempdir(), "queue_memory.out")) as f:
+    with open(out_path) as f:
         out = f.read()
-    return secs, usage.ru_maxrss, out
+    with open(rss_path) as f:
+        peak = int(f.read().split()[-1])
+    return secs, peak, out
 
 
 def main():
