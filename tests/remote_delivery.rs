@@ -215,7 +215,9 @@ fn success_notification_relayed_or_passed_on() {
     assert!(c.cmd("DATA").starts_with("354"));
     queued_id(&c.cmd("Subject: s\r\n\r\nx\r\n."));
     assert!(eventually(Duration::from_secs(20), || queue(dir.path()).is_empty() && queue(&far_dir).len() == 1));
-    let r = &queue(&far_dir)[0]["recipients"][0];
+    let m = &queue(&far_dir)[0];
+    assert_eq!((m["envid"].as_str(), m["ret"].as_str()), (Some("env+2B2"), Some("HDRS")), "{m}");
+    let r = &m["recipients"][0];
     assert_eq!((r["notify"].as_str(), r["orcpt"].as_str()), (Some("SUCCESS"), Some("rfc822;U@backup.example")), "{r}");
     assert!(!dir.path().join("data/mailboxes/po/alice/Maildir/new").exists(), "no report from the relay");
     let (status, log) = srv.stop();

@@ -5,8 +5,8 @@ pub mod control;
 pub mod directory;
 
 use crate::queue::Status;
-use crate::queue::requests::{Located, QueueOp, QueueRequest};
-use crate::spool::{MarkStatus, QueueId, SpoolError, StoredMessage, recover};
+use crate::queue::requests::{QueueOp, QueueRequest};
+use crate::spool::{MarkStatus, QueueId, SpoolError, StoredMessage};
 use crate::util::time::rfc3339_ms;
 use std::io::Write;
 use std::path::Path;
@@ -89,6 +89,11 @@ pub fn queue_list(spool: &Path, json: bool, out: &mut dyn Write) -> Result<usize
                 "id": e.id.to_string(),
                 "message_id": m.message_id,
                 "from": e.from,
+                "envid": e.envid,
+                "ret": e.ret.map(|r| match r {
+                    crate::wire::Ret::Full => "FULL",
+                    crate::wire::Ret::Hdrs => "HDRS",
+                }),
                 "to": e.rcpts.iter().map(|r| r.address.as_str()).collect::<Vec<_>>(),
                 "size": m.content_len,
                 "received": rfc3339_ms(e.received_ms),
@@ -134,30 +139,21 @@ pub fn queue_list(spool: &Path, json: bool, out: &mut dyn Write) -> Result<usize
 /// a stopped one's spool is replayed.
 pub fn queue_show(data_dir: &Path, spool: &Path, id: &str, out: &mut dyn Write) -> Result<(), AdminError> {
     let qid = QueueId::parse(id).ok_or_else(|| AdminError::BadId(id.to_string()))?;
+    let mut reader = crate::spool::RecordReader::new(spool);
     if let Ok(s) = std::os::unix::net::UnixStream::connect(crate::queue::requests::socket_path(data_dir)) {
         let req = QueueRequest { op: QueueOp::Locate, ids: Some(vec![id.to_string()]) };
         let a = control::over_socket(s, &req)?;
         let Some(l) = a.located.first() else { return Err(AdminError::NotFound(id.to_string())) };
         // Compaction or reclaim may have moved it since the answer: then replay finds it.
-        if let Some(content) = read_located(spool, l, qid) {
+        if let Ok((envelope, content)) = reader.read(l.shard, l.seq, l.offset, l.len)
+            && envelope.id == qid
+        {
             out.write_all(&content)?;
             return Ok(());
         }
     }
-    let rec = recover(spool)?;
-    let m = rec.messages.iter().find(|m| m.envelope.id == qid).ok_or_else(|| AdminError::NotFound(id.to_string()))?;
-    out.write_all(&m.read_content()?)?;
+    let rec = crate::spool::recover_listing(spool)?;
+    let m = rec.messages.iter().find(|m| m.id == qid).ok_or_else(|| AdminError::NotFound(id.to_string()))?;
+    out.write_all(&m.load(&mut reader)?.read_content()?)?;
     Ok(())
-}
-
-/// The content of the message record the server located, if it is (still) there.
-fn read_located(spool: &Path, l: &Located, id: QueueId) -> Option<Vec<u8>> {
-    use std::os::unix::fs::FileExt;
-    let path = crate::spool::segment_path(&crate::spool::shard_dir(spool, l.shard), l.seq);
-    let mut buf = vec![0u8; usize::try_from(l.len).ok()?];
-    std::fs::File::open(path).ok()?.read_exact_at(&mut buf, l.offset).ok()?;
-    match crate::spool::record::decode_record(l.seq, &buf).ok()? {
-        (crate::spool::record::Record::Message { envelope, content }, _) if envelope.id == id => Some(content.to_vec()),
-        _ => None,
-    }
 }
