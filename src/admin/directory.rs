@@ -266,7 +266,7 @@ pub enum CommandError {
     #[error("{0}")]
     NotFound(String),
     /// Lines of an import that were refused (each already reported).
-    #[error("{refused} line(s) refused, {imported} mailbox(es) imported")]
+    #[error("imported {imported} mailbox(es), refused {refused} line(s)")]
     ImportRefused { refused: usize, imported: usize },
     /// Reading input or writing output.
     #[error("{0}")]
@@ -961,8 +961,12 @@ fn import(data: &mut DirectoryData, file: &Path, out: &mut dyn Write) -> Result<
             }
         }
     }
-    eprintln!("ringmx: imported {imported} mailbox(es), refused {refused} line(s)");
-    if refused > 0 { Err(CommandError::ImportRefused { refused, imported }) } else { Ok(()) }
+    // The summary, once: as the error when a line was refused.
+    if refused > 0 {
+        return Err(CommandError::ImportRefused { refused, imported });
+    }
+    eprintln!("ringmx: imported {imported} mailbox(es), refused 0 line(s)");
+    Ok(())
 }
 
 fn import_line(data: &mut DirectoryData, line: &str, out: &mut dyn Write) -> Result<(), CommandError> {
