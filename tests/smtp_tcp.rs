@@ -171,6 +171,7 @@ fn starttls() {
         assert!(shown.contains("(using TLSv1.3 with cipher TLS13_"), "{shown}");
         assert!(shown.contains(" with ESMTPS id "), "{shown}");
         assert_eq!(queue(dir).len(), 1, "the injected MAIL was not run");
+        assert!(c.quit_tls(), "{driver}: the session must end with close_notify after 221");
     });
 }
 
@@ -193,6 +194,7 @@ fn implicit_tls() {
         let id = queued_id(&c.message("a@remote.example", &["x@example.test"], "Subject: s\r\n\r\nx\r\n"));
         let (_, shown) = ringmx(dir, &["queue", "show", &id]);
         assert!(shown.contains(" with ESMTPS id "), "{shown}");
+        assert!(c.quit_tls(), "{driver}: the session must end with close_notify after 221");
     });
 }
 

@@ -61,6 +61,8 @@ pub struct Conn {
     pub driver_unsent: usize,
     /// When a connection that wants to close is reset if its output has not gone by then.
     close_deadline: Option<Instant>,
+    /// The TLS close_notify alert is queued (once, after the last reply).
+    close_notify: bool,
 }
 
 /// A TLS failure; the connection is closed after any alert in `outq` is sent.
@@ -85,6 +87,7 @@ impl Conn {
             waker: None,
             driver_unsent: 0,
             close_deadline: None,
+            close_notify: false,
         };
         if let Some(cfg) = implicit_tls {
             match ServerConnection::new(cfg) {
@@ -214,6 +217,16 @@ impl Conn {
                 }
                 Action::Close => self.closing = true,
             }
+        }
+        // Closing an established TLS session: close_notify after the last reply (RFC 8446
+        // §6.1), so that the peer sees an orderly end and not a truncation.
+        if self.closing
+            && !self.close_notify
+            && let Some(tls) = self.tls.as_mut()
+            && !tls.is_handshaking()
+        {
+            self.close_notify = true;
+            tls.send_close_notify();
         }
         // Handshake messages and alerts rustls wants to send.
         if let Some(tls) = self.tls.as_mut() {

@@ -258,6 +258,22 @@ impl Client {
         self.stream.flush().unwrap();
     }
 
+    /// QUIT, its 221, then the end of the stream: true when the TLS session ended with
+    /// close_notify (RFC 8446 §6.1), false when the TCP connection just closed.
+    pub fn quit_tls(mut self) -> bool {
+        let r = self.cmd("QUIT");
+        assert!(r.starts_with("221"), "{r}");
+        let Stream::Tls(s) = &mut self.stream else { panic!("not a TLS connection") };
+        let mut b = [0u8; 256];
+        loop {
+            match s.read(&mut b) {
+                Ok(0) => return true,
+                Ok(_) => {}
+                Err(_) => return false,
+            }
+        }
+    }
+
     /// Sends one command line and returns its reply.
     pub fn cmd(&mut self, line: &str) -> String {
         self.send(format!("{line}\r\n").as_bytes());
