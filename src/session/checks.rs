@@ -320,7 +320,9 @@ impl Session {
         let p = &self.cfg.policy;
         let (Some(bans), Some(d)) = (&p.bans, p.auto_ban) else { return };
         let ip = self.peer.ip();
-        if p.whitelist.contains(ip) {
+        // A client on this host (an operator's probe, monitoring) is never banned: a ban
+        // there could only be lifted by stopping the server.
+        if p.whitelist.contains(ip) || ip.to_canonical().is_loopback() {
             return;
         }
         let until = if d.is_zero() { 0 } else { self.last_unix + d.as_secs() };

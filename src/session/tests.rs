@@ -692,6 +692,22 @@ fn failures_count_and_auto_ban() {
     assert!(h2.closed);
 }
 
+/// A client on this host reaching the failure limit is closed like any other, never banned.
+#[test]
+fn loopback_is_never_auto_banned() {
+    let bans = Arc::new(crate::policy::BanList::in_memory());
+    let p = Policy { bans: Some(bans.clone()), auto_ban: Some(Duration::from_secs(3600)), ..Policy::default() };
+    for peer in ["127.0.0.1:9", "[::1]:9", "[::ffff:127.0.0.1]:9"] {
+        let (mut h, first) = Harness::raw(SessionConfig { max_errors: 2, ..with_policy(p.clone()) }, peer);
+        assert!(first.starts_with("220 "), "{first}");
+        let r =
+            h.send("EHLO c\r\nMAIL FROM:<a@r.example>\r\nRCPT TO:<x@remote.example>\r\nRCPT TO:<y@remote.example>\r\n");
+        assert_eq!(codes(&r), ["250", "250", "550", "550", "421"], "{peer}");
+        assert!(h.closed);
+    }
+    assert!(bans.list(0).is_empty(), "{:?}", bans.list(0));
+}
+
 #[test]
 fn recipients_per_hour() {
     let p = Policy { rcpt_per_hour: Some(Arc::new(crate::policy::RateLimiter::new(2))), ..Policy::default() };
