@@ -13,7 +13,8 @@
 //!   [`Session::provide_policy_answer`]), [`Action::Authenticate`] (verify a password off the
 //!   shard, answer with [`Session::auth_done`]), [`Action::StartTls`], [`Action::Close`].
 //! - [`Session::poll_timeout`] / [`Session::handle_timeout`]: the RFC 5321 §4.5.3.2 time-outs.
-//! - [`Session::tls_established`]: after the handshake that STARTTLS asked for.
+//! - [`Session::tls_established`]: the connection switched to TLS after STARTTLS (before
+//!   the handshake completes; [`Session::set_tls`] refines it once done).
 //!
 //! While a message is being spooled, a DNS answer or a password check is awaited, the
 //! session reads no further commands: pipelined input waits in a buffer, and replies keep
