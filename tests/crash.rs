@@ -175,66 +175,6 @@ fn sigkill_under_load_loses_no_acknowledged_message() {
     }
 }
 
-/// A minimal SMTP far end on loopback: records the Message-ID of every message it accepts
-/// and, when `kill` holds a process id, SIGKILLs that process right after its first 250 to
-/// end of data (before the relay can write its "delivered" mark).
-fn far_end(
-    listener: std::net::TcpListener,
-    seen: Arc<Mutex<Vec<String>>>,
-    kill: Arc<Mutex<Option<u32>>>,
-    stop: Arc<AtomicBool>,
-) {
-    listener.set_nonblocking(true).unwrap();
-    while !stop.load(Ordering::Relaxed) {
-        let Ok((s, _)) = listener.accept() else {
-            std::thread::sleep(Duration::from_millis(5));
-            continue;
-        };
-        s.set_nonblocking(false).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        let mut w = s.try_clone().unwrap();
-        let mut r = BufReader::new(s);
-        let _ = w.write_all(b"220 far.example ESMTP\r\n");
-        let mut line = String::new();
-        loop {
-            line.clear();
-            if r.read_line(&mut line).unwrap_or(0) == 0 {
-                break;
-            }
-            let verb = line.get(..4).unwrap_or("").to_ascii_uppercase();
-            let reply: &[u8] = match verb.as_str() {
-                "EHLO" | "HELO" => b"250 far.example\r\n",
-                "DATA" => {
-                    let _ = w.write_all(b"354 go ahead\r\n");
-                    let mut mid = String::new();
-                    loop {
-                        line.clear();
-                        if r.read_line(&mut line).unwrap_or(0) == 0 || line == ".\r\n" {
-                            break;
-                        }
-                        if line.starts_with("Message-ID:") {
-                            mid = line.trim().to_string();
-                        }
-                    }
-                    seen.lock().unwrap().push(mid);
-                    let _ = w.write_all(b"250 2.0.0 accepted\r\n");
-                    if let Some(pid) = kill.lock().unwrap().take() {
-                        // SAFETY: kill(2) takes a pid and a signal, no memory; `pid` is the server child this test started.
-                        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-                    }
-                    continue;
-                }
-                "QUIT" => {
-                    let _ = w.write_all(b"221 bye\r\n");
-                    break;
-                }
-                _ => b"250 ok\r\n",
-            };
-            let _ = w.write_all(reply);
-        }
-    }
-}
-
 /// RFC 5321 §6.1: a message must not be lost once accepted; the one window for a
 /// duplicate is between the far end's 250 and the sync of the delivered mark. The far end
 /// SIGKILLs the relay the moment it has said 250: after the restart the message is sent
@@ -254,7 +194,20 @@ fn sigkill_between_remote_250_and_the_mark_gives_at_most_one_duplicate() {
     );
     let t = {
         let (seen, kill, stop) = (seen.clone(), kill.clone(), stop.clone());
-        std::thread::spawn(move || far_end(listener, seen, kill, stop))
+        // Records each message's Message-ID; SIGKILLs the relay right after its first 250 to
+        // end of data (before the relay can write its "delivered" mark).
+        std::thread::spawn(move || {
+            far_end(listener, stop, |e| {
+                if let FarEvent::Message(content) = e {
+                    let mid = content.lines().find(|l| l.starts_with("Message-ID:")).unwrap_or("").trim().to_string();
+                    seen.lock().unwrap().push(mid);
+                    if let Some(pid) = kill.lock().unwrap().take() {
+                        // SAFETY: kill(2) takes a pid and a signal, no memory; `pid` is the server child this test started.
+                        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+                    }
+                }
+            })
+        })
     };
     let (mut c, _) = Client::connect(srv.addr());
     c.cmd("EHLO c");

@@ -224,3 +224,41 @@ fn success_notification_relayed_or_passed_on() {
     assert!(status.success(), "{log}");
     far.stop();
 }
+
+/// A pooled connection left idle is closed on time, with QUIT, while the server runs: the
+/// far end never has to time it out (Postfix logs "timeout after END-OF-MESSAGE" otherwise).
+#[test]
+fn idle_pooled_connection_is_closed_with_quit() {
+    let dir = tempfile::tempdir().unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let far = listener.local_addr().unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let t = {
+        let (seen, stop) = (seen.clone(), stop.clone());
+        std::thread::spawn(move || {
+            far_end(listener, stop, |e| {
+                if let FarEvent::Command(verb) = e {
+                    seen.lock().unwrap().push(verb.to_string());
+                }
+            })
+        })
+    };
+    smart_host_directory(dir.path(), &far.to_string());
+    let srv = start_plain(dir.path(), "uring", &format!("{SHORT_RETRY}idle_timeout = \"1s\"\n"));
+    let (mut c, _) = Client::connect(srv.addr());
+    c.cmd("EHLO c");
+    queued_id(&c.message("s@remote.example", &["u@backup.example"], "Subject: idle\r\n\r\nx\r\n"));
+    assert!(
+        eventually(Duration::from_secs(30), || seen.lock().unwrap().iter().any(|v| v == "QUIT")),
+        "{:?}",
+        seen.lock().unwrap()
+    );
+    let verbs = seen.lock().unwrap().clone();
+    assert_eq!(verbs, ["EHLO", "MAIL", "RCPT", "DATA", "QUIT"], "closed with QUIT after its message");
+    assert!(queue(dir.path()).is_empty());
+    let (status, log) = srv.stop();
+    assert!(status.success(), "{log}");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    t.join().unwrap();
+}

@@ -19,7 +19,8 @@
 //! message. It reuses an idle connection to that destination when there is one (RSET, then
 //! the next transaction), else connects (from the configured source address, within the
 //! connect time-out). After the message, the connection goes back to the pool; idle
-//! connections older than the idle time-out are closed with QUIT when next looked at.
+//! connections that have waited the idle time-out are closed with QUIT (and TLS
+//! close_notify) by a periodic sweep ([`Pool::close_expired`]).
 //! Semaphores bound the connections per destination and in all.
 
 use super::client::{self, Client, ClientConfig, ClientTimeouts, Event, OutboundMessage, RcptResult, TlsPolicy};
@@ -55,7 +56,7 @@ pub struct RemoteConfig {
     /// TCP connect time-out. Default `"30s"`.
     #[serde(default = "default_connect_timeout", deserialize_with = "units::de_duration")]
     pub connect_timeout: Duration,
-    /// Idle connections are closed after this long. Default `"30s"`.
+    /// Idle connections are closed (QUIT) after this long. Default `"30s"`.
     #[serde(default = "default_idle_timeout", deserialize_with = "units::de_duration")]
     pub idle_timeout: Duration,
     /// Connections to one destination at once. Default 5.
@@ -289,6 +290,34 @@ impl Pool {
         unreachable!("the loop returns on its second pass")
     }
 
+    /// How long a connection may wait in the pool for its next message.
+    pub fn idle_timeout(&self) -> Duration {
+        self.inner.cfg.idle_timeout
+    }
+
+    /// Closes (QUIT) the idle connections that have waited the idle time-out; the delivery
+    /// runtime calls this periodically, so that a peer never has to time us out.
+    pub async fn close_expired(&self) {
+        let now = Instant::now();
+        let timeout = self.inner.cfg.idle_timeout;
+        let expired: Vec<Conn> = {
+            let mut idle = self.inner.idle.lock().unwrap();
+            let mut out = Vec::new();
+            for list in idle.values_mut() {
+                let (old, keep): (Vec<Conn>, Vec<Conn>) = std::mem::take(list)
+                    .into_iter()
+                    .partition(|c| now.duration_since(c.idle_since) >= timeout || c.client.is_closed());
+                *list = keep;
+                out.extend(old);
+            }
+            idle.retain(|_, v| !v.is_empty());
+            out
+        };
+        for c in expired {
+            self.quit(c).await;
+        }
+    }
+
     /// Closes every idle connection (QUIT), e.g. at shutdown.
     pub async fn close_idle(&self) {
         let all: Vec<Conn> = self.inner.idle.lock().unwrap().drain().flat_map(|(_, v)| v).collect();
@@ -329,6 +358,10 @@ impl Pool {
             if let Event::Closed(_) = self.pump(&mut conn).await {
                 break;
             }
+        }
+        // Under TLS, close_notify before the socket goes (RFC 8446 §6.1).
+        if let Stream::Tls(s) = &mut conn.stream {
+            let _ = tokio::time::timeout(Duration::from_secs(1), s.shutdown()).await;
         }
     }
 

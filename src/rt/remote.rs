@@ -85,6 +85,18 @@ pub fn spawn(
                 }
             };
             let pool = Arc::new(pool);
+            // Idle connections are closed with QUIT once they have waited the idle time-out.
+            let reaper = {
+                let pool = pool.clone();
+                let period = (pool.idle_timeout() / 4).clamp(Duration::from_millis(250), Duration::from_secs(30));
+                tokio::spawn(async move {
+                    let mut tick = tokio::time::interval(period);
+                    loop {
+                        tick.tick().await;
+                        pool.close_expired().await;
+                    }
+                })
+            };
             let mut tasks = tokio::task::JoinSet::new();
             let lhlo_name: Arc<str> = Arc::from(lhlo_name.as_str());
             while let Some(job) = rx.recv().await {
@@ -104,6 +116,7 @@ pub fn spawn(
             // and are tried again after the restart.
             tasks.abort_all();
             while tasks.join_next().await.is_some() {}
+            reaper.abort();
             pool.close_idle().await;
         });
     })?;

@@ -477,3 +477,64 @@ pub fn alice_directory(dir: &Path) {
     });
     std::fs::write(d.join("directory.json"), serde_json::to_string(&data).unwrap()).unwrap();
 }
+
+/// What a [`far_end`] saw.
+pub enum FarEvent<'a> {
+    /// A command's verb, upper case.
+    Command(&'a str),
+    /// A message's content, after its 250 was sent.
+    Message(&'a str),
+}
+
+/// A minimal SMTP far end on loopback for relay tests, one connection at a time until
+/// `stop`: 220, then 250 to every command, 354 to DATA and 250 once the content's dot comes,
+/// 221 to QUIT (which ends the connection). `on` sees every verb and every message.
+pub fn far_end(
+    listener: std::net::TcpListener,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    mut on: impl FnMut(FarEvent<'_>),
+) {
+    listener.set_nonblocking(true).unwrap();
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let Ok((s, _)) = listener.accept() else {
+            std::thread::sleep(Duration::from_millis(5));
+            continue;
+        };
+        s.set_nonblocking(false).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        let mut w = s.try_clone().unwrap();
+        let mut r = BufReader::new(s);
+        let _ = w.write_all(b"220 far.example ESMTP\r\n");
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if r.read_line(&mut line).unwrap_or(0) == 0 {
+                break;
+            }
+            let verb = line.split([' ', '\r', ':']).next().unwrap_or("").to_ascii_uppercase();
+            on(FarEvent::Command(&verb));
+            match verb.as_str() {
+                "DATA" => {
+                    let _ = w.write_all(b"354 go ahead\r\n");
+                    let mut content = String::new();
+                    loop {
+                        line.clear();
+                        if r.read_line(&mut line).unwrap_or(0) == 0 || line == ".\r\n" {
+                            break;
+                        }
+                        content.push_str(&line);
+                    }
+                    let _ = w.write_all(b"250 2.0.0 accepted\r\n");
+                    on(FarEvent::Message(&content));
+                }
+                "QUIT" => {
+                    let _ = w.write_all(b"221 bye\r\n");
+                    break;
+                }
+                _ => {
+                    let _ = w.write_all(b"250 ok\r\n");
+                }
+            }
+        }
+    }
+}
