@@ -86,6 +86,10 @@ pub struct DeliveryConfig {
     /// 20,000.
     #[serde(default = "default_active_limit")]
     pub active_limit: usize,
+    /// Where mail for `postmaster@` a hosted domain goes when the directory gives that
+    /// domain no postmaster (RFC 5321 §4.5.1). Default none: such mail waits, deferred.
+    #[serde(default)]
+    pub postmaster: Option<String>,
     /// `[delivery.dsn]`: non-delivery reports.
     #[serde(default)]
     pub dsn: crate::delivery::dsn::DsnConfig,
@@ -118,6 +122,7 @@ impl Default for DeliveryConfig {
             autoreply_period: default_autoreply_period(),
             event_timeout: default_event_timeout(),
             active_limit: default_active_limit(),
+            postmaster: None,
             dsn: Default::default(),
             retry: Default::default(),
             delay_notice: Default::default(),
@@ -823,6 +828,11 @@ impl Config {
         if self.delivery.active_limit == 0 {
             bad("delivery.active_limit", "must be at least 1".into());
         }
+        if let Some(p) = &self.delivery.postmaster
+            && !p.rsplit_once('@').is_some_and(|(l, d)| !l.is_empty() && d.contains('.'))
+        {
+            bad("delivery.postmaster", format!("{p:?} is not an address (local@domain)"));
+        }
         if self.limits.max_line_length < 512 {
             bad("limits.max_line_length", "RFC 5321 §4.5.3.1.4 requires at least 512".into());
         }
@@ -1014,6 +1024,19 @@ mod tests {
         assert_eq!(c.runtime.io, IoMode::Auto);
         assert_eq!(c.ingress_cores(2), 1);
         assert_eq!(c.ingress_cores(8), 7);
+    }
+
+    /// The queue's keys: a bad postmaster fallback and an empty active window are named.
+    #[test]
+    fn queue_keys_are_checked() {
+        let c = Config::parse("[delivery]\npostmaster = \"hostmaster@isp.example\"\nactive_limit = 500\n", "q.toml")
+            .unwrap();
+        assert_eq!((c.delivery.postmaster.as_deref(), c.delivery.active_limit), (Some("hostmaster@isp.example"), 500));
+        let e = Config::parse("[delivery]\npostmaster = \"nobody\"\nactive_limit = 0\n", "q.toml").unwrap_err();
+        assert_eq!(e.problems.len(), 2, "{e}");
+        assert!(e.problems.iter().any(|p| p.starts_with("q.toml:2: delivery.postmaster:")), "{e}");
+        assert!(e.problems.iter().any(|p| p.starts_with("q.toml:3: delivery.active_limit:")), "{e}");
+        assert_eq!(Config::embedded().delivery.postmaster, None);
     }
 
     #[test]

@@ -382,6 +382,22 @@ impl Directory {
 
     /// Where `postmaster@domain` goes: its own mailbox or group, the domain's postmaster
     /// address, the postoffice's `postmaster` mailbox, or nowhere yet.
+    /// Hosted domains (enabled, delivered here) where mail for `postmaster@` has nowhere to
+    /// go: no entry for it, no postmaster address set, no `postmaster` mailbox in the
+    /// postoffice. RFC 5321 §4.5.1 wants postmaster to work everywhere.
+    pub fn domains_without_postmaster(&self) -> Vec<String> {
+        self.data
+            .domains
+            .iter()
+            .filter(|d| d.enabled && d.smart_host.is_none())
+            .filter(|d| {
+                let a = format!("postmaster@{}", d.name);
+                matches!(self.postmaster_route(&a, d), PostmasterRoute::Unresolved)
+            })
+            .map(|d| d.name.clone())
+            .collect()
+    }
+
     pub(super) fn postmaster_route<'d>(&'d self, rcpt: &str, domain: &'d Domain) -> PostmasterRoute<'d> {
         if self.entry(rcpt).is_some() {
             return PostmasterRoute::Own;

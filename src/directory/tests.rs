@@ -420,3 +420,12 @@ fn handle_reload_swaps_and_keeps_old_on_error() {
     assert!(handle.reload().is_err());
     assert!(handle.current().is_local_domain("new.test"));
 }
+
+/// RFC 5321 §4.5.1: the hosted domains whose postmaster mail has nowhere to go (the
+/// `internal` postoffice has no postmaster mailbox; disabled and relayed domains do not
+/// count).
+#[test]
+fn domains_without_postmaster() {
+    let d = Directory::build(fixture()).unwrap();
+    assert_eq!(d.domains_without_postmaster(), ["internal.test"]);
+}

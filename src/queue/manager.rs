@@ -73,6 +73,9 @@ pub struct ManagerConfig {
     pub lmtp: Option<LmtpRoute>,
     /// Messages loaded (envelope and content in memory) at most at a time.
     pub active_limit: usize,
+    /// Where mail for `postmaster@` a hosted domain goes when the domain has no postmaster
+    /// (no address set, no `postmaster` mailbox in its postoffice).
+    pub postmaster: Option<String>,
 }
 
 /// Counters for the exit summary.
@@ -513,6 +516,14 @@ impl QueueManager {
             a.lmtp.push(copies);
         }
         for problem in &expansion.problems {
+            // RFC 5321 §4.5.1: postmaster must work. With no mailbox for it in the domain,
+            // the configured fallback gets it (unless it is that very address).
+            if let ExpandProblem::UnresolvedPostmaster { address } = problem
+                && let Some(fallback) = self.cfg.postmaster.as_ref().filter(|f| !f.eq_ignore_ascii_case(address))
+            {
+                a.forwards.push((fallback.clone(), vec![address.clone()]));
+                continue;
+            }
             let failed = |code, status, text: &str| (MarkStatus::Failed, Response::new(code, Some(status), text));
             let (addr, (status, reply)) = match problem {
                 ExpandProblem::Unknown { address } | ExpandProblem::Blocked { address } => {
@@ -527,7 +538,7 @@ impl QueueManager {
                     (address.clone(), failed(554, "5.4.6", "redirects nested too deep"))
                 }
                 ExpandProblem::UnresolvedPostmaster { address } => {
-                    // Held for the operator: never bounce mail to postmaster.
+                    // No fallback either: held for the operator, never bounced.
                     let reply = Response::new(451, Some("4.3.0"), "postmaster has no mailbox");
                     (address.clone(), (MarkStatus::Deferred, reply))
                 }
@@ -656,8 +667,12 @@ impl QueueManager {
         let mut reports = Vec::new();
         for (i, addr) in &a.rcpts {
             let o = a.outcomes.iter().find(|(x, _)| x == addr).map(|(_, o)| o);
+            let in_a_mailbox = a.copies.iter().chain(a.lmtp.iter().flatten()).any(|c| c.originals.contains(addr));
             let (status, reply) = match o {
-                None => (MarkStatus::Delivered, Response::new(250, Some("2.0.0"), "delivered to mailbox")),
+                None if in_a_mailbox => {
+                    (MarkStatus::Delivered, Response::new(250, Some("2.0.0"), "delivered to mailbox"))
+                }
+                None => (MarkStatus::Delivered, Response::new(250, Some("2.0.0"), "forwarded")),
                 Some(o) => (o.status, o.reply.clone()),
             };
             // An operator's decision while the copies were out stands.

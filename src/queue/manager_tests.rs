@@ -41,6 +41,7 @@ fn config() -> ManagerConfig {
         delay_notice: DelayNoticeConfig::default(),
         lmtp: None,
         active_limit: 100,
+        postmaster: None,
     }
 }
 
@@ -388,7 +389,7 @@ fn redirect_elsewhere_is_forwarded() {
     d.accept("s@sender.test", &["fwd@example.net"]);
     assert_eq!(
         d.run(),
-        ["mark 0 Delivered #1 250 2.0.0 delivered to mailbox", "message <s@sender.test> to someone@elsewhere.test"]
+        ["mark 0 Delivered #1 250 2.0.0 forwarded", "message <s@sender.test> to someone@elsewhere.test"]
     );
 }
 
@@ -594,4 +595,24 @@ fn locate_through_the_index() {
     assert_eq!((l.id.as_str(), l.shard, l.seq, l.offset, l.len), (id.to_string().as_str(), 0, 1, 100, 100));
     assert_eq!(a.not_found, [QueueId(77).to_string()]);
     assert!(d.drain().is_empty(), "no mark, no change");
+}
+
+/// RFC 5321 §4.5.1: a domain without a postmaster mailbox. Without a fallback the mail
+/// waits (never bounced); with `delivery.postmaster` it is forwarded there.
+#[test]
+fn postmaster_without_a_mailbox() {
+    let mut d = Driver::new(config());
+    d.accept("s@sender.test", &["postmaster@example.net"]);
+    assert_eq!(d.run(), ["mark 0 Deferred #1 next m+5 451 4.3.0 postmaster has no mailbox"]);
+    let mut cfg = config();
+    cfg.postmaster = Some("hostmaster@isp.test".into());
+    let mut d = Driver::new(cfg);
+    d.accept("s@sender.test", &["postmaster@example.net"]);
+    assert_eq!(d.run(), ["mark 0 Delivered #1 250 2.0.0 forwarded", "message <s@sender.test> to hostmaster@isp.test"]);
+    // The fallback itself unresolved: it waits instead of forwarding to itself.
+    let mut cfg = config();
+    cfg.postmaster = Some("Postmaster@example.net".into());
+    let mut d = Driver::new(cfg);
+    d.accept("s@sender.test", &["postmaster@example.net"]);
+    assert_eq!(d.run(), ["mark 0 Deferred #1 next m+5 451 4.3.0 postmaster has no mailbox"]);
 }

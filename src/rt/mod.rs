@@ -153,6 +153,16 @@ impl Server {
             DirectoryHandle::open(Box::new(JsonFileStore::in_data_dir(&cfg.data_dir)))
                 .map_err(ServeError::Directory)?,
         );
+        if cfg.delivery.postmaster.is_none() {
+            let missing = directory.current().domains_without_postmaster();
+            if !missing.is_empty() {
+                log::warn!(
+                    "no postmaster for {} (RFC 5321 §4.5.1): its mail waits, deferred; add a postmaster mailbox \
+                     or address, or set [delivery] postmaster",
+                    missing.join(", ")
+                );
+            }
+        }
         // One flag per spool directory: its log raises it when the next segment is near.
         let spare_flags: Vec<(std::path::PathBuf, Arc<AtomicBool>)> = (0..shards as u8)
             .chain([CONTROL_SHARD])
@@ -184,6 +194,7 @@ impl Server {
                     retry: cfg.delivery.retry.clone(),
                     delay_notice: cfg.delivery.delay_notice,
                     active_limit: cfg.delivery.active_limit,
+                    postmaster: cfg.delivery.postmaster.clone(),
                 },
             },
             directory.clone(),
