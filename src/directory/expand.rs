@@ -142,6 +142,14 @@ impl Expander<'_> {
             self.out.problems.push(ExpandProblem::Disabled { address: a });
             return;
         }
+        // `abuse@` with the domain's abuse address set and no mailbox or group of its own.
+        if local == "abuse"
+            && dir.entry(&a).is_none()
+            && let Some(to) = &domain.abuse
+        {
+            self.follow(&a, std::slice::from_ref(to), original, catch_all, visited);
+            return;
+        }
         if dir.is_blocked(&a) {
             self.out.problems.push(ExpandProblem::Blocked { address: a });
             return;

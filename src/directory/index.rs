@@ -86,6 +86,8 @@ pub enum RcptTarget<'d> {
     Postmaster { domain: Option<&'d str>, route: PostmasterRoute<'d> },
     /// A domain whose mail is relayed to its smart host.
     Relayed { domain: &'d str, host_port: &'d str },
+    /// `abuse@` a domain with an abuse address set and no mailbox or group of that name.
+    Abuse { domain: &'d str, to: &'d str },
 }
 
 /// Where mail for `postmaster@domain` goes when no mailbox or group has that address.
@@ -314,8 +316,9 @@ impl Directory {
     /// 6. domain with a smart host: accepted, relayed;
     /// 7. a mailbox: disabled 550 5.2.1, known full (usage ≥ quota) 552 5.2.2, else accepted;
     /// 8. a group: accepted;
-    /// 9. the domain's catch-all, when `catch_alls_enabled`: accepted;
-    /// 10. otherwise 550 5.1.1.
+    /// 9. `abuse` with the domain's abuse address set: accepted, for that address;
+    /// 10. the domain's catch-all, when `catch_alls_enabled`: accepted;
+    /// 11. otherwise 550 5.1.1.
     ///
     /// Pure and in memory: nothing is allocated and no file is read.
     pub fn check_recipient_with<'d>(
@@ -371,6 +374,9 @@ impl Directory {
                 RcptVerdict::Accept(RcptTarget::Mailbox { mailbox: mb, maildir })
             }
             Some(Entry::Group(i)) => RcptVerdict::Accept(RcptTarget::Group { address: &self.data.groups[i].address }),
+            None if local.eq_ignore_ascii_case("abuse") && domain.abuse.is_some() => {
+                RcptVerdict::Accept(RcptTarget::Abuse { domain: name, to: domain.abuse.as_deref().unwrap_or_default() })
+            }
             None => match &domain.catch_all {
                 Some(target) if catch_alls_enabled => {
                     RcptVerdict::Accept(RcptTarget::CatchAll { domain: name, target })
@@ -380,8 +386,6 @@ impl Directory {
         }
     }
 
-    /// Where `postmaster@domain` goes: its own mailbox or group, the domain's postmaster
-    /// address, the postoffice's `postmaster` mailbox, or nowhere yet.
     /// Hosted domains (enabled, delivered here) where mail for `postmaster@` has nowhere to
     /// go: no entry for it, no postmaster address set, no `postmaster` mailbox in the
     /// postoffice. RFC 5321 §4.5.1 wants postmaster to work everywhere.
@@ -398,6 +402,8 @@ impl Directory {
             .collect()
     }
 
+    /// Where `postmaster@domain` goes: its own mailbox or group, the domain's postmaster
+    /// address, the postoffice's `postmaster` mailbox, or nowhere yet.
     pub(super) fn postmaster_route<'d>(&'d self, rcpt: &str, domain: &'d Domain) -> PostmasterRoute<'d> {
         if self.entry(rcpt).is_some() {
             return PostmasterRoute::Own;

@@ -50,6 +50,7 @@ fn fixture() -> DirectoryData {
     main.postmaster = None;
     let mut pm = domain("pm.test", "corp");
     pm.postmaster = Some("bob@example.test".into());
+    pm.abuse = Some("bob@example.test".into());
     DirectoryData {
         version: 1,
         default_postoffice: Some("corp".into()),
@@ -109,6 +110,8 @@ fn check_recipient_table() {
         (Some("x@spam.test"), "postmaster@example.test", true, "postmaster mailbox corp/postmaster"),
         (Some("x@remote.test"), "postmaster", true, "postmaster mailbox corp/postmaster"),
         (Some("x@remote.test"), "postmaster@backup.test", true, "relay 192.0.2.25:25"),
+        (Some("x@remote.test"), "Abuse@pm.test", true, "abuse bob@example.test"),
+        (Some("x@remote.test"), "abuse@example.test", true, "550 5.1.1"),
     ];
     for &(sender, rcpt, catch_alls, want) in cases {
         let got = match dir.check_recipient_with(sender, rcpt, catch_alls, &usage) {
@@ -116,6 +119,7 @@ fn check_recipient_table() {
             RcptVerdict::Accept(RcptTarget::Group { address }) => format!("group {address}"),
             RcptVerdict::Accept(RcptTarget::CatchAll { target, .. }) => format!("catch-all {target}"),
             RcptVerdict::Accept(RcptTarget::Relayed { host_port, .. }) => format!("relay {host_port}"),
+            RcptVerdict::Accept(RcptTarget::Abuse { to, .. }) => format!("abuse {to}"),
             RcptVerdict::Accept(RcptTarget::Postmaster { route, .. }) => match route {
                 PostmasterRoute::Own => "postmaster own".into(),
                 PostmasterRoute::Address(a) => format!("postmaster address {a}"),
@@ -268,6 +272,7 @@ fn expand_other_destinations() {
         &[
             "a@backup.test",
             "postmaster@pm.test",
+            "abuse@pm.test",
             "postmaster@example.test",
             "postmaster@internal.test",
             "off@example.test",
@@ -285,7 +290,7 @@ fn expand_other_destinations() {
             &mbox("corp/postmaster", "postmaster@example.test"),
         ]
     );
-    assert_eq!(e.targets[1].original_recipients, ["postmaster@pm.test", "bob@example.test"]);
+    assert_eq!(e.targets[1].original_recipients, ["postmaster@pm.test", "abuse@pm.test", "bob@example.test"]);
     assert_eq!(
         e.problems,
         [
