@@ -760,7 +760,10 @@ impl Config {
             let msg = e.message().to_string();
             ConfigError {
                 problems: vec![match line {
-                    Some(l) => format!("{origin}:{l}: {msg}"),
+                    Some(l) => match key_at_line(text, l) {
+                        Some(key) => format!("{origin}:{l}: {key}: {msg}"),
+                        None => format!("{origin}:{l}: {msg}"),
+                    },
                     None => format!("{origin}: {msg}"),
                 }],
             }
@@ -1005,6 +1008,27 @@ impl Config {
     }
 }
 
+/// The dotted key set on line `line` (1-based) of a TOML text, with the table it is in
+/// (`limits.max_recipients`), for error messages whose parser names only a line.
+fn key_at_line(text: &str, line: usize) -> Option<String> {
+    let mut table = String::new();
+    for (i, l) in text.lines().enumerate().take(line) {
+        let l = l.trim();
+        if let Some(h) = l.strip_prefix('[') {
+            table = h.trim_start_matches('[').split(']').next().unwrap_or("").trim().to_string();
+        }
+        if i + 1 == line {
+            let (key, _) = l.split_once('=')?;
+            let key = key.trim().trim_matches('"');
+            if key.is_empty() || key.contains(char::is_whitespace) {
+                return None;
+            }
+            return Some(if table.is_empty() { key.to_string() } else { format!("{table}.{key}") });
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1091,7 +1115,11 @@ data = 120
         assert!(e.problems[1].starts_with("f.toml:3: limits.max_line_length:"), "{e}");
         assert!(e.problems[2].starts_with("f.toml:4: limits.max_recipients:"), "{e}");
         let e = Config::parse("[limits]\nmax_lines = 3\n", "f.toml").unwrap_err();
-        assert!(e.problems[0].starts_with("f.toml:2: unknown field `max_lines`"), "{e}");
+        assert!(e.problems[0].starts_with("f.toml:2: limits.max_lines: unknown field `max_lines`"), "{e}");
+        // A type error names its key too (the parser gives only the place).
+        let e = Config::parse("hostname = \"mx\"\n[[listener]]\nport = 99999\n", "f.toml").unwrap_err();
+        assert!(e.problems[0].starts_with("f.toml:3: listener.port: "), "{e}");
+        assert!(e.problems[0].contains("99999"), "{e}");
         let e = Config::parse("[spool]\nsegment_size = \"lots\"\n", "f.toml").unwrap_err();
         assert!(e.problems[0].contains("bad size"), "{e}");
     }
