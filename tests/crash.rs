@@ -234,7 +234,7 @@ fn sigkill_between_remote_250_and_the_mark_gives_at_most_one_duplicate() {
     assert!(eventually(Duration::from_secs(20), || queue(dir.path()).is_empty()), "{:?}", queue(dir.path()));
     let (status, log) = srv.stop();
     assert!(status.success(), "{log}");
-    stop.store(true, Ordering::Relaxed);
+    stop_far_end(far, &stop);
     t.join().unwrap();
     let seen = seen.lock().unwrap();
     let copies = seen.iter().filter(|m| *m == "Message-ID: <dup@test>").count();

@@ -259,6 +259,6 @@ fn idle_pooled_connection_is_closed_with_quit() {
     assert!(queue(dir.path()).is_empty());
     let (status, log) = srv.stop();
     assert!(status.success(), "{log}");
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    stop_far_end(far, &stop);
     t.join().unwrap();
 }

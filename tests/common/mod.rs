@@ -478,6 +478,13 @@ pub fn alice_directory(dir: &Path) {
     std::fs::write(d.join("directory.json"), serde_json::to_string(&data).unwrap()).unwrap();
 }
 
+/// Ends a [`far_end`] listening on `addr`: sets `stop`, then connects once so that its
+/// blocking accept returns and sees the flag.
+pub fn stop_far_end(addr: SocketAddr, stop: &std::sync::atomic::AtomicBool) {
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = TcpStream::connect(addr);
+}
+
 /// What a [`far_end`] saw.
 pub enum FarEvent<'a> {
     /// A command's verb, upper case.
@@ -494,13 +501,11 @@ pub fn far_end(
     stop: Arc<std::sync::atomic::AtomicBool>,
     mut on: impl FnMut(FarEvent<'_>),
 ) {
-    listener.set_nonblocking(true).unwrap();
-    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-        let Ok((s, _)) = listener.accept() else {
-            std::thread::sleep(Duration::from_millis(5));
-            continue;
-        };
-        s.set_nonblocking(false).unwrap();
+    loop {
+        let Ok((s, _)) = listener.accept() else { continue };
+        if stop.load(std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
         s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
         let mut w = s.try_clone().unwrap();
         let mut r = BufReader::new(s);
