@@ -1,14 +1,15 @@
 //! What the queue keeps per queued message, compactly: the whole queue stays in memory
-//! during a downstream outage of millions of messages, so an [`Entry`] is 72 bytes (where
+//! during a downstream outage of millions of messages, so an [`Entry`] is 64 bytes (where
 //! its record is, when it is due, the attempt counters and two bits per recipient) and the
 //! envelope and content are loaded only while the message is being worked on (the active
-//! window, [`Loaded`]).
+//! window, [`Loaded`](super::manager), kept beside the entries).
 //!
-//! Entries live in chunks of a slab (no doubling of one large vector: memory grows by one
-//! chunk at a time), found by queue id through one hash map of `u32` slots.
+//! Entries live in a [`KeyedSlab`]: chunks, found by queue id through a table of `u32`
+//! slots.
 
 use super::actions::At;
 use crate::spool::QueueId;
+use crate::util::slab::{Keyed, KeyedSlab};
 use std::collections::HashMap;
 
 /// A recipient's state in the queue.
@@ -116,9 +117,15 @@ pub enum Want {
     Bounce,
 }
 
+impl Default for At {
+    fn default() -> Self {
+        At::of_record(0, 0, 0, 0)
+    }
+}
+
 /// One queued message. See the module documentation.
 #[derive(Debug)]
-pub struct Entry<L> {
+pub struct Entry {
     pub id: QueueId,
     pub at: At,
     /// Unix ms it is due at; 0: not scheduled.
@@ -130,11 +137,9 @@ pub struct Entry<L> {
     /// The record is asked for, and why.
     pub want: Want,
     pub rcpts: RcptStates,
-    /// The envelope and content, while the message is in the active window.
-    pub loaded: Option<Box<L>>,
 }
 
-impl<L> Default for Entry<L> {
+impl Default for Entry {
     fn default() -> Self {
         Entry {
             id: QueueId(0),
@@ -145,104 +150,105 @@ impl<L> Default for Entry<L> {
             attempts: 0,
             want: Want::Nothing,
             rcpts: RcptStates::default(),
-            loaded: None,
         }
     }
 }
 
-impl Default for At {
-    fn default() -> Self {
-        At::of_record(0, 0, 0, 0)
+impl Keyed for Entry {
+    fn key(&self) -> u64 {
+        self.id.0
     }
 }
 
-/// Entries in chunks, by queue id.
+/// Entries by queue id, and what is loaded for those in the active window (a few thousand
+/// at most: kept aside rather than as a pointer in every entry).
 #[derive(Debug)]
 pub struct Entries<L> {
-    chunks: Vec<Vec<Entry<L>>>,
-    free: Vec<u32>,
-    by_id: HashMap<QueueId, u32>,
+    slab: KeyedSlab<Entry>,
+    loaded: HashMap<u32, Box<L>>,
 }
-
-const CHUNK: usize = 4096;
 
 impl<L> Default for Entries<L> {
     fn default() -> Self {
-        Entries { chunks: Vec::new(), free: Vec::new(), by_id: HashMap::new() }
+        Entries { slab: KeyedSlab::default(), loaded: HashMap::new() }
     }
 }
 
 impl<L> Entries<L> {
     /// Adds (or replaces) the entry of `e.id`; returns its slot.
-    pub fn insert(&mut self, e: Entry<L>) -> u32 {
-        if let Some(&slot) = self.by_id.get(&e.id) {
-            *self.slot_mut(slot) = e;
-            return slot;
-        }
-        let id = e.id;
-        let slot = match self.free.pop() {
-            Some(s) => {
-                *self.slot_mut(s) = e;
-                s
-            }
-            None => {
-                if self.chunks.last().is_none_or(|c| c.len() == CHUNK) {
-                    self.chunks.push(Vec::with_capacity(CHUNK));
-                }
-                let n = self.chunks.len() - 1;
-                let c = self.chunks.last_mut().expect("a chunk with room");
-                c.push(e);
-                (n * CHUNK + c.len() - 1) as u32
-            }
-        };
-        self.by_id.insert(id, slot);
-        slot
+    pub fn insert(&mut self, e: Entry) -> u32 {
+        self.slab.insert(e)
     }
 
-    pub fn remove(&mut self, id: QueueId) -> Option<Entry<L>> {
-        let slot = self.by_id.remove(&id)?;
-        self.free.push(slot);
-        Some(std::mem::take(self.slot_mut(slot)))
+    /// Takes an entry out, with what was loaded for it.
+    pub fn remove(&mut self, id: QueueId) -> Option<(Entry, Option<Box<L>>)> {
+        let slot = self.slab.slot_of(id.0)?;
+        let loaded = self.loaded.remove(&slot);
+        Some((self.slab.remove(id.0)?, loaded))
     }
 
     pub fn slot_of(&self, id: QueueId) -> Option<u32> {
-        self.by_id.get(&id).copied()
+        self.slab.slot_of(id.0)
     }
 
-    pub fn get(&self, id: QueueId) -> Option<&Entry<L>> {
-        self.slot_of(id).map(|s| self.slot(s))
+    pub fn get(&self, id: QueueId) -> Option<&Entry> {
+        self.slab.get(id.0)
     }
 
-    pub fn get_mut(&mut self, id: QueueId) -> Option<&mut Entry<L>> {
-        let s = self.slot_of(id)?;
-        Some(self.slot_mut(s))
+    pub fn get_mut(&mut self, id: QueueId) -> Option<&mut Entry> {
+        self.slab.get_mut(id.0)
     }
 
-    /// The entry in `slot`, if one lives there (a vacant slot has id 0).
-    pub fn at_slot(&self, slot: u32) -> Option<&Entry<L>> {
-        let e = self.chunks.get(slot as usize / CHUNK)?.get(slot as usize % CHUNK)?;
-        (e.id.0 != 0).then_some(e)
+    /// The entry in `slot`, if one lives there.
+    pub fn at_slot(&self, slot: u32) -> Option<&Entry> {
+        self.slab.at_slot(slot)
     }
 
-    fn slot(&self, slot: u32) -> &Entry<L> {
-        &self.chunks[slot as usize / CHUNK][slot as usize % CHUNK]
+    /// What is loaded for a message in the active window.
+    pub fn loaded(&self, id: QueueId) -> Option<&L> {
+        self.loaded.get(&self.slot_of(id)?).map(|l| &**l)
     }
 
-    fn slot_mut(&mut self, slot: u32) -> &mut Entry<L> {
-        &mut self.chunks[slot as usize / CHUNK][slot as usize % CHUNK]
+    pub fn loaded_mut(&mut self, id: QueueId) -> Option<&mut L> {
+        let slot = self.slot_of(id)?;
+        self.loaded.get_mut(&slot).map(|l| &mut **l)
+    }
+
+    pub fn is_loaded(&self, id: QueueId) -> bool {
+        self.loaded(id).is_some()
+    }
+
+    /// The entry and what is loaded for it, both mutable.
+    pub fn parts_mut(&mut self, id: QueueId) -> Option<(&mut Entry, Option<&mut L>)> {
+        let slot = self.slab.slot_of(id.0)?;
+        let e = self.slab.get_mut(id.0)?;
+        Some((e, self.loaded.get_mut(&slot).map(|l| &mut **l)))
+    }
+
+    /// Loads a queued message (nothing when `id` is not queued).
+    pub fn set_loaded(&mut self, id: QueueId, l: L) {
+        if let Some(slot) = self.slot_of(id) {
+            self.loaded.insert(slot, Box::new(l));
+        }
+    }
+
+    /// Unloads a message: it leaves the active window.
+    pub fn take_loaded(&mut self, id: QueueId) -> Option<Box<L>> {
+        let slot = self.slot_of(id)?;
+        self.loaded.remove(&slot)
     }
 
     pub fn len(&self) -> usize {
-        self.by_id.len()
+        self.slab.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.by_id.is_empty()
+        self.slab.is_empty()
     }
 
     /// Every queue id, in order.
     pub fn ids(&self) -> Vec<QueueId> {
-        let mut v: Vec<QueueId> = self.by_id.keys().copied().collect();
+        let mut v: Vec<QueueId> = self.slab.iter().map(|e| e.id).collect();
         v.sort();
         v
     }
@@ -273,26 +279,28 @@ mod tests {
 
     #[test]
     fn an_entry_is_small() {
-        assert!(std::mem::size_of::<Entry<u64>>() <= 72, "{}", std::mem::size_of::<Entry<u64>>());
+        assert!(std::mem::size_of::<Entry>() <= 64, "{}", std::mem::size_of::<Entry>());
     }
 
     #[test]
-    fn slots_are_reused_and_found_by_id() {
+    fn what_is_loaded_goes_with_its_entry() {
         let mut e: Entries<u64> = Entries::default();
         let entry = |n: u64| Entry { id: QueueId(n), ..Entry::default() };
-        let a = e.insert(entry(10));
-        let b = e.insert(entry(11));
-        assert_ne!(a, b);
-        assert_eq!(e.insert(entry(10)), a, "same id, same slot");
-        assert_eq!(e.remove(QueueId(10)).map(|x| x.id), Some(QueueId(10)));
-        assert!(e.at_slot(a).is_none(), "vacant");
-        assert_eq!(e.insert(entry(12)), a, "reused");
-        assert_eq!(e.at_slot(a).map(|x| x.id), Some(QueueId(12)));
-        assert_eq!(e.ids(), [QueueId(11), QueueId(12)]);
-        for n in 100..(100 + 2 * CHUNK as u64) {
-            e.insert(entry(n));
+        e.insert(entry(10));
+        e.insert(entry(11));
+        e.set_loaded(QueueId(10), 7);
+        e.set_loaded(QueueId(12), 8); // not queued: nothing
+        assert_eq!(e.loaded(QueueId(10)), Some(&7));
+        assert!(!e.is_loaded(QueueId(11)) && !e.is_loaded(QueueId(12)));
+        if let Some((en, l)) = e.parts_mut(QueueId(10)) {
+            en.attempts = 1;
+            *l.unwrap() += 1;
         }
-        assert_eq!(e.len(), 2 + 2 * CHUNK);
-        assert_eq!(e.get(QueueId(100 + CHUNK as u64)).map(|x| x.id.0), Some(100 + CHUNK as u64));
+        let (gone, loaded) = e.remove(QueueId(10)).unwrap();
+        assert_eq!((gone.attempts, loaded.as_deref()), (1, Some(&8)));
+        // The slot is reused by the next entry, which has nothing loaded.
+        e.insert(entry(13));
+        assert!(!e.is_loaded(QueueId(13)));
+        assert_eq!(e.ids(), [QueueId(11), QueueId(13)]);
     }
 }

@@ -283,9 +283,8 @@ impl QueueManager {
     /// Whether a message may be copied by compaction: queued, not in the active window, and
     /// not due before `not_before` (a held message is never due).
     pub fn is_idle_until(&self, id: QueueId, not_before: u64) -> bool {
-        self.entries
-            .get(id)
-            .is_some_and(|e| e.loaded.is_none() && e.want == Want::Nothing && (e.due == 0 || e.due >= not_before))
+        !self.entries.is_loaded(id)
+            && self.entries.get(id).is_some_and(|e| e.want == Want::Nothing && (e.due == 0 || e.due >= not_before))
     }
 
     /// Where a queued message's record is.
@@ -325,9 +324,10 @@ impl QueueManager {
 
     /// Asks for a message's record for `why`; true when it is loaded already.
     fn load(&mut self, id: QueueId, why: Want) -> bool {
+        let loaded = self.entries.is_loaded(id);
         let Some(e) = self.entries.get_mut(id) else { return false };
         e.due = 0;
-        if e.loaded.is_some() {
+        if loaded {
             return true;
         }
         if e.want == Want::Nothing {
@@ -351,7 +351,7 @@ impl QueueManager {
         let why = std::mem::take(&mut e.want);
         match r {
             Ok((envelope, content)) if envelope.id == id => {
-                e.loaded = Some(Box::new(Loaded { envelope, content, local: None }));
+                self.entries.set_loaded(id, Loaded { envelope, content, local: None });
                 match why {
                     Want::Bounce => self.bounce_loaded(now, id),
                     _ => self.attempt(now, dir, id),
@@ -373,8 +373,7 @@ impl QueueManager {
 
     /// Routes the open recipients of a loaded message and sends them on their way.
     fn attempt(&mut self, now: u64, dir: &Directory, id: QueueId) {
-        let Some(e) = self.entries.get_mut(id) else { return };
-        let Some(l) = e.loaded.as_deref() else { return };
+        let Some((e, Some(l))) = self.entries.parts_mut(id) else { return };
         let mut local = Vec::new();
         let mut remote: Vec<(Route, u16, String)> = Vec::new();
         for i in e.rcpts.with(Rcpt::Open).collect::<Vec<_>>() {
@@ -407,7 +406,7 @@ impl QueueManager {
 
     /// One job per route with the recipients that share it.
     fn submit_remote(&mut self, id: QueueId, mut rcpts: Vec<(Route, u16, String)>, now: u64) {
-        let Some(l) = self.entries.get(id).and_then(|e| e.loaded.as_deref()) else { return };
+        let Some(l) = self.entries.loaded(id) else { return };
         rcpts.sort_by(|a, b| a.0.cmp(&b.0));
         let mut start = 0;
         while start < rcpts.len() {
@@ -439,7 +438,7 @@ impl QueueManager {
 
     /// Expands the local recipients and asks for one copy per mailbox (Maildir or LMTP).
     fn stage_local(&mut self, now: u64, dir: &Directory, id: QueueId, rcpts: Vec<(u16, String)>) {
-        let Some(l) = self.entries.get_mut(id).and_then(|e| e.loaded.as_deref_mut()) else { return };
+        let Some(l) = self.entries.loaded_mut(id) else { return };
         let content = l.content.clone();
         let addrs: Vec<&str> = rcpts.iter().map(|(_, a)| a.as_str()).collect();
         let expansion = dir.expand_all(&addrs, self.cfg.catch_alls);
@@ -607,7 +606,7 @@ impl QueueManager {
     }
 
     fn local_attempt(&mut self, id: QueueId) -> Option<&mut LocalAttempt> {
-        self.entries.get_mut(id)?.loaded.as_deref_mut()?.local.as_mut()
+        self.entries.loaded_mut(id)?.local.as_mut()
     }
 
     fn maybe_finish_local(&mut self, now: u64, id: QueueId) {
@@ -620,7 +619,7 @@ impl QueueManager {
     fn delivered(&mut self, now: u64, id: QueueId, c: &CopyOf, file: Option<std::path::PathBuf>) {
         self.stats.delivered += 1;
         let Some(h) = &c.hooks else { return };
-        let Some(l) = self.entries.get(id).and_then(|e| e.loaded.as_deref()) else { return };
+        let Some(l) = self.entries.loaded(id) else { return };
         let head = &l.content[..l.content.len().min(16 * 1024)];
         let sender = l.envelope.from.clone();
         if autoreply::should_reply(&sender, head).is_err() {
@@ -659,8 +658,7 @@ impl QueueManager {
     /// Every copy of the local part is done: one mark per local recipient, a report for the
     /// failed ones, forwards for redirects elsewhere, and the local retry if one deferred.
     fn finish_local(&mut self, now: u64, id: QueueId) {
-        let Some(e) = self.entries.get_mut(id) else { return };
-        let Some(l) = e.loaded.as_deref_mut() else { return };
+        let Some((e, Some(l))) = self.entries.parts_mut(id) else { return };
         let Some(a) = l.local.take() else { return };
         let retry_at = now + self.cfg.local_retry.as_millis() as u64;
         let mut retry = false;
@@ -723,10 +721,10 @@ impl QueueManager {
     /// A remote job came back: one mark per recipient, retries per the schedule, reports for
     /// failures (and successes asked for with NOTIFY=SUCCESS), a delay notice when due.
     fn remote_done(&mut self, now: u64, mut o: RemoteOutcome) {
-        let Some(e) = self.entries.get_mut(o.id) else { return };
+        let Some((e, l)) = self.entries.parts_mut(o.id) else { return };
         // Only recipients still out count: an operator may have decided meanwhile.
         o.results.retain(|(i, _)| e.rcpts.get(*i) == Rcpt::Inflight);
-        let Some(l) = e.loaded.as_deref() else { return };
+        let Some(l) = l else { return };
         if o.results.is_empty() {
             return;
         }
@@ -773,17 +771,16 @@ impl QueueManager {
         if let Some(t) = due {
             self.schedule(slot, t, now);
         }
-        let Some(e) = self.entries.get_mut(id) else { return };
-        let busy = e.want != Want::Nothing
-            || e.rcpts.any(Rcpt::Inflight)
-            || e.loaded.as_ref().is_some_and(|l| l.local.is_some());
+        let Some((e, l)) = self.entries.parts_mut(id) else { return };
+        let busy = e.want != Want::Nothing || e.rcpts.any(Rcpt::Inflight) || l.is_some_and(|l| l.local.is_some());
         if busy {
             return;
         }
-        if e.loaded.take().is_some() {
+        let done = !e.rcpts.any(Rcpt::Open) && !e.rcpts.any(Rcpt::Held);
+        if self.entries.take_loaded(id).is_some() {
             self.active -= 1;
         }
-        if !e.rcpts.any(Rcpt::Open) && !e.rcpts.any(Rcpt::Held) {
+        if done {
             self.entries.remove(id);
         }
     }
@@ -867,11 +864,10 @@ impl QueueManager {
                 // A delivery still out comes back to no entry and is dropped.
                 QueueOp::Delete => {
                     let attempts = e.attempts;
-                    if e.loaded.is_some() {
+                    // One being read is counted out when its record comes back.
+                    if let Some((_, Some(_))) = self.entries.remove(id) {
                         self.active -= 1;
                     }
-                    // One being read is counted out when its record comes back.
-                    self.entries.remove(id);
                     self.actions.push_back(Action::AppendMark(Mark {
                         id,
                         rcpt: None,
@@ -913,7 +909,7 @@ impl QueueManager {
     /// The report of an operator's bounce, once the message is loaded.
     fn bounce_loaded(&mut self, now: u64, id: QueueId) {
         let Some(open) = self.bounced.remove(&id) else { return };
-        let Some(l) = self.entries.get(id).and_then(|e| e.loaded.as_deref()) else { return };
+        let Some(l) = self.entries.loaded(id) else { return };
         let bounced = Response::parse(BOUNCED_TEXT).expect("BOUNCED_TEXT is a reply");
         let reports = open.iter().map(|&i| failure_report(i as usize, &bounced, now)).collect();
         let (env, content) = (l.envelope.clone(), l.content.clone());

@@ -542,14 +542,14 @@ fn replay_segment<C: Collector>(
     Ok(Some(pos as u64))
 }
 
-/// The texts of the last marks in control segment `seq` for the (message, recipient) pairs
-/// in `wanted`: what [`Reclaimer`] does not keep in memory, read back before a control
-/// segment goes ([`CopyMark::text_in`]).
-pub fn mark_texts(
+/// The last marks in control segment `seq` of the (message, recipient) pairs in `wanted`:
+/// what [`Reclaimer`] knows only by place, read back before a control segment goes
+/// ([`CopyMark::Latest`]).
+pub fn last_marks(
     spool: &Path,
     seq: u64,
-    wanted: &std::collections::HashSet<(QueueId, Option<u16>)>,
-) -> Result<HashMap<(QueueId, Option<u16>), String>, SpoolError> {
+    wanted: &std::collections::HashSet<(QueueId, u16)>,
+) -> Result<HashMap<(QueueId, u16), Mark>, SpoolError> {
     let path = segment_path(&shard_dir(spool, CONTROL_SHARD), seq);
     let data = std::fs::read(&path).map_err(|e| SpoolError::io("read segment", &path, 0, e))?;
     let mut out = HashMap::new();
@@ -557,8 +557,10 @@ pub fn mark_texts(
     while pos < data.len() {
         match decode_record(seq, &data[pos..]) {
             Ok((Record::Mark(m), len)) => {
-                if wanted.contains(&(m.id, m.rcpt)) {
-                    out.insert((m.id, m.rcpt), m.text);
+                if let Some(r) = m.rcpt
+                    && wanted.contains(&(m.id, r))
+                {
+                    out.insert((m.id, r), m);
                 }
                 pos += len;
             }

@@ -24,7 +24,8 @@
 
 use super::CONTROL_SHARD;
 use super::envelope::QueueId;
-use super::record::{Mark, MarkStatus};
+use super::record::Mark;
+use crate::util::slab::{Keyed, KeyedSlab};
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// A sealed control segment goes only when at most one in this many of its marks would be
@@ -41,30 +42,27 @@ const CONTROL_COMPACT_MESSAGES: usize = 64;
 /// A segment: shard and sequence.
 pub type SegmentKey = (u8, u64);
 
-/// A recipient's latest mark, without its text: the text is read back from the control
-/// segment `seq` if the mark must be copied forward (see [`Plan::copies`]).
-#[derive(Debug, Clone, Copy)]
-struct Latest {
-    next_attempt_ms: u64,
-    seq: u32,
-    attempts: u16,
-    status: MarkStatus,
-}
+/// A recipient's latest mark as kept here: the control segment it is in, with [`FINAL`]
+/// set when its status is final; 0: no mark yet. The mark itself is read back from that
+/// segment if it must be copied forward ([`CopyMark::Latest`]).
+type Latest = u32;
+const FINAL: u32 = 1 << 31;
 
-/// What is known of one message on disk: 32 bytes (segment sequences are kept in 32 bits:
-/// four billion segments of at least 64 KiB per shard directory).
-#[derive(Debug)]
+/// What is known of one message on disk: 32 bytes (segment sequences are kept in 31 or 32
+/// bits: two billion segments of at least 64 KiB per shard directory).
+#[derive(Debug, Default)]
 struct Msg {
+    id: QueueId,
     seq: u32,
     /// The oldest and newest control segment holding a mark of it (0: none yet).
     first_mark: u32,
     last_mark: u32,
+    /// With one recipient, its latest mark; with more, 1 + the index of their latest marks
+    /// in [`Reclaimer::many`] (0: no mark yet). 0 once finished.
+    latest: u32,
     rcpts: u16,
     shard: u8,
     finished: bool,
-    /// Latest mark per recipient while unfinished (allocated at the first mark); none once
-    /// finished.
-    latest: Option<Box<[Option<Latest>]>>,
 }
 
 impl Msg {
@@ -73,16 +71,27 @@ impl Msg {
     }
 }
 
+impl Keyed for Msg {
+    fn key(&self) -> u64 {
+        self.id.0
+    }
+}
+
 /// A segment sequence as [`Msg`] keeps it.
 fn seq32(seq: u64) -> u32 {
     u32::try_from(seq).unwrap_or(u32::MAX)
 }
 
+/// A control segment sequence as a [`Latest`] keeps it.
+fn seq31(seq: u64) -> u32 {
+    seq.min((FINAL - 1) as u64) as u32
+}
+
 #[derive(Debug, Default)]
 struct Seg {
-    /// Messages stored in this segment.
-    messages: Vec<QueueId>,
-    /// How many of them are not finished.
+    /// Messages stored in this segment (copies elsewhere included).
+    stored: usize,
+    /// How many of them are not finished (and still live here).
     live: usize,
     /// Control segments: marks stored here, and how many of them are still the latest of a
     /// recipient of an unfinished message (what retiring the segment would copy).
@@ -90,13 +99,14 @@ struct Seg {
     latest: usize,
 }
 
-/// A mark to copy forward before its control segment goes. Its text is not kept in memory:
-/// the caller reads it from control segment `text_in` (the last mark there for the same
-/// message and recipient), when it names one.
+/// A mark to copy forward before its control segment goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CopyMark {
-    pub mark: Mark,
-    pub text_in: Option<u64>,
+pub enum CopyMark {
+    /// The last mark of recipient `rcpt` of message `id` in control segment `from`, copied
+    /// as it is (the caller reads it back: its text is not kept in memory).
+    Latest { id: QueueId, rcpt: u16, from: u64 },
+    /// One final mark for a finished message still on disk.
+    Final(QueueId),
 }
 
 /// What can go now, and what must be copied first.
@@ -119,7 +129,12 @@ impl Plan {
 /// See the module documentation.
 #[derive(Debug, Default)]
 pub struct Reclaimer {
-    msgs: HashMap<QueueId, Msg>,
+    /// Every message on disk, finished or not, until its segment is retired.
+    msgs: KeyedSlab<Msg>,
+    /// The latest marks of unfinished messages with more than one recipient, and the
+    /// vacant places in it.
+    many: Vec<Box<[Latest]>>,
+    many_free: Vec<u32>,
     segs: BTreeMap<SegmentKey, Seg>,
     /// The newest segment seen per shard: the one it appends to.
     active: HashMap<u8, u64>,
@@ -146,7 +161,7 @@ impl Reclaimer {
     pub fn message_stored(&mut self, shard: u8, seq: u64, id: QueueId, rcpts: usize) {
         self.segment_seen(shard, seq);
         // A copy of a message already known (compaction): it lives here from now on.
-        if let Some(m) = self.msgs.get_mut(&id) {
+        if let Some(m) = self.msgs.get_mut(id.0) {
             let old = m.seg();
             (m.shard, m.seq) = (shard, seq32(seq));
             let finished = m.finished;
@@ -154,7 +169,7 @@ impl Reclaimer {
                 o.live = o.live.saturating_sub(1);
             }
             let seg = self.segs.entry((shard, seq)).or_default();
-            seg.messages.push(id);
+            seg.stored += 1;
             if !finished {
                 seg.live += 1;
             }
@@ -162,21 +177,20 @@ impl Reclaimer {
             return;
         }
         let seg = self.segs.entry((shard, seq)).or_default();
-        seg.messages.push(id);
+        seg.stored += 1;
         let finished = rcpts == 0;
         if !finished {
             seg.live += 1;
         }
         let rcpts = rcpts.min(u16::MAX as usize) as u16;
-        let seq = seq32(seq);
-        self.msgs.insert(id, Msg { seq, first_mark: 0, last_mark: 0, rcpts, shard, finished, latest: None });
+        self.msgs.insert(Msg { id, seq: seq32(seq), rcpts, shard, finished, ..Msg::default() });
     }
 
     /// A state mark is durable in segment `seq` of the control log.
     pub fn mark_stored(&mut self, seq: u64, mark: &Mark) {
         self.segment_seen(CONTROL_SHARD, seq);
         // A mark of a message already reclaimed is left over: nothing to keep.
-        let Some(msg) = self.msgs.get_mut(&mark.id) else { return };
+        let Some(msg) = self.msgs.get_mut(mark.id.0) else { return };
         let seq32 = seq32(seq);
         if msg.first_mark == 0 || seq32 < msg.first_mark {
             msg.first_mark = seq32;
@@ -189,36 +203,52 @@ impl Reclaimer {
             return;
         }
         match mark.rcpt {
-            None if mark.status.is_final() => msg.finished = true,
-            None => {}
-            Some(i) => {
-                let latest = msg.latest.get_or_insert_with(|| vec![None; msg.rcpts as usize].into_boxed_slice());
-                if let Some(slot) = latest.get_mut(i as usize) {
-                    if let Some(prev) = slot
-                        && let Some(s) = self.segs.get_mut(&(CONTROL_SHARD, prev.seq as u64))
-                    {
-                        s.latest -= 1;
-                        self.dirty = true;
-                    }
-                    if let Some(s) = self.segs.get_mut(&(CONTROL_SHARD, seq)) {
-                        s.latest += 1;
-                    }
-                    *slot = Some(Latest {
-                        next_attempt_ms: mark.next_attempt_ms,
-                        seq: seq32,
-                        attempts: mark.attempts,
-                        status: mark.status,
-                    });
+            None => msg.finished = mark.status.is_final(),
+            Some(i) if i < msg.rcpts => {
+                if msg.rcpts > 1 && msg.latest == 0 {
+                    let marks = vec![0; msg.rcpts as usize].into_boxed_slice();
+                    msg.latest = 1 + match self.many_free.pop() {
+                        Some(k) => {
+                            self.many[k as usize] = marks;
+                            k
+                        }
+                        None => {
+                            self.many.push(marks);
+                            (self.many.len() - 1) as u32
+                        }
+                    };
                 }
-                msg.finished = latest.iter().all(|m| m.is_some_and(|m| m.status.is_final()));
+                let slot: &mut Latest =
+                    if msg.rcpts == 1 { &mut msg.latest } else { &mut self.many[msg.latest as usize - 1][i as usize] };
+                let prev = *slot;
+                *slot = seq31(seq) | if mark.status.is_final() { FINAL } else { 0 };
+                if prev != 0
+                    && let Some(s) = self.segs.get_mut(&(CONTROL_SHARD, (prev & !FINAL) as u64))
+                {
+                    s.latest -= 1;
+                    self.dirty = true;
+                }
+                if let Some(s) = self.segs.get_mut(&(CONTROL_SHARD, seq)) {
+                    s.latest += 1;
+                }
+                msg.finished = latest_of(&self.many, msg).iter().all(|l| l & FINAL != 0);
             }
+            Some(_) => {}
         }
         if msg.finished {
-            for l in msg.latest.take().iter().flat_map(|l| l.iter().flatten()) {
-                if let Some(s) = self.segs.get_mut(&(CONTROL_SHARD, l.seq as u64)) {
+            for &l in latest_of(&self.many, msg) {
+                if l != 0
+                    && let Some(s) = self.segs.get_mut(&(CONTROL_SHARD, (l & !FINAL) as u64))
+                {
                     s.latest -= 1;
                 }
             }
+            if msg.rcpts > 1 && msg.latest != 0 {
+                let k = msg.latest - 1;
+                self.many[k as usize] = Box::new([]);
+                self.many_free.push(k);
+            }
+            msg.latest = 0;
             if let Some(seg) = self.segs.get_mut(&msg.seg()) {
                 seg.live -= 1;
             }
@@ -240,17 +270,14 @@ impl Reclaimer {
     pub fn plan(&mut self) -> Plan {
         self.dirty = false;
         let mut plan = Plan::default();
-        let mut gone: HashSet<QueueId> = HashSet::new();
+        let mut retiring: HashSet<SegmentKey> = HashSet::new();
         for (&(shard, seq), seg) in &self.segs {
             let sealed = self.active.get(&shard).is_some_and(|&a| seq < a);
             let copies_too_many = seg.latest > CONTROL_COPY_ANYWAY && seg.latest * CONTROL_COPY_FRACTION > seg.marks;
             if !sealed || seg.live > 0 || copies_too_many {
                 continue;
             }
-            // Messages copied elsewhere by compaction are not gone with this segment.
-            gone.extend(
-                seg.messages.iter().copied().filter(|id| self.msgs.get(id).is_some_and(|m| m.seg() == (shard, seq))),
-            );
+            retiring.insert((shard, seq));
             if shard == CONTROL_SHARD {
                 plan.control.push(seq);
             } else {
@@ -259,58 +286,62 @@ impl Reclaimer {
         }
         // Before a control segment goes, the marks there that still matter are copied: the
         // latest of each recipient of an unfinished message, one final mark for a finished
-        // message still on disk. Which messages have marks there is known by range only (the
-        // oldest and newest control segment with a mark of each): copying a final mark
-        // too many is harmless. Rare (once per control segment), so a walk over every
-        // message is fine.
+        // message still on disk (not gone with a segment retired now). Which messages have
+        // marks there is known by range only (the oldest and newest control segment with a
+        // mark of each): copying a final mark too many is harmless. Rare (once per control
+        // segment), so a walk over every message is fine.
         if let (Some(&lo), Some(&hi)) = (plan.control.iter().min(), plan.control.iter().max()) {
-            let retiring: HashSet<u64> = plan.control.iter().copied().collect();
             let mut ids: Vec<QueueId> = self
                 .msgs
                 .iter()
-                .filter(|(id, m)| {
-                    m.first_mark != 0 && m.first_mark as u64 <= hi && m.last_mark as u64 >= lo && !gone.contains(id)
+                .filter(|m| {
+                    m.first_mark != 0
+                        && m.first_mark as u64 <= hi
+                        && m.last_mark as u64 >= lo
+                        && !retiring.contains(&m.seg())
                 })
-                .map(|(id, _)| *id)
+                .map(|m| m.id)
                 .collect();
             ids.sort();
             for id in ids {
-                let msg = &self.msgs[&id];
+                let Some(msg) = self.msgs.get(id.0) else { continue };
                 if msg.finished {
-                    let text = "final (marks compacted)".to_string();
-                    let mark =
-                        Mark { id, rcpt: None, status: MarkStatus::Delivered, attempts: 0, next_attempt_ms: 0, text };
-                    plan.copies.push(CopyMark { mark, text_in: None });
+                    plan.copies.push(CopyMark::Final(id));
                     continue;
                 }
-                let latest = msg.latest.iter().flat_map(|l| l.iter().enumerate());
-                let in_retiring = |l: &Latest| retiring.contains(&(l.seq as u64));
-                for (i, l) in latest.filter_map(|(i, l)| l.map(|l| (i, l))).filter(|(_, l)| in_retiring(l)) {
-                    let mark = Mark {
-                        id,
-                        rcpt: Some(i as u16),
-                        status: l.status,
-                        attempts: l.attempts,
-                        next_attempt_ms: l.next_attempt_ms,
-                        text: String::new(),
-                    };
-                    plan.copies.push(CopyMark { mark, text_in: Some(l.seq as u64) });
+                for (i, &l) in latest_of(&self.many, msg).iter().enumerate() {
+                    let from = (l & !FINAL) as u64;
+                    if l != 0 && retiring.contains(&(CONTROL_SHARD, from)) {
+                        plan.copies.push(CopyMark::Latest { id, rcpt: i as u16, from });
+                    }
                 }
             }
         }
         plan
     }
 
-    /// The plan was carried out: forget what it retired.
+    /// The plan was carried out: forget what it retired (a walk over every message: once
+    /// per segment retired).
     pub fn retired(&mut self, plan: &Plan) {
-        let keys = plan.messages.iter().copied().chain(plan.control.iter().map(|&s| (CONTROL_SHARD, s)));
-        for key in keys {
-            if let Some(seg) = self.segs.remove(&key) {
-                for id in seg.messages {
-                    if self.msgs.get(&id).is_some_and(|m| m.seg() == key) {
-                        self.msgs.remove(&id);
-                    }
-                }
+        let keys: HashSet<SegmentKey> =
+            plan.messages.iter().copied().chain(plan.control.iter().map(|&s| (CONTROL_SHARD, s))).collect();
+        let mut gone = false;
+        for key in &keys {
+            gone |= self.segs.remove(key).is_some();
+        }
+        if !gone {
+            return;
+        }
+        let ids: Vec<u64> = self.msgs.iter().filter(|m| keys.contains(&m.seg())).map(|m| m.id.0).collect();
+        for id in ids {
+            if let Some(m) = self.msgs.remove(id)
+                && m.rcpts > 1
+                && m.latest != 0
+            {
+                // Not expected (a segment goes once its messages are finished), but then
+                // their place is free again.
+                self.many[m.latest as usize - 1] = Box::new([]);
+                self.many_free.push(m.latest - 1);
             }
         }
     }
@@ -319,33 +350,50 @@ impl Reclaimer {
     /// `1 / fraction` of what they hold; in the control log, at most
     /// `CONTROL_COMPACT_MESSAGES`, since its segments are mostly marks): copying those messages forward
     /// ([`Reclaimer::message_stored`] with the copy's place) lets the segment go. Returns
-    /// each such segment with its unfinished messages.
+    /// each such segment with its unfinished messages (a walk over every message when there
+    /// is one: the caller does not ask at every turn).
     pub fn compaction_candidates(&self, fraction: usize) -> Vec<(SegmentKey, Vec<QueueId>)> {
-        let mut out = Vec::new();
+        let mut out: BTreeMap<SegmentKey, Vec<QueueId>> = BTreeMap::new();
         for (&key, seg) in &self.segs {
             let sealed = self.active.get(&key.0).is_some_and(|&a| key.1 < a);
             // A control segment is mostly marks: its few messages (generated ones, copies)
             // are worth copying whatever their share of its messages.
-            let few = seg.live * fraction <= seg.messages.len()
-                || (key.0 == CONTROL_SHARD && seg.live <= CONTROL_COMPACT_MESSAGES);
-            if !sealed || seg.live == 0 || !few {
-                continue;
+            let few =
+                seg.live * fraction <= seg.stored || (key.0 == CONTROL_SHARD && seg.live <= CONTROL_COMPACT_MESSAGES);
+            if sealed && seg.live > 0 && few {
+                out.insert(key, Vec::new());
             }
-            let live: Vec<QueueId> = seg
-                .messages
-                .iter()
-                .copied()
-                .filter(|id| self.msgs.get(id).is_some_and(|m| m.seg() == key && !m.finished))
-                .collect();
-            out.push((key, live));
         }
-        out
+        if out.is_empty() {
+            return Vec::new();
+        }
+        for m in self.msgs.iter().filter(|m| !m.finished) {
+            if let Some(ids) = out.get_mut(&m.seg()) {
+                ids.push(m.id);
+            }
+        }
+        out.into_iter()
+            .map(|(k, mut ids)| {
+                ids.sort();
+                (k, ids)
+            })
+            .collect()
+    }
+}
+
+/// The latest marks of a message's recipients (none yet: empty).
+fn latest_of<'a>(many: &'a [Box<[Latest]>], m: &'a Msg) -> &'a [Latest] {
+    match (m.rcpts, m.latest) {
+        (1, _) => std::slice::from_ref(&m.latest),
+        (_, 0) => &[],
+        (_, k) => &many[k as usize - 1],
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::spool::MarkStatus;
 
     fn mark(id: u64, rcpt: Option<u16>, status: MarkStatus) -> Mark {
         Mark { id: QueueId(id), rcpt, status, attempts: 1, next_attempt_ms: 0, text: String::new() }
@@ -378,7 +426,6 @@ mod tests {
     #[test]
     fn what_is_kept_per_message_is_small() {
         assert!(std::mem::size_of::<Msg>() <= 32, "{}", std::mem::size_of::<Msg>());
-        assert!(std::mem::size_of::<Option<Latest>>() <= 16);
     }
 
     #[test]
@@ -411,19 +458,20 @@ mod tests {
         assert!(p.messages.is_empty(), "0/1 has message 2 unfinished; 0/2 is active");
         assert_eq!(p.control, vec![1]);
         let want = [
+            CopyMark::Final(QueueId(1)),
+            CopyMark::Latest { id: QueueId(2), rcpt: 0, from: 1 },
+            CopyMark::Latest { id: QueueId(2), rcpt: 1, from: 1 },
+            CopyMark::Final(QueueId(3)),
+        ];
+        assert_eq!(p.copies, want, "a recipient's latest mark is read back from segment 1");
+        // The copies land in control segment 2; segment 1 is retired.
+        for m in [
             mark(1, None, MarkStatus::Delivered),
             mark(2, Some(0), MarkStatus::Delivered),
             mark(2, Some(1), MarkStatus::Deferred),
             mark(3, None, MarkStatus::Delivered),
-        ];
-        let got: Vec<(QueueId, Option<u16>, MarkStatus)> =
-            p.copies.iter().map(|c| (c.mark.id, c.mark.rcpt, c.mark.status)).collect();
-        assert_eq!(got, want.iter().map(|m| (m.id, m.rcpt, m.status)).collect::<Vec<_>>());
-        let texts: Vec<Option<u64>> = p.copies.iter().map(|c| c.text_in).collect();
-        assert_eq!(texts, [None, Some(1), Some(1), None], "a recipient's text is read back from segment 1");
-        // The copies land in control segment 2; segment 1 is retired.
-        for c in &p.copies {
-            r.mark_stored(2, &c.mark);
+        ] {
+            r.mark_stored(2, &m);
         }
         r.retired(&p);
         r.segment_seen(CONTROL_SHARD, 3);
@@ -477,9 +525,7 @@ mod tests {
         r.message_stored(CONTROL_SHARD, 2, QueueId(5), 1);
         let p = r.plan();
         assert_eq!(p.control, vec![1]);
-        let copied: Vec<(Option<u16>, MarkStatus, Option<u64>)> =
-            p.copies.iter().map(|c| (c.mark.rcpt, c.mark.status, c.text_in)).collect();
-        assert_eq!(copied, [(Some(0), MarkStatus::Deferred, Some(1))], "its deferral, text from segment 1");
+        assert_eq!(p.copies, [CopyMark::Latest { id: QueueId(5), rcpt: 0, from: 1 }], "its deferral, from segment 1");
     }
 
     /// A control segment whose marks are mostly still the latest of their recipients stays:
@@ -501,7 +547,13 @@ mod tests {
         }
         let p = r.plan();
         assert_eq!(p.control, vec![1]);
-        let ids: Vec<u64> = p.copies.iter().map(|c| c.mark.id.0).collect();
+        let ids: Vec<u64> = p
+            .copies
+            .iter()
+            .map(|c| match c {
+                CopyMark::Latest { id, .. } | CopyMark::Final(id) => id.0,
+            })
+            .collect();
         assert_eq!(ids, (1..=10).collect::<Vec<_>>(), "only the ten still latest there");
     }
 
@@ -523,5 +575,33 @@ mod tests {
         // Control segment 1 holds nothing but a leftover: it goes, with nothing to copy.
         let p = r.plan();
         assert_eq!((p.control, p.copies), (vec![1], vec![]));
+    }
+
+    /// The latest marks of a message with several recipients live aside, and their place is
+    /// reused once it is finished.
+    #[test]
+    fn several_recipients_latest_marks_are_kept_aside_and_reused() {
+        let mut r = Reclaimer::new();
+        r.message_stored(0, 1, QueueId(1), 3);
+        r.message_stored(0, 1, QueueId(2), 2);
+        r.mark_stored(1, &mark(1, Some(2), MarkStatus::Deferred));
+        r.mark_stored(1, &mark(2, Some(0), MarkStatus::Deferred));
+        assert_eq!(r.many.len(), 2);
+        for i in 0..3 {
+            r.mark_stored(1, &mark(1, Some(i), MarkStatus::Delivered));
+        }
+        r.mark_stored(1, &mark(1, Some(7), MarkStatus::Deferred)); // no such recipient
+        assert_eq!(r.many_free, [0], "message 1 finished: its place is free");
+        r.message_stored(0, 1, QueueId(3), 4);
+        r.mark_stored(1, &mark(3, Some(3), MarkStatus::Failed));
+        assert_eq!((r.many.len(), r.many_free.len(), r.many[0].len()), (2, 0, 4));
+        r.segment_seen(0, 2);
+        assert!(r.plan().messages.is_empty(), "messages 2 and 3 are unfinished");
+        r.mark_stored(1, &mark(2, Some(1), MarkStatus::Delivered));
+        r.mark_stored(1, &mark(2, Some(0), MarkStatus::Delivered));
+        for i in 0..3 {
+            r.mark_stored(1, &mark(3, Some(i), MarkStatus::Failed));
+        }
+        assert_eq!(r.plan().messages, vec![(0, 1)]);
     }
 }

@@ -2,5 +2,6 @@
 
 pub mod logger;
 pub mod mem;
+pub mod slab;
 pub mod time;
 pub mod units;

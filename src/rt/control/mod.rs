@@ -86,6 +86,10 @@ struct Control {
     /// Marks appended and not yet durable, in order (their completions come in that order).
     unsynced_marks: VecDeque<Mark>,
     reclaimed: u64,
+    /// The reclaimer changed since compaction last looked for candidates; it looks again
+    /// at `compact_after` (Unix ms) at the earliest.
+    compact_pending: bool,
+    compact_after: u64,
 }
 
 /// Starts the control thread. `recovered` are the unfinished messages found at start;
@@ -138,6 +142,8 @@ pub fn spawn(
         reclaimer,
         unsynced_marks: VecDeque::new(),
         reclaimed: 0,
+        compact_pending: false,
+        compact_after: 0,
     };
     std::thread::Builder::new()
         .name("control".into())

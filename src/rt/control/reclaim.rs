@@ -4,7 +4,7 @@
 //! segments can go too.
 
 use super::{Control, TOKEN_MOVE};
-use crate::spool::{CONTROL_SHARD, NewMessage, QueueId};
+use crate::spool::{CONTROL_SHARD, CopyMark, Mark, MarkStatus, NewMessage, QueueId};
 use std::collections::{HashMap, HashSet};
 
 /// Compaction copies the unfinished messages of a sealed segment when they are at most one
@@ -14,20 +14,28 @@ const COMPACT_FRACTION: usize = 10;
 const COMPACT_BUDGET: u64 = 8 << 20;
 /// A message due sooner than this is left where it is (it is likely to finish first).
 const COMPACT_MIN_WAIT_MS: u64 = 60_000;
+/// Looking for compaction candidates walks every queued message: at most this often.
+const COMPACT_EVERY_MS: u64 = 1_000;
 
 impl Control {
     /// Retires the segments that hold nothing unfinished, in the order that keeps a restart
     /// correct (see [`crate::spool::reclaim`]): marks still needed copied and made durable,
     /// then message segments (directories synced), then control segments.
     pub(super) fn reclaim(&mut self, now: u64) {
-        if !self.reclaimer.dirty() {
-            return;
+        if self.reclaimer.dirty() {
+            let plan = self.reclaimer.plan();
+            if !plan.is_empty() {
+                self.retire(now, plan);
+            }
+            self.compact_pending = true;
         }
-        let plan = self.reclaimer.plan();
-        if !plan.is_empty() {
-            self.retire(now, plan);
+        // Looking for candidates walks every message: at most once a COMPACT_EVERY_MS (the
+        // loop turns at least once a MAX_WAIT).
+        if self.compact_pending && now >= self.compact_after {
+            self.compact_pending = false;
+            self.compact_after = now + COMPACT_EVERY_MS;
+            self.compact(now);
         }
-        self.compact(now);
     }
 
     /// Copies the few unfinished messages of mostly finished sealed segments into the control
@@ -65,30 +73,40 @@ impl Control {
     /// Carries out a reclaim plan.
     fn retire(&mut self, now: u64, plan: crate::spool::Plan) {
         let copies = plan.copies.len();
-        // The texts of the copied marks, read back from the segments about to go.
-        let mut wanted: HashMap<u64, HashSet<(QueueId, Option<u16>)>> = HashMap::new();
+        // The latest marks to copy, read back from the segments about to go.
+        let mut wanted: HashMap<u64, HashSet<(QueueId, u16)>> = HashMap::new();
         for c in &plan.copies {
-            if let Some(seq) = c.text_in {
-                wanted.entry(seq).or_default().insert((c.mark.id, c.mark.rcpt));
+            if let CopyMark::Latest { id, rcpt, from } = *c {
+                wanted.entry(from).or_default().insert((id, rcpt));
             }
         }
-        let mut texts = HashMap::new();
+        let mut found = HashMap::new();
         for (seq, pairs) in wanted {
-            match crate::spool::mark_texts(&self.cfg.spool, seq, &pairs) {
-                Ok(t) => texts.extend(t.into_iter().map(|(k, v)| ((seq, k), v))),
+            match crate::spool::last_marks(&self.cfg.spool, seq, &pairs) {
+                Ok(marks) if marks.len() == pairs.len() => found.extend(marks),
+                Ok(marks) => {
+                    let missing = pairs.iter().find(|p| !marks.contains_key(p));
+                    log::error!("control: spool reclaim put off: control segment {seq} lacks the mark of {missing:?}");
+                    return;
+                }
                 Err(e) => {
                     log::error!("control: spool reclaim put off: {e}");
                     return;
                 }
             }
         }
-        for c in plan.copies.iter().cloned() {
-            let mut mark = c.mark;
-            if let Some(seq) = c.text_in
-                && let Some(t) = texts.remove(&(seq, (mark.id, mark.rcpt)))
-            {
-                mark.text = t;
-            }
+        for c in &plan.copies {
+            let mark = match *c {
+                CopyMark::Latest { id, rcpt, .. } => found.remove(&(id, rcpt)).expect("every latest mark was found"),
+                CopyMark::Final(id) => Mark {
+                    id,
+                    rcpt: None,
+                    status: MarkStatus::Delivered,
+                    attempts: 0,
+                    next_attempt_ms: 0,
+                    text: "final (marks compacted)".into(),
+                },
+            };
             self.append_mark(mark);
         }
         if !self.flush_log(now) {
