@@ -145,7 +145,7 @@ pub fn queue_show(data_dir: &Path, spool: &Path, id: &str, out: &mut dyn Write) 
         let a = control::over_socket(s, &req)?;
         let Some(l) = a.located.first() else { return Err(AdminError::NotFound(id.to_string())) };
         // Compaction or reclaim may have moved it since the answer: then replay finds it.
-        if let Ok((envelope, content)) = reader.read(l.shard, l.seq, l.offset, l.len)
+        if let Ok((envelope, content)) = reader.read(l.shard, l.seq, l.offset)
             && envelope.id == qid
         {
             out.write_all(&content)?;

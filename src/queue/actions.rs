@@ -10,46 +10,38 @@ use crate::spool::{Envelope, Location, Mark, NewMessage, QueueId};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-/// Where a message's record is in the spool: segment, offset and length, packed in 16
-/// bytes (the queue keeps one per queued message). Segments are at most 4 GiB
-/// (`spool.segment_size`), sequences below 2^56.
+/// Where a message's record is in the spool: segment and offset, packed in 12 bytes of
+/// 4-byte alignment (the queue keeps one per queued message). Segments are at most 4 GiB
+/// (`spool.segment_size`) and their sequences below 2^32; a record's length is in its
+/// prefix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct At {
-    seq_shard: u64,
+    seq: u32,
     offset: u32,
-    len: u32,
+    shard: u8,
 }
 
 impl At {
     pub fn new(shard: u8, l: Location) -> Self {
-        At::of_record(shard, l.seq, l.record_offset, l.record_len())
+        At::of_record(shard, l.seq, l.record_offset)
     }
 
-    pub fn of_record(shard: u8, seq: u64, offset: u64, len: u64) -> Self {
-        debug_assert!(seq < 1 << 56 && offset <= u32::MAX as u64 && len <= u32::MAX as u64);
-        At { seq_shard: seq << 8 | shard as u64, offset: offset as u32, len: len as u32 }
+    pub fn of_record(shard: u8, seq: u64, offset: u64) -> Self {
+        debug_assert!(seq <= u32::MAX as u64 && offset <= u32::MAX as u64);
+        At { seq: seq as u32, offset: offset as u32, shard }
     }
 
     pub fn shard(&self) -> u8 {
-        self.seq_shard as u8
+        self.shard
     }
 
     pub fn seq(&self) -> u64 {
-        self.seq_shard >> 8
+        self.seq as u64
     }
 
     /// The record's first byte in its segment.
     pub fn offset(&self) -> u64 {
         self.offset as u64
-    }
-
-    /// The record's length.
-    pub fn len(&self) -> u64 {
-        self.len as u64
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
     }
 }
 

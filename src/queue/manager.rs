@@ -247,6 +247,11 @@ impl QueueManager {
         }
     }
 
+    /// Makes room for `n` more queued messages (before a replay).
+    pub fn reserve(&mut self, n: usize) {
+        self.entries.reserve(n);
+    }
+
     /// A message recovery found unfinished: its final recipients stay done, the others are
     /// due at their latest mark's next attempt (now, if they were never tried).
     pub fn handle_recovered(&mut self, now: u64, m: QueuedMessage) {
@@ -848,8 +853,8 @@ impl QueueManager {
             match req.op {
                 QueueOp::Locate => {
                     let at = e.at;
-                    let (shard, seq, offset, len) = (at.shard(), at.seq(), at.offset(), at.len());
-                    answer.located.push(Located { id: id.to_string(), shard, seq, offset, len });
+                    let (shard, seq, offset) = (at.shard(), at.seq(), at.offset());
+                    answer.located.push(Located { id: id.to_string(), shard, seq, offset });
                     answer.done.push(id.to_string());
                     continue;
                 }

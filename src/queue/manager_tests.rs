@@ -530,7 +530,7 @@ fn restart_replay() {
     d.at(20);
     d.m.handle_recovered(d.now, recovered(id, 2, latest));
     assert_eq!(d.next_due_minutes(), Some(45));
-    assert_eq!(d.m.location(id), Some(At::of_record(0, 7, 100, 100)));
+    assert_eq!(d.m.location(id), Some(At::of_record(0, 7, 100)));
     assert_eq!(d.m.active(), 0, "nothing loaded until due");
     d.at(45);
     assert_eq!(d.run(), [format!("remote {} 1:r@remote.test", mx("remote.test"))]);
@@ -592,7 +592,7 @@ fn locate_through_the_index() {
     let id = d.accept("s@sender.test", &["x@accept.test"]);
     let a = d.m.handle_queue_request(d.now, &request(QueueOp::Locate, &[id, QueueId(77)]));
     let l = &a.located[0];
-    assert_eq!((l.id.as_str(), l.shard, l.seq, l.offset, l.len), (id.to_string().as_str(), 0, 1, 100, 100));
+    assert_eq!((l.id.as_str(), l.shard, l.seq, l.offset), (id.to_string().as_str(), 0, 1, 100));
     assert_eq!(a.not_found, [QueueId(77).to_string()]);
     assert!(d.drain().is_empty(), "no mark, no change");
 }

@@ -47,7 +47,6 @@ pub struct Located {
     pub shard: u8,
     pub seq: u64,
     pub offset: u64,
-    pub len: u64,
 }
 
 /// Mark text of an operator's decision.

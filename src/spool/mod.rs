@@ -233,7 +233,7 @@ impl Listed {
     pub fn load(&self, r: &mut RecordReader) -> Result<StoredMessage, SpoolError> {
         let l = self.location;
         let (envelope, content) = r
-            .read(self.shard, l.seq, l.record_offset, l.record_len())
+            .read(self.shard, l.seq, l.record_offset)
             .map_err(|what| SpoolError::Corrupt { path: PathBuf::from(format!("{}", self.id)), what })?;
         let mut marks: Vec<(u64, Mark)> = self.latest.iter().flatten().chain(self.whole.iter()).cloned().collect();
         marks.sort_by_key(|(order, _)| *order);

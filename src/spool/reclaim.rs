@@ -48,18 +48,18 @@ pub type SegmentKey = (u8, u64);
 type Latest = u32;
 const FINAL: u32 = 1 << 31;
 
-/// What is known of one message on disk: 32 bytes (segment sequences are kept in 31 or 32
+/// What is known of one message on disk: 24 bytes (segment sequences are kept in 31 or 32
 /// bits: two billion segments of at least 64 KiB per shard directory).
 #[derive(Debug, Default)]
 struct Msg {
     id: QueueId,
     seq: u32,
-    /// The oldest and newest control segment holding a mark of it (0: none yet).
-    first_mark: u32,
-    last_mark: u32,
-    /// With one recipient, its latest mark; with more, 1 + the index of their latest marks
-    /// in [`Reclaimer::many`] (0: no mark yet). 0 once finished.
+    /// Unfinished: with one recipient, its latest mark; with more, 1 + the index of their
+    /// latest marks in [`Reclaimer::many`] (0: no mark yet). Finished: the oldest control
+    /// segment holding a mark that finishes it (0: none, it had no recipient).
     latest: u32,
+    /// Finished: the newest control segment holding a mark that finishes it.
+    finished_by_last: u32,
     rcpts: u16,
     shard: u8,
     finished: bool,
@@ -191,19 +191,22 @@ impl Reclaimer {
         self.segment_seen(CONTROL_SHARD, seq);
         // A mark of a message already reclaimed is left over: nothing to keep.
         let Some(msg) = self.msgs.get_mut(mark.id.0) else { return };
-        let seq32 = seq32(seq);
-        if msg.first_mark == 0 || seq32 < msg.first_mark {
-            msg.first_mark = seq32;
-        }
-        msg.last_mark = msg.last_mark.max(seq32);
         if let Some(seg) = self.segs.get_mut(&(CONTROL_SHARD, seq)) {
             seg.marks += 1;
         }
+        let whole_final = mark.rcpt.is_none() && mark.status.is_final();
         if msg.finished {
+            // A whole-message final mark (a copy forward, or an operator's) finishes it on
+            // its own: only its segment matters from now on.
+            if whole_final {
+                (msg.latest, msg.finished_by_last) = (seq31(seq), seq31(seq));
+            }
             return;
         }
-        match mark.rcpt {
-            None => msg.finished = mark.status.is_final(),
+        // Where the marks that finish it are, should this mark finish it.
+        let mut finished_by = (seq31(seq), seq31(seq));
+        let finishes = match mark.rcpt {
+            None => whole_final,
             Some(i) if i < msg.rcpts => {
                 if msg.rcpts > 1 && msg.latest == 0 {
                     let marks = vec![0; msg.rcpts as usize].into_boxed_slice();
@@ -231,11 +234,17 @@ impl Reclaimer {
                 if let Some(s) = self.segs.get_mut(&(CONTROL_SHARD, seq)) {
                     s.latest += 1;
                 }
-                msg.finished = latest_of(&self.many, msg).iter().all(|l| l & FINAL != 0);
+                let latest = latest_of(&self.many, msg);
+                let all_final = latest.iter().all(|l| l & FINAL != 0);
+                if all_final {
+                    let segs = latest.iter().map(|l| l & !FINAL);
+                    finished_by = (segs.clone().min().unwrap_or(0), segs.max().unwrap_or(0));
+                }
+                all_final
             }
-            Some(_) => {}
-        }
-        if msg.finished {
+            Some(_) => false,
+        };
+        if finishes {
             for &l in latest_of(&self.many, msg) {
                 if l != 0
                     && let Some(s) = self.segs.get_mut(&(CONTROL_SHARD, (l & !FINAL) as u64))
@@ -248,7 +257,8 @@ impl Reclaimer {
                 self.many[k as usize] = Box::new([]);
                 self.many_free.push(k);
             }
-            msg.latest = 0;
+            (msg.latest, msg.finished_by_last) = finished_by;
+            msg.finished = true;
             if let Some(seg) = self.segs.get_mut(&msg.seg()) {
                 seg.live -= 1;
             }
@@ -286,19 +296,23 @@ impl Reclaimer {
         }
         // Before a control segment goes, the marks there that still matter are copied: the
         // latest of each recipient of an unfinished message, one final mark for a finished
-        // message still on disk (not gone with a segment retired now). Which messages have
-        // marks there is known by range only (the oldest and newest control segment with a
-        // mark of each): copying a final mark too many is harmless. Rare (once per control
-        // segment), so a walk over every message is fine.
+        // message still on disk (not gone with a segment retired now). Which control
+        // segments finish a finished message is known by range only (the oldest and newest
+        // holding a mark that finishes it): copying a final mark too many is harmless. Rare
+        // (once per control segment), so a walk over every message is fine.
         if let (Some(&lo), Some(&hi)) = (plan.control.iter().min(), plan.control.iter().max()) {
             let mut ids: Vec<QueueId> = self
                 .msgs
                 .iter()
                 .filter(|m| {
-                    m.first_mark != 0
-                        && m.first_mark as u64 <= hi
-                        && m.last_mark as u64 >= lo
-                        && !retiring.contains(&m.seg())
+                    let marks_there = if m.finished {
+                        m.latest != 0 && m.latest as u64 <= hi && m.finished_by_last as u64 >= lo
+                    } else {
+                        latest_of(&self.many, m)
+                            .iter()
+                            .any(|&l| l != 0 && retiring.contains(&(CONTROL_SHARD, (l & !FINAL) as u64)))
+                    };
+                    marks_there && !retiring.contains(&m.seg())
                 })
                 .map(|m| m.id)
                 .collect();
@@ -335,6 +349,7 @@ impl Reclaimer {
         let ids: Vec<u64> = self.msgs.iter().filter(|m| keys.contains(&m.seg())).map(|m| m.id.0).collect();
         for id in ids {
             if let Some(m) = self.msgs.remove(id)
+                && !m.finished
                 && m.rcpts > 1
                 && m.latest != 0
             {
@@ -383,6 +398,7 @@ impl Reclaimer {
 
 /// The latest marks of a message's recipients (none yet: empty).
 fn latest_of<'a>(many: &'a [Box<[Latest]>], m: &'a Msg) -> &'a [Latest] {
+    debug_assert!(!m.finished, "a finished message keeps where it was finished instead");
     match (m.rcpts, m.latest) {
         (1, _) => std::slice::from_ref(&m.latest),
         (_, 0) => &[],
@@ -425,7 +441,7 @@ mod tests {
 
     #[test]
     fn what_is_kept_per_message_is_small() {
-        assert!(std::mem::size_of::<Msg>() <= 32, "{}", std::mem::size_of::<Msg>());
+        assert!(std::mem::size_of::<Msg>() <= 24, "{}", std::mem::size_of::<Msg>());
     }
 
     #[test]
@@ -602,6 +618,35 @@ mod tests {
         for i in 0..3 {
             r.mark_stored(1, &mark(3, Some(i), MarkStatus::Failed));
         }
-        assert_eq!(r.plan().messages, vec![(0, 1)]);
+        let p = r.plan();
+        assert_eq!(p.messages, vec![(0, 1)]);
+        r.retired(&p);
+        assert_eq!((r.messages(), r.many_free.len()), (0, 2), "both places free, none freed twice");
+    }
+
+    /// A finished message still on disk needs a final mark copied only when a segment
+    /// holding a mark that finishes it goes, not one holding only marks it outgrew.
+    #[test]
+    fn only_the_marks_that_finish_a_message_are_kept_for_it() {
+        let mut r = Reclaimer::new();
+        r.message_stored(0, 1, QueueId(1), 1);
+        r.message_stored(0, 1, QueueId(2), 1); // unfinished: keeps segment 0/1
+        r.message_stored(0, 2, QueueId(3), 1);
+        r.mark_stored(1, &mark(1, Some(0), MarkStatus::Deferred));
+        r.mark_stored(2, &mark(1, Some(0), MarkStatus::Delivered));
+        let p = r.plan();
+        assert_eq!((p.control.clone(), p.copies.clone()), (vec![1], vec![]), "segment 1 holds an outgrown deferral");
+        r.retired(&p);
+        r.mark_stored(3, &mark(2, Some(0), MarkStatus::Deferred));
+        let p = r.plan();
+        assert_eq!((p.control.clone(), p.copies.clone()), (vec![2], vec![CopyMark::Final(QueueId(1))]));
+        // The copy lands in segment 3, which alone finishes message 1 from now on.
+        r.mark_stored(3, &mark(1, None, MarkStatus::Delivered));
+        r.retired(&p);
+        r.segment_seen(CONTROL_SHARD, 4);
+        r.mark_stored(4, &mark(2, Some(0), MarkStatus::Deferred));
+        let p = r.plan();
+        assert_eq!(p.control, vec![3]);
+        assert_eq!(p.copies, vec![CopyMark::Final(QueueId(1))]);
     }
 }

@@ -79,6 +79,13 @@ impl<T: Keyed> KeyedSlab<T> {
         slot
     }
 
+    /// Makes room for `n` more records in the table (a large queue replayed at start: the
+    /// table is sized once instead of doubling through every size below).
+    pub fn reserve(&mut self, n: usize) {
+        let chunks = &self.chunks;
+        self.table.reserve(n, |&s| hash(at(chunks, s).key()));
+    }
+
     /// Takes the record with key `k` out; its slot is reused.
     pub fn remove(&mut self, k: u64) -> Option<T> {
         let chunks = &self.chunks;

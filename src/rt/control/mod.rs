@@ -122,6 +122,7 @@ pub fn spawn(
     let mut manager = QueueManager::new(cfg.manager.clone(), max_id, replies);
     let queued = recovered.len();
     let now = Now::system().unix_ms;
+    manager.reserve(recovered.len());
     for m in recovered {
         manager.handle_recovered(now, m);
     }
@@ -234,7 +235,7 @@ impl Control {
             while let Some(a) = self.manager.poll_action() {
                 match a {
                     Action::ReadMessage { id, at } => {
-                        let r = self.segments.read(at.shard(), at.seq(), at.offset(), at.len());
+                        let r = self.segments.read(at.shard(), at.seq(), at.offset());
                         let r = r.map(|(e, c)| (e, Arc::from(c)));
                         self.manager.handle_message(now, &dir, id, r);
                     }

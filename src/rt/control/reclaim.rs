@@ -51,7 +51,7 @@ impl Control {
             }
             for id in ids {
                 let Some(at) = self.manager.location(id) else { continue };
-                match self.segments.read(at.shard(), at.seq(), at.offset(), at.len()) {
+                match self.segments.read(at.shard(), at.seq(), at.offset()) {
                     Ok((envelope, data)) => {
                         budget = budget.saturating_sub(data.len() as u64);
                         copied += 1;
