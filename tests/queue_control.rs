@@ -127,12 +127,21 @@ fn delete_and_retry_on_a_stopped_server() {
     let (status, log) = srv.stop();
     assert!(status.success(), "{log}");
     assert!(!dir.path().join("data/control.sock").exists(), "the socket goes with the server");
+    // The stop wrote where each queued message is: `show` reads a's record through it.
+    let snapshot = dir.path().join("data/spool/queue.idx");
+    assert!(snapshot.exists());
+    let (code, shown, err) = queue_cmd(dir.path(), &["show", &a]);
+    assert_eq!(code, 0, "{err}");
+    assert!(shown.starts_with("Received: ") && shown.contains("Subject: a\r\n"), "{shown}");
 
     let (code, _, err) = queue_cmd(dir.path(), &["bounce", "--all"]);
     assert_eq!(code, 1);
     assert!(err.contains("bounce needs the running server"), "{err}");
     let (code, out, err) = queue_cmd(dir.path(), &["delete", &a]);
     assert_eq!((code, out), (0, format!("{a}: deleted\n")), "{err}");
+    assert!(!snapshot.exists(), "a delete changes the queue: the snapshot goes");
+    let (code, _, err) = queue_cmd(dir.path(), &["show", &a]);
+    assert_eq!(code, 1, "deleted: {err}");
     let (code, out, err) = queue_cmd(dir.path(), &["retry", "--all"]);
     assert_eq!((code, out), (0, format!("{b}: retry now\n")), "{err}");
     let q = queue(dir.path());
@@ -143,7 +152,13 @@ fn delete_and_retry_on_a_stopped_server() {
     let srv = start_plain(dir.path(), "uring", CONFIG);
     assert!(eventually(Duration::from_secs(10), || deferred(dir.path(), &b, 2)), "{:?}", queue(dir.path()));
     assert_eq!(queue(dir.path()).len(), 1);
+    assert!(!snapshot.exists(), "a running server changes the queue: no snapshot");
     let (status, log) = srv.stop();
     assert!(status.success(), "{log}");
+    let (code, shown, err) = queue_cmd(dir.path(), &["show", &b]);
+    assert_eq!(code, 0, "{err}");
+    assert!(shown.contains("Subject: b\r\n"), "{shown}");
+    let (code, _, err) = queue_cmd(dir.path(), &["show", &a]);
+    assert_eq!(code, 1, "not in the snapshot: {err}");
     sink.stop();
 }

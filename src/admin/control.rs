@@ -72,6 +72,10 @@ fn offline(spool: &Path, req: &QueueRequest) -> Result<QueueAnswer, AdminError> 
             "bounce needs the running server (it builds and delivers the report): start it, then run this again".into(),
         ));
     }
+    if req.op == QueueOp::Delete {
+        // The last stop's snapshot of the queue would still list what is deleted now.
+        crate::spool::snapshot::remove(spool)?;
+    }
     let rec = recover(spool)?;
     let mut answer = QueueAnswer::default();
     let targets: Vec<&StoredMessage> = match &req.ids {

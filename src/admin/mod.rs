@@ -135,8 +135,9 @@ pub fn queue_list(spool: &Path, json: bool, out: &mut dyn Write) -> Result<usize
 }
 
 /// `ringmx queue show ID`: the message as spooled (RFC 5322), Received header first. A
-/// running server finds it through its queue's index (one read, whatever the queue size);
-/// a stopped one's spool is replayed.
+/// running server finds it through its queue's index, a stopped one through the snapshot
+/// of its queue written at its stop (a few reads, whatever the queue size); without one
+/// (after a crash) the spool is replayed.
 pub fn queue_show(data_dir: &Path, spool: &Path, id: &str, out: &mut dyn Write) -> Result<(), AdminError> {
     let qid = QueueId::parse(id).ok_or_else(|| AdminError::BadId(id.to_string()))?;
     let mut reader = crate::spool::RecordReader::new(spool);
@@ -150,6 +151,21 @@ pub fn queue_show(data_dir: &Path, spool: &Path, id: &str, out: &mut dyn Write) 
         {
             out.write_all(&content)?;
             return Ok(());
+        }
+    }
+    // Held while the snapshot is read: no server starts (and changes the queue) meanwhile.
+    if let Some(_lock) = crate::spool::lock_spool(spool)? {
+        match crate::spool::snapshot::find(spool, qid)? {
+            Some(None) => return Err(AdminError::NotFound(id.to_string())),
+            Some(Some(p)) => {
+                if let Ok((envelope, content)) = reader.read(p.shard, p.seq, p.offset)
+                    && envelope.id == qid
+                {
+                    out.write_all(&content)?;
+                    return Ok(());
+                }
+            }
+            None => {}
         }
     }
     let rec = crate::spool::recover_listing(spool)?;

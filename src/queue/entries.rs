@@ -251,6 +251,11 @@ impl<L> Entries<L> {
         self.slab.is_empty()
     }
 
+    /// Every entry, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = &Entry> {
+        self.slab.iter()
+    }
+
     /// Every queue id, in order.
     pub fn ids(&self) -> Vec<QueueId> {
         let mut v: Vec<QueueId> = self.slab.iter().map(|e| e.id).collect();

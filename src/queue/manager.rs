@@ -292,6 +292,19 @@ impl QueueManager {
             && self.entries.get(id).is_some_and(|e| e.want == Want::Nothing && (e.due == 0 || e.due >= not_before))
     }
 
+    /// Where every queued message's record is (the snapshot written at a clean stop).
+    pub fn places(&self) -> Vec<crate::spool::snapshot::Place> {
+        self.entries
+            .iter()
+            .map(|e| crate::spool::snapshot::Place {
+                id: e.id,
+                shard: e.at.shard(),
+                seq: e.at.seq(),
+                offset: e.at.offset(),
+            })
+            .collect()
+    }
+
     /// Where a queued message's record is.
     pub fn location(&self, id: QueueId) -> Option<At> {
         self.entries.get(id).map(|e| e.at)

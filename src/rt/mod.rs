@@ -112,6 +112,9 @@ impl Server {
         let lock = crate::spool::lock_spool(&spool)
             .map_err(|e| crate::spool::SpoolError::io("lock", &spool.join("lock"), 0, e))?
             .ok_or_else(|| ServeError::SpoolInUse(spool.clone()))?;
+        // The queue is about to change: the last stop's snapshot goes (durably) first.
+        crate::spool::snapshot::remove(&spool)
+            .map_err(|e| crate::spool::SpoolError::io("remove the queue snapshot in", &spool, 0, e))?;
         let rec = crate::spool::recover_queue(&spool)?;
         for note in &rec.notes {
             log::warn!("spool recovery: {note}");

@@ -6,6 +6,7 @@
 //! - [`log`]: one shard's writer: queued records, batches, group commit.
 //! - [`recover`] (here): replay of every segment at start, and for the queue commands.
 //! - [`envelope`]: queue ids and envelopes.
+//! - [`snapshot`]: where every queued message is, written at a clean stop for `queue show`.
 //!
 //! On disk: `<spool>/<shard>/<sequence>.seg`, sequence as 16 hex digits, one directory per
 //! ingress shard. A shard only ever appends to its newest segment. Segments whose messages
@@ -26,6 +27,7 @@ pub mod log;
 mod reader;
 pub mod reclaim;
 pub mod record;
+pub mod snapshot;
 
 pub use envelope::{Envelope, IdGen, NewMessage, QueueId, Recipient};
 pub use lock::{SpoolLock, lock_spool};

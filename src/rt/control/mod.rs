@@ -185,6 +185,11 @@ impl Control {
             }
         }
         self.turn(Now::system().unix_ms);
+        // The queue as it stands now, for `queue show` while the server is stopped.
+        let mut places = self.manager.places();
+        if let Err(e) = crate::spool::snapshot::write(&self.cfg.spool, &mut places) {
+            log::warn!("control: writing the queue snapshot: {e} (queue show replays the spool until the next stop)");
+        }
         let stats = self.manager.stats();
         log::info!(
             "control: {} local deliveries, {} remote, {} spool segment(s) retired",
