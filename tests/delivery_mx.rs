@@ -7,6 +7,7 @@ use hickory_server::proto::rr::{LowerName, Name, RData, Record};
 use hickory_server::store::in_memory::InMemoryZoneHandler;
 use hickory_server::zone_handler::{AxfrPolicy, Catalog, ZoneHandler, ZoneType};
 use ringmx::delivery::mx::{DnsConfig, MxError, MxResolver};
+use ringmx::dns::DnsService;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -55,7 +56,7 @@ fn with_dns<F: AsyncFnOnce(MxResolver)>(f: F) {
             remote_port: 2525,
             ..DnsConfig::default()
         };
-        f(MxResolver::new(&cfg).unwrap()).await;
+        f(MxResolver::new(&cfg, Arc::new(DnsService::start().unwrap()))).await;
         server.shutdown_gracefully().await.unwrap();
     });
 }
@@ -119,7 +120,7 @@ fn a_silent_name_server_is_a_temporary_failure() {
             remote_port: 25,
             ..DnsConfig::default()
         };
-        let r = MxResolver::new(&cfg).unwrap();
+        let r = MxResolver::new(&cfg, Arc::new(DnsService::start().unwrap()));
         let e = r.plan("multi.test", 0).await.unwrap_err();
         assert!(!e.is_permanent(), "{e}");
         assert_eq!(e.status(), "4.4.3");

@@ -12,7 +12,7 @@ use hickory_server::proto::rr::rdata::{A, MX, PTR, SOA};
 use hickory_server::proto::rr::{LowerName, Name, RData, Record};
 use hickory_server::store::in_memory::InMemoryZoneHandler;
 use hickory_server::zone_handler::{AxfrPolicy, Catalog, ZoneHandler, ZoneType};
-use ringmx::dns::{DnsAnswer, DnsQuery, DnsService, DnsSettings};
+use ringmx::dns::{Dns, DnsAnswer, DnsQuery, DnsService, DnsSettings};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -191,14 +191,15 @@ fn dns_server() -> SocketAddr {
 #[test]
 fn dns_service_answers_and_caches() {
     let addr = dns_server();
-    let s = DnsService::start(DnsSettings {
+    let settings = DnsSettings {
         servers: vec![addr],
         timeout: Duration::from_secs(2),
         min_ttl: Duration::from_secs(30),
         max_ttl: Duration::from_secs(60),
         negative_ttl: Duration::from_secs(60),
-    })
-    .unwrap();
+    };
+    let service = std::sync::Arc::new(DnsService::start().unwrap());
+    let s = Dns::new(service.clone(), settings.clone());
     let q = |q: DnsQuery| s.resolve_blocking(q);
     assert_eq!(
         q(DnsQuery::Dnsbl { name: "9.2.0.192.bl.test.".into(), server: None }),
@@ -219,6 +220,31 @@ fn dns_service_answers_and_caches() {
         Box::new(move |a| tx.send((std::thread::current().id(), a)).unwrap()),
     );
     assert_eq!(rx.try_recv().unwrap(), (std::thread::current().id(), DnsAnswer::NotFound));
+    // Delivery's questions go to the same service: MX records with their preference, a
+    // host's addresses, and NXDOMAIN told apart from "no such records".
+    assert_eq!(q(DnsQuery::Mx("good.test".into())), DnsAnswer::Found(vec!["10 mx.good.test.".into()]));
+    assert_eq!(q(DnsQuery::Mx("aonly.test".into())), DnsAnswer::NotFound);
+    assert_eq!(q(DnsQuery::Mx("nowhere.test".into())), DnsAnswer::NoSuchName);
+    assert_eq!(q(DnsQuery::Addrs("mx.good.test".into())), DnsAnswer::Found(vec!["192.0.2.1".into()]));
+    // Another part with the same settings shares the cache: answered at once.
+    let delivery = Dns::new(service.clone(), settings.clone());
+    let (tx, rx) = std::sync::mpsc::channel();
+    delivery.submit(
+        DnsQuery::Mx("good.test".into()),
+        Box::new(move |a| tx.send((std::thread::current().id(), a)).unwrap()),
+    );
+    let found = DnsAnswer::Found(vec!["10 mx.good.test.".into()]);
+    assert_eq!(rx.try_recv().unwrap(), (std::thread::current().id(), found));
+    // A part with other settings (another time-out) asks for itself.
+    let other = Dns::new(service, DnsSettings { timeout: Duration::from_secs(3), ..settings });
+    let (tx, rx) = std::sync::mpsc::channel();
+    other.submit(
+        DnsQuery::Mx("good.test".into()),
+        Box::new(move |a| tx.send((std::thread::current().id(), a)).unwrap()),
+    );
+    let (thread, answer) = rx.recv().unwrap();
+    assert_ne!(thread, std::thread::current().id(), "not cached for these settings: the service thread answers");
+    assert_eq!(answer, DnsAnswer::Found(vec!["10 mx.good.test.".into()]));
 }
 
 #[test]

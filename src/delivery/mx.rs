@@ -2,17 +2,18 @@
 //!
 //! - [`order_mx`]: MX records by preference, equal preferences shuffled by a seed (pure,
 //!   so tests fix the seed).
-//! - [`MxResolver::plan`]: the MX lookup over hickory-resolver: null MX (RFC 7505) is a
-//!   permanent failure (5.1.10), no MX means the domain itself (implicit MX, its A/AAAA),
-//!   CNAMEs are followed by the resolver, each host gets its IPv6 and IPv4 addresses.
+//! - [`MxResolver::plan`]: the MX lookup through the server's DNS service: null MX (RFC
+//!   7505) is a permanent failure (5.1.10), no MX means the domain itself (implicit MX, its
+//!   A/AAAA), CNAMEs are followed by the resolver, each host gets its IPv6 and IPv4
+//!   addresses.
 //!
 //! DNS failures say whether they are permanent (NXDOMAIN: 5.1.2) or temporary (SERVFAIL,
 //! time-out: 4.4.3).
 
-use hickory_resolver::TokioResolver;
-use hickory_resolver::config::LookupIpStrategy;
-use hickory_resolver::proto::rr::{Name, RData};
+use crate::dns::{Dns, DnsAnswer, DnsQuery, DnsService, DnsSettings};
+use hickory_resolver::proto::rr::Name;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Why there is no plan.
@@ -129,25 +130,34 @@ impl Default for DnsConfig {
     }
 }
 
-/// MX lookups over hickory-resolver (needs a tokio runtime).
-#[derive(Clone)]
+impl DnsConfig {
+    /// The settings delivery asks the DNS service with.
+    pub fn settings(&self) -> DnsSettings {
+        DnsSettings {
+            servers: self.servers.clone(),
+            timeout: self.timeout,
+            min_ttl: self.min_ttl,
+            max_ttl: self.max_ttl,
+            negative_ttl: self.negative_ttl,
+        }
+    }
+}
+
+/// What a temporary DNS failure says.
+const NO_ANSWER: &str = "no answer from the name servers (time-out, failure or refusal)";
+
+/// MX and address lookups through the server's one DNS service (async: the delivery
+/// runtime awaits the answers, which come from the service's thread or its cache).
+#[derive(Clone, Debug)]
 pub struct MxResolver {
-    resolver: TokioResolver,
+    dns: Dns,
     remote_port: u16,
 }
 
 impl MxResolver {
-    pub fn new(cfg: &DnsConfig) -> Result<Self, MxError> {
-        let mut b = crate::dns::service::resolver_builder(&cfg.servers, cfg.timeout);
-        let o = b.options_mut();
-        o.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
-        o.positive_min_ttl = Some(cfg.min_ttl);
-        o.positive_max_ttl = Some(cfg.max_ttl);
-        o.negative_min_ttl = Some(cfg.negative_ttl.min(cfg.max_ttl));
-        o.negative_max_ttl = Some(cfg.negative_ttl);
-        let resolver =
-            b.build().map_err(|e| MxError::Temporary { name: String::new(), what: format!("resolver: {e}") })?;
-        Ok(MxResolver { resolver, remote_port: cfg.remote_port })
+    /// Lookups through `service` with the delivery settings of `cfg`.
+    pub fn new(cfg: &DnsConfig, service: Arc<DnsService>) -> Self {
+        MxResolver { dns: Dns::new(service, cfg.settings()), remote_port: cfg.remote_port }
     }
 
     /// The hosts to try for `domain`, equal preferences shuffled with `seed`.
@@ -164,19 +174,21 @@ impl MxResolver {
                 implicit: true,
             });
         }
-        let name = Name::from_utf8(format!("{domain}.")).map_err(|_| MxError::NoSuchDomain(domain.clone()))?;
-        let records = match self.resolver.mx_lookup(name).await {
-            Ok(lookup) => lookup
-                .answers()
+        if Name::from_utf8(format!("{domain}.")).is_err() {
+            return Err(MxError::NoSuchDomain(domain));
+        }
+        let records: Vec<(u16, String)> = match self.dns.ask(DnsQuery::Mx(domain.clone())).await {
+            // `PREFERENCE EXCHANGE`, as the service gives them.
+            DnsAnswer::Found(v) => v
                 .iter()
-                .filter_map(|r| match &r.data {
-                    RData::MX(mx) => Some((mx.preference, mx.exchange.to_ascii())),
-                    _ => None,
+                .filter_map(|r| {
+                    let (p, x) = r.split_once(' ')?;
+                    Some((p.parse().ok()?, x.to_string()))
                 })
-                .collect::<Vec<_>>(),
-            Err(e) if e.is_nx_domain() => return Err(MxError::NoSuchDomain(domain)),
-            Err(e) if e.is_no_records_found() => Vec::new(),
-            Err(e) => return Err(MxError::Temporary { name: domain, what: e.to_string() }),
+                .collect(),
+            DnsAnswer::NoSuchName => return Err(MxError::NoSuchDomain(domain)),
+            DnsAnswer::NotFound => Vec::new(),
+            DnsAnswer::TempFail => return Err(MxError::Temporary { name: domain, what: NO_ANSWER.into() }),
         };
         // RFC 7505 §3: a single MX of preference 0 with the root as exchange.
         if records.iter().any(|(_, x)| x == "." || x.is_empty()) {
@@ -227,17 +239,19 @@ impl MxResolver {
 
     /// A host's addresses, IPv6 first then IPv4 (RFC 5321 §5.1 leaves the order to us).
     async fn addresses(&self, host: &str) -> Result<Vec<SocketAddr>, AddrError> {
-        let name = Name::from_utf8(format!("{host}.")).map_err(|_| AddrError::NoSuchName)?;
-        match self.resolver.lookup_ip(name).await {
-            Ok(l) => {
-                let mut ips: Vec<IpAddr> = l.iter().collect();
+        if Name::from_utf8(format!("{host}.")).is_err() {
+            return Err(AddrError::NoSuchName);
+        }
+        match self.dns.ask(DnsQuery::Addrs(host.to_string())).await {
+            DnsAnswer::Found(v) => {
+                let mut ips: Vec<IpAddr> = v.iter().filter_map(|a| a.parse().ok()).collect();
                 ips.sort_by_key(|ip| ip.is_ipv4());
                 ips.dedup();
                 Ok(ips.into_iter().map(|ip| SocketAddr::new(ip, self.remote_port)).collect())
             }
-            Err(e) if e.is_nx_domain() => Err(AddrError::NoSuchName),
-            Err(e) if e.is_no_records_found() => Err(AddrError::NoRecords),
-            Err(e) => Err(AddrError::Temporary(e.to_string())),
+            DnsAnswer::NoSuchName => Err(AddrError::NoSuchName),
+            DnsAnswer::NotFound => Err(AddrError::NoRecords),
+            DnsAnswer::TempFail => Err(AddrError::Temporary(NO_ANSWER.into())),
         }
     }
 }

@@ -1,5 +1,5 @@
-//! DNS for policy checks: the questions sessions ask (DNSBL, PTR, sender domains), and the
-//! service that answers them off the ingress shards.
+//! DNS: the questions sessions ask (DNSBL, PTR, sender domains) and delivery asks (MX,
+//! addresses), and the one service that answers them, off the shards, with one cache.
 //!
 //! hickory-resolver needs a tokio reactor, which an io_uring shard does not run. The
 //! [`service::DnsService`] is a thread with a current-thread tokio runtime; shards submit a
@@ -14,7 +14,7 @@
 
 pub mod service;
 
-pub use service::{DnsService, DnsSettings};
+pub use service::{Dns, DnsService, DnsSettings};
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -28,6 +28,11 @@ pub enum DnsQuery {
     Ptr(IpAddr),
     /// Can mail be sent back to this domain: MX, else A or AAAA (RFC 5321 §5.1)?
     MailDomain(String),
+    /// Delivery: the MX records of a domain, each found as `PREFERENCE EXCHANGE` (the
+    /// record's presentation form, RFC 1035 §5.1; a null MX, RFC 7505, is `0 .`).
+    Mx(String),
+    /// Delivery: a host's A and AAAA records.
+    Addrs(String),
 }
 
 /// The answer to a [`DnsQuery`].
@@ -35,8 +40,11 @@ pub enum DnsQuery {
 pub enum DnsAnswer {
     /// Records exist (their text: addresses, names).
     Found(Vec<String>),
-    /// The name does not exist or has no such records.
+    /// The name does not exist or has no such records (for [`DnsQuery::Mx`] and
+    /// [`DnsQuery::Addrs`]: has no such records).
     NotFound,
+    /// [`DnsQuery::Mx`] and [`DnsQuery::Addrs`]: the name does not exist (NXDOMAIN).
+    NoSuchName,
     /// Time-out or server failure: the question could not be answered now.
     TempFail,
 }

@@ -1,15 +1,21 @@
-//! [`DnsService`]: a thread running hickory-resolver on a current-thread tokio runtime,
-//! answering [`DnsQuery`]s for every shard, with a cache.
+//! [`DnsService`]: the server's one resolver: a thread running hickory-resolver on a
+//! current-thread tokio runtime, answering [`DnsQuery`]s for every shard (policy checks)
+//! and the delivery runtime (MX and address lookups), with one cache.
 //!
-//! Shards never wait on it: [`DnsService::submit`] queues the question and returns; the
-//! answer comes through the callback, called on the service thread (or at once on a cache
-//! hit). Identical questions in flight are asked once. Answers are cached for their TTL,
-//! held between `min_ttl` and `max_ttl`; negative answers for `negative_ttl`; failures are
-//! not cached.
+//! Nobody waits on it: [`Dns::submit`] queues the question and returns; the answer comes
+//! through the callback, called on the service thread (or at once on a cache hit);
+//! [`Dns::ask`] is the same for async callers. Identical questions in flight are asked
+//! once. Answers are cached for their TTL, held between `min_ttl` and `max_ttl`; negative
+//! answers for `negative_ttl`; failures are not cached. hickory's own cache is off: this
+//! one is the only one.
+//!
+//! Each part asks with its [`DnsSettings`] (`[dns]`, or its own `[policy.dns]` /
+//! `[delivery.dns]`): the settings pick the name servers and are part of the cache key, so
+//! parts with the same settings share every answer.
 
 use super::{DnsAnswer, DnsQuery};
 use crate::policy::iplist::reverse_name;
-use hickory_resolver::config::{NameServerConfig, ResolveHosts, ResolverConfig};
+use hickory_resolver::config::{LookupIpStrategy, NameServerConfig, ResolveHosts, ResolverConfig};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::proto::rr::RData;
 use hickory_resolver::{ResolverBuilder, TokioResolver};
@@ -21,8 +27,9 @@ use std::time::{Duration, Instant};
 /// The callback that receives an answer.
 pub type ReplyTo = Box<dyn FnOnce(DnsAnswer) + Send>;
 
-/// Resolvers and cache bounds (`[policy.dns]`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Name servers, time-out and cache bounds of a part (`[dns]`, `[policy.dns]`,
+/// `[delivery.dns]`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct DnsSettings {
     pub servers: Vec<SocketAddr>,
     pub timeout: Duration,
@@ -31,16 +38,18 @@ pub struct DnsSettings {
     pub negative_ttl: Duration,
 }
 
-type Waiters = HashMap<DnsQuery, Vec<ReplyTo>>;
+/// A question as the cache keys it: the same question asked of other servers is another.
+type Key = (Arc<DnsSettings>, DnsQuery);
+type Waiters = HashMap<Key, Vec<ReplyTo>>;
 
 struct Shared {
-    cache: HashMap<DnsQuery, (DnsAnswer, Instant)>,
+    cache: HashMap<Key, (DnsAnswer, Instant)>,
     inflight: Waiters,
 }
 
-/// See the module documentation. Dropping it ends the thread.
+/// See the module documentation. Dropping it (and every [`Dns`]) ends the thread.
 pub struct DnsService {
-    tx: tokio::sync::mpsc::UnboundedSender<(DnsQuery, ReplyTo)>,
+    tx: tokio::sync::mpsc::UnboundedSender<(Key, ReplyTo)>,
     shared: Arc<Mutex<Shared>>,
 }
 
@@ -54,54 +63,55 @@ const CACHE_MAX: usize = 100_000;
 
 impl DnsService {
     /// Starts the service thread.
-    pub fn start(settings: DnsSettings) -> std::io::Result<DnsService> {
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(DnsQuery, ReplyTo)>();
+    pub fn start() -> std::io::Result<DnsService> {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Key, ReplyTo)>();
         let shared = Arc::new(Mutex::new(Shared { cache: HashMap::new(), inflight: HashMap::new() }));
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         let state = shared.clone();
         std::thread::Builder::new().name("dns".into()).spawn(move || {
             rt.block_on(async move {
-                let mut resolvers: HashMap<Vec<SocketAddr>, TokioResolver> = HashMap::new();
-                while let Some((q, reply_to)) = rx.recv().await {
+                let mut resolvers: HashMap<(Vec<SocketAddr>, Duration), TokioResolver> = HashMap::new();
+                while let Some((key, reply_to)) = rx.recv().await {
                     {
                         let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
-                        if let Some(w) = s.inflight.get_mut(&q) {
+                        if let Some(w) = s.inflight.get_mut(&key) {
                             w.push(reply_to);
                             continue;
                         }
-                        s.inflight.insert(q.clone(), vec![reply_to]);
+                        s.inflight.insert(key.clone(), vec![reply_to]);
                     }
-                    let servers = match &q {
+                    let (settings, q) = &key;
+                    let servers = match q {
                         DnsQuery::Dnsbl { server: Some(s), .. } => vec![*s],
                         _ => settings.servers.clone(),
                     };
-                    let resolver = match resolvers.get(&servers) {
+                    let resolver = match resolvers.get(&(servers.clone(), settings.timeout)) {
                         Some(r) => r.clone(),
                         None => match build_resolver(&servers, settings.timeout) {
                             Some(r) => {
-                                resolvers.insert(servers, r.clone());
+                                resolvers.insert((servers, settings.timeout), r.clone());
                                 r
                             }
                             None => {
-                                finish(&state, &q, DnsAnswer::TempFail, None);
+                                finish(&state, &key, DnsAnswer::TempFail, None);
                                 continue;
                             }
                         },
                     };
                     let state = state.clone();
-                    let settings = settings.clone();
                     tokio::spawn(async move {
-                        let (answer, valid_until) = ask(&resolver, &q).await;
+                        let (settings, q) = &key;
+                        let (answer, valid_until) = ask(&resolver, q).await;
                         let now = Instant::now();
                         let expires = match &answer {
                             DnsAnswer::Found(_) => {
                                 let ttl = valid_until.map_or(settings.min_ttl, |v| v.saturating_duration_since(now));
                                 Some(now + ttl.clamp(settings.min_ttl, settings.max_ttl))
                             }
-                            DnsAnswer::NotFound => Some(now + settings.negative_ttl),
+                            DnsAnswer::NotFound | DnsAnswer::NoSuchName => Some(now + settings.negative_ttl),
                             DnsAnswer::TempFail => None,
                         };
-                        finish(&state, &q, answer, expires);
+                        finish(&state, &key, answer, expires);
                     });
                 }
             });
@@ -109,11 +119,13 @@ impl DnsService {
         Ok(DnsService { tx, shared })
     }
 
-    /// Asks `q`; `reply_to` gets the answer (at once when cached).
-    pub fn submit(&self, q: DnsQuery, reply_to: ReplyTo) {
+    /// Asks `q` of the servers `settings` name; `reply_to` gets the answer (at once when
+    /// cached).
+    fn submit(&self, settings: &Arc<DnsSettings>, q: DnsQuery, reply_to: ReplyTo) {
+        let key = (settings.clone(), q);
         {
             let s = self.shared.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some((a, until)) = s.cache.get(&q)
+            if let Some((a, until)) = s.cache.get(&key)
                 && *until > Instant::now()
             {
                 let a = a.clone();
@@ -121,9 +133,44 @@ impl DnsService {
                 return reply_to(a);
             }
         }
-        if let Err(e) = self.tx.send((q, reply_to)) {
+        if let Err(e) = self.tx.send((key, reply_to)) {
             (e.0.1)(DnsAnswer::TempFail);
         }
+    }
+}
+
+/// A part's way to the one [`DnsService`]: its settings with the shared thread and cache.
+#[derive(Clone)]
+pub struct Dns {
+    service: Arc<DnsService>,
+    settings: Arc<DnsSettings>,
+}
+
+impl std::fmt::Debug for Dns {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dns").field("settings", &self.settings).finish_non_exhaustive()
+    }
+}
+
+impl Dns {
+    pub fn new(service: Arc<DnsService>, settings: DnsSettings) -> Self {
+        Dns { service, settings: Arc::new(settings) }
+    }
+
+    pub fn settings(&self) -> &DnsSettings {
+        &self.settings
+    }
+
+    /// Asks `q`; `reply_to` gets the answer (at once when cached).
+    pub fn submit(&self, q: DnsQuery, reply_to: ReplyTo) {
+        self.service.submit(&self.settings, q, reply_to)
+    }
+
+    /// Asks `q` and waits for the answer, for async callers (the delivery runtime).
+    pub async fn ask(&self, q: DnsQuery) -> DnsAnswer {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.submit(q, Box::new(move |a| drop(tx.send(a))));
+        rx.await.unwrap_or(DnsAnswer::TempFail)
     }
 
     /// Asks `q` and waits for the answer (tools and tests; never on a shard).
@@ -134,7 +181,7 @@ impl DnsService {
     }
 }
 
-fn finish(state: &Mutex<Shared>, q: &DnsQuery, answer: DnsAnswer, expires: Option<Instant>) {
+fn finish(state: &Mutex<Shared>, q: &Key, answer: DnsAnswer, expires: Option<Instant>) {
     let waiters = {
         let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(until) = expires {
@@ -164,10 +211,9 @@ fn build_resolver(servers: &[SocketAddr], timeout: Duration) -> Option<TokioReso
     }
 }
 
-/// The resolver settings policy and delivery share: these name servers only (no hosts
-/// file), each question bounded by `timeout`, two attempts. Callers add their own (TTL
-/// bounds, address families) before building.
-pub fn resolver_builder(servers: &[SocketAddr], timeout: Duration) -> ResolverBuilder<TokioRuntimeProvider> {
+/// A resolver of the service: these name servers only (no hosts file), each question
+/// bounded by `timeout`, two attempts, both address families, no cache of its own.
+fn resolver_builder(servers: &[SocketAddr], timeout: Duration) -> ResolverBuilder<TokioRuntimeProvider> {
     let servers = servers
         .iter()
         .map(|s| {
@@ -184,6 +230,8 @@ pub fn resolver_builder(servers: &[SocketAddr], timeout: Duration) -> ResolverBu
     o.use_hosts_file = ResolveHosts::Never;
     o.timeout = timeout;
     o.attempts = 2;
+    o.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
+    o.cache_size = 0;
     b
 }
 
@@ -191,6 +239,16 @@ pub fn resolver_builder(servers: &[SocketAddr], timeout: Duration) -> ResolverBu
 async fn ask(r: &TokioResolver, q: &DnsQuery) -> (DnsAnswer, Option<Instant>) {
     let classify = |e: hickory_resolver::net::NetError| {
         if e.is_nx_domain() || e.is_no_records_found() { DnsAnswer::NotFound } else { DnsAnswer::TempFail }
+    };
+    // Delivery tells a name that does not exist from one without such records.
+    let classify_nx = |e: hickory_resolver::net::NetError| {
+        if e.is_nx_domain() {
+            DnsAnswer::NoSuchName
+        } else if e.is_no_records_found() {
+            DnsAnswer::NotFound
+        } else {
+            DnsAnswer::TempFail
+        }
     };
     let records = |l: &hickory_resolver::lookup::Lookup| -> Vec<String> {
         l.answers()
@@ -209,6 +267,41 @@ async fn ask(r: &TokioResolver, q: &DnsQuery) -> (DnsAnswer, Option<Instant>) {
         if v.is_empty() { (DnsAnswer::NotFound, None) } else { (DnsAnswer::Found(v), Some(l.valid_until())) }
     };
     match q {
+        DnsQuery::Mx(domain) => {
+            let name = format!("{}.", domain.trim_end_matches('.'));
+            match r.mx_lookup(name.as_str()).await {
+                Ok(l) => {
+                    let v: Vec<String> = l
+                        .answers()
+                        .iter()
+                        .filter_map(|r| match &r.data {
+                            RData::MX(mx) => Some(format!("{} {}", mx.preference, mx.exchange.to_ascii())),
+                            _ => None,
+                        })
+                        .collect();
+                    if v.is_empty() {
+                        (DnsAnswer::NotFound, None)
+                    } else {
+                        (DnsAnswer::Found(v), Some(l.valid_until()))
+                    }
+                }
+                Err(e) => (classify_nx(e), None),
+            }
+        }
+        DnsQuery::Addrs(host) => {
+            let name = format!("{}.", host.trim_end_matches('.'));
+            match r.lookup_ip(name.as_str()).await {
+                Ok(l) => {
+                    let v: Vec<String> = l.iter().map(|ip| ip.to_string()).collect();
+                    if v.is_empty() {
+                        (DnsAnswer::NotFound, None)
+                    } else {
+                        (DnsAnswer::Found(v), Some(l.valid_until()))
+                    }
+                }
+                Err(e) => (classify_nx(e), None),
+            }
+        }
         DnsQuery::Dnsbl { name, .. } => match r.ipv4_lookup(name.as_str()).await {
             Ok(l) => found(l),
             Err(e) => (classify(e), None),

@@ -177,7 +177,7 @@ pub struct Policy {
     pub auth_fixed: Option<(String, String)>,
     pub verifier: Option<Arc<auth::Verifier>>,
     /// The resolver thread for DNSBL, PTR and sender-domain checks (when any is on).
-    pub dns: Option<Arc<crate::dns::DnsService>>,
+    pub dns: Option<crate::dns::Dns>,
 }
 
 impl Default for Policy {

@@ -173,8 +173,14 @@ impl Server {
             .collect();
         let (tx, rx) = std::sync::mpsc::sync_channel(control::link::CHANNEL_CAPACITY);
         let control_stop = Arc::new(AtomicBool::new(false));
-        let remote = remote::spawn(cfg.delivery.remote.clone(), cfg.delivery_dns(), &cfg.hostname, tx.clone())
-            .map_err(ServeError::Thread)?;
+        let remote = remote::spawn(
+            cfg.delivery.remote.clone(),
+            cfg.delivery_dns(),
+            services.dns.clone(),
+            &cfg.hostname,
+            tx.clone(),
+        )
+        .map_err(ServeError::Thread)?;
         let control_thread = control::spawn(
             control::ControlConfig {
                 data_dir: cfg.data_dir.clone(),

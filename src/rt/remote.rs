@@ -62,6 +62,7 @@ impl Drop for DeliveryHandle {
 pub fn spawn(
     remote: RemoteConfig,
     dns: DnsConfig,
+    dns_service: Option<Arc<crate::dns::DnsService>>,
     hostname: &str,
     results: SyncSender<ControlMsg>,
 ) -> std::io::Result<DeliveryHandle> {
@@ -77,13 +78,8 @@ pub fn spawn(
             }
         };
         rt.block_on(async move {
-            let resolver = match MxResolver::new(&dns) {
-                Ok(r) => Some(r),
-                Err(e) => {
-                    log::error!("remote delivery: resolver: {e}");
-                    None
-                }
-            };
+            // Without the DNS service (it could not start) deliveries wait, deferred.
+            let resolver = dns_service.map(|s| MxResolver::new(&dns, s));
             let pool = Arc::new(pool);
             // Idle connections are closed with QUIT once they have waited the idle time-out.
             let reaper = {

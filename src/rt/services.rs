@@ -3,6 +3,7 @@
 //! verifier threads and its DNS thread. `config.rs` only parses and validates.
 
 use crate::config::Config;
+use crate::dns::{Dns, DnsService, DnsSettings};
 use crate::policy::{IpList, Policy, PtrCheck};
 use std::sync::Arc;
 
@@ -11,16 +12,26 @@ pub struct Services {
     /// The one policy of the server: auto-bans, rate counters, the verifier and the DNS
     /// service are shared by every listener.
     pub policy: Arc<Policy>,
+    /// The one DNS service: the policy's checks and delivery's lookups, one cache (none if
+    /// its thread could not start: checks then see temporary failures, deliveries wait).
+    pub dns: Option<Arc<DnsService>>,
 }
 
 impl Services {
-    /// Loads the ban list and starts the verifier and DNS threads `cfg` needs.
+    /// Loads the ban list and starts the verifier and DNS threads.
     pub fn start(cfg: &Config) -> Self {
-        Services { policy: Arc::new(build_policy(cfg)) }
+        let dns = match DnsService::start() {
+            Ok(s) => Some(Arc::new(s)),
+            Err(e) => {
+                log::error!("dns: cannot start the resolver thread: {e}");
+                None
+            }
+        };
+        Services { policy: Arc::new(build_policy(cfg, dns.clone())), dns }
     }
 }
 
-fn build_policy(cfg: &Config) -> Policy {
+fn build_policy(cfg: &Config, dns: Option<Arc<DnsService>>) -> Policy {
     let p = &cfg.policy;
     // Checked by validate(); a configuration built in code falls back to empty lists.
     let list = |l: &[String]| IpList::parse(l).unwrap_or_default();
@@ -76,7 +87,7 @@ fn build_policy(cfg: &Config) -> Policy {
         auth_directory: cfg.auth.directory,
         auth_fixed: cfg.auth.username.clone().zip(cfg.auth.password.clone()),
         verifier: Some(Arc::new(crate::policy::auth::Verifier::new(cfg.auth.verifier_threads))),
-        dns: needs_dns(cfg).then(|| start_dns(cfg)).flatten(),
+        dns: dns.filter(|_| needs_dns(cfg)).map(|s| Dns::new(s, policy_dns(cfg))),
     }
 }
 
@@ -86,21 +97,14 @@ fn needs_dns(cfg: &Config) -> bool {
     p.dnsbl.iter().any(|d| d.enabled) || p.ptr_check != PtrCheck::Never || p.sender_domain_resolves
 }
 
-fn start_dns(cfg: &Config) -> Option<Arc<crate::dns::DnsService>> {
+/// The policy's settings: `[policy.dns]` if given, else `[dns]`.
+fn policy_dns(cfg: &Config) -> DnsSettings {
     let d = cfg.policy_dns();
-    let settings = crate::dns::DnsSettings {
+    DnsSettings {
         servers: d.servers.clone(),
         timeout: d.timeout,
         min_ttl: d.min_ttl,
         max_ttl: d.max_ttl,
         negative_ttl: d.negative_ttl,
-    };
-    match crate::dns::DnsService::start(settings) {
-        Ok(s) => Some(Arc::new(s)),
-        Err(e) => {
-            // Every check then sees a temporary failure (DNSBL passes, MAIL gets 451).
-            log::error!("dns: cannot start the resolver thread: {e}");
-            None
-        }
     }
 }

@@ -129,11 +129,11 @@ impl Session {
             Wait::Ptr(env) => {
                 match answer {
                     DnsAnswer::Found(_) => self.ptr_found = Some(true),
-                    DnsAnswer::NotFound => self.ptr_found = Some(false),
+                    DnsAnswer::NotFound | DnsAnswer::NoSuchName => self.ptr_found = Some(false),
                     DnsAnswer::TempFail => {}
                 }
                 match (self.cfg.policy.ptr_check, &answer) {
-                    (PtrCheck::Reject, DnsAnswer::NotFound) => {
+                    (PtrCheck::Reject, DnsAnswer::NotFound | DnsAnswer::NoSuchName) => {
                         let text = format!("Error: client {} has no PTR record", self.peer.ip());
                         self.reply_error(Reply::new(550, "5.7.25", text));
                     }
@@ -147,7 +147,7 @@ impl Session {
             }
             Wait::MailDomain(env) => match answer {
                 DnsAnswer::Found(_) => self.mail_accepted(*env),
-                DnsAnswer::NotFound => {
+                DnsAnswer::NotFound | DnsAnswer::NoSuchName => {
                     self.reply_error(Reply::new(550, "5.1.8", "Error: sender address rejected: domain not found"))
                 }
                 DnsAnswer::TempFail => self.reply_error(Reply::new(
