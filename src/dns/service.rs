@@ -288,20 +288,11 @@ async fn ask(r: &TokioResolver, q: &DnsQuery) -> (DnsAnswer, Option<Instant>) {
                 Err(e) => (classify_nx(e), None),
             }
         }
-        DnsQuery::Addrs(host) => {
-            let name = format!("{}.", host.trim_end_matches('.'));
-            match r.lookup_ip(name.as_str()).await {
-                Ok(l) => {
-                    let v: Vec<String> = l.iter().map(|ip| ip.to_string()).collect();
-                    if v.is_empty() {
-                        (DnsAnswer::NotFound, None)
-                    } else {
-                        (DnsAnswer::Found(v), Some(l.valid_until()))
-                    }
-                }
-                Err(e) => (classify_nx(e), None),
-            }
-        }
+        DnsQuery::Addrs(host) => match addresses(r, host).await {
+            Ok(Some((v, until))) => (DnsAnswer::Found(v), Some(until)),
+            Ok(None) => (DnsAnswer::NotFound, None),
+            Err(e) => (classify_nx(e), None),
+        },
         DnsQuery::Dnsbl { name, .. } => match r.ipv4_lookup(name.as_str()).await {
             Ok(l) => found(l),
             Err(e) => (classify(e), None),
@@ -335,17 +326,21 @@ async fn ask(r: &TokioResolver, q: &DnsQuery) -> (DnsAnswer, Option<Instant>) {
                 Err(_) => return (DnsAnswer::TempFail, None),
             }
             // No MX: the domain's own addresses (RFC 5321 §5.1).
-            match r.lookup_ip(name.as_str()).await {
-                Ok(l) => {
-                    let v: Vec<String> = l.iter().map(|ip| ip.to_string()).collect();
-                    if v.is_empty() {
-                        (DnsAnswer::NotFound, None)
-                    } else {
-                        (DnsAnswer::Found(v), Some(l.valid_until()))
-                    }
-                }
+            match addresses(r, d).await {
+                Ok(Some((v, until))) => (DnsAnswer::Found(v), Some(until)),
+                Ok(None) => (DnsAnswer::NotFound, None),
                 Err(e) => (classify(e), None),
             }
         }
     }
+}
+
+/// A name's A and AAAA records with how long they are valid; `None` when it has none.
+async fn addresses(
+    r: &TokioResolver,
+    name: &str,
+) -> Result<Option<(Vec<String>, Instant)>, hickory_resolver::net::NetError> {
+    let l = r.lookup_ip(format!("{}.", name.trim_end_matches('.')).as_str()).await?;
+    let v: Vec<String> = l.iter().map(|ip| ip.to_string()).collect();
+    Ok((!v.is_empty()).then(|| (v, l.valid_until())))
 }
