@@ -10,11 +10,12 @@ use crate::spool::{Envelope, Location, Mark, NewMessage, QueueId};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-/// Where a message's record is in the spool: segment and offset, packed in 12 bytes of
-/// 4-byte alignment (the queue keeps one per queued message). Segments are at most 4 GiB
-/// (`spool.segment_size`) and their sequences below 2^32; a record's length is in its
-/// prefix.
+/// Where a message's record is in the spool: segment and offset, packed in 9 bytes of
+/// 1-byte alignment (the queue keeps one per queued message, beside its own small fields).
+/// Segments are at most 4 GiB (`spool.segment_size`) and their sequences below 2^32; a
+/// record's length is in its prefix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(C, packed)]
 pub struct At {
     seq: u32,
     offset: u32,

@@ -1,5 +1,5 @@
 //! What the queue keeps per queued message, compactly: the whole queue stays in memory
-//! during a downstream outage of millions of messages, so an [`Entry`] is 56 bytes (where
+//! during a downstream outage of millions of messages, so an [`Entry`] is 48 bytes (where
 //! its record is, when it is due, the attempt counters and two bits per recipient) and the
 //! envelope and content are loaded only while the message is being worked on (the active
 //! window, [`Loaded`](super::manager), kept beside the entries).
@@ -128,8 +128,9 @@ impl Default for At {
 pub struct Entry {
     pub id: QueueId,
     pub at: At,
-    /// Unix ms it is due at; 0: not scheduled.
-    pub due: u64,
+    /// The Unix second its due-time filing is under (the manager's `schedule`); 0: not
+    /// scheduled.
+    pub due: u32,
     /// Unix seconds of the first attempt and of the last deferral; 0: none.
     pub first_attempt_s: u32,
     pub last_deferral_s: u32,
@@ -289,7 +290,7 @@ mod tests {
 
     #[test]
     fn an_entry_is_small() {
-        assert!(std::mem::size_of::<Entry>() <= 56, "{}", std::mem::size_of::<Entry>());
+        assert!(std::mem::size_of::<Entry>() <= 48, "{}", std::mem::size_of::<Entry>());
     }
 
     #[test]

@@ -289,7 +289,10 @@ impl QueueManager {
     /// not due before `not_before` (a held message is never due).
     pub fn is_idle_until(&self, id: QueueId, not_before: u64) -> bool {
         !self.entries.is_loaded(id)
-            && self.entries.get(id).is_some_and(|e| e.want == Want::Nothing && (e.due == 0 || e.due >= not_before))
+            && self
+                .entries
+                .get(id)
+                .is_some_and(|e| e.want == Want::Nothing && (e.due == 0 || e.due as u64 * 1000 >= not_before))
     }
 
     /// Where every queued message's record is (the snapshot written at a clean stop).
@@ -313,10 +316,14 @@ impl QueueManager {
     /// Files the entry in `slot` as due at `due` (or earlier, if it already is).
     fn schedule(&mut self, slot: u32, due: u64, now: u64) {
         let Some(e) = self.entries.at_slot(slot) else { return };
-        let due = if e.due != 0 { e.due.min(due) } else { due };
+        let due = if e.due != 0 { (e.due as u64 * 1000).min(due) } else { due };
         let id = e.id;
+        // The entry keeps the second its filing is under: the one that ends `due` (the
+        // timer's bucket), or the current one when it is due already (the timer's queue of
+        // keys due at once).
+        let second = if due <= now { now / 1000 } else { second_of(due) };
         if let Some(e) = self.entries.get_mut(id) {
-            e.due = due.max(1);
+            e.due = u32::try_from(second).unwrap_or(u32::MAX).max(1);
         }
         self.due.insert(slot, due, now);
     }
@@ -328,7 +335,8 @@ impl QueueManager {
             let Some((slot, filed)) = self.due.pop_due(now) else { break };
             let Some(e) = self.entries.at_slot(slot) else { continue };
             // A stale filing: rescheduled, fired already, or another message in the slot.
-            let current = e.due != 0 && e.due <= now && (filed == 0 || second_of(e.due) * 1000 == filed);
+            let due = e.due as u64 * 1000;
+            let current = e.due != 0 && due <= now && (filed == 0 || due == filed);
             if !current {
                 continue;
             }
@@ -752,7 +760,7 @@ impl QueueManager {
             attempts: attempts as u32,
             first_attempt_ms: ms(e.first_attempt_s),
             last_deferral_ms: ms(e.last_deferral_s),
-            due_ms: (e.due != 0).then_some(e.due),
+            due_ms: (e.due != 0).then_some(e.due as u64 * 1000),
         };
         let server = Answered { remote_mta: o.remote_mta, peer_dsn: o.peer_dsn };
         let j = outcome::judge(&self.cfg.retry, &self.cfg.delay_notice, m, &server, o.results, now);

@@ -48,9 +48,10 @@ pub type SegmentKey = (u8, u64);
 type Latest = u32;
 const FINAL: u32 = 1 << 31;
 
-/// What is known of one message on disk: 24 bytes (segment sequences are kept in 31 or 32
-/// bits: two billion segments of at least 64 KiB per shard directory).
+/// What is known of one message on disk: 20 bytes, 4-byte aligned (segment sequences are
+/// kept in 31 or 32 bits: two billion segments of at least 64 KiB per shard directory).
 #[derive(Debug, Default)]
+#[repr(C, packed(4))]
 struct Msg {
     id: QueueId,
     seq: u32,
@@ -58,16 +59,38 @@ struct Msg {
     /// latest marks in [`Reclaimer::many`] (0: no mark yet). Finished: the oldest control
     /// segment holding a mark that finishes it (0: none, it had no recipient).
     latest: u32,
-    /// Finished: the newest control segment holding a mark that finishes it.
-    finished_by_last: u32,
-    rcpts: u16,
+    /// Unfinished: the recipient count. Finished: how many segments after `latest` the
+    /// newest one holding a mark that finishes it is ([`SPAN_ANY`]: any number).
+    n: u16,
     shard: u8,
     finished: bool,
 }
 
+/// A finishing span too long to count: every later segment counts (copying a final mark
+/// too many is harmless).
+const SPAN_ANY: u16 = u16::MAX;
+
 impl Msg {
     fn seg(&self) -> SegmentKey {
         (self.shard, self.seq as u64)
+    }
+
+    fn rcpts(&self) -> u16 {
+        debug_assert!(!self.finished, "a finished message keeps its finishing span instead");
+        self.n
+    }
+
+    /// Finished: the oldest and newest control segment holding a mark that finishes it.
+    fn finished_by(&self) -> (u64, u64) {
+        let first = self.latest as u64;
+        (first, if self.n == SPAN_ANY { u64::MAX } else { first + self.n as u64 })
+    }
+
+    /// Finishes it by marks in control segments `first..=last`.
+    fn finish(&mut self, (first, last): (u32, u32)) {
+        self.finished = true;
+        self.latest = first;
+        self.n = u16::try_from(last.saturating_sub(first)).unwrap_or(SPAN_ANY);
     }
 }
 
@@ -182,8 +205,8 @@ impl Reclaimer {
         if !finished {
             seg.live += 1;
         }
-        let rcpts = rcpts.min(u16::MAX as usize) as u16;
-        self.msgs.insert(Msg { id, seq: seq32(seq), rcpts, shard, finished, ..Msg::default() });
+        let n = if finished { 0 } else { rcpts.min(u16::MAX as usize) as u16 };
+        self.msgs.insert(Msg { id, seq: seq32(seq), n, shard, finished, ..Msg::default() });
     }
 
     /// A state mark is durable in segment `seq` of the control log.
@@ -199,7 +222,7 @@ impl Reclaimer {
             // A whole-message final mark (a copy forward, or an operator's) finishes it on
             // its own: only its segment matters from now on.
             if whole_final {
-                (msg.latest, msg.finished_by_last) = (seq31(seq), seq31(seq));
+                msg.finish((seq31(seq), seq31(seq)));
             }
             return;
         }
@@ -207,9 +230,9 @@ impl Reclaimer {
         let mut finished_by = (seq31(seq), seq31(seq));
         let finishes = match mark.rcpt {
             None => whole_final,
-            Some(i) if i < msg.rcpts => {
-                if msg.rcpts > 1 && msg.latest == 0 {
-                    let marks = vec![0; msg.rcpts as usize].into_boxed_slice();
+            Some(i) if i < msg.rcpts() => {
+                if msg.rcpts() > 1 && msg.latest == 0 {
+                    let marks = vec![0; msg.rcpts() as usize].into_boxed_slice();
                     msg.latest = 1 + match self.many_free.pop() {
                         Some(k) => {
                             self.many[k as usize] = marks;
@@ -221,8 +244,11 @@ impl Reclaimer {
                         }
                     };
                 }
-                let slot: &mut Latest =
-                    if msg.rcpts == 1 { &mut msg.latest } else { &mut self.many[msg.latest as usize - 1][i as usize] };
+                let slot: &mut Latest = if msg.rcpts() == 1 {
+                    &mut msg.latest
+                } else {
+                    &mut self.many[msg.latest as usize - 1][i as usize]
+                };
                 let prev = *slot;
                 *slot = seq31(seq) | if mark.status.is_final() { FINAL } else { 0 };
                 if prev != 0
@@ -252,13 +278,12 @@ impl Reclaimer {
                     s.latest -= 1;
                 }
             }
-            if msg.rcpts > 1 && msg.latest != 0 {
+            if msg.rcpts() > 1 && msg.latest != 0 {
                 let k = msg.latest - 1;
                 self.many[k as usize] = Box::new([]);
                 self.many_free.push(k);
             }
-            (msg.latest, msg.finished_by_last) = finished_by;
-            msg.finished = true;
+            msg.finish(finished_by);
             if let Some(seg) = self.segs.get_mut(&msg.seg()) {
                 seg.live -= 1;
             }
@@ -306,7 +331,8 @@ impl Reclaimer {
                 .iter()
                 .filter(|m| {
                     let marks_there = if m.finished {
-                        m.latest != 0 && m.latest as u64 <= hi && m.finished_by_last as u64 >= lo
+                        let (first, last) = m.finished_by();
+                        first != 0 && first <= hi && last >= lo
                     } else {
                         latest_of(&self.many, m)
                             .iter()
@@ -350,7 +376,7 @@ impl Reclaimer {
         for id in ids {
             if let Some(m) = self.msgs.remove(id)
                 && !m.finished
-                && m.rcpts > 1
+                && m.rcpts() > 1
                 && m.latest != 0
             {
                 // Not expected (a segment goes once its messages are finished), but then
@@ -399,7 +425,7 @@ impl Reclaimer {
 /// The latest marks of a message's recipients (none yet: empty).
 fn latest_of<'a>(many: &'a [Box<[Latest]>], m: &'a Msg) -> &'a [Latest] {
     debug_assert!(!m.finished, "a finished message keeps where it was finished instead");
-    match (m.rcpts, m.latest) {
+    match (m.rcpts(), m.latest) {
         (1, _) => std::slice::from_ref(&m.latest),
         (_, 0) => &[],
         (_, k) => &many[k as usize - 1],
@@ -441,7 +467,7 @@ mod tests {
 
     #[test]
     fn what_is_kept_per_message_is_small() {
-        assert!(std::mem::size_of::<Msg>() <= 24, "{}", std::mem::size_of::<Msg>());
+        assert!(std::mem::size_of::<Msg>() <= 20, "{}", std::mem::size_of::<Msg>());
     }
 
     #[test]
