@@ -112,13 +112,17 @@ def main():
     stop(p)
     list_s, list_kib, out = timed([a.ringmx, "queue", "list", "--json", "--config", cfg])
     some_id = json.loads(out.splitlines()[len(out.splitlines()) // 2])["id"]
-    show_s, show_kib, _ = timed([a.ringmx, "queue", "show", some_id, "--config", cfg])
+    # The first run after the stop pays for cold caches; the median of three is the usual cost.
+    shows = [timed([a.ringmx, "queue", "show", some_id, "--config", cfg]) for _ in range(3)]
+    show_first = shows[0][0]
+    show_s, show_kib, _ = sorted(shows, key=lambda r: r[0])[1]
     n = a.messages
     print(f"{n} queued messages of 1 KiB")
     print(f"server: start to 'listening on' {startup:.2f} s; RSS empty {empty} KiB, with the queue {full} KiB: "
           f"{(full - empty) * 1024 / n:.0f} bytes per queued message")
     print(f"queue list --json (server stopped): {list_s:.2f} s, peak RSS {list_kib} KiB")
-    print(f"queue show ID (server stopped): {show_s * 1000:.0f} ms, peak RSS {show_kib} KiB")
+    print(f"queue show ID (server stopped): {show_s * 1000:.0f} ms (median of 3; first {show_first * 1000:.0f} ms), "
+          f"peak RSS {show_kib} KiB")
     if a.keep:
         print(f"spool kept in {d} (ringmx serve --config {cfg})")
     else:
