@@ -71,8 +71,9 @@ fn access_list_and_auto_ban_across_restart() {
             let (_, g) = Client::connect_proxied(srv.addr(), client);
             assert_eq!(g.starts_with("554 5.7.1"), banned, "{driver} {client}: {g}");
         }
-        let (status, _) = srv.stop();
+        let (status, log) = srv.stop();
         assert!(status.success());
+        assert!(log.contains("4 refused connection(s) (access list 3, auto-ban 1);"), "{driver}: {log}");
         let bans = std::fs::read_to_string(tmp.path().join("data/bans")).unwrap();
         assert!(bans.contains("192.0.2.77 ") && !bans.contains("192.0.2.200"), "{bans}");
         let srv = start(tmp.path(), driver, &cfg);

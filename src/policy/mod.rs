@@ -47,6 +47,83 @@ pub enum Verdict {
     Drop(Reply),
 }
 
+/// Why a connection was closed before it was served: the exit summary (and the logs and
+/// metrics to come) count refusals by it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Refusal {
+    /// `[limits] max_connections` or `max_connections_per_ip` (421 4.7.0).
+    ConnectionLimit,
+    /// The access list (554 5.7.1).
+    AccessList,
+    /// An automatic ban (554 5.7.1).
+    Banned,
+    /// A DNS blacklist lists the client (554 5.7.1).
+    Dnsbl,
+    /// A blocked HELO/EHLO name (554 5.7.1).
+    EhloBlock,
+    /// A missing or malformed PROXY protocol header (421 4.7.0).
+    Proxy,
+}
+
+impl Refusal {
+    pub const ALL: [Refusal; 6] = [
+        Refusal::ConnectionLimit,
+        Refusal::AccessList,
+        Refusal::Banned,
+        Refusal::Dnsbl,
+        Refusal::EhloBlock,
+        Refusal::Proxy,
+    ];
+
+    /// How the exit summary and logs name it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Refusal::ConnectionLimit => "connection limits",
+            Refusal::AccessList => "access list",
+            Refusal::Banned => "auto-ban",
+            Refusal::Dnsbl => "DNSBL",
+            Refusal::EhloBlock => "EHLO block",
+            Refusal::Proxy => "PROXY header",
+        }
+    }
+}
+
+/// Refused connections, by [`Refusal`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RefusalCounts([u64; Refusal::ALL.len()]);
+
+impl RefusalCounts {
+    pub fn add(&mut self, r: Refusal) {
+        self.0[r as usize] += 1;
+    }
+
+    pub fn get(&self, r: Refusal) -> u64 {
+        self.0[r as usize]
+    }
+
+    pub fn total(&self) -> u64 {
+        self.0.iter().sum()
+    }
+
+    /// Adds `other`'s counts to these.
+    pub fn merge(&mut self, other: &RefusalCounts) {
+        for (a, b) in self.0.iter_mut().zip(other.0) {
+            *a += b;
+        }
+    }
+
+    /// "access list 3, DNSBL 1": the reasons that refused something, in [`Refusal::ALL`]
+    /// order (empty when none did).
+    pub fn describe(&self) -> String {
+        let parts: Vec<String> = Refusal::ALL
+            .iter()
+            .filter(|&&r| self.get(r) > 0)
+            .map(|&r| format!("{} {}", r.name(), self.get(r)))
+            .collect();
+        parts.join(", ")
+    }
+}
+
 /// `[policy] access_control`: what the access list means.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -227,19 +304,20 @@ pub fn relay_denied() -> Reply {
 
 impl Policy {
     /// At connect: the access list and auto-bans (554 5.7.1).
-    pub fn connect(&self, client: IpAddr, now_unix: u64) -> Verdict {
+    pub fn connect(&self, client: IpAddr, now_unix: u64) -> Result<(), (Refusal, Reply)> {
         let listed = self.acl.contains(client);
         let refused = match self.acl_mode {
             AclMode::DenyListed => listed,
             AclMode::AllowOnlyListed => !listed,
         };
         if refused {
-            return Verdict::Drop(Reply::new(554, "5.7.1", format!("Error: access denied for {client}")));
+            return Err((Refusal::AccessList, Reply::new(554, "5.7.1", format!("Error: access denied for {client}"))));
         }
         if !self.whitelist.contains(client) && self.bans.as_ref().is_some_and(|b| b.is_banned(client, now_unix)) {
-            return Verdict::Drop(Reply::new(554, "5.7.1", format!("Error: access denied for {client} (banned)")));
+            let reply = Reply::new(554, "5.7.1", format!("Error: access denied for {client} (banned)"));
+            return Err((Refusal::Banned, reply));
         }
-        Verdict::Accept
+        Ok(())
     }
 
     /// True when DNSBL lookups apply to `client` (not whitelisted, not private).
@@ -342,18 +420,20 @@ mod tests {
     #[test]
     fn access_control_modes_and_bans() {
         let mut p = Policy { acl: IpList::parse(&["192.0.2.*"]).unwrap(), ..Policy::default() };
-        assert!(matches!(p.connect(ip("192.0.2.9"), 0), Verdict::Drop(r) if r.code == 554 && r.status == "5.7.1"));
-        assert_eq!(p.connect(ip("198.51.100.1"), 0), Verdict::Accept);
+        assert!(
+            matches!(p.connect(ip("192.0.2.9"), 0), Err((Refusal::AccessList, r)) if r.code == 554 && r.status == "5.7.1")
+        );
+        assert_eq!(p.connect(ip("198.51.100.1"), 0), Ok(()));
         p.acl_mode = AclMode::AllowOnlyListed;
-        assert_eq!(p.connect(ip("192.0.2.9"), 0), Verdict::Accept);
-        assert!(matches!(p.connect(ip("198.51.100.1"), 0), Verdict::Drop(_)));
+        assert_eq!(p.connect(ip("192.0.2.9"), 0), Ok(()));
+        assert!(matches!(p.connect(ip("198.51.100.1"), 0), Err((Refusal::AccessList, _))));
         let bans = Arc::new(BanList::in_memory());
         bans.ban(ip("192.0.2.50"), 500, 0);
         p.bans = Some(bans);
-        assert!(matches!(p.connect(ip("192.0.2.50"), 100), Verdict::Drop(_)));
-        assert_eq!(p.connect(ip("192.0.2.50"), 500), Verdict::Accept);
+        assert!(matches!(p.connect(ip("192.0.2.50"), 100), Err((Refusal::Banned, _))));
+        assert_eq!(p.connect(ip("192.0.2.50"), 500), Ok(()));
         p.whitelist = IpList::parse(&["192.0.2.50"]).unwrap();
-        assert_eq!(p.connect(ip("192.0.2.50"), 100), Verdict::Accept);
+        assert_eq!(p.connect(ip("192.0.2.50"), 100), Ok(()));
     }
 
     #[test]

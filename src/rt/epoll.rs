@@ -165,7 +165,7 @@ impl Driver {
                 continue;
             }
             if !shard.limits.try_acquire(shard.counted_ip(l, peer.ip())) {
-                shard.stats.refused_connections += 1;
+                shard.stats.refused.add(crate::policy::Refusal::ConnectionLimit);
                 listener::send_and_forget(fd.as_raw_fd(), TOO_MANY_CONNECTIONS);
                 continue;
             }
@@ -284,6 +284,9 @@ impl Driver {
     fn close(&mut self, shard: &mut Shard, token: u64) {
         if let Some(s) = self.conns.remove(token) {
             shard.stats.messages += s.conn.session.messages_accepted();
+            if let Some(r) = s.conn.session.refusal() {
+                shard.stats.refused.add(r);
+            }
             shard.limits.release(s.conn.counted_ip);
             // Dropping the descriptor closes it and removes it from the epoll set.
             drop(s.fd);

@@ -420,11 +420,17 @@ pub fn serve(cfg: &Config) -> Result<Vec<ShardStats>, ServeError> {
     let stats = server.join()?;
     let sum = |f: fn(&ShardStats) -> u64| stats.iter().map(f).sum::<u64>();
     let (batches, records) = (sum(|s| s.spool_batches), sum(|s| s.spool_records));
+    let mut refused = crate::policy::RefusalCounts::default();
+    for s in &stats {
+        refused.merge(&s.refused);
+    }
+    let why = refused.describe();
+    let why = if why.is_empty() { why } else { format!(" ({why})") };
     log::info!(
-        "stopped: {} connection(s), {} message(s) accepted, {} refused connection(s); spool: {records} record(s) in {batches} batch(es), {:.2} per {}",
+        "stopped: {} connection(s), {} message(s) accepted, {} refused connection(s){why}; spool: {records} record(s) in {batches} batch(es), {:.2} per {}",
         sum(|s| s.connections),
         sum(|s| s.messages),
-        sum(|s| s.refused_connections),
+        refused.total(),
         records as f64 / batches.max(1) as f64,
         if cfg.spool.fsync { "fdatasync" } else { "write (fsync off)" },
     );

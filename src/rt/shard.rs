@@ -51,7 +51,8 @@ pub struct Shard {
 #[derive(Debug, Default, Clone, Copy)]
 pub struct ShardStats {
     pub connections: u64,
-    pub refused_connections: u64,
+    /// Connections refused, by why: at accept (connection limits) or by the session.
+    pub refused: crate::policy::RefusalCounts,
     pub messages: u64,
     /// Spool batches written (each one `fdatasync` when syncing) and records in them: their
     /// ratio is the group-commit factor.

@@ -264,7 +264,7 @@ impl Driver {
         }
         let Ok(peer) = listener::peer_addr(fd.as_raw_fd()) else { return };
         if !shard.limits.try_acquire(shard.counted_ip(l, peer.ip())) {
-            shard.stats.refused_connections += 1;
+            shard.stats.refused.add(crate::policy::Refusal::ConnectionLimit);
             listener::send_and_forget(fd.as_raw_fd(), TOO_MANY_CONNECTIONS);
             return;
         }
@@ -383,6 +383,9 @@ impl Driver {
             }
             if let Some(s) = self.conns.remove(token) {
                 shard.stats.messages += s.conn.session.messages_accepted();
+                if let Some(r) = s.conn.session.refusal() {
+                    shard.stats.refused.add(r);
+                }
                 shard.limits.release(s.conn.counted_ip);
                 drop(s.fd);
             }

@@ -5,7 +5,7 @@ use super::{Action, Phase, Session, Transaction};
 use crate::directory::RcptVerdict;
 use crate::dns::{DnsAnswer, DnsQuery};
 use crate::policy::iplist::{is_private, reverse_name};
-use crate::policy::{InboundAuth, Policy, PtrCheck, RelayContext, Verdict, is_relay_syntax};
+use crate::policy::{InboundAuth, Policy, PtrCheck, Refusal, RelayContext, Verdict, is_relay_syntax};
 use crate::spool::Envelope;
 use crate::util::time::{Now, rfc5322};
 use crate::wire::proxy::{self, ProxyError};
@@ -45,6 +45,7 @@ impl Session {
                     let ip = self.peer.ip();
                     if !limits.try_acquire_ip(ip) {
                         self.reply(Reply::new(421, "4.7.0", "Error: too many connections from your address"));
+                        self.refusal = Some(Refusal::ConnectionLimit);
                         self.close();
                         return Some(buf.len());
                     }
@@ -61,6 +62,7 @@ impl Session {
                     _ => "Error: malformed PROXY protocol header",
                 };
                 self.reply(Reply::new(421, "4.7.0", reason));
+                self.refusal = Some(Refusal::Proxy);
                 self.close();
                 Some(buf.len())
             }
@@ -70,12 +72,10 @@ impl Session {
     /// The connect checks, then the greeting.
     pub(super) fn connect(&mut self, now: Now) {
         let ip = self.peer.ip();
-        match self.cfg.policy.connect(ip, now.unix_secs()) {
-            Verdict::Accept => {}
-            Verdict::Refuse(r) | Verdict::Drop(r) => {
-                self.reply(r);
-                return self.close();
-            }
+        if let Err((why, r)) = self.cfg.policy.connect(ip, now.unix_secs()) {
+            self.reply(r);
+            self.refusal = Some(why);
+            return self.close();
         }
         if self.cfg.policy.dnsbl_applies(ip) {
             self.ask_dnsbl(0);
@@ -118,6 +118,7 @@ impl Session {
                 if listed {
                     let zone = self.cfg.policy.dnsbl[i].zone.clone();
                     self.reply(Policy::dnsbl_listed(self.peer.ip(), &zone));
+                    self.refusal = Some(Refusal::Dnsbl);
                     return self.close();
                 }
                 // Not listed, or the list did not answer: a broken list must not stop mail.

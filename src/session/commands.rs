@@ -1,7 +1,7 @@
 //! The verbs outside message content.
 
 use super::{Action, Phase, Session, Transaction};
-use crate::policy::Verdict;
+use crate::policy::{Refusal, Verdict};
 use crate::spool::{Envelope, QueueId, Recipient};
 use crate::util::time::Now;
 use crate::wire::{Body, Command, MailParams, Mailbox, Path, RcptParams, Reply, parse_command};
@@ -51,6 +51,7 @@ impl Session {
     fn hello(&mut self, domain: &str, esmtp: bool) {
         if let Verdict::Drop(r) | Verdict::Refuse(r) = self.cfg.policy.helo(domain) {
             self.reply(r);
+            self.refusal = Some(Refusal::EhloBlock);
             return self.close();
         }
         self.tx = Transaction::default();

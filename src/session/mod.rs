@@ -41,7 +41,7 @@ mod data;
 use crate::directory::Directory;
 use crate::dns::DnsQuery;
 use crate::policy::auth::AuthRequest;
-use crate::policy::{AuthMode, IpList, Policy};
+use crate::policy::{AuthMode, IpList, Policy, Refusal};
 use crate::spool::{Envelope, IdGen, NewMessage, QueueId};
 use crate::util::time::Now;
 use crate::wire::{BareLinePolicy, DataScanner, Reply, next_line};
@@ -279,6 +279,8 @@ pub struct Session {
     messages: u64,
     /// The client address this session counts in `cfg.conn_limits` (a proxied client).
     counted_ip: Option<std::net::IpAddr>,
+    /// Why the session closed the connection before serving it, if it did.
+    refusal: Option<Refusal>,
 }
 
 impl Drop for Session {
@@ -328,6 +330,7 @@ impl Session {
             received_hdr_len: 0,
             messages: 0,
             counted_ip: None,
+            refusal: None,
         };
         if !proxied {
             s.connect(now);
@@ -367,6 +370,11 @@ impl Session {
     /// Messages accepted on this connection so far.
     pub fn messages_accepted(&self) -> u64 {
         self.messages
+    }
+
+    /// Why the session refused the connection (closed it before serving it), if it did.
+    pub fn refusal(&self) -> Option<Refusal> {
+        self.refusal
     }
 
     /// True while the session waits for the driver (spool, DNS, password check).
