@@ -733,6 +733,9 @@ fn default_drain_timeout() -> Duration {
     Duration::from_secs(30)
 }
 
+/// Type errors reported in one file at most (each costs a parse).
+const MAX_TYPE_PROBLEMS: usize = 64;
+
 /// Configuration errors: every problem found, each with its key and line.
 #[derive(Debug, thiserror::Error)]
 #[error("{}", .problems.join("\n"))]
@@ -753,23 +756,56 @@ impl Config {
         Config::parse(&text, &path.display().to_string())
     }
 
-    /// Parses and validates `text` (named `origin` in messages).
+    /// Parses and validates `text` (named `origin` in messages). Every problem is listed: a
+    /// key whose value has the wrong type is reported and left out (its default stands in)
+    /// and the reading goes on, so later keys and [`Config::validate`] are checked too. A
+    /// syntax error ends the reading: what follows it cannot be parsed.
     pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
-        let cfg: Config = toml::from_str(text).map_err(|e| {
-            let line = e.span().map(|s| text[..s.start].matches('\n').count() + 1);
+        let mut problems = Vec::new();
+        // `text` with the lines of the keys reported so far blanked (line numbers kept).
+        let mut work = text.to_string();
+        let mut blanked: Vec<String> = Vec::new();
+        for _ in 0..MAX_TYPE_PROBLEMS {
+            let e = match toml::from_str::<Config>(&work) {
+                Ok(cfg) => {
+                    if let Err(e) = cfg.validate(text, origin) {
+                        problems.extend(e.problems);
+                    }
+                    return if problems.is_empty() { Ok(cfg) } else { Err(ConfigError { problems }) };
+                }
+                Err(e) => e,
+            };
+            let line = e.span().map(|s| work[..s.start].matches('\n').count() + 1);
+            let key = line.and_then(|l| key_at_line(&work, l));
             let msg = e.message().to_string();
-            ConfigError {
-                problems: vec![match line {
-                    Some(l) => match key_at_line(text, l) {
-                        Some(key) => format!("{origin}:{l}: {key}: {msg}"),
-                        None => format!("{origin}:{l}: {msg}"),
-                    },
-                    None => format!("{origin}: {msg}"),
-                }],
+            // A required key left out for its bad value is now missing: said already.
+            if blanked.iter().any(|k| msg == format!("missing field `{}`", k.rsplit('.').next().unwrap_or(k))) {
+                break;
             }
-        })?;
-        cfg.validate(text, origin)?;
-        Ok(cfg)
+            problems.push(match (line, &key) {
+                (Some(l), Some(key)) => format!("{origin}:{l}: {key}: {msg}"),
+                (Some(l), None) => format!("{origin}:{l}: {msg}"),
+                (None, _) => format!("{origin}: {msg}"),
+            });
+            // Only a `key = value` line of a file that parses as TOML can be left out, and only
+            // if the file still parses without it (a value over several lines does not).
+            let (Some(l), Some(k)) = (line, key) else { break };
+            blanked.push(k);
+            if work.parse::<toml::Table>().is_err() {
+                break;
+            }
+            let next = work
+                .split('\n')
+                .enumerate()
+                .map(|(i, s)| if i + 1 == l { "" } else { s })
+                .collect::<Vec<_>>()
+                .join("\n");
+            if next.parse::<toml::Table>().is_err() {
+                break;
+            }
+            work = next;
+        }
+        Err(ConfigError { problems })
     }
 
     /// Checks what types alone cannot; every error names the key and, when the key is in
@@ -1048,6 +1084,35 @@ mod tests {
         assert_eq!(c.runtime.io, IoMode::Auto);
         assert_eq!(c.ingress_cores(2), 1);
         assert_eq!(c.ingress_cores(8), 7);
+    }
+
+    /// Every problem of a file is listed: values of the wrong type and unknown keys in
+    /// several sections, then the checks of values; a syntax error ends the list.
+    #[test]
+    fn every_problem_is_listed() {
+        let text = "hostname = \"bad name\"\n[limits]\nmax_recipients = \"many\"\nmax_size = 5\n\
+                    [spool]\nfsync = \"yes\"\n[delivery]\nactive_limit = 0\n";
+        let e = Config::parse(text, "c.toml").unwrap_err();
+        let p = &e.problems;
+        assert_eq!(p.len(), 5, "{e}");
+        assert!(p[0].starts_with("c.toml:3: limits.max_recipients: "), "{e}");
+        assert!(p[1].starts_with("c.toml:4: limits.max_size: unknown field"), "{e}");
+        assert!(p[2].starts_with("c.toml:6: spool.fsync: "), "{e}");
+        assert!(p.iter().any(|l| l.starts_with("c.toml:1: hostname: ")), "{e}");
+        assert!(p.iter().any(|l| l.starts_with("c.toml:8: delivery.active_limit: ")), "{e}");
+        // A syntax error: what follows cannot be read, so it is the last problem.
+        let e =
+            Config::parse("[limits]\nmax_recipients = \"many\"\nport = = 1\n[delivery]\nactive_limit = 0\n", "c.toml")
+                .unwrap_err();
+        assert_eq!(e.problems.len(), 1, "{e}");
+        assert!(e.problems[0].starts_with("c.toml:3"), "{e}");
+        // A required key with a bad value is reported once, not again as missing.
+        let e = Config::parse("[[listener]]\nport = 99999\n", "c.toml").unwrap_err();
+        assert_eq!(e.problems.len(), 1, "{e}");
+        assert!(e.problems[0].starts_with("c.toml:2: listener.port: "), "{e}");
+        // A wrong value over several lines is reported once, without follow-on errors.
+        let e = Config::parse("local_domains = [\n  1,\n  2,\n]\n", "c.toml").unwrap_err();
+        assert_eq!(e.problems.len(), 1, "{e}");
     }
 
     /// The queue's keys: a bad postmaster fallback and an empty active window are named.
