@@ -56,6 +56,38 @@ pub struct Config {
     /// `[dns]`: the name servers and cache bounds of every lookup (policy checks, MX).
     #[serde(default)]
     pub dns: ResolverConfig,
+    /// `[log]`: the activity log.
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+/// `[log]`: the activity log (one line per message event and refused client).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// Where the logs are written. Default `<data_dir>/log`.
+    #[serde(default)]
+    pub dir: Option<PathBuf>,
+    /// Write `activity.log`. Default true.
+    #[serde(default = "yes")]
+    pub activity: bool,
+    /// `kv` (`key=value` pairs) or `json` (one object per line). Default `kv`.
+    #[serde(default)]
+    pub format: crate::obs::LogFormat,
+    /// Events each producing thread may have waiting for the writer; past it they are
+    /// dropped and counted. Default 16384.
+    #[serde(default = "default_log_queue")]
+    pub queue: usize,
+}
+
+fn default_log_queue() -> usize {
+    16384
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        toml::from_str("").expect("the empty [log] is valid")
+    }
 }
 
 /// `[delivery]`: local delivery.
@@ -995,6 +1027,15 @@ impl Config {
         self.data_dir.join("spool")
     }
 
+    /// The activity log's settings, `None` when it is off.
+    pub fn log_settings(&self) -> Option<crate::obs::LogSettings> {
+        self.log.activity.then(|| crate::obs::LogSettings {
+            dir: self.log.dir.clone().unwrap_or_else(|| self.data_dir.join("log")),
+            format: self.log.format,
+            capacity: self.log.queue,
+        })
+    }
+
     pub fn maildir_root(&self) -> PathBuf {
         self.delivery.maildir_root.clone().unwrap_or_else(|| self.data_dir.join("mailboxes"))
     }
@@ -1040,6 +1081,7 @@ impl Config {
                 .proxy_protocol
                 .then(|| Arc::new(IpList::parse(&listener.proxy_trusted).unwrap_or_default())),
             own_addresses: listener.bind.iter().copied().filter(|a| !a.is_unspecified()).collect(),
+            activity: self.log.activity,
         }
     }
 }

@@ -30,6 +30,7 @@ pub mod config;
 pub mod delivery;
 pub mod directory;
 pub mod dns;
+pub mod obs;
 pub mod policy;
 pub mod queue;
 pub mod routing;

@@ -43,6 +43,7 @@ use crate::delivery::client::{DsnParams, Response};
 use crate::delivery::dsn::{self, Action as DsnAction, RecipientReport};
 use crate::delivery::lmtp::LmtpRoute;
 use crate::directory::{AutoResponder, Destination, Directory, ExpandProblem};
+use crate::obs::{Activity, What};
 use crate::routing::{Route, RoutingConfig, Where, route_of};
 use crate::spool::{
     CONTROL_SHARD, Envelope, IdGen, Location, Mark, MarkStatus, NewMessage, QueueId, QueuedMessage, Recipient,
@@ -76,6 +77,8 @@ pub struct ManagerConfig {
     /// Where mail for `postmaster@` a hosted domain goes when the domain has no postmaster
     /// (no address set, no `postmaster` mailbox in its postoffice).
     pub postmaster: Option<String>,
+    /// Keep activity-log events for the driver ([`QueueManager::take_activity`]).
+    pub activity: bool,
 }
 
 /// Counters for the exit summary.
@@ -169,6 +172,8 @@ pub struct QueueManager {
     actions: VecDeque<Action>,
     /// Recipients an operator returned, reported once their message is loaded.
     bounced: HashMap<QueueId, Vec<u16>>,
+    /// Activity-log events not yet taken by the driver.
+    activity: Vec<Activity>,
     replies: ReplyMemory,
     stats: Stats,
 }
@@ -185,6 +190,7 @@ impl QueueManager {
             active: 0,
             actions: VecDeque::new(),
             bounced: HashMap::new(),
+            activity: Vec::new(),
             replies,
             stats: Stats::default(),
         }
@@ -293,6 +299,37 @@ impl QueueManager {
                 .entries
                 .get(id)
                 .is_some_and(|e| e.want == Want::Nothing && (e.due == 0 || e.due as u64 * 1000 >= not_before))
+    }
+
+    /// The activity-log events since the last call (the driver hands them to the writer).
+    pub fn take_activity(&mut self) -> Vec<Activity> {
+        std::mem::take(&mut self.activity)
+    }
+
+    fn note(&mut self, at_ms: u64, what: What) {
+        if self.cfg.activity {
+            self.activity.push(Activity { at_ms, what });
+        }
+    }
+
+    /// A recipient's outcome for the activity log.
+    #[allow(clippy::too_many_arguments)]
+    fn note_outcome(
+        &mut self,
+        now: u64,
+        id: QueueId,
+        rcpt: String,
+        via: String,
+        status: MarkStatus,
+        reply: String,
+        next_attempt_ms: u64,
+    ) {
+        let what = match status {
+            MarkStatus::Delivered => What::Delivered { id, rcpt, via, reply },
+            MarkStatus::Deferred => What::Deferred { id, rcpt, via, reply, next_attempt_ms },
+            MarkStatus::Failed | MarkStatus::Deleted => What::Failed { id, rcpt, via, reply },
+        };
+        self.note(now, what);
     }
 
     /// Where every queued message's record is (the snapshot written at a clean stop).
@@ -667,6 +704,7 @@ impl QueueManager {
                 message_id: &message_id,
             });
             // RFC 3834 §3.3: an automatic response has a null reverse path.
+            self.note(now, What::Generated { id: reply_id, kind: "autoreply", about: id, to: sender.clone() });
             self.generate(reply_id, now, String::new(), vec![sender], data, |_| {});
             self.actions.push_back(Action::SaveReplies);
         }
@@ -689,6 +727,7 @@ impl QueueManager {
         let retry_at = now + self.cfg.local_retry.as_millis() as u64;
         let mut retry = false;
         let mut reports = Vec::new();
+        let mut outcomes_for_log = Vec::new();
         for (i, addr) in &a.rcpts {
             let o = a.outcomes.iter().find(|(x, _)| x == addr).map(|(_, o)| o);
             let in_a_mailbox = a.copies.iter().chain(a.lmtp.iter().flatten()).any(|c| c.originals.contains(addr));
@@ -715,9 +754,20 @@ impl QueueManager {
                 reports.push(failure_report(*i as usize, &reply, now));
             }
             let text = reply.to_string();
+            if self.cfg.activity {
+                // A copy in a mailbox; redirected elsewhere; or decided locally (unknown, full).
+                let via = match (in_a_mailbox, o.is_some()) {
+                    (true, _) => "mailbox",
+                    (false, false) => "forward",
+                    (false, true) => "local",
+                };
+                let what = (addr.clone(), via.to_string(), status, text.clone(), next_attempt_ms);
+                outcomes_for_log.push(what);
+            }
             let mark = Mark { id, rcpt: Some(*i), status, attempts: e.attempts, next_attempt_ms, text };
             self.actions.push_back(Action::AppendMark(mark));
         }
+
         // Forward what goes elsewhere as one new message from the same sender, written in
         // the same sync as the marks (so neither lost nor sent twice). A target whose
         // original recipients are all deferred waits for their retry, which expands again.
@@ -729,9 +779,13 @@ impl QueueManager {
             }
         }
         let (env, content) = (l.envelope.clone(), l.content.clone());
+        for (rcpt, via, status, reply, next) in outcomes_for_log {
+            self.note_outcome(now, id, rcpt, via, status, reply, next);
+        }
         if !to.is_empty() {
             log::info!("queue: {id}: forwarded to {}", to.join(", "));
             let fwd_id = self.ids.next(now / 1000);
+            self.note(now, What::Generated { id: fwd_id, kind: "forward", about: id, to: to.join(",") });
             self.generate(fwd_id, now, env.from.clone(), to, content.to_vec(), |e| {
                 e.body = env.body;
                 e.smtputf8 = env.smtputf8;
@@ -762,13 +816,19 @@ impl QueueManager {
             last_deferral_ms: ms(e.last_deferral_s),
             due_ms: (e.due != 0).then_some(e.due as u64 * 1000),
         };
+        let via = o.remote_mta.clone().unwrap_or_else(|| "-".into());
         let server = Answered { remote_mta: o.remote_mta, peer_dsn: o.peer_dsn };
         let j = outcome::judge(&self.cfg.retry, &self.cfg.delay_notice, m, &server, o.results, now);
         self.stats.relayed += j.relayed;
+        let mut log_lines = Vec::new();
         for mark in j.marks {
             let state = if mark.status == MarkStatus::Deferred { Rcpt::Open } else { Rcpt::Done };
             e.rcpts.set(mark.rcpt, state);
             let MarkFor { rcpt, status, text, next_attempt_ms } = mark;
+            if self.cfg.activity {
+                let address = l.envelope.rcpts.get(rcpt as usize).map_or_else(String::new, |r| r.address.clone());
+                log_lines.push((address, status, text.clone(), next_attempt_ms));
+            }
             self.actions.push_back(Action::AppendMark(Mark {
                 id: o.id,
                 rcpt: Some(rcpt),
@@ -782,6 +842,9 @@ impl QueueManager {
             e.last_deferral_s = secs(now);
         }
         let (env, content) = (l.envelope.clone(), l.content.clone());
+        for (rcpt, status, reply, next) in log_lines {
+            self.note_outcome(now, o.id, rcpt, via.clone(), status, reply, next);
+        }
         if !j.reports.is_empty() {
             self.report(now, &env, content, j.reports);
         }
@@ -824,6 +887,7 @@ impl QueueManager {
             return;
         }
         let id = self.ids.next(now / 1000);
+        self.note(now, What::Generated { id, kind: "dsn", about: env.id, to: env.from.clone() });
         self.actions.push_back(Action::Generate(Generate::Dsn {
             id,
             original: Box::new(env.clone()),
@@ -902,8 +966,12 @@ impl QueueManager {
                         next_attempt_ms: 0,
                         text: DELETED_TEXT.into(),
                     }));
+                    self.note(now, What::Operator { id, action: "delete" });
                 }
                 QueueOp::Bounce => {
+                    if self.cfg.activity {
+                        self.activity.push(Activity { at_ms: now, what: What::Operator { id, action: "bounce" } });
+                    }
                     // The marks now (durable before the answer), the report once the message
                     // is loaded.
                     let open: Vec<u16> = (0..e.rcpts.len()).filter(|&i| e.rcpts.get(i) != Rcpt::Done).collect();

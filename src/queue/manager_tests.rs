@@ -42,6 +42,7 @@ fn config() -> ManagerConfig {
         lmtp: None,
         active_limit: 100,
         postmaster: None,
+        activity: false,
     }
 }
 
@@ -316,6 +317,53 @@ fn mixed_message() {
     assert_eq!(d.remote(id, &[1], "250 2.0.0 queued as X"), ["mark 1 Delivered #2 250 2.0.0 queued as X"]);
     assert!(d.m.is_empty());
     assert_eq!(d.m.stats(), Stats { delivered: 1, relayed: 1 });
+}
+
+/// With the activity log on, the mixed message's story in lines, all with its queue id: the
+/// mailbox copy, the failure at expansion and its report, the deferral, the delivery.
+#[test]
+fn activity_of_a_mixed_message() {
+    let mut d = Driver::new(ManagerConfig { activity: true, ..config() });
+    let id = d.accept("s@sender.test", &["alice@example.net", "r@remote.test", "bob@example.net"]);
+    d.run();
+    d.maildir_ok(id, 0);
+    d.remote(id, &[1], "451 4.4.1 no answer");
+    d.at(15);
+    d.run();
+    d.remote(id, &[1], "250 2.0.0 queued as X");
+    let lines: Vec<String> =
+        d.m.take_activity()
+            .iter()
+            .map(|a| {
+                let l = a.line(crate::obs::LogFormat::Kv);
+                l.split_once(' ').map(|(_, rest)| rest.to_string()).unwrap_or(l)
+            })
+            .collect();
+    let q = id.to_string();
+    assert_eq!(lines.len(), 6, "{lines:#?}");
+    assert_eq!(
+        lines[0],
+        format!("delivered id={q} rcpt=<alice@example.net> via=mailbox reply=\"250 2.0.0 delivered to mailbox\"")
+    );
+    assert_eq!(lines[1], format!("failed id={q} rcpt=<bob@example.net> via=local reply=\"550 5.1.1 unknown user\""));
+    assert!(
+        lines[2].starts_with("generated id=") && lines[2].ends_with(&format!(" kind=dsn about={q} to=s@sender.test")),
+        "{}",
+        lines[2]
+    );
+    assert!(
+        lines[3].starts_with(&format!(
+            "deferred id={q} rcpt=<r@remote.test> via=mx.elsewhere.test reply=\"451 4.4.1 no answer\" next_attempt="
+        )),
+        "{}",
+        lines[3]
+    );
+    assert!(lines[4].starts_with("generated id=") && lines[4].contains(" kind=dsn "), "the delay notice: {}", lines[4]);
+    assert_eq!(
+        lines[5],
+        format!("delivered id={q} rcpt=<r@remote.test> via=mx.elsewhere.test reply=\"250 2.0.0 queued as X\"")
+    );
+    assert!(d.m.take_activity().is_empty(), "taken once");
 }
 
 /// Remote recipients are grouped by route: one job per destination, in route order.

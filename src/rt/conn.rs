@@ -37,6 +37,8 @@ type AnswerSlot = Arc<Mutex<Option<ServiceAnswer>>>;
 pub enum Effect {
     /// Make this message durable for connection `token`.
     Spool(Box<NewMessage>),
+    /// A line for the activity log.
+    Log(Box<crate::obs::Activity>),
 }
 
 pub struct Conn {
@@ -216,6 +218,7 @@ impl Conn {
                     }
                 }
                 Action::Close => self.closing = true,
+                Action::Log(a) => effects.push(Effect::Log(a)),
             }
         }
         // Closing an established TLS session: close_notify after the last reply (RFC 8446

@@ -165,7 +165,7 @@ impl Driver {
                 continue;
             }
             if !shard.limits.try_acquire(shard.counted_ip(l, peer.ip())) {
-                shard.stats.refused.add(crate::policy::Refusal::ConnectionLimit);
+                shard.refused_at_accept(peer.ip(), now);
                 listener::send_and_forget(fd.as_raw_fd(), TOO_MANY_CONNECTIONS);
                 continue;
             }

@@ -100,6 +100,9 @@ pub struct Server {
     /// The addresses actually bound (port 0 resolved).
     pub local_addrs: Vec<std::net::SocketAddr>,
     pub driver: Driver,
+    /// The activity log's writer (none when it is off); SIGUSR1 reopens its file. Dropped
+    /// after every producer has stopped, so that their last lines are written.
+    pub activity: Option<crate::obs::ActivityLog>,
 }
 
 impl Server {
@@ -133,6 +136,16 @@ impl Server {
         let usage = Arc::new(UsageCache::new());
         let limits = Arc::new(ConnLimits::new(cfg.limits.max_connections, cfg.limits.max_connections_per_ip));
         let services = Services::start(cfg);
+        let activity = match cfg.log_settings() {
+            Some(s) => {
+                let dir = s.dir.clone();
+                Some(
+                    crate::obs::ActivityLog::start(s)
+                        .map_err(|e| crate::spool::SpoolError::io("open the activity log in", &dir, 0, e))?,
+                )
+            }
+            None => None,
+        };
         // Bind everything first, so that a bad address fails the start before any thread.
         let mut per_shard: Vec<Vec<ShardListener>> = (0..shards).map(|_| Vec::new()).collect();
         let mut local_addrs = Vec::new();
@@ -204,6 +217,7 @@ impl Server {
                     delay_notice: cfg.delivery.delay_notice,
                     active_limit: cfg.delivery.active_limit,
                     postmaster: cfg.delivery.postmaster.clone(),
+                    activity: activity.is_some(),
                 },
             },
             directory.clone(),
@@ -214,6 +228,7 @@ impl Server {
             rec.max_id,
             rx,
             remote,
+            activity.as_ref().map(|a| a.emitter()),
             control_stop.clone(),
         )?;
         // Replaying a large spool allocated and freed a lot on this thread: the queue keeps a
@@ -249,6 +264,7 @@ impl Server {
             let fsync = cfg.spool.fsync;
             let drain_timeout = cfg.timeouts.shutdown;
             let pin = cfg.runtime.pin_cores.then_some(i % cpus);
+            let emitter = activity.as_ref().map(|a| a.emitter());
             let t = std::thread::Builder::new()
                 .name(format!("shard-{i}"))
                 .spawn(move || {
@@ -269,6 +285,7 @@ impl Server {
                         fsync,
                         drain_timeout,
                         stats: ShardStats::default(),
+                        activity: emitter,
                     };
                     match driver {
                         Driver::Uring => uring::run(shard),
@@ -295,6 +312,7 @@ impl Server {
             shutdown,
             local_addrs,
             driver,
+            activity,
         })
     }
 
@@ -304,7 +322,9 @@ impl Server {
     }
 
     /// Waits for the shards; returns their counters.
-    pub fn join(self) -> Result<Vec<ShardStats>, ServeError> {
+    pub fn join(mut self) -> Result<Vec<ShardStats>, ServeError> {
+        // Written out last, after the shards and the control thread.
+        let _activity = self.activity.take();
         let mut all = Vec::new();
         for (i, t) in self.threads.into_iter().enumerate() {
             match t.join() {
@@ -381,7 +401,7 @@ fn pin_to_core(core: usize) {
 pub fn serve(cfg: &Config) -> Result<Vec<ShardStats>, ServeError> {
     // Signals are taken synchronously by this thread: block them before the shard
     // threads start so that they inherit the mask.
-    let set = signal_set(&[libc::SIGTERM, libc::SIGINT, libc::SIGHUP]);
+    let set = signal_set(&[libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGUSR1]);
     // SAFETY: one invariant for both calls: pthread_sigmask only reads `set`, a sigset_t initialized by `signal_set`,
     // and a null old-set pointer is allowed (the old mask is not stored); it changes only this thread's mask, before
     // `Server::start` spawns the shard threads that inherit it. SIG_IGN for SIGPIPE installs no Rust handler, so
@@ -406,6 +426,12 @@ pub fn serve(cfg: &Config) -> Result<Vec<ShardStats>, ServeError> {
             continue;
         }
         match sig {
+            libc::SIGUSR1 => {
+                if let Some(a) = &server.activity {
+                    a.reopen();
+                    log::info!("SIGUSR1: logs reopened");
+                }
+            }
             libc::SIGHUP => match server.directory.reload() {
                 Ok(d) => log::info!("SIGHUP: directory reloaded ({} domain(s))", d.data().domains.len()),
                 Err(e) => log::error!("SIGHUP: directory not reloaded, the previous one stays: {e}"),

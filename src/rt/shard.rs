@@ -45,6 +45,8 @@ pub struct Shard {
     pub fsync: bool,
     pub drain_timeout: std::time::Duration,
     pub stats: ShardStats,
+    /// This shard's way into the activity log (none when it is off).
+    pub activity: Option<crate::obs::Emitter>,
 }
 
 /// Counters a shard reports at exit.
@@ -89,7 +91,25 @@ impl Shard {
         for e in effects.drain(..) {
             match e {
                 Effect::Spool(req) => self.log.append(token, *req),
+                Effect::Log(a) => {
+                    if let Some(em) = &self.activity {
+                        em.emit(*a);
+                    }
+                }
             }
+        }
+    }
+
+    /// A connection refused at accept by the connection limits (before any session).
+    pub fn refused_at_accept(&mut self, client: std::net::IpAddr, now: Now) {
+        let reason = crate::policy::Refusal::ConnectionLimit;
+        self.stats.refused.add(reason);
+        if let Some(em) = &self.activity {
+            let rule = "max_connections / max_connections_per_ip".to_string();
+            em.emit(crate::obs::Activity {
+                at_ms: now.unix_ms,
+                what: crate::obs::What::Refused { client, reason, rule },
+            });
         }
     }
 

@@ -264,7 +264,7 @@ impl Driver {
         }
         let Ok(peer) = listener::peer_addr(fd.as_raw_fd()) else { return };
         if !shard.limits.try_acquire(shard.counted_ip(l, peer.ip())) {
-            shard.stats.refused.add(crate::policy::Refusal::ConnectionLimit);
+            shard.refused_at_accept(peer.ip(), now);
             listener::send_and_forget(fd.as_raw_fd(), TOO_MANY_CONNECTIONS);
             return;
         }

@@ -44,9 +44,8 @@ impl Session {
                 if let Some(limits) = &self.cfg.conn_limits {
                     let ip = self.peer.ip();
                     if !limits.try_acquire_ip(ip) {
-                        self.reply(Reply::new(421, "4.7.0", "Error: too many connections from your address"));
-                        self.refusal = Some(Refusal::ConnectionLimit);
-                        self.close();
+                        let reply = Reply::new(421, "4.7.0", "Error: too many connections from your address");
+                        self.refuse(now.unix_ms, Refusal::ConnectionLimit, "max_connections_per_ip".into(), reply);
                         return Some(buf.len());
                     }
                     self.counted_ip = Some(ip);
@@ -61,9 +60,7 @@ impl Session {
                     ProxyError::Missing => "Error: PROXY protocol header expected",
                     _ => "Error: malformed PROXY protocol header",
                 };
-                self.reply(Reply::new(421, "4.7.0", reason));
-                self.refusal = Some(Refusal::Proxy);
-                self.close();
+                self.refuse(now.unix_ms, Refusal::Proxy, reason.into(), Reply::new(421, "4.7.0", reason));
                 Some(buf.len())
             }
         }
@@ -73,9 +70,8 @@ impl Session {
     pub(super) fn connect(&mut self, now: Now) {
         let ip = self.peer.ip();
         if let Err((why, r)) = self.cfg.policy.connect(ip, now.unix_secs()) {
-            self.reply(r);
-            self.refusal = Some(why);
-            return self.close();
+            let rule = if why == Refusal::Banned { "auto_ban" } else { "access_list" }.to_string();
+            return self.refuse(now.unix_ms, why, rule, r);
         }
         if self.cfg.policy.dnsbl_applies(ip) {
             self.ask_dnsbl(0);
@@ -117,9 +113,8 @@ impl Session {
                     if a.iter().any(|r| r.starts_with("127.") && !r.starts_with("127.255.255.")));
                 if listed {
                     let zone = self.cfg.policy.dnsbl[i].zone.clone();
-                    self.reply(Policy::dnsbl_listed(self.peer.ip(), &zone));
-                    self.refusal = Some(Refusal::Dnsbl);
-                    return self.close();
+                    let reply = Policy::dnsbl_listed(self.peer.ip(), &zone);
+                    return self.refuse(now.unix_ms, Refusal::Dnsbl, zone, reply);
                 }
                 // Not listed, or the list did not answer: a broken list must not stop mail.
                 if i + 1 < self.cfg.policy.dnsbl.len() {

@@ -50,9 +50,8 @@ impl Session {
     /// RFC 5321 §4.1.1.1. EHLO also resets any transaction (§4.1.4).
     fn hello(&mut self, domain: &str, esmtp: bool) {
         if let Verdict::Drop(r) | Verdict::Refuse(r) = self.cfg.policy.helo(domain) {
-            self.reply(r);
-            self.refusal = Some(Refusal::EhloBlock);
-            return self.close();
+            let at_ms = self.last_unix * 1000;
+            return self.refuse(at_ms, Refusal::EhloBlock, domain.to_string(), r);
         }
         self.tx = Transaction::default();
         self.helo = Some(domain.to_owned());

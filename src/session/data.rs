@@ -171,6 +171,9 @@ impl Session {
             self.add_missing_headers(now, &envelope);
         }
         let data = std::mem::take(&mut self.body);
+        if self.cfg.activity {
+            self.spooling = Some((envelope.from.clone(), envelope.rcpts.len(), data.len() as u64));
+        }
         self.phase = Phase::Spooling;
         self.actions.push_back(Action::Spool(Box::new(NewMessage { envelope, data })));
     }

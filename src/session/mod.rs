@@ -131,6 +131,8 @@ pub struct SessionConfig {
     pub proxy_from: Option<Arc<IpList>>,
     /// The listener's own bound addresses (domain literals naming them are local).
     pub own_addresses: Vec<IpAddr>,
+    /// Report accepted messages and refused clients ([`Action::Log`]) for the activity log.
+    pub activity: bool,
 }
 
 impl Default for SessionConfig {
@@ -163,6 +165,7 @@ impl Default for SessionConfig {
             require_auth: false,
             proxy_from: None,
             own_addresses: Vec::new(),
+            activity: false,
         }
     }
 }
@@ -187,6 +190,8 @@ pub enum Action {
     StartTls,
     /// Send the pending output, then close the connection.
     Close,
+    /// A line for the activity log (only when [`SessionConfig::activity`] is on).
+    Log(Box<crate::obs::Activity>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -281,6 +286,8 @@ pub struct Session {
     counted_ip: Option<std::net::IpAddr>,
     /// Why the session closed the connection before serving it, if it did.
     refusal: Option<Refusal>,
+    /// The message with the spool, for its activity line: sender, recipients, size.
+    spooling: Option<(String, usize, u64)>,
 }
 
 impl Drop for Session {
@@ -331,6 +338,7 @@ impl Session {
             messages: 0,
             counted_ip: None,
             refusal: None,
+            spooling: None,
         };
         if !proxied {
             s.connect(now);
@@ -375,6 +383,23 @@ impl Session {
     /// Why the session refused the connection (closed it before serving it), if it did.
     pub fn refusal(&self) -> Option<Refusal> {
         self.refusal
+    }
+
+    /// A line for the activity log, when it is on.
+    fn log(&mut self, at_ms: u64, what: crate::obs::What) {
+        if self.cfg.activity {
+            self.actions.push_back(Action::Log(Box::new(crate::obs::Activity { at_ms, what })));
+        }
+    }
+
+    /// Refuses the client before serving it: `reply`, then close; counted and logged
+    /// under `why` with the `rule` that refused it.
+    fn refuse(&mut self, at_ms: u64, why: Refusal, rule: String, reply: Reply) {
+        self.reply(reply);
+        self.refusal = Some(why);
+        let client = self.peer.ip();
+        self.log(at_ms, crate::obs::What::Refused { client, reason: why, rule });
+        self.close();
     }
 
     /// True while the session waits for the driver (spool, DNS, password check).
@@ -586,11 +611,25 @@ impl Session {
     /// is the request's data vector, given back for reuse.
     pub fn spool_done(&mut self, now: Now, result: Result<QueueId, Reply>, mut buffer: Vec<u8>) {
         debug_assert_eq!(self.phase, Phase::Spooling);
+        let spooled = self.spooling.take();
         match result {
             Ok(id) => {
                 self.messages += 1;
                 let text = format!("Ok: queued as {id}");
                 crate::wire::write_reply(&mut self.out, 250, "2.0.0", &text);
+                if let Some((from, rcpts, size)) = spooled {
+                    let what = crate::obs::What::Received {
+                        id,
+                        client: self.peer.ip(),
+                        helo: self.helo.clone().unwrap_or_default(),
+                        from,
+                        rcpts,
+                        size,
+                        tls: self.tls.as_ref().map(|t| t.version.clone()),
+                        auth: self.auth.as_ref().map(|a| a.login.clone()),
+                    };
+                    self.log(now.unix_ms, what);
+                }
             }
             Err(reply) => self.reply_error(reply),
         }

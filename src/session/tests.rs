@@ -19,6 +19,8 @@ struct Harness {
     queries: Vec<crate::dns::DnsQuery>,
     /// Password checks asked and not yet answered.
     auth_requests: Vec<crate::policy::auth::AuthRequest>,
+    /// Activity-log lines the session asked for.
+    activity: Vec<String>,
 }
 
 /// A directory with one postoffice: example.net has mailbox `alice` (and a disabled `bob`);
@@ -59,6 +61,7 @@ impl Harness {
             starttls: false,
             queries: Vec::new(),
             auth_requests: Vec::new(),
+            activity: Vec::new(),
         };
         let greeting = h.take_output();
         assert!(greeting.starts_with("220 mx.example.test "), "{greeting}");
@@ -88,6 +91,7 @@ impl Harness {
                 Action::StartTls => self.starttls = true,
                 Action::Resolve(q) => self.queries.push(q),
                 Action::Authenticate(req) => self.auth_requests.push(*req),
+                Action::Log(a) => self.activity.push(a.line(crate::obs::LogFormat::Kv)),
             }
         }
     }
@@ -480,7 +484,7 @@ fn rcpt_uses_the_directory() {
 
 use crate::dns::{DnsAnswer, DnsQuery};
 use crate::policy::auth::AuthOutcome;
-use crate::policy::{AuthMode, DnsblProvider, InboundAuth, IpList, Policy, PtrCheck, RelayRules, Spoofing};
+use crate::policy::{AuthMode, DnsblProvider, InboundAuth, IpList, Policy, PtrCheck, Refusal, RelayRules, Spoofing};
 
 fn b64(s: &[u8]) -> String {
     crate::delivery::client::base64(s)
@@ -502,6 +506,7 @@ impl Harness {
             starttls: false,
             queries: Vec::new(),
             auth_requests: Vec::new(),
+            activity: Vec::new(),
         };
         let first = h.take_output();
         (h, first)
@@ -562,6 +567,43 @@ fn ehlo_blocking_drops_and_helo_only_clients_work() {
     let r = h.send("MAIL FROM:<a@r.example>\r\nRCPT TO:<alice@example.net>\r\nDATA\r\nx\r\n.\r\n");
     assert_eq!(codes(&r), ["250", "250", "354", "250"]);
     assert!(String::from_utf8_lossy(&h.spooled[0].data).contains(" with SMTP id "));
+}
+
+/// With the activity log on, the session reports an accepted message (once its 250 is
+/// sent) and a refused client, with the rule that refused it.
+#[test]
+fn activity_lines_for_a_message_and_a_refusal() {
+    let mut h = Harness::new(SessionConfig { activity: true, ..cfg() });
+    h.ehlo();
+    let r = h.send(
+        "MAIL FROM:<a@r.example>\r\nRCPT TO:<alice@example.test>\r\nRCPT TO:<bob@example.test>\r\nDATA\r\nx\r\n.\r\n",
+    );
+    assert_eq!(codes(&r), ["250", "250", "250", "354", "250"]);
+    let id = h.spooled[0].envelope.id;
+    let size = h.spooled[0].data.len();
+    assert_eq!(h.activity.len(), 1, "{:?}", h.activity);
+    let line = h.activity[0].split_once(' ').unwrap().1;
+    assert_eq!(
+        line,
+        format!(
+            "received id={id} client=192.0.2.7 helo=client.example from=<a@r.example> rcpts=2 size={size} tls=- auth=-"
+        )
+    );
+    let p = Policy { ehlo_block: vec!["ylmf-pc".into()], ..Policy::default() };
+    let mut h = Harness::new(SessionConfig { activity: true, ..with_policy(p) });
+    h.send("EHLO YLMF-PC\r\n");
+    assert_eq!(h.activity.len(), 1);
+    assert!(
+        h.activity[0].ends_with(" refused client=192.0.2.7 reason=\"EHLO block\" rule=YLMF-PC"),
+        "{:?}",
+        h.activity
+    );
+    assert_eq!(h.s.refusal(), Some(Refusal::EhloBlock));
+    // Off: nothing.
+    let mut h = Harness::new(cfg());
+    h.ehlo();
+    h.send("MAIL FROM:<a@r.example>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\nx\r\n.\r\n");
+    assert!(h.activity.is_empty());
 }
 
 #[test]

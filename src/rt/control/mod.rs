@@ -90,6 +90,8 @@ struct Control {
     /// at `compact_after` (Unix ms) at the earliest.
     compact_pending: bool,
     compact_after: u64,
+    /// The control thread's way into the activity log.
+    activity: Option<crate::obs::Emitter>,
 }
 
 /// Starts the control thread. `recovered` are the unfinished messages found at start;
@@ -105,6 +107,7 @@ pub fn spawn(
     max_id: QueueId,
     rx: Receiver<ControlMsg>,
     delivery: DeliveryHandle,
+    activity: Option<crate::obs::Emitter>,
     stop: Arc<AtomicBool>,
 ) -> Result<std::thread::JoinHandle<()>, crate::spool::SpoolError> {
     let dir = shard_dir(&cfg.spool, CONTROL_SHARD);
@@ -145,6 +148,7 @@ pub fn spawn(
         reclaimed: 0,
         compact_pending: false,
         compact_after: 0,
+        activity,
     };
     std::thread::Builder::new()
         .name("control".into())
@@ -269,6 +273,12 @@ impl Control {
             }
             for o in outcomes {
                 self.manager.handle_outcome(now, o);
+            }
+        }
+        let activity = self.manager.take_activity();
+        if let Some(em) = &self.activity {
+            for a in activity {
+                em.emit(a);
             }
         }
     }

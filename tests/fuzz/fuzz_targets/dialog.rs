@@ -333,6 +333,8 @@ impl Run {
                     self.s.auth_done(self.now, outcome);
                 }
                 Action::Close => self.closed = true,
+                // Formatting the line is what the writer does with it.
+                Action::Log(a) => drop(a.line(ringmx::obs::LogFormat::Kv)),
             }
         }
     }
@@ -389,6 +391,7 @@ fuzz_target!(|d: Dialog| {
         auth_mode: AuthMode::Always,
         policy: Arc::new(policy),
         proxy_from: setup.proxied.then(|| Arc::new(IpList::parse(&["192.0.2.0/24"]).unwrap())),
+        activity: true,
         ..SessionConfig::default()
     });
     let ids = Rc::new(RefCell::new(IdGen::new(0, QueueId(0))));

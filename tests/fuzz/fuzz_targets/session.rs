@@ -27,6 +27,7 @@ fuzz_target!(|data: &[u8]| {
         auth_mode: ringmx::policy::AuthMode::Always,
         policy: Arc::new(policy),
         proxy_from: (flags & 0x80 != 0).then(|| Arc::new(ringmx::policy::IpList::parse(&["192.0.2.0/24"]).unwrap())),
+        activity: flags & 0x20 != 0,
         ..SessionConfig::default()
     });
     let tls = (flags & 0x40 != 0).then(|| ringmx::session::TlsInfo { version: "t".into(), cipher: "c".into() });
@@ -70,6 +71,7 @@ fuzz_target!(|data: &[u8]| {
                     s.auth_done(now, outcome);
                 }
                 Action::Close => return,
+                Action::Log(a) => drop(a.line(ringmx::obs::LogFormat::Json)),
             }
         }
         let out = std::mem::take(s.output());

@@ -1,0 +1,424 @@
+//! Observability: the activity log, one line per message event and per refused client.
+//!
+//! # One event stream, written off the shards
+//!
+//! Shards and the control thread hand compact [`Activity`] values to their own
+//! [`Emitter`]: a bounded channel per thread (std's bounded channel is a lock-free array
+//! queue), so producers never share a queue and never wait. One writer thread
+//! ([`ActivityLog`]) drains every channel, formats the lines and writes them; it wakes on
+//! its own every [`WRITER_PERIOD`], so a producer makes no system call either. When the
+//! writer falls behind and a channel is full, the event is dropped and counted; the writer
+//! logs how many were dropped (`events-dropped count=N`), so a gap in the log is never
+//! silent.
+//!
+//! # Lines
+//!
+//! `key=value` (greppable; values with spaces or quotes are quoted) or JSON lines, by
+//! `[log] format`. Every line of a message carries its queue id (`id=`), so
+//! `grep id=<ID> activity.log` shows it from receipt to its last recipient's outcome.
+//! SIGUSR1 reopens the file (after logrotate renamed it).
+
+use crate::policy::Refusal;
+use crate::spool::QueueId;
+use std::fs::{File, OpenOptions};
+use std::io::{BufWriter, Write};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// How often the writer drains the producers' channels.
+pub const WRITER_PERIOD: Duration = Duration::from_millis(50);
+/// Events are written in time order once they are this old: a message's delivery (control
+/// thread) never precedes its receipt (a shard) in the file, though the two threads hand
+/// them over independently.
+pub const REORDER_WINDOW_MS: u64 = 200;
+
+/// `[log] format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// `key=value` pairs after the time and the event name.
+    #[default]
+    Kv,
+    /// One JSON object per line.
+    Json,
+}
+
+/// One event of the activity log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Activity {
+    /// Unix ms.
+    pub at_ms: u64,
+    pub what: What,
+}
+
+/// What happened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum What {
+    /// A message was accepted (its 250 sent).
+    Received {
+        id: QueueId,
+        client: IpAddr,
+        helo: String,
+        from: String,
+        rcpts: usize,
+        size: u64,
+        tls: Option<String>,
+        auth: Option<String>,
+    },
+    /// A client was refused before it was served, by `reason`; `rule` says which (the
+    /// DNSBL zone, the EHLO name, the limit).
+    Refused { client: IpAddr, reason: Refusal, rule: String },
+    /// A recipient's copy reached its destination: `via` is `mailbox`, `lmtp`, `forward` or
+    /// the remote host that answered.
+    Delivered { id: QueueId, rcpt: String, via: String, reply: String },
+    /// A recipient waits for another attempt.
+    Deferred { id: QueueId, rcpt: String, via: String, reply: String, next_attempt_ms: u64 },
+    /// A recipient failed for good (a report goes to the sender when asked for).
+    Failed { id: QueueId, rcpt: String, via: String, reply: String },
+    /// An operator's decision on a queued message (`delete`, `bounce`).
+    Operator { id: QueueId, action: &'static str },
+    /// A message was generated (`dsn`, `autoreply`, `forward`) because of message `about`.
+    Generated { id: QueueId, kind: &'static str, about: QueueId, to: String },
+}
+
+impl What {
+    /// Among events of the same millisecond, a message's receipt comes first.
+    fn rank(&self) -> u8 {
+        match self {
+            What::Received { .. } | What::Refused { .. } => 0,
+            _ => 1,
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            What::Received { .. } => "received",
+            What::Refused { .. } => "refused",
+            What::Delivered { .. } => "delivered",
+            What::Deferred { .. } => "deferred",
+            What::Failed { .. } => "failed",
+            What::Operator { .. } => "operator",
+            What::Generated { .. } => "generated",
+        }
+    }
+
+    /// The fields after the event's name, in order.
+    fn fields(&self) -> Vec<(&'static str, String)> {
+        let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+        match self {
+            What::Received { id, client, helo, from, rcpts, size, tls, auth } => vec![
+                ("id", id.to_string()),
+                ("client", client.to_string()),
+                ("helo", helo.clone()),
+                ("from", format!("<{from}>")),
+                ("rcpts", rcpts.to_string()),
+                ("size", size.to_string()),
+                ("tls", opt(tls)),
+                ("auth", opt(auth)),
+            ],
+            What::Refused { client, reason, rule } => {
+                vec![("client", client.to_string()), ("reason", reason.name().into()), ("rule", rule.clone())]
+            }
+            What::Delivered { id, rcpt, via, reply } | What::Failed { id, rcpt, via, reply } => vec![
+                ("id", id.to_string()),
+                ("rcpt", format!("<{rcpt}>")),
+                ("via", via.clone()),
+                ("reply", reply.clone()),
+            ],
+            What::Deferred { id, rcpt, via, reply, next_attempt_ms } => vec![
+                ("id", id.to_string()),
+                ("rcpt", format!("<{rcpt}>")),
+                ("via", via.clone()),
+                ("reply", reply.clone()),
+                ("next_attempt", crate::util::time::rfc3339_ms(*next_attempt_ms)),
+            ],
+            What::Operator { id, action } => vec![("id", id.to_string()), ("action", (*action).into())],
+            What::Generated { id, kind, about, to } => {
+                vec![("id", id.to_string()), ("kind", (*kind).into()), ("about", about.to_string()), ("to", to.clone())]
+            }
+        }
+    }
+}
+
+/// A `key=value` value: bare when it has no space, quote, backslash or `=`; else quoted
+/// with `"` and `\` escaped. Control characters never reach the log.
+fn kv_value(v: &str) -> String {
+    let clean: String = v.chars().map(|c| if c.is_control() { '?' } else { c }).collect();
+    if !clean.is_empty() && !clean.contains([' ', '"', '\\', '=']) {
+        return clean;
+    }
+    format!("\"{}\"", clean.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+impl Activity {
+    /// The line, without its newline.
+    pub fn line(&self, format: LogFormat) -> String {
+        let ts = crate::util::time::rfc3339_ms(self.at_ms);
+        match format {
+            LogFormat::Kv => {
+                let mut s = format!("{ts} {}", self.what.name());
+                for (k, v) in self.what.fields() {
+                    s.push(' ');
+                    s.push_str(k);
+                    s.push('=');
+                    s.push_str(&kv_value(&v));
+                }
+                s
+            }
+            LogFormat::Json => {
+                let mut m = serde_json::Map::new();
+                m.insert("ts".into(), ts.into());
+                m.insert("event".into(), self.what.name().into());
+                for (k, v) in self.what.fields() {
+                    m.insert(k.into(), v.into());
+                }
+                serde_json::Value::Object(m).to_string()
+            }
+        }
+    }
+}
+
+/// A thread's way into the activity log. See the module documentation.
+#[derive(Debug)]
+pub struct Emitter {
+    tx: SyncSender<Activity>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl Emitter {
+    /// Hands `a` to the writer, or counts it dropped when the writer is behind. Never waits.
+    pub fn emit(&self, a: Activity) {
+        match self.tx.try_send(a) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// `[log]`, as the writer needs it.
+#[derive(Debug, Clone)]
+pub struct LogSettings {
+    pub dir: PathBuf,
+    pub format: LogFormat,
+    /// Events a producer's channel holds before they are dropped.
+    pub capacity: usize,
+}
+
+struct Shared {
+    producers: Mutex<Vec<Receiver<Activity>>>,
+    dropped: Arc<AtomicU64>,
+    reopen: AtomicBool,
+    stop: AtomicBool,
+}
+
+/// The writer thread and the file it writes (`activity.log` in `[log] dir`).
+pub struct ActivityLog {
+    shared: Arc<Shared>,
+    capacity: usize,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for ActivityLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ActivityLog").finish_non_exhaustive()
+    }
+}
+
+/// The activity log's file in `dir`.
+pub fn activity_path(dir: &Path) -> PathBuf {
+    dir.join("activity.log")
+}
+
+fn open(path: &Path) -> std::io::Result<BufWriter<File>> {
+    Ok(BufWriter::with_capacity(64 * 1024, OpenOptions::new().create(true).append(true).open(path)?))
+}
+
+impl ActivityLog {
+    /// Opens (appends to) the file and starts the writer.
+    pub fn start(settings: LogSettings) -> std::io::Result<ActivityLog> {
+        std::fs::create_dir_all(&settings.dir)?;
+        let path = activity_path(&settings.dir);
+        let mut out = open(&path)?;
+        let shared = Arc::new(Shared {
+            producers: Mutex::new(Vec::new()),
+            dropped: Arc::new(AtomicU64::new(0)),
+            reopen: AtomicBool::new(false),
+            stop: AtomicBool::new(false),
+        });
+        let s = shared.clone();
+        let format = settings.format;
+        let thread = std::thread::Builder::new().name("log-writer".into()).spawn(move || {
+            let mut reported_drops = 0;
+            // Drained, not yet written: waiting for REORDER_WINDOW_MS.
+            let mut pending: Vec<Activity> = Vec::new();
+            loop {
+                let stopping = s.stop.load(Ordering::Acquire);
+                if s.reopen.swap(false, Ordering::AcqRel) {
+                    let _ = out.flush();
+                    match open(&path) {
+                        Ok(f) => out = f,
+                        Err(e) => log::error!("activity log {}: reopening: {e}", path.display()),
+                    }
+                }
+                {
+                    let mut producers = s.producers.lock().unwrap_or_else(|e| e.into_inner());
+                    producers.retain(|rx| {
+                        loop {
+                            match rx.try_recv() {
+                                Ok(a) => pending.push(a),
+                                Err(std::sync::mpsc::TryRecvError::Empty) => break true,
+                                Err(std::sync::mpsc::TryRecvError::Disconnected) => break false,
+                            }
+                        }
+                    });
+                }
+                pending.sort_by_key(|a| (a.at_ms, a.what.rank()));
+                let now_ms = crate::util::time::Now::system().unix_ms;
+                let ripe = if stopping {
+                    pending.len()
+                } else {
+                    pending.partition_point(|a| a.at_ms + REORDER_WINDOW_MS <= now_ms)
+                };
+                let mut wrote = ripe > 0;
+                for a in pending.drain(..ripe) {
+                    let _ = writeln!(out, "{}", a.line(format));
+                }
+                let dropped = s.dropped.load(Ordering::Relaxed);
+                if dropped > reported_drops {
+                    let at_ms = crate::util::time::Now::system().unix_ms;
+                    let ts = crate::util::time::rfc3339_ms(at_ms);
+                    let n = dropped - reported_drops;
+                    let _ = match format {
+                        LogFormat::Kv => writeln!(out, "{ts} events-dropped count={n}"),
+                        LogFormat::Json => {
+                            writeln!(out, "{}", serde_json::json!({"ts": ts, "event": "events-dropped", "count": n}))
+                        }
+                    };
+                    reported_drops = dropped;
+                    wrote = true;
+                }
+                if wrote && let Err(e) = out.flush() {
+                    log::error!("activity log {}: {e}", path.display());
+                }
+                if stopping {
+                    break;
+                }
+                std::thread::park_timeout(WRITER_PERIOD);
+            }
+        })?;
+        Ok(ActivityLog { shared, capacity: settings.capacity.max(1), thread: Some(thread) })
+    }
+
+    /// A new producer's emitter (one per thread).
+    pub fn emitter(&self) -> Emitter {
+        let (tx, rx) = std::sync::mpsc::sync_channel(self.capacity);
+        self.shared.producers.lock().unwrap_or_else(|e| e.into_inner()).push(rx);
+        Emitter { tx, dropped: self.shared.dropped.clone() }
+    }
+
+    /// Reopens the file at its path (SIGUSR1, after a rename by logrotate).
+    pub fn reopen(&self) {
+        self.shared.reopen.store(true, Ordering::Release);
+        if let Some(t) = &self.thread {
+            t.thread().unpark();
+        }
+    }
+
+    /// Events dropped so far (the writer was behind).
+    pub fn dropped(&self) -> u64 {
+        self.shared.dropped.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for ActivityLog {
+    /// Writes what is left and stops the writer.
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            t.thread().unpark();
+            let _ = t.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn received() -> Activity {
+        Activity {
+            at_ms: 1_764_000_000_123,
+            what: What::Received {
+                id: QueueId(0x1234),
+                client: "192.0.2.7".parse().unwrap(),
+                helo: "mx \"x\"".into(),
+                from: "a@b.example".into(),
+                rcpts: 2,
+                size: 1000,
+                tls: Some("TLSv1.3".into()),
+                auth: None,
+            },
+        }
+    }
+
+    #[test]
+    fn kv_and_json_lines() {
+        let a = received();
+        assert_eq!(
+            a.line(LogFormat::Kv),
+            "2025-11-24T16:00:00.123Z received id=0000000000001234 client=192.0.2.7 helo=\"mx \\\"x\\\"\" \
+             from=<a@b.example> rcpts=2 size=1000 tls=TLSv1.3 auth=-"
+        );
+        let j: serde_json::Value = serde_json::from_str(&a.line(LogFormat::Json)).unwrap();
+        assert_eq!(
+            (j["event"].as_str(), j["id"].as_str(), j["helo"].as_str()),
+            (Some("received"), Some("0000000000001234"), Some("mx \"x\""))
+        );
+        let r = Activity {
+            at_ms: 0,
+            what: What::Refused {
+                client: "192.0.2.9".parse().unwrap(),
+                reason: Refusal::Dnsbl,
+                rule: "bl.test".into(),
+            },
+        };
+        assert_eq!(
+            r.line(LogFormat::Kv),
+            "1970-01-01T00:00:00.000Z refused client=192.0.2.9 reason=DNSBL rule=bl.test"
+        );
+        assert_eq!(kv_value("a\r\nb"), "a??b", "no line breaks from a peer");
+        assert_eq!(kv_value(""), "\"\"");
+    }
+
+    /// A producer never waits: past its channel's capacity events are dropped, counted,
+    /// and the count is logged once the writer catches up.
+    #[test]
+    fn a_full_channel_drops_and_counts() {
+        let dir = tempfile::tempdir().unwrap();
+        let log =
+            ActivityLog::start(LogSettings { dir: dir.path().into(), format: LogFormat::Kv, capacity: 4 }).unwrap();
+        let e = log.emitter();
+        // The writer drains at most every WRITER_PERIOD: 1000 at once overflow 4 slots.
+        for _ in 0..1000 {
+            e.emit(received());
+        }
+        let dropped = log.dropped();
+        assert!(dropped > 0);
+        drop(e);
+        drop(log);
+        let text = std::fs::read_to_string(activity_path(dir.path())).unwrap();
+        let lines = text.lines().filter(|l| l.contains(" received ")).count() as u64;
+        assert_eq!(lines + dropped, 1000, "every event written or counted");
+        let counted: u64 = text
+            .lines()
+            .filter_map(|l| l.split_once(" events-dropped count=").map(|(_, n)| n.parse::<u64>().unwrap()))
+            .sum();
+        assert_eq!(counted, dropped, "{text}");
+    }
+}
