@@ -5,6 +5,8 @@ Postfix's smtp-source drives, in interleaved rounds, each of:
   ringmx-uring     ringmx, io_uring driver, fsync before 250 (the default)
   ringmx-epoll     ringmx, epoll driver, fsync before 250
   ringmx-nofsync   ringmx, io_uring driver, [spool] fsync = false (operator's choice)
+  ringmx-nolog     ringmx, io_uring driver, the activity log off (`[log] activity = false`;
+                   ringmx-uring writes it, the default)
   ringmx-policy    ringmx, io_uring driver, with a realistic policy set: an access list of
                    10,000 entries (addresses, CIDR ranges, wildcards), EHLO blocking,
                    recipients per hour counted per client, relay rules (DNSBL and PTR
@@ -217,6 +219,7 @@ def main():
         "ringmx-uring": lambda: Ringmx(a.ringmx, "uring", True, tmp),
         "ringmx-epoll": lambda: Ringmx(a.ringmx, "epoll", True, tmp),
         "ringmx-nofsync": lambda: Ringmx(a.ringmx, "uring", False, tmp),
+        "ringmx-nolog": lambda: Ringmx(a.ringmx, "uring", True, tmp, "[log]\nactivity = false\n"),
         "ringmx-policy": lambda: Ringmx(a.ringmx, "uring", True, tmp, policy_config()),
         "smtp-sink": lambda: SmtpSink(tmp),
     }
@@ -266,6 +269,10 @@ def main():
     u, e = med.get(("ringmx-uring", "persistent")), med.get(("ringmx-epoll", "persistent"))
     if u and e:
         print(f"io_uring ÷ epoll CPU/msg, persistent: {u[1] / e[1]:.2f}")
+    for mode in ("persistent", "cpm"):
+        on, off = med.get(("ringmx-uring", mode)), med.get(("ringmx-nolog", mode))
+        if on and off:
+            print(f"activity log on ÷ off, {mode}: msg/s {on[0] / off[0]:.2f}, CPU/msg {on[1] / off[1]:.2f}")
     for mode in ("persistent", "cpm"):
         p, u = med.get(("ringmx-policy", mode)), med.get(("ringmx-uring", mode))
         if p and u:

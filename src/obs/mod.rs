@@ -106,77 +106,114 @@ impl What {
         }
     }
 
-    /// The fields after the event's name, in order.
-    fn fields(&self) -> Vec<(&'static str, String)> {
-        let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+    /// Calls `f` with each field after the event's name, in order (no allocation).
+    fn visit(&self, f: &mut dyn FnMut(&'static str, std::fmt::Arguments<'_>)) {
         match self {
-            What::Received { id, client, helo, from, rcpts, size, tls, auth } => vec![
-                ("id", id.to_string()),
-                ("client", client.to_string()),
-                ("helo", helo.clone()),
-                ("from", format!("<{from}>")),
-                ("rcpts", rcpts.to_string()),
-                ("size", size.to_string()),
-                ("tls", opt(tls)),
-                ("auth", opt(auth)),
-            ],
-            What::Refused { client, reason, rule } => {
-                vec![("client", client.to_string()), ("reason", reason.name().into()), ("rule", rule.clone())]
+            What::Received { id, client, helo, from, rcpts, size, tls, auth } => {
+                f("id", format_args!("{id}"));
+                f("client", format_args!("{client}"));
+                f("helo", format_args!("{helo}"));
+                f("from", format_args!("<{from}>"));
+                f("rcpts", format_args!("{rcpts}"));
+                f("size", format_args!("{size}"));
+                f("tls", format_args!("{}", tls.as_deref().unwrap_or("-")));
+                f("auth", format_args!("{}", auth.as_deref().unwrap_or("-")));
             }
-            What::Delivered { id, rcpt, via, reply } | What::Failed { id, rcpt, via, reply } => vec![
-                ("id", id.to_string()),
-                ("rcpt", format!("<{rcpt}>")),
-                ("via", via.clone()),
-                ("reply", reply.clone()),
-            ],
-            What::Deferred { id, rcpt, via, reply, next_attempt_ms } => vec![
-                ("id", id.to_string()),
-                ("rcpt", format!("<{rcpt}>")),
-                ("via", via.clone()),
-                ("reply", reply.clone()),
-                ("next_attempt", crate::util::time::rfc3339_ms(*next_attempt_ms)),
-            ],
-            What::Operator { id, action } => vec![("id", id.to_string()), ("action", (*action).into())],
+            What::Refused { client, reason, rule } => {
+                f("client", format_args!("{client}"));
+                f("reason", format_args!("{}", reason.name()));
+                f("rule", format_args!("{rule}"));
+            }
+            What::Delivered { id, rcpt, via, reply } | What::Failed { id, rcpt, via, reply } => {
+                f("id", format_args!("{id}"));
+                f("rcpt", format_args!("<{rcpt}>"));
+                f("via", format_args!("{via}"));
+                f("reply", format_args!("{reply}"));
+            }
+            What::Deferred { id, rcpt, via, reply, next_attempt_ms } => {
+                f("id", format_args!("{id}"));
+                f("rcpt", format_args!("<{rcpt}>"));
+                f("via", format_args!("{via}"));
+                f("reply", format_args!("{reply}"));
+                f("next_attempt", format_args!("{}", crate::util::time::rfc3339_ms(*next_attempt_ms)));
+            }
+            What::Operator { id, action } => {
+                f("id", format_args!("{id}"));
+                f("action", format_args!("{action}"));
+            }
             What::Generated { id, kind, about, to } => {
-                vec![("id", id.to_string()), ("kind", (*kind).into()), ("about", about.to_string()), ("to", to.clone())]
+                f("id", format_args!("{id}"));
+                f("kind", format_args!("{kind}"));
+                f("about", format_args!("{about}"));
+                f("to", format_args!("{to}"));
             }
         }
     }
 }
 
-/// A `key=value` value: bare when it has no space, quote, backslash or `=`; else quoted
-/// with `"` and `\` escaped. Control characters never reach the log.
-fn kv_value(v: &str) -> String {
-    let clean: String = v.chars().map(|c| if c.is_control() { '?' } else { c }).collect();
-    if !clean.is_empty() && !clean.contains([' ', '"', '\\', '=']) {
-        return clean;
+/// Appends `v` to `out` as a `key=value` value: bare when it has no space, quote,
+/// backslash or `=`; else quoted with `"` and `\` escaped. Control characters never reach
+/// the log.
+fn push_kv_value(out: &mut String, v: &str) {
+    let quote = v.is_empty() || v.contains([' ', '"', '\\', '=']);
+    if quote {
+        out.push('"');
     }
-    format!("\"{}\"", clean.replace('\\', "\\\\").replace('"', "\\\""))
+    for c in v.chars() {
+        match c {
+            c if c.is_control() => out.push('?'),
+            '"' | '\\' if quote => {
+                out.push('\\');
+                out.push(c);
+            }
+            c => out.push(c),
+        }
+    }
+    if quote {
+        out.push('"');
+    }
+}
+
+#[cfg(test)]
+fn kv_value(v: &str) -> String {
+    let mut s = String::new();
+    push_kv_value(&mut s, v);
+    s
 }
 
 impl Activity {
     /// The line, without its newline.
     pub fn line(&self, format: LogFormat) -> String {
+        let mut out = String::with_capacity(256);
+        self.write_line(format, &mut out, &mut String::new());
+        out
+    }
+
+    /// Appends the line (without its newline) to `out`; `scratch` holds a value at a time,
+    /// reused from line to line by the writer.
+    fn write_line(&self, format: LogFormat, out: &mut String, scratch: &mut String) {
+        use std::fmt::Write as _;
         let ts = crate::util::time::rfc3339_ms(self.at_ms);
         match format {
             LogFormat::Kv => {
-                let mut s = format!("{ts} {}", self.what.name());
-                for (k, v) in self.what.fields() {
-                    s.push(' ');
-                    s.push_str(k);
-                    s.push('=');
-                    s.push_str(&kv_value(&v));
-                }
-                s
+                let _ = write!(out, "{ts} {}", self.what.name());
+                self.what.visit(&mut |k, v| {
+                    scratch.clear();
+                    let _ = scratch.write_fmt(v);
+                    out.push(' ');
+                    out.push_str(k);
+                    out.push('=');
+                    push_kv_value(out, scratch);
+                });
             }
             LogFormat::Json => {
                 let mut m = serde_json::Map::new();
                 m.insert("ts".into(), ts.into());
                 m.insert("event".into(), self.what.name().into());
-                for (k, v) in self.what.fields() {
-                    m.insert(k.into(), v.into());
-                }
-                serde_json::Value::Object(m).to_string()
+                self.what.visit(&mut |k, v| {
+                    m.insert(k.into(), v.to_string().into());
+                });
+                out.push_str(&serde_json::Value::Object(m).to_string());
             }
         }
     }
@@ -257,6 +294,7 @@ impl ActivityLog {
             let mut reported_drops = 0;
             // Drained, not yet written: waiting for REORDER_WINDOW_MS.
             let mut pending: Vec<Activity> = Vec::new();
+            let (mut line, mut scratch) = (String::with_capacity(512), String::with_capacity(256));
             loop {
                 let stopping = s.stop.load(Ordering::Acquire);
                 if s.reopen.swap(false, Ordering::AcqRel) {
@@ -287,7 +325,10 @@ impl ActivityLog {
                 };
                 let mut wrote = ripe > 0;
                 for a in pending.drain(..ripe) {
-                    let _ = writeln!(out, "{}", a.line(format));
+                    line.clear();
+                    a.write_line(format, &mut line, &mut scratch);
+                    line.push('\n');
+                    let _ = out.write_all(line.as_bytes());
                 }
                 let dropped = s.dropped.load(Ordering::Relaxed);
                 if dropped > reported_drops {
