@@ -59,6 +59,20 @@ pub struct Config {
     /// `[log]`: the activity log.
     #[serde(default)]
     pub log: LogConfig,
+    /// `[metrics]`: the Prometheus endpoint.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+}
+
+/// `[metrics]`: Prometheus metrics, liveness and readiness over HTTP.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Address of the endpoint (`/metrics`, `/healthz`, `/readyz`), e.g. `127.0.0.1:9464`.
+    /// Default none: off. It has no authentication: keep it on loopback or a management
+    /// network.
+    #[serde(default)]
+    pub listen: Option<SocketAddr>,
 }
 
 /// `[log]`: the activity log (one line per message event and refused client).

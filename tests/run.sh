@@ -12,6 +12,8 @@ perl -MNet::SSLeay -MIO::Socket::SSL -e 1 2>/dev/null || need+=(libnet-ssleay-pe
 command -v python3 >/dev/null || need+=(python3)
 # A real LMTP server for tests/lmtp_dovecot.rs.
 [ -x /usr/sbin/dovecot ] && [ -x /usr/lib/dovecot/lmtp ] || need+=(dovecot-core dovecot-lmtpd)
+# promtool validates the metrics endpoint's output (tests/metrics.rs).
+command -v promtool >/dev/null || need+=(prometheus)
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" = 0 ] || sudo="sudo"

@@ -45,6 +45,10 @@ type Waiters = HashMap<Key, Vec<ReplyTo>>;
 struct Shared {
     cache: HashMap<Key, (DnsAnswer, Instant)>,
     inflight: Waiters,
+    /// Questions asked, answered from the cache, failed (for the metrics).
+    queries: u64,
+    hits: u64,
+    failures: u64,
 }
 
 /// See the module documentation. Dropping it (and every [`Dns`]) ends the thread.
@@ -65,7 +69,13 @@ impl DnsService {
     /// Starts the service thread.
     pub fn start() -> std::io::Result<DnsService> {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Key, ReplyTo)>();
-        let shared = Arc::new(Mutex::new(Shared { cache: HashMap::new(), inflight: HashMap::new() }));
+        let shared = Arc::new(Mutex::new(Shared {
+            cache: HashMap::new(),
+            inflight: HashMap::new(),
+            queries: 0,
+            hits: 0,
+            failures: 0,
+        }));
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         let state = shared.clone();
         std::thread::Builder::new().name("dns".into()).spawn(move || {
@@ -124,11 +134,13 @@ impl DnsService {
     fn submit(&self, settings: &Arc<DnsSettings>, q: DnsQuery, reply_to: ReplyTo) {
         let key = (settings.clone(), q);
         {
-            let s = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+            let mut s = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+            s.queries += 1;
             if let Some((a, until)) = s.cache.get(&key)
                 && *until > Instant::now()
             {
                 let a = a.clone();
+                s.hits += 1;
                 drop(s);
                 return reply_to(a);
             }
@@ -136,6 +148,14 @@ impl DnsService {
         if let Err(e) = self.tx.send((key, reply_to)) {
             (e.0.1)(DnsAnswer::TempFail);
         }
+    }
+}
+
+impl DnsService {
+    /// Questions asked, answered from the cache, and failed so far.
+    pub fn counts(&self) -> (u64, u64, u64) {
+        let s = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+        (s.queries, s.hits, s.failures)
     }
 }
 
@@ -184,6 +204,9 @@ impl Dns {
 fn finish(state: &Mutex<Shared>, q: &Key, answer: DnsAnswer, expires: Option<Instant>) {
     let waiters = {
         let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
+        if answer == DnsAnswer::TempFail {
+            s.failures += 1;
+        }
         if let Some(until) = expires {
             if s.cache.len() >= CACHE_MAX {
                 let now = Instant::now();

@@ -18,6 +18,8 @@
 //! `grep id=<ID> activity.log` shows it from receipt to its last recipient's outcome.
 //! SIGUSR1 reopens the file (after logrotate renamed it).
 
+pub mod metrics;
+
 use crate::policy::Refusal;
 use crate::spool::QueueId;
 use std::fs::{File, OpenOptions};
@@ -374,6 +376,11 @@ impl ActivityLog {
     /// Events dropped so far (the writer was behind).
     pub fn dropped(&self) -> u64 {
         self.shared.dropped.load(Ordering::Relaxed)
+    }
+
+    /// The count of dropped events, for the metrics.
+    pub fn dropped_counter(&self) -> Arc<AtomicU64> {
+        self.shared.dropped.clone()
     }
 }
 

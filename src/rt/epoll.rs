@@ -107,7 +107,7 @@ pub fn run(mut shard: Shard) -> io::Result<ShardStats> {
             d.service(&mut shard, data, now);
         }
         d.flush_spool(&mut shard, now);
-        shard.flush_control();
+        shard.end_turn();
         if now.mono.duration_since(last_tick) >= TICK {
             last_tick = now.mono;
             for t in d.conns.tokens() {
@@ -283,7 +283,6 @@ impl Driver {
 
     fn close(&mut self, shard: &mut Shard, token: u64) {
         if let Some(s) = self.conns.remove(token) {
-            shard.stats.messages += s.conn.session.messages_accepted();
             if let Some(r) = s.conn.session.refusal() {
                 shard.stats.refused.add(r);
             }

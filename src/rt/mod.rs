@@ -103,6 +103,11 @@ pub struct Server {
     /// The activity log's writer (none when it is off); SIGUSR1 reopens its file. Dropped
     /// after every producer has stopped, so that their last lines are written.
     pub activity: Option<crate::obs::ActivityLog>,
+    /// The metrics endpoint's address, thread and stop flag (none when it is off).
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    metrics: Option<(std::thread::JoinHandle<()>, Arc<AtomicBool>)>,
+    /// `/readyz`: true while the listeners are bound and the shards serve.
+    serving: Arc<AtomicBool>,
 }
 
 impl Server {
@@ -136,6 +141,9 @@ impl Server {
         let usage = Arc::new(UsageCache::new());
         let limits = Arc::new(ConnLimits::new(cfg.limits.max_connections, cfg.limits.max_connections_per_ip));
         let services = Services::start(cfg);
+        let shard_metrics: Vec<Arc<crate::obs::metrics::ShardMetrics>> = (0..shards).map(|_| Arc::default()).collect();
+        let control_metrics = Arc::new(crate::obs::metrics::ControlMetrics::default());
+        let serving = Arc::new(AtomicBool::new(false));
         let activity = match cfg.log_settings() {
             Some(s) => {
                 let dir = s.dir.clone();
@@ -229,6 +237,7 @@ impl Server {
             rx,
             remote,
             activity.as_ref().map(|a| a.emitter()),
+            control_metrics.clone(),
             control_stop.clone(),
         )?;
         // Replaying a large spool allocated and freed a lot on this thread: the queue keeps a
@@ -265,6 +274,7 @@ impl Server {
             let drain_timeout = cfg.timeouts.shutdown;
             let pin = cfg.runtime.pin_cores.then_some(i % cpus);
             let emitter = activity.as_ref().map(|a| a.emitter());
+            let metrics = shard_metrics[i].clone();
             let t = std::thread::Builder::new()
                 .name(format!("shard-{i}"))
                 .spawn(move || {
@@ -286,6 +296,7 @@ impl Server {
                         drain_timeout,
                         stats: ShardStats::default(),
                         activity: emitter,
+                        metrics,
                     };
                     match driver {
                         Driver::Uring => uring::run(shard),
@@ -296,6 +307,29 @@ impl Server {
             threads.push(t);
         }
         let spares = spawn_housekeeping(spare_flags, cfg.spool.segment_size, directory.clone(), shutdown.clone())?;
+        let (metrics_addr, metrics) = match cfg.metrics.listen {
+            None => (None, None),
+            Some(addr) => {
+                let listener = std::net::TcpListener::bind(addr).map_err(|source| ServeError::Bind { addr, source })?;
+                let bound = listener.local_addr().map_err(|source| ServeError::Bind { addr, source })?;
+                let registry = Arc::new(crate::obs::metrics::Registry {
+                    shards: shard_metrics,
+                    control: control_metrics,
+                    limits: Some(limits.clone()),
+                    log_dropped: activity.as_ref().map(|a| a.dropped_counter()),
+                    dns: services.dns.clone(),
+                });
+                let ready = crate::obs::metrics::Readiness { spool: spool.clone(), serving: serving.clone() };
+                let stop = Arc::new(AtomicBool::new(false));
+                let s = stop.clone();
+                let t = std::thread::Builder::new()
+                    .name("metrics".into())
+                    .spawn(move || crate::obs::metrics::serve(listener, registry, ready, s))
+                    .map_err(ServeError::Thread)?;
+                (Some(bound), Some((t, stop)))
+            }
+        };
+        serving.store(true, Ordering::Relaxed);
         drop(tx);
         log::info!(
             "{shards} ingress shard(s), {driver:?} driver, fsync {}",
@@ -313,11 +347,15 @@ impl Server {
             local_addrs,
             driver,
             activity,
+            metrics_addr,
+            metrics,
+            serving,
         })
     }
 
     /// Asks every shard to drain and stop.
     pub fn stop(&self) {
+        self.serving.store(false, Ordering::Relaxed);
         self.shutdown.store(true, Ordering::Relaxed);
     }
 
@@ -325,6 +363,11 @@ impl Server {
     pub fn join(mut self) -> Result<Vec<ShardStats>, ServeError> {
         // Written out last, after the shards and the control thread.
         let _activity = self.activity.take();
+        if let (Some((t, stop)), Some(addr)) = (self.metrics.take(), self.metrics_addr) {
+            stop.store(true, Ordering::Relaxed);
+            crate::obs::metrics::wake(addr);
+            let _ = t.join();
+        }
         let mut all = Vec::new();
         for (i, t) in self.threads.into_iter().enumerate() {
             match t.join() {
@@ -415,6 +458,9 @@ pub fn serve(cfg: &Config) -> Result<Vec<ShardStats>, ServeError> {
         let mut out = std::io::stdout().lock();
         for a in &server.local_addrs {
             let _ = writeln!(out, "listening on {a}");
+        }
+        if let Some(a) = server.metrics_addr {
+            let _ = writeln!(out, "metrics on http://{a}/metrics");
         }
         let _ = out.flush();
     }

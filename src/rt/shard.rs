@@ -47,6 +47,8 @@ pub struct Shard {
     pub stats: ShardStats,
     /// This shard's way into the activity log (none when it is off).
     pub activity: Option<crate::obs::Emitter>,
+    /// Where `stats` are published once per loop turn for the metrics endpoint.
+    pub metrics: Arc<crate::obs::metrics::ShardMetrics>,
 }
 
 /// Counters a shard reports at exit.
@@ -55,7 +57,9 @@ pub struct ShardStats {
     pub connections: u64,
     /// Connections refused, by why: at accept (connection limits) or by the session.
     pub refused: crate::policy::RefusalCounts,
+    /// Messages accepted (their 250 sent) and their content bytes.
     pub messages: u64,
+    pub bytes: u64,
     /// Spool batches written (each one `fdatasync` when syncing) and records in them: their
     /// ratio is the group-commit factor.
     pub spool_batches: u64,
@@ -119,6 +123,8 @@ impl Shard {
         match result {
             Ok(s) => {
                 let id = s.id;
+                self.stats.messages += 1;
+                self.stats.bytes += s.location.content_len;
                 if let (Some(envelope), Some(link)) = (s.envelope, self.control.as_mut()) {
                     link.send(Accepted { shard: self.id, envelope, location: s.location });
                 }
@@ -131,11 +137,23 @@ impl Shard {
         }
     }
 
-    /// Once per loop turn: retries hand-overs the control channel had no room for.
-    pub fn flush_control(&mut self) {
+    /// Once per loop turn: retries hand-overs the control channel had no room for, and
+    /// publishes the counters for the metrics endpoint (relaxed stores of this thread's
+    /// own cells: no shared counter on the hot path).
+    pub fn end_turn(&mut self) {
         if let Some(link) = self.control.as_mut() {
             link.flush();
         }
+        let (s, m, l) = (&self.stats, &self.metrics, self.log.stats());
+        m.connections.set(s.connections);
+        for r in crate::policy::Refusal::ALL {
+            m.refused[r as usize].set(s.refused.get(r));
+        }
+        m.messages.set(s.messages);
+        m.bytes.set(s.bytes);
+        m.spool_batches.set(l.batches);
+        m.spool_records.set(l.records);
+        m.spool_segments.set(l.segments_created);
     }
 
     /// The counters, with the spool's.

@@ -202,7 +202,7 @@ impl Driver {
                 }
             }
             self.start_spool_batch(shard);
-            shard.flush_control();
+            shard.end_turn();
             let touched = std::mem::take(&mut self.touched);
             for t in &touched {
                 self.service(shard, *t, now);
@@ -382,7 +382,6 @@ impl Driver {
                 unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
             }
             if let Some(s) = self.conns.remove(token) {
-                shard.stats.messages += s.conn.session.messages_accepted();
                 if let Some(r) = s.conn.session.refusal() {
                     shard.stats.refused.add(r);
                 }

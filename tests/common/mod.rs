@@ -23,6 +23,8 @@ pub const DRIVERS: [&str; 2] = ["uring", "epoll"];
 pub struct Server {
     pub child: Child,
     pub addrs: Vec<SocketAddr>,
+    /// The metrics endpoint, when `[metrics] listen` is set.
+    pub metrics: Option<SocketAddr>,
     pub dir: PathBuf,
     stderr: Option<std::thread::JoinHandle<String>>,
 }
@@ -99,10 +101,14 @@ pub fn start(dir: &Path, driver: &str, config: &str) -> Server {
         s
     });
     let (tx, rx) = std::sync::mpsc::channel();
+    let (mtx, mrx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
             if let Some(a) = line.strip_prefix("listening on ") {
                 let _ = tx.send(a.parse::<SocketAddr>().unwrap());
+            }
+            if let Some(a) = line.strip_prefix("metrics on http://").and_then(|a| a.strip_suffix("/metrics")) {
+                let _ = mtx.send(a.parse::<SocketAddr>().unwrap());
             }
         }
     });
@@ -118,7 +124,9 @@ pub fn start(dir: &Path, driver: &str, config: &str) -> Server {
     while let Ok(a) = rx.recv_timeout(Duration::from_millis(200)) {
         addrs.push(a);
     }
-    Server { child, addrs, dir: dir.to_path_buf(), stderr: Some(stderr) }
+    // Printed right after the listeners, when configured.
+    let metrics = mrx.try_recv().ok();
+    Server { child, addrs, metrics, dir: dir.to_path_buf(), stderr: Some(stderr) }
 }
 
 /// A plain listener on 127.0.0.1:0 plus `extra` configuration.

@@ -92,6 +92,8 @@ struct Control {
     compact_after: u64,
     /// The control thread's way into the activity log.
     activity: Option<crate::obs::Emitter>,
+    /// Published at the end of every turn for the metrics endpoint.
+    metrics: Arc<crate::obs::metrics::ControlMetrics>,
 }
 
 /// Starts the control thread. `recovered` are the unfinished messages found at start;
@@ -108,6 +110,7 @@ pub fn spawn(
     rx: Receiver<ControlMsg>,
     delivery: DeliveryHandle,
     activity: Option<crate::obs::Emitter>,
+    metrics: Arc<crate::obs::metrics::ControlMetrics>,
     stop: Arc<AtomicBool>,
 ) -> Result<std::thread::JoinHandle<()>, crate::spool::SpoolError> {
     let dir = shard_dir(&cfg.spool, CONTROL_SHARD);
@@ -149,6 +152,7 @@ pub fn spawn(
         compact_pending: false,
         compact_after: 0,
         activity,
+        metrics,
     };
     std::thread::Builder::new()
         .name("control".into())
@@ -210,6 +214,12 @@ impl Control {
         self.execute(now);
         self.flush_log(now);
         self.reclaim(now);
+        let (m, stats) = (&self.metrics, self.manager.stats());
+        m.queued.set(self.manager.len() as u64);
+        m.active.set(self.manager.active() as u64);
+        m.delivered_local.set(stats.delivered);
+        m.relayed.set(stats.relayed);
+        m.segments_retired.set(self.reclaimed);
     }
 
     fn handle(&mut self, m: ControlMsg, now: u64) {

@@ -1,0 +1,285 @@
+//! Prometheus metrics, liveness and readiness over HTTP (`[metrics] listen`).
+//!
+//! # No shared counter on the hot path
+//!
+//! Each shard keeps its counters in plain integers ([`crate::rt::shard::ShardStats`]) and
+//! publishes them once per loop turn into its own [`ShardMetrics`]: relaxed stores by that
+//! one thread, read by the scrape. The control thread does the same with
+//! [`ControlMetrics`]. A scrape sums the shards.
+//!
+//! # Endpoints
+//!
+//! `GET /metrics` (text exposition format 0.0.4), `GET /healthz` (the server runs: 200),
+//! `GET /readyz` (200 when the listeners are bound and the spool directory takes a new
+//! file; 503 with the reason otherwise). One request per connection, read with a time-out
+//! and a size cap: the endpoint is for a local scraper, and a slow or hostile client costs
+//! one bounded wait of the metrics thread, never a shard.
+
+use crate::policy::Refusal;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+/// A value with one writer: the owning thread stores, a scrape loads.
+#[derive(Debug, Default)]
+pub struct Cell(AtomicU64);
+
+impl Cell {
+    pub fn set(&self, v: u64) {
+        self.0.store(v, Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// One shard's counters as it last published them.
+#[derive(Debug, Default)]
+pub struct ShardMetrics {
+    pub connections: Cell,
+    pub refused: [Cell; Refusal::ALL.len()],
+    pub messages: Cell,
+    pub bytes: Cell,
+    pub spool_batches: Cell,
+    pub spool_records: Cell,
+    pub spool_segments: Cell,
+}
+
+/// The control thread's figures as it last published them.
+#[derive(Debug, Default)]
+pub struct ControlMetrics {
+    pub queued: Cell,
+    pub active: Cell,
+    pub delivered_local: Cell,
+    pub relayed: Cell,
+    pub segments_retired: Cell,
+}
+
+/// Everything a scrape reads.
+#[derive(Debug, Default)]
+pub struct Registry {
+    pub shards: Vec<Arc<ShardMetrics>>,
+    pub control: Arc<ControlMetrics>,
+    /// The server's connection limits (open connections now).
+    pub limits: Option<Arc<crate::policy::ConnLimits>>,
+    /// Activity-log events dropped because the writer was behind.
+    pub log_dropped: Option<Arc<AtomicU64>>,
+    /// DNS questions, answers from the cache, failures.
+    pub dns: Option<Arc<crate::dns::DnsService>>,
+}
+
+fn metric(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(String, u64)]) {
+    use std::fmt::Write as _;
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+    for (labels, v) in samples {
+        let _ = writeln!(out, "{name}{labels} {v}");
+    }
+}
+
+impl Registry {
+    /// The text exposition of every metric.
+    pub fn render(&self) -> String {
+        let sum = |f: &dyn Fn(&ShardMetrics) -> u64| self.shards.iter().map(|s| f(s)).sum::<u64>();
+        let one = |v: u64| vec![(String::new(), v)];
+        let mut out = String::with_capacity(4096);
+        metric(
+            &mut out,
+            "ringmx_connections_total",
+            "counter",
+            "Connections accepted.",
+            &one(sum(&|s| s.connections.get())),
+        );
+        metric(
+            &mut out,
+            "ringmx_connections_open",
+            "gauge",
+            "Connections open now.",
+            &one(self.limits.as_ref().map_or(0, |l| l.current() as u64)),
+        );
+        let refused: Vec<(String, u64)> = Refusal::ALL
+            .iter()
+            .map(|&r| (format!("{{reason=\"{}\"}}", r.name()), sum(&|s| s.refused[r as usize].get())))
+            .collect();
+        metric(&mut out, "ringmx_connections_refused_total", "counter", "Connections refused, by why.", &refused);
+        metric(
+            &mut out,
+            "ringmx_messages_accepted_total",
+            "counter",
+            "Messages accepted (250 sent).",
+            &one(sum(&|s| s.messages.get())),
+        );
+        metric(
+            &mut out,
+            "ringmx_message_bytes_accepted_total",
+            "counter",
+            "Content bytes of accepted messages.",
+            &one(sum(&|s| s.bytes.get())),
+        );
+        metric(
+            &mut out,
+            "ringmx_spool_syncs_total",
+            "counter",
+            "Spool batches written (one fdatasync each when syncing).",
+            &one(sum(&|s| s.spool_batches.get())),
+        );
+        metric(
+            &mut out,
+            "ringmx_spool_records_total",
+            "counter",
+            "Message records made durable by the shards.",
+            &one(sum(&|s| s.spool_records.get())),
+        );
+        metric(
+            &mut out,
+            "ringmx_spool_segments_created_total",
+            "counter",
+            "Spool segments begun by the shards.",
+            &one(sum(&|s| s.spool_segments.get())),
+        );
+        let c = &self.control;
+        metric(&mut out, "ringmx_queue_messages", "gauge", "Messages in the queue.", &one(c.queued.get()));
+        metric(
+            &mut out,
+            "ringmx_queue_active_messages",
+            "gauge",
+            "Messages loaded for delivery now (the active window).",
+            &one(c.active.get()),
+        );
+        metric(
+            &mut out,
+            "ringmx_local_deliveries_total",
+            "counter",
+            "Copies delivered to local mailboxes.",
+            &one(c.delivered_local.get()),
+        );
+        metric(
+            &mut out,
+            "ringmx_remote_deliveries_total",
+            "counter",
+            "Recipients relayed to remote servers.",
+            &one(c.relayed.get()),
+        );
+        metric(
+            &mut out,
+            "ringmx_spool_segments_retired_total",
+            "counter",
+            "Spool segments retired.",
+            &one(c.segments_retired.get()),
+        );
+        if let Some(d) = &self.log_dropped {
+            metric(
+                &mut out,
+                "ringmx_log_events_dropped_total",
+                "counter",
+                "Activity-log events dropped (the writer was behind).",
+                &one(d.load(Ordering::Relaxed)),
+            );
+        }
+        if let Some(dns) = &self.dns {
+            let (q, hits, failures) = dns.counts();
+            metric(
+                &mut out,
+                "ringmx_dns_queries_total",
+                "counter",
+                "DNS questions asked (policy checks and delivery).",
+                &one(q),
+            );
+            metric(
+                &mut out,
+                "ringmx_dns_cache_hits_total",
+                "counter",
+                "DNS questions answered from the cache.",
+                &one(hits),
+            );
+            metric(
+                &mut out,
+                "ringmx_dns_failures_total",
+                "counter",
+                "DNS questions that failed for now.",
+                &one(failures),
+            );
+        }
+        out
+    }
+}
+
+/// What `/readyz` checks.
+#[derive(Debug)]
+pub struct Readiness {
+    pub spool: PathBuf,
+    /// Set once every listener is bound and the shards run.
+    pub serving: Arc<AtomicBool>,
+}
+
+impl Readiness {
+    /// `Ok` when ready, else why not.
+    pub fn check(&self) -> Result<(), String> {
+        if !self.serving.load(Ordering::Relaxed) {
+            return Err("not serving (starting or stopping)".into());
+        }
+        let probe = self.spool.join(".readyz");
+        std::fs::write(&probe, b"").map_err(|e| format!("spool {} does not take a file: {e}", self.spool.display()))?;
+        let _ = std::fs::remove_file(&probe);
+        Ok(())
+    }
+}
+
+/// Longest request read; slower clients are dropped.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest request head read.
+const REQUEST_MAX: usize = 8 * 1024;
+
+/// Serves scrapes on `listener` until `stop` is set (then one connection to it wakes the
+/// thread: [`wake`]).
+pub fn serve(listener: TcpListener, registry: Arc<Registry>, ready: Readiness, stop: Arc<AtomicBool>) {
+    for conn in listener.incoming() {
+        if stop.load(Ordering::Relaxed) {
+            return;
+        }
+        let Ok(s) = conn else { continue };
+        let _ = answer(s, &registry, &ready);
+    }
+}
+
+/// Wakes a [`serve`] blocked in accept on `addr`, after its stop flag was set.
+pub fn wake(addr: std::net::SocketAddr) {
+    let _ = TcpStream::connect_timeout(&addr, Duration::from_secs(1));
+}
+
+fn answer(mut s: TcpStream, registry: &Registry, ready: &Readiness) -> std::io::Result<()> {
+    s.set_read_timeout(Some(REQUEST_TIMEOUT))?;
+    s.set_write_timeout(Some(REQUEST_TIMEOUT))?;
+    let mut head = Vec::with_capacity(512);
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") && !head.windows(2).any(|w| w == b"\n\n") {
+        let n = s.read(&mut buf)?;
+        if n == 0 || head.len() + n > REQUEST_MAX {
+            return Ok(());
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    let line = String::from_utf8_lossy(head.split(|&b| b == b'\n').next().unwrap_or(&[]));
+    let mut parts = line.split_whitespace();
+    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let (status, ctype, body) = match (method, path) {
+        ("GET", "/metrics") => ("200 OK", "text/plain; version=0.0.4; charset=utf-8", registry.render()),
+        ("GET", "/healthz") => ("200 OK", "text/plain", "ok\n".to_string()),
+        ("GET", "/readyz") => match ready.check() {
+            Ok(()) => ("200 OK", "text/plain", "ready\n".to_string()),
+            Err(why) => ("503 Service Unavailable", "text/plain", format!("{why}\n")),
+        },
+        ("GET", _) => ("404 Not Found", "text/plain", "not found\n".to_string()),
+        _ => ("405 Method Not Allowed", "text/plain", "GET only\n".to_string()),
+    };
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes())?;
+    s.write_all(body.as_bytes())
+}
