@@ -37,6 +37,39 @@ enum Cmd {
     },
     /// Manage the directory: postoffices, domains, mailboxes, groups, blocked addresses.
     Directory(ringmx::admin::directory::DirectoryArgs),
+    /// See and change the automatic bans (with the server running or stopped).
+    Ban {
+        #[command(subcommand)]
+        cmd: BanCmd,
+    },
+}
+
+#[derive(clap::Subcommand)]
+enum BanCmd {
+    /// The bans in force.
+    List {
+        #[command(flatten)]
+        at: Where,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Lift the bans of these addresses.
+    Lift {
+        #[arg(required = true)]
+        ips: Vec<std::net::IpAddr>,
+        #[command(flatten)]
+        at: Where,
+    },
+    /// Ban an address.
+    Add {
+        ip: std::net::IpAddr,
+        /// For how long (`30m`, `2h`, `7d`); without it, for ever.
+        #[arg(long = "for", value_parser = duration_arg)]
+        duration: Option<std::time::Duration>,
+        #[command(flatten)]
+        at: Where,
+    },
 }
 
 #[derive(clap::Args, Default)]
@@ -156,6 +189,50 @@ fn queue_control(
     }))
 }
 
+fn duration_arg(s: &str) -> Result<std::time::Duration, String> {
+    ringmx::util::units::parse_duration(s).ok_or_else(|| format!("{s:?} is not a duration (30m, 2h, 7d)"))
+}
+
+/// `ban list|lift|add`: a lift of an address that was not banned is an error (exit 1)
+/// after the others are done.
+fn ban(cmd: BanCmd) -> Result<(), ExitCode> {
+    use ringmx::admin::bans::{BanOp, print_list, request};
+    let (at, op, json) = match cmd {
+        BanCmd::List { at, json } => (at, BanOp::List, json),
+        BanCmd::Lift { ips, at } => (at, BanOp::Lift { ips }, false),
+        BanCmd::Add { ip, duration, at } => {
+            (at, BanOp::Add { ip, seconds: duration.map_or(0, |d| d.as_secs().max(1)) }, false)
+        }
+    };
+    let (data, spool) = data_and_spool(&at)?;
+    let verb = match op {
+        BanOp::List => "",
+        BanOp::Lift { .. } => "lifted",
+        BanOp::Add { .. } => "banned",
+    };
+    let a = request(&data, &spool, op).map_err(|e| {
+        eprintln!("ringmx: {e}");
+        ExitCode::from(1)
+    })?;
+    let mut out = std::io::stdout().lock();
+    let printed = if verb.is_empty() {
+        print_list(&a, json, &mut out)
+    } else {
+        a.done.iter().try_for_each(|ip| writeln!(out, "{ip}: {verb}"))
+    };
+    if let Err(e) = printed {
+        eprintln!("ringmx: writing output: {e}");
+        return Err(ExitCode::from(1));
+    }
+    match a.not_banned.first() {
+        Some(ip) => {
+            eprintln!("ringmx: {ip} is not banned");
+            Err(ExitCode::from(1))
+        }
+        None => Ok(()),
+    }
+}
+
 fn serve(args: ServeArgs) -> Result<(), ExitCode> {
     let mut cfg = load(args.config.as_ref())?;
     if let Some(d) = args.data_dir {
@@ -197,6 +274,7 @@ fn main() -> ExitCode {
             println!("configuration ok: {} listener(s), {} local domain(s)", c.listeners.len(), c.local_domains.len());
         }),
         Cmd::Directory(args) => return ringmx::admin::directory::run(args),
+        Cmd::Ban { cmd } => ban(cmd),
         Cmd::Queue { cmd } => {
             let mut out = std::io::stdout().lock();
             let r = match cmd {

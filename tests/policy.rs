@@ -46,6 +46,39 @@ fn per_address_limit_counts_the_proxied_client() {
     }
 }
 
+/// `ringmx ban list|add|lift`: on the running server the list every shard reads changes at
+/// once (loopback probing banned itself before: now the operator can see and lift it); on
+/// a stopped one the file is edited and the next start honours it.
+#[test]
+fn operator_bans_list_add_and_lift() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = format!("{PROXY_LISTENER}[policy]\nauto_ban = true\n");
+    let srv = start(tmp.path(), "uring", &cfg);
+    let d = tmp.path();
+    assert_eq!(ringmx(d, &["ban", "add", "192.0.2.77", "--for", "1h"]), (0, "192.0.2.77: banned\n".into()));
+    assert!(Client::connect_proxied(srv.addr(), "192.0.2.77").1.starts_with("554 5.7.1 "), "banned at once");
+    let (code, out) = ringmx(d, &["ban", "list", "--json"]);
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["address"], "192.0.2.77");
+    assert!(v["until"].as_u64().unwrap() > 0);
+    assert_eq!(ringmx(d, &["ban", "lift", "192.0.2.77"]), (0, "192.0.2.77: lifted\n".into()));
+    assert!(Client::connect_proxied(srv.addr(), "192.0.2.77").1.starts_with("220 "), "lifted at once");
+    assert_eq!(ringmx(d, &["ban", "lift", "192.0.2.77"]).0, 1, "not banned any more");
+    let (status, log) = srv.stop();
+    assert!(status.success(), "{log}");
+    // Stopped: the file is edited; the next start reads it.
+    assert_eq!(ringmx(d, &["ban", "add", "192.0.2.78"]), (0, "192.0.2.78: banned\n".into()));
+    assert_eq!(ringmx(d, &["ban", "list"]), (0, "192.0.2.78  for ever\n".into()));
+    let srv = start(tmp.path(), "epoll", &cfg);
+    assert!(Client::connect_proxied(srv.addr(), "192.0.2.78").1.starts_with("554 5.7.1 "));
+    drop(srv);
+    // With automatic bans off, the running server says so.
+    let tmp = tempfile::tempdir().unwrap();
+    let _srv = start(tmp.path(), "uring", PROXY_LISTENER);
+    assert_eq!(ringmx(tmp.path(), &["ban", "list"]).0, 1);
+}
+
 #[test]
 fn access_list_and_auto_ban_across_restart() {
     for driver in DRIVERS {

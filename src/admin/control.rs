@@ -46,7 +46,11 @@ pub fn request(data_dir: &Path, spool: &Path, req: &QueueRequest) -> Result<Queu
     }
 }
 
-pub(super) fn over_socket(s: UnixStream, req: &QueueRequest) -> Result<QueueAnswer, AdminError> {
+/// One JSON line each way over the control socket.
+pub(super) fn exchange<A: serde::de::DeserializeOwned>(
+    s: UnixStream,
+    req: &impl serde::Serialize,
+) -> Result<A, AdminError> {
     s.set_read_timeout(Some(Duration::from_secs(30)))?;
     let mut w = s.try_clone()?;
     let mut line = serde_json::to_vec(req).map_err(|e| AdminError::Server(e.to_string()))?;
@@ -54,8 +58,12 @@ pub(super) fn over_socket(s: UnixStream, req: &QueueRequest) -> Result<QueueAnsw
     w.write_all(&line)?;
     let mut answer = String::new();
     BufReader::new(s).read_line(&mut answer)?;
-    let a: QueueAnswer = serde_json::from_str(&answer)
-        .map_err(|e| AdminError::Server(format!("unreadable answer from the server ({e}): {answer:?}")))?;
+    serde_json::from_str(&answer)
+        .map_err(|e| AdminError::Server(format!("unreadable answer from the server ({e}): {answer:?}")))
+}
+
+pub(super) fn over_socket(s: UnixStream, req: &QueueRequest) -> Result<QueueAnswer, AdminError> {
+    let a: QueueAnswer = exchange(s, req)?;
     match a.error {
         Some(e) => Err(AdminError::Server(e)),
         None => Ok(a),

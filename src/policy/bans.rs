@@ -82,6 +82,23 @@ impl BanList {
             bans.insert(super::iplist::canonical(ip), until_unix);
             bans.retain(|_, &mut u| u == 0 || u > now_unix);
         }
+        self.changed(now_unix);
+    }
+
+    /// Lifts the ban of `ip`; false when it was not banned.
+    pub fn lift(&self, ip: IpAddr, now_unix: u64) -> bool {
+        let was = {
+            let mut bans = self.bans.write().unwrap_or_else(|e| e.into_inner());
+            bans.remove(&super::iplist::canonical(ip)).is_some_and(|u| u == 0 || u > now_unix)
+        };
+        if was {
+            self.changed(now_unix);
+        }
+        was
+    }
+
+    /// Has the saver thread write the list (started on the first change).
+    fn changed(&self, now_unix: u64) {
         let Some(path) = &self.path else { return };
         let tx = self.saver.get_or_init(|| {
             let (tx, rx) = std::sync::mpsc::channel::<Snapshot>();

@@ -1,5 +1,5 @@
 //! The control socket, `<data_dir>/control.sock`: `ringmx queue retry|delete|bounce` reach
-//! the control thread through it (requests in [`crate::queue::requests`], the command line's
+//! the control thread through it, and `ringmx ban …` the ban list (answered here) (requests in [`crate::queue::requests`], the command line's
 //! side in `admin::control`). One thread, one request at a time: operator commands are rare
 //! and the control thread answers each at once.
 
@@ -22,6 +22,7 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 pub fn spawn(
     path: PathBuf,
     tx: SyncSender<ControlMsg>,
+    bans: Option<Arc<crate::policy::BanList>>,
     stop: Arc<AtomicBool>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     let _ = std::fs::remove_file(&path);
@@ -32,7 +33,7 @@ pub fn spawn(
         while !stop.load(Ordering::Relaxed) {
             match listener.accept() {
                 Ok((s, _)) => {
-                    if let Err(e) = serve(s, &tx) {
+                    if let Err(e) = serve(s, &tx, bans.as_deref()) {
                         log::warn!("control socket: {e}");
                     }
                 }
@@ -51,7 +52,7 @@ fn remove(path: &Path) {
     let _ = std::fs::remove_file(path);
 }
 
-fn serve(s: UnixStream, tx: &SyncSender<ControlMsg>) -> std::io::Result<()> {
+fn serve(s: UnixStream, tx: &SyncSender<ControlMsg>, bans: Option<&crate::policy::BanList>) -> std::io::Result<()> {
     s.set_nonblocking(false)?;
     s.set_read_timeout(Some(TIMEOUT))?;
     s.set_write_timeout(Some(TIMEOUT))?;
@@ -59,6 +60,19 @@ fn serve(s: UnixStream, tx: &SyncSender<ControlMsg>) -> std::io::Result<()> {
     let mut line = String::new();
     // One request line, at most 1 MiB.
     BufReader::new(s.take(1 << 20)).read_line(&mut line)?;
+    // `ringmx ban …`: answered here, on the list every shard reads.
+    if let Ok(req) = serde_json::from_str::<crate::admin::bans::BanRequest>(&line) {
+        let answer = match bans {
+            Some(list) => crate::admin::bans::apply(list, &req.ban),
+            None => crate::admin::bans::BanAnswer {
+                error: Some("automatic bans are off ([policy] auto_ban = false)".into()),
+                ..Default::default()
+            },
+        };
+        let mut out = serde_json::to_vec(&answer).map_err(std::io::Error::other)?;
+        out.push(b'\n');
+        return w.write_all(&out);
+    }
     let answer = match serde_json::from_str::<QueueRequest>(&line) {
         Err(e) => QueueAnswer { error: Some(format!("bad request: {e}")), ..QueueAnswer::default() },
         Ok(req) => {

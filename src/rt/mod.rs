@@ -246,7 +246,8 @@ impl Server {
         let shutdown = Arc::new(AtomicBool::new(false));
         let socket_path = crate::queue::requests::socket_path(&cfg.data_dir);
         // Without the socket the server still serves mail; only the queue commands need it.
-        let socket = admin_socket::spawn(socket_path.clone(), tx.clone(), shutdown.clone())
+        let bans = services.policy.bans.clone();
+        let socket = admin_socket::spawn(socket_path.clone(), tx.clone(), bans, shutdown.clone())
             .inspect_err(|e| {
                 log::error!(
                     "control socket {}: {e}; `ringmx queue retry|delete|bounce` will not reach the server",
