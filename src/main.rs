@@ -42,6 +42,22 @@ enum Cmd {
         #[command(subcommand)]
         cmd: BanCmd,
     },
+    /// Read activity logs.
+    Log {
+        #[command(subcommand)]
+        cmd: LogCmd,
+    },
+}
+
+#[derive(clap::Subcommand)]
+enum LogCmd {
+    /// Messages received, delivered, deferred and failed, refusals by reason, top senders,
+    /// recipients and domains, traffic per hour (key=value and JSON lines alike).
+    Summary {
+        /// Activity log files (`-`: standard input).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
 }
 
 #[derive(clap::Subcommand)]
@@ -189,6 +205,28 @@ fn queue_control(
     }))
 }
 
+/// `log summary FILE...`.
+fn log_summary(files: &[PathBuf]) -> Result<(), ExitCode> {
+    let mut s = ringmx::obs::summary::Summary::default();
+    for f in files {
+        let text = if f.as_os_str() == "-" {
+            let mut t = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut t).map(|_| t)
+        } else {
+            std::fs::read(f).map(|b| String::from_utf8_lossy(&b).into_owned())
+        };
+        match text {
+            Ok(t) => s.add(&t),
+            Err(e) => {
+                eprintln!("ringmx: {}: {e}", f.display());
+                return Err(ExitCode::from(1));
+            }
+        }
+    }
+    print!("{}", s.render());
+    Ok(())
+}
+
 fn duration_arg(s: &str) -> Result<std::time::Duration, String> {
     ringmx::util::units::parse_duration(s).ok_or_else(|| format!("{s:?} is not a duration (30m, 2h, 7d)"))
 }
@@ -275,6 +313,7 @@ fn main() -> ExitCode {
         }),
         Cmd::Directory(args) => return ringmx::admin::directory::run(args),
         Cmd::Ban { cmd } => ban(cmd),
+        Cmd::Log { cmd: LogCmd::Summary { files } } => log_summary(&files),
         Cmd::Queue { cmd } => {
             let mut out = std::io::stdout().lock();
             let r = match cmd {

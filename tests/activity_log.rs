@@ -129,4 +129,11 @@ fn json_lines_and_sigusr1_reopens() {
     let (status, log) = srv.stop();
     assert!(status.success(), "{log}");
     assert!(log.contains("SIGUSR1: logs reopened"), "{log}");
+    // `ringmx log summary` over both files: two messages in, two copies delivered.
+    let out = std::process::Command::new(BIN).arg("log").arg("summary").arg(&rotated).arg(&path).output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("        2  received ("), "{text}");
+    assert!(text.contains("        2  delivered (recipients)"), "{text}");
+    assert!(text.contains("Top recipients\n          2  <alice@example.net>\n"), "{text}");
 }

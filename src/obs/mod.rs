@@ -19,6 +19,7 @@
 //! SIGUSR1 reopens the file (after logrotate renamed it).
 
 pub mod metrics;
+pub mod summary;
 
 use crate::policy::Refusal;
 use crate::spool::QueueId;
