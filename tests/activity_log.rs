@@ -70,9 +70,13 @@ fn a_message_from_receipt_to_each_outcome_and_a_refusal() {
         let text = activity(dir.path());
         let l = lines_of(&text, &local);
         assert_eq!(l.len(), 2, "{driver}: {text}");
+        // The shard's number in the session id's top byte, then a counter.
+        let session = l[0].split(" session=").nth(1).and_then(|s| s.split(' ').next()).unwrap_or("");
+        assert!(session.len() == 16 && session.starts_with("00") && session != "0000000000000000", "{}", l[0]);
         assert!(
             l[0].starts_with(&format!(
-                "received id={local} client=127.0.0.1 helo=client.test from=<s@remote.example> rcpts=1 size="
+                "received id={local} session={session} client=127.0.0.1 helo=client.test from=<s@remote.example> \
+                 rcpts=1 size="
             )),
             "{}",
             l[0]
@@ -89,7 +93,8 @@ fn a_message_from_receipt_to_each_outcome_and_a_refusal() {
                 && r[3].ends_with(&format!(" kind=dsn about={remote} to=alice@example.net"))
         );
         assert!(
-            text.lines().any(|l| l.ends_with(" refused client=127.0.0.1 reason=\"EHLO block\" rule=YLMF-PC")),
+            text.lines().any(|l| l.contains(" refused session=")
+                && l.ends_with(" client=127.0.0.1 reason=\"EHLO block\" rule=YLMF-PC")),
             "{driver}: {text}"
         );
         assert!(!text.contains("events-dropped"), "{text}");

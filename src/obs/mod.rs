@@ -64,6 +64,7 @@ pub enum What {
     /// A message was accepted (its 250 sent).
     Received {
         id: QueueId,
+        session: u64,
         client: IpAddr,
         helo: String,
         from: String,
@@ -74,7 +75,7 @@ pub enum What {
     },
     /// A client was refused before it was served, by `reason`; `rule` says which (the
     /// DNSBL zone, the EHLO name, the limit).
-    Refused { client: IpAddr, reason: Refusal, rule: String },
+    Refused { session: u64, client: IpAddr, reason: Refusal, rule: String },
     /// A recipient's copy reached its destination: `via` is `mailbox`, `lmtp`, `forward` or
     /// the remote host that answered.
     Delivered { id: QueueId, rcpt: String, via: String, reply: String },
@@ -112,8 +113,9 @@ impl What {
     /// Calls `f` with each field after the event's name, in order (no allocation).
     fn visit(&self, f: &mut dyn FnMut(&'static str, std::fmt::Arguments<'_>)) {
         match self {
-            What::Received { id, client, helo, from, rcpts, size, tls, auth } => {
+            What::Received { id, session, client, helo, from, rcpts, size, tls, auth } => {
                 f("id", format_args!("{id}"));
+                f("session", format_args!("{session:016X}"));
                 f("client", format_args!("{client}"));
                 f("helo", format_args!("{helo}"));
                 f("from", format_args!("<{from}>"));
@@ -122,7 +124,8 @@ impl What {
                 f("tls", format_args!("{}", tls.as_deref().unwrap_or("-")));
                 f("auth", format_args!("{}", auth.as_deref().unwrap_or("-")));
             }
-            What::Refused { client, reason, rule } => {
+            What::Refused { session, client, reason, rule } => {
+                f("session", format_args!("{session:016X}"));
                 f("client", format_args!("{client}"));
                 f("reason", format_args!("{}", reason.name()));
                 f("rule", format_args!("{rule}"));
@@ -405,6 +408,7 @@ mod tests {
             at_ms: 1_764_000_000_123,
             what: What::Received {
                 id: QueueId(0x1234),
+                session: 0x0100_0000_0000_0007,
                 client: "192.0.2.7".parse().unwrap(),
                 helo: "mx \"x\"".into(),
                 from: "a@b.example".into(),
@@ -421,7 +425,8 @@ mod tests {
         let a = received();
         assert_eq!(
             a.line(LogFormat::Kv),
-            "2025-11-24T16:00:00.123Z received id=0000000000001234 client=192.0.2.7 helo=\"mx \\\"x\\\"\" \
+            "2025-11-24T16:00:00.123Z received id=0000000000001234 session=0100000000000007 client=192.0.2.7 \
+             helo=\"mx \\\"x\\\"\" \
              from=<a@b.example> rcpts=2 size=1000 tls=TLSv1.3 auth=-"
         );
         let j: serde_json::Value = serde_json::from_str(&a.line(LogFormat::Json)).unwrap();
@@ -432,6 +437,7 @@ mod tests {
         let r = Activity {
             at_ms: 0,
             what: What::Refused {
+                session: 0,
                 client: "192.0.2.9".parse().unwrap(),
                 reason: Refusal::Dnsbl,
                 rule: "bl.test".into(),
@@ -439,7 +445,7 @@ mod tests {
         };
         assert_eq!(
             r.line(LogFormat::Kv),
-            "1970-01-01T00:00:00.000Z refused client=192.0.2.9 reason=DNSBL rule=bl.test"
+            "1970-01-01T00:00:00.000Z refused session=0000000000000000 client=192.0.2.9 reason=DNSBL rule=bl.test"
         );
         assert_eq!(kv_value("a\r\nb"), "a??b", "no line breaks from a peer");
         assert_eq!(kv_value(""), "\"\"");

@@ -216,6 +216,7 @@ mod tests {
         let h = 1_764_000_000_000; // 2025-11-24T16:00
         let rcv = |id: u64, from: &str| What::Received {
             id: QueueId(id),
+            session: 1,
             client: "192.0.2.7".parse().unwrap(),
             helo: "c".into(),
             from: from.into(),
@@ -237,7 +238,12 @@ mod tests {
         text += &line(h + 3_600_001, dlv(2, "y@example.net"), LogFormat::Json);
         text += &line(
             h + 3_600_002,
-            What::Refused { client: "203.0.113.9".parse().unwrap(), reason: Refusal::Dnsbl, rule: "bl".into() },
+            What::Refused {
+                session: 2,
+                client: "203.0.113.9".parse().unwrap(),
+                reason: Refusal::Dnsbl,
+                rule: "bl".into(),
+            },
             LogFormat::Kv,
         );
         text += "garbage\n";

@@ -298,6 +298,7 @@ impl Server {
                         stats: ShardStats::default(),
                         activity: emitter,
                         metrics,
+                        sessions: 0,
                     };
                     match driver {
                         Driver::Uring => uring::run(shard),

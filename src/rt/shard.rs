@@ -49,6 +49,9 @@ pub struct Shard {
     pub activity: Option<crate::obs::Emitter>,
     /// Where `stats` are published once per loop turn for the metrics endpoint.
     pub metrics: Arc<crate::obs::metrics::ShardMetrics>,
+    /// Sessions begun: the low bits of the next session's id (the shard's number is the top
+    /// byte).
+    pub sessions: u64,
 }
 
 /// Counters a shard reports at exit.
@@ -83,9 +86,12 @@ impl Shard {
         (!proxied).then_some(peer)
     }
 
-    pub fn new_conn(&self, l: usize, peer: SocketAddr, now: Now) -> Conn {
+    pub fn new_conn(&mut self, l: usize, peer: SocketAddr, now: Now) -> Conn {
         let lst = &self.listeners[l];
-        let session = Session::new(lst.session.clone(), self.ids.clone(), self.directory.current(), peer, None, now);
+        self.sessions += 1;
+        let id = (self.id as u64) << 56 | self.sessions;
+        let session =
+            Session::with_id(lst.session.clone(), self.ids.clone(), self.directory.current(), peer, None, now, id);
         let implicit = if lst.implicit_tls { self.tls.clone() } else { None };
         Conn::new(session, self.counted_ip(l, peer.ip()), implicit)
     }
@@ -112,7 +118,7 @@ impl Shard {
             let rule = "max_connections / max_connections_per_ip".to_string();
             em.emit(crate::obs::Activity {
                 at_ms: now.unix_ms,
-                what: crate::obs::What::Refused { client, reason, rule },
+                what: crate::obs::What::Refused { session: 0, client, reason, rule },
             });
         }
     }

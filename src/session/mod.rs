@@ -286,6 +286,8 @@ pub struct Session {
     counted_ip: Option<std::net::IpAddr>,
     /// Why the session closed the connection before serving it, if it did.
     refusal: Option<Refusal>,
+    /// The session's id in the activity log (the driver's: [`Session::set_id`]).
+    id: u64,
     /// The message with the spool, for its activity line: sender, recipients, size.
     spooling: Option<(String, usize, u64)>,
 }
@@ -307,6 +309,19 @@ impl Session {
         peer: SocketAddr,
         tls: Option<TlsInfo>,
         now: Now,
+    ) -> Self {
+        Session::with_id(cfg, ids, directory, peer, tls, now, 0)
+    }
+
+    /// A new session named `id` in the activity log (the shard's number and a counter).
+    pub fn with_id(
+        cfg: Arc<SessionConfig>,
+        ids: Rc<RefCell<IdGen>>,
+        directory: Arc<Directory>,
+        peer: SocketAddr,
+        tls: Option<TlsInfo>,
+        now: Now,
+        id: u64,
     ) -> Self {
         let proxied = cfg.proxy_from.as_ref().is_some_and(|l| l.contains(peer.ip()));
         let mut s = Session {
@@ -339,6 +354,7 @@ impl Session {
             counted_ip: None,
             refusal: None,
             spooling: None,
+            id,
         };
         if !proxied {
             s.connect(now);
@@ -398,7 +414,7 @@ impl Session {
         self.reply(reply);
         self.refusal = Some(why);
         let client = self.peer.ip();
-        self.log(at_ms, crate::obs::What::Refused { client, reason: why, rule });
+        self.log(at_ms, crate::obs::What::Refused { session: self.id, client, reason: why, rule });
         self.close();
     }
 
@@ -620,6 +636,7 @@ impl Session {
                 if let Some((from, rcpts, size)) = spooled {
                     let what = crate::obs::What::Received {
                         id,
+                        session: self.id,
                         client: self.peer.ip(),
                         helo: self.helo.clone().unwrap_or_default(),
                         from,

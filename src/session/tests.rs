@@ -586,7 +586,8 @@ fn activity_lines_for_a_message_and_a_refusal() {
     assert_eq!(
         line,
         format!(
-            "received id={id} client=192.0.2.7 helo=client.example from=<a@r.example> rcpts=2 size={size} tls=- auth=-"
+            "received id={id} session=0000000000000000 client=192.0.2.7 helo=client.example from=<a@r.example> \
+             rcpts=2 size={size} tls=- auth=-"
         )
     );
     let p = Policy { ehlo_block: vec!["ylmf-pc".into()], ..Policy::default() };
@@ -594,7 +595,8 @@ fn activity_lines_for_a_message_and_a_refusal() {
     h.send("EHLO YLMF-PC\r\n");
     assert_eq!(h.activity.len(), 1);
     assert!(
-        h.activity[0].ends_with(" refused client=192.0.2.7 reason=\"EHLO block\" rule=YLMF-PC"),
+        h.activity[0]
+            .ends_with(" refused session=0000000000000000 client=192.0.2.7 reason=\"EHLO block\" rule=YLMF-PC"),
         "{:?}",
         h.activity
     );
