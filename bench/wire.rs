@@ -98,7 +98,7 @@ fn session(c: &mut Criterion) {
             || {
                 let now = Now::system();
                 let mut s =
-                    Session::new(cfg.clone(), ids.clone(), dir.clone(), "192.0.2.1:1".parse().unwrap(), None, now);
+                    Session::new(cfg.clone(), ids.clone(), dir.clone(), "192.0.2.1:1".parse().unwrap(), None, now, 0);
                 s.handle_input(now, b"EHLO c\r\n");
                 s.output().clear();
                 (s, now)

@@ -91,7 +91,7 @@ impl Shard {
         self.sessions += 1;
         let id = (self.id as u64) << 56 | self.sessions;
         let session =
-            Session::with_id(lst.session.clone(), self.ids.clone(), self.directory.current(), peer, None, now, id);
+            Session::new(lst.session.clone(), self.ids.clone(), self.directory.current(), peer, None, now, id);
         let implicit = if lst.implicit_tls { self.tls.clone() } else { None };
         Conn::new(session, self.counted_ip(l, peer.ip()), implicit)
     }

@@ -301,20 +301,9 @@ impl Drop for Session {
 }
 
 impl Session {
-    /// A new session; the greeting is already in [`Session::output`].
+    /// A new session, named `id` in the activity log (the shard's number and a counter); the
+    /// greeting is already in [`Session::output`].
     pub fn new(
-        cfg: Arc<SessionConfig>,
-        ids: Rc<RefCell<IdGen>>,
-        directory: Arc<Directory>,
-        peer: SocketAddr,
-        tls: Option<TlsInfo>,
-        now: Now,
-    ) -> Self {
-        Session::with_id(cfg, ids, directory, peer, tls, now, 0)
-    }
-
-    /// A new session named `id` in the activity log (the shard's number and a counter).
-    pub fn with_id(
         cfg: Arc<SessionConfig>,
         ids: Rc<RefCell<IdGen>>,
         directory: Arc<Directory>,

@@ -50,7 +50,7 @@ impl Harness {
     fn new(cfg: SessionConfig) -> Self {
         let now = Now::system();
         let ids = Rc::new(RefCell::new(IdGen::new(0, QueueId(0))));
-        let s = Session::new(Arc::new(cfg), ids, directory(), "192.0.2.7:40000".parse().unwrap(), None, now);
+        let s = Session::new(Arc::new(cfg), ids, directory(), "192.0.2.7:40000".parse().unwrap(), None, now, 0);
         let mut h = Harness {
             s,
             now,
@@ -495,7 +495,7 @@ impl Harness {
     fn raw(cfg: SessionConfig, peer: &str) -> (Self, String) {
         let now = Now::system();
         let ids = Rc::new(RefCell::new(IdGen::new(0, QueueId(0))));
-        let s = Session::new(Arc::new(cfg), ids, directory(), peer.parse().unwrap(), None, now);
+        let s = Session::new(Arc::new(cfg), ids, directory(), peer.parse().unwrap(), None, now, 0);
         let mut h = Harness {
             s,
             now,
@@ -1031,7 +1031,7 @@ fn inbound_auth_per_postoffice_by_default() {
     let now = Now::system();
     let ids = Rc::new(RefCell::new(IdGen::new(0, QueueId(0))));
     let dir = Arc::new(Directory::build(data).unwrap());
-    let mut s = Session::new(Arc::new(cfg()), ids, dir, "192.0.2.7:1".parse().unwrap(), None, now);
+    let mut s = Session::new(Arc::new(cfg()), ids, dir, "192.0.2.7:1".parse().unwrap(), None, now, 0);
     s.handle_input(
         now,
         b"EHLO c\r\nMAIL FROM:<a@r.example>\r\nRCPT TO:<ops@intra.example>\r\nRCPT TO:<alice@example.net>\r\n",

@@ -397,7 +397,7 @@ fuzz_target!(|d: Dialog| {
     let ids = Rc::new(RefCell::new(IdGen::new(0, QueueId(0))));
     let now = Now::system();
     let tls = setup.tls.then(|| TlsInfo { version: "TLSv1.3".into(), cipher: "c".into() });
-    let s = Session::new(cfg, ids, directory(), "192.0.2.1:40000".parse().unwrap(), tls, now);
+    let s = Session::new(cfg, ids, directory(), "192.0.2.1:40000".parse().unwrap(), tls, now, 0);
     let mut run = Run { s, now, setup, closed: false };
     run.actions();
     let mut piece = 0usize;

@@ -34,7 +34,7 @@ fuzz_target!(|data: &[u8]| {
     let ids = Rc::new(RefCell::new(IdGen::new(0, QueueId(0))));
     let mut now = Now::system();
     let dir = std::sync::Arc::new(ringmx::directory::Directory::build(Default::default()).unwrap());
-    let mut s = Session::new(cfg, ids, dir, "192.0.2.1:25".parse().unwrap(), tls, now);
+    let mut s = Session::new(cfg, ids, dir, "192.0.2.1:25".parse().unwrap(), tls, now, 0);
     // The first byte of each piece sets its length; pieces are fed one by one.
     let mut rest = data;
     while let Some((&n, tail)) = rest.split_first() {
