@@ -37,7 +37,7 @@ fn scraped_after_traffic_and_valid_for_promtool() {
     for driver in DRIVERS {
         let dir = tempfile::tempdir().unwrap();
         alice_directory(dir.path());
-        let cfg = "[metrics]\nlisten = \"127.0.0.1:0\"\n[policy]\nehlo_block = [\"ylmf-pc\"]\n";
+        let cfg = "[metrics]\nlisten = \"127.0.0.1:0\"\n[policy]\nehlo_block = [\"ylmf-pc\"]\nauto_ban = true\n";
         let srv = start_plain(dir.path(), driver, cfg);
         let m = srv.metrics.expect("the metrics address is printed");
         let (mut c, _) = Client::connect(srv.addr());
@@ -65,6 +65,9 @@ fn scraped_after_traffic_and_valid_for_promtool() {
         assert!(value(&text, "ringmx_message_bytes_accepted_total").unwrap() > 3 * 20, "{text}");
         assert!(value(&text, "ringmx_spool_records_total").unwrap() >= 3, "{text}");
         assert_eq!(value(&text, "ringmx_log_events_dropped_total"), Some(0), "{text}");
+        assert_eq!(value(&text, "ringmx_recipients_deferred_total"), Some(0), "{text}");
+        assert_eq!(value(&text, "ringmx_recipients_failed_total"), Some(0), "{text}");
+        assert_eq!(value(&text, "ringmx_bans_active"), Some(0), "{text}");
         // promtool reads the exposition from standard input.
         let (ok, said) = std::process::Command::new("promtool")
             .args(["check", "metrics"])

@@ -56,6 +56,8 @@ pub struct ControlMetrics {
     pub active: Cell,
     pub delivered_local: Cell,
     pub relayed: Cell,
+    pub deferred: Cell,
+    pub failed: Cell,
     pub segments_retired: Cell,
 }
 
@@ -70,6 +72,8 @@ pub struct Registry {
     pub log_dropped: Option<Arc<AtomicU64>>,
     /// DNS questions, answers from the cache, failures.
     pub dns: Option<Arc<crate::dns::DnsService>>,
+    /// The automatic bans (none when they are off).
+    pub bans: Option<Arc<crate::policy::BanList>>,
 }
 
 fn metric(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(String, u64)]) {
@@ -171,6 +175,31 @@ impl Registry {
             "Spool segments retired.",
             &one(c.segments_retired.get()),
         );
+        let deferred = one(c.deferred.get());
+        metric(
+            &mut out,
+            "ringmx_recipients_deferred_total",
+            "counter",
+            "Attempts that left a recipient deferred.",
+            &deferred,
+        );
+        metric(
+            &mut out,
+            "ringmx_recipients_failed_total",
+            "counter",
+            "Recipients failed for good.",
+            &one(c.failed.get()),
+        );
+        if let Some(b) = &self.bans {
+            let now = crate::util::time::Now::system().unix_secs();
+            metric(
+                &mut out,
+                "ringmx_bans_active",
+                "gauge",
+                "Client addresses banned now.",
+                &one(b.list(now).len() as u64),
+            );
+        }
         if let Some(d) = &self.log_dropped {
             metric(
                 &mut out,

@@ -88,6 +88,10 @@ pub struct Stats {
     pub delivered: u64,
     /// Recipients handed to a next hop.
     pub relayed: u64,
+    /// Attempts that left a recipient deferred (local or remote).
+    pub deferred: u64,
+    /// Recipients failed for good (local or remote; an operator's bounce is not counted).
+    pub failed: u64,
 }
 
 /// A message in the active window.
@@ -750,6 +754,11 @@ impl QueueManager {
                 e.rcpts.set(*i, Rcpt::Done);
                 0
             };
+            match status {
+                MarkStatus::Deferred => self.stats.deferred += 1,
+                MarkStatus::Failed => self.stats.failed += 1,
+                _ => {}
+            }
             if status == MarkStatus::Failed {
                 reports.push(failure_report(*i as usize, &reply, now));
             }
@@ -822,6 +831,11 @@ impl QueueManager {
         self.stats.relayed += j.relayed;
         let mut log_lines = Vec::new();
         for mark in j.marks {
+            match mark.status {
+                MarkStatus::Deferred => self.stats.deferred += 1,
+                MarkStatus::Failed => self.stats.failed += 1,
+                _ => {}
+            }
             let state = if mark.status == MarkStatus::Deferred { Rcpt::Open } else { Rcpt::Done };
             e.rcpts.set(mark.rcpt, state);
             let MarkFor { rcpt, status, text, next_attempt_ms } = mark;

@@ -316,7 +316,7 @@ fn mixed_message() {
     assert_eq!(d.run(), [format!("remote {} 1:r@remote.test", mx("remote.test"))]);
     assert_eq!(d.remote(id, &[1], "250 2.0.0 queued as X"), ["mark 1 Delivered #2 250 2.0.0 queued as X"]);
     assert!(d.m.is_empty());
-    assert_eq!(d.m.stats(), Stats { delivered: 1, relayed: 1 });
+    assert_eq!(d.m.stats(), Stats { delivered: 1, relayed: 1, deferred: 1, failed: 1 });
 }
 
 /// With the activity log on, the mixed message's story in lines, all with its queue id: the

@@ -320,6 +320,7 @@ impl Server {
                     limits: Some(limits.clone()),
                     log_dropped: activity.as_ref().map(|a| a.dropped_counter()),
                     dns: services.dns.clone(),
+                    bans: services.policy.bans.clone(),
                 });
                 let ready = crate::obs::metrics::Readiness { spool: spool.clone(), serving: serving.clone() };
                 let stop = Arc::new(AtomicBool::new(false));

@@ -219,6 +219,8 @@ impl Control {
         m.active.set(self.manager.active() as u64);
         m.delivered_local.set(stats.delivered);
         m.relayed.set(stats.relayed);
+        m.deferred.set(stats.deferred);
+        m.failed.set(stats.failed);
         m.segments_retired.set(self.reclaimed);
     }
 
