@@ -14,6 +14,8 @@ command -v python3 >/dev/null || need+=(python3)
 [ -x /usr/sbin/dovecot ] && [ -x /usr/lib/dovecot/lmtp ] || need+=(dovecot-core dovecot-lmtpd)
 # promtool validates the metrics endpoint's output (tests/metrics.rs).
 command -v promtool >/dev/null || need+=(prometheus)
+# Headless Chromium loads the status page (tests/status_page.rs).
+command -v chromium >/dev/null || need+=(chromium)
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" = 0 ] || sudo="sudo"

@@ -9,7 +9,8 @@
 //!
 //! # Endpoints
 //!
-//! `GET /metrics` (text exposition format 0.0.4), `GET /healthz` (the server runs: 200),
+//! `GET /metrics` (text exposition format 0.0.4), `GET /` (the status page,
+//! [`super::status`]) and `GET /status.json` (its figures), `GET /healthz` (the server runs: 200),
 //! `GET /readyz` (200 when the listeners are bound and the spool directory takes a new
 //! file; 503 with the reason otherwise). One request per connection, read with a time-out
 //! and a size cap: the endpoint is for a local scraper, and a slow or hostile client costs
@@ -59,6 +60,11 @@ pub struct ControlMetrics {
     pub deferred: Cell,
     pub failed: Cell,
     pub segments_retired: Cell,
+    /// The oldest queued message's id (0: the queue is empty), refreshed about once a second.
+    pub oldest_id: Cell,
+    /// The destinations with the most deferrals since their last delivery, refreshed with
+    /// `oldest_id`.
+    pub deferred_destinations: std::sync::Mutex<Vec<crate::queue::board::Deferred>>,
 }
 
 /// Everything a scrape reads.
@@ -266,12 +272,13 @@ const REQUEST_MAX: usize = 8 * 1024;
 /// Serves scrapes on `listener` until `stop` is set (then one connection to it wakes the
 /// thread: [`wake`]).
 pub fn serve(listener: TcpListener, registry: Arc<Registry>, ready: Readiness, stop: Arc<AtomicBool>) {
+    let mut page = super::status::Page::new(registry.clone(), ready.spool.clone());
     for conn in listener.incoming() {
         if stop.load(Ordering::Relaxed) {
             return;
         }
         let Ok(s) = conn else { continue };
-        let _ = answer(s, &registry, &ready);
+        let _ = answer(s, &registry, &mut page, &ready);
     }
 }
 
@@ -280,7 +287,12 @@ pub fn wake(addr: std::net::SocketAddr) {
     let _ = TcpStream::connect_timeout(&addr, Duration::from_secs(1));
 }
 
-fn answer(mut s: TcpStream, registry: &Registry, ready: &Readiness) -> std::io::Result<()> {
+fn answer(
+    mut s: TcpStream,
+    registry: &Registry,
+    page: &mut super::status::Page,
+    ready: &Readiness,
+) -> std::io::Result<()> {
     s.set_read_timeout(Some(REQUEST_TIMEOUT))?;
     s.set_write_timeout(Some(REQUEST_TIMEOUT))?;
     let mut head = Vec::with_capacity(512);
@@ -294,9 +306,15 @@ fn answer(mut s: TcpStream, registry: &Registry, ready: &Readiness) -> std::io::
     }
     let line = String::from_utf8_lossy(head.split(|&b| b == b'\n').next().unwrap_or(&[]));
     let mut parts = line.split_whitespace();
-    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let path = target.split_once('?').map_or(target, |(p, _)| p);
     let (status, ctype, body) = match (method, path) {
         ("GET", "/metrics") => ("200 OK", "text/plain; version=0.0.4; charset=utf-8", registry.render()),
+        ("GET", "/") => ("200 OK", "text/html; charset=utf-8", super::status::html(&page.status())),
+        ("GET", "/status.json") => {
+            let body = serde_json::to_string(&page.status()).unwrap_or_default();
+            ("200 OK", "application/json", body)
+        }
         ("GET", "/healthz") => ("200 OK", "text/plain", "ok\n".to_string()),
         ("GET", "/readyz") => match ready.check() {
             Ok(()) => ("200 OK", "text/plain", "ready\n".to_string()),

@@ -19,6 +19,7 @@
 //! SIGUSR1 reopens the file (after logrotate renamed it).
 
 pub mod metrics;
+pub mod status;
 pub mod summary;
 
 use crate::policy::Refusal;

@@ -180,6 +180,8 @@ pub struct QueueManager {
     activity: Vec<Activity>,
     replies: ReplyMemory,
     stats: Stats,
+    /// Destinations in trouble, for the status page.
+    board: super::board::Board,
 }
 
 impl QueueManager {
@@ -197,6 +199,7 @@ impl QueueManager {
             activity: Vec::new(),
             replies,
             stats: Stats::default(),
+            board: super::board::Board::default(),
         }
     }
 
@@ -216,6 +219,17 @@ impl QueueManager {
 
     pub fn stats(&self) -> Stats {
         self.stats
+    }
+
+    /// The `n` destinations with the most deferrals since mail last went through to them.
+    pub fn deferred_destinations(&self, n: usize) -> Vec<super::board::Deferred> {
+        self.board.top(n)
+    }
+
+    /// The oldest message in the queue (ids sort by the time they were minted). A walk of
+    /// the whole queue: the driver asks for it at most once a second or so.
+    pub fn oldest(&self) -> Option<QueueId> {
+        self.entries.iter().map(|e| e.id).min()
     }
 
     /// The auto-responders' memory (to save after [`Action::SaveReplies`]).
@@ -755,9 +769,13 @@ impl QueueManager {
                 0
             };
             match status {
-                MarkStatus::Deferred => self.stats.deferred += 1,
+                MarkStatus::Deferred => {
+                    self.stats.deferred += 1;
+                    self.board.deferred(super::board::LOCAL, &reply.to_string(), now);
+                }
                 MarkStatus::Failed => self.stats.failed += 1,
-                _ => {}
+                MarkStatus::Delivered => self.board.delivered(super::board::LOCAL),
+                MarkStatus::Deleted => {}
             }
             if status == MarkStatus::Failed {
                 reports.push(failure_report(*i as usize, &reply, now));
@@ -835,6 +853,16 @@ impl QueueManager {
                 MarkStatus::Deferred => self.stats.deferred += 1,
                 MarkStatus::Failed => self.stats.failed += 1,
                 _ => {}
+            }
+            let tracked =
+                mark.status == MarkStatus::Deferred || (mark.status == MarkStatus::Delivered && !self.board.is_empty());
+            if tracked && let Some(r) = l.envelope.rcpts.get(mark.rcpt as usize) {
+                let domain = super::board::domain_of(&r.address);
+                if mark.status == MarkStatus::Deferred {
+                    self.board.deferred(&domain, &mark.text, now);
+                } else {
+                    self.board.delivered(&domain);
+                }
             }
             let state = if mark.status == MarkStatus::Deferred { Rcpt::Open } else { Rcpt::Done };
             e.rcpts.set(mark.rcpt, state);

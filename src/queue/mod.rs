@@ -14,10 +14,12 @@
 //! - [`entries`]: what the queue keeps per message (72 bytes and two bits per recipient).
 //! - [`manager`]: [`QueueManager`], the sans-IO state machine of the delivery side, and
 //!   [`actions`], what it asks its driver to do and what comes back.
+//! - [`board`]: the destinations in trouble (deferrals since their last delivery).
 //! - [`status`]: a recipient's [`Status`] and its conversion to and from spool marks, so a
 //!   restart keeps attempt counts and next-attempt times.
 
 pub mod actions;
+pub mod board;
 pub mod entries;
 pub mod manager;
 pub mod outcome;

@@ -70,6 +70,11 @@ const TOKEN_MOVE: u64 = 2;
 
 /// The longest the thread sleeps: it also checks for the stop flag.
 const MAX_WAIT: Duration = Duration::from_millis(200);
+/// How often the status page's slower figures are refreshed (the oldest message is a walk
+/// of the queue).
+const STATUS_PERIOD_MS: u64 = 1_000;
+/// How many destinations in trouble the status page shows.
+const STATUS_DESTINATIONS: usize = 10;
 
 struct Control {
     cfg: ControlConfig,
@@ -90,6 +95,9 @@ struct Control {
     /// at `compact_after` (Unix ms) at the earliest.
     compact_pending: bool,
     compact_after: u64,
+    /// When the slower figures for the status page (oldest message, destinations in
+    /// trouble) are next published (Unix ms).
+    status_after: u64,
     /// The control thread's way into the activity log.
     activity: Option<crate::obs::Emitter>,
     /// Published at the end of every turn for the metrics endpoint.
@@ -151,6 +159,7 @@ pub fn spawn(
         reclaimed: 0,
         compact_pending: false,
         compact_after: 0,
+        status_after: 0,
         activity,
         metrics,
     };
@@ -222,6 +231,14 @@ impl Control {
         m.deferred.set(stats.deferred);
         m.failed.set(stats.failed);
         m.segments_retired.set(self.reclaimed);
+        if now >= self.status_after {
+            self.status_after = now + STATUS_PERIOD_MS;
+            m.oldest_id.set(self.manager.oldest().map_or(0, |id| id.0));
+            let top = self.manager.deferred_destinations(STATUS_DESTINATIONS);
+            if let Ok(mut d) = m.deferred_destinations.lock() {
+                *d = top;
+            }
+        }
     }
 
     fn handle(&mut self, m: ControlMsg, now: u64) {
