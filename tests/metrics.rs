@@ -108,3 +108,78 @@ impl WithStdin for std::process::Command {
         (out.status, text)
     }
 }
+
+/// Replies by code and enhanced status, phase latencies, TLS handshakes (one completed, one
+/// failed) and AUTH results, counted by the shard as a scrape sees them.
+#[test]
+fn replies_phases_tls_and_auth_are_counted() {
+    for driver in DRIVERS {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().join("data/directory");
+        std::fs::create_dir_all(&d).unwrap();
+        let hash = ringmx::admin::directory::hash_password("s3cret").unwrap();
+        let data = serde_json::json!({
+            "postoffices": [{"name": "po"}],
+            "domains": [{"name": "example.net", "postoffice": "po"}],
+            "mailboxes": [{"postoffice": "po", "name": "alice", "password_hash": hash, "addresses": ["alice@example.net"]}]
+        });
+        std::fs::write(d.join("directory.json"), serde_json::to_string(&data).unwrap()).unwrap();
+        let (cert, key, ca) = make_cert(&dir.path().join("tls"));
+        let cfg =
+            format!("[metrics]\nlisten = \"127.0.0.1:0\"\n[tls]\ncertificate = {cert:?}\nprivate_key = {key:?}\n");
+        let srv = start_plain(dir.path(), driver, &cfg);
+        let m = srv.metrics.expect("the metrics address is printed");
+
+        let (mut c, _) = Client::connect(srv.addr());
+        c.cmd("EHLO c");
+        assert!(c.cmd("STARTTLS").starts_with("220"));
+        c.upgrade(tls_client_config(&ca));
+        c.cmd("EHLO c");
+        let plain = |user_pass: &[u8]| format!("AUTH PLAIN {}", ringmx::delivery::client::base64(user_pass));
+        assert!(c.cmd(&plain(b"\0alice@example.net\0wrong")).starts_with("535 5.7.8"));
+        assert!(c.cmd(&plain(b"\0alice@example.net\0s3cret")).starts_with("235 2.7.0"));
+        queued_id(&c.message("alice@example.net", &["alice@example.net"], "Subject: t\r\n\r\nx\r\n"));
+        assert!(c.quit_tls(), "{driver}: an orderly TLS close");
+
+        // A handshake that fails: STARTTLS, then bytes that are no TLS record.
+        let (mut bad, _) = Client::connect(srv.addr());
+        bad.cmd("EHLO c");
+        assert!(bad.cmd("STARTTLS").starts_with("220"));
+        bad.send(b"this is not a ClientHello\r\n\r\n");
+        drop(bad);
+
+        let scraped = || scrape(m);
+        assert!(
+            eventually(Duration::from_secs(20), || {
+                let t = scraped();
+                value(&t, "ringmx_tls_handshake_failures_total") == Some(1)
+                    && value(&t, "ringmx_smtp_phase_seconds_count{phase=\"data\"}") == Some(1)
+                    && value(&t, "ringmx_delivery_results_total{destination=\"local\",result=\"delivered\"}") == Some(1)
+            }),
+            "{driver}: {}",
+            scraped()
+        );
+        let t = scraped();
+        let v = |name: &str| value(&t, name).unwrap_or_else(|| panic!("{driver}: no {name} in\n{t}"));
+        assert_eq!(v("ringmx_tls_handshakes_total{version=\"TLSv1.3\"}"), 1);
+        assert_eq!(v("ringmx_auth_total{result=\"success\"}"), 1);
+        assert_eq!(v("ringmx_auth_total{result=\"failure\"}"), 1);
+        assert_eq!(v("ringmx_smtp_replies_total{code=\"535\",status=\"5.7.8\"}"), 1);
+        assert_eq!(v("ringmx_smtp_replies_total{code=\"235\",status=\"2.7.0\"}"), 1);
+        assert_eq!(v("ringmx_smtp_replies_total{code=\"220\",status=\"2.0.0\"}"), 2, "two STARTTLS");
+        assert_eq!(v("ringmx_smtp_replies_total{code=\"250\",status=\"\"}"), 3, "three EHLO");
+        assert_eq!(v("ringmx_smtp_phase_seconds_count{phase=\"banner\"}"), 2);
+        assert_eq!(v("ringmx_smtp_phase_seconds_count{phase=\"ehlo\"}"), 3);
+        assert_eq!(v("ringmx_smtp_phase_seconds_count{phase=\"mail\"}"), 1);
+        assert_eq!(v("ringmx_smtp_phase_seconds_count{phase=\"rcpt\"}"), 1);
+        assert_eq!(v("ringmx_smtp_phase_seconds_bucket{phase=\"data\",le=\"+Inf\"}"), 1);
+        assert_eq!(v("ringmx_messages_generated_total{kind=\"dsn_failed\"}"), 0);
+        let (ok, said) = std::process::Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(std::process::Stdio::piped())
+            .output_with_stdin(&t);
+        assert!(ok.success(), "{driver}: promtool: {said}\n{t}");
+        let (status, log) = srv.stop();
+        assert!(status.success(), "{log}");
+    }
+}

@@ -80,6 +80,11 @@ fn status_page_in_headless_chromium_shows_the_traffic() {
     assert!(s["spool"]["fs_size_bytes"].as_u64() > Some(0), "{s}");
     assert_eq!(s["shards"].as_array().map(Vec::len), Some(1), "{s}");
 
+    // The same list as a bounded metric.
+    let (_, metrics) = get(m, "/metrics");
+    let line = format!("ringmx_deferred_destination_deferrals{{destination=\"backup.example\"}} {}\n", d["deferrals"]);
+    assert!(metrics.contains(&line), "{metrics}");
+
     // Without JavaScript: the figures are in the served tables.
     let (head, html) = get(m, "/");
     assert!(head.contains("text/html"), "{head}");

@@ -48,6 +48,8 @@ pub struct ShardMetrics {
     pub spool_batches: Cell,
     pub spool_records: Cell,
     pub spool_segments: Cell,
+    /// Replies, phase latencies, TLS and AUTH ([`super::tally`]), copied when they change.
+    pub tally: std::sync::Mutex<super::tally::Tally>,
 }
 
 /// The control thread's figures as it last published them.
@@ -60,11 +62,34 @@ pub struct ControlMetrics {
     pub deferred: Cell,
     pub failed: Cell,
     pub segments_retired: Cell,
+    pub deferred_remote: Cell,
+    pub failed_remote: Cell,
+    /// Messages generated, by [`GENERATED`] kind.
+    pub generated: [Cell; GENERATED.len()],
     /// The oldest queued message's id (0: the queue is empty), refreshed about once a second.
     pub oldest_id: Cell,
     /// The destinations with the most deferrals since their last delivery, refreshed with
     /// `oldest_id`.
     pub deferred_destinations: std::sync::Mutex<Vec<crate::queue::board::Deferred>>,
+}
+
+/// The kinds of messages the server writes itself (`ringmx_messages_generated_total`).
+pub const GENERATED: [&str; 6] = ["dsn_failed", "dsn_delayed", "dsn_success", "autoreply", "forward", "badmail"];
+
+impl ControlMetrics {
+    /// Publishes the queue manager's counters.
+    pub fn set_stats(&self, s: &crate::queue::manager::Stats) {
+        self.delivered_local.set(s.delivered);
+        self.relayed.set(s.relayed);
+        self.deferred.set(s.deferred);
+        self.failed.set(s.failed);
+        self.deferred_remote.set(s.deferred_remote);
+        self.failed_remote.set(s.failed_remote);
+        let g = [s.dsn_failed, s.dsn_delayed, s.dsn_success, s.autoreplies, s.forwards, s.badmail];
+        for (cell, v) in self.generated.iter().zip(g) {
+            cell.set(v);
+        }
+    }
 }
 
 /// Everything a scrape reads.
@@ -89,6 +114,11 @@ fn metric(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(Stri
     for (labels, v) in samples {
         let _ = writeln!(out, "{name}{labels} {v}");
     }
+}
+
+/// A label value as the text format wants it: backslash, quote and newline escaped.
+fn label_value(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
 impl Registry {
@@ -151,6 +181,13 @@ impl Registry {
             "Spool segments begun by the shards.",
             &one(sum(&|s| s.spool_segments.get())),
         );
+        let mut tally = super::tally::Tally::default();
+        for s in &self.shards {
+            if let Ok(t) = s.tally.lock() {
+                tally.merge(&t);
+            }
+        }
+        tally.render(&mut out);
         let c = &self.control;
         metric(&mut out, "ringmx_queue_messages", "gauge", "Messages in the queue.", &one(c.queued.get()));
         metric(
@@ -195,6 +232,51 @@ impl Registry {
             "counter",
             "Recipients failed for good.",
             &one(c.failed.get()),
+        );
+        let (dl, dr) = (c.deferred.get().saturating_sub(c.deferred_remote.get()), c.deferred_remote.get());
+        let (fl, fr) = (c.failed.get().saturating_sub(c.failed_remote.get()), c.failed_remote.get());
+        let attempts: Vec<(String, u64)> = [
+            ("local", "delivered", c.delivered_local.get()),
+            ("local", "deferred", dl),
+            ("local", "failed", fl),
+            ("remote", "delivered", c.relayed.get()),
+            ("remote", "deferred", dr),
+            ("remote", "failed", fr),
+        ]
+        .iter()
+        .map(|(kind, result, v)| (format!("{{destination=\"{kind}\",result=\"{result}\"}}"), *v))
+        .collect();
+        metric(
+            &mut out,
+            "ringmx_delivery_results_total",
+            "counter",
+            "Recipients' delivery results, by destination kind (local mailboxes and forwards, or remote servers).",
+            &attempts,
+        );
+        let generated: Vec<(String, u64)> =
+            GENERATED.iter().zip(&c.generated).map(|(k, v)| (format!("{{kind=\"{k}\"}}"), v.get())).collect();
+        metric(
+            &mut out,
+            "ringmx_messages_generated_total",
+            "counter",
+            "Messages the server wrote: delivery status notifications by their gravest action, auto-replies, forwards; reports to the null sender kept as bad mail.",
+            &generated,
+        );
+        let troubled: Vec<(String, u64)> = c
+            .deferred_destinations
+            .lock()
+            .map(|d| {
+                d.iter()
+                    .map(|x| (format!("{{destination=\"{}\"}}", label_value(&x.destination)), x.deferrals))
+                    .collect()
+            })
+            .unwrap_or_default();
+        metric(
+            &mut out,
+            "ringmx_deferred_destination_deferrals",
+            "gauge",
+            "The ten destinations with the most deferrals since mail to them last went through.",
+            &troubled,
         );
         if let Some(b) = &self.bans {
             let now = crate::util::time::Now::system().unix_secs();

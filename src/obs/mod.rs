@@ -21,6 +21,7 @@
 pub mod metrics;
 pub mod status;
 pub mod summary;
+pub mod tally;
 
 use crate::policy::Refusal;
 use crate::spool::QueueId;

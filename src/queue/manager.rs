@@ -92,6 +92,18 @@ pub struct Stats {
     pub deferred: u64,
     /// Recipients failed for good (local or remote; an operator's bounce is not counted).
     pub failed: u64,
+    /// Of `deferred` and `failed`, those of remote deliveries.
+    pub deferred_remote: u64,
+    pub failed_remote: u64,
+    /// Messages generated: delivery status notifications by their gravest action
+    /// (failed, delayed, delivered or relayed), auto-replies, forwards.
+    pub dsn_failed: u64,
+    pub dsn_delayed: u64,
+    pub dsn_success: u64,
+    pub autoreplies: u64,
+    pub forwards: u64,
+    /// Reports to the null sender kept in the bad-mail folder instead.
+    pub badmail: u64,
 }
 
 /// A message in the active window.
@@ -722,6 +734,7 @@ impl QueueManager {
                 message_id: &message_id,
             });
             // RFC 3834 §3.3: an automatic response has a null reverse path.
+            self.stats.autoreplies += 1;
             self.note(now, What::Generated { id: reply_id, kind: "autoreply", about: id, to: sender.clone() });
             self.generate(reply_id, now, String::new(), vec![sender], data, |_| {});
             self.actions.push_back(Action::SaveReplies);
@@ -812,6 +825,7 @@ impl QueueManager {
         if !to.is_empty() {
             log::info!("queue: {id}: forwarded to {}", to.join(", "));
             let fwd_id = self.ids.next(now / 1000);
+            self.stats.forwards += 1;
             self.note(now, What::Generated { id: fwd_id, kind: "forward", about: id, to: to.join(",") });
             self.generate(fwd_id, now, env.from.clone(), to, content.to_vec(), |e| {
                 e.body = env.body;
@@ -850,8 +864,14 @@ impl QueueManager {
         let mut log_lines = Vec::new();
         for mark in j.marks {
             match mark.status {
-                MarkStatus::Deferred => self.stats.deferred += 1,
-                MarkStatus::Failed => self.stats.failed += 1,
+                MarkStatus::Deferred => {
+                    self.stats.deferred += 1;
+                    self.stats.deferred_remote += 1;
+                }
+                MarkStatus::Failed => {
+                    self.stats.failed += 1;
+                    self.stats.failed_remote += 1;
+                }
                 _ => {}
             }
             let tracked =
@@ -925,8 +945,18 @@ impl QueueManager {
             return;
         }
         if env.from.is_empty() {
+            self.stats.badmail += 1;
             self.actions.push_back(Action::KeepBadmail { id: env.id, content });
             return;
+        }
+        use crate::delivery::dsn::Action as Dsn;
+        let gravest = |a: Dsn| reports.iter().any(|r| r.action == a);
+        if gravest(Dsn::Failed) {
+            self.stats.dsn_failed += 1;
+        } else if gravest(Dsn::Delayed) {
+            self.stats.dsn_delayed += 1;
+        } else {
+            self.stats.dsn_success += 1;
         }
         let id = self.ids.next(now / 1000);
         self.note(now, What::Generated { id, kind: "dsn", about: env.id, to: env.from.clone() });

@@ -311,12 +311,32 @@ fn mixed_message() {
         ["mark 1 Deferred #1 next m+15 451 4.4.1 no answer", "dsn 1:delayed"]
     );
     assert_eq!(d.next_due_minutes(), Some(15));
+    let trouble = d.m.deferred_destinations(10);
+    assert_eq!(trouble.len(), 1);
+    assert_eq!((trouble[0].destination.as_str(), trouble[0].deferrals), ("remote.test", 1));
+    assert_eq!(trouble[0].last_reply, "451 4.4.1 no answer");
+    assert_eq!(d.m.oldest(), Some(id));
     d.at(15);
     // Only the open recipient is tried again.
     assert_eq!(d.run(), [format!("remote {} 1:r@remote.test", mx("remote.test"))]);
     assert_eq!(d.remote(id, &[1], "250 2.0.0 queued as X"), ["mark 1 Delivered #2 250 2.0.0 queued as X"]);
     assert!(d.m.is_empty());
-    assert_eq!(d.m.stats(), Stats { delivered: 1, relayed: 1, deferred: 1, failed: 1 });
+    assert!(d.m.deferred_destinations(10).is_empty(), "delivered: no longer in trouble");
+    assert_eq!(d.m.oldest(), None);
+    assert_eq!(
+        d.m.stats(),
+        Stats {
+            delivered: 1,
+            relayed: 1,
+            deferred: 1,
+            failed: 1,
+            deferred_remote: 1,
+            failed_remote: 0,
+            dsn_failed: 1,
+            dsn_delayed: 1,
+            ..Stats::default()
+        }
+    );
 }
 
 /// With the activity log on, the mixed message's story in lines, all with its queue id: the

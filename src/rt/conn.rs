@@ -3,6 +3,7 @@
 
 use super::waker::ShardWaker;
 use crate::dns::DnsAnswer;
+use crate::obs::tally::Tally;
 use crate::policy::auth::AuthOutcome;
 use crate::session::{Action, Session};
 use crate::spool::NewMessage;
@@ -10,7 +11,9 @@ use crate::spool::QueueId;
 use crate::util::time::Now;
 use crate::wire::Reply;
 use rustls::ServerConnection;
+use std::cell::RefCell;
 use std::io::{Read, Write};
+use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -65,6 +68,9 @@ pub struct Conn {
     close_deadline: Option<Instant>,
     /// The TLS close_notify alert is queued (once, after the last reply).
     close_notify: bool,
+    /// The shard's counts of replies, TLS handshakes (and, through the session, phase
+    /// latencies and AUTH results).
+    tally: Rc<RefCell<Tally>>,
 }
 
 /// A TLS failure; the connection is closed after any alert in `outq` is sent.
@@ -76,9 +82,13 @@ impl Conn {
         session: Session,
         counted_ip: Option<std::net::IpAddr>,
         implicit_tls: Option<Arc<rustls::ServerConfig>>,
+        tally: Rc<RefCell<Tally>>,
     ) -> Self {
+        let mut session = session;
+        session.set_tally(tally.clone());
         let mut c = Conn {
             session,
+            tally,
             tls: None,
             tls_pending_info: false,
             outq: Vec::new(),
@@ -135,6 +145,9 @@ impl Conn {
             let state = match tls.process_new_packets() {
                 Ok(s) => s,
                 Err(_) => {
+                    if tls.is_handshaking() {
+                        self.tally.borrow_mut().tls_failure();
+                    }
                     // Send the alert rustls prepared, then close.
                     let _ = tls.write_tls(&mut self.outq);
                     return Err(TlsFailure);
@@ -143,6 +156,7 @@ impl Conn {
             if self.tls_pending_info && !tls.is_handshaking() {
                 self.tls_pending_info = false;
                 let info = super::tls::describe(tls);
+                self.tally.borrow_mut().tls_handshake(&info.version);
                 self.session.set_tls(info);
             }
             let mut plain = state.plaintext_bytes_to_read();
@@ -168,7 +182,7 @@ impl Conn {
     /// Moves session output to `outq` and turns session actions into effects.
     pub fn pump(&mut self, now: Now, starttls: Option<&Arc<rustls::ServerConfig>>, effects: &mut Vec<Effect>) {
         loop {
-            self.flush_session_output();
+            self.flush_session_output(now);
             if let Some(answer) = self.take_answer() {
                 match answer {
                     ServiceAnswer::Dns(a) => self.session.provide_policy_answer(now, a),
@@ -248,11 +262,13 @@ impl Conn {
         self.session.tls_established(now, crate::session::TlsInfo { version: "TLS".into(), cipher: String::new() });
     }
 
-    fn flush_session_output(&mut self) {
+    fn flush_session_output(&mut self, now: Now) {
+        self.session.flushed(now);
         let out = self.session.output();
         if out.is_empty() {
             return;
         }
+        self.tally.borrow_mut().count_replies(out);
         match self.tls.as_mut() {
             Some(tls) => {
                 let _ = tls.writer().write_all(out);

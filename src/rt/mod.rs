@@ -299,6 +299,7 @@ impl Server {
                         activity: emitter,
                         metrics,
                         sessions: 0,
+                        tally: Default::default(),
                     };
                     match driver {
                         Driver::Uring => uring::run(shard),

@@ -52,6 +52,8 @@ pub struct Shard {
     /// Sessions begun: the low bits of the next session's id (the shard's number is the top
     /// byte).
     pub sessions: u64,
+    /// Replies, phase latencies, TLS and AUTH, counted by this shard's connections.
+    pub tally: Rc<RefCell<crate::obs::tally::Tally>>,
 }
 
 /// Counters a shard reports at exit.
@@ -93,7 +95,7 @@ impl Shard {
         let session =
             Session::new(lst.session.clone(), self.ids.clone(), self.directory.current(), peer, None, now, id);
         let implicit = if lst.implicit_tls { self.tls.clone() } else { None };
-        Conn::new(session, self.counted_ip(l, peer.ip()), implicit)
+        Conn::new(session, self.counted_ip(l, peer.ip()), implicit, self.tally.clone())
     }
 
     /// Queues the effects of connection `token` (spool requests).
@@ -160,6 +162,7 @@ impl Shard {
         m.spool_batches.set(l.batches);
         m.spool_records.set(l.records);
         m.spool_segments.set(l.segments_created);
+        self.tally.borrow_mut().publish(&m.tally);
     }
 
     /// The counters, with the spool's.

@@ -171,6 +171,9 @@ impl Session {
     }
 
     fn auth_result(&mut self, outcome: AuthOutcome, login: String, maildir: Option<String>) {
+        if let Some(t) = &self.tally {
+            t.borrow_mut().auth(outcome);
+        }
         match outcome {
             AuthOutcome::Success => {
                 self.auth = Some(Identity { login, maildir });

@@ -40,6 +40,7 @@ mod data;
 
 use crate::directory::Directory;
 use crate::dns::DnsQuery;
+use crate::obs::tally::{Stage, Tally};
 use crate::policy::auth::AuthRequest;
 use crate::policy::{AuthMode, IpList, Policy, Refusal};
 use crate::spool::{Envelope, IdGen, NewMessage, QueueId};
@@ -290,6 +291,11 @@ pub struct Session {
     id: u64,
     /// The message with the spool, for its activity line: sender, recipients, size.
     spooling: Option<(String, usize, u64)>,
+    /// The phase waiting for its reply to be sent, and since when ([`Session::flushed`]).
+    timing: Option<(Stage, Instant)>,
+    /// Where phase latencies and AUTH results are counted (the shard's; none in tests
+    /// that do not look).
+    tally: Option<Rc<RefCell<Tally>>>,
 }
 
 impl Drop for Session {
@@ -344,11 +350,39 @@ impl Session {
             refusal: None,
             spooling: None,
             id,
+            timing: None,
+            tally: None,
         };
         if !proxied {
             s.connect(now);
         }
         s
+    }
+
+    /// Counts phase latencies and AUTH results into `tally` from now on.
+    pub fn set_tally(&mut self, tally: Rc<RefCell<Tally>>) {
+        self.tally = Some(tally);
+    }
+
+    /// A phase begins at `now`: its latency ends when its reply goes out. A phase still
+    /// pending was answered in this same turn (pipelined commands), at `now`.
+    fn stage(&mut self, stage: Stage, now: Instant) {
+        if let Some((s, t)) = self.timing.replace((stage, now))
+            && let Some(tally) = &self.tally
+        {
+            tally.borrow_mut().observe(s, now.saturating_duration_since(t));
+        }
+    }
+
+    /// The driver is about to send [`Session::output`] at `now`: a phase whose reply is in
+    /// it (the session no longer waits for a DNS answer or the spool) is timed.
+    pub fn flushed(&mut self, now: Now) {
+        if self.timing.is_none() || matches!(self.phase, Phase::Waiting | Phase::Spooling | Phase::Proxy) {
+            return;
+        }
+        if let (Some((s, t)), Some(tally)) = (self.timing.take(), &self.tally) {
+            tally.borrow_mut().observe(s, now.mono.saturating_duration_since(t));
+        }
     }
 
     /// The settings this session runs with (the driver finds the shared services there).

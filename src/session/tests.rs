@@ -69,6 +69,8 @@ impl Harness {
     }
 
     fn take_output(&mut self) -> String {
+        // As the driver does before it sends the output.
+        self.s.flushed(self.now);
         let out = std::mem::take(self.s.output());
         self.drain_actions();
         String::from_utf8(out).unwrap()
@@ -1052,3 +1054,30 @@ fn auth_parameter_from_an_unauthenticated_client_is_not_kept() {
 }
 
 mod hostile;
+
+/// Phase latencies on the simulated clock: pipelined MAIL and RCPT answered in the same
+/// turn take no time; DATA's latency is the wait for the spool, from the dot to the 250.
+#[test]
+fn phase_latencies_run_from_input_to_reply() {
+    use crate::obs::tally::{Stage, Tally};
+    let tally = Rc::new(RefCell::new(Tally::default()));
+    let mut h = Harness::new(cfg());
+    h.s.set_tally(tally.clone());
+    h.ehlo();
+    h.auto_spool = false;
+    let r = h.send("MAIL FROM:<a@example.org>\r\nRCPT TO:<alice@example.net>\r\nDATA\r\n");
+    assert_eq!(codes(&r), ["250", "250", "354"]);
+    h.now = h.now.advance(Duration::from_millis(7));
+    assert_eq!(h.send("Subject: x\r\n\r\nhi\r\n.\r\n"), "", "the 250 waits for the spool");
+    h.now = h.now.advance(Duration::from_millis(300));
+    assert!(h.complete_spool(Ok(QueueId(1))).starts_with("250 2.0.0"));
+    let t = tally.borrow();
+    let count = |s: Stage| t.latency[s as usize].count();
+    // The greeting went out before the tally was attached.
+    assert_eq!(
+        (count(Stage::Banner), count(Stage::Ehlo), count(Stage::Mail), count(Stage::Rcpt), count(Stage::Data)),
+        (0, 1, 1, 1, 1)
+    );
+    assert_eq!(t.latency[Stage::Mail as usize].sum_us + t.latency[Stage::Rcpt as usize].sum_us, 0);
+    assert_eq!(t.latency[Stage::Data as usize].sum_us, 300_000);
+}

@@ -226,10 +226,7 @@ impl Control {
         let (m, stats) = (&self.metrics, self.manager.stats());
         m.queued.set(self.manager.len() as u64);
         m.active.set(self.manager.active() as u64);
-        m.delivered_local.set(stats.delivered);
-        m.relayed.set(stats.relayed);
-        m.deferred.set(stats.deferred);
-        m.failed.set(stats.failed);
+        m.set_stats(&stats);
         m.segments_retired.set(self.reclaimed);
         if now >= self.status_after {
             self.status_after = now + STATUS_PERIOD_MS;
