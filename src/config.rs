@@ -92,6 +92,41 @@ pub struct LogConfig {
     /// dropped and counted. Default 16384.
     #[serde(default = "default_log_queue")]
     pub queue: usize,
+    /// `[log.w3c]`: the W3C extended log of SMTP sessions.
+    #[serde(default)]
+    pub w3c: W3cConfig,
+}
+
+/// `[log.w3c]`: the W3C extended log of SMTP sessions, in `<log dir>/w3c/`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct W3cConfig {
+    /// Default false.
+    #[serde(default)]
+    pub enabled: bool,
+    /// The fields of each line, in order. Default: all of them.
+    #[serde(default = "default_w3c_fields")]
+    pub fields: Vec<crate::obs::w3c::Field>,
+    /// `daily`, `hourly` or `size`. Default `daily`.
+    #[serde(default)]
+    pub rollover: crate::obs::w3c::Rollover,
+    /// With `rollover = "size"`: a new file once the current one reaches this. Default 100MiB.
+    #[serde(default = "default_w3c_max_size", deserialize_with = "de_size")]
+    pub max_size: u64,
+}
+
+fn default_w3c_fields() -> Vec<crate::obs::w3c::Field> {
+    crate::obs::w3c::Field::ALL.to_vec()
+}
+
+fn default_w3c_max_size() -> u64 {
+    100 * 1024 * 1024
+}
+
+impl Default for W3cConfig {
+    fn default() -> Self {
+        toml::from_str("").expect("the empty [log.w3c] is valid")
+    }
 }
 
 fn default_log_queue() -> usize {
@@ -893,6 +928,9 @@ impl Config {
         if self.tls.certificate.is_some() != self.tls.private_key.is_some() {
             bad("tls.certificate", "certificate and private_key go together".into());
         }
+        if self.log.w3c.enabled && self.log.w3c.fields.is_empty() {
+            bad("log.w3c.fields", "no field to log".into());
+        }
         for d in &self.local_domains {
             if crate::wire::command::parse_mailbox(&format!("postmaster@{d}")).is_none() || d.starts_with('[') {
                 bad("local_domains", format!("{d:?} is not a domain name"));
@@ -1041,12 +1079,21 @@ impl Config {
         self.data_dir.join("spool")
     }
 
-    /// The activity log's settings, `None` when it is off.
+    /// The log writer's settings, `None` when every log it writes is off.
     pub fn log_settings(&self) -> Option<crate::obs::LogSettings> {
-        self.log.activity.then(|| crate::obs::LogSettings {
-            dir: self.log.dir.clone().unwrap_or_else(|| self.data_dir.join("log")),
+        let dir = self.log.dir.clone().unwrap_or_else(|| self.data_dir.join("log"));
+        let w3c = self.log.w3c.enabled.then(|| crate::obs::w3c::W3cSettings {
+            dir: dir.join("w3c"),
+            fields: self.log.w3c.fields.clone(),
+            rollover: self.log.w3c.rollover,
+            max_size: self.log.w3c.max_size.max(1),
+        });
+        (self.log.activity || w3c.is_some()).then_some(crate::obs::LogSettings {
+            dir,
+            activity: self.log.activity,
             format: self.log.format,
             capacity: self.log.queue,
+            w3c,
         })
     }
 
@@ -1096,6 +1143,7 @@ impl Config {
                 .then(|| Arc::new(IpList::parse(&listener.proxy_trusted).unwrap_or_default())),
             own_addresses: listener.bind.iter().copied().filter(|a| !a.is_unspecified()).collect(),
             activity: self.log.activity,
+            w3c: self.log.w3c.enabled,
         }
     }
 }

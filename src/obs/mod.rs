@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod status;
 pub mod summary;
 pub mod tally;
+pub mod w3c;
 
 use crate::policy::Refusal;
 use crate::spool::QueueId;
@@ -89,13 +90,15 @@ pub enum What {
     Operator { id: QueueId, action: &'static str },
     /// A message was generated (`dsn`, `autoreply`, `forward`) because of message `about`.
     Generated { id: QueueId, kind: &'static str, about: QueueId, to: String },
+    /// Exchanges of an SMTP session, for the W3C log (not the activity log).
+    Session(Box<w3c::SessionLines>),
 }
 
 impl What {
     /// Among events of the same millisecond, a message's receipt comes first.
     fn rank(&self) -> u8 {
         match self {
-            What::Received { .. } | What::Refused { .. } => 0,
+            What::Received { .. } | What::Refused { .. } | What::Session(_) => 0,
             _ => 1,
         }
     }
@@ -109,6 +112,7 @@ impl What {
             What::Failed { .. } => "failed",
             What::Operator { .. } => "operator",
             What::Generated { .. } => "generated",
+            What::Session(_) => "session",
         }
     }
 
@@ -154,6 +158,10 @@ impl What {
                 f("kind", format_args!("{kind}"));
                 f("about", format_args!("{about}"));
                 f("to", format_args!("{to}"));
+            }
+            What::Session(s) => {
+                f("session", format_args!("{:016X}", s.session));
+                f("exchanges", format_args!("{}", s.lines.len()));
             }
         }
     }
@@ -250,9 +258,13 @@ impl Emitter {
 #[derive(Debug, Clone)]
 pub struct LogSettings {
     pub dir: PathBuf,
+    /// Write `activity.log`.
+    pub activity: bool,
     pub format: LogFormat,
     /// Events a producer's channel holds before they are dropped.
     pub capacity: usize,
+    /// The W3C log of sessions, when on.
+    pub w3c: Option<w3c::W3cSettings>,
 }
 
 struct Shared {
@@ -262,7 +274,8 @@ struct Shared {
     stop: AtomicBool,
 }
 
-/// The writer thread and the file it writes (`activity.log` in `[log] dir`).
+/// The writer thread and the files it writes (`activity.log` in `[log] dir`, the W3C log
+/// in its `w3c/`).
 pub struct ActivityLog {
     shared: Arc<Shared>,
     capacity: usize,
@@ -289,7 +302,8 @@ impl ActivityLog {
     pub fn start(settings: LogSettings) -> std::io::Result<ActivityLog> {
         std::fs::create_dir_all(&settings.dir)?;
         let path = activity_path(&settings.dir);
-        let mut out = open(&path)?;
+        let mut out = if settings.activity { Some(open(&path)?) } else { None };
+        let mut w3c = settings.w3c.clone().map(w3c::W3cLog::new).transpose()?;
         let shared = Arc::new(Shared {
             producers: Mutex::new(Vec::new()),
             dropped: Arc::new(AtomicU64::new(0)),
@@ -306,10 +320,17 @@ impl ActivityLog {
             loop {
                 let stopping = s.stop.load(Ordering::Acquire);
                 if s.reopen.swap(false, Ordering::AcqRel) {
-                    let _ = out.flush();
-                    match open(&path) {
-                        Ok(f) => out = f,
-                        Err(e) => log::error!("activity log {}: reopening: {e}", path.display()),
+                    if let Some(o) = out.as_mut() {
+                        let _ = o.flush();
+                        match open(&path) {
+                            Ok(f) => *o = f,
+                            Err(e) => log::error!("activity log {}: reopening: {e}", path.display()),
+                        }
+                    }
+                    if let Some(w) = w3c.as_mut()
+                        && let Err(e) = w.reopen()
+                    {
+                        log::error!("W3C log {}: {e}", w.dir().display());
                     }
                 }
                 {
@@ -332,14 +353,30 @@ impl ActivityLog {
                     pending.partition_point(|a| a.at_ms + REORDER_WINDOW_MS <= now_ms)
                 };
                 let mut wrote = ripe > 0;
+                let mut w3c_wrote = false;
                 for a in pending.drain(..ripe) {
+                    if let What::Session(lines) = &a.what {
+                        if let Some(w) = w3c.as_mut() {
+                            if let Err(e) = w.write(lines) {
+                                log::error!("W3C log {}: {e}", w.dir().display());
+                            }
+                            w3c_wrote = true;
+                        }
+                        continue;
+                    }
+                    let Some(o) = out.as_mut() else { continue };
                     line.clear();
                     a.write_line(format, &mut line, &mut scratch);
                     line.push('\n');
-                    let _ = out.write_all(line.as_bytes());
+                    let _ = o.write_all(line.as_bytes());
+                }
+                if w3c_wrote && let Some(w) = w3c.as_mut() {
+                    let _ = w.flush();
                 }
                 let dropped = s.dropped.load(Ordering::Relaxed);
-                if dropped > reported_drops {
+                if dropped > reported_drops
+                    && let Some(out) = out.as_mut()
+                {
                     let at_ms = crate::util::time::Now::system().unix_ms;
                     let ts = crate::util::time::rfc3339_ms(at_ms);
                     let n = dropped - reported_drops;
@@ -352,7 +389,10 @@ impl ActivityLog {
                     reported_drops = dropped;
                     wrote = true;
                 }
-                if wrote && let Err(e) = out.flush() {
+                if wrote
+                    && let Some(out) = out.as_mut()
+                    && let Err(e) = out.flush()
+                {
                     log::error!("activity log {}: {e}", path.display());
                 }
                 if stopping {
@@ -458,8 +498,14 @@ mod tests {
     #[test]
     fn a_full_channel_drops_and_counts() {
         let dir = tempfile::tempdir().unwrap();
-        let log =
-            ActivityLog::start(LogSettings { dir: dir.path().into(), format: LogFormat::Kv, capacity: 4 }).unwrap();
+        let log = ActivityLog::start(LogSettings {
+            dir: dir.path().into(),
+            activity: true,
+            format: LogFormat::Kv,
+            capacity: 4,
+            w3c: None,
+        })
+        .unwrap();
         let e = log.emitter();
         {
             // Holding the producers' list keeps the writer from draining meanwhile: past the

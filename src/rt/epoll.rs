@@ -170,8 +170,8 @@ impl Driver {
                 continue;
             }
             shard.stats.connections += 1;
-            let conn = shard.new_conn(l, peer, now);
             let raw = fd.as_raw_fd();
+            let conn = shard.new_conn(l, raw, peer, now);
             let token = self.conns.add(Slot { conn, fd, io: EpollIo { events: READ_EVENTS } });
             if ctl(self.ep.as_raw_fd(), libc::EPOLL_CTL_ADD, raw, READ_EVENTS, token).is_err() {
                 self.close(shard, token);
@@ -282,11 +282,8 @@ impl Driver {
     }
 
     fn close(&mut self, shard: &mut Shard, token: u64) {
-        if let Some(s) = self.conns.remove(token) {
-            if let Some(r) = s.conn.session.refusal() {
-                shard.stats.refused.add(r);
-            }
-            shard.limits.release(s.conn.counted_ip);
+        if let Some(mut s) = self.conns.remove(token) {
+            shard.conn_closed(&mut s.conn);
             // Dropping the descriptor closes it and removes it from the epoll set.
             drop(s.fd);
         }

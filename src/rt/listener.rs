@@ -67,6 +67,17 @@ pub fn peer_addr(fd: i32) -> io::Result<SocketAddr> {
     r?.as_socket().ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "not an IP socket"))
 }
 
+/// The local address of a connected socket (the address its client connected to).
+pub fn local_addr(fd: i32) -> io::Result<SocketAddr> {
+    // SAFETY: as in `peer_addr`: the Socket only borrows `fd` for getsockname and
+    // `into_raw_fd` releases it without closing; every caller passes `as_raw_fd()` of an
+    // OwnedFd it holds.
+    let s = unsafe { Socket::from_raw_fd(fd) };
+    let r = s.local_addr();
+    let _ = s.into_raw_fd();
+    r?.as_socket().ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "not an IP socket"))
+}
+
 /// Best-effort, non-blocking write of a short reply on a socket we are about to close
 /// (connection limits).
 pub fn send_and_forget(fd: i32, bytes: &[u8]) {

@@ -225,7 +225,7 @@ impl Server {
                     delay_notice: cfg.delivery.delay_notice,
                     active_limit: cfg.delivery.active_limit,
                     postmaster: cfg.delivery.postmaster.clone(),
-                    activity: activity.is_some(),
+                    activity: cfg.log.activity,
                 },
             },
             directory.clone(),

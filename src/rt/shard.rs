@@ -79,7 +79,6 @@ pub struct Slot<D> {
 }
 
 impl Shard {
-    /// A new connection on listener `l`: its session, greeting included.
     /// The address a new connection on listener `l` is counted under at accept: none for a
     /// trusted load balancer speaking the PROXY protocol (the session counts the client's
     /// real address once the header is read).
@@ -88,14 +87,35 @@ impl Shard {
         (!proxied).then_some(peer)
     }
 
-    pub fn new_conn(&mut self, l: usize, peer: SocketAddr, now: Now) -> Conn {
+    /// A new connection on listener `l` (socket `fd`): its session, greeting included.
+    pub fn new_conn(&mut self, l: usize, fd: std::os::fd::RawFd, peer: SocketAddr, now: Now) -> Conn {
         let lst = &self.listeners[l];
         self.sessions += 1;
         let id = (self.id as u64) << 56 | self.sessions;
-        let session =
+        let mut session =
             Session::new(lst.session.clone(), self.ids.clone(), self.directory.current(), peer, None, now, id);
+        // The W3C log names the address the client reached (one getsockname, only then).
+        if lst.session.w3c
+            && let Ok(local) = super::listener::local_addr(fd)
+        {
+            session.set_local(local);
+        }
         let implicit = if lst.implicit_tls { self.tls.clone() } else { None };
         Conn::new(session, self.counted_ip(l, peer.ip()), implicit, self.tally.clone())
+    }
+
+    /// A connection is gone: its refusal counted, its place in the limits released, its
+    /// last W3C lines handed to the log.
+    pub fn conn_closed(&mut self, conn: &mut Conn) {
+        if let Some(r) = conn.session.refusal() {
+            self.stats.refused.add(r);
+        }
+        self.limits.release(conn.counted_ip);
+        if let Some(em) = &self.activity
+            && let Some(a) = conn.session.end_trace(Now::system())
+        {
+            em.emit(a);
+        }
     }
 
     /// Queues the effects of connection `token` (spool requests).

@@ -269,8 +269,8 @@ impl Driver {
             return;
         }
         shard.stats.connections += 1;
-        let conn = shard.new_conn(l, peer, now);
         let raw = fd.as_raw_fd();
+        let conn = shard.new_conn(l, raw, peer, now);
         let token = self.conns.add(Slot { conn, fd, io: UringIo::default() });
         if let Some(s) = self.conns.get_mut(token) {
             s.io.recv_armed = true;
@@ -381,11 +381,8 @@ impl Driver {
                 // SAFETY: `fd` is this slot's open socket; shutdown(2) takes no memory.
                 unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
             }
-            if let Some(s) = self.conns.remove(token) {
-                if let Some(r) = s.conn.session.refusal() {
-                    shard.stats.refused.add(r);
-                }
-                shard.limits.release(s.conn.counted_ip);
+            if let Some(mut s) = self.conns.remove(token) {
+                shard.conn_closed(&mut s.conn);
                 drop(s.fd);
             }
             return;

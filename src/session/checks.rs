@@ -68,7 +68,7 @@ impl Session {
 
     /// The connect checks, then the greeting.
     pub(super) fn connect(&mut self, now: Now) {
-        self.stage(crate::obs::tally::Stage::Banner, now.mono);
+        self.open_connect(now);
         let ip = self.peer.ip();
         if let Err((why, r)) = self.cfg.policy.connect(ip, now.unix_secs()) {
             let rule = if why == Refusal::Banned { "auto_ban" } else { "access_list" }.to_string();

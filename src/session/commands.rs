@@ -1,6 +1,6 @@
 //! The verbs outside message content.
 
-use super::{Action, Phase, Session, Stage, Transaction};
+use super::{Action, Phase, Session, Transaction};
 use crate::policy::{Refusal, Verdict};
 use crate::spool::{Envelope, QueueId, Recipient};
 use crate::util::time::Now;
@@ -14,15 +14,6 @@ impl Session {
         };
         if self.cfg.policy.is_disabled(cmd.verb()) {
             return self.reply_error(Reply::new(502, "5.5.1", "Error: command not implemented"));
-        }
-        let stage = match cmd {
-            Command::Ehlo(_) | Command::Helo(_) => Some(Stage::Ehlo),
-            Command::Mail { .. } => Some(Stage::Mail),
-            Command::Rcpt { .. } => Some(Stage::Rcpt),
-            _ => None,
-        };
-        if let Some(s) = stage {
-            self.stage(s, now.mono);
         }
         match cmd {
             Command::Ehlo(d) => self.hello(d, true),

@@ -167,7 +167,7 @@ impl Session {
         let tx = std::mem::take(&mut self.tx);
         let Some(mut envelope) = tx.envelope else { return };
         envelope.received_ms = now.unix_ms;
-        self.stage(crate::obs::tally::Stage::Data, now.mono);
+        self.open_content(now, tx.content_len);
         if self.auth.is_some() && self.cfg.policy.add_missing_headers {
             self.add_missing_headers(now, &envelope);
         }

@@ -37,10 +37,11 @@ mod auth;
 mod checks;
 mod commands;
 mod data;
+mod trace;
 
 use crate::directory::Directory;
 use crate::dns::DnsQuery;
-use crate::obs::tally::{Stage, Tally};
+use crate::obs::tally::Tally;
 use crate::policy::auth::AuthRequest;
 use crate::policy::{AuthMode, IpList, Policy, Refusal};
 use crate::spool::{Envelope, IdGen, NewMessage, QueueId};
@@ -134,6 +135,8 @@ pub struct SessionConfig {
     pub own_addresses: Vec<IpAddr>,
     /// Report accepted messages and refused clients ([`Action::Log`]) for the activity log.
     pub activity: bool,
+    /// Record each exchange for the W3C log (handed over in batches as [`Action::Log`]).
+    pub w3c: bool,
 }
 
 impl Default for SessionConfig {
@@ -167,6 +170,7 @@ impl Default for SessionConfig {
             proxy_from: None,
             own_addresses: Vec::new(),
             activity: false,
+            w3c: false,
         }
     }
 }
@@ -291,8 +295,12 @@ pub struct Session {
     id: u64,
     /// The message with the spool, for its activity line: sender, recipients, size.
     spooling: Option<(String, usize, u64)>,
-    /// The phase waiting for its reply to be sent, and since when ([`Session::flushed`]).
-    timing: Option<(Stage, Instant)>,
+    /// The exchange waiting for its reply to be sent ([`trace`]).
+    exchange: Option<trace::Open>,
+    /// W3C lines not yet handed to the log (with `[log.w3c]` on).
+    w3c_lines: Vec<crate::obs::w3c::Exchange>,
+    /// The address the client connected to, when the driver said (W3C `s-ip`, `s-port`).
+    local: Option<SocketAddr>,
     /// Where phase latencies and AUTH results are counted (the shard's; none in tests
     /// that do not look).
     tally: Option<Rc<RefCell<Tally>>>,
@@ -350,7 +358,9 @@ impl Session {
             refusal: None,
             spooling: None,
             id,
-            timing: None,
+            exchange: None,
+            w3c_lines: Vec::new(),
+            local: None,
             tally: None,
         };
         if !proxied {
@@ -362,27 +372,6 @@ impl Session {
     /// Counts phase latencies and AUTH results into `tally` from now on.
     pub fn set_tally(&mut self, tally: Rc<RefCell<Tally>>) {
         self.tally = Some(tally);
-    }
-
-    /// A phase begins at `now`: its latency ends when its reply goes out. A phase still
-    /// pending was answered in this same turn (pipelined commands), at `now`.
-    fn stage(&mut self, stage: Stage, now: Instant) {
-        if let Some((s, t)) = self.timing.replace((stage, now))
-            && let Some(tally) = &self.tally
-        {
-            tally.borrow_mut().observe(s, now.saturating_duration_since(t));
-        }
-    }
-
-    /// The driver is about to send [`Session::output`] at `now`: a phase whose reply is in
-    /// it (the session no longer waits for a DNS answer or the spool) is timed.
-    pub fn flushed(&mut self, now: Now) {
-        if self.timing.is_none() || matches!(self.phase, Phase::Waiting | Phase::Spooling | Phase::Proxy) {
-            return;
-        }
-        if let (Some((s, t)), Some(tally)) = (self.timing.take(), &self.tally) {
-            tally.borrow_mut().observe(s, now.mono.saturating_duration_since(t));
-        }
     }
 
     /// The settings this session runs with (the driver finds the shared services there).
@@ -561,6 +550,7 @@ impl Session {
                 Phase::Sasl(step) => match next_line(&buf[pos..], self.cfg.max_line) {
                     Ok(Some((line, used))) => {
                         pos += used;
+                        self.open_sasl(now, line.len());
                         self.sasl_line(now, step, line);
                         self.line_done(now, true);
                     }
@@ -573,6 +563,7 @@ impl Session {
                 Phase::Command => match next_line(&buf[pos..], self.cfg.max_line) {
                     Ok(Some((line, used))) => {
                         pos += used;
+                        self.open_command(now, line);
                         self.command(now, line);
                         self.line_done(now, false);
                     }
@@ -653,6 +644,7 @@ impl Session {
         let spooled = self.spooling.take();
         match result {
             Ok(id) => {
+                self.exchange_queued(id);
                 self.messages += 1;
                 let text = format!("Ok: queued as {id}");
                 crate::wire::write_reply(&mut self.out, 250, "2.0.0", &text);

@@ -59,6 +59,12 @@ fn parts(unix_secs: u64) -> Parts {
     Parts { y, mo, d, h: rem / 3600, mi: rem / 60 % 60, s: rem % 60, wd: ((days + 4).rem_euclid(7)) as usize }
 }
 
+/// Calendar date and time of day in UTC: (year, month, day, hour, minute, second).
+pub fn utc(unix_secs: u64) -> (i64, u32, u32, u64, u64, u64) {
+    let p = parts(unix_secs);
+    (p.y, p.mo, p.d, p.h, p.mi, p.s)
+}
+
 /// RFC 5322 §3.3 date-time in UTC: `Sun, 22 Nov 2026 04:28:17 +0000`.
 pub fn rfc5322(unix_secs: u64) -> String {
     const WD: [&str; 7] = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"];

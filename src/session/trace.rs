@@ -1,0 +1,199 @@
+//! What a session records about its exchanges: how long each phase took to be answered
+//! (the shard's latency histograms) and, with the W3C log on, one line per exchange.
+//!
+//! An exchange begins when its input is complete: the connection (answered by the banner),
+//! a command line, a line of an AUTH exchange, or a message's content. It ends when the
+//! driver is about to send the output that holds its reply ([`Session::flushed`]), or when
+//! the next exchange begins in the same turn (pipelining: then at the same instant). Its
+//! reply is what the session wrote to its output in between. A session that waits for a
+//! DNS answer, a password check or the spool keeps the exchange open across turns, so its
+//! time includes the wait.
+
+use super::{Phase, Session};
+use crate::obs::tally::Stage;
+use crate::obs::w3c::{BATCH, Exchange, MAX_QUERY, SessionLines};
+use crate::spool::QueueId;
+use crate::util::time::Now;
+use std::borrow::Cow;
+use std::time::Instant;
+
+/// The exchange waiting for its reply to go out.
+#[derive(Debug)]
+pub(super) struct Open {
+    stage: Option<Stage>,
+    start: Instant,
+    /// Where this exchange's replies begin in the session's output.
+    mark: usize,
+    /// Its W3C line, once the reply is known (only with the W3C log on).
+    line: Option<Box<Exchange>>,
+}
+
+/// The phase whose latency a command's reply ends, by its verb.
+fn stage_of(verb: &[u8]) -> Option<Stage> {
+    match verb.to_ascii_uppercase().as_slice() {
+        b"EHLO" | b"HELO" => Some(Stage::Ehlo),
+        b"MAIL" => Some(Stage::Mail),
+        b"RCPT" => Some(Stage::Rcpt),
+        _ => None,
+    }
+}
+
+/// Text of at most `max` bytes of `b`, cut at a character boundary.
+fn text(b: &[u8], max: usize) -> String {
+    let s = String::from_utf8_lossy(&b[..b.len().min(max)]);
+    s.trim_end_matches('\u{FFFD}').to_string()
+}
+
+/// The code of the last complete reply in `out` (0: none).
+fn last_code(out: &[u8]) -> u16 {
+    out.split(|&b| b == b'\n')
+        .rfind(|l| l.len() >= 3 && l[..3].iter().all(u8::is_ascii_digit) && l.get(3).is_none_or(|&b| b != b'-'))
+        .map_or(0, |l| l[..3].iter().fold(0u16, |a, &d| a * 10 + (d - b'0') as u16))
+}
+
+impl Session {
+    fn open(&mut self, now: Now, stage: Option<Stage>, line: impl FnOnce() -> (Cow<'static, str>, String, u64)) {
+        self.close_exchange(now.mono);
+        let line = self.cfg.w3c.then(|| {
+            let (method, query, cs_bytes) = line();
+            Box::new(Exchange {
+                at_ms: now.unix_ms,
+                method,
+                query,
+                status: 0,
+                sc_bytes: 0,
+                cs_bytes,
+                taken_ms: None,
+                user: None,
+                queue_id: None,
+                tls: false,
+            })
+        });
+        self.exchange = Some(Open { stage, start: now.mono, mark: self.out.len(), line });
+    }
+
+    /// The connection: the banner answers it.
+    pub(super) fn open_connect(&mut self, now: Now) {
+        self.open(now, Some(Stage::Banner), || ("CONNECT".into(), String::new(), 0));
+    }
+
+    /// A command line (without its line ending).
+    pub(super) fn open_command(&mut self, now: Now, line: &[u8]) {
+        let verb = line.split(|&b| b == b' ').next().unwrap_or(&[]);
+        self.open(now, stage_of(verb), || {
+            let method = text(verb, 16).to_ascii_uppercase();
+            let rest = line.get(verb.len() + 1..).unwrap_or(&[]);
+            // AUTH: the mechanism only, never an initial response.
+            let query = if method == "AUTH" {
+                text(rest.split(|&b| b == b' ').next().unwrap_or(&[]), MAX_QUERY)
+            } else {
+                text(rest, MAX_QUERY)
+            };
+            (method.into(), query, line.len() as u64 + 2)
+        });
+    }
+
+    /// A line of an AUTH exchange: its reply is logged, its content never.
+    pub(super) fn open_sasl(&mut self, now: Now, len: usize) {
+        self.open(now, None, || ("SASL".into(), String::new(), len as u64 + 2));
+    }
+
+    /// A message's content is complete: the reply is the spool's answer. After BDAT LAST
+    /// the chunk's command is that exchange; after DATA, a new one (`EOM`) begins.
+    pub(super) fn open_content(&mut self, now: Now, size: u64) {
+        if let Some(o) = self.exchange.as_mut()
+            && o.line.as_ref().is_none_or(|l| l.method == "BDAT")
+            && self.out.len() == o.mark
+        {
+            o.stage = Some(Stage::Data);
+            o.start = now.mono;
+            return;
+        }
+        self.open(now, Some(Stage::Data), || ("EOM".into(), String::new(), size));
+    }
+
+    /// The message of the open exchange was queued as `id`.
+    pub(super) fn exchange_queued(&mut self, id: QueueId) {
+        if let Some(l) = self.exchange.as_mut().and_then(|o| o.line.as_mut()) {
+            l.queue_id = Some(id);
+        }
+    }
+
+    /// Ends the open exchange at `now` with the replies written since it began.
+    fn close_exchange(&mut self, now: Instant) {
+        let Some(o) = self.exchange.take() else { return };
+        let taken = now.saturating_duration_since(o.start);
+        let replies = self.out.get(o.mark..).unwrap_or(&[]);
+        // Unanswered (the client left first): no latency to count.
+        if !replies.is_empty()
+            && let (Some(s), Some(t)) = (o.stage, &self.tally)
+        {
+            t.borrow_mut().observe(s, taken);
+        }
+        let Some(mut l) = o.line else { return };
+        l.status = last_code(replies);
+        l.sc_bytes = replies.len() as u64;
+        l.taken_ms = (l.status != 0).then_some(taken.as_millis() as u64);
+        l.user = self.auth.as_ref().map(|a| a.login.clone());
+        l.tls = self.tls.is_some();
+        self.w3c_lines.push(*l);
+        if self.w3c_lines.len() >= BATCH {
+            let a = self.take_w3c_lines();
+            self.actions.push_back(super::Action::Log(Box::new(a)));
+        }
+    }
+
+    fn take_w3c_lines(&mut self) -> crate::obs::Activity {
+        let lines = std::mem::take(&mut self.w3c_lines);
+        let at_ms = lines.last().map_or(0, |l| l.at_ms);
+        let what = crate::obs::What::Session(Box::new(SessionLines {
+            session: self.id,
+            client: self.peer.ip(),
+            local: self.local,
+            lines,
+        }));
+        crate::obs::Activity { at_ms, what }
+    }
+
+    /// The driver is about to send [`Session::output`] at `now`: an exchange whose reply
+    /// is in it (output written since it began, and the session no longer waits for a DNS
+    /// answer, a password or the spool) ends now.
+    pub fn flushed(&mut self, now: Now) {
+        let Some(o) = self.exchange.as_mut() else { return };
+        let waiting = matches!(self.phase, Phase::Waiting | Phase::Spooling | Phase::Proxy);
+        if self.out.len() > o.mark && !waiting {
+            self.close_exchange(now.mono);
+        } else {
+            // Not answered yet (a wait, or a BDAT chunk still coming): the output is sent
+            // and cleared, and the reply to come starts at its beginning.
+            o.mark = 0;
+        }
+    }
+
+    /// The connection is gone: the W3C lines not yet handed over (an exchange left without
+    /// a reply has none), for the driver to hand to the log.
+    pub fn end_trace(&mut self, now: Now) -> Option<crate::obs::Activity> {
+        self.close_exchange(now.mono);
+        (!self.w3c_lines.is_empty()).then(|| self.take_w3c_lines())
+    }
+
+    /// The address the client connected to (for the W3C log's `s-ip` and `s-port`).
+    pub fn set_local(&mut self, local: std::net::SocketAddr) {
+        self.local = Some(local);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reply_codes_and_verbs() {
+        assert_eq!(last_code(b"250-a\r\n250 b\r\n"), 250);
+        assert_eq!(last_code(b"250 2.1.0 Ok\r\n550 5.1.1 no\r\n"), 550);
+        assert_eq!(last_code(b""), 0);
+        assert_eq!(stage_of(b"ehlo"), Some(Stage::Ehlo));
+        assert_eq!(stage_of(b"NOOP"), None);
+        assert_eq!(text("é".as_bytes(), 1), "");
+    }
+}
