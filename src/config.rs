@@ -95,6 +95,13 @@ pub struct LogConfig {
     /// `[log.w3c]`: the W3C extended log of SMTP sessions.
     #[serde(default)]
     pub w3c: W3cConfig,
+    /// Trace SMTP sessions in `debug.log` from the start (`ringmx log debug` switches it
+    /// on the running server). Default false.
+    #[serde(default)]
+    pub debug: bool,
+    /// The clients traced (addresses, networks, wildcards, as `access_list`); empty: all.
+    #[serde(default)]
+    pub debug_clients: Vec<String>,
 }
 
 /// `[log.w3c]`: the W3C extended log of SMTP sessions, in `<log dir>/w3c/`.
@@ -928,6 +935,9 @@ impl Config {
         if self.tls.certificate.is_some() != self.tls.private_key.is_some() {
             bad("tls.certificate", "certificate and private_key go together".into());
         }
+        if let Err(e) = IpList::parse(&self.log.debug_clients) {
+            bad("log.debug_clients", e.to_string());
+        }
         if self.log.w3c.enabled && self.log.w3c.fields.is_empty() {
             bad("log.w3c.fields", "no field to log".into());
         }
@@ -1079,8 +1089,9 @@ impl Config {
         self.data_dir.join("spool")
     }
 
-    /// The log writer's settings, `None` when every log it writes is off.
-    pub fn log_settings(&self) -> Option<crate::obs::LogSettings> {
+    /// The log writer's settings. It always runs: the debug log can be switched on at any
+    /// time.
+    pub fn log_settings(&self) -> crate::obs::LogSettings {
         let dir = self.log.dir.clone().unwrap_or_else(|| self.data_dir.join("log"));
         let w3c = self.log.w3c.enabled.then(|| crate::obs::w3c::W3cSettings {
             dir: dir.join("w3c"),
@@ -1088,13 +1099,13 @@ impl Config {
             rollover: self.log.w3c.rollover,
             max_size: self.log.w3c.max_size.max(1),
         });
-        (self.log.activity || w3c.is_some()).then_some(crate::obs::LogSettings {
+        crate::obs::LogSettings {
             dir,
             activity: self.log.activity,
             format: self.log.format,
             capacity: self.log.queue,
             w3c,
-        })
+        }
     }
 
     pub fn maildir_root(&self) -> PathBuf {
@@ -1144,6 +1155,7 @@ impl Config {
             own_addresses: listener.bind.iter().copied().filter(|a| !a.is_unspecified()).collect(),
             activity: self.log.activity,
             w3c: self.log.w3c.enabled,
+            debug: None,
         }
     }
 }

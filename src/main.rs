@@ -58,6 +58,24 @@ enum LogCmd {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Switch the debug log (protocol traces in `<log dir>/debug.log`) on the running
+    /// server: `on` (for every client, or those given with --client), `off`, `status`.
+    Debug {
+        #[arg(value_enum)]
+        state: DebugState,
+        /// A client address, network (CIDR) or wildcard to trace (repeatable; default all).
+        #[arg(long = "client")]
+        clients: Vec<String>,
+        #[command(flatten)]
+        at: Where,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum DebugState {
+    On,
+    Off,
+    Status,
 }
 
 #[derive(clap::Subcommand)]
@@ -227,6 +245,28 @@ fn log_summary(files: &[PathBuf]) -> Result<(), ExitCode> {
     Ok(())
 }
 
+/// `log debug on|off|status`: prints the state after the request.
+fn log_debug(state: DebugState, clients: Vec<String>, at: &Where) -> Result<(), ExitCode> {
+    use ringmx::obs::debug::DebugOp;
+    let op = match state {
+        DebugState::On => DebugOp::On { clients },
+        DebugState::Off => DebugOp::Off,
+        DebugState::Status => DebugOp::Status,
+    };
+    let (data, _) = data_and_spool(at)?;
+    let a = ringmx::admin::control::debug_request(&data, op).map_err(|e| {
+        eprintln!("ringmx: {e}");
+        ExitCode::from(1)
+    })?;
+    let whom = if a.clients.is_empty() { "every client".to_string() } else { a.clients.join(", ") };
+    if a.on {
+        println!("debug log on for {whom}");
+    } else {
+        println!("debug log off");
+    }
+    Ok(())
+}
+
 fn duration_arg(s: &str) -> Result<std::time::Duration, String> {
     ringmx::util::units::parse_duration(s).ok_or_else(|| format!("{s:?} is not a duration (30m, 2h, 7d)"))
 }
@@ -314,6 +354,7 @@ fn main() -> ExitCode {
         Cmd::Directory(args) => return ringmx::admin::directory::run(args),
         Cmd::Ban { cmd } => ban(cmd),
         Cmd::Log { cmd: LogCmd::Summary { files } } => log_summary(&files),
+        Cmd::Log { cmd: LogCmd::Debug { state, clients, at } } => log_debug(state, clients, &at),
         Cmd::Queue { cmd } => {
             let mut out = std::io::stdout().lock();
             let r = match cmd {

@@ -140,3 +140,24 @@ fn offline(spool: &Path, req: &QueueRequest) -> Result<QueueAnswer, AdminError> 
     }
     Ok(answer)
 }
+
+/// `ringmx log debug on|off|status`: the running server's debug-log switch. It lives in
+/// the server only; a stopped server has none to change (`[log] debug` sets it at start).
+pub fn debug_request(
+    data_dir: &std::path::Path,
+    op: crate::obs::debug::DebugOp,
+) -> Result<crate::obs::debug::DebugAnswer, AdminError> {
+    let socket = crate::queue::requests::socket_path(data_dir);
+    let s = UnixStream::connect(&socket).map_err(|e| {
+        AdminError::Server(format!(
+            "no running server answers on {} ({e}): the debug log is switched on a running server; \
+             `[log] debug = true` traces from the start",
+            socket.display()
+        ))
+    })?;
+    let a: crate::obs::debug::DebugAnswer = exchange(s, &crate::obs::debug::DebugRequest { debug: op })?;
+    match a.error {
+        Some(e) => Err(AdminError::Server(e)),
+        None => Ok(a),
+    }
+}

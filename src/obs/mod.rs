@@ -18,6 +18,7 @@
 //! `grep id=<ID> activity.log` shows it from receipt to its last recipient's outcome.
 //! SIGUSR1 reopens the file (after logrotate renamed it).
 
+pub mod debug;
 pub mod metrics;
 pub mod status;
 pub mod summary;
@@ -92,13 +93,15 @@ pub enum What {
     Generated { id: QueueId, kind: &'static str, about: QueueId, to: String },
     /// Exchanges of an SMTP session, for the W3C log (not the activity log).
     Session(Box<w3c::SessionLines>),
+    /// Protocol trace lines of a session, for the debug log.
+    Debug(Box<debug::DebugLines>),
 }
 
 impl What {
     /// Among events of the same millisecond, a message's receipt comes first.
     fn rank(&self) -> u8 {
         match self {
-            What::Received { .. } | What::Refused { .. } | What::Session(_) => 0,
+            What::Received { .. } | What::Refused { .. } | What::Session(_) | What::Debug(_) => 0,
             _ => 1,
         }
     }
@@ -113,6 +116,7 @@ impl What {
             What::Operator { .. } => "operator",
             What::Generated { .. } => "generated",
             What::Session(_) => "session",
+            What::Debug(_) => "debug",
         }
     }
 
@@ -162,6 +166,10 @@ impl What {
             What::Session(s) => {
                 f("session", format_args!("{:016X}", s.session));
                 f("exchanges", format_args!("{}", s.lines.len()));
+            }
+            What::Debug(d) => {
+                f("session", format_args!("{:016X}", d.session));
+                f("lines", format_args!("{}", d.lines.len()));
             }
         }
     }
@@ -304,6 +312,9 @@ impl ActivityLog {
         let path = activity_path(&settings.dir);
         let mut out = if settings.activity { Some(open(&path)?) } else { None };
         let mut w3c = settings.w3c.clone().map(w3c::W3cLog::new).transpose()?;
+        // Opened at its first line (the debug log is off unless switched on).
+        let debug_path = settings.dir.join("debug.log");
+        let mut debug_out: Option<BufWriter<File>> = None;
         let shared = Arc::new(Shared {
             producers: Mutex::new(Vec::new()),
             dropped: Arc::new(AtomicU64::new(0)),
@@ -332,6 +343,9 @@ impl ActivityLog {
                     {
                         log::error!("W3C log {}: {e}", w.dir().display());
                     }
+                    if let Some(mut d) = debug_out.take() {
+                        let _ = d.flush();
+                    }
                 }
                 {
                     let mut producers = s.producers.lock().unwrap_or_else(|e| e.into_inner());
@@ -354,7 +368,23 @@ impl ActivityLog {
                 };
                 let mut wrote = ripe > 0;
                 let mut w3c_wrote = false;
+                let mut debug_wrote = false;
                 for a in pending.drain(..ripe) {
+                    if let What::Debug(lines) = &a.what {
+                        if debug_out.is_none() {
+                            match open(&debug_path) {
+                                Ok(f) => debug_out = Some(f),
+                                Err(e) => log::error!("debug log {}: {e}", debug_path.display()),
+                            }
+                        }
+                        if let Some(d) = debug_out.as_mut() {
+                            line.clear();
+                            lines.write(&mut line);
+                            let _ = d.write_all(line.as_bytes());
+                            debug_wrote = true;
+                        }
+                        continue;
+                    }
                     if let What::Session(lines) = &a.what {
                         if let Some(w) = w3c.as_mut() {
                             if let Err(e) = w.write(lines) {
@@ -372,6 +402,9 @@ impl ActivityLog {
                 }
                 if w3c_wrote && let Some(w) = w3c.as_mut() {
                     let _ = w.flush();
+                }
+                if debug_wrote && let Some(d) = debug_out.as_mut() {
+                    let _ = d.flush();
                 }
                 let dropped = s.dropped.load(Ordering::Relaxed);
                 if dropped > reported_drops

@@ -1,6 +1,7 @@
 //! The control socket, `<data_dir>/control.sock`: `ringmx queue retry|delete|bounce` reach
-//! the control thread through it, and `ringmx ban …` the ban list (answered here) (requests in [`crate::queue::requests`], the command line's
-//! side in `admin::control`). One thread, one request at a time: operator commands are rare
+//! the control thread through it; `ringmx ban …` (the ban list) and `ringmx log debug …`
+//! (the debug log's switch) are answered here. Requests are in
+//! [`crate::queue::requests`], the command line's side in `admin::control`. One thread, one request at a time: operator commands are rare
 //! and the control thread answers each at once.
 
 use super::control::link::ControlMsg;
@@ -23,6 +24,7 @@ pub fn spawn(
     path: PathBuf,
     tx: SyncSender<ControlMsg>,
     bans: Option<Arc<crate::policy::BanList>>,
+    debug: Arc<crate::obs::debug::DebugSwitch>,
     stop: Arc<AtomicBool>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     let _ = std::fs::remove_file(&path);
@@ -33,7 +35,7 @@ pub fn spawn(
         while !stop.load(Ordering::Relaxed) {
             match listener.accept() {
                 Ok((s, _)) => {
-                    if let Err(e) = serve(s, &tx, bans.as_deref()) {
+                    if let Err(e) = serve(s, &tx, bans.as_deref(), &debug) {
                         log::warn!("control socket: {e}");
                     }
                 }
@@ -52,7 +54,12 @@ fn remove(path: &Path) {
     let _ = std::fs::remove_file(path);
 }
 
-fn serve(s: UnixStream, tx: &SyncSender<ControlMsg>, bans: Option<&crate::policy::BanList>) -> std::io::Result<()> {
+fn serve(
+    s: UnixStream,
+    tx: &SyncSender<ControlMsg>,
+    bans: Option<&crate::policy::BanList>,
+    debug: &crate::obs::debug::DebugSwitch,
+) -> std::io::Result<()> {
     s.set_nonblocking(false)?;
     s.set_read_timeout(Some(TIMEOUT))?;
     s.set_write_timeout(Some(TIMEOUT))?;
@@ -60,6 +67,23 @@ fn serve(s: UnixStream, tx: &SyncSender<ControlMsg>, bans: Option<&crate::policy
     let mut line = String::new();
     // One request line, at most 1 MiB.
     BufReader::new(s.take(1 << 20)).read_line(&mut line)?;
+    // `ringmx log debug …`: answered here, on the switch every session reads.
+    if let Ok(req) = serde_json::from_str::<crate::obs::debug::DebugRequest>(&line) {
+        let answer = crate::obs::debug::apply(debug, &req.debug);
+        if !matches!(req.debug, crate::obs::debug::DebugOp::Status) && answer.error.is_none() {
+            log::info!(
+                "debug log {} for {}",
+                if answer.on { "on" } else { "off" },
+                match answer.clients.is_empty() {
+                    true => "every client".to_string(),
+                    false => answer.clients.join(", "),
+                }
+            );
+        }
+        let mut out = serde_json::to_vec(&answer).map_err(std::io::Error::other)?;
+        out.push(b'\n');
+        return w.write_all(&out);
+    }
     // `ringmx ban …`: answered here, on the list every shard reads.
     if let Ok(req) = serde_json::from_str::<crate::admin::bans::BanRequest>(&line) {
         let answer = match bans {

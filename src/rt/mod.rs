@@ -100,8 +100,9 @@ pub struct Server {
     /// The addresses actually bound (port 0 resolved).
     pub local_addrs: Vec<std::net::SocketAddr>,
     pub driver: Driver,
-    /// The activity log's writer (none when it is off); SIGUSR1 reopens its file. Dropped
-    /// after every producer has stopped, so that their last lines are written.
+    /// The log writer (activity, W3C and debug logs; always there once serving, an
+    /// `Option` so that `join` can drop it last); SIGUSR1 reopens its files. Dropped after
+    /// every producer has stopped, so that their last lines are written.
     pub activity: Option<crate::obs::ActivityLog>,
     /// The metrics endpoint's address, thread and stop flag (none when it is off).
     pub metrics_addr: Option<std::net::SocketAddr>,
@@ -144,16 +145,20 @@ impl Server {
         let shard_metrics: Vec<Arc<crate::obs::metrics::ShardMetrics>> = (0..shards).map(|_| Arc::default()).collect();
         let control_metrics = Arc::new(crate::obs::metrics::ControlMetrics::default());
         let serving = Arc::new(AtomicBool::new(false));
-        let activity = match cfg.log_settings() {
-            Some(s) => {
-                let dir = s.dir.clone();
-                Some(
-                    crate::obs::ActivityLog::start(s)
-                        .map_err(|e| crate::spool::SpoolError::io("open the activity log in", &dir, 0, e))?,
-                )
-            }
-            None => None,
+        let activity = {
+            let s = cfg.log_settings();
+            let dir = s.dir.clone();
+            Some(
+                crate::obs::ActivityLog::start(s)
+                    .map_err(|e| crate::spool::SpoolError::io("open the logs in", &dir, 0, e))?,
+            )
         };
+        // `check-config` refuses a bad list; here it can only be one that was checked.
+        let debug =
+            Arc::new(crate::obs::debug::DebugSwitch::new(cfg.log.debug, &cfg.log.debug_clients).unwrap_or_else(|e| {
+                log::warn!("[log] debug_clients: {e}: debug log off");
+                crate::obs::debug::DebugSwitch::new(false, &[]).expect("the empty list")
+            }));
         // Bind everything first, so that a bad address fails the start before any thread.
         let mut per_shard: Vec<Vec<ShardListener>> = (0..shards).map(|_| Vec::new()).collect();
         let mut local_addrs = Vec::new();
@@ -164,6 +169,7 @@ impl Server {
             let mut session = cfg.session_config(&l, tls.is_some(), services.policy.clone());
             session.usage = Some(usage.clone());
             session.conn_limits = Some(limits.clone());
+            session.debug = Some(debug.clone());
             let session = Arc::new(session);
             for (i, socket) in socks.into_iter().enumerate() {
                 per_shard[i].push(ShardListener {
@@ -247,7 +253,7 @@ impl Server {
         let socket_path = crate::queue::requests::socket_path(&cfg.data_dir);
         // Without the socket the server still serves mail; only the queue commands need it.
         let bans = services.policy.bans.clone();
-        let socket = admin_socket::spawn(socket_path.clone(), tx.clone(), bans, shutdown.clone())
+        let socket = admin_socket::spawn(socket_path.clone(), tx.clone(), bans, debug.clone(), shutdown.clone())
             .inspect_err(|e| {
                 log::error!(
                     "control socket {}: {e}; `ringmx queue retry|delete|bounce` will not reach the server",

@@ -111,10 +111,10 @@ impl Shard {
             self.stats.refused.add(r);
         }
         self.limits.release(conn.counted_ip);
-        if let Some(em) = &self.activity
-            && let Some(a) = conn.session.end_trace(Now::system())
-        {
-            em.emit(a);
+        if let Some(em) = &self.activity {
+            for a in conn.session.end_trace(Now::system()) {
+                em.emit(a);
+            }
         }
     }
 
@@ -136,7 +136,9 @@ impl Shard {
     pub fn refused_at_accept(&mut self, client: std::net::IpAddr, now: Now) {
         let reason = crate::policy::Refusal::ConnectionLimit;
         self.stats.refused.add(reason);
-        if let Some(em) = &self.activity {
+        if let Some(em) = &self.activity
+            && self.listeners.first().is_some_and(|l| l.session.activity)
+        {
             let rule = "max_connections / max_connections_per_ip".to_string();
             em.emit(crate::obs::Activity {
                 at_ms: now.unix_ms,

@@ -39,6 +39,7 @@ impl Session {
             Ok(Some((h, used))) => {
                 if let Some(src) = h.source {
                     self.peer = src;
+                    self.trace_if_debugged();
                 }
                 // The per-address limit applies to the client, not to the load balancer.
                 if let Some(limits) = &self.cfg.conn_limits {

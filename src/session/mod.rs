@@ -137,6 +137,9 @@ pub struct SessionConfig {
     pub activity: bool,
     /// Record each exchange for the W3C log (handed over in batches as [`Action::Log`]).
     pub w3c: bool,
+    /// The debug log's switch: sessions of the clients it names trace their protocol
+    /// (none: never).
+    pub debug: Option<Arc<crate::obs::debug::DebugSwitch>>,
 }
 
 impl Default for SessionConfig {
@@ -171,6 +174,7 @@ impl Default for SessionConfig {
             own_addresses: Vec::new(),
             activity: false,
             w3c: false,
+            debug: None,
         }
     }
 }
@@ -301,6 +305,8 @@ pub struct Session {
     w3c_lines: Vec<crate::obs::w3c::Exchange>,
     /// The address the client connected to, when the driver said (W3C `s-ip`, `s-port`).
     local: Option<SocketAddr>,
+    /// The protocol trace not yet handed to the debug log (only when this session traces).
+    debug: Option<Vec<crate::obs::debug::DebugLine>>,
     /// Where phase latencies and AUTH results are counted (the shard's; none in tests
     /// that do not look).
     tally: Option<Rc<RefCell<Tally>>>,
@@ -361,8 +367,10 @@ impl Session {
             exchange: None,
             w3c_lines: Vec::new(),
             local: None,
+            debug: None,
             tally: None,
         };
+        s.trace_if_debugged();
         if !proxied {
             s.connect(now);
         }

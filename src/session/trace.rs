@@ -80,6 +80,18 @@ impl Session {
     /// A command line (without its line ending).
     pub(super) fn open_command(&mut self, now: Now, line: &[u8]) {
         let verb = line.split(|&b| b == b' ').next().unwrap_or(&[]);
+        if self.debug.is_some() {
+            let text = if verb.eq_ignore_ascii_case(b"AUTH") {
+                // The mechanism only: an initial response is a secret.
+                let mech = line.split(|&b| b == b' ').nth(1).unwrap_or(&[]);
+                let hidden =
+                    if line.split(|&b| b == b' ').nth(2).is_some() { " <initial response hidden>" } else { "" };
+                format!("{} {}{hidden}", text(verb, 16), text(mech, 32))
+            } else {
+                text(line, crate::obs::debug::MAX_LINE)
+            };
+            self.trace(now, true, text);
+        }
         self.open(now, stage_of(verb), || {
             let method = text(verb, 16).to_ascii_uppercase();
             let rest = line.get(verb.len() + 1..).unwrap_or(&[]);
@@ -95,12 +107,14 @@ impl Session {
 
     /// A line of an AUTH exchange: its reply is logged, its content never.
     pub(super) fn open_sasl(&mut self, now: Now, len: usize) {
+        self.trace(now, true, format!("<SASL response of {len} bytes hidden>"));
         self.open(now, None, || ("SASL".into(), String::new(), len as u64 + 2));
     }
 
     /// A message's content is complete: the reply is the spool's answer. After BDAT LAST
     /// the chunk's command is that exchange; after DATA, a new one (`EOM`) begins.
     pub(super) fn open_content(&mut self, now: Now, size: u64) {
+        self.trace(now, true, format!("<message content of {size} bytes>"));
         if let Some(o) = self.exchange.as_mut()
             && o.line.as_ref().is_none_or(|l| l.method == "BDAT")
             && self.out.len() == o.mark
@@ -159,6 +173,14 @@ impl Session {
     /// is in it (output written since it began, and the session no longer waits for a DNS
     /// answer, a password or the spool) ends now.
     pub fn flushed(&mut self, now: Now) {
+        if self.debug.is_some() && !self.out.is_empty() {
+            let out = std::mem::take(&mut self.out);
+            for line in out.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+                let line = line.strip_suffix(b"\r").unwrap_or(line);
+                self.trace(now, false, String::from_utf8_lossy(line).into_owned());
+            }
+            self.out = out;
+        }
         let Some(o) = self.exchange.as_mut() else { return };
         let waiting = matches!(self.phase, Phase::Waiting | Phase::Spooling | Phase::Proxy);
         if self.out.len() > o.mark && !waiting {
@@ -170,11 +192,41 @@ impl Session {
         }
     }
 
-    /// The connection is gone: the W3C lines not yet handed over (an exchange left without
-    /// a reply has none), for the driver to hand to the log.
-    pub fn end_trace(&mut self, now: Now) -> Option<crate::obs::Activity> {
+    /// The connection is gone: the W3C and debug lines not yet handed over (an exchange
+    /// left without a reply has no status), for the driver to hand to the log.
+    pub fn end_trace(&mut self, now: Now) -> impl Iterator<Item = crate::obs::Activity> + use<> {
         self.close_exchange(now.mono);
-        (!self.w3c_lines.is_empty()).then(|| self.take_w3c_lines())
+        let w3c = (!self.w3c_lines.is_empty()).then(|| self.take_w3c_lines());
+        w3c.into_iter().chain(self.take_debug_lines())
+    }
+
+    /// Traces the protocol when the debug log is on for this session's client.
+    pub(super) fn trace_if_debugged(&mut self) {
+        let on = self.cfg.debug.as_ref().is_some_and(|d| d.applies(self.peer.ip()));
+        if on != self.debug.is_some() {
+            self.debug = on.then(Vec::new);
+        }
+    }
+
+    fn trace(&mut self, now: Now, from_client: bool, text: String) {
+        let Some(lines) = self.debug.as_mut() else { return };
+        lines.push(crate::obs::debug::DebugLine { at_ms: now.unix_ms, from_client, text });
+        if lines.len() >= crate::obs::debug::BATCH
+            && let Some(a) = self.take_debug_lines()
+        {
+            self.actions.push_back(super::Action::Log(Box::new(a)));
+        }
+    }
+
+    fn take_debug_lines(&mut self) -> Option<crate::obs::Activity> {
+        let lines = std::mem::take(self.debug.as_mut()?);
+        let at_ms = lines.last()?.at_ms;
+        let what = crate::obs::What::Debug(Box::new(crate::obs::debug::DebugLines {
+            session: self.id,
+            client: self.peer.ip(),
+            lines,
+        }));
+        Some(crate::obs::Activity { at_ms, what })
     }
 
     /// The address the client connected to (for the W3C log's `s-ip` and `s-port`).
