@@ -69,7 +69,7 @@ fn a_message_from_receipt_to_each_outcome_and_a_refusal() {
 
         let text = activity(dir.path());
         let l = lines_of(&text, &local);
-        assert_eq!(l.len(), 2, "{driver}: {text}");
+        assert_eq!(l.len(), 3, "{driver}: {text}");
         // The shard's number in the session id's top byte, then a counter.
         let session = l[0].split(" session=").nth(1).and_then(|s| s.split(' ').next()).unwrap_or("");
         assert!(session.len() == 16 && session.starts_with("00") && session != "0000000000000000", "{}", l[0]);
@@ -82,15 +82,17 @@ fn a_message_from_receipt_to_each_outcome_and_a_refusal() {
             l[0]
         );
         assert!(l[0].ends_with(" tls=- auth=-"), "{}", l[0]);
-        assert_eq!(l[1], format!("{delivered} reply=\"250 2.0.0 delivered to mailbox\""));
+        assert_eq!(l[1], format!("routed id={local} route=local rcpts=alice@example.net"));
+        assert_eq!(l[2], format!("{delivered} reply=\"250 2.0.0 delivered to mailbox\""));
         let r = lines_of(&text, &remote);
-        assert_eq!(r.len(), 4, "{driver}: {text}");
+        assert_eq!(r.len(), 5, "{driver}: {text}");
         assert!(r[0].starts_with(&format!("received id={remote} ")), "{}", r[0]);
-        assert!(r[1].starts_with(&deferred) && r[1].contains("450 4.2.1 busy") && r[1].contains(" next_attempt="));
-        assert_eq!(r[2], format!("operator id={remote} action=bounce"));
+        assert!(r[1].starts_with(&format!("routed id={remote} route=smart_host:127.0.0.1:")), "{}", r[1]);
+        assert!(r[2].starts_with(&deferred) && r[2].contains("450 4.2.1 busy") && r[2].contains(" next_attempt="));
+        assert_eq!(r[3], format!("operator id={remote} action=bounce"));
         assert!(
-            r[3].starts_with("generated id=")
-                && r[3].ends_with(&format!(" kind=dsn about={remote} to=alice@example.net"))
+            r[4].starts_with("generated id=")
+                && r[4].ends_with(&format!(" kind=dsn about={remote} to=alice@example.net"))
         );
         assert!(
             text.lines().any(|l| l.contains(" refused session=")

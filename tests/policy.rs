@@ -107,6 +107,20 @@ fn access_list_and_auto_ban_across_restart() {
         let (status, log) = srv.stop();
         assert!(status.success());
         assert!(log.contains("4 refused connection(s) (access list 3, auto-ban 1);"), "{driver}: {log}");
+        activity_shows(
+            tmp.path(),
+            &[
+                &["refused session=", "client=203.0.113.250", "reason=\"access list\" rule=access_list"],
+                &["refused session=", "client=192.0.2.77", "reason=auto-ban rule=auto_ban"],
+                &[
+                    "rejected session=",
+                    "client=192.0.2.77",
+                    "step=rcpt rule=relay from=<a@remote.example>",
+                    "rcpt=<x@remote.example>",
+                    "reply=\"550 5.7.1 Error: relay access denied\"",
+                ],
+            ],
+        );
         let bans = std::fs::read_to_string(tmp.path().join("data/bans")).unwrap();
         assert!(bans.contains("192.0.2.77 ") && !bans.contains("192.0.2.200"), "{bans}");
         let srv = start(tmp.path(), driver, &cfg);
@@ -170,9 +184,27 @@ fn helo_blocking_banner_commands_hidden_ip_rate_and_spoofing() {
         // The hour's allowance is per identity and shared by every connection.
         let (mut c, _) = Client::connect(srv.addr());
         c.cmd("EHLO c");
+        assert!(c.cmd("MAIL FROM:<a@remote.example> SIZE=999999999").starts_with("552 5.3.4"));
         c.cmd("MAIL FROM:<a@remote.example>");
         assert!(c.cmd("RCPT TO:<e@example.test>").starts_with("451 4.7.1"), "{driver}");
+        activity_shows(
+            tmp.path(),
+            &[
+                &["refused session=", "reason=\"EHLO block\" rule=ylmf-pc"],
+                &["rejected session=", "step=mail rule=spoofing from=<me@example.test>"],
+                &["rejected session=", "step=mail rule=size from=<a@remote.example>", "reply=\"552 5.3.4 "],
+                &["rejected session=", "step=rcpt rule=rate", "rcpt=<d@example.test>", "reply=\"451 4.7.1 "],
+            ],
+        );
     }
+}
+
+/// Waits until the activity log has a line holding every needle of each group (refusals
+/// and rejections are logged with their rule).
+fn activity_shows(dir: &std::path::Path, lines: &[&[&str]]) {
+    let text = || std::fs::read_to_string(dir.join("data/log/activity.log")).unwrap_or_default();
+    let has = |t: &str, needles: &[&str]| t.lines().any(|l| needles.iter().all(|n| l.contains(n)));
+    assert!(eventually(Duration::from_secs(20), || lines.iter().all(|n| has(&text(), n))), "{lines:?} in\n{}", text());
 }
 
 fn name(s: &str) -> Name {
@@ -315,6 +347,14 @@ fn dnsbl_ptr_and_sender_domain_over_tcp() {
         let (mut c, _) = Client::connect_proxied(srv.addr(), "192.0.2.11");
         c.cmd("EHLO nameless");
         assert_eq!(c.cmd("MAIL FROM:<a@good.test>"), "550 5.7.25 Error: client 192.0.2.11 has no PTR record\r\n");
+        activity_shows(
+            tmp.path(),
+            &[
+                &["refused session=", "client=192.0.2.9", "reason=DNSBL rule=bl.test"],
+                &["rejected session=", "client=192.0.2.10", "step=mail rule=sender_domain from=<a@nowhere.test>"],
+                &["rejected session=", "client=192.0.2.11", "step=mail rule=ptr from=<a@good.test>", "5.7.25"],
+            ],
+        );
         // Private addresses are not checked.
         let (mut c, _) = Client::connect_proxied(srv.addr(), "10.1.2.3");
         c.cmd("EHLO lan");

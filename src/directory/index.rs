@@ -122,6 +122,18 @@ pub enum Refusal {
 }
 
 impl Refusal {
+    /// How the activity log names it (`rule=`).
+    pub fn rule(&self) -> &'static str {
+        match self {
+            Refusal::UnknownUser => "unknown_user",
+            Refusal::Blocked => "blocked_address",
+            Refusal::MailboxDisabled => "mailbox_disabled",
+            Refusal::DomainDisabled => "domain_disabled",
+            Refusal::MailboxFull => "mailbox_full",
+            Refusal::SenderBlacklisted => "sender_blacklisted",
+        }
+    }
+
     /// The RCPT reply (RFC 5321 §4.2.2, RFC 3463 status codes).
     pub fn reply(&self) -> Reply {
         match self {

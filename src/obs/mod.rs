@@ -80,6 +80,21 @@ pub enum What {
     /// A client was refused before it was served, by `reason`; `rule` says which (the
     /// DNSBL zone, the EHLO name, the limit).
     Refused { session: u64, client: IpAddr, reason: Refusal, rule: String },
+    /// A command of a served client was refused by a rule: at `step` (`mail`, `rcpt`,
+    /// `data`), `rule` names it (`relay`, `ptr`, `size`, `rate`, `unknown_user`, …).
+    Rejected {
+        session: u64,
+        client: IpAddr,
+        step: &'static str,
+        rule: &'static str,
+        from: String,
+        rcpt: String,
+        reply: String,
+    },
+    /// Where a message's recipients go, at its first attempt: `route` is `local`, `held`
+    /// (an accept-all domain with nowhere to send), `mx:DOMAIN` or `smart_host:HOST:PORT`;
+    /// `rcpts` the recipients sharing it, comma-separated.
+    Routed { id: QueueId, route: String, rcpts: String },
     /// A recipient's copy reached its destination: `via` is `mailbox`, `lmtp`, `forward` or
     /// the remote host that answered.
     Delivered { id: QueueId, rcpt: String, via: String, reply: String },
@@ -101,7 +116,11 @@ impl What {
     /// Among events of the same millisecond, a message's receipt comes first.
     fn rank(&self) -> u8 {
         match self {
-            What::Received { .. } | What::Refused { .. } | What::Session(_) | What::Debug(_) => 0,
+            What::Received { .. }
+            | What::Refused { .. }
+            | What::Rejected { .. }
+            | What::Session(_)
+            | What::Debug(_) => 0,
             _ => 1,
         }
     }
@@ -110,6 +129,8 @@ impl What {
         match self {
             What::Received { .. } => "received",
             What::Refused { .. } => "refused",
+            What::Rejected { .. } => "rejected",
+            What::Routed { .. } => "routed",
             What::Delivered { .. } => "delivered",
             What::Deferred { .. } => "deferred",
             What::Failed { .. } => "failed",
@@ -139,6 +160,22 @@ impl What {
                 f("client", format_args!("{client}"));
                 f("reason", format_args!("{}", reason.name()));
                 f("rule", format_args!("{rule}"));
+            }
+            What::Rejected { session, client, step, rule, from, rcpt, reply } => {
+                f("session", format_args!("{session:016X}"));
+                f("client", format_args!("{client}"));
+                f("step", format_args!("{step}"));
+                f("rule", format_args!("{rule}"));
+                f("from", format_args!("<{from}>"));
+                if !rcpt.is_empty() {
+                    f("rcpt", format_args!("<{rcpt}>"));
+                }
+                f("reply", format_args!("{reply}"));
+            }
+            What::Routed { id, route, rcpts } => {
+                f("id", format_args!("{id}"));
+                f("route", format_args!("{route}"));
+                f("rcpts", format_args!("{rcpts}"));
             }
             What::Delivered { id, rcpt, via, reply } | What::Failed { id, rcpt, via, reply } => {
                 f("id", format_args!("{id}"));

@@ -87,6 +87,8 @@ pub struct Summary {
     pub generated: u64,
     pub dropped: u64,
     pub refused: BTreeMap<String, u64>,
+    /// Commands refused by a rule, by `step rule`.
+    pub rejected: BTreeMap<String, u64>,
     pub senders: HashMap<String, u64>,
     pub recipients: HashMap<String, u64>,
     pub domains: HashMap<String, u64>,
@@ -128,6 +130,11 @@ impl Summary {
                     *self.refused.entry(line.get("reason").unwrap_or("?").to_string()).or_default() += 1;
                     *self.refused_clients.entry(line.get("client").unwrap_or("?").to_string()).or_default() += 1;
                 }
+                "rejected" => {
+                    let key = format!("{} {}", line.get("step").unwrap_or("?"), line.get("rule").unwrap_or("?"));
+                    *self.rejected.entry(key).or_default() += 1;
+                    *self.refused_clients.entry(line.get("client").unwrap_or("?").to_string()).or_default() += 1;
+                }
                 "events-dropped" => self.dropped += line.get("count").and_then(|c| c.parse::<u64>().ok()).unwrap_or(0),
                 "operator" => {}
                 _ => self.unknown += 1,
@@ -147,6 +154,11 @@ impl Summary {
         let refused: u64 = self.refused.values().sum();
         let _ = writeln!(o, "  {refused:>9}  refused clients");
         for (why, n) in &self.refused {
+            let _ = writeln!(o, "  {n:>9}    {why}");
+        }
+        let rejected: u64 = self.rejected.values().sum();
+        let _ = writeln!(o, "  {rejected:>9}  rejected commands (step and rule)");
+        for (why, n) in &self.rejected {
             let _ = writeln!(o, "  {n:>9}    {why}");
         }
         let top = |o: &mut String, title: &str, m: &HashMap<String, u64>| {
@@ -246,6 +258,19 @@ mod tests {
             },
             LogFormat::Kv,
         );
+        text += &line(
+            h + 3_600_003,
+            What::Rejected {
+                session: 3,
+                client: "203.0.113.9".parse().unwrap(),
+                step: "rcpt",
+                rule: "relay",
+                from: "a@s.example".into(),
+                rcpt: "x@elsewhere.example".into(),
+                reply: "550 5.7.1 Error: relay access denied".into(),
+            },
+            LogFormat::Kv,
+        );
         text += "garbage\n";
         let mut s = Summary::default();
         s.add(&text);
@@ -253,6 +278,8 @@ mod tests {
         let r = s.render();
         assert!(r.contains("        2  received (2000 bytes)\n"), "{r}");
         assert!(r.contains("        1  refused clients\n          1    DNSBL\n"), "{r}");
+        assert!(r.contains("        1  rejected commands (step and rule)\n          1    rcpt relay\n"), "{r}");
+        assert!(r.contains("Top refused clients\n          2  203.0.113.9\n"), "{r}");
         assert!(r.contains("Top senders\n          2  <a@s.example>\n"), "{r}");
         assert!(r.contains("Top recipient domains\n          2  example.net\n"), "{r}");
         assert!(

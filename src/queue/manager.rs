@@ -469,10 +469,28 @@ impl QueueManager {
         let Some((e, Some(l))) = self.entries.parts_mut(id) else { return };
         let mut local = Vec::new();
         let mut remote: Vec<(Route, u16, String)> = Vec::new();
+        // The first attempt says where each recipient goes (the activity log's `routed`).
+        let mut routes: Option<Vec<(String, String)>> = (self.cfg.activity && e.attempts == 0).then(Vec::new);
         for i in e.rcpts.with(Rcpt::Open).collect::<Vec<_>>() {
             let Some(r) = l.envelope.rcpts.get(i as usize) else { continue };
             let a = r.address.to_ascii_lowercase();
-            match route_of(dir, &a, &self.cfg.routing, &self.cfg.local_domains) {
+            let w = route_of(dir, &a, &self.cfg.routing, &self.cfg.local_domains);
+            if let Some(routes) = routes.as_mut() {
+                let name = match &w {
+                    Where::Local => "local".to_string(),
+                    Where::Held => "held".to_string(),
+                    Where::Remote(Route::Mx(d)) => format!("mx:{d}"),
+                    Where::Remote(Route::SmartHost { host, port, .. }) => format!("smart_host:{host}:{port}"),
+                };
+                match routes.iter_mut().find(|(n, _)| *n == name) {
+                    Some((_, list)) => {
+                        list.push(',');
+                        list.push_str(&r.address);
+                    }
+                    None => routes.push((name, r.address.clone())),
+                }
+            }
+            match w {
                 Where::Local => local.push((i, a)),
                 Where::Remote(route) => remote.push((route, i, a)),
                 Where::Held => {
@@ -482,6 +500,10 @@ impl QueueManager {
             }
             e.rcpts.set(i, Rcpt::Inflight);
         }
+        for (route, rcpts) in routes.into_iter().flatten() {
+            self.note(now, What::Routed { id, route, rcpts });
+        }
+        let Some((e, _)) = self.entries.parts_mut(id) else { return };
         if local.is_empty() && remote.is_empty() {
             return;
         }

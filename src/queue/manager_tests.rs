@@ -360,6 +360,15 @@ fn activity_of_a_mixed_message() {
             })
             .collect();
     let q = id.to_string();
+    // Routed once, at the first attempt, one line per route.
+    let (routed, lines): (Vec<String>, Vec<String>) = lines.into_iter().partition(|l| l.starts_with("routed "));
+    assert_eq!(
+        routed,
+        [
+            format!("routed id={q} route=local rcpts=alice@example.net,bob@example.net"),
+            format!("routed id={q} route=mx:remote.test rcpts=r@remote.test"),
+        ]
+    );
     assert_eq!(lines.len(), 6, "{lines:#?}");
     assert_eq!(
         lines[0],

@@ -133,12 +133,12 @@ impl Session {
                 match (self.cfg.policy.ptr_check, &answer) {
                     (PtrCheck::Reject, DnsAnswer::NotFound | DnsAnswer::NoSuchName) => {
                         let text = format!("Error: client {} has no PTR record", self.peer.ip());
-                        self.reply_error(Reply::new(550, "5.7.25", text));
+                        self.reject("mail", "ptr", &env.from, "", Reply::new(550, "5.7.25", text));
                     }
                     (PtrCheck::Reject, DnsAnswer::TempFail) => {
                         let text =
                             format!("Error: cannot look up the PTR record of {}, try again later", self.peer.ip());
-                        self.reply_error(Reply::new(450, "4.7.25", text));
+                        self.reject("mail", "ptr", &env.from, "", Reply::new(450, "4.7.25", text));
                     }
                     _ => self.mail_domain_check(*env),
                 }
@@ -146,13 +146,13 @@ impl Session {
             Wait::MailDomain(env) => match answer {
                 DnsAnswer::Found(_) => self.mail_accepted(*env),
                 DnsAnswer::NotFound | DnsAnswer::NoSuchName => {
-                    self.reply_error(Reply::new(550, "5.1.8", "Error: sender address rejected: domain not found"))
+                    let r = Reply::new(550, "5.1.8", "Error: sender address rejected: domain not found");
+                    self.reject("mail", "sender_domain", &env.from, "", r)
                 }
-                DnsAnswer::TempFail => self.reply_error(Reply::new(
-                    451,
-                    "4.4.3",
-                    "Error: sender address rejected: cannot resolve the domain, try again later",
-                )),
+                DnsAnswer::TempFail => {
+                    let text = "Error: sender address rejected: cannot resolve the domain, try again later";
+                    self.reject("mail", "sender_domain", &env.from, "", Reply::new(451, "4.4.3", text))
+                }
             },
             Wait::Auth { .. } => {}
         }
@@ -171,7 +171,8 @@ impl Session {
     pub(super) fn mail_policy(&mut self, env: Envelope) {
         let p = self.cfg.policy.clone();
         if self.cfg.require_auth && self.auth.is_none() {
-            return self.reply_error(Reply::new(530, "5.7.0", "Error: authentication required"));
+            let r = Reply::new(530, "5.7.0", "Error: authentication required");
+            return self.reject("mail", "auth_required", &env.from, "", r);
         }
         let sender_domain = env.from.rsplit_once('@').map(|(_, d)| d.to_string());
         if let (Some(id), false) = (&self.auth, env.from.is_empty())
@@ -180,25 +181,22 @@ impl Session {
         {
             let owned = self.directory.mailbox_by_address(&env.from).is_some_and(|(_, m)| m == maildir);
             if !owned {
-                return self.reply_error(Reply::new(
-                    553,
-                    "5.7.1",
-                    format!("Error: sender address <{}> not owned by user {}", env.from, id.login),
-                ));
+                let text = format!("Error: sender address <{}> not owned by user {}", env.from, id.login);
+                return self.reject("mail", "sender_ownership", &env.from, "", Reply::new(553, "5.7.1", text));
             }
         }
         if let Some(d) = &sender_domain
             && self.is_local_domain(d)
             && let Verdict::Refuse(r) = p.spoofing(self.peer.ip(), self.auth.is_some())
         {
-            return self.reply_error(r);
+            return self.reject("mail", "spoofing", &env.from, "", r);
         }
         if p.ptr_check != PtrCheck::Never && self.auth.is_none() && !is_private(self.peer.ip()) {
             match self.ptr_found {
                 None => return self.ask(Wait::Ptr(Box::new(env)), DnsQuery::Ptr(self.peer.ip())),
                 Some(false) if p.ptr_check == PtrCheck::Reject => {
                     let text = format!("Error: client {} has no PTR record", self.peer.ip());
-                    return self.reply_error(Reply::new(550, "5.7.25", text));
+                    return self.reject("mail", "ptr", &env.from, "", Reply::new(550, "5.7.25", text));
                 }
                 _ => {}
             }
@@ -223,7 +221,8 @@ impl Session {
 
     /// The RCPT TO rules for `to`: relay or local, the directory's verdict, inbound
     /// authentication, the hourly limit.
-    pub(super) fn rcpt_policy(&mut self, to: &Mailbox<'_>) -> Result<(), Reply> {
+    /// A refusal names its rule for the activity log.
+    pub(super) fn rcpt_policy(&mut self, to: &Mailbox<'_>) -> Result<(), (&'static str, Reply)> {
         let p = self.cfg.policy.clone();
         let kind = if is_relay_syntax(to.local) {
             RcptKind::Relay
@@ -246,7 +245,7 @@ impl Session {
                     now_unix: self.last_unix,
                 };
                 if let Verdict::Refuse(r) | Verdict::Drop(r) = p.relay(&cx) {
-                    return Err(r);
+                    return Err(("relay", r));
                 }
                 // Permitted relaying to a domain of ours still gets the directory's verdict.
                 if !to.is_domain_literal() && self.is_local_domain(to.domain) && !is_relay_syntax(to.local) {
@@ -257,7 +256,8 @@ impl Session {
                 // user@[our address]: a mailbox by its bare name in the default postoffice.
                 if !to.local.eq_ignore_ascii_case("postmaster") && self.directory.mailbox_for_login(to.local).is_none()
                 {
-                    return Err(crate::directory::Refusal::UnknownUser.reply());
+                    let r = crate::directory::Refusal::UnknownUser;
+                    return Err((r.rule(), r.reply()));
                 }
             }
             RcptKind::Local => {
@@ -275,14 +275,15 @@ impl Session {
                 }
             };
             if !limiter.try_acquire(identity, self.last_unix) {
-                return Err(Reply::new(451, "4.7.1", "Error: too many recipients this hour, try again later"));
+                let r = Reply::new(451, "4.7.1", "Error: too many recipients this hour, try again later");
+                return Err(("rate", r));
             }
         }
         Ok(())
     }
 
     /// Inbound authentication for local mailboxes (530 5.7.0).
-    fn inbound_auth(&self, to: &Mailbox<'_>) -> Result<(), Reply> {
+    fn inbound_auth(&self, to: &Mailbox<'_>) -> Result<(), (&'static str, Reply)> {
         if self.auth.is_some() {
             return Ok(());
         }
@@ -291,12 +292,15 @@ impl Session {
             InboundAuth::Required => true,
             InboundAuth::PerPostoffice => self.directory.domain_requires_auth(to.domain.trim_end_matches('.')),
         };
-        if required { Err(Reply::new(530, "5.7.0", "Error: authentication required")) } else { Ok(()) }
+        match required {
+            true => Err(("auth_required", Reply::new(530, "5.7.0", "Error: authentication required"))),
+            false => Ok(()),
+        }
     }
 
     /// The directory's verdict for a recipient of a local domain; the accept-all domains of
     /// the configuration take any address.
-    fn local_recipient(&self, to: &Mailbox<'_>) -> Result<(), Reply> {
+    fn local_recipient(&self, to: &Mailbox<'_>) -> Result<(), (&'static str, Reply)> {
         use std::fmt::Write as _;
         let mut addr = String::with_capacity(to.local.len() + to.domain.len() + 1);
         let _ = write!(addr, "{to}");
@@ -307,9 +311,9 @@ impl Session {
         };
         match self.directory.check_recipient_with(sender, &addr, self.cfg.catch_alls, usage) {
             RcptVerdict::Accept(_) => Ok(()),
-            RcptVerdict::Refuse(r) => Err(r.reply()),
+            RcptVerdict::Refuse(r) => Err((r.rule(), r.reply())),
             RcptVerdict::NotLocal if self.is_local_domain(to.domain) || to.domain.is_empty() => Ok(()),
-            RcptVerdict::NotLocal => Err(crate::policy::relay_denied()),
+            RcptVerdict::NotLocal => Err(("relay", crate::policy::relay_denied())),
         }
     }
 

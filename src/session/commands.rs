@@ -117,11 +117,9 @@ impl Session {
             && size > self.cfg.max_message_size
         {
             // RFC 1870 §6.
-            return self.reply_error(Reply::new(
-                552,
-                "5.3.4",
-                "Error: message size exceeds fixed maximum message size",
-            ));
+            let from = if let Path::Mailbox(m) = &from { m.to_string() } else { String::new() };
+            let r = Reply::new(552, "5.3.4", "Error: message size exceeds fixed maximum message size");
+            return self.reject("mail", "size", &from, "", r);
         }
         let mut env = Envelope::new(QueueId::default());
         env.received_ms = now.unix_ms;
@@ -165,8 +163,9 @@ impl Session {
             }
             return self.reply_error(r);
         }
-        if let Err(reply) = self.rcpt_policy(&to) {
-            return self.reply_error(reply);
+        if let Err((rule, reply)) = self.rcpt_policy(&to) {
+            let from = self.tx.envelope.as_ref().map(|e| e.from.clone()).unwrap_or_default();
+            return self.reject("rcpt", rule, &from, &to.to_string(), reply);
         }
         let rcpt = Recipient { address: to.to_string(), notify: params.notify, orcpt: params.orcpt.map(str::to_owned) };
         if let Some(env) = self.tx.envelope.as_mut() {

@@ -27,14 +27,12 @@ impl Session {
         self.check_size();
         if p.status == DataStatus::Done {
             if self.tx.too_big {
-                self.refuse_content(Reply::new(552, "5.3.4", "Error: message size exceeds fixed maximum message size"));
+                let r = Reply::new(552, "5.3.4", "Error: message size exceeds fixed maximum message size");
+                self.refuse_content("size", r);
             } else if self.scanner.saw_bare_line_ending() && self.cfg.bare_line_policy == BareLinePolicy::Reject {
                 // RFC 5321 §2.3.8: CR and LF only as CRLF. Refused whole (SMTP smuggling).
-                self.refuse_content(Reply::new(
-                    554,
-                    "5.5.2",
-                    "Error: bare CR or LF in message content (RFC 5321 section 2.3.8)",
-                ));
+                let text = "Error: bare CR or LF in message content (RFC 5321 section 2.3.8)";
+                self.refuse_content("bare_line_ending", Reply::new(554, "5.5.2", text));
             } else {
                 self.hand_off(now);
             }
@@ -86,11 +84,8 @@ impl Session {
             return self.reply_error(r);
         }
         if self.tx.too_big {
-            return self.refuse_content(Reply::new(
-                552,
-                "5.3.4",
-                "Error: message size exceeds fixed maximum message size",
-            ));
+            let r = Reply::new(552, "5.3.4", "Error: message size exceeds fixed maximum message size");
+            return self.refuse_content("size", r);
         }
         if last {
             self.hand_off(now);
@@ -111,11 +106,13 @@ impl Session {
         }
     }
 
-    fn refuse_content(&mut self, r: Reply) {
-        self.tx = Transaction::default();
+    /// The content is refused by `rule`: the transaction ends.
+    fn refuse_content(&mut self, rule: &'static str, r: Reply) {
+        let tx = std::mem::take(&mut self.tx);
         self.body.clear();
         self.phase = Phase::Command;
-        self.reply_error(r);
+        let from = tx.envelope.map(|e| e.from).unwrap_or_default();
+        self.reject("data", rule, &from, "", r);
     }
 
     /// Mints the queue id and writes our Received header at the top of the message buffer.

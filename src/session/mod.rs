@@ -769,6 +769,24 @@ impl Session {
         r.write(&mut self.out);
     }
 
+    /// A command refused by a rule at `step` (`mail`, `rcpt`, `data`): the error reply and,
+    /// with the activity log on, a line naming the rule, the sender and the recipient.
+    fn reject(&mut self, step: &'static str, rule: &'static str, from: &str, rcpt: &str, r: Reply) {
+        if self.cfg.activity {
+            let what = crate::obs::What::Rejected {
+                session: self.id,
+                client: self.peer.ip(),
+                step,
+                rule,
+                from: from.to_string(),
+                rcpt: rcpt.to_string(),
+                reply: r.to_string(),
+            };
+            self.log(self.last_unix * 1000, what);
+        }
+        self.reply_error(r);
+    }
+
     /// Sends an error reply and counts it (failed commands and recipients alike); too many
     /// errors end the session, and with auto-ban on, ban the client.
     fn reply_error(&mut self, r: Reply) {
