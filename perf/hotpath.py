@@ -6,7 +6,10 @@ Postfix's smtp-source drives, in interleaved rounds, each of:
   ringmx-epoll     ringmx, epoll driver, fsync before 250
   ringmx-nofsync   ringmx, io_uring driver, [spool] fsync = false (operator's choice)
   ringmx-nolog     ringmx, io_uring driver, the activity log off (`[log] activity = false`;
-                   ringmx-uring writes it, the default)
+                   ringmx-uring writes it, the default); no W3C log, no metrics endpoint
+  ringmx-alllogs   ringmx, io_uring driver, every log and the metrics on: the activity
+                   log, the W3C log with all its fields, `[metrics] listen` (scraped
+                   by nobody: the shards publish their counters all the same)
   ringmx-policy    ringmx, io_uring driver, with a realistic policy set: an access list of
                    10,000 entries (addresses, CIDR ranges, wildcards), EHLO blocking,
                    recipients per hour counted per client, relay rules (DNSBL and PTR
@@ -220,6 +223,9 @@ def main():
         "ringmx-epoll": lambda: Ringmx(a.ringmx, "epoll", True, tmp),
         "ringmx-nofsync": lambda: Ringmx(a.ringmx, "uring", False, tmp),
         "ringmx-nolog": lambda: Ringmx(a.ringmx, "uring", True, tmp, "[log]\nactivity = false\n"),
+        "ringmx-alllogs": lambda: Ringmx(a.ringmx, "uring", True, tmp,
+                                         "[log.w3c]\nenabled = true\n"
+                                         f"[metrics]\nlisten = \"127.0.0.1:{free_port()}\"\n"),
         "ringmx-policy": lambda: Ringmx(a.ringmx, "uring", True, tmp, policy_config()),
         "smtp-sink": lambda: SmtpSink(tmp),
     }
@@ -273,6 +279,10 @@ def main():
         on, off = med.get(("ringmx-uring", mode)), med.get(("ringmx-nolog", mode))
         if on and off:
             print(f"activity log on ÷ off, {mode}: msg/s {on[0] / off[0]:.2f}, CPU/msg {on[1] / off[1]:.2f}")
+        on = med.get(("ringmx-alllogs", mode))
+        if on and off:
+            print(f"every log and metrics on ÷ all off, {mode}: msg/s {on[0] / off[0]:.2f}, "
+                  f"CPU/msg {on[1] / off[1]:.2f}")
     for mode in ("persistent", "cpm"):
         p, u = med.get(("ringmx-policy", mode)), med.get(("ringmx-uring", mode))
         if p and u:

@@ -86,7 +86,7 @@ fn a_message_from_receipt_to_each_outcome_and_a_refusal() {
         assert_eq!(l[2], format!("{delivered} reply=\"250 2.0.0 delivered to mailbox\""));
         let r = lines_of(&text, &remote);
         assert_eq!(r.len(), 5, "{driver}: {text}");
-        assert!(r[0].starts_with(&format!("received id={remote} ")), "{}", r[0]);
+        assert!(r[0].starts_with(&format!("received id={remote} ")), "{}\n{text}", r[0]);
         assert!(r[1].starts_with(&format!("routed id={remote} route=smart_host:127.0.0.1:")), "{}", r[1]);
         assert!(r[2].starts_with(&deferred) && r[2].contains("450 4.2.1 busy") && r[2].contains(" next_attempt="));
         assert_eq!(r[3], format!("operator id={remote} action=bounce"));

@@ -246,18 +246,20 @@ impl Activity {
     /// The line, without its newline.
     pub fn line(&self, format: LogFormat) -> String {
         let mut out = String::with_capacity(256);
-        self.write_line(format, &mut out, &mut String::new());
+        self.write_line(format, &mut out, &mut Scratch::default());
         out
     }
 
-    /// Appends the line (without its newline) to `out`; `scratch` holds a value at a time,
-    /// reused from line to line by the writer.
-    fn write_line(&self, format: LogFormat, out: &mut String, scratch: &mut String) {
+    /// Appends the line (without its newline) to `out`; `scratch` is reused from line to
+    /// line by the writer.
+    fn write_line(&self, format: LogFormat, out: &mut String, scratch: &mut Scratch) {
         use std::fmt::Write as _;
-        let ts = crate::util::time::rfc3339_ms(self.at_ms);
+        let (scratch, ts) = (&mut scratch.value, scratch.clock.at(self.at_ms));
         match format {
             LogFormat::Kv => {
-                let _ = write!(out, "{ts} {}", self.what.name());
+                out.push_str(&ts);
+                out.push(' ');
+                out.push_str(self.what.name());
                 self.what.visit(&mut |k, v| {
                     scratch.clear();
                     let _ = scratch.write_fmt(v);
@@ -277,6 +279,41 @@ impl Activity {
                 out.push_str(&serde_json::Value::Object(m).to_string());
             }
         }
+    }
+}
+
+/// What the writer reuses from line to line: a value's text and the time stamp's second.
+#[derive(Debug, Default)]
+struct Scratch {
+    value: String,
+    clock: TsClock,
+}
+
+/// RFC 3339 time stamps with milliseconds, the calendar conversion done once a second.
+#[derive(Debug, Default)]
+struct TsClock {
+    second: Option<u64>,
+    /// `YYYY-MM-DDTHH:MM:SS` of `second`.
+    prefix: String,
+}
+
+impl TsClock {
+    fn at(&mut self, unix_ms: u64) -> String {
+        let sec = unix_ms / 1000;
+        if self.second != Some(sec) {
+            let full = crate::util::time::rfc3339_ms(sec * 1000);
+            self.prefix = full[..full.len() - 5].to_string();
+            self.second = Some(sec);
+        }
+        let ms = unix_ms % 1000;
+        let mut ts = String::with_capacity(self.prefix.len() + 5);
+        ts.push_str(&self.prefix);
+        ts.push('.');
+        ts.push(char::from(b'0' + (ms / 100) as u8));
+        ts.push(char::from(b'0' + (ms / 10 % 10) as u8));
+        ts.push(char::from(b'0' + (ms % 10) as u8));
+        ts.push('Z');
+        ts
     }
 }
 
@@ -364,7 +401,7 @@ impl ActivityLog {
             let mut reported_drops = 0;
             // Drained, not yet written: waiting for REORDER_WINDOW_MS.
             let mut pending: Vec<Activity> = Vec::new();
-            let (mut line, mut scratch) = (String::with_capacity(512), String::with_capacity(256));
+            let (mut line, mut scratch) = (String::with_capacity(512), Scratch::default());
             loop {
                 let stopping = s.stop.load(Ordering::Acquire);
                 if s.reopen.swap(false, Ordering::AcqRel) {
@@ -515,6 +552,13 @@ impl Drop for ActivityLog {
 mod tests {
     use super::*;
 
+    #[test]
+    fn time_stamps_from_the_second_cache() {
+        let mut c = TsClock::default();
+        for ms in [1_796_288_400_000, 1_796_288_400_007, 1_796_288_400_999, 1_796_288_401_050, 951_782_400_120] {
+            assert_eq!(c.at(ms), crate::util::time::rfc3339_ms(ms));
+        }
+    }
     fn received() -> Activity {
         Activity {
             at_ms: 1_764_000_000_123,

@@ -169,55 +169,91 @@ fn push_value(out: &mut String, v: &str) {
     }
 }
 
+/// Appends `v` in decimal (no formatting machinery: the writer does this for every field).
+fn push_u64(out: &mut String, mut v: u64) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    out.extend(buf[i..].iter().map(|&b| b as char));
+}
+
+/// The `date` and `time` values of one second, kept while lines stay in that second.
+#[derive(Debug, Default)]
+pub struct Clock {
+    second: Option<u64>,
+    date: String,
+    time: String,
+}
+
+impl Clock {
+    fn at(&mut self, unix_ms: u64) -> (&str, &str) {
+        let sec = unix_ms / 1000;
+        if self.second != Some(sec) {
+            let (y, mo, d, h, mi, s) = crate::util::time::utc(sec);
+            self.date = format!("{y:04}-{mo:02}-{d:02}");
+            self.time = format!("{h:02}:{mi:02}:{s:02}");
+            self.second = Some(sec);
+        }
+        (&self.date, &self.time)
+    }
+}
+
 impl SessionLines {
     /// Appends the batch's lines to `out`.
     pub fn write(&self, fields: &[Field], out: &mut String) {
-        use std::fmt::Write as _;
+        self.write_with(fields, &mut Clock::default(), out);
+    }
+
+    /// As [`SessionLines::write`], with the writer's `clock` (one calendar conversion a
+    /// second).
+    pub fn write_with(&self, fields: &[Field], clock: &mut Clock, out: &mut String) {
+        // What is the same on every line of the batch, formatted once.
+        let client = self.client.to_string();
+        let (s_ip, s_port) = match self.local {
+            Some(a) => (a.ip().to_string(), a.port().to_string()),
+            None => ("-".to_string(), "-".to_string()),
+        };
+        let session = format!("{:016X}", self.session);
         for x in &self.lines {
-            let (y, mo, d, h, mi, s) = crate::util::time::utc(x.at_ms / 1000);
+            let (date, time) = clock.at(x.at_ms);
             for (i, f) in fields.iter().enumerate() {
                 if i > 0 {
                     out.push(' ');
                 }
-                let _ = match f {
-                    Field::Date => write!(out, "{y:04}-{mo:02}-{d:02}"),
-                    Field::Time => write!(out, "{h:02}:{mi:02}:{s:02}"),
-                    Field::ClientIp => write!(out, "{}", self.client),
-                    Field::ServerIp => match self.local {
-                        Some(a) => write!(out, "{}", a.ip()),
-                        None => write!(out, "-"),
-                    },
-                    Field::ServerPort => match self.local {
-                        Some(a) => write!(out, "{}", a.port()),
-                        None => write!(out, "-"),
-                    },
-                    Field::Method => {
-                        push_value(out, &x.method);
-                        Ok(())
-                    }
-                    Field::Query => {
-                        push_value(out, &x.query);
-                        Ok(())
-                    }
-                    Field::Status if x.status == 0 => write!(out, "-"),
-                    Field::Status => write!(out, "{}", x.status),
-                    Field::ServerBytes => write!(out, "{}", x.sc_bytes),
-                    Field::ClientBytes => write!(out, "{}", x.cs_bytes),
+                match f {
+                    Field::Date => out.push_str(date),
+                    Field::Time => out.push_str(time),
+                    Field::ClientIp => out.push_str(&client),
+                    Field::ServerIp => out.push_str(&s_ip),
+                    Field::ServerPort => out.push_str(&s_port),
+                    Field::Method => push_value(out, &x.method),
+                    Field::Query => push_value(out, &x.query),
+                    Field::Status if x.status == 0 => out.push('-'),
+                    Field::Status => push_u64(out, x.status as u64),
+                    Field::ServerBytes => push_u64(out, x.sc_bytes),
+                    Field::ClientBytes => push_u64(out, x.cs_bytes),
                     Field::TimeTaken => match x.taken_ms {
-                        Some(t) => write!(out, "{t}"),
-                        None => write!(out, "-"),
+                        Some(t) => push_u64(out, t),
+                        None => out.push('-'),
                     },
-                    Field::Username => {
-                        push_value(out, x.user.as_deref().unwrap_or(""));
-                        Ok(())
-                    }
-                    Field::SessionId => write!(out, "{:016X}", self.session),
+                    Field::Username => push_value(out, x.user.as_deref().unwrap_or("")),
+                    Field::SessionId => out.push_str(&session),
                     Field::QueueId => match x.queue_id {
-                        Some(id) => write!(out, "{id}"),
-                        None => write!(out, "-"),
+                        Some(id) => {
+                            use std::fmt::Write as _;
+                            let _ = write!(out, "{id}");
+                        }
+                        None => out.push('-'),
                     },
-                    Field::Tls => write!(out, "{}", if x.tls { "yes" } else { "no" }),
-                };
+                    Field::Tls => out.push_str(if x.tls { "yes" } else { "no" }),
+                }
             }
             out.push('\n');
         }
@@ -229,12 +265,13 @@ pub struct W3cLog {
     settings: W3cSettings,
     current: Option<(String, BufWriter<File>, u64)>,
     line: String,
+    clock: Clock,
 }
 
 impl W3cLog {
     pub fn new(settings: W3cSettings) -> std::io::Result<W3cLog> {
         std::fs::create_dir_all(&settings.dir)?;
-        Ok(W3cLog { settings, current: None, line: String::with_capacity(4096) })
+        Ok(W3cLog { settings, current: None, line: String::with_capacity(4096), clock: Clock::default() })
     }
 
     /// The file name for a line at `at_ms` (for size rollover: the name a new file gets).
@@ -292,7 +329,7 @@ impl W3cLog {
             self.current = Some((name, w, len));
         }
         self.line.clear();
-        batch.write(&self.settings.fields, &mut self.line);
+        batch.write_with(&self.settings.fields, &mut self.clock, &mut self.line);
         let Some((_, w, len)) = self.current.as_mut() else { return Ok(()) };
         w.write_all(self.line.as_bytes())?;
         *len += self.line.len() as u64;
@@ -354,6 +391,15 @@ mod tests {
                     tls: true,
                 },
             ],
+        }
+    }
+
+    #[test]
+    fn decimal_without_format() {
+        for v in [0, 7, 10, 999, u64::MAX] {
+            let mut s = String::new();
+            push_u64(&mut s, v);
+            assert_eq!(s, v.to_string());
         }
     }
 

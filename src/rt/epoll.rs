@@ -107,7 +107,7 @@ pub fn run(mut shard: Shard) -> io::Result<ShardStats> {
             d.service(&mut shard, data, now);
         }
         d.flush_spool(&mut shard, now);
-        shard.end_turn();
+        shard.end_turn(now.mono);
         if now.mono.duration_since(last_tick) >= TICK {
             last_tick = now.mono;
             for t in d.conns.tokens() {

@@ -306,6 +306,7 @@ impl Server {
                         metrics,
                         sessions: 0,
                         tally: Default::default(),
+                        tally_published: None,
                     };
                     match driver {
                         Driver::Uring => uring::run(shard),

@@ -25,6 +25,9 @@ pub struct ShardListener {
     pub implicit_tls: bool,
 }
 
+/// How often a busy shard copies its tally for the metrics endpoint.
+pub const TALLY_PERIOD: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// The reply to a connection over a limit (SPEC §2).
 pub const TOO_MANY_CONNECTIONS: &[u8] = b"421 4.7.0 Error: too many connections, try again later\r\n";
 
@@ -54,6 +57,8 @@ pub struct Shard {
     pub sessions: u64,
     /// Replies, phase latencies, TLS and AUTH, counted by this shard's connections.
     pub tally: Rc<RefCell<crate::obs::tally::Tally>>,
+    /// When the tally was last offered to the metrics endpoint.
+    pub tally_published: Option<std::time::Instant>,
 }
 
 /// Counters a shard reports at exit.
@@ -169,8 +174,9 @@ impl Shard {
 
     /// Once per loop turn: retries hand-overs the control channel had no room for, and
     /// publishes the counters for the metrics endpoint (relaxed stores of this thread's
-    /// own cells: no shared counter on the hot path).
-    pub fn end_turn(&mut self) {
+    /// own cells: no shared counter on the hot path); the larger tally at most every
+    /// [`TALLY_PERIOD`] (the loop turns at least every tick, so it is never older).
+    pub fn end_turn(&mut self, now: std::time::Instant) {
         if let Some(link) = self.control.as_mut() {
             link.flush();
         }
@@ -184,7 +190,10 @@ impl Shard {
         m.spool_batches.set(l.batches);
         m.spool_records.set(l.records);
         m.spool_segments.set(l.segments_created);
-        self.tally.borrow_mut().publish(&m.tally);
+        if self.tally_published.is_none_or(|t| now.saturating_duration_since(t) >= TALLY_PERIOD) {
+            self.tally.borrow_mut().publish(&m.tally);
+            self.tally_published = Some(now);
+        }
     }
 
     /// The counters, with the spool's.

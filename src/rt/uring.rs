@@ -202,7 +202,7 @@ impl Driver {
                 }
             }
             self.start_spool_batch(shard);
-            shard.end_turn();
+            shard.end_turn(now.mono);
             let touched = std::mem::take(&mut self.touched);
             for t in &touched {
                 self.service(shard, *t, now);

@@ -25,7 +25,7 @@ pub(super) struct Open {
     /// Where this exchange's replies begin in the session's output.
     mark: usize,
     /// Its W3C line, once the reply is known (only with the W3C log on).
-    line: Option<Box<Exchange>>,
+    line: Option<Exchange>,
 }
 
 /// The phase whose latency a command's reply ends, by its verb.
@@ -35,6 +35,20 @@ fn stage_of(verb: &[u8]) -> Option<Stage> {
         b"MAIL" => Some(Stage::Mail),
         b"RCPT" => Some(Stage::Rcpt),
         _ => None,
+    }
+}
+
+/// The verbs of RFC 5321 and its extensions, named without an allocation.
+const VERBS: [&str; 16] = [
+    "EHLO", "HELO", "MAIL", "RCPT", "DATA", "BDAT", "RSET", "NOOP", "QUIT", "VRFY", "EXPN", "HELP", "AUTH", "STARTTLS",
+    "ETRN", "TURN",
+];
+
+/// A command's verb, upper case.
+fn verb_name(verb: &[u8]) -> Cow<'static, str> {
+    match VERBS.iter().find(|v| v.as_bytes().eq_ignore_ascii_case(verb)) {
+        Some(v) => Cow::Borrowed(v),
+        None => Cow::Owned(text(verb, 16).to_ascii_uppercase()),
     }
 }
 
@@ -56,7 +70,7 @@ impl Session {
         self.close_exchange(now.mono);
         let line = self.cfg.w3c.then(|| {
             let (method, query, cs_bytes) = line();
-            Box::new(Exchange {
+            Exchange {
                 at_ms: now.unix_ms,
                 method,
                 query,
@@ -67,7 +81,7 @@ impl Session {
                 user: None,
                 queue_id: None,
                 tls: false,
-            })
+            }
         });
         self.exchange = Some(Open { stage, start: now.mono, mark: self.out.len(), line });
     }
@@ -93,15 +107,15 @@ impl Session {
             self.trace(now, true, text);
         }
         self.open(now, stage_of(verb), || {
-            let method = text(verb, 16).to_ascii_uppercase();
+            let method = verb_name(verb);
             let rest = line.get(verb.len() + 1..).unwrap_or(&[]);
             // AUTH: the mechanism only, never an initial response.
-            let query = if method == "AUTH" {
+            let query = if method.as_ref() == "AUTH" {
                 text(rest.split(|&b| b == b' ').next().unwrap_or(&[]), MAX_QUERY)
             } else {
                 text(rest, MAX_QUERY)
             };
-            (method.into(), query, line.len() as u64 + 2)
+            (method, query, line.len() as u64 + 2)
         });
     }
 
@@ -150,7 +164,7 @@ impl Session {
         l.taken_ms = (l.status != 0).then_some(taken.as_millis() as u64);
         l.user = self.auth.as_ref().map(|a| a.login.clone());
         l.tls = self.tls.is_some();
-        self.w3c_lines.push(*l);
+        self.w3c_lines.push(l);
         if self.w3c_lines.len() >= BATCH {
             let a = self.take_w3c_lines();
             self.actions.push_back(super::Action::Log(Box::new(a)));

@@ -40,7 +40,7 @@ use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::mpsc::Receiver;
 use std::time::Duration;
 
 /// Settings of the control side.
@@ -70,6 +70,8 @@ const TOKEN_MOVE: u64 = 2;
 
 /// The longest the thread sleeps: it also checks for the stop flag.
 const MAX_WAIT: Duration = Duration::from_millis(200);
+/// Most messages one turn takes from the channel.
+const MAX_TURN_MESSAGES: usize = 4096;
 /// How often the status page's slower figures are refreshed (the oldest message is a walk
 /// of the queue).
 const STATUS_PERIOD_MS: u64 = 1_000;
@@ -179,17 +181,23 @@ impl Control {
                 .poll_timeout()
                 .map_or(MAX_WAIT, |t| Duration::from_millis(t.saturating_sub(now)).min(MAX_WAIT));
             let first = rx.recv_timeout(wait);
-            // One reading of the clock per turn: everything this turn decides uses it.
-            let now = Now::system().unix_ms;
-            match first {
-                Ok(m) => {
-                    self.handle(m, now);
-                    // Take whatever else is waiting, so that deliveries and marks batch.
-                    while let Ok(m) = rx.try_recv() {
-                        self.handle(m, now);
-                    }
+            // Take what else is waiting, so that deliveries and marks batch (a bounded
+            // number: the turn's timers and sync come after it).
+            let mut batch = Vec::new();
+            if let Ok(m) = first {
+                batch.push(m);
+                while batch.len() < MAX_TURN_MESSAGES
+                    && let Ok(m) = rx.try_recv()
+                {
+                    batch.push(m);
                 }
-                Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => {}
+            }
+            // One reading of the clock per turn, after every message of the turn arrived:
+            // everything this turn decides uses it, and no event it logs is dated before
+            // the event of a shard that led to it.
+            let now = Now::system().unix_ms;
+            for m in batch {
+                self.handle(m, now);
             }
             self.turn(now);
             if stop.load(Ordering::Relaxed) {
