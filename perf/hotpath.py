@@ -10,6 +10,8 @@ Postfix's smtp-source drives, in interleaved rounds, each of:
   ringmx-alllogs   ringmx, io_uring driver, every log and the metrics on: the activity
                    log, the W3C log with all its fields, `[metrics] listen` (scraped
                    by nobody: the shards publish their counters all the same)
+  ringmx-w3c       ringmx-uring plus the W3C log (to attribute ringmx-alllogs' cost)
+  ringmx-metrics   ringmx-uring plus the metrics endpoint
   ringmx-policy    ringmx, io_uring driver, with a realistic policy set: an access list of
                    10,000 entries (addresses, CIDR ranges, wildcards), EHLO blocking,
                    recipients per hour counted per client, relay rules (DNSBL and PTR
@@ -223,6 +225,9 @@ def main():
         "ringmx-epoll": lambda: Ringmx(a.ringmx, "epoll", True, tmp),
         "ringmx-nofsync": lambda: Ringmx(a.ringmx, "uring", False, tmp),
         "ringmx-nolog": lambda: Ringmx(a.ringmx, "uring", True, tmp, "[log]\nactivity = false\n"),
+        "ringmx-w3c": lambda: Ringmx(a.ringmx, "uring", True, tmp, "[log.w3c]\nenabled = true\n"),
+        "ringmx-metrics": lambda: Ringmx(a.ringmx, "uring", True, tmp,
+                                         f"[metrics]\nlisten = \"127.0.0.1:{free_port()}\"\n"),
         "ringmx-alllogs": lambda: Ringmx(a.ringmx, "uring", True, tmp,
                                          "[log.w3c]\nenabled = true\n"
                                          f"[metrics]\nlisten = \"127.0.0.1:{free_port()}\"\n"),
@@ -283,6 +288,14 @@ def main():
         if on and off:
             print(f"every log and metrics on ÷ all off, {mode}: msg/s {on[0] / off[0]:.2f}, "
                   f"CPU/msg {on[1] / off[1]:.2f}")
+        # Each round's own ratio (the two ran back to back), then their median: steadier
+        # on a VM whose speed drifts from round to round.
+        for variant in ("ringmx-uring", "ringmx-w3c", "ringmx-metrics", "ringmx-alllogs"):
+            on_r, off_r = results.get((variant, mode)), results.get(("ringmx-nolog", mode))
+            if on_r and off_r and len(on_r) == len(off_r):
+                rate = statistics.median(x[0] / y[0] for x, y in zip(on_r, off_r))
+                cpu = statistics.median(x[1] / y[1] for x, y in zip(on_r, off_r))
+                print(f"  paired per round, {variant} ÷ ringmx-nolog, {mode}: msg/s {rate:.2f}, CPU/msg {cpu:.2f}")
     for mode in ("persistent", "cpm"):
         p, u = med.get(("ringmx-policy", mode)), med.get(("ringmx-uring", mode))
         if p and u:

@@ -132,14 +132,17 @@ pub struct Exchange {
     /// Unix ms of the input that began it.
     pub at_ms: u64,
     pub method: std::borrow::Cow<'static, str>,
-    pub query: String,
+    /// The argument: a range of the batch's [`SessionLines::text`] (one buffer for the
+    /// batch, not a string per command).
+    pub query: std::ops::Range<u32>,
     /// The reply's code; 0 when none was sent (the client left first).
     pub status: u16,
     pub sc_bytes: u64,
     pub cs_bytes: u64,
     /// None when no reply was sent.
     pub taken_ms: Option<u64>,
-    pub user: Option<String>,
+    /// The session was authenticated (as [`SessionLines::user`]).
+    pub user: bool,
     pub queue_id: Option<QueueId>,
     pub tls: bool,
 }
@@ -151,6 +154,10 @@ pub struct SessionLines {
     pub client: IpAddr,
     /// The address the client connected to (none when unknown).
     pub local: Option<SocketAddr>,
+    /// The login of the session, once authenticated.
+    pub user: Option<String>,
+    /// The arguments of the lines' commands, one after the other.
+    pub text: String,
     pub lines: Vec<Exchange>,
 }
 
@@ -234,7 +241,10 @@ impl SessionLines {
                     Field::ServerIp => out.push_str(&s_ip),
                     Field::ServerPort => out.push_str(&s_port),
                     Field::Method => push_value(out, &x.method),
-                    Field::Query => push_value(out, &x.query),
+                    Field::Query => {
+                        let q = self.text.get(x.query.start as usize..x.query.end as usize).unwrap_or("");
+                        push_value(out, q)
+                    }
                     Field::Status if x.status == 0 => out.push('-'),
                     Field::Status => push_u64(out, x.status as u64),
                     Field::ServerBytes => push_u64(out, x.sc_bytes),
@@ -243,7 +253,7 @@ impl SessionLines {
                         Some(t) => push_u64(out, t),
                         None => out.push('-'),
                     },
-                    Field::Username => push_value(out, x.user.as_deref().unwrap_or("")),
+                    Field::Username => push_value(out, self.user.as_deref().filter(|_| x.user).unwrap_or("")),
                     Field::SessionId => out.push_str(&session),
                     Field::QueueId => match x.queue_id {
                         Some(id) => {
@@ -365,28 +375,30 @@ mod tests {
             session: 0x0100_0000_0000_0002,
             client: "192.0.2.7".parse().unwrap(),
             local: Some("198.51.100.1:25".parse().unwrap()),
+            user: Some("alice".into()),
+            text: "FROM:<a@b.example> SIZE=10".into(),
             lines: vec![
                 Exchange {
                     at_ms,
                     method: "MAIL".into(),
-                    query: "FROM:<a@b.example> SIZE=10".into(),
+                    query: 0..26,
                     status: 250,
                     sc_bytes: 14,
                     cs_bytes: 36,
                     taken_ms: Some(0),
-                    user: None,
+                    user: false,
                     queue_id: None,
                     tls: false,
                 },
                 Exchange {
                     at_ms: at_ms + 20,
                     method: "EOM".into(),
-                    query: String::new(),
+                    query: 26..26,
                     status: 250,
                     sc_bytes: 40,
                     cs_bytes: 1000,
                     taken_ms: Some(3),
-                    user: Some("alice".into()),
+                    user: true,
                     queue_id: Some(QueueId(0xAB)),
                     tls: true,
                 },

@@ -303,6 +303,8 @@ pub struct Session {
     exchange: Option<trace::Open>,
     /// W3C lines not yet handed to the log (with `[log.w3c]` on).
     w3c_lines: Vec<crate::obs::w3c::Exchange>,
+    /// Their arguments, one after the other.
+    w3c_text: String,
     /// The address the client connected to, when the driver said (W3C `s-ip`, `s-port`).
     local: Option<SocketAddr>,
     /// The protocol trace not yet handed to the debug log (only when this session traces).
@@ -366,6 +368,7 @@ impl Session {
             id,
             exchange: None,
             w3c_lines: Vec::new(),
+            w3c_text: String::new(),
             local: None,
             debug: None,
             tally: None,

@@ -52,6 +52,15 @@ fn verb_name(verb: &[u8]) -> Cow<'static, str> {
     }
 }
 
+/// Appends at most `max` bytes of `b` to `out` as text, cut at a character boundary.
+fn push_text(out: &mut String, b: &[u8], max: usize) {
+    let b = &b[..b.len().min(max)];
+    match std::str::from_utf8(b) {
+        Ok(s) => out.push_str(s),
+        Err(_) => out.push_str(&text(b, max)),
+    }
+}
+
 /// Text of at most `max` bytes of `b`, cut at a character boundary.
 fn text(b: &[u8], max: usize) -> String {
     let s = String::from_utf8_lossy(&b[..b.len().min(max)]);
@@ -66,19 +75,26 @@ fn last_code(out: &[u8]) -> u16 {
 }
 
 impl Session {
-    fn open(&mut self, now: Now, stage: Option<Stage>, line: impl FnOnce() -> (Cow<'static, str>, String, u64)) {
+    /// `line` gives the W3C method, the argument (appended to the batch's text) and the
+    /// client's bytes; it is called only with the W3C log on.
+    fn open(&mut self, now: Now, stage: Option<Stage>, line: impl FnOnce(&mut String) -> (Cow<'static, str>, u64)) {
         self.close_exchange(now.mono);
         let line = self.cfg.w3c.then(|| {
-            let (method, query, cs_bytes) = line();
+            if self.w3c_lines.capacity() == 0 {
+                self.w3c_lines.reserve(8);
+                self.w3c_text.reserve(256);
+            }
+            let start = self.w3c_text.len() as u32;
+            let (method, cs_bytes) = line(&mut self.w3c_text);
             Exchange {
                 at_ms: now.unix_ms,
                 method,
-                query,
+                query: start..self.w3c_text.len() as u32,
                 status: 0,
                 sc_bytes: 0,
                 cs_bytes,
                 taken_ms: None,
-                user: None,
+                user: false,
                 queue_id: None,
                 tls: false,
             }
@@ -88,7 +104,7 @@ impl Session {
 
     /// The connection: the banner answers it.
     pub(super) fn open_connect(&mut self, now: Now) {
-        self.open(now, Some(Stage::Banner), || ("CONNECT".into(), String::new(), 0));
+        self.open(now, Some(Stage::Banner), |_| ("CONNECT".into(), 0));
     }
 
     /// A command line (without its line ending).
@@ -106,23 +122,20 @@ impl Session {
             };
             self.trace(now, true, text);
         }
-        self.open(now, stage_of(verb), || {
+        self.open(now, stage_of(verb), |query| {
             let method = verb_name(verb);
             let rest = line.get(verb.len() + 1..).unwrap_or(&[]);
             // AUTH: the mechanism only, never an initial response.
-            let query = if method.as_ref() == "AUTH" {
-                text(rest.split(|&b| b == b' ').next().unwrap_or(&[]), MAX_QUERY)
-            } else {
-                text(rest, MAX_QUERY)
-            };
-            (method, query, line.len() as u64 + 2)
+            let arg = if method.as_ref() == "AUTH" { rest.split(|&b| b == b' ').next().unwrap_or(&[]) } else { rest };
+            push_text(query, arg, MAX_QUERY);
+            (method, line.len() as u64 + 2)
         });
     }
 
     /// A line of an AUTH exchange: its reply is logged, its content never.
     pub(super) fn open_sasl(&mut self, now: Now, len: usize) {
         self.trace(now, true, format!("<SASL response of {len} bytes hidden>"));
-        self.open(now, None, || ("SASL".into(), String::new(), len as u64 + 2));
+        self.open(now, None, |_| ("SASL".into(), len as u64 + 2));
     }
 
     /// A message's content is complete: the reply is the spool's answer. After BDAT LAST
@@ -137,7 +150,7 @@ impl Session {
             o.start = now.mono;
             return;
         }
-        self.open(now, Some(Stage::Data), || ("EOM".into(), String::new(), size));
+        self.open(now, Some(Stage::Data), |_| ("EOM".into(), size));
     }
 
     /// The message of the open exchange was queued as `id`.
@@ -162,7 +175,7 @@ impl Session {
         l.status = last_code(replies);
         l.sc_bytes = replies.len() as u64;
         l.taken_ms = (l.status != 0).then_some(taken.as_millis() as u64);
-        l.user = self.auth.as_ref().map(|a| a.login.clone());
+        l.user = self.auth.is_some();
         l.tls = self.tls.is_some();
         self.w3c_lines.push(l);
         if self.w3c_lines.len() >= BATCH {
@@ -173,11 +186,14 @@ impl Session {
 
     fn take_w3c_lines(&mut self) -> crate::obs::Activity {
         let lines = std::mem::take(&mut self.w3c_lines);
+        let text = std::mem::take(&mut self.w3c_text);
         let at_ms = lines.last().map_or(0, |l| l.at_ms);
         let what = crate::obs::What::Session(Box::new(SessionLines {
             session: self.id,
             client: self.peer.ip(),
             local: self.local,
+            user: self.auth.as_ref().map(|a| a.login.clone()),
+            text,
             lines,
         }));
         crate::obs::Activity { at_ms, what }
