@@ -62,6 +62,52 @@ pub struct Config {
     /// `[metrics]`: the Prometheus endpoint.
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// `[[policy_service]]`: policy servers asked over Postfix's policy delegation protocol,
+    /// in order.
+    #[serde(default)]
+    pub policy_service: Vec<PolicyServiceConfig>,
+}
+
+/// `[[policy_service]]`: one policy server (postgrey, policyd-spf, postfwd, …).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyServiceConfig {
+    /// `HOST:PORT`, or the path of a Unix socket.
+    pub address: String,
+    /// Where it is asked: `rcpt` (after each recipient our checks accepted) and/or `data`
+    /// (at the end of the content). Default `["rcpt"]`.
+    #[serde(default = "default_policy_stages")]
+    pub at: Vec<crate::policy::delegation::Stage>,
+    /// Longest wait for an answer. Default 10s.
+    #[serde(default = "default_policy_timeout", deserialize_with = "de_duration")]
+    pub timeout: std::time::Duration,
+    /// When it cannot be reached or answers nothing we can act on: `tempfail` (451 4.3.5)
+    /// or `accept`. Default `tempfail`.
+    #[serde(default)]
+    pub default_action: crate::policy::delegation::DefaultAction,
+    /// How long a final answer is reused for an identical request. Default 60s; 0 turns the
+    /// cache off.
+    #[serde(default = "default_policy_cache_ttl", deserialize_with = "de_duration")]
+    pub cache_ttl: std::time::Duration,
+    /// Connections (and threads) to it. Default 2.
+    #[serde(default = "default_policy_threads")]
+    pub connections: usize,
+}
+
+fn default_policy_stages() -> Vec<crate::policy::delegation::Stage> {
+    vec![crate::policy::delegation::Stage::Rcpt]
+}
+
+fn default_policy_timeout() -> std::time::Duration {
+    std::time::Duration::from_secs(10)
+}
+
+fn default_policy_cache_ttl() -> std::time::Duration {
+    std::time::Duration::from_secs(60)
+}
+
+fn default_policy_threads() -> usize {
+    2
 }
 
 /// `[metrics]`: Prometheus metrics, liveness and readiness over HTTP.

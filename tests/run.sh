@@ -16,6 +16,8 @@ command -v python3 >/dev/null || need+=(python3)
 command -v promtool >/dev/null || need+=(prometheus)
 # Headless Chromium loads the status page (tests/status_page.rs).
 command -v chromium >/dev/null || need+=(chromium)
+# A real policy server over Postfix's policy delegation protocol (tests/policy_delegation.rs).
+[ -x /usr/sbin/postgrey ] || need+=(postgrey)
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" = 0 ] || sudo="sudo"

@@ -22,6 +22,7 @@
 pub mod auth;
 pub mod bans;
 pub mod conns;
+pub mod delegation;
 pub mod iplist;
 pub mod pop;
 pub mod rate;
@@ -255,6 +256,8 @@ pub struct Policy {
     pub verifier: Option<Arc<auth::Verifier>>,
     /// The resolver thread for DNSBL, PTR and sender-domain checks (when any is on).
     pub dns: Option<crate::dns::Dns>,
+    /// Policy services asked over Postfix's policy delegation protocol, in order.
+    pub delegation: Vec<Arc<delegation::PolicyService>>,
 }
 
 impl Default for Policy {
@@ -284,6 +287,7 @@ impl Default for Policy {
             auth_fixed: None,
             verifier: None,
             dns: None,
+            delegation: Vec::new(),
         }
     }
 }

@@ -30,6 +30,7 @@ pub const CLOSE_LINGER: Duration = Duration::from_secs(5);
 enum ServiceAnswer {
     Dns(DnsAnswer),
     Auth(AuthOutcome),
+    Policy(crate::policy::delegation::Verdict),
 }
 
 /// Where a service thread leaves its answer for this connection; the thread then wakes the
@@ -187,6 +188,7 @@ impl Conn {
                 match answer {
                     ServiceAnswer::Dns(a) => self.session.provide_policy_answer(now, a),
                     ServiceAnswer::Auth(o) => self.session.auth_done(now, o),
+                    ServiceAnswer::Policy(v) => self.session.delegation_done(now, v),
                 }
                 continue;
             }
@@ -212,6 +214,23 @@ impl Conn {
                             v.submit(*req, Box::new(move |o| set_answer(&slot, ServiceAnswer::Auth(o), waker.as_ref())))
                         }
                         None => set_answer(&slot, ServiceAnswer::Auth(AuthOutcome::Unavailable), None),
+                    }
+                }
+                Action::Delegate(req, index) => {
+                    let slot = AnswerSlot::default();
+                    self.awaiting = Some(slot.clone());
+                    let waker = self.waker.clone();
+                    match self.session.config().policy.delegation.get(index).cloned() {
+                        Some(s) => s.submit(
+                            *req,
+                            Box::new(move |v| set_answer(&slot, ServiceAnswer::Policy(v), waker.as_ref())),
+                        ),
+                        None => {
+                            let v = crate::policy::delegation::Verdict::Refuse(
+                                crate::policy::delegation::service_failure(),
+                            );
+                            set_answer(&slot, ServiceAnswer::Policy(v), None)
+                        }
                     }
                 }
                 Action::Spool(req) => {

@@ -27,7 +27,22 @@ impl Services {
                 None
             }
         };
-        Services { policy: Arc::new(build_policy(cfg, dns.clone())), dns }
+        let mut policy = build_policy(cfg, dns.clone());
+        for s in &cfg.policy_service {
+            let settings = crate::policy::delegation::ServiceSettings {
+                address: s.address.clone(),
+                stages: s.at.clone(),
+                timeout: s.timeout,
+                default_action: s.default_action,
+                cache_ttl: s.cache_ttl,
+                threads: s.connections.clamp(1, 64),
+            };
+            match crate::policy::delegation::PolicyService::start(settings) {
+                Ok(p) => policy.delegation.push(Arc::new(p)),
+                Err(e) => log::error!("policy service {}: cannot start its threads: {e}", s.address),
+            }
+        }
+        Services { policy: Arc::new(policy), dns }
     }
 }
 
@@ -88,6 +103,7 @@ fn build_policy(cfg: &Config, dns: Option<Arc<DnsService>>) -> Policy {
         auth_fixed: cfg.auth.username.clone().zip(cfg.auth.password.clone()),
         verifier: Some(Arc::new(crate::policy::auth::Verifier::new(cfg.auth.verifier_threads))),
         dns: dns.filter(|_| needs_dns(cfg)).map(|s| Dns::new(s, policy_dns(cfg))),
+        delegation: Vec::new(),
     }
 }
 

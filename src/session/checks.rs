@@ -22,6 +22,10 @@ pub(super) enum Wait {
     MailDomain(Box<Envelope>),
     /// A password check.
     Auth { login: String, maildir: Option<String> },
+    /// Policy service `index` at `stage`.
+    /// `mark`: the transaction's PREPEND headers before this recipient's (or the content's)
+    /// services answered; a refusal drops the ones they added.
+    Delegation { stage: crate::policy::delegation::Stage, index: usize, pending: super::delegate::Pending, mark: usize },
 }
 
 /// How a recipient is to be treated.
@@ -154,7 +158,7 @@ impl Session {
                     self.reject("mail", "sender_domain", &env.from, "", Reply::new(451, "4.4.3", text))
                 }
             },
-            Wait::Auth { .. } => {}
+            Wait::Auth { .. } | Wait::Delegation { .. } => {}
         }
         self.process_pending(now);
     }

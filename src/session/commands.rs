@@ -19,7 +19,7 @@ impl Session {
             Command::Ehlo(d) => self.hello(d, true),
             Command::Helo(d) => self.hello(d, false),
             Command::Mail { from, params } => self.mail(now, from, params),
-            Command::Rcpt { to, params } => self.rcpt(to, params),
+            Command::Rcpt { to, params } => self.rcpt(now, to, params),
             Command::Data => self.data_command(now),
             Command::Bdat { size, last } => self.bdat_command(now, size, last),
             Command::Rset => {
@@ -142,7 +142,7 @@ impl Session {
     }
 
     /// RFC 5321 §4.1.1.3.
-    fn rcpt(&mut self, to: Mailbox<'_>, params: RcptParams<'_>) {
+    fn rcpt(&mut self, now: Now, to: Mailbox<'_>, params: RcptParams<'_>) {
         let Some(env) = self.tx.envelope.as_ref() else {
             return self.reply_error(Reply::new(503, "5.5.1", "Error: need MAIL command"));
         };
@@ -168,6 +168,15 @@ impl Session {
             return self.reject("rcpt", rule, &from, &to.to_string(), reply);
         }
         let rcpt = Recipient { address: to.to_string(), notify: params.notify, orcpt: params.orcpt.map(str::to_owned) };
+        let stage = crate::policy::delegation::Stage::Rcpt;
+        if self.delegates(stage) {
+            return self.delegate(now, stage, super::delegate::Pending::Rcpt(Box::new(rcpt)));
+        }
+        self.rcpt_accepted(rcpt);
+    }
+
+    /// Every check passed: the recipient joins the transaction.
+    pub(super) fn rcpt_accepted(&mut self, rcpt: Recipient) {
         if let Some(env) = self.tx.envelope.as_mut() {
             env.rcpts.push(rcpt);
         }

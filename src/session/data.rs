@@ -159,14 +159,33 @@ impl Session {
         self.tx.content_len = 0;
     }
 
-    /// The content is complete: give the message to the spool and wait for its answer.
+    /// The content is complete: the policy services asked at the end of the content, then
+    /// the spool.
     fn hand_off(&mut self, now: Now) {
+        self.open_content(now, self.tx.content_len);
+        let stage = crate::policy::delegation::Stage::Data;
+        if self.delegates(stage) {
+            return self.delegate(now, stage, super::delegate::Pending::Content);
+        }
+        self.spool_message(now);
+    }
+
+    /// Gives the message to the spool and waits for its answer.
+    pub(super) fn spool_message(&mut self, now: Now) {
         let tx = std::mem::take(&mut self.tx);
         let Some(mut envelope) = tx.envelope else { return };
         envelope.received_ms = now.unix_ms;
-        self.open_content(now, tx.content_len);
         if self.auth.is_some() && self.cfg.policy.add_missing_headers {
             self.add_missing_headers(now, &envelope);
+        }
+        if !tx.prepend.is_empty() {
+            // PREPEND: on top of the message, above our Received header.
+            let mut top = Vec::new();
+            for h in &tx.prepend {
+                top.extend_from_slice(h.as_bytes());
+                top.extend_from_slice(b"\r\n");
+            }
+            self.body.splice(0..0, top);
         }
         let data = std::mem::take(&mut self.body);
         if self.cfg.activity {

@@ -37,6 +37,7 @@ mod auth;
 mod checks;
 mod commands;
 mod data;
+mod delegate;
 mod trace;
 
 use crate::directory::Directory;
@@ -195,6 +196,9 @@ pub enum Action {
     Resolve(DnsQuery),
     /// Verify this password off the shard; answer with [`Session::auth_done`].
     Authenticate(Box<AuthRequest>),
+    /// Ask policy service `usize` (of the policy's `delegation`); answer with
+    /// [`Session::delegation_done`].
+    Delegate(Box<crate::policy::delegation::Request>, usize),
     /// Send the pending output, then start a TLS handshake as the server.
     StartTls,
     /// Send the pending output, then close the connection.
@@ -246,6 +250,8 @@ struct Transaction {
     refusal: Option<Reply>,
     /// Recipients refused for exceeding `max_recipients` so far.
     overshoot: usize,
+    /// Header fields policy services asked to put on top of the message (`PREPEND`).
+    prepend: Vec<String>,
 }
 
 /// One SMTP server conversation; see the module documentation.

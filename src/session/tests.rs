@@ -19,6 +19,8 @@ struct Harness {
     queries: Vec<crate::dns::DnsQuery>,
     /// Password checks asked and not yet answered.
     auth_requests: Vec<crate::policy::auth::AuthRequest>,
+    /// Policy services asked and not yet answered: the request and the service's index.
+    delegations: Vec<(crate::policy::delegation::Request, usize)>,
     /// Activity-log lines the session asked for.
     activity: Vec<String>,
 }
@@ -61,6 +63,7 @@ impl Harness {
             starttls: false,
             queries: Vec::new(),
             auth_requests: Vec::new(),
+            delegations: Vec::new(),
             activity: Vec::new(),
         };
         let greeting = h.take_output();
@@ -93,6 +96,7 @@ impl Harness {
                 Action::StartTls => self.starttls = true,
                 Action::Resolve(q) => self.queries.push(q),
                 Action::Authenticate(req) => self.auth_requests.push(*req),
+                Action::Delegate(req, i) => self.delegations.push((*req, i)),
                 Action::Log(a) => self.activity.push(a.line(crate::obs::LogFormat::Kv)),
             }
         }
@@ -508,6 +512,7 @@ impl Harness {
             starttls: false,
             queries: Vec::new(),
             auth_requests: Vec::new(),
+            delegations: Vec::new(),
             activity: Vec::new(),
         };
         let first = h.take_output();
@@ -1080,4 +1085,80 @@ fn phase_latencies_run_from_input_to_reply() {
     );
     assert_eq!(t.latency[Stage::Mail as usize].sum_us + t.latency[Stage::Rcpt as usize].sum_us, 0);
     assert_eq!(t.latency[Stage::Data as usize].sum_us, 300_000);
+}
+
+/// Policy delegation: each service asked at its stage, in order; a refusal is the
+/// recipient's reply and drops what its services prepended; PREPEND headers from accepted
+/// recipients and from the end of the content go on top of the message.
+#[test]
+fn policy_services_in_order_at_rcpt_and_end_of_content() {
+    use crate::policy::delegation::{DefaultAction, PolicyService, ServiceSettings, Stage, Verdict};
+    // The services are never reached: the test answers for them.
+    let service = |stages: Vec<Stage>| {
+        Arc::new(
+            PolicyService::start(ServiceSettings {
+                address: "127.0.0.1:9".into(),
+                stages,
+                timeout: Duration::from_secs(1),
+                default_action: DefaultAction::Tempfail,
+                cache_ttl: Duration::ZERO,
+                threads: 1,
+            })
+            .unwrap(),
+        )
+    };
+    let policy = crate::policy::Policy {
+        delegation: vec![service(vec![Stage::Rcpt]), service(vec![Stage::Rcpt, Stage::Data])],
+        ..crate::policy::Policy::default()
+    };
+    let mut h = Harness::new(SessionConfig { policy: Arc::new(policy), ..cfg() });
+    h.ehlo();
+    assert!(h.send("MAIL FROM:<a@sender.example>\r\n").starts_with("250"));
+    assert_eq!(h.send("RCPT TO:<alice@example.net>\r\n"), "", "waits for the first service");
+    let (req, i) = h.delegations.remove(0);
+    assert_eq!(
+        (i, req.stage, req.recipient.as_str(), req.sender.as_str()),
+        (0, Some(Stage::Rcpt), "alice@example.net", "a@sender.example")
+    );
+    assert_eq!(req.client_address, "192.0.2.7");
+    h.s.delegation_done(h.now, Verdict::Continue { prepend: Some("X-First: dropped with its recipient".into()) });
+    assert_eq!(h.take_output(), "", "then the second");
+    assert_eq!(h.delegations.remove(0).1, 1);
+    h.s.delegation_done(h.now, Verdict::Refuse(Reply::new(450, "4.7.1", "Greylisted")));
+    assert_eq!(h.take_output(), "450 4.7.1 Greylisted\r\n");
+
+    assert_eq!(h.send("RCPT TO:<alice@example.net>\r\n"), "");
+    h.delegations.clear();
+    h.s.delegation_done(h.now, Verdict::Continue { prepend: Some("X-Greylist: delayed 60 seconds".into()) });
+    h.take_output();
+    h.delegations.clear();
+    h.s.delegation_done(h.now, Verdict::Continue { prepend: None });
+    assert_eq!(h.take_output(), "250 2.1.5 Ok\r\n");
+    assert!(h.send("DATA\r\n").starts_with("354"));
+    assert_eq!(h.send("Subject: x\r\n\r\nhi\r\n.\r\n"), "", "the end of the content asks the data service");
+    let (req, i) = h.delegations.remove(0);
+    assert_eq!((i, req.stage, req.recipient_count), (1, Some(Stage::Data), 1));
+    assert!(!req.queue_id.is_empty() && req.size > 0);
+    h.s.delegation_done(h.now, Verdict::Continue { prepend: Some("X-Policy: checked".into()) });
+    // The spool answers when the harness drains the actions: its 250 comes with the next take.
+    let r = h.take_output() + &h.take_output();
+    assert!(r.starts_with("250 2.0.0 Ok: queued as "), "{r}");
+    let msg = String::from_utf8(h.spooled[0].data.clone()).unwrap();
+    assert!(msg.starts_with("X-Greylist: delayed 60 seconds\r\nX-Policy: checked\r\nReceived: from "), "{msg}");
+    assert!(!msg.contains("X-First"), "{msg}");
+
+    // Refused at the end of the content: the transaction is gone.
+    assert!(h.send("MAIL FROM:<a@sender.example>\r\n").starts_with("250"));
+    h.send("RCPT TO:<alice@example.net>\r\n");
+    for _ in 0..2 {
+        h.delegations.clear();
+        h.s.delegation_done(h.now, Verdict::Continue { prepend: None });
+        h.take_output();
+    }
+    h.send("DATA\r\nSubject: y\r\n\r\nspam\r\n.\r\n");
+    h.delegations.clear();
+    h.s.delegation_done(h.now, Verdict::Refuse(Reply::new(554, "5.7.1", "Spam")));
+    assert_eq!(h.take_output(), "554 5.7.1 Spam\r\n");
+    assert_eq!(h.spooled.len(), 1);
+    assert!(h.send("RCPT TO:<alice@example.net>\r\n").starts_with("503"), "no transaction left");
 }

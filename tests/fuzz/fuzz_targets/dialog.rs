@@ -332,6 +332,10 @@ impl Run {
                     };
                     self.s.auth_done(self.now, outcome);
                 }
+                Action::Delegate(..) => {
+                    let go_on = ringmx::policy::delegation::Verdict::Continue { prepend: None };
+                    self.s.delegation_done(self.now, go_on);
+                }
                 Action::Close => self.closed = true,
                 // Formatting the line is what the writer does with it.
                 Action::Log(a) => drop(a.line(ringmx::obs::LogFormat::Kv)),

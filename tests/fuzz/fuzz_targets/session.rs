@@ -70,6 +70,9 @@ fuzz_target!(|data: &[u8]| {
                     };
                     s.auth_done(now, outcome);
                 }
+                Action::Delegate(..) => {
+                    s.delegation_done(now, ringmx::policy::delegation::Verdict::Continue { prepend: None });
+                }
                 Action::Close => return,
                 Action::Log(a) => drop(a.line(ringmx::obs::LogFormat::Json)),
             }
