@@ -42,6 +42,15 @@ enum Cmd {
         #[command(subcommand)]
         cmd: BanCmd,
     },
+    /// Check the setup: configuration, postmaster, listeners, an open-relay self-test, MX
+    /// and PTR records, the queue. Exits 1 on a problem or warning.
+    Diagnose {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The findings as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Read activity logs.
     Log {
         #[command(subcommand)]
@@ -352,6 +361,12 @@ fn main() -> ExitCode {
             println!("configuration ok: {} listener(s), {} local domain(s)", c.listeners.len(), c.local_domains.len());
         }),
         Cmd::Directory(args) => return ringmx::admin::directory::run(args),
+        Cmd::Diagnose { config, json } => {
+            let r = ringmx::admin::diagnose::run(config.as_deref());
+            let text = if json { serde_json::to_string_pretty(&r).unwrap_or_default() + "\n" } else { r.render() };
+            let _ = std::io::stdout().lock().write_all(text.as_bytes());
+            if r.failed() { Err(ExitCode::from(1)) } else { Ok(()) }
+        }
         Cmd::Ban { cmd } => ban(cmd),
         Cmd::Log { cmd: LogCmd::Summary { files } } => log_summary(&files),
         Cmd::Log { cmd: LogCmd::Debug { state, clients, at } } => log_debug(state, clients, &at),

@@ -7,14 +7,14 @@
 mod common;
 
 use common::*;
-use hickory_server::Server as DnsServer;
-use hickory_server::proto::rr::rdata::{A, MX, PTR, SOA};
-use hickory_server::proto::rr::{LowerName, Name, RData, Record};
-use hickory_server::store::in_memory::InMemoryZoneHandler;
-use hickory_server::zone_handler::{AxfrPolicy, Catalog, ZoneHandler, ZoneType};
+#[path = "common/dns.rs"]
+mod dns;
+
+use dns::{name, zone};
+use hickory_server::proto::rr::RData;
+use hickory_server::proto::rr::rdata::{A, MX, PTR};
 use ringmx::dns::{Dns, DnsAnswer, DnsQuery, DnsService, DnsSettings};
 use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::Arc;
 use std::time::Duration;
 
 /// Behind a load balancer the per-address connection limit counts the client named in the
@@ -207,51 +207,22 @@ fn activity_shows(dir: &std::path::Path, lines: &[&[&str]]) {
     assert!(eventually(Duration::from_secs(20), || lines.iter().all(|n| has(&text(), n))), "{lines:?} in\n{}", text());
 }
 
-fn name(s: &str) -> Name {
-    Name::from_ascii(s).unwrap()
-}
-
-fn zone(origin: &str, records: &[(&str, RData)]) -> (LowerName, Arc<dyn ZoneHandler>) {
-    let mut z: InMemoryZoneHandler = InMemoryZoneHandler::empty(name(origin), ZoneType::Primary, AxfrPolicy::Deny);
-    let soa = SOA::new(name("ns.test."), name("hostmaster.test."), 1, 3600, 600, 86400, 60);
-    assert!(z.upsert_mut(Record::from_rdata(name(origin), 60, RData::SOA(soa)), 1));
-    for (n, r) in records {
-        assert!(z.upsert_mut(Record::from_rdata(name(n), 60, r.clone()), 1), "{n}");
-    }
-    (LowerName::from(name(origin)), Arc::new(z))
-}
-
 /// An authoritative server on 127.0.0.1 (UDP) for the test's zones, running until the
 /// process ends.
 fn dns_server() -> SocketAddr {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        rt.block_on(async {
-            let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-            tx.send(socket.local_addr().unwrap()).unwrap();
-            let mut catalog = Catalog::new();
-            for (origin, handler) in [
-                zone(
-                    "test.",
-                    &[
-                        ("9.2.0.192.bl.test.", RData::A(A(Ipv4Addr::new(127, 0, 0, 2)))),
-                        ("good.test.", RData::MX(MX::new(10, name("mx.good.test.")))),
-                        ("mx.good.test.", RData::A(A(Ipv4Addr::new(192, 0, 2, 1)))),
-                        ("aonly.test.", RData::A(A(Ipv4Addr::new(192, 0, 2, 2)))),
-                        ("host.test.", RData::A(A(Ipv4Addr::new(192, 0, 2, 10)))),
-                    ],
-                ),
-                zone("2.0.192.in-addr.arpa.", &[("10.2.0.192.in-addr.arpa.", RData::PTR(PTR(name("host.test."))))]),
-            ] {
-                catalog.upsert(origin, vec![handler]);
-            }
-            let mut server = DnsServer::new(catalog);
-            server.register_socket(socket);
-            std::future::pending::<()>().await;
-        });
-    });
-    rx.recv().unwrap()
+    dns::serve(vec![
+        zone(
+            "test.",
+            &[
+                ("9.2.0.192.bl.test.", RData::A(A(Ipv4Addr::new(127, 0, 0, 2)))),
+                ("good.test.", RData::MX(MX::new(10, name("mx.good.test.")))),
+                ("mx.good.test.", RData::A(A(Ipv4Addr::new(192, 0, 2, 1)))),
+                ("aonly.test.", RData::A(A(Ipv4Addr::new(192, 0, 2, 2)))),
+                ("host.test.", RData::A(A(Ipv4Addr::new(192, 0, 2, 10)))),
+            ],
+        ),
+        zone("2.0.192.in-addr.arpa.", &[("10.2.0.192.in-addr.arpa.", RData::PTR(PTR(name("host.test."))))]),
+    ])
 }
 
 #[test]

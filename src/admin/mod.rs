@@ -3,6 +3,7 @@
 
 pub mod bans;
 pub mod control;
+pub mod diagnose;
 pub mod directory;
 
 use crate::queue::Status;

@@ -16,7 +16,7 @@ pub const CAPACITY: usize = 1024;
 pub const LOCAL: &str = "(local)";
 
 /// One destination's deferrals since its last delivery.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Deferred {
     pub destination: String,
     pub deferrals: u64,

@@ -25,6 +25,7 @@ pub fn spawn(
     tx: SyncSender<ControlMsg>,
     bans: Option<Arc<crate::policy::BanList>>,
     debug: Arc<crate::obs::debug::DebugSwitch>,
+    metrics: Arc<crate::obs::metrics::ControlMetrics>,
     stop: Arc<AtomicBool>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     let _ = std::fs::remove_file(&path);
@@ -35,7 +36,7 @@ pub fn spawn(
         while !stop.load(Ordering::Relaxed) {
             match listener.accept() {
                 Ok((s, _)) => {
-                    if let Err(e) = serve(s, &tx, bans.as_deref(), &debug) {
+                    if let Err(e) = serve(s, &tx, bans.as_deref(), &debug, &metrics) {
                         log::warn!("control socket: {e}");
                     }
                 }
@@ -59,6 +60,7 @@ fn serve(
     tx: &SyncSender<ControlMsg>,
     bans: Option<&crate::policy::BanList>,
     debug: &crate::obs::debug::DebugSwitch,
+    metrics: &crate::obs::metrics::ControlMetrics,
 ) -> std::io::Result<()> {
     s.set_nonblocking(false)?;
     s.set_read_timeout(Some(TIMEOUT))?;
@@ -67,6 +69,12 @@ fn serve(
     let mut line = String::new();
     // One request line, at most 1 MiB.
     BufReader::new(s.take(1 << 20)).read_line(&mut line)?;
+    // `ringmx diagnose`: the queue as the control thread last published it.
+    if crate::admin::diagnose::is_status_request(&line) {
+        let mut out = serde_json::to_vec(&crate::admin::diagnose::status(metrics)).map_err(std::io::Error::other)?;
+        out.push(b'\n');
+        return w.write_all(&out);
+    }
     // `ringmx log debug …`: answered here, on the switch every session reads.
     if let Ok(req) = serde_json::from_str::<crate::obs::debug::DebugRequest>(&line) {
         let answer = crate::obs::debug::apply(debug, &req.debug);

@@ -253,14 +253,21 @@ impl Server {
         let socket_path = crate::queue::requests::socket_path(&cfg.data_dir);
         // Without the socket the server still serves mail; only the queue commands need it.
         let bans = services.policy.bans.clone();
-        let socket = admin_socket::spawn(socket_path.clone(), tx.clone(), bans, debug.clone(), shutdown.clone())
-            .inspect_err(|e| {
-                log::error!(
-                    "control socket {}: {e}; `ringmx queue retry|delete|bounce` will not reach the server",
-                    socket_path.display()
-                )
-            })
-            .ok();
+        let socket = admin_socket::spawn(
+            socket_path.clone(),
+            tx.clone(),
+            bans,
+            debug.clone(),
+            control_metrics.clone(),
+            shutdown.clone(),
+        )
+        .inspect_err(|e| {
+            log::error!(
+                "control socket {}: {e}; `ringmx queue retry|delete|bounce` will not reach the server",
+                socket_path.display()
+            )
+        })
+        .ok();
         let mut threads = Vec::new();
         for (i, listeners) in per_shard.into_iter().enumerate() {
             let shard_id = i as u8;
