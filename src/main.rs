@@ -322,14 +322,39 @@ fn ban(cmd: BanCmd) -> Result<(), ExitCode> {
 
 fn serve(args: ServeArgs) -> Result<(), ExitCode> {
     let mut cfg = load(args.config.as_ref())?;
-    if let Some(d) = args.data_dir {
-        cfg.data_dir = d;
+    apply_serve_args(&mut cfg, &args);
+    if let Err(e) = cfg.validate("", "command line") {
+        for p in &e.problems {
+            eprintln!("ringmx: {p}");
+        }
+        return Err(ExitCode::from(2));
+    }
+    // SIGHUP reads the file again, with the same command-line overrides.
+    let reload = args.config.clone().map(|path| {
+        move || -> Result<Config, Vec<String>> {
+            let mut c = Config::load(&path).map_err(|e| e.problems)?;
+            apply_serve_args(&mut c, &args);
+            c.validate("", "command line").map_err(|e| e.problems)?;
+            Ok(c)
+        }
+    });
+    let reload = reload.as_ref().map(|f| f as &dyn Fn() -> Result<Config, Vec<String>>);
+    ringmx::rt::serve(&cfg, reload).map(|_| ()).map_err(|e| {
+        log::error!("{e}");
+        ExitCode::from(1)
+    })
+}
+
+/// The command line's settings over the file's.
+fn apply_serve_args(cfg: &mut Config, args: &ServeArgs) {
+    if let Some(d) = &args.data_dir {
+        cfg.data_dir = d.clone();
     }
     if !args.listen.is_empty() {
         cfg.listeners = args.listen.iter().map(|a| ListenerConfig::new(a.port(), vec![a.ip()])).collect();
     }
     if !args.local_domain.is_empty() {
-        cfg.local_domains = args.local_domain;
+        cfg.local_domains = args.local_domain.clone();
     }
     if let Some(io) = args.io {
         cfg.runtime.io = io;
@@ -340,16 +365,6 @@ fn serve(args: ServeArgs) -> Result<(), ExitCode> {
     if let Some(n) = args.delivery_cores {
         cfg.runtime.delivery_cores = n;
     }
-    if let Err(e) = cfg.validate("", "command line") {
-        for p in &e.problems {
-            eprintln!("ringmx: {p}");
-        }
-        return Err(ExitCode::from(2));
-    }
-    ringmx::rt::serve(&cfg).map(|_| ()).map_err(|e| {
-        log::error!("{e}");
-        ExitCode::from(1)
-    })
 }
 
 fn main() -> ExitCode {

@@ -105,6 +105,8 @@ pub struct Registry {
     pub dns: Option<Arc<crate::dns::DnsService>>,
     /// The automatic bans (none when they are off).
     pub bans: Option<Arc<crate::policy::BanList>>,
+    /// Configuration reloads: applied, refused.
+    pub reloads: Arc<[AtomicU64; 2]>,
 }
 
 fn metric(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(String, u64)]) {
@@ -277,6 +279,17 @@ impl Registry {
             "gauge",
             "The ten destinations with the most deferrals since mail to them last went through.",
             &troubled,
+        );
+        let reloads = [
+            ("{result=\"applied\"}".to_string(), self.reloads[0].load(Ordering::Relaxed)),
+            ("{result=\"refused\"}".to_string(), self.reloads[1].load(Ordering::Relaxed)),
+        ];
+        metric(
+            &mut out,
+            "ringmx_config_reloads_total",
+            "counter",
+            "Configuration reloads (SIGHUP): applied, or refused (the configuration in force stays).",
+            &reloads,
         );
         if let Some(b) = &self.bans {
             let now = crate::util::time::Now::system().unix_secs();

@@ -10,8 +10,10 @@ use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 pub struct ConnLimits {
     total: AtomicUsize,
     per_ip: Box<[AtomicU32]>,
-    pub max_total: usize,
-    pub max_per_ip: usize,
+    /// The limits (changed by a configuration reload; connections over a lowered limit
+    /// stay, new ones are refused until the count is under it).
+    max_total: AtomicUsize,
+    max_per_ip: AtomicUsize,
 }
 
 const IP_SLOTS: usize = 4096;
@@ -21,9 +23,19 @@ impl ConnLimits {
         ConnLimits {
             total: AtomicUsize::new(0),
             per_ip: (0..IP_SLOTS).map(|_| AtomicU32::new(0)).collect(),
-            max_total,
-            max_per_ip,
+            max_total: AtomicUsize::new(max_total),
+            max_per_ip: AtomicUsize::new(max_per_ip),
         }
+    }
+
+    pub fn max_total(&self) -> usize {
+        self.max_total.load(Ordering::Relaxed)
+    }
+
+    /// New limits (a configuration reload).
+    pub fn set_max(&self, max_total: usize, max_per_ip: usize) {
+        self.max_total.store(max_total, Ordering::Relaxed);
+        self.max_per_ip.store(max_per_ip, Ordering::Relaxed);
     }
 
     fn slot(&self, ip: IpAddr) -> &AtomicU32 {
@@ -41,7 +53,7 @@ impl ConnLimits {
     /// Counts a new connection, under `ip` too when given; false (and nothing counted)
     /// when a limit is reached.
     pub fn try_acquire(&self, ip: Option<IpAddr>) -> bool {
-        if self.total.fetch_add(1, Ordering::Relaxed) >= self.max_total {
+        if self.total.fetch_add(1, Ordering::Relaxed) >= self.max_total() {
             self.total.fetch_sub(1, Ordering::Relaxed);
             return false;
         }
@@ -57,7 +69,7 @@ impl ConnLimits {
     /// Counts a connection under `ip` alone (a proxied client, once its address is known).
     pub fn try_acquire_ip(&self, ip: IpAddr) -> bool {
         let s = self.slot(ip);
-        if s.fetch_add(1, Ordering::Relaxed) as usize >= self.max_per_ip {
+        if s.fetch_add(1, Ordering::Relaxed) as usize >= self.max_per_ip.load(Ordering::Relaxed) {
             s.fetch_sub(1, Ordering::Relaxed);
             return false;
         }

@@ -28,6 +28,11 @@ pub struct RateLimiter {
 
 impl RateLimiter {
     /// A limiter allowing `per_hour` recipients per identity per hour.
+    /// Recipients allowed per hour.
+    pub fn limit(&self) -> u32 {
+        self.per_hour
+    }
+
     pub fn new(per_hour: u32) -> Self {
         RateLimiter {
             per_hour,

@@ -19,6 +19,7 @@ mod conn;
 pub mod control;
 mod epoll;
 pub mod listener;
+pub mod reload;
 pub mod remote;
 mod services;
 mod shard;
@@ -109,6 +110,21 @@ pub struct Server {
     metrics: Option<(std::thread::JoinHandle<()>, Arc<AtomicBool>)>,
     /// `/readyz`: true while the listeners are bound and the shards serve.
     serving: Arc<AtomicBool>,
+    /// What a configuration reload replaces, and what it keeps.
+    reloadable: Reloadable,
+}
+
+/// The parts of a running server that a configuration reload works with.
+struct Reloadable {
+    /// The configuration in force.
+    cfg: Config,
+    live: Arc<reload::Live>,
+    services: Services,
+    limits: Arc<ConnLimits>,
+    usage: Arc<UsageCache>,
+    debug: Arc<crate::obs::debug::DebugSwitch>,
+    /// Reloads applied and refused (exported as a metric).
+    reloads: Arc<[std::sync::atomic::AtomicU64; 2]>,
 }
 
 impl Server {
@@ -162,6 +178,7 @@ impl Server {
         // Bind everything first, so that a bad address fails the start before any thread.
         let mut per_shard: Vec<Vec<ShardListener>> = (0..shards).map(|_| Vec::new()).collect();
         let mut local_addrs = Vec::new();
+        let mut sessions = Vec::new();
         for (addr, l) in cfg.bind_addresses() {
             let socks = listener::bind_shards(addr, shards).map_err(|source| ServeError::Bind { addr, source })?;
             let actual = socks[0].local_addr().map_err(|source| ServeError::Bind { addr, source })?;
@@ -171,6 +188,7 @@ impl Server {
             session.conn_limits = Some(limits.clone());
             session.debug = Some(debug.clone());
             let session = Arc::new(session);
+            sessions.push(session.clone());
             for (i, socket) in socks.into_iter().enumerate() {
                 per_shard[i].push(ShardListener {
                     socket,
@@ -179,6 +197,8 @@ impl Server {
                 });
             }
         }
+        let live = Arc::new(reload::Live::new(sessions, tls.clone()));
+        let reloads: Arc<[std::sync::atomic::AtomicU64; 2]> = Arc::default();
         let directory = Arc::new(
             DirectoryHandle::open(Box::new(JsonFileStore::in_data_dir(&cfg.data_dir)))
                 .map_err(ServeError::Directory)?,
@@ -289,6 +309,7 @@ impl Server {
             let pin = cfg.runtime.pin_cores.then_some(i % cpus);
             let emitter = activity.as_ref().map(|a| a.emitter());
             let metrics = shard_metrics[i].clone();
+            let shard_live = live.clone();
             let t = std::thread::Builder::new()
                 .name(format!("shard-{i}"))
                 .spawn(move || {
@@ -314,6 +335,8 @@ impl Server {
                         sessions: 0,
                         tally: Default::default(),
                         tally_published: None,
+                        live: Some(shard_live),
+                        live_generation: 0,
                     };
                     match driver {
                         Driver::Uring => uring::run(shard),
@@ -334,6 +357,7 @@ impl Server {
                     control: control_metrics,
                     limits: Some(limits.clone()),
                     log_dropped: activity.as_ref().map(|a| a.dropped_counter()),
+                    reloads: reloads.clone(),
                     dns: services.dns.clone(),
                     bans: services.policy.bans.clone(),
                 });
@@ -368,7 +392,65 @@ impl Server {
             metrics_addr,
             metrics,
             serving,
+            reloadable: Reloadable { cfg: cfg.clone(), live, services, limits, usage, debug, reloads },
         })
+    }
+
+    /// Applies a reloaded configuration to the sessions that start from now on: listeners'
+    /// settings, policy, connection limits, the TLS certificate. What needs a restart
+    /// (listeners added or removed, the data directory, the runtime, logs, metrics,
+    /// delivery) is kept as it is and named in the notes returned. An error (a certificate
+    /// that does not load) changes nothing.
+    pub fn reload(&mut self, mut new: Config) -> Result<Vec<String>, String> {
+        let r = &mut self.reloadable;
+        let old = &r.cfg;
+        let mut notes = Vec::new();
+        let addrs = |c: &Config| c.bind_addresses().into_iter().map(|(a, l)| (a, l.tls)).collect::<Vec<_>>();
+        if addrs(&new) != addrs(old) {
+            notes.push("listeners changed: the old ones stay until a restart".to_string());
+            new.listeners = old.listeners.clone();
+        }
+        let needs_restart = [
+            ("data_dir", new.data_dir != old.data_dir),
+            ("[runtime]", format!("{:?}", new.runtime) != format!("{:?}", old.runtime)),
+            ("[spool]", format!("{:?}", new.spool) != format!("{:?}", old.spool)),
+            ("[log]", format!("{:?}", new.log) != format!("{:?}", old.log)),
+            ("[metrics]", format!("{:?}", new.metrics) != format!("{:?}", old.metrics)),
+            ("[delivery]", format!("{:?}", new.delivery) != format!("{:?}", old.delivery)),
+        ];
+        for (what, changed) in needs_restart {
+            if changed {
+                notes.push(format!("{what} changed: takes effect at the next restart"));
+            }
+        }
+        let tls = match (&new.tls.certificate, &new.tls.private_key) {
+            (Some(c), Some(k)) => Some(tls::server_config(c, k).map_err(|e| e.to_string())?),
+            _ => None,
+        };
+        let (_, current, _) = r.live.get();
+        let old_policy = current.first().map(|s| s.policy.clone()).unwrap_or_default();
+        let policy = Arc::new(r.services.reload_policy(&new, &old_policy));
+        let sessions = new
+            .bind_addresses()
+            .iter()
+            .map(|(_, l)| {
+                let mut s = new.session_config(l, tls.is_some(), policy.clone());
+                s.usage = Some(r.usage.clone());
+                s.conn_limits = Some(r.limits.clone());
+                s.debug = Some(r.debug.clone());
+                Arc::new(s)
+            })
+            .collect();
+        r.limits.set_max(new.limits.max_connections, new.limits.max_connections_per_ip);
+        r.live.set(sessions, tls);
+        r.cfg = new;
+        r.reloads[0].fetch_add(1, Ordering::Relaxed);
+        Ok(notes)
+    }
+
+    /// A reload was refused (counted for the metrics).
+    pub fn reload_refused(&self) {
+        self.reloadable.reloads[1].fetch_add(1, Ordering::Relaxed);
     }
 
     /// Asks every shard to drain and stop.
@@ -459,7 +541,13 @@ fn pin_to_core(core: usize) {
 
 /// Runs the server until SIGTERM or SIGINT, then drains. Prints `listening on ADDR` per
 /// bound address on stdout once connections are accepted.
-pub fn serve(cfg: &Config) -> Result<Vec<ShardStats>, ServeError> {
+/// SIGHUP reloads the directory and, given `reload` (which reads the configuration file
+/// again), the configuration ([`Server::reload`]); a configuration with errors is refused
+/// with every error logged, and the one in force stays.
+pub fn serve(
+    cfg: &Config,
+    reload: Option<&dyn Fn() -> Result<Config, Vec<String>>>,
+) -> Result<Vec<ShardStats>, ServeError> {
     // Signals are taken synchronously by this thread: block them before the shard
     // threads start so that they inherit the mask.
     let set = signal_set(&[libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGUSR1]);
@@ -471,7 +559,7 @@ pub fn serve(cfg: &Config) -> Result<Vec<ShardStats>, ServeError> {
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
         libc::signal(libc::SIGPIPE, libc::SIG_IGN);
     }
-    let server = Server::start(cfg)?;
+    let mut server = Server::start(cfg)?;
     {
         let mut out = std::io::stdout().lock();
         for a in &server.local_addrs {
@@ -496,10 +584,37 @@ pub fn serve(cfg: &Config) -> Result<Vec<ShardStats>, ServeError> {
                     log::info!("SIGUSR1: logs reopened");
                 }
             }
-            libc::SIGHUP => match server.directory.reload() {
-                Ok(d) => log::info!("SIGHUP: directory reloaded ({} domain(s))", d.data().domains.len()),
-                Err(e) => log::error!("SIGHUP: directory not reloaded, the previous one stays: {e}"),
-            },
+            libc::SIGHUP => {
+                match reload.map(|f| f()) {
+                    None => log::info!("SIGHUP: no configuration file: only the directory is reloaded"),
+                    Some(Err(problems)) => {
+                        for p in &problems {
+                            log::error!("SIGHUP: {p}");
+                        }
+                        log::error!(
+                            "SIGHUP: configuration not reloaded ({} error(s)): the one in force stays",
+                            problems.len()
+                        );
+                        server.reload_refused();
+                    }
+                    Some(Ok(new)) => match server.reload(new) {
+                        Ok(notes) => {
+                            for n in &notes {
+                                log::warn!("SIGHUP: {n}");
+                            }
+                            log::info!("SIGHUP: configuration reloaded: new sessions use it");
+                        }
+                        Err(e) => {
+                            log::error!("SIGHUP: configuration not reloaded: {e}: the one in force stays");
+                            server.reload_refused();
+                        }
+                    },
+                }
+                match server.directory.reload() {
+                    Ok(d) => log::info!("SIGHUP: directory reloaded ({} domain(s))", d.data().domains.len()),
+                    Err(e) => log::error!("SIGHUP: directory not reloaded, the previous one stays: {e}"),
+                }
+            }
             _ => {
                 log::info!("signal {sig}: draining");
                 break;

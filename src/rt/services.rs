@@ -28,30 +28,63 @@ impl Services {
             }
         };
         let mut policy = build_policy(cfg, dns.clone());
-        for s in &cfg.policy_service {
-            let settings = crate::policy::delegation::ServiceSettings {
-                address: s.address.clone(),
-                stages: s.at.clone(),
-                timeout: s.timeout,
-                default_action: s.default_action,
-                cache_ttl: s.cache_ttl,
-                threads: s.connections.clamp(1, 64),
-            };
-            match crate::policy::delegation::PolicyService::start(settings) {
-                Ok(p) => policy.delegation.push(Arc::new(p)),
-                Err(e) => log::error!("policy service {}: cannot start its threads: {e}", s.address),
-            }
-        }
+        policy.delegation = start_delegation(cfg);
         Services { policy: Arc::new(policy), dns }
+    }
+
+    /// The policy of a reloaded configuration: new lists, rules and policy services; the
+    /// bans (when still on), the password verifier, the rate counters (when the limit is
+    /// the same) and the DNS service carry over from `old`.
+    pub fn reload_policy(&self, cfg: &Config, old: &Policy) -> Policy {
+        let mut p = build_policy_with_bans(cfg, self.dns.clone(), old.bans.clone());
+        p.verifier = old.verifier.clone();
+        if let (Some(new), Some(prev)) = (&p.rcpt_per_hour, &old.rcpt_per_hour)
+            && new.limit() == prev.limit()
+        {
+            p.rcpt_per_hour = Some(prev.clone());
+        }
+        p.delegation = start_delegation(cfg);
+        p
     }
 }
 
+/// Starts each `[[policy_service]]`'s worker threads.
+fn start_delegation(cfg: &Config) -> Vec<Arc<crate::policy::delegation::PolicyService>> {
+    let mut v = Vec::new();
+    for s in &cfg.policy_service {
+        let settings = crate::policy::delegation::ServiceSettings {
+            address: s.address.clone(),
+            stages: s.at.clone(),
+            timeout: s.timeout,
+            default_action: s.default_action,
+            cache_ttl: s.cache_ttl,
+            threads: s.connections.clamp(1, 64),
+        };
+        match crate::policy::delegation::PolicyService::start(settings) {
+            Ok(p) => v.push(Arc::new(p)),
+            Err(e) => log::error!("policy service {}: cannot start its threads: {e}", s.address),
+        }
+    }
+    v
+}
+
 fn build_policy(cfg: &Config, dns: Option<Arc<DnsService>>) -> Policy {
+    build_policy_with_bans(cfg, dns, None)
+}
+
+/// The policy of `cfg`; `kept_bans` is the running server's list (a reload keeps it).
+fn build_policy_with_bans(
+    cfg: &Config,
+    dns: Option<Arc<DnsService>>,
+    kept_bans: Option<Arc<crate::policy::BanList>>,
+) -> Policy {
     let p = &cfg.policy;
     // Checked by validate(); a configuration built in code falls back to empty lists.
     let list = |l: &[String]| IpList::parse(l).unwrap_or_default();
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    let bans = if p.auto_ban {
+    let bans = if p.auto_ban && kept_bans.is_some() {
+        kept_bans
+    } else if p.auto_ban {
         let path = cfg.data_dir.join("bans");
         Some(Arc::new(crate::policy::BanList::load(&path, now).unwrap_or_else(|e| {
             log::error!("auto-bans: {e}; starting with an empty list");

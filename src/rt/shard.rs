@@ -59,6 +59,9 @@ pub struct Shard {
     pub tally: Rc<RefCell<crate::obs::tally::Tally>>,
     /// When the tally was last offered to the metrics endpoint.
     pub tally_published: Option<std::time::Instant>,
+    /// Reloaded settings for new sessions, and the generation this shard has.
+    pub live: Option<Arc<super::reload::Live>>,
+    pub live_generation: u64,
 }
 
 /// Counters a shard reports at exit.
@@ -94,6 +97,7 @@ impl Shard {
 
     /// A new connection on listener `l` (socket `fd`): its session, greeting included.
     pub fn new_conn(&mut self, l: usize, fd: std::os::fd::RawFd, peer: SocketAddr, now: Now) -> Conn {
+        self.take_reloaded();
         let lst = &self.listeners[l];
         self.sessions += 1;
         let id = (self.id as u64) << 56 | self.sessions;
@@ -107,6 +111,20 @@ impl Shard {
         }
         let implicit = if lst.implicit_tls { self.tls.clone() } else { None };
         Conn::new(session, self.counted_ip(l, peer.ip()), implicit, self.tally.clone())
+    }
+
+    /// Takes the settings of a configuration reload, if there was one since the last look.
+    fn take_reloaded(&mut self) {
+        let Some(live) = &self.live else { return };
+        if live.generation() == self.live_generation {
+            return;
+        }
+        let (generation, sessions, tls) = live.get();
+        for (lst, s) in self.listeners.iter_mut().zip(sessions) {
+            lst.session = s;
+        }
+        self.tls = tls;
+        self.live_generation = generation;
     }
 
     /// A connection is gone: its refusal counted, its place in the limits released, its

@@ -651,7 +651,7 @@ impl Session {
     /// True when the server has so many connections that waits are cut to `stress_timeout`.
     fn under_stress(&self) -> bool {
         let Some(l) = &self.cfg.conn_limits else { return false };
-        self.cfg.stress_threshold > 0.0 && l.current() as f64 >= l.max_total as f64 * self.cfg.stress_threshold
+        self.cfg.stress_threshold > 0.0 && l.current() as f64 >= l.max_total() as f64 * self.cfg.stress_threshold
     }
 
     /// The spool answered an [`Action::Spool`]: `Ok` once the message is durable. `buffer`
