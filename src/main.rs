@@ -51,6 +51,12 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Reload the running server's configuration file (as SIGHUP does) and say what came
+    /// of it: exit 1 with the errors when the file was refused.
+    Reload {
+        #[command(flatten)]
+        at: Where,
+    },
     /// Read activity logs.
     Log {
         #[command(subcommand)]
@@ -254,6 +260,27 @@ fn log_summary(files: &[PathBuf]) -> Result<(), ExitCode> {
     Ok(())
 }
 
+/// `reload`: the errors of a refused configuration on standard error, exit 1.
+fn reload(at: &Where) -> Result<(), ExitCode> {
+    let (data, _) = data_and_spool(at)?;
+    let a = ringmx::admin::control::reload_request(&data).map_err(|e| {
+        eprintln!("ringmx: {e}");
+        ExitCode::from(1)
+    })?;
+    if a.applied {
+        println!("configuration reloaded: new sessions use it (what needs a restart is named in the server's log)");
+        return Ok(());
+    }
+    for e in &a.errors {
+        eprintln!("ringmx: {e}");
+    }
+    match &a.note {
+        Some(n) => eprintln!("ringmx: {n}"),
+        None => eprintln!("ringmx: configuration refused ({} error(s)): the one in force stays", a.errors.len()),
+    }
+    Err(ExitCode::from(1))
+}
+
 /// `log debug on|off|status`: prints the state after the request.
 fn log_debug(state: DebugState, clients: Vec<String>, at: &Where) -> Result<(), ExitCode> {
     use ringmx::obs::debug::DebugOp;
@@ -373,9 +400,22 @@ fn main() -> ExitCode {
     let r = match cli.command.unwrap_or(Cmd::Serve(ServeArgs::default())) {
         Cmd::Serve(args) => serve(args),
         Cmd::CheckConfig { config } => load(config.as_ref()).map(|c| {
+            // The directory is data, not configuration: what it lacks is a warning.
+            let store = ringmx::directory::JsonFileStore::in_data_dir(&c.data_dir);
+            if c.delivery.postmaster.is_none()
+                && let Ok(d) = ringmx::directory::DirectoryHandle::open(Box::new(store))
+            {
+                for name in d.current().domains_without_postmaster() {
+                    println!(
+                        "warning: mail to postmaster@{name} has nowhere to go: add a postmaster mailbox or address \
+                         for it, or set [delivery] postmaster (RFC 5321 section 4.5.1)"
+                    );
+                }
+            }
             println!("configuration ok: {} listener(s), {} local domain(s)", c.listeners.len(), c.local_domains.len());
         }),
         Cmd::Directory(args) => return ringmx::admin::directory::run(args),
+        Cmd::Reload { at } => reload(&at),
         Cmd::Diagnose { config, json } => {
             let r = ringmx::admin::diagnose::run(config.as_deref());
             let text = if json { serde_json::to_string_pretty(&r).unwrap_or_default() + "\n" } else { r.render() };

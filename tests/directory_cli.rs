@@ -67,8 +67,11 @@ fn postoffices_domains_mailboxes_groups_blocked() {
     usage_error(d, &["postoffice", "add", "../x"], "invalid name");
     assert_eq!(ok(d, &["postoffice", "list"]), "corp (default)\ninternal\n");
 
-    ok(d, &["domain", "add", "Example.TEST"]);
-    ok(d, &["domain", "add", "backup.test", "--postoffice", "corp", "--smart-host", "192.0.2.25:25"]);
+    // RFC 5321 §4.5.1: a domain whose postmaster has nowhere to go is added with a warning.
+    let added = ok(d, &["domain", "add", "Example.TEST"]);
+    assert!(added.contains("warning: mail to postmaster@example.test has nowhere to go yet"), "{added}");
+    let added = ok(d, &["domain", "add", "backup.test", "--postoffice", "corp", "--smart-host", "192.0.2.25:25"]);
+    assert!(!added.contains("warning"), "relayed elsewhere: its postmaster is there: {added}");
     ok(d, &["domain", "add", "intra.test", "--postoffice", "internal", "--catch-all", "ops@intra.test"]);
     usage_error(d, &["domain", "add", "other.test", "--postoffice", "nope"], "unknown postoffice \"nope\"");
     usage_error(d, &["domain", "add", "example.test"], "already exists");

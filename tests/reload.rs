@@ -52,6 +52,11 @@ fn reload(srv: &Server, want: (u64, u64)) {
     assert!(eventually(Duration::from_secs(20), || reloads(m) == want), "{:?} != {want:?}", reloads(m));
 }
 
+/// `ringmx reload` for the server of `dir`.
+fn cli_reload(dir: &std::path::Path) -> std::process::Output {
+    std::process::Command::new(BIN).args(["reload", "--config"]).arg(dir.join("ringmx.toml")).output().unwrap()
+}
+
 fn banner(addr: SocketAddr) -> String {
     Client::connect(addr).1
 }
@@ -72,10 +77,20 @@ fn sighup_changes_the_banner_for_new_sessions_and_keeps_open_ones() {
         // A broken file: refused, the configuration in force stays; then a good one again.
         let good = std::fs::read_to_string(dir.path().join("ringmx.toml")).unwrap();
         write_config(dir.path(), &format!("no_such_key = 1\n{}", good.replace("second banner", "never shown")));
+        // `ringmx reload` reads the file first: it names the error and asks nothing.
+        let out = cli_reload(dir.path());
+        assert_eq!(out.status.code(), Some(2), "{driver}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("no_such_key"));
+        assert_eq!(reloads(srv.metrics.unwrap()), (1, 0));
+        // SIGHUP: the server refuses it.
         reload(&srv, (1, 1));
         assert!(banner(srv.addr()).contains("second banner"), "{driver}");
+        // A good file again, through `ringmx reload`, which waits for the outcome.
         write_config(dir.path(), &good.replace("second banner", "third banner"));
-        reload(&srv, (2, 1));
+        let out = cli_reload(dir.path());
+        assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(String::from_utf8_lossy(&out.stdout).starts_with("configuration reloaded"));
+        assert_eq!(reloads(srv.metrics.unwrap()), (2, 1));
         assert!(banner(srv.addr()).contains("third banner"), "{driver}");
         // The sessions opened before any reload were never dropped and still work.
         for (mut c, _) in open {
@@ -132,6 +147,14 @@ fn sighup_rotates_the_certificate() {
     reload(&srv, (1, 0));
     assert!(starttls_trusts(srv.addr(), &ca2), "the new certificate serves");
     assert!(!starttls_trusts(srv.addr(), &ca1));
+    // A certificate that does not load: the server refuses the reload and says why.
+    let text = std::fs::read_to_string(dir.path().join("ringmx.toml")).unwrap();
+    write_config(dir.path(), &text.replace(&format!("{cert2:?}"), "\"/nonexistent/cert.pem\""));
+    let out = cli_reload(dir.path());
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/nonexistent/cert.pem") && err.contains("configuration refused"), "{err}");
+    assert!(starttls_trusts(srv.addr(), &ca2), "the certificate in force stays");
     let (status, log) = srv.stop();
     assert!(status.success(), "{log}");
 }

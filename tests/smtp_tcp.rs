@@ -286,4 +286,15 @@ fn check_config_reports_every_error() {
     std::fs::write(&p, "[limits]\nmax_recipients = 50\n").unwrap();
     let out = std::process::Command::new(BIN).args(["check-config", "--config"]).arg(&p).output().unwrap();
     assert_eq!(out.status.code(), Some(0));
+    // The directory's domains without a postmaster are warnings, not errors.
+    alice_directory(dir.path());
+    let data = dir.path().join("data");
+    std::fs::write(&p, format!("data_dir = {data:?}\n")).unwrap();
+    let out = std::process::Command::new(BIN).args(["check-config", "--config"]).arg(&p).output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("warning: mail to postmaster@example.net has nowhere to go"), "{said}");
+    std::fs::write(&p, format!("data_dir = {data:?}\n[delivery]\npostmaster = \"alice@example.net\"\n")).unwrap();
+    let out = std::process::Command::new(BIN).args(["check-config", "--config"]).arg(&p).output().unwrap();
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("warning"));
 }

@@ -161,3 +161,13 @@ pub fn debug_request(
         None => Ok(a),
     }
 }
+
+/// `ringmx reload`: the running server reloads its configuration file (as on SIGHUP) and
+/// says what came of it.
+pub fn reload_request(data_dir: &std::path::Path) -> Result<crate::rt::reload::ReloadAnswer, AdminError> {
+    let socket = crate::queue::requests::socket_path(data_dir);
+    let s = UnixStream::connect(&socket)
+        .map_err(|e| AdminError::Server(format!("no running server answers on {} ({e})", socket.display())))?;
+    s.set_read_timeout(Some(Duration::from_secs(60)))?;
+    exchange(s, &crate::rt::reload::ReloadRequest { reload: crate::rt::reload::Empty {} })
+}

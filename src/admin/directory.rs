@@ -454,6 +454,16 @@ fn domain(data: &mut DirectoryData, cmd: DomainCmd, out: &mut dyn Write) -> Resu
                 sender_blacklist: vec![],
             });
             writeln!(out, "domain {name} added to postoffice {po}")?;
+            // RFC 5321 §4.5.1: postmaster must work for every domain.
+            if let Ok(d) = crate::directory::Directory::build(data.clone())
+                && d.domains_without_postmaster().contains(&name)
+            {
+                writeln!(
+                    out,
+                    "warning: mail to postmaster@{name} has nowhere to go yet: add a postmaster mailbox or \
+                     address for it, or set [delivery] postmaster (RFC 5321 section 4.5.1)"
+                )?;
+            }
         }
         DomainCmd::Remove { domain } => {
             let i = find_domain(data, &domain)?;

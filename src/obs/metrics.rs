@@ -106,7 +106,7 @@ pub struct Registry {
     /// The automatic bans (none when they are off).
     pub bans: Option<Arc<crate::policy::BanList>>,
     /// Configuration reloads: applied, refused.
-    pub reloads: Arc<[AtomicU64; 2]>,
+    pub reloads: Arc<crate::rt::reload::Outcomes>,
 }
 
 fn metric(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(String, u64)]) {
@@ -281,8 +281,8 @@ impl Registry {
             &troubled,
         );
         let reloads = [
-            ("{result=\"applied\"}".to_string(), self.reloads[0].load(Ordering::Relaxed)),
-            ("{result=\"refused\"}".to_string(), self.reloads[1].load(Ordering::Relaxed)),
+            ("{result=\"applied\"}".to_string(), self.reloads.applied.load(Ordering::Relaxed)),
+            ("{result=\"refused\"}".to_string(), self.reloads.refused.load(Ordering::Relaxed)),
         ];
         metric(
             &mut out,

@@ -18,14 +18,20 @@ use std::time::Duration;
 /// How long a client may take to send its request, and the control thread to answer.
 const TIMEOUT: Duration = Duration::from_secs(10);
 
+/// What the socket answers itself besides the ban list.
+pub struct Answerers {
+    pub debug: Arc<crate::obs::debug::DebugSwitch>,
+    pub metrics: Arc<crate::obs::metrics::ControlMetrics>,
+    pub reloads: Arc<super::reload::Outcomes>,
+}
+
 /// Binds the socket (replacing a stale one: the caller holds the spool lock, so no other
 /// server uses it) and serves it until `stop`; the socket file is removed at the end.
 pub fn spawn(
     path: PathBuf,
     tx: SyncSender<ControlMsg>,
     bans: Option<Arc<crate::policy::BanList>>,
-    debug: Arc<crate::obs::debug::DebugSwitch>,
-    metrics: Arc<crate::obs::metrics::ControlMetrics>,
+    answerers: Answerers,
     stop: Arc<AtomicBool>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     let _ = std::fs::remove_file(&path);
@@ -36,7 +42,7 @@ pub fn spawn(
         while !stop.load(Ordering::Relaxed) {
             match listener.accept() {
                 Ok((s, _)) => {
-                    if let Err(e) = serve(s, &tx, bans.as_deref(), &debug, &metrics) {
+                    if let Err(e) = serve(s, &tx, bans.as_deref(), &answerers) {
                         log::warn!("control socket: {e}");
                     }
                 }
@@ -59,9 +65,9 @@ fn serve(
     s: UnixStream,
     tx: &SyncSender<ControlMsg>,
     bans: Option<&crate::policy::BanList>,
-    debug: &crate::obs::debug::DebugSwitch,
-    metrics: &crate::obs::metrics::ControlMetrics,
+    answerers: &Answerers,
 ) -> std::io::Result<()> {
+    let Answerers { debug, metrics, reloads } = answerers;
     s.set_nonblocking(false)?;
     s.set_read_timeout(Some(TIMEOUT))?;
     s.set_write_timeout(Some(TIMEOUT))?;
@@ -69,6 +75,13 @@ fn serve(
     let mut line = String::new();
     // One request line, at most 1 MiB.
     BufReader::new(s.take(1 << 20)).read_line(&mut line)?;
+    // `ringmx reload`: SIGHUP to this process, answered once the main thread dealt with it.
+    if serde_json::from_str::<super::reload::ReloadRequest>(&line).is_ok() {
+        let answer = reloads.request(Duration::from_secs(30));
+        let mut out = serde_json::to_vec(&answer).map_err(std::io::Error::other)?;
+        out.push(b'\n');
+        return w.write_all(&out);
+    }
     // `ringmx diagnose`: the queue as the control thread last published it.
     if crate::admin::diagnose::is_status_request(&line) {
         let mut out = serde_json::to_vec(&crate::admin::diagnose::status(metrics)).map_err(std::io::Error::other)?;

@@ -123,8 +123,8 @@ struct Reloadable {
     limits: Arc<ConnLimits>,
     usage: Arc<UsageCache>,
     debug: Arc<crate::obs::debug::DebugSwitch>,
-    /// Reloads applied and refused (exported as a metric).
-    reloads: Arc<[std::sync::atomic::AtomicU64; 2]>,
+    /// What became of the reloads (a metric; `ringmx reload` waits on it).
+    reloads: Arc<reload::Outcomes>,
 }
 
 impl Server {
@@ -198,7 +198,7 @@ impl Server {
             }
         }
         let live = Arc::new(reload::Live::new(sessions, tls.clone()));
-        let reloads: Arc<[std::sync::atomic::AtomicU64; 2]> = Arc::default();
+        let reloads: Arc<reload::Outcomes> = Arc::default();
         let directory = Arc::new(
             DirectoryHandle::open(Box::new(JsonFileStore::in_data_dir(&cfg.data_dir)))
                 .map_err(ServeError::Directory)?,
@@ -277,8 +277,11 @@ impl Server {
             socket_path.clone(),
             tx.clone(),
             bans,
-            debug.clone(),
-            control_metrics.clone(),
+            admin_socket::Answerers {
+                debug: debug.clone(),
+                metrics: control_metrics.clone(),
+                reloads: reloads.clone(),
+            },
             shutdown.clone(),
         )
         .inspect_err(|e| {
@@ -444,13 +447,20 @@ impl Server {
         r.limits.set_max(new.limits.max_connections, new.limits.max_connections_per_ip);
         r.live.set(sessions, tls);
         r.cfg = new;
-        r.reloads[0].fetch_add(1, Ordering::Relaxed);
+        r.reloads.applied.fetch_add(1, Ordering::Release);
         Ok(notes)
     }
 
-    /// A reload was refused (counted for the metrics).
-    pub fn reload_refused(&self) {
-        self.reloadable.reloads[1].fetch_add(1, Ordering::Relaxed);
+    /// A reload was refused for `errors` (counted; `ringmx reload` shows them).
+    pub fn reload_refused(&self, errors: Vec<String>) {
+        let o = &self.reloadable.reloads;
+        *o.last_errors.lock().unwrap_or_else(|e| e.into_inner()) = errors;
+        o.refused.fetch_add(1, Ordering::Release);
+    }
+
+    /// A SIGHUP has been dealt with.
+    pub fn reload_handled(&self) {
+        self.reloadable.reloads.handled.fetch_add(1, Ordering::Release);
     }
 
     /// Asks every shard to drain and stop.
@@ -595,7 +605,7 @@ pub fn serve(
                             "SIGHUP: configuration not reloaded ({} error(s)): the one in force stays",
                             problems.len()
                         );
-                        server.reload_refused();
+                        server.reload_refused(problems);
                     }
                     Some(Ok(new)) => match server.reload(new) {
                         Ok(notes) => {
@@ -606,7 +616,7 @@ pub fn serve(
                         }
                         Err(e) => {
                             log::error!("SIGHUP: configuration not reloaded: {e}: the one in force stays");
-                            server.reload_refused();
+                            server.reload_refused(vec![e]);
                         }
                     },
                 }
@@ -614,6 +624,7 @@ pub fn serve(
                     Ok(d) => log::info!("SIGHUP: directory reloaded ({} domain(s))", d.data().domains.len()),
                     Err(e) => log::error!("SIGHUP: directory not reloaded, the previous one stays: {e}"),
                 }
+                server.reload_handled();
             }
             _ => {
                 log::info!("signal {sig}: draining");

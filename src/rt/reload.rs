@@ -41,3 +41,69 @@ impl Live {
         self.generation.fetch_add(1, Ordering::AcqRel);
     }
 }
+
+/// What became of the reloads, for the metrics and for `ringmx reload`.
+#[derive(Debug, Default)]
+pub struct Outcomes {
+    pub applied: AtomicU64,
+    pub refused: AtomicU64,
+    /// SIGHUPs dealt with (a reload, or only the directory's when there is no file).
+    pub handled: AtomicU64,
+    /// The errors of the last refused reload.
+    pub last_errors: Mutex<Vec<String>>,
+}
+
+/// `ringmx reload` over the control socket: `{"reload": {}}`.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct ReloadRequest {
+    pub reload: Empty,
+}
+
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct Empty {}
+
+/// What the reload came to.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct ReloadAnswer {
+    pub applied: bool,
+    /// The errors of a refused configuration (the one in force stays).
+    pub errors: Vec<String>,
+    /// No answer in time, or no configuration file to read.
+    pub note: Option<String>,
+}
+
+impl Outcomes {
+    /// Raises SIGHUP in this process and waits (at most `limit`) for the main thread to
+    /// have dealt with it.
+    pub fn request(&self, limit: std::time::Duration) -> ReloadAnswer {
+        let (applied, refused, handled) = (
+            self.applied.load(Ordering::Acquire),
+            self.refused.load(Ordering::Acquire),
+            self.handled.load(Ordering::Acquire),
+        );
+        // SAFETY: kill(2) takes a pid and a signal, no memory; getpid(2) cannot fail. The
+        // signal is blocked in every thread and taken by the main thread's sigwait.
+        unsafe { libc::kill(libc::getpid(), libc::SIGHUP) };
+        let start = std::time::Instant::now();
+        while self.handled.load(Ordering::Acquire) == handled {
+            if start.elapsed() > limit {
+                return ReloadAnswer {
+                    note: Some("the server did not finish the reload in time".into()),
+                    ..Default::default()
+                };
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        if self.applied.load(Ordering::Acquire) > applied {
+            ReloadAnswer { applied: true, ..Default::default() }
+        } else if self.refused.load(Ordering::Acquire) > refused {
+            let errors = self.last_errors.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            ReloadAnswer { errors, ..Default::default() }
+        } else {
+            ReloadAnswer {
+                note: Some("the server has no configuration file: only the directory was reloaded".into()),
+                ..Default::default()
+            }
+        }
+    }
+}
