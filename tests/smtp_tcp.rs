@@ -298,3 +298,29 @@ fn check_config_reports_every_error() {
     let out = std::process::Command::new(BIN).args(["check-config", "--config"]).arg(&p).output().unwrap();
     assert!(!String::from_utf8_lossy(&out.stdout).contains("warning"));
 }
+
+/// The sample production configuration shipped in docs/packaging is valid.
+#[test]
+fn the_sample_production_config_is_valid() {
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/packaging/ringmx.production.toml");
+    let out = std::process::Command::new(BIN).args(["check-config", "--config"]).arg(&p).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("configuration ok: 3 listener(s)"));
+}
+
+/// The systemd unit shipped in docs/packaging passes `systemd-analyze verify` (with the
+/// binary path pointed at the one under test; tests/run.sh installs systemd's tools).
+#[test]
+fn the_systemd_unit_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let unit =
+        std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/packaging/ringmx.service"))
+            .unwrap()
+            .replace("/usr/bin/ringmx", BIN);
+    let p = dir.path().join("ringmx.service");
+    std::fs::write(&p, unit).unwrap();
+    let out = std::process::Command::new("systemd-analyze").arg("verify").arg(&p).output().expect("systemd-analyze");
+    let said = String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{said}");
+    assert!(!said.contains("ringmx.service:"), "no finding about the unit: {said}");
+}
