@@ -66,6 +66,15 @@ fn postoffices_domains_mailboxes_groups_blocked() {
     usage_error(d, &["postoffice", "add", "corp"], "already exists");
     usage_error(d, &["postoffice", "add", "../x"], "invalid name");
     assert_eq!(ok(d, &["postoffice", "list"]), "corp (default)\ninternal\n");
+    // `set` changes what `add` took, and the default.
+    assert_eq!(ok(d, &["postoffice", "set", "internal", "--default"]), "postoffice internal changed\n");
+    assert_eq!(ok(d, &["postoffice", "list"]), "corp\ninternal (default)\n");
+    ok(d, &["postoffice", "set", "Internal", "--require-auth-inbound", "false", "--default"]);
+    ok(d, &["postoffice", "set", "corp", "--default"]);
+    assert_eq!(stored(d)["postoffices"][1]["require_auth_inbound"], false);
+    ok(d, &["postoffice", "set", "internal", "--require-auth-inbound", "true"]);
+    usage_error(d, &["postoffice", "set", "internal"], "nothing to change");
+    usage_error(d, &["postoffice", "set", "nope", "--default"], "unknown postoffice");
 
     // RFC 5321 §4.5.1: a domain whose postmaster has nowhere to go is added with a warning.
     let added = ok(d, &["domain", "add", "Example.TEST"]);
@@ -283,4 +292,41 @@ fn import_with_bad_lines_then_export() {
 
     // A missing file is a clear usage error.
     usage_error(d, &["import", "/nonexistent/users.csv"], "cannot read /nonexistent/users.csv");
+}
+
+/// `purge --older-than`: messages older than the duration leave the chosen mailboxes (one
+/// by its address, or every one); newer ones stay.
+#[test]
+fn purge_old_messages() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    ok(d, &["postoffice", "add", "corp"]);
+    ok(d, &["domain", "add", "example.test"]);
+    ok(d, &["mailbox", "add", "a@example.test"]);
+    ok(d, &["mailbox", "add", "b@example.test"]);
+    let message = |mailbox: &str, sub: &str, name: &str, days_old: u64| {
+        let dir = d.join("mailboxes/corp").join(mailbox).join("Maildir").join(sub);
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = std::fs::File::create(dir.join(name)).unwrap();
+        f.set_len(100).unwrap();
+        f.set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(days_old * 86_400)).unwrap();
+        dir.join(name)
+    };
+    let a_old = message("a", "new", "1.old", 40);
+    let a_seen_old = message("a", "cur", "2.old:2,S", 31);
+    let a_recent = message("a", "cur", "3.recent:2,S", 2);
+    let b_old = message("b", "new", "4.old", 60);
+    assert_eq!(
+        ok(d, &["purge", "--older-than", "30d", "--mailbox", "A@example.test"]),
+        "2 message(s) (200 bytes) older than 30d removed from 1 mailbox(es)\n"
+    );
+    assert!(!a_old.exists() && !a_seen_old.exists() && a_recent.exists() && b_old.exists());
+    assert_eq!(
+        ok(d, &["purge", "--older-than", "30d"]),
+        "1 message(s) (100 bytes) older than 30d removed from 2 mailbox(es)\n"
+    );
+    assert!(!b_old.exists() && a_recent.exists());
+    usage_error(d, &["purge", "--older-than", "soon"], "is not a duration");
+    usage_error(d, &["purge", "--older-than", "1d", "--mailbox", "nobody@example.test"], "no mailbox has the address");
+    usage_error(d, &["purge", "--older-than", "1d", "--postoffice", "nope"], "unknown postoffice");
 }

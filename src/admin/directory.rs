@@ -70,6 +70,17 @@ pub enum DirectoryCmd {
     Import { file: PathBuf },
     /// Write every mailbox as `email,password,quota` (password empty) to FILE or stdout.
     Export { file: Option<PathBuf> },
+    /// Remove messages older than a duration from mailboxes: every one, a postoffice's,
+    /// or one mailbox's (by its address).
+    Purge {
+        /// Messages older than this (30d, 12h) go (by the time they were written).
+        #[arg(long, value_name = "DURATION")]
+        older_than: String,
+        #[arg(long)]
+        postoffice: Option<String>,
+        #[arg(long, value_name = "ADDRESS")]
+        mailbox: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -80,6 +91,16 @@ pub enum PostofficeCmd {
         /// Accept mail to it only from authenticated connections.
         #[arg(long)]
         require_auth_inbound: bool,
+    },
+    /// Change a postoffice: what `add` sets, and whether it is the default.
+    Set {
+        name: String,
+        /// Accept mail to it only from authenticated connections.
+        #[arg(long, value_name = "BOOL")]
+        require_auth_inbound: Option<bool>,
+        /// Make it the default postoffice (bare logins and new domains go there).
+        #[arg(long)]
+        default: bool,
     },
     /// Remove an empty postoffice.
     Remove { name: String },
@@ -285,10 +306,9 @@ impl CommandError {
 
 /// Runs one `ringmx directory` command; errors are printed on stderr.
 pub fn run(args: DirectoryArgs) -> ExitCode {
-    let data_dir = match (&args.data_dir, &args.config) {
-        (Some(d), _) => d.clone(),
-        (None, Some(c)) => match Config::load(c) {
-            Ok(cfg) => cfg.data_dir,
+    let mut cfg = match &args.config {
+        Some(c) => match Config::load(c) {
+            Ok(cfg) => cfg,
             Err(e) => {
                 for p in &e.problems {
                     eprintln!("ringmx: {p}");
@@ -296,11 +316,20 @@ pub fn run(args: DirectoryArgs) -> ExitCode {
                 return ExitCode::from(2);
             }
         },
-        (None, None) => Config::embedded().data_dir,
+        None => Config::embedded(),
     };
-    let store = JsonFileStore::in_data_dir(&data_dir);
+    if let Some(d) = &args.data_dir {
+        cfg.data_dir = d.clone();
+    }
+    let store = JsonFileStore::in_data_dir(&cfg.data_dir);
     let mut stdout = std::io::stdout().lock();
-    match execute(&store, args.cmd, &mut std::io::stdin().lock(), &mut stdout) {
+    let result = match args.cmd {
+        DirectoryCmd::Purge { older_than, postoffice, mailbox } => {
+            purge(&store, &cfg.maildir_root(), &older_than, postoffice.as_deref(), mailbox.as_deref(), &mut stdout)
+        }
+        cmd => execute(&store, cmd, &mut std::io::stdin().lock(), &mut stdout),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let _ = stdout.flush();
@@ -308,6 +337,68 @@ pub fn run(args: DirectoryArgs) -> ExitCode {
             e.exit_code()
         }
     }
+}
+
+/// `purge`: removes the messages older than `older_than` from the Maildirs (`new` and
+/// `cur`) of the mailboxes chosen; prints how many went. A message's age is its file's
+/// modification time (when it was delivered, unless a client changed it since). The
+/// `maildirsize` of a mailbox that lost messages goes too: its quota usage is counted
+/// again at its next delivery.
+pub fn purge(
+    store: &JsonFileStore,
+    maildir_root: &Path,
+    older_than: &str,
+    postoffice: Option<&str>,
+    mailbox: Option<&str>,
+    out: &mut dyn Write,
+) -> Result<(), CommandError> {
+    let age = crate::util::units::parse_duration(older_than)
+        .ok_or_else(|| CommandError::Usage(format!("{older_than:?} is not a duration (30d, 12h)")))?;
+    let data = store.load()?;
+    let dir = Directory::build(data.clone())?;
+    let chosen: Vec<(String, String)> = match (postoffice, mailbox) {
+        (_, Some(address)) => {
+            let (po, name) = dir
+                .mailbox_by_address(&address.to_ascii_lowercase())
+                .map(|(m, _)| (m.postoffice.clone(), m.name.clone()))
+                .ok_or_else(|| CommandError::Usage(format!("no mailbox has the address {address}")))?;
+            vec![(po, name)]
+        }
+        (Some(po), None) => {
+            let po = po.to_ascii_lowercase();
+            find_postoffice(&data, &po)?;
+            data.mailboxes.iter().filter(|m| m.postoffice == po).map(|m| (po.clone(), m.name.clone())).collect()
+        }
+        (None, None) => data.mailboxes.iter().map(|m| (m.postoffice.clone(), m.name.clone())).collect(),
+    };
+    let cutoff = std::time::SystemTime::now() - age;
+    let (mut removed, mut bytes) = (0u64, 0u64);
+    for (po, name) in &chosen {
+        let maildir = maildir_root.join(po).join(name).join("Maildir");
+        let before = removed;
+        for sub in ["new", "cur"] {
+            let d = maildir.join(sub);
+            let Ok(rd) = std::fs::read_dir(&d) else { continue };
+            for e in rd.flatten() {
+                let Ok(md) = e.metadata() else { continue };
+                if md.is_file() && md.modified().is_ok_and(|t| t < cutoff) {
+                    std::fs::remove_file(e.path())?;
+                    removed += 1;
+                    bytes += md.len();
+                }
+            }
+        }
+        // The quota's count is rebuilt from what is left at the next delivery.
+        if removed > before {
+            let _ = std::fs::remove_file(maildir.join("maildirsize"));
+        }
+    }
+    writeln!(
+        out,
+        "{removed} message(s) ({bytes} bytes) older than {older_than} removed from {} mailbox(es)",
+        chosen.len()
+    )?;
+    Ok(())
 }
 
 /// Applies `cmd` to the directory in `store`. `input` is read for `--password-stdin`.
@@ -338,6 +429,9 @@ pub fn execute(
         DirectoryCmd::Blocked { cmd } => blocked(&mut data, cmd, out),
         DirectoryCmd::Import { file } => import(&mut data, &file, out),
         DirectoryCmd::Export { file } => export(&data, file.as_deref(), out),
+        DirectoryCmd::Purge { .. } => {
+            Err(CommandError::Usage("purge works on the mailboxes: run it as `ringmx directory purge`".into()))
+        }
     };
     // An import saves what it could even when some lines were refused.
     if writes && matches!(result, Ok(()) | Err(CommandError::ImportRefused { .. })) {
@@ -359,6 +453,20 @@ fn postoffice(data: &mut DirectoryData, cmd: PostofficeCmd, out: &mut dyn Write)
             }
             data.postoffices.push(Postoffice { name: name.clone(), require_auth_inbound });
             writeln!(out, "postoffice {name} added")?;
+        }
+        PostofficeCmd::Set { name, require_auth_inbound, default } => {
+            let name = name.to_ascii_lowercase();
+            let i = find_postoffice(data, &name)?;
+            if require_auth_inbound.is_none() && !default {
+                return Err(CommandError::Usage("nothing to change: give --require-auth-inbound or --default".into()));
+            }
+            if let Some(v) = require_auth_inbound {
+                data.postoffices[i].require_auth_inbound = v;
+            }
+            if default {
+                data.default_postoffice = Some(name.clone());
+            }
+            writeln!(out, "postoffice {name} changed")?;
         }
         PostofficeCmd::Remove { name } => {
             let name = name.to_ascii_lowercase();

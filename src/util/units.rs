@@ -31,6 +31,7 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
         "ms" => Duration::from_millis(n),
         "m" => Duration::from_secs(n.checked_mul(60)?),
         "h" => Duration::from_secs(n.checked_mul(3600)?),
+        "d" => Duration::from_secs(n.checked_mul(86_400)?),
         _ => return None,
     })
 }
@@ -90,7 +91,8 @@ mod tests {
         assert_eq!(parse_duration("5m"), Some(Duration::from_secs(300)));
         assert_eq!(parse_duration("4h"), Some(Duration::from_secs(4 * 3600)));
         assert_eq!(parse_duration("30"), Some(Duration::from_secs(30)));
-        assert_eq!(parse_duration("1d"), None);
+        assert_eq!(parse_duration("7d"), Some(Duration::from_secs(7 * 86_400)));
+        assert_eq!(parse_duration("1w"), None);
         #[derive(Deserialize)]
         struct T {
             #[serde(deserialize_with = "de_duration")]
