@@ -66,6 +66,34 @@ pub struct Config {
     /// in order.
     #[serde(default)]
     pub policy_service: Vec<PolicyServiceConfig>,
+    /// `[[milter]]`: milters asked at the end of the content, in order.
+    #[serde(default)]
+    pub milter: Vec<MilterConfig>,
+}
+
+/// `[[milter]]`: one milter (rspamd, OpenDKIM, ClamAV, …).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MilterConfig {
+    /// `HOST:PORT`, Postfix's `inet:PORT@HOST`, or a Unix socket (`unix:/path` or `/path`).
+    pub address: String,
+    /// Longest the whole conversation about one message may take. Default 30s.
+    #[serde(default = "default_milter_timeout", deserialize_with = "de_duration")]
+    pub timeout: std::time::Duration,
+    /// When it cannot be reached or fails: `tempfail` (451 4.7.1) or `accept`. Default `tempfail`.
+    #[serde(default)]
+    pub default_action: crate::policy::milter::DefaultAction,
+    /// Messages it is asked about at once (one connection and thread each). Default 4.
+    #[serde(default = "default_milter_connections")]
+    pub connections: usize,
+}
+
+fn default_milter_timeout() -> std::time::Duration {
+    std::time::Duration::from_secs(30)
+}
+
+fn default_milter_connections() -> usize {
+    4
 }
 
 /// `[[policy_service]]`: one policy server (postgrey, policyd-spf, postfwd, …).

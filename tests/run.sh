@@ -18,6 +18,9 @@ command -v promtool >/dev/null || need+=(prometheus)
 command -v chromium >/dev/null || need+=(chromium)
 # A real policy server over Postfix's policy delegation protocol (tests/policy_delegation.rs).
 [ -x /usr/sbin/postgrey ] || need+=(postgrey)
+# OpenDKIM signs as a milter (tests/milter.rs).
+[ -x /usr/sbin/opendkim ] || need+=(opendkim)
+command -v opendkim-genkey >/dev/null || need+=(opendkim-tools)
 # systemd-analyze verifies the shipped unit (tests/smtp_tcp.rs).
 command -v systemd-analyze >/dev/null || need+=(systemd)
 if [ ${#need[@]} -gt 0 ]; then

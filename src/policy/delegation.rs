@@ -50,11 +50,12 @@ pub enum Stage {
     Data,
 }
 
-/// What a service's failure means (`default_action`).
+/// What a service's (or a milter's) failure means (`default_action`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DefaultAction {
-    /// 451 4.3.5 Server configuration problem (Postfix's default).
+    /// A temporary failure: a policy service's 451 4.3.5 Server configuration problem
+    /// (Postfix's default), a milter's 451 4.7.1.
     #[default]
     Tempfail,
     /// Go on as if the service had said DUNNO.
@@ -244,36 +245,17 @@ impl std::fmt::Debug for PolicyService {
     }
 }
 
-/// A connection to a service: TCP or a Unix socket.
-enum Conn {
-    Tcp(BufReader<std::net::TcpStream>),
-    Unix(BufReader<std::os::unix::net::UnixStream>),
-}
+/// A kept connection to a service.
+struct Conn(BufReader<super::service_stream::ServiceStream>);
 
 impl Conn {
     fn open(address: &str, timeout: Duration) -> std::io::Result<Conn> {
-        if address.starts_with('/') {
-            let s = std::os::unix::net::UnixStream::connect(address)?;
-            s.set_read_timeout(Some(timeout))?;
-            s.set_write_timeout(Some(timeout))?;
-            return Ok(Conn::Unix(BufReader::new(s)));
-        }
-        let addr = std::net::ToSocketAddrs::to_socket_addrs(address)?
-            .next()
-            .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no address"))?;
-        let s = std::net::TcpStream::connect_timeout(&addr, timeout)?;
-        s.set_read_timeout(Some(timeout))?;
-        s.set_write_timeout(Some(timeout))?;
-        s.set_nodelay(true)?;
-        Ok(Conn::Tcp(BufReader::new(s)))
+        Ok(Conn(BufReader::new(super::service_stream::ServiceStream::connect(address, timeout)?)))
     }
 
     /// Sends `request`; the `action=` value of the answer.
     fn ask(&mut self, request: &str, deadline: Instant) -> std::io::Result<String> {
-        match self {
-            Conn::Tcp(r) => r.get_mut().write_all(request.as_bytes())?,
-            Conn::Unix(r) => r.get_mut().write_all(request.as_bytes())?,
-        }
+        self.0.get_mut().write_all(request.as_bytes())?;
         let mut action = None;
         let mut line = String::new();
         let mut total = 0;
@@ -282,10 +264,7 @@ impl Conn {
                 return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer in time"));
             }
             line.clear();
-            let n = match self {
-                Conn::Tcp(r) => r.by_ref().take(4096).read_line(&mut line)?,
-                Conn::Unix(r) => r.by_ref().take(4096).read_line(&mut line)?,
-            };
+            let n = self.0.by_ref().take(4096).read_line(&mut line)?;
             total += n;
             if n == 0 || total > 64 * 1024 {
                 return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the service closed"));

@@ -24,8 +24,10 @@ pub mod bans;
 pub mod conns;
 pub mod delegation;
 pub mod iplist;
+pub mod milter;
 pub mod pop;
 pub mod rate;
+pub mod service_stream;
 
 pub use bans::{BanError, BanList};
 pub use conns::ConnLimits;
@@ -258,6 +260,8 @@ pub struct Policy {
     pub dns: Option<crate::dns::Dns>,
     /// Policy services asked over Postfix's policy delegation protocol, in order.
     pub delegation: Vec<Arc<delegation::PolicyService>>,
+    /// Milters asked at the end of the content, in order.
+    pub milters: Vec<Arc<milter::Milter>>,
 }
 
 impl Default for Policy {
@@ -288,6 +292,7 @@ impl Default for Policy {
             verifier: None,
             dns: None,
             delegation: Vec::new(),
+            milters: Vec::new(),
         }
     }
 }

@@ -31,6 +31,7 @@ enum ServiceAnswer {
     Dns(DnsAnswer),
     Auth(AuthOutcome),
     Policy(crate::policy::delegation::Verdict),
+    Milter(crate::policy::milter::Verdict),
 }
 
 /// Where a service thread leaves its answer for this connection; the thread then wakes the
@@ -189,6 +190,7 @@ impl Conn {
                     ServiceAnswer::Dns(a) => self.session.provide_policy_answer(now, a),
                     ServiceAnswer::Auth(o) => self.session.auth_done(now, o),
                     ServiceAnswer::Policy(v) => self.session.delegation_done(now, v),
+                    ServiceAnswer::Milter(v) => self.session.milter_done(now, v),
                 }
                 continue;
             }
@@ -230,6 +232,21 @@ impl Conn {
                                 crate::policy::delegation::service_failure(),
                             );
                             set_answer(&slot, ServiceAnswer::Policy(v), None)
+                        }
+                    }
+                }
+                Action::Milter(req, index) => {
+                    let slot = AnswerSlot::default();
+                    self.awaiting = Some(slot.clone());
+                    let waker = self.waker.clone();
+                    match self.session.config().policy.milters.get(index).cloned() {
+                        Some(m) => m.submit(
+                            req,
+                            Box::new(move |v| set_answer(&slot, ServiceAnswer::Milter(v), waker.as_ref())),
+                        ),
+                        None => {
+                            let v = crate::policy::milter::Verdict::Accept(Vec::new());
+                            set_answer(&slot, ServiceAnswer::Milter(v), None)
                         }
                     }
                 }

@@ -29,6 +29,7 @@ impl Services {
         };
         let mut policy = build_policy(cfg, dns.clone());
         policy.delegation = start_delegation(cfg);
+        policy.milters = start_milters(cfg);
         Services { policy: Arc::new(policy), dns }
     }
 
@@ -44,8 +45,26 @@ impl Services {
             p.rcpt_per_hour = Some(prev.clone());
         }
         p.delegation = start_delegation(cfg);
+        p.milters = start_milters(cfg);
         p
     }
+}
+
+/// Starts each `[[milter]]`'s worker threads.
+fn start_milters(cfg: &Config) -> Vec<Arc<crate::policy::milter::Milter>> {
+    let mut v = Vec::new();
+    for m in &cfg.milter {
+        let settings = crate::policy::milter::MilterSettings {
+            address: m.address.clone(),
+            timeout: m.timeout,
+            default_action: m.default_action,
+        };
+        match crate::policy::milter::Milter::start(settings, m.connections.clamp(1, 64)) {
+            Ok(x) => v.push(Arc::new(x)),
+            Err(e) => log::error!("milter {}: cannot start its threads: {e}", m.address),
+        }
+    }
+    v
 }
 
 /// Starts each `[[policy_service]]`'s worker threads.
@@ -137,6 +156,7 @@ fn build_policy_with_bans(
         verifier: Some(Arc::new(crate::policy::auth::Verifier::new(cfg.auth.verifier_threads))),
         dns: dns.filter(|_| needs_dns(cfg)).map(|s| Dns::new(s, policy_dns(cfg))),
         delegation: Vec::new(),
+        milters: Vec::new(),
     }
 }
 

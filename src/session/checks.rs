@@ -26,6 +26,8 @@ pub(super) enum Wait {
     /// `mark`: the transaction's PREPEND headers before this recipient's (or the content's)
     /// services answered; a refusal drops the ones they added.
     Delegation { stage: crate::policy::delegation::Stage, index: usize, pending: super::delegate::Pending, mark: usize },
+    /// Milter `index`, at the end of the content.
+    Milter { index: usize },
 }
 
 /// How a recipient is to be treated.
@@ -158,7 +160,7 @@ impl Session {
                     self.reject("mail", "sender_domain", &env.from, "", Reply::new(451, "4.4.3", text))
                 }
             },
-            Wait::Auth { .. } | Wait::Delegation { .. } => {}
+            Wait::Auth { .. } | Wait::Delegation { .. } | Wait::Milter { .. } => {}
         }
         self.process_pending(now);
     }

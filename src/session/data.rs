@@ -167,7 +167,7 @@ impl Session {
         if self.delegates(stage) {
             return self.delegate(now, stage, super::delegate::Pending::Content);
         }
-        self.spool_message(now);
+        self.content_checked(now);
     }
 
     /// Gives the message to the spool and waits for its answer.

@@ -107,7 +107,7 @@ impl Session {
     fn delegated(&mut self, pending: Pending, now: Now) {
         match pending {
             Pending::Rcpt(r) => self.rcpt_accepted(*r),
-            Pending::Content => self.spool_message(now),
+            Pending::Content => self.content_checked(now),
         }
     }
 
@@ -121,5 +121,101 @@ impl Session {
                 self.reject("data", "policy_service", &from, "", r);
             }
         }
+    }
+}
+
+impl Session {
+    /// The content passed the policy services: the milters, in order, then the spool.
+    pub(super) fn content_checked(&mut self, now: Now) {
+        if self.cfg.policy.milters.is_empty() {
+            return self.spool_message(now);
+        }
+        self.ask_milter(0);
+    }
+
+    fn ask_milter(&mut self, index: usize) {
+        let env = self.tx.envelope.as_ref();
+        let req = crate::policy::milter::Request {
+            hostname: self.cfg.hostname.clone(),
+            client_ip: Some(self.peer.ip()),
+            client_port: self.peer.port(),
+            client_name: "unknown".into(),
+            helo: self.helo.clone().unwrap_or_default(),
+            from: env.map(|e| e.from.clone()).unwrap_or_default(),
+            mail_args: Vec::new(),
+            rcpts: env.map(|e| e.rcpts.iter().map(|r| r.address.clone()).collect()).unwrap_or_default(),
+            queue_id: env.map(|e| e.id.to_string()).unwrap_or_default(),
+            auth: self.auth.as_ref().map(|a| a.login.clone()),
+            tls: self.tls.as_ref().map(|t| (t.version.clone(), t.cipher.clone())),
+            message: self.body.clone(),
+        };
+        self.wait = Some(Wait::Milter { index });
+        self.phase = Phase::Waiting;
+        self.actions.push_back(Action::Milter(std::sync::Arc::new(req), index));
+    }
+
+    /// The driver's answer to [`Action::Milter`].
+    pub fn milter_done(&mut self, now: Now, verdict: crate::policy::milter::Verdict) {
+        use crate::policy::milter::{Change, Verdict as M};
+        if self.phase != Phase::Waiting {
+            return;
+        }
+        let Some(Wait::Milter { index }) = self.wait.take() else { return };
+        self.phase = Phase::Command;
+        self.wait_for(now, self.cfg.command_timeout);
+        let from = self.tx.envelope.as_ref().map(|e| e.from.clone()).unwrap_or_default();
+        match verdict {
+            M::Accept(changes) => {
+                if changes.iter().any(|c| {
+                    !matches!(
+                        c,
+                        Change::ChangeFrom(_) | Change::AddRcpt(_) | Change::DeleteRcpt(_) | Change::Quarantine(_)
+                    )
+                }) {
+                    self.body = crate::policy::milter::apply(&self.body, &changes);
+                    // Header positions moved: what is added later goes on top.
+                    self.received_hdr_len = 0;
+                }
+                let strip = |a: &str| a.trim().trim_start_matches('<').trim_end_matches('>').to_string();
+                if let Some(env) = self.tx.envelope.as_mut() {
+                    for c in &changes {
+                        match c {
+                            Change::ChangeFrom(f) => env.from = strip(f),
+                            Change::AddRcpt(r) => {
+                                env.rcpts.push(Recipient { address: strip(r), notify: None, orcpt: None })
+                            }
+                            Change::DeleteRcpt(r) => env.rcpts.retain(|x| !x.address.eq_ignore_ascii_case(&strip(r))),
+                            Change::Quarantine(why) => {
+                                log::warn!("milter asked to quarantine {} ({why}): not supported yet, accepted", env.id)
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+                if self.tx.envelope.as_ref().is_some_and(|e| e.rcpts.is_empty()) {
+                    return self.milter_discarded(now);
+                }
+                if index + 1 < self.cfg.policy.milters.len() {
+                    return self.ask_milter(index + 1);
+                }
+                self.spool_message(now);
+            }
+            M::Discard => self.milter_discarded(now),
+            M::Refuse(r) => {
+                self.tx = super::Transaction::default();
+                self.body.clear();
+                self.reject("data", "milter", &from, "", r);
+            }
+        }
+        self.process_pending(now);
+    }
+
+    /// A milter discarded the message (or removed every recipient): the client is told it
+    /// was taken, and nothing is stored.
+    fn milter_discarded(&mut self, now: Now) {
+        self.tx = super::Transaction::default();
+        self.body.clear();
+        self.reply(Reply::new(250, "2.0.0", "Ok: discarded by a content filter"));
+        self.process_pending(now);
     }
 }

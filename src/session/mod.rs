@@ -199,6 +199,9 @@ pub enum Action {
     /// Ask policy service `usize` (of the policy's `delegation`); answer with
     /// [`Session::delegation_done`].
     Delegate(Box<crate::policy::delegation::Request>, usize),
+    /// Ask milter `usize` (of the policy's `milters`) about the message; answer with
+    /// [`Session::milter_done`].
+    Milter(Arc<crate::policy::milter::Request>, usize),
     /// Send the pending output, then start a TLS handshake as the server.
     StartTls,
     /// Send the pending output, then close the connection.

@@ -97,6 +97,7 @@ impl Harness {
                 Action::Resolve(q) => self.queries.push(q),
                 Action::Authenticate(req) => self.auth_requests.push(*req),
                 Action::Delegate(req, i) => self.delegations.push((*req, i)),
+                Action::Milter(..) => panic!("no milter in these tests"),
                 Action::Log(a) => self.activity.push(a.line(crate::obs::LogFormat::Kv)),
             }
         }

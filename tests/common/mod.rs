@@ -473,6 +473,23 @@ pub fn smart_host_directory(dir: &Path, smart_host: &str) {
     std::fs::write(d.join("directory.json"), serde_json::to_string(&data).unwrap()).unwrap();
 }
 
+/// A directory with one postoffice `po`, the domain example.net and a mailbox for each of
+/// `names` (`NAME@example.net`).
+pub fn mailboxes_directory(dir: &Path, names: &[&str]) {
+    let d = dir.join("data/directory");
+    std::fs::create_dir_all(&d).unwrap();
+    let mailboxes: Vec<serde_json::Value> = names
+        .iter()
+        .map(|n| serde_json::json!({"postoffice": "po", "name": n, "addresses": [format!("{n}@example.net")]}))
+        .collect();
+    let data = serde_json::json!({
+        "postoffices": [{"name": "po"}],
+        "domains": [{"name": "example.net", "postoffice": "po"}],
+        "mailboxes": mailboxes
+    });
+    std::fs::write(d.join("directory.json"), serde_json::to_string(&data).unwrap()).unwrap();
+}
+
 /// A directory with one postoffice, the domain example.net and its mailbox
 /// alice@example.net (where reports to a local sender land).
 pub fn alice_directory(dir: &Path) {

@@ -336,6 +336,9 @@ impl Run {
                     let go_on = ringmx::policy::delegation::Verdict::Continue { prepend: None };
                     self.s.delegation_done(self.now, go_on);
                 }
+                Action::Milter(..) => {
+                    self.s.milter_done(self.now, ringmx::policy::milter::Verdict::Accept(Vec::new()));
+                }
                 Action::Close => self.closed = true,
                 // Formatting the line is what the writer does with it.
                 Action::Log(a) => drop(a.line(ringmx::obs::LogFormat::Kv)),

@@ -73,6 +73,7 @@ fuzz_target!(|data: &[u8]| {
                 Action::Delegate(..) => {
                     s.delegation_done(now, ringmx::policy::delegation::Verdict::Continue { prepend: None });
                 }
+                Action::Milter(..) => s.milter_done(now, ringmx::policy::milter::Verdict::Accept(Vec::new())),
                 Action::Close => return,
                 Action::Log(a) => drop(a.line(ringmx::obs::LogFormat::Json)),
             }

@@ -1,0 +1,518 @@
+//! Milter client: the Sendmail milter protocol (version 6, as Postfix speaks it), so that
+//! rspamd, OpenDKIM, ClamAV's milter and the like judge and change mail as they do behind
+//! Postfix (`[[milter]]`).
+//!
+//! # When
+//!
+//! At the end of the content, off the shards: one worker thread per milter connection
+//! runs the whole conversation for the message — negotiation, connect, HELO, MAIL, each
+//! RCPT, DATA, the header fields, end of headers, the body, end of message — honouring the
+//! steps the milter asked to skip (`SMFIP_NO*`) and the replies it said it would not send
+//! (`SMFIP_NR_*`), with the macros Postfix sends (`j`, `{daemon_name}`, `_`,
+//! `{client_addr}`, `{tls_version}`, `{cipher}`, `i`, `{auth_authen}`, `{mail_addr}`,
+//! `{rcpt_addr}`). Milters run in order; a verdict other than continue/accept ends the
+//! chain. The session waits for the verdicts as it waits for a DNS answer. (Verdicts that
+//! Postfix gets at MAIL or RCPT come here at the end of the content: a milter that refuses a
+//! recipient refuses the message.)
+//!
+//! # Verdicts and changes
+//!
+//! accept, continue: go on; reject: 550 5.7.1; tempfail: 451 4.7.1; reply code: the
+//! milter's reply; discard: the message is accepted and dropped. At the end of the message a
+//! milter may add, insert and change (or delete) header fields, replace the body, change
+//! the sender, add and delete recipients: [`Changes::apply`] does so on the message before
+//! it is spooled. Quarantine is not supported yet: the message is accepted and the request
+//! logged.
+//!
+//! # Failures
+//!
+//! A milter that cannot be reached, does not answer within its `timeout` or breaks the
+//! protocol gives its `default_action`: `tempfail` (451 4.7.1) or `accept`.
+
+use crate::wire::Reply;
+use std::io::{Read as _, Write as _};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+const VERSION: u32 = 6;
+// Actions we let a milter take (SMFIF_*).
+const ACTIONS: u32 = 0x01 | 0x02 | 0x04 | 0x08 | 0x10 | 0x20 | 0x40 | 0x80;
+// Protocol steps and replies a milter may ask us to leave out (SMFIP_*), all of them.
+const PROTOCOL: u32 = 0x001F_FFFF;
+const NOCONNECT: u32 = 0x1;
+const NOHELO: u32 = 0x2;
+const NOMAIL: u32 = 0x4;
+const NORCPT: u32 = 0x8;
+const NOBODY: u32 = 0x10;
+const NOHDRS: u32 = 0x20;
+const NOEOH: u32 = 0x40;
+const NR_HDR: u32 = 0x80;
+const NODATA: u32 = 0x200;
+const NR_CONN: u32 = 0x1000;
+const NR_HELO: u32 = 0x2000;
+const NR_MAIL: u32 = 0x4000;
+const NR_RCPT: u32 = 0x8000;
+const NR_DATA: u32 = 0x10000;
+const NR_EOH: u32 = 0x40000;
+const NR_BODY: u32 = 0x80000;
+
+/// Largest packet accepted from a milter (a replaced body comes in chunks).
+const MAX_PACKET: usize = 1 << 20;
+/// Body chunk size (the protocol's limit).
+const CHUNK: usize = 65_535;
+
+/// What the milter is told about the message and its session.
+#[derive(Debug, Clone, Default)]
+pub struct Request {
+    pub hostname: String,
+    pub client_ip: Option<IpAddr>,
+    pub client_port: u16,
+    pub client_name: String,
+    pub helo: String,
+    pub from: String,
+    pub mail_args: Vec<String>,
+    pub rcpts: Vec<String>,
+    pub queue_id: String,
+    pub auth: Option<String>,
+    pub tls: Option<(String, String)>,
+    /// The message as it will be stored (our Received header first).
+    pub message: Vec<u8>,
+}
+
+/// A change a milter asked for at the end of the message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    AddHeader(String, String),
+    /// At this position among the header fields (0: first).
+    InsertHeader(usize, String, String),
+    /// The `index`th (from 1) field of that name: a new value, or deleted when empty.
+    ChangeHeader(usize, String, String),
+    ReplaceBody(Vec<u8>),
+    ChangeFrom(String),
+    AddRcpt(String),
+    DeleteRcpt(String),
+    Quarantine(String),
+}
+
+/// Every milter's verdict together.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Go on, with these changes (none: nothing to change).
+    Accept(Vec<Change>),
+    /// Accept the message and drop it.
+    Discard,
+    /// Refuse the message with this reply.
+    Refuse(Reply),
+}
+
+/// A milter's `default_action`: the same choice as a policy service's.
+pub use super::delegation::DefaultAction;
+
+/// `[[milter]]`, as the client needs it.
+#[derive(Debug, Clone)]
+pub struct MilterSettings {
+    /// `HOST:PORT`, `inet:PORT@HOST`, or a Unix socket path (`unix:` optional).
+    pub address: String,
+    pub timeout: Duration,
+    pub default_action: DefaultAction,
+}
+
+fn failure_reply() -> Reply {
+    Reply::new(451, "4.7.1", "Service unavailable, try again later")
+}
+
+use super::service_stream::ServiceStream as Stream;
+
+fn send(s: &mut Stream, cmd: u8, data: &[u8]) -> std::io::Result<()> {
+    let mut p = Vec::with_capacity(5 + data.len());
+    p.extend_from_slice(&(data.len() as u32 + 1).to_be_bytes());
+    p.push(cmd);
+    p.extend_from_slice(data);
+    s.write_all(&p)
+}
+
+fn recv(s: &mut Stream, deadline: Instant) -> std::io::Result<(u8, Vec<u8>)> {
+    if Instant::now() >= deadline {
+        return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer in time"));
+    }
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len)?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len == 0 || len > MAX_PACKET {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("packet of {len} bytes")));
+    }
+    let mut p = vec![0u8; len];
+    s.read_exact(&mut p)?;
+    Ok((p[0], p.split_off(1)))
+}
+
+/// NUL-terminated strings of a packet.
+fn strings(data: &[u8]) -> Vec<String> {
+    data.split(|&b| b == 0).map(|s| String::from_utf8_lossy(s).into_owned()).collect()
+}
+
+fn cstr(out: &mut Vec<u8>, s: &str) {
+    out.extend_from_slice(s.as_bytes());
+    out.push(0);
+}
+
+/// The milter's answer to a step that expects one.
+enum Step {
+    Continue,
+    Accept,
+    Done(Verdict),
+    Skip,
+}
+
+/// Reads answers until a decisive one (progress packets keep the wait going).
+fn answer(s: &mut Stream, deadline: Instant, changes: &mut Vec<Change>) -> std::io::Result<Step> {
+    loop {
+        let (cmd, data) = recv(s, deadline)?;
+        let st = strings(&data);
+        let idx = |d: &[u8]| d.get(..4).map_or(0, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize);
+        match cmd {
+            b'c' => return Ok(Step::Continue),
+            b'a' => return Ok(Step::Accept),
+            b's' => return Ok(Step::Skip),
+            b'p' => continue,
+            b'd' => return Ok(Step::Done(Verdict::Discard)),
+            b'r' => return Ok(Step::Done(Verdict::Refuse(Reply::new(550, "5.7.1", "Command rejected")))),
+            b't' => return Ok(Step::Done(Verdict::Refuse(failure_reply()))),
+            b'y' => return Ok(Step::Done(Verdict::Refuse(reply_code(st.first().map_or("", |s| s.as_str()))))),
+            b'h' => changes.push(Change::AddHeader(
+                st.first().cloned().unwrap_or_default(),
+                st.get(1).cloned().unwrap_or_default(),
+            )),
+            b'i' | b'm' => {
+                let rest = strings(data.get(4..).unwrap_or(&[]));
+                let (name, value) =
+                    (rest.first().cloned().unwrap_or_default(), rest.get(1).cloned().unwrap_or_default());
+                changes.push(if cmd == b'i' {
+                    Change::InsertHeader(idx(&data), name, value)
+                } else {
+                    Change::ChangeHeader(idx(&data), name, value)
+                });
+            }
+            b'b' => match changes.iter_mut().rev().find_map(|c| match c {
+                Change::ReplaceBody(b) => Some(b),
+                _ => None,
+            }) {
+                Some(b) => b.extend_from_slice(&data),
+                None => changes.push(Change::ReplaceBody(data)),
+            },
+            b'e' => changes.push(Change::ChangeFrom(st.first().cloned().unwrap_or_default())),
+            b'+' | b'2' => changes.push(Change::AddRcpt(st.first().cloned().unwrap_or_default())),
+            b'-' => changes.push(Change::DeleteRcpt(st.first().cloned().unwrap_or_default())),
+            b'q' => changes.push(Change::Quarantine(st.first().cloned().unwrap_or_default())),
+            b'l' => {}
+            other => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("unexpected milter reply {:?}", other as char),
+                ));
+            }
+        }
+    }
+}
+
+/// `550 5.7.1 text` as a milter writes it (a multi-line reply keeps its last line).
+fn reply_code(s: &str) -> Reply {
+    let line = s.lines().last().unwrap_or(s).trim();
+    let parsed: Option<u16> = line.get(..3).and_then(|c| c.parse().ok()).filter(|c| (400..600).contains(c));
+    let code = parsed.unwrap_or(550);
+    // Without a code, the whole line is the text.
+    let rest = if parsed.is_some() { line.get(4..).unwrap_or("").trim() } else { line };
+    let class = if code >= 500 { '5' } else { '4' };
+    let (status, text) = match rest.split_once(' ') {
+        Some((st, t)) if st.starts_with(class) && st.split('.').count() == 3 => (st, t),
+        _ => ("", rest),
+    };
+    const KNOWN: [&str; 8] = ["5.7.1", "5.7.0", "4.7.1", "4.7.0", "5.6.0", "4.3.0", "5.2.0", "4.2.0"];
+    let status = KNOWN.iter().find(|k| **k == status).copied().unwrap_or(if class == '5' { "5.7.1" } else { "4.7.1" });
+    Reply::new(code, status, if text.is_empty() { "Rejected" } else { text }.to_string())
+}
+
+/// The header fields of `msg` (name, value with its folding) and where the body starts.
+pub fn split_message(msg: &[u8]) -> (Vec<(String, String)>, usize) {
+    let mut fields: Vec<(String, String)> = Vec::new();
+    let mut pos = 0;
+    while pos < msg.len() {
+        let end = msg[pos..].iter().position(|&b| b == b'\n').map_or(msg.len(), |i| pos + i + 1);
+        let line = &msg[pos..end];
+        let text = line.strip_suffix(b"\n").unwrap_or(line);
+        let text = text.strip_suffix(b"\r").unwrap_or(text);
+        if text.is_empty() {
+            return (fields, end);
+        }
+        if (text[0] == b' ' || text[0] == b'\t') && !fields.is_empty() {
+            let v = &mut fields.last_mut().expect("checked").1;
+            v.push('\n');
+            v.push_str(&String::from_utf8_lossy(text));
+        } else if let Some(colon) = text.iter().position(|&b| b == b':') {
+            let name = String::from_utf8_lossy(&text[..colon]).into_owned();
+            let value = String::from_utf8_lossy(&text[colon + 1..]);
+            fields.push((name, value.strip_prefix(' ').unwrap_or(&value).to_string()));
+        } else {
+            // Not a header field: the body starts here.
+            return (fields, pos);
+        }
+        pos = end;
+    }
+    (fields, msg.len())
+}
+
+/// The message with `changes` applied (headers and body); sender and recipient changes
+/// are the caller's.
+pub fn apply(msg: &[u8], changes: &[Change]) -> Vec<u8> {
+    let (mut fields, body_at) = split_message(msg);
+    let mut body = msg[body_at..].to_vec();
+    let had_separator = body_at > 0 && msg[..body_at].ends_with(b"\n") && {
+        let h = &msg[..body_at];
+        h.ends_with(b"\r\n\r\n") || h.ends_with(b"\n\n")
+    };
+    for c in changes {
+        match c {
+            Change::AddHeader(n, v) => fields.push((n.clone(), v.clone())),
+            Change::InsertHeader(i, n, v) => fields.insert((*i).min(fields.len()), (n.clone(), v.clone())),
+            Change::ChangeHeader(i, n, v) => {
+                let at = fields
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, f)| f.0.eq_ignore_ascii_case(n))
+                    .nth(i.saturating_sub(1))
+                    .map(|(k, _)| k);
+                match (at, v.is_empty()) {
+                    (Some(k), true) => {
+                        fields.remove(k);
+                    }
+                    (Some(k), false) => fields[k].1 = v.clone(),
+                    (None, false) => fields.push((n.clone(), v.clone())),
+                    (None, true) => {}
+                }
+            }
+            Change::ReplaceBody(b) => body = b.clone(),
+            _ => {}
+        }
+    }
+    let mut out = Vec::with_capacity(msg.len() + 256);
+    for (n, v) in &fields {
+        out.extend_from_slice(n.as_bytes());
+        out.extend_from_slice(b": ");
+        // Folded lines come back with CRLF.
+        out.extend_from_slice(v.replace("\r\n", "\n").replace('\n', "\r\n").as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if had_separator || !body.is_empty() {
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(&body);
+    out
+}
+
+/// One milter's whole conversation about one message.
+fn converse(s: &MilterSettings, req: &Request) -> std::io::Result<Verdict> {
+    let deadline = Instant::now() + s.timeout;
+    let mut c = Stream::connect(&s.address, s.timeout)?;
+    let mut neg = Vec::with_capacity(12);
+    neg.extend_from_slice(&VERSION.to_be_bytes());
+    neg.extend_from_slice(&ACTIONS.to_be_bytes());
+    neg.extend_from_slice(&PROTOCOL.to_be_bytes());
+    send(&mut c, b'O', &neg)?;
+    let (cmd, data) = recv(&mut c, deadline)?;
+    if cmd != b'O' || data.len() < 12 {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "no option negotiation"));
+    }
+    let proto = u32::from_be_bytes([data[8], data[9], data[10], data[11]]);
+    let mut changes = Vec::new();
+    let macro_ = |c: &mut Stream, step: u8, pairs: &[(&str, String)]| -> std::io::Result<()> {
+        let mut d = vec![step];
+        for (k, v) in pairs {
+            cstr(&mut d, k);
+            cstr(&mut d, v);
+        }
+        send(c, b'D', &d)
+    };
+    // Sends a step unless the milter asked to skip it; waits for its answer unless it said
+    // it would not give one. A decisive answer ends the conversation.
+    macro_rules! step {
+        ($no:expr, $nr:expr, $cmd:expr, $data:expr) => {
+            if proto & $no == 0 {
+                send(&mut c, $cmd, $data)?;
+                if proto & $nr == 0 {
+                    match answer(&mut c, deadline, &mut changes)? {
+                        Step::Continue | Step::Skip => {}
+                        Step::Accept => return Ok(Verdict::Accept(Vec::new())),
+                        Step::Done(v) => return Ok(v),
+                    }
+                }
+            }
+        };
+    }
+    let ip = req.client_ip.map(|i| i.to_string()).unwrap_or_default();
+    macro_(
+        &mut c,
+        b'C',
+        &[
+            ("j", req.hostname.clone()),
+            ("{daemon_name}", "ringmx".into()),
+            ("_", format!("{} [{ip}]", req.client_name)),
+            ("{client_addr}", ip.clone()),
+        ],
+    )?;
+    let mut conn = Vec::new();
+    cstr(&mut conn, &req.client_name);
+    match req.client_ip {
+        Some(IpAddr::V4(_)) => conn.push(b'4'),
+        Some(IpAddr::V6(_)) => conn.push(b'6'),
+        None => conn.push(b'U'),
+    }
+    conn.extend_from_slice(&req.client_port.to_be_bytes());
+    cstr(&mut conn, &ip);
+    step!(NOCONNECT, NR_CONN, b'C', &conn);
+    let (tv, ci) = req.tls.clone().unwrap_or_default();
+    macro_(&mut c, b'H', &[("{tls_version}", tv), ("{cipher}", ci)])?;
+    let mut helo = Vec::new();
+    cstr(&mut helo, &req.helo);
+    step!(NOHELO, NR_HELO, b'H', &helo);
+    macro_(
+        &mut c,
+        b'M',
+        &[
+            ("i", req.queue_id.clone()),
+            ("{auth_authen}", req.auth.clone().unwrap_or_default()),
+            ("{mail_addr}", req.from.clone()),
+        ],
+    )?;
+    let mut mail = Vec::new();
+    cstr(&mut mail, &format!("<{}>", req.from));
+    for a in &req.mail_args {
+        cstr(&mut mail, a);
+    }
+    step!(NOMAIL, NR_MAIL, b'M', &mail);
+    for r in &req.rcpts {
+        macro_(&mut c, b'R', &[("{rcpt_addr}", r.clone())])?;
+        let mut rcpt = Vec::new();
+        cstr(&mut rcpt, &format!("<{r}>"));
+        step!(NORCPT, NR_RCPT, b'R', &rcpt);
+    }
+    step!(NODATA, NR_DATA, b'T', &[]);
+    let (fields, body_at) = split_message(&req.message);
+    if proto & NOHDRS == 0 {
+        for (n, v) in &fields {
+            let mut h = Vec::new();
+            cstr(&mut h, n);
+            cstr(&mut h, v);
+            step!(NOHDRS, NR_HDR, b'L', &h);
+        }
+    }
+    step!(NOEOH, NR_EOH, b'N', &[]);
+    if proto & NOBODY == 0 {
+        for chunk in req.message[body_at..].chunks(CHUNK) {
+            send(&mut c, b'B', chunk)?;
+            if proto & NR_BODY == 0 {
+                match answer(&mut c, deadline, &mut changes)? {
+                    Step::Continue => {}
+                    Step::Skip => break,
+                    Step::Accept => return Ok(Verdict::Accept(Vec::new())),
+                    Step::Done(v) => return Ok(v),
+                }
+            }
+        }
+    }
+    macro_(&mut c, b'E', &[("i", req.queue_id.clone())])?;
+    send(&mut c, b'E', &[])?;
+    let v = match answer(&mut c, deadline, &mut changes)? {
+        Step::Continue | Step::Accept | Step::Skip => Verdict::Accept(changes),
+        Step::Done(v) => v,
+    };
+    let _ = send(&mut c, b'Q', &[]);
+    Ok(v)
+}
+
+type Done = Box<dyn FnOnce(Verdict) + Send>;
+
+/// A milter: its worker threads.
+pub struct Milter {
+    pub settings: MilterSettings,
+    tx: Mutex<mpsc::Sender<(Arc<Request>, Done)>>,
+}
+
+impl std::fmt::Debug for Milter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Milter").field("address", &self.settings.address).finish_non_exhaustive()
+    }
+}
+
+impl Milter {
+    pub fn start(settings: MilterSettings, threads: usize) -> std::io::Result<Milter> {
+        let (tx, rx) = mpsc::channel::<(Arc<Request>, Done)>();
+        let rx = Arc::new(Mutex::new(rx));
+        for i in 0..threads.max(1) {
+            let (rx, s) = (rx.clone(), settings.clone());
+            std::thread::Builder::new().name(format!("milter-{i}")).spawn(move || {
+                loop {
+                    let job = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                    let Ok((req, done)) = job else { return };
+                    let v = converse(&s, &req).unwrap_or_else(|e| {
+                        log::warn!("milter {}: {e}: default action", s.address);
+                        match s.default_action {
+                            DefaultAction::Tempfail => Verdict::Refuse(failure_reply()),
+                            DefaultAction::Accept => Verdict::Accept(Vec::new()),
+                        }
+                    });
+                    done(v);
+                }
+            })?;
+        }
+        Ok(Milter { settings, tx: Mutex::new(tx) })
+    }
+
+    pub fn submit(&self, req: Arc<Request>, done: Done) {
+        let sent = self.tx.lock().unwrap_or_else(|e| e.into_inner()).send((req, done));
+        if let Err(mpsc::SendError((_, done))) = sent {
+            done(Verdict::Refuse(failure_reply()));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_fields_with_folding_and_the_body() {
+        let m = b"Received: from a\r\n\tby b\r\nSubject: hi\r\n\r\nbody\r\n";
+        let (f, at) = split_message(m);
+        assert_eq!(f, [("Received".to_string(), "from a\n\tby b".to_string()), ("Subject".into(), "hi".into())]);
+        assert_eq!(&m[at..], b"body\r\n");
+    }
+
+    #[test]
+    fn changes_on_headers_and_body() {
+        let m = b"Received: x\r\nSubject: a\r\nX-Spam: old\r\nX-Spam: older\r\n\r\nbody\r\n";
+        let out = apply(
+            m,
+            &[
+                Change::AddHeader("X-Added".into(), "1".into()),
+                Change::InsertHeader(0, "DKIM-Signature".into(), "v=1;\n\tb=xyz".into()),
+                Change::ChangeHeader(2, "x-spam".into(), String::new()),
+                Change::ChangeHeader(1, "Subject".into(), "b".into()),
+                Change::ReplaceBody(b"new body\r\n".to_vec()),
+            ],
+        );
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "DKIM-Signature: v=1;\r\n\tb=xyz\r\nReceived: x\r\nSubject: b\r\nX-Spam: old\r\nX-Added: 1\r\n\r\nnew body\r\n"
+        );
+    }
+
+    #[test]
+    fn reply_codes_as_milters_write_them() {
+        assert_eq!(reply_code("554 5.7.1 Gtube pattern"), Reply::new(554, "5.7.1", "Gtube pattern"));
+        assert_eq!(reply_code("451 4.7.1 Try again later"), Reply::new(451, "4.7.1", "Try again later"));
+        assert_eq!(reply_code("550 no"), Reply::new(550, "5.7.1", "no"));
+        assert_eq!(reply_code("garbage"), Reply::new(550, "5.7.1", "garbage"));
+        assert_eq!(reply_code(""), Reply::new(550, "5.7.1", "Rejected"));
+    }
+}

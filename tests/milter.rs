@@ -1,0 +1,213 @@
+//! Milters (`[[milter]]`, the Sendmail milter protocol version 6): a test milter of our own
+//! for the changes no real milter makes on demand (header added and changed, body
+//! replaced, sender changed, recipients added and deleted), its refusals and discards; a
+//! milter that is down (the default action); OpenDKIM (Debian's, installed by
+//! tests/run.sh) signing as a milter.
+
+mod common;
+
+use common::*;
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::time::Duration;
+
+/// What the test milter answers at the end of the message.
+#[derive(Clone, Copy)]
+enum Script {
+    /// Changes everything it can, then continues.
+    Change,
+    /// `554 5.7.1 Go away` (SMFIR_REPLYCODE).
+    Reject,
+    /// SMFIR_DISCARD.
+    Discard,
+}
+
+fn packet(cmd: u8, data: &[u8]) -> Vec<u8> {
+    let mut p = ((data.len() + 1) as u32).to_be_bytes().to_vec();
+    p.push(cmd);
+    p.extend_from_slice(data);
+    p
+}
+
+/// A milter on loopback: one connection at a time, `script` at each end of message; every
+/// command letter it was sent is recorded.
+fn test_milter(script: Script) -> (std::net::SocketAddr, std::sync::Arc<std::sync::Mutex<Vec<u8>>>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            loop {
+                let mut len = [0u8; 4];
+                if s.read_exact(&mut len).is_err() {
+                    break;
+                }
+                let mut p = vec![0u8; u32::from_be_bytes(len) as usize];
+                if s.read_exact(&mut p).is_err() {
+                    break;
+                }
+                let (cmd, data) = (p[0], &p[1..]);
+                log.lock().unwrap().push(cmd);
+                let reply: Vec<u8> = match cmd {
+                    // Version 6, every action, and no step left out.
+                    b'O' => packet(b'O', &[0, 0, 0, 6, 0, 0, 0, 0xff, 0, 0, 0, 0]),
+                    b'D' => continue,
+                    b'Q' => break,
+                    b'E' => match script {
+                        Script::Change => {
+                            let mut r = packet(b'h', b"X-Milter\0checked\0");
+                            r.extend(packet(b'm', b"\0\0\0\x01Subject\0changed by the milter\0"));
+                            r.extend(packet(b'b', b"a new body\r\n"));
+                            r.extend(packet(b'e', b"<new-sender@example.net>\0"));
+                            r.extend(packet(b'+', b"<bob@example.net>\0"));
+                            r.extend(packet(b'-', b"<alice@example.net>\0"));
+                            r.extend(packet(b'c', b""));
+                            r
+                        }
+                        Script::Reject => packet(b'y', b"554 5.7.1 Go away\0"),
+                        Script::Discard => packet(b'd', b""),
+                    },
+                    _ => {
+                        let _ = data;
+                        packet(b'c', b"")
+                    }
+                };
+                if s.write_all(&reply).is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    (addr, seen)
+}
+
+/// alice and bob at example.net.
+fn directory(dir: &std::path::Path) {
+    mailboxes_directory(dir, &["alice", "bob"]);
+}
+
+fn mailbox(dir: &std::path::Path, name: &str) -> Vec<String> {
+    let new = dir.join("data/mailboxes/po").join(name).join("Maildir/new");
+    std::fs::read_dir(new)
+        .map(|d| d.flatten().map(|e| std::fs::read_to_string(e.path()).unwrap()).collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_milter_changes_headers_body_sender_and_recipients() {
+    for driver in DRIVERS {
+        let dir = tempfile::tempdir().unwrap();
+        directory(dir.path());
+        let (addr, seen) = test_milter(Script::Change);
+        let srv = start_plain(dir.path(), driver, &format!("[[milter]]\naddress = \"{addr}\"\n"));
+        let (mut c, _) = Client::connect(srv.addr());
+        c.cmd("EHLO client.test");
+        let r = c.message("s@remote.example", &["alice@example.net"], "Subject: original\r\n\r\nthe old body\r\n");
+        queued_id(&r);
+        assert!(eventually(Duration::from_secs(20), || !mailbox(dir.path(), "bob").is_empty()), "{driver}: bob added");
+        let m = &mailbox(dir.path(), "bob")[0];
+        assert!(m.contains("\nSubject: changed by the milter\n"), "{m}");
+        assert!(m.contains("\nX-Milter: checked\n"), "{m}");
+        assert!(m.ends_with("\n\na new body\n") && !m.contains("the old body"), "{m}");
+        assert!(m.starts_with("Return-Path: <new-sender@example.net>\n"), "the sender changed: {m}");
+        assert!(mailbox(dir.path(), "alice").is_empty(), "alice deleted");
+        // The whole conversation, in order: negotiate, connect, HELO, MAIL, RCPT, DATA,
+        // headers, end of headers, body, end of message, quit.
+        let cmds: String = seen.lock().unwrap().iter().filter(|&&c| c != b'D').map(|&c| c as char).collect();
+        assert!(cmds.starts_with("OCHMRTL") && cmds.ends_with("NBEQ"), "{driver}: {cmds}");
+        let (status, log) = srv.stop();
+        assert!(status.success(), "{log}");
+    }
+}
+
+#[test]
+fn a_milter_refuses_or_discards() {
+    let dir = tempfile::tempdir().unwrap();
+    directory(dir.path());
+    let (reject, _) = test_milter(Script::Reject);
+    let srv = start_plain(dir.path(), "uring", &format!("[[milter]]\naddress = \"{reject}\"\n"));
+    let (mut c, _) = Client::connect(srv.addr());
+    c.cmd("EHLO client.test");
+    assert_eq!(
+        c.message("s@remote.example", &["alice@example.net"], "Subject: x\r\n\r\nspam\r\n"),
+        "554 5.7.1 Go away\r\n"
+    );
+    assert!(c.cmd("RCPT TO:<alice@example.net>").starts_with("503"), "the transaction is over");
+    drop(srv);
+    let dir = tempfile::tempdir().unwrap();
+    directory(dir.path());
+    let (discard, _) = test_milter(Script::Discard);
+    let srv = start_plain(dir.path(), "epoll", &format!("[[milter]]\naddress = \"{discard}\"\n"));
+    let (mut c, _) = Client::connect(srv.addr());
+    c.cmd("EHLO client.test");
+    assert_eq!(
+        c.message("s@remote.example", &["alice@example.net"], "Subject: x\r\n\r\nx\r\n"),
+        "250 2.0.0 Ok: discarded by a content filter\r\n"
+    );
+    assert!(queue(dir.path()).is_empty());
+    let (status, log) = srv.stop();
+    assert!(status.success(), "{log}");
+}
+
+#[test]
+fn a_milter_that_is_down_gives_its_default_action() {
+    let closed = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    for (action, want) in [("tempfail", "451 4.7.1 "), ("accept", "250 2.0.0 Ok: queued as ")] {
+        let dir = tempfile::tempdir().unwrap();
+        directory(dir.path());
+        let cfg = format!("[[milter]]\naddress = \"{closed}\"\ndefault_action = \"{action}\"\ntimeout = \"2s\"\n");
+        let srv = start_plain(dir.path(), "uring", &cfg);
+        let (mut c, _) = Client::connect(srv.addr());
+        c.cmd("EHLO client.test");
+        let r = c.message("s@remote.example", &["alice@example.net"], "Subject: x\r\n\r\nx\r\n");
+        assert!(r.starts_with(want), "{action}: {r}");
+        let (status, log) = srv.stop();
+        assert!(status.success(), "{log}");
+        assert!(log.contains(&format!("milter {closed}")), "{log}");
+    }
+}
+
+#[test]
+fn opendkim_signs_as_a_milter() {
+    let dir = tempfile::tempdir().unwrap();
+    directory(dir.path());
+    // OpenDKIM's key, outside the world-writable temp dir's checks (RequireSafeKeys false).
+    let keys = dir.path().join("keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    let genkey = std::process::Command::new("opendkim-genkey")
+        .args(["-b", "2048", "-d", "example.net", "-s", "sel", "-D"])
+        .arg(&keys)
+        .output()
+        .expect("opendkim-genkey (tests/run.sh installs opendkim-tools)");
+    assert!(genkey.status.success(), "{}", String::from_utf8_lossy(&genkey.stderr));
+    let conf = dir.path().join("opendkim.conf");
+    let (mut child, port) = spawn_on_free_port(|port| {
+        std::fs::write(
+            &conf,
+            format!(
+                "Socket inet:{port}@127.0.0.1\nMode s\nDomain example.net\nSelector sel\nKeyFile {}\n\
+                 InternalHosts 127.0.0.0/8\nRequireSafeKeys false\nUserID root\nSyslog no\n",
+                keys.join("sel.private").display()
+            ),
+        )
+        .unwrap();
+        let mut c = std::process::Command::new("opendkim");
+        c.args(["-f", "-x"]).arg(&conf).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+        c
+    });
+    let srv = start_plain(dir.path(), "uring", &format!("[[milter]]\naddress = \"inet:{port}@127.0.0.1\"\n"));
+    let (mut c, _) = Client::connect(srv.addr());
+    c.cmd("EHLO client.test");
+    let body = "From: alice@example.net\r\nTo: bob@example.net\r\nSubject: signed\r\n\r\nhello\r\n";
+    queued_id(&c.message("alice@example.net", &["bob@example.net"], body));
+    assert!(eventually(Duration::from_secs(20), || !mailbox(dir.path(), "bob").is_empty()));
+    let m = &mailbox(dir.path(), "bob")[0];
+    let sig = m.lines().find(|l| l.starts_with("DKIM-Signature:")).unwrap_or_else(|| panic!("not signed: {m}"));
+    assert!(sig.contains("d=example.net") && sig.contains("s=sel"), "{m}");
+    let (status, log) = srv.stop();
+    assert!(status.success(), "{log}");
+    let _ = child.kill();
+    let _ = child.wait();
+}
