@@ -1,8 +1,8 @@
 //! Milters (`[[milter]]`, the Sendmail milter protocol version 6): a test milter of our own
 //! for the changes no real milter makes on demand (header added and changed, body
 //! replaced, sender changed, recipients added and deleted), its refusals and discards; a
-//! milter that is down (the default action); OpenDKIM (Debian's, installed by
-//! tests/run.sh) signing as a milter.
+//! milter that is down (the default action); OpenDKIM signing as a milter and rspamd's
+//! proxy worker judging (Debian's, installed by tests/run.sh).
 
 mod common;
 
@@ -209,5 +209,69 @@ fn opendkim_signs_as_a_milter() {
     let (status, log) = srv.stop();
     assert!(status.success(), "{log}");
     let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// rspamd's proxy worker in milter mode (Debian's rspamd, installed by tests/run.sh), with a
+/// controller and a normal worker, its configuration in the test's directory: the GTUBE
+/// test message is rejected with rspamd's reply, a clean one is delivered with rspamd's
+/// header fields added.
+#[test]
+fn rspamd_rejects_gtube_and_adds_its_headers() {
+    let dir = tempfile::tempdir().unwrap();
+    directory(dir.path());
+    let rs = dir.path().join("rspamd");
+    std::fs::create_dir_all(&rs).unwrap();
+    let port = || TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let (normal, controller, proxy) = (port(), port(), port());
+    let conf = format!(
+        r#".include "$CONFDIR/common.conf"
+options {{
+    pidfile = "{rs}/rspamd.pid";
+    .include "$CONFDIR/options.inc"
+    dns {{ nameserver = ["127.0.0.1:1"]; timeout = 0.2s; retransmits = 1; }}
+}}
+logging {{ type = "file"; filename = "{rs}/rspamd.log"; level = "notice"; }}
+milter_headers {{ extended_spam_headers = true; skip_local = false; skip_authenticated = false; }}
+worker "normal" {{ bind_socket = "127.0.0.1:{normal}"; .include "$CONFDIR/worker-normal.inc" }}
+worker "controller" {{ bind_socket = "127.0.0.1:{controller}"; .include "$CONFDIR/worker-controller.inc" }}
+worker "rspamd_proxy" {{
+    bind_socket = "127.0.0.1:{proxy}";
+    milter = yes;
+    timeout = 120s;
+    upstream "local" {{ default = yes; self_scan = yes; }}
+    count = 1;
+}}
+"#,
+        rs = rs.display()
+    );
+    std::fs::write(rs.join("rspamd.conf"), conf).unwrap();
+    let mut child = std::process::Command::new("rspamd")
+        .args(["-f", "-u", "root", "-g", "root", "-i", "-c"])
+        .arg(rs.join("rspamd.conf"))
+        .arg(format!("--var=DBDIR={}", rs.display()))
+        .arg(format!("--var=RUNDIR={}", rs.display()))
+        .arg(format!("--var=LOGDIR={}", rs.display()))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("rspamd (tests/run.sh installs Debian's rspamd)");
+    // rspamd compiles its rules before its workers listen: allow it a minute.
+    let up = eventually(Duration::from_secs(60), || std::net::TcpStream::connect(("127.0.0.1", proxy)).is_ok());
+    assert!(up, "rspamd did not listen: {}", std::fs::read_to_string(rs.join("rspamd.log")).unwrap_or_default());
+    let srv = start_plain(dir.path(), "uring", &format!("[[milter]]\naddress = \"inet:{proxy}@127.0.0.1\"\n"));
+    let (mut c, _) = Client::connect(srv.addr());
+    c.cmd("EHLO client.test");
+    let gtube = "Subject: test\r\n\r\nXJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X\r\n";
+    assert_eq!(c.message("s@remote.example", &["alice@example.net"], gtube), "554 5.7.1 Gtube pattern\r\n");
+    let clean = "From: s@remote.example\r\nTo: alice@example.net\r\nSubject: hello\r\n\r\na clean message\r\n";
+    queued_id(&c.message("s@remote.example", &["alice@example.net"], clean));
+    assert!(eventually(Duration::from_secs(20), || !mailbox(dir.path(), "alice").is_empty()));
+    let m = &mailbox(dir.path(), "alice")[0];
+    assert!(m.contains("\nX-Spamd-Result: default: False"), "rspamd's header fields: {m}");
+    let (status, log) = srv.stop();
+    assert!(status.success(), "{log}");
+    // SAFETY: kill(2) takes a pid and a signal, no memory; the pid is our own child, not yet reaped.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let _ = child.wait();
 }

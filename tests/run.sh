@@ -21,6 +21,8 @@ command -v chromium >/dev/null || need+=(chromium)
 # OpenDKIM signs as a milter (tests/milter.rs).
 [ -x /usr/sbin/opendkim ] || need+=(opendkim)
 command -v opendkim-genkey >/dev/null || need+=(opendkim-tools)
+# rspamd's proxy worker as a milter (tests/milter.rs).
+command -v rspamd >/dev/null || need+=(rspamd)
 # systemd-analyze verifies the shipped unit (tests/smtp_tcp.rs).
 command -v systemd-analyze >/dev/null || need+=(systemd)
 if [ ${#need[@]} -gt 0 ]; then
