@@ -12,6 +12,8 @@ Postfix's smtp-source drives, in interleaved rounds, each of:
                    by nobody: the shards publish their counters all the same)
   ringmx-alllogs-shm  ringmx-alllogs with its logs on /dev/shm: the same work, but the
                    logs' writeback no longer shares the spool's disk and journal
+  ringmx-rspamd    ringmx-uring with rspamd's proxy worker as a milter (`[[milter]]`); rspamd
+                   starts once for the whole run and its CPU is reported on its own
   ringmx-w3c       ringmx-uring plus the W3C log (to attribute ringmx-alllogs' cost)
   ringmx-metrics   ringmx-uring plus the metrics endpoint
   ringmx-policy    ringmx, io_uring driver, with a realistic policy set: an access list of
@@ -125,6 +127,38 @@ class Ringmx:
         return (int(m.group(1)), int(m.group(2))) if m else None
 
 
+RSPAMD_CONF = os.path.join(os.path.dirname(__file__), "..", "tests", "peers", "rspamd.conf")
+
+
+class Rspamd:
+    """rspamd with its proxy worker in milter mode, its files in a directory of the run."""
+
+    def __init__(self, tmp):
+        self.dir = tempfile.mkdtemp(dir=tmp)
+        self.proxy = free_port()
+        conf = os.path.join(self.dir, "rspamd.conf")
+        with open(RSPAMD_CONF) as f:
+            text = f.read()
+        for key, value in (("@DIR@", self.dir), ("@NORMAL@", free_port()), ("@CONTROLLER@", free_port()),
+                           ("@PROXY@", self.proxy)):
+            text = text.replace(key, str(value))
+        with open(conf, "w") as f:
+            f.write(text)
+        self.p = subprocess.Popen(["rspamd", "-f", "-u", "root", "-g", "root", "-i", "-c", conf,
+                                   f"--var=DBDIR={self.dir}", f"--var=RUNDIR={self.dir}", f"--var=LOGDIR={self.dir}"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_port(self.proxy, limit=120.0)
+
+    def pids(self):
+        """The main process and its workers."""
+        out = subprocess.run(["pgrep", "-P", str(self.p.pid)], capture_output=True, text=True).stdout
+        return [self.p.pid] + [int(x) for x in out.split()]
+
+    def stop(self):
+        self.p.terminate()
+        self.p.wait(timeout=30)
+
+
 class SmtpSink:
     def __init__(self, tmp):
         self.port = free_port()
@@ -228,11 +262,21 @@ def main():
         return shm[-1]
 
     os.chmod(tmp, 0o755)  # the private Postfix's unprivileged daemons must reach their queue
+    rspamd = []  # started at its first use, stopped at the end
+
+    def ringmx_rspamd():
+        if not rspamd:
+            rspamd.append(Rspamd(tmp))
+        srv = Ringmx(a.ringmx, "uring", True, tmp, f"[[milter]]\naddress = \"inet:{rspamd[0].proxy}@127.0.0.1\"\n")
+        srv.filter_pids = rspamd[0].pids
+        return srv
+
     makers = {
         "ringmx-uring": lambda: Ringmx(a.ringmx, "uring", True, tmp),
         "ringmx-epoll": lambda: Ringmx(a.ringmx, "epoll", True, tmp),
         "ringmx-nofsync": lambda: Ringmx(a.ringmx, "uring", False, tmp),
         "ringmx-nolog": lambda: Ringmx(a.ringmx, "uring", True, tmp, "[log]\nactivity = false\n"),
+        "ringmx-rspamd": ringmx_rspamd,
         "ringmx-w3c": lambda: Ringmx(a.ringmx, "uring", True, tmp, "[log.w3c]\nenabled = true\n"),
         "ringmx-metrics": lambda: Ringmx(a.ringmx, "uring", True, tmp,
                                          f"[metrics]\nlisten = \"127.0.0.1:{free_port()}\"\n"),
@@ -255,6 +299,7 @@ def main():
     names = [n for n in makers if not a.only or n in a.only.split(",")]
     results = {}  # (name, mode) -> list of (msgs/s, cpu µs/msg)
     commit = {}   # name -> list of records per batch
+    filters = {}  # (name, mode) -> the filter's own CPU µs per message (ringmx-rspamd)
     for r in range(a.rounds):
         for mode in ("persistent", "cpm"):
             order = names[r % len(names):] + names[:r % len(names)]
@@ -264,16 +309,23 @@ def main():
                 n = a.mta_messages if name == "postfix-mta" else (a.messages if mode == "persistent" else a.cpm_messages)
                 srv = makers[name]()
                 try:
+                    filter_pids = getattr(srv, "filter_pids", lambda: [])()
+                    f0 = cpu_ticks(filter_pids)
                     c0 = cpu_ticks(srv.pids())
                     secs = run_source(srv.port, n, a.sessions, a.size, mode == "persistent")
                     c1 = cpu_ticks(srv.pids())
+                    f1 = cpu_ticks(filter_pids)
                 finally:
                     st = srv.stop()
                 cpu_us = (c1 - c0) / CLK_TCK / n * 1e6
                 results.setdefault((name, mode), []).append((n / secs, cpu_us))
+                if filter_pids:
+                    filters.setdefault((name, mode), []).append((f1 - f0) / CLK_TCK / n * 1e6)
                 if st and name.startswith("ringmx"):
                     commit.setdefault((name, mode), []).append(st[0] / max(st[1], 1))
                 print(f"round {r + 1} {mode:10} {name:15} {n / secs:9.0f} msg/s {cpu_us:7.1f} µs/msg", flush=True)
+    for r in rspamd:
+        r.stop()
     shutil.rmtree(tmp, ignore_errors=True)
     for d in shm:
         shutil.rmtree(d, ignore_errors=True)
@@ -318,6 +370,11 @@ def main():
     m = med.get(("postfix-mta", "persistent"))
     if m and u:
         print(f"ringmx-uring ÷ Postfix MTA msgs/s, persistent: {u[0] / m[0]:.1f}")
+    for (name, mode), v in sorted(filters.items()):
+        u = med.get(("ringmx-uring", mode))
+        m = med.get((name, mode))
+        ratio = f"; msg/s ÷ ringmx-uring {m[0] / u[0]:.2f}, ringmx CPU/msg ÷ ringmx-uring {m[1] / u[1]:.2f}" if u and m else ""
+        print(f"{name} {mode}: rspamd's own CPU {statistics.median(v):.1f} µs/msg{ratio}")
     for (name, mode), v in sorted(commit.items()):
         print(f"group commit {name:15} {mode:10}: {statistics.median(v):.2f} messages per "
               f"{'write' if 'nofsync' in name else 'fdatasync'} (median)")

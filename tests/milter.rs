@@ -224,27 +224,13 @@ fn rspamd_rejects_gtube_and_adds_its_headers() {
     std::fs::create_dir_all(&rs).unwrap();
     let port = || TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let (normal, controller, proxy) = (port(), port(), port());
-    let conf = format!(
-        r#".include "$CONFDIR/common.conf"
-options {{
-    pidfile = "{rs}/rspamd.pid";
-    .include "$CONFDIR/options.inc"
-    dns {{ nameserver = ["127.0.0.1:1"]; timeout = 0.2s; retransmits = 1; }}
-}}
-logging {{ type = "file"; filename = "{rs}/rspamd.log"; level = "notice"; }}
-milter_headers {{ extended_spam_headers = true; skip_local = false; skip_authenticated = false; }}
-worker "normal" {{ bind_socket = "127.0.0.1:{normal}"; .include "$CONFDIR/worker-normal.inc" }}
-worker "controller" {{ bind_socket = "127.0.0.1:{controller}"; .include "$CONFDIR/worker-controller.inc" }}
-worker "rspamd_proxy" {{
-    bind_socket = "127.0.0.1:{proxy}";
-    milter = yes;
-    timeout = 120s;
-    upstream "local" {{ default = yes; self_scan = yes; }}
-    count = 1;
-}}
-"#,
-        rs = rs.display()
-    );
+    let conf =
+        std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/rspamd.conf"))
+            .unwrap()
+            .replace("@DIR@", &rs.display().to_string())
+            .replace("@NORMAL@", &normal.to_string())
+            .replace("@CONTROLLER@", &controller.to_string())
+            .replace("@PROXY@", &proxy.to_string());
     std::fs::write(rs.join("rspamd.conf"), conf).unwrap();
     let mut child = std::process::Command::new("rspamd")
         .args(["-f", "-u", "root", "-g", "root", "-i", "-c"])

@@ -122,20 +122,45 @@ fn failure_reply() -> Reply {
     Reply::new(451, "4.7.1", "Service unavailable, try again later")
 }
 
-use super::service_stream::ServiceStream as Stream;
+use super::service_stream::ServiceStream;
+
+/// A connection to a milter: packets are gathered and written together when an answer is
+/// awaited (steps without an answer, and macros, cost no system call of their own), and
+/// read through a buffer.
+struct Stream {
+    r: std::io::BufReader<ServiceStream>,
+    out: Vec<u8>,
+}
+
+impl Stream {
+    fn connect(address: &str, timeout: Duration) -> std::io::Result<Stream> {
+        let s = ServiceStream::connect(address, timeout)?;
+        Ok(Stream { r: std::io::BufReader::with_capacity(16 * 1024, s), out: Vec::with_capacity(16 * 1024) })
+    }
+
+    fn flush_out(&mut self) -> std::io::Result<()> {
+        if !self.out.is_empty() {
+            self.r.get_mut().write_all(&self.out)?;
+            self.out.clear();
+        }
+        Ok(())
+    }
+}
 
 fn send(s: &mut Stream, cmd: u8, data: &[u8]) -> std::io::Result<()> {
-    let mut p = Vec::with_capacity(5 + data.len());
-    p.extend_from_slice(&(data.len() as u32 + 1).to_be_bytes());
-    p.push(cmd);
-    p.extend_from_slice(data);
-    s.write_all(&p)
+    s.out.extend_from_slice(&(data.len() as u32 + 1).to_be_bytes());
+    s.out.push(cmd);
+    s.out.extend_from_slice(data);
+    // A large body goes out in pieces.
+    if s.out.len() >= 256 * 1024 { s.flush_out() } else { Ok(()) }
 }
 
 fn recv(s: &mut Stream, deadline: Instant) -> std::io::Result<(u8, Vec<u8>)> {
     if Instant::now() >= deadline {
         return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer in time"));
     }
+    s.flush_out()?;
+    let s = &mut s.r;
     let mut len = [0u8; 4];
     s.read_exact(&mut len)?;
     let len = u32::from_be_bytes(len) as usize;
@@ -426,7 +451,7 @@ fn converse(s: &MilterSettings, req: &Request) -> std::io::Result<Verdict> {
         Step::Continue | Step::Accept | Step::Skip => Verdict::Accept(changes),
         Step::Done(v) => v,
     };
-    let _ = send(&mut c, b'Q', &[]);
+    let _ = send(&mut c, b'Q', &[]).and_then(|_| c.flush_out());
     Ok(v)
 }
 
