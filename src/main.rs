@@ -57,6 +57,18 @@ enum Cmd {
         #[command(flatten)]
         at: Where,
     },
+    /// Copy the configuration, the directory and the spool into DIR (the server may run).
+    Backup {
+        dir: PathBuf,
+        #[command(flatten)]
+        at: Where,
+    },
+    /// Put a backup from DIR in place, the server stopped and its spool empty.
+    Restore {
+        dir: PathBuf,
+        #[command(flatten)]
+        at: Where,
+    },
     /// Read activity logs.
     Log {
         #[command(subcommand)]
@@ -260,6 +272,30 @@ fn log_summary(files: &[PathBuf]) -> Result<(), ExitCode> {
     Ok(())
 }
 
+/// `backup DIR` / `restore DIR`: what was copied, or why not (exit 1).
+fn backup_cmd(dir: &std::path::Path, at: &Where, restore: bool) -> Result<(), ExitCode> {
+    let mut cfg = load(at.config.as_ref())?;
+    if let Some(d) = &at.data_dir {
+        cfg.data_dir = d.clone();
+    }
+    let r = if restore {
+        ringmx::admin::backup::restore(&cfg, dir)
+    } else {
+        ringmx::admin::backup::backup(&cfg, at.config.as_deref(), dir).map_err(|e| e.to_string())
+    };
+    match r {
+        Ok(c) => {
+            let what = if restore { "restored" } else { "backed up" };
+            println!("{what}: {} file(s), {} spool segment(s), {} bytes", c.files, c.segments, c.bytes);
+            Ok(())
+        }
+        Err(e) => {
+            eprintln!("ringmx: {e}");
+            Err(ExitCode::from(1))
+        }
+    }
+}
+
 /// `reload`: the errors of a refused configuration on standard error, exit 1.
 fn reload(at: &Where) -> Result<(), ExitCode> {
     let (data, _) = data_and_spool(at)?;
@@ -416,6 +452,8 @@ fn main() -> ExitCode {
         }),
         Cmd::Directory(args) => return ringmx::admin::directory::run(args),
         Cmd::Reload { at } => reload(&at),
+        Cmd::Backup { dir, at } => backup_cmd(&dir, &at, false),
+        Cmd::Restore { dir, at } => backup_cmd(&dir, &at, true),
         Cmd::Diagnose { config, json } => {
             let r = ringmx::admin::diagnose::run(config.as_deref());
             let text = if json { serde_json::to_string_pretty(&r).unwrap_or_default() + "\n" } else { r.render() };

@@ -1,6 +1,7 @@
 //! Operator commands that read the spool directly, so that they work whether the server
 //! runs or not.
 
+pub mod backup;
 pub mod bans;
 pub mod control;
 pub mod diagnose;
