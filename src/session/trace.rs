@@ -30,11 +30,16 @@ pub(super) struct Open {
 
 /// The phase whose latency a command's reply ends, by its verb.
 fn stage_of(verb: &[u8]) -> Option<Stage> {
-    match verb.to_ascii_uppercase().as_slice() {
-        b"EHLO" | b"HELO" => Some(Stage::Ehlo),
-        b"MAIL" => Some(Stage::Mail),
-        b"RCPT" => Some(Stage::Rcpt),
-        _ => None,
+    // Every command passes here: compared in place, no upper-cased copy.
+    let is = |v: &[u8]| verb.eq_ignore_ascii_case(v);
+    if is(b"EHLO") || is(b"HELO") {
+        Some(Stage::Ehlo)
+    } else if is(b"MAIL") {
+        Some(Stage::Mail)
+    } else if is(b"RCPT") {
+        Some(Stage::Rcpt)
+    } else {
+        None
     }
 }
 
