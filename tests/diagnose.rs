@@ -80,21 +80,26 @@ fn directory(dir: &std::path::Path, domain: &str) {
     std::fs::write(d.join("directory.json"), serde_json::to_string(&data).unwrap()).unwrap();
 }
 
+/// A server on one loopback listener, resolving with `dns`, plus `extra`; its
+/// configuration then names the port it got (it was started on port 0), for diagnose.
+fn serve(dir: &std::path::Path, driver: &str, dns: std::net::SocketAddr, extra: &str) -> (Server, u16) {
+    let cfg = format!(
+        "local_domains = []\n[[listener]]\nport = 0\nbind = [\"127.0.0.1\"]\n\
+         [dns]\nservers = [\"{dns}\"]\ntimeout = \"2s\"\n{extra}"
+    );
+    let srv = start(dir, driver, &cfg);
+    let port = srv.addr().port();
+    let text = std::fs::read_to_string(dir.join("ringmx.toml")).unwrap().replace("port = 0", &format!("port = {port}"));
+    std::fs::write(dir.join("ringmx.toml"), text).unwrap();
+    (srv, port)
+}
+
 #[test]
 fn a_good_setup_passes() {
     let dns = dns_server();
     let dir = tempfile::tempdir().unwrap();
     directory(dir.path(), "good.example");
-    let cfg = format!(
-        "local_domains = []\n[[listener]]\nport = 0\nbind = [\"127.0.0.1\"]\n\
-         [dns]\nservers = [\"{dns}\"]\ntimeout = \"2s\"\n[delivery]\npostmaster = \"alice@good.example\"\n"
-    );
-    let srv = start(dir.path(), "uring", &cfg);
-    // The configuration names port 0: point diagnose at the port the server got.
-    let port = srv.addr().port();
-    let text =
-        std::fs::read_to_string(dir.path().join("ringmx.toml")).unwrap().replace("port = 0", &format!("port = {port}"));
-    std::fs::write(dir.path().join("ringmx.toml"), text).unwrap();
+    let (srv, port) = serve(dir.path(), "uring", dns, "[delivery]\npostmaster = \"alice@good.example\"\n");
     let (code, v) = diagnose(dir.path());
     assert_eq!((code, &v["problems"], &v["warnings"]), (0, &0.into(), &0.into()), "{v:#}");
     assert!(found(&v, "listener", "info")[0].starts_with(&format!("127.0.0.1:{port}: 220 ")), "{v:#}");
@@ -113,15 +118,7 @@ fn a_broken_setup_is_reported() {
     let dir = tempfile::tempdir().unwrap();
     directory(dir.path(), "broken.example");
     // Any local sender may relay: anyone can forge one, so this is an open relay.
-    let cfg = format!(
-        "local_domains = []\n[[listener]]\nport = 0\nbind = [\"127.0.0.1\"]\n\
-         [dns]\nservers = [\"{dns}\"]\ntimeout = \"2s\"\n[relay]\nlocal_senders = true\n"
-    );
-    let srv = start(dir.path(), "epoll", &cfg);
-    let port = srv.addr().port();
-    let text =
-        std::fs::read_to_string(dir.path().join("ringmx.toml")).unwrap().replace("port = 0", &format!("port = {port}"));
-    std::fs::write(dir.path().join("ringmx.toml"), text).unwrap();
+    let (srv, _) = serve(dir.path(), "epoll", dns, "[relay]\nlocal_senders = true\n");
     let (code, v) = diagnose(dir.path());
     assert_eq!(code, 1, "{v:#}");
     let open = found(&v, "relay", "problem");

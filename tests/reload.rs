@@ -155,6 +155,13 @@ fn sighup_rotates_the_certificate() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("/nonexistent/cert.pem") && err.contains("configuration refused"), "{err}");
     assert!(starttls_trusts(srv.addr(), &ca2), "the certificate in force stays");
+    // Connection limits are reloaded too: one per address now, the next gets 421 4.7.0.
+    write_config(dir.path(), &format!("{text}[limits]\nmax_connections_per_ip = 1\n"));
+    assert_eq!(cli_reload(dir.path()).status.code(), Some(0));
+    let (_first, g) = Client::connect(srv.addr());
+    assert!(g.starts_with("220 "), "{g}");
+    let (_second, g) = Client::connect(srv.addr());
+    assert!(g.starts_with("421 4.7.0"), "{g}");
     let (status, log) = srv.stop();
     assert!(status.success(), "{log}");
 }

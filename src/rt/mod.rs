@@ -460,7 +460,7 @@ impl Server {
 
     /// A SIGHUP has been dealt with.
     pub fn reload_handled(&self) {
-        self.reloadable.reloads.handled.fetch_add(1, Ordering::Release);
+        self.reloadable.reloads.handled();
     }
 
     /// Asks every shard to drain and stop.

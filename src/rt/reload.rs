@@ -47,8 +47,10 @@ impl Live {
 pub struct Outcomes {
     pub applied: AtomicU64,
     pub refused: AtomicU64,
-    /// SIGHUPs dealt with (a reload, or only the directory's when there is no file).
-    pub handled: AtomicU64,
+    /// SIGHUPs dealt with (a reload, or only the directory's when there is no file);
+    /// `done` is signalled at each.
+    handled: Mutex<u64>,
+    done: std::sync::Condvar,
     /// The errors of the last refused reload.
     pub last_errors: Mutex<Vec<String>>,
 }
@@ -73,26 +75,29 @@ pub struct ReloadAnswer {
 }
 
 impl Outcomes {
+    /// The main thread dealt with a SIGHUP: wakes a waiting `ringmx reload`.
+    pub fn handled(&self) {
+        *self.handled.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+        self.done.notify_all();
+    }
+
     /// Raises SIGHUP in this process and waits (at most `limit`) for the main thread to
     /// have dealt with it.
     pub fn request(&self, limit: std::time::Duration) -> ReloadAnswer {
-        let (applied, refused, handled) = (
-            self.applied.load(Ordering::Acquire),
-            self.refused.load(Ordering::Acquire),
-            self.handled.load(Ordering::Acquire),
-        );
+        let (applied, refused) = (self.applied.load(Ordering::Acquire), self.refused.load(Ordering::Acquire));
+        let guard = self.handled.lock().unwrap_or_else(|e| e.into_inner());
+        let before = *guard;
         // SAFETY: kill(2) takes a pid and a signal, no memory; getpid(2) cannot fail. The
         // signal is blocked in every thread and taken by the main thread's sigwait.
         unsafe { libc::kill(libc::getpid(), libc::SIGHUP) };
-        let start = std::time::Instant::now();
-        while self.handled.load(Ordering::Acquire) == handled {
-            if start.elapsed() > limit {
-                return ReloadAnswer {
-                    note: Some("the server did not finish the reload in time".into()),
-                    ..Default::default()
-                };
-            }
-            std::thread::sleep(std::time::Duration::from_millis(10));
+        // The lock is held from before the signal: the main thread's count cannot be missed.
+        let (_guard, wait) =
+            self.done.wait_timeout_while(guard, limit, |n| *n == before).unwrap_or_else(|e| e.into_inner());
+        if wait.timed_out() {
+            return ReloadAnswer {
+                note: Some("the server did not finish the reload in time".into()),
+                ..Default::default()
+            };
         }
         if self.applied.load(Ordering::Acquire) > applied {
             ReloadAnswer { applied: true, ..Default::default() }
