@@ -14,6 +14,8 @@ Postfix's smtp-source drives, in interleaved rounds, each of:
                    logs' writeback no longer shares the spool's disk and journal
   ringmx-rspamd    ringmx-uring with rspamd's proxy worker as a milter (`[[milter]]`); rspamd
                    starts once for the whole run and its CPU is reported on its own
+  ringmx-scripts   ringmx-uring with a Lua script (`[scripts]`) whose five hooks (connect,
+                   EHLO, MAIL, RCPT, DATA) do nothing: the price of calling them
   ringmx-w3c       ringmx-uring plus the W3C log (to attribute ringmx-alllogs' cost)
   ringmx-metrics   ringmx-uring plus the metrics endpoint
   ringmx-policy    ringmx, io_uring driver, with a realistic policy set: an access list of
@@ -271,8 +273,15 @@ def main():
         srv.filter_pids = rspamd[0].pids
         return srv
 
+    def ringmx_scripts():
+        path = os.path.join(tmp, "noop.lua")
+        with open(path, "w") as f:
+            f.write("".join(f"function {h}(ctx) end\n" for h in ("connect", "ehlo", "mail", "rcpt", "data")))
+        return Ringmx(a.ringmx, "uring", True, tmp, f"[scripts]\npath = \"{path}\"\n")
+
     makers = {
         "ringmx-uring": lambda: Ringmx(a.ringmx, "uring", True, tmp),
+        "ringmx-scripts": ringmx_scripts,
         "ringmx-epoll": lambda: Ringmx(a.ringmx, "epoll", True, tmp),
         "ringmx-nofsync": lambda: Ringmx(a.ringmx, "uring", False, tmp),
         "ringmx-nolog": lambda: Ringmx(a.ringmx, "uring", True, tmp, "[log]\nactivity = false\n"),
@@ -362,6 +371,12 @@ def main():
                 rate = statistics.median(x[0] / y[0] for x, y in zip(on_r, off_r))
                 cpu = statistics.median(x[1] / y[1] for x, y in zip(on_r, off_r))
                 print(f"  paired per round, {variant} ÷ ringmx-nolog, {mode}: msg/s {rate:.2f}, CPU/msg {cpu:.2f}")
+    for mode in ("persistent", "cpm"):
+        on_r, off_r = results.get(("ringmx-scripts", mode)), results.get(("ringmx-uring", mode))
+        if on_r and off_r and len(on_r) == len(off_r):
+            rate = statistics.median(x[0] / y[0] for x, y in zip(on_r, off_r))
+            cpu = statistics.median(x[1] / y[1] for x, y in zip(on_r, off_r))
+            print(f"  paired per round, ringmx-scripts ÷ ringmx-uring, {mode}: msg/s {rate:.2f}, CPU/msg {cpu:.2f}")
     for mode in ("persistent", "cpm"):
         p, u = med.get(("ringmx-policy", mode)), med.get(("ringmx-uring", mode))
         if p and u:

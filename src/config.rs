@@ -69,6 +69,54 @@ pub struct Config {
     /// `[[milter]]`: milters asked at the end of the content, in order.
     #[serde(default)]
     pub milter: Vec<MilterConfig>,
+    /// `[scripts]`: the operator's Lua script, called at connect, EHLO, MAIL, RCPT and DATA.
+    #[serde(default)]
+    pub scripts: ScriptsConfig,
+}
+
+/// `[scripts]`: see [`crate::policy::script`].
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ScriptsConfig {
+    /// The Lua file; none: no scripts.
+    pub path: Option<PathBuf>,
+    /// Longest one hook call may run (then 451 4.3.0). Default 5ms.
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub budget: Option<std::time::Duration>,
+    /// Most memory a shard's script state may hold. Default 16MiB.
+    #[serde(default, deserialize_with = "de_opt_size")]
+    pub memory_limit: Option<u64>,
+    /// Extra Lua libraries: `io`, `os` (files, environment). Default none.
+    #[serde(default)]
+    pub libraries: Vec<crate::policy::script::Library>,
+    /// The `data` hook sees the body (`ctx.body`), not only the header fields. Default false.
+    #[serde(default)]
+    pub body: bool,
+}
+
+impl ScriptsConfig {
+    /// The engine's settings, when a script is configured.
+    pub fn settings(&self) -> Option<crate::policy::script::Settings> {
+        let path = self.path.as_ref()?;
+        let mut s = crate::policy::script::settings(path);
+        if let Some(b) = self.budget {
+            s.budget = b;
+        }
+        if let Some(m) = self.memory_limit {
+            s.memory_limit = m as usize;
+        }
+        s.libraries = self.libraries.clone();
+        s.body = self.body;
+        Some(s)
+    }
+}
+
+fn de_opt_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<std::time::Duration>, D::Error> {
+    de_duration(d).map(Some)
+}
+
+fn de_opt_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    de_size(d).map(Some)
 }
 
 /// `[[milter]]`: one milter (rspamd, OpenDKIM, ClamAV, …).
@@ -1073,6 +1121,17 @@ impl Config {
             bad("limits.stress_threshold", "a fraction of max_connections, from 0 (off) to 1".into());
         }
         self.validate_policy(&mut bad);
+        if self.scripts.budget.is_some_and(|b| b.is_zero() || b > std::time::Duration::from_secs(10)) {
+            bad("scripts.budget", "from 1ms to 10s: a shard waits for its hooks".into());
+        }
+        if self.scripts.memory_limit.is_some_and(|m| m < 1 << 20) {
+            bad("scripts.memory_limit", "at least 1MiB".into());
+        }
+        if let Some(s) = self.scripts.settings()
+            && let Err(e) = crate::policy::script::Scripts::load(s)
+        {
+            bad("scripts.path", e);
+        }
         if problems.is_empty() { Ok(()) } else { Err(ConfigError { problems }) }
     }
 

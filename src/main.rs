@@ -186,6 +186,9 @@ enum QueueCmd {
     Delete(Targets),
     /// Fail every unfinished recipient of these messages and report it to the sender.
     Bounce(Targets),
+    /// Take these messages out of quarantine (a milter or script held them): delivered
+    /// as any other from now on.
+    Release(Targets),
 }
 
 #[derive(clap::Args)]
@@ -239,13 +242,15 @@ fn queue_control(
             QueueOp::Delete => "deleted",
             QueueOp::Bounce => "bounced",
             QueueOp::Locate => "located",
+            QueueOp::Release => "released",
         };
         for id in &a.done {
             writeln!(out, "{id}: {verb}")?;
         }
-        match a.not_found.first() {
-            Some(id) => Err(ringmx::admin::AdminError::NotFound(id.clone())),
-            None => Ok(()),
+        match (a.not_found.first(), a.skipped.first()) {
+            (Some(id), _) => Err(ringmx::admin::AdminError::NotFound(id.clone())),
+            (None, Some(why)) => Err(ringmx::admin::AdminError::Server(why.clone())),
+            (None, None) => Ok(()),
         }
     }))
 }
@@ -475,6 +480,7 @@ fn main() -> ExitCode {
                 QueueCmd::Retry(t) => queue_control(QueueOp::Retry, t, &mut out),
                 QueueCmd::Delete(t) => queue_control(QueueOp::Delete, t, &mut out),
                 QueueCmd::Bounce(t) => queue_control(QueueOp::Bounce, t, &mut out),
+                QueueCmd::Release(t) => queue_control(QueueOp::Release, t, &mut out),
             };
             match r {
                 Ok(Ok(())) => Ok(()),

@@ -20,6 +20,8 @@ enum Script {
     Reject,
     /// SMFIR_DISCARD.
     Discard,
+    /// SMFIR_QUARANTINE with a reason, then continue.
+    Quarantine,
 }
 
 fn packet(cmd: u8, data: &[u8]) -> Vec<u8> {
@@ -68,6 +70,11 @@ fn test_milter(script: Script) -> (std::net::SocketAddr, std::sync::Arc<std::syn
                         }
                         Script::Reject => packet(b'y', b"554 5.7.1 Go away\0"),
                         Script::Discard => packet(b'd', b""),
+                        Script::Quarantine => {
+                            let mut r = packet(b'q', b"suspicious attachment\0");
+                            r.extend(packet(b'c', b""));
+                            r
+                        }
                     },
                     _ => {
                         let _ = data;
@@ -86,13 +93,6 @@ fn test_milter(script: Script) -> (std::net::SocketAddr, std::sync::Arc<std::syn
 /// alice and bob at example.net.
 fn directory(dir: &std::path::Path) {
     mailboxes_directory(dir, &["alice", "bob"]);
-}
-
-fn mailbox(dir: &std::path::Path, name: &str) -> Vec<String> {
-    let new = dir.join("data/mailboxes/po").join(name).join("Maildir/new");
-    std::fs::read_dir(new)
-        .map(|d| d.flatten().map(|e| std::fs::read_to_string(e.path()).unwrap()).collect())
-        .unwrap_or_default()
 }
 
 #[test]
@@ -151,6 +151,44 @@ fn a_milter_refuses_or_discards() {
     assert!(status.success(), "{log}");
 }
 
+/// SMFIR_QUARANTINE: the client gets its 250, the message waits in the queue (listed with
+/// the milter's reason, not delivered, held across a restart) until `queue release`.
+#[test]
+fn a_milter_quarantines_until_an_operator_releases() {
+    let dir = tempfile::tempdir().unwrap();
+    directory(dir.path());
+    let (addr, _) = test_milter(Script::Quarantine);
+    let cfg = format!("[[milter]]\naddress = \"{addr}\"\n");
+    let srv = start_plain(dir.path(), "uring", &cfg);
+    let (mut c, _) = Client::connect(srv.addr());
+    c.cmd("EHLO client.test");
+    let id = queued_id(&c.message("s@remote.example", &["alice@example.net"], "Subject: x\r\n\r\nx\r\n"));
+    let (status, log) = srv.stop();
+    assert!(status.success(), "{log}");
+    let q = queue(dir.path());
+    assert_eq!(q.len(), 1, "{q:?}");
+    assert_eq!(
+        (q[0]["status"].as_str(), q[0]["quarantine"].as_str()),
+        (Some("quarantined"), Some("suspicious attachment"))
+    );
+    let (code, out) = ringmx(dir.path(), &["queue", "list"]);
+    assert!(code == 0 && out.contains("quarantined: suspicious attachment"), "{out}");
+    // Restarted: still held; retry does not release it, release does.
+    let srv = start_plain(dir.path(), "epoll", &cfg);
+    let (code, out) = ringmx(dir.path(), &["queue", "retry", &id]);
+    assert!(code != 0 && !out.contains("retry now"), "{code}: {out}");
+    assert!(mailbox(dir.path(), "alice").is_empty());
+    let (code, out) = ringmx(dir.path(), &["queue", "release", &id]);
+    assert_eq!((code, out.trim()), (0, format!("{id}: released").as_str()));
+    assert!(
+        eventually(Duration::from_secs(20), || !mailbox(dir.path(), "alice").is_empty()),
+        "delivered once released"
+    );
+    let (status, log) = srv.stop();
+    assert!(status.success(), "{log}");
+    assert!(queue(dir.path()).is_empty());
+}
+
 #[test]
 fn a_milter_that_is_down_gives_its_default_action() {
     let closed = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
@@ -206,6 +244,27 @@ fn opendkim_signs_as_a_milter() {
     let m = &mailbox(dir.path(), "bob")[0];
     let sig = m.lines().find(|l| l.starts_with("DKIM-Signature:")).unwrap_or_else(|| panic!("not signed: {m}"));
     assert!(sig.contains("d=example.net") && sig.contains("s=sel"), "{m}");
+    // The signature verifies: OpenDKIM's test mode (-t) in verifying mode, with the public
+    // key from opendkim-genkey's record (TestPublicKeys instead of DNS); a changed body
+    // does not.
+    let txt = std::fs::read_to_string(keys.join("sel.txt")).unwrap();
+    let record: String = txt.split('"').skip(1).step_by(2).collect();
+    std::fs::write(keys.join("public"), format!("sel._domainkey.example.net {record}\n")).unwrap();
+    let vconf = dir.path().join("verify.conf");
+    let v = format!("Mode v\nTestPublicKeys {}\nSyslog no\nUserID root\n", keys.join("public").display());
+    std::fs::write(&vconf, v).unwrap();
+    let verify = |text: &str| {
+        let f = dir.path().join("delivered.eml");
+        // As it was sent: the Maildir copy has LF line ends.
+        std::fs::write(&f, text.replace('\n', "\r\n")).unwrap();
+        let out = std::process::Command::new("opendkim").arg("-x").arg(&vconf).args(["-vvv", "-t"]).arg(&f).output();
+        // The Authentication-Results it would add is printed on stdout.
+        String::from_utf8_lossy(&out.expect("opendkim -t").stdout).into_owned()
+    };
+    let good = verify(m);
+    assert!(good.contains("dkim=pass"), "{good}\n{m}");
+    let bad = verify(&m.replace("hello", "HELLO"));
+    assert!(bad.contains("dkim=fail") && !bad.contains("dkim=pass"), "{bad}");
     let (status, log) = srv.stop();
     assert!(status.success(), "{log}");
     let _ = child.kill();

@@ -112,6 +112,12 @@ fn offline(spool: &Path, req: &QueueRequest) -> Result<QueueAnswer, AdminError> 
     for m in &targets {
         let id = m.envelope.id;
         match req.op {
+            _ if let Some(why) = crate::queue::requests::quarantine_skip(req.op, id, m.is_quarantined()) => {
+                answer.skipped.push(why);
+                continue;
+            }
+            // Due at once when the server starts.
+            QueueOp::Release => log.append_mark(0, &crate::queue::manager::released_mark(id, 0)),
             QueueOp::Delete => log.append_mark(
                 0,
                 &Mark {

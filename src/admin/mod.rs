@@ -31,9 +31,13 @@ pub enum AdminError {
     Server(String),
 }
 
-/// The state `queue list` shows for a message: deferred when a recipient waits for its next
-/// attempt, else queued; attempts so far; the earliest next attempt.
+/// The state `queue list` shows for a message: quarantined until released, deferred when a
+/// recipient waits for its next attempt, else queued; attempts so far; the earliest next
+/// attempt.
 fn status(m: &StoredMessage) -> (&'static str, u16, Option<u64>) {
+    if m.is_quarantined() {
+        return ("quarantined", 0, None);
+    }
     let next = m
         .latest_marks()
         .into_iter()
@@ -103,15 +107,21 @@ pub fn queue_list(spool: &Path, json: bool, out: &mut dyn Write) -> Result<usize
                 "status": status,
                 "attempts": attempts,
                 "next_attempt": next.map(rfc3339_ms),
+                "quarantine": e.quarantine,
+                "route": e.route,
                 "shard": m.shard,
                 "recipients": rcpts,
             });
             writeln!(out, "{v}")?;
         } else {
             let from = if e.from.is_empty() { "<>" } else { &e.from };
+            let why = match (&e.quarantine, m.is_quarantined()) {
+                (Some(q), true) => format!("  (quarantined: {q})"),
+                _ => String::new(),
+            };
             writeln!(
                 out,
-                "{:<16}  {:>9}  {:<24}  {:<8}  {from}",
+                "{:<16}  {:>9}  {:<24}  {:<8}  {from}{why}",
                 e.id,
                 m.content_len,
                 rfc3339_ms(e.received_ms),

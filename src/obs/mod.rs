@@ -102,8 +102,11 @@ pub enum What {
     Deferred { id: QueueId, rcpt: String, via: String, reply: String, next_attempt_ms: u64 },
     /// A recipient failed for good (a report goes to the sender when asked for).
     Failed { id: QueueId, rcpt: String, via: String, reply: String },
-    /// An operator's decision on a queued message (`delete`, `bounce`).
+    /// An operator's decision on a queued message (`delete`, `bounce`, `release`).
     Operator { id: QueueId, action: &'static str },
+    /// A message was accepted into quarantine (a milter or script asked): held until an
+    /// operator releases it.
+    Quarantined { id: QueueId, reason: String },
     /// A message was generated (`dsn`, `autoreply`, `forward`) because of message `about`.
     Generated { id: QueueId, kind: &'static str, about: QueueId, to: String },
     /// Exchanges of an SMTP session, for the W3C log (not the activity log).
@@ -135,6 +138,7 @@ impl What {
             What::Deferred { .. } => "deferred",
             What::Failed { .. } => "failed",
             What::Operator { .. } => "operator",
+            What::Quarantined { .. } => "quarantined",
             What::Generated { .. } => "generated",
             What::Session(_) => "session",
             What::Debug(_) => "debug",
@@ -193,6 +197,10 @@ impl What {
             What::Operator { id, action } => {
                 f("id", format_args!("{id}"));
                 f("action", format_args!("{action}"));
+            }
+            What::Quarantined { id, reason } => {
+                f("id", format_args!("{id}"));
+                f("reason", format_args!("{reason}"));
             }
             What::Generated { id, kind, about, to } => {
                 f("id", format_args!("{id}"));

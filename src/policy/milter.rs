@@ -49,6 +49,8 @@ const NOHDRS: u32 = 0x20;
 const NOEOH: u32 = 0x40;
 const NR_HDR: u32 = 0x80;
 const NODATA: u32 = 0x200;
+/// SMFIP_HDR_LEADSPC: header values travel with their leading white space, both ways.
+const LEADSPC: u32 = 0x10_0000;
 const NR_CONN: u32 = 0x1000;
 const NR_HELO: u32 = 0x2000;
 const NR_MAIL: u32 = 0x4000;
@@ -258,7 +260,8 @@ fn reply_code(s: &str) -> Reply {
     Reply::new(code, status, if text.is_empty() { "Rejected" } else { text }.to_string())
 }
 
-/// The header fields of `msg` (name, value with its folding) and where the body starts.
+/// The header fields of `msg` (name, and the value as written after the colon: its leading
+/// white space and folding kept, CRLF as LF) and where the body starts.
 pub fn split_message(msg: &[u8]) -> (Vec<(String, String)>, usize) {
     let mut fields: Vec<(String, String)> = Vec::new();
     let mut pos = 0;
@@ -277,7 +280,7 @@ pub fn split_message(msg: &[u8]) -> (Vec<(String, String)>, usize) {
         } else if let Some(colon) = text.iter().position(|&b| b == b':') {
             let name = String::from_utf8_lossy(&text[..colon]).into_owned();
             let value = String::from_utf8_lossy(&text[colon + 1..]);
-            fields.push((name, value.strip_prefix(' ').unwrap_or(&value).to_string()));
+            fields.push((name, value.into_owned()));
         } else {
             // Not a header field: the body starts here.
             return (fields, pos);
@@ -323,7 +326,7 @@ pub fn apply(msg: &[u8], changes: &[Change]) -> Vec<u8> {
     let mut out = Vec::with_capacity(msg.len() + 256);
     for (n, v) in &fields {
         out.extend_from_slice(n.as_bytes());
-        out.extend_from_slice(b": ");
+        out.push(b':');
         // Folded lines come back with CRLF.
         out.extend_from_slice(v.replace("\r\n", "\n").replace('\n', "\r\n").as_bytes());
         out.extend_from_slice(b"\r\n");
@@ -427,7 +430,9 @@ fn converse(s: &MilterSettings, req: &Request) -> std::io::Result<Verdict> {
         for (n, v) in &fields {
             let mut h = Vec::new();
             cstr(&mut h, n);
-            cstr(&mut h, v);
+            // Without SMFIP_HDR_LEADSPC, the value without the space after the colon, as
+            // Postfix sends it.
+            cstr(&mut h, if proto & LEADSPC != 0 { v } else { v.strip_prefix(' ').unwrap_or(v) });
             step!(NOHDRS, NR_HDR, b'L', &h);
         }
     }
@@ -447,8 +452,26 @@ fn converse(s: &MilterSettings, req: &Request) -> std::io::Result<Verdict> {
     }
     macro_(&mut c, b'E', &[("i", req.queue_id.clone())])?;
     send(&mut c, b'E', &[])?;
+    // Header values as they go after `name:` in the message: exactly as the milter wrote
+    // them with SMFIP_HDR_LEADSPC (OpenDKIM asks for it: its DKIM-Signature covers those
+    // bytes), else after a space, as Postfix writes them.
+    let leading = |v: &mut String| {
+        if proto & LEADSPC == 0 && !v.is_empty() {
+            v.insert(0, ' ');
+        }
+    };
     let v = match answer(&mut c, deadline, &mut changes)? {
-        Step::Continue | Step::Accept | Step::Skip => Verdict::Accept(changes),
+        Step::Continue | Step::Accept | Step::Skip => {
+            for ch in &mut changes {
+                match ch {
+                    Change::AddHeader(_, v) | Change::InsertHeader(_, _, v) | Change::ChangeHeader(_, _, v) => {
+                        leading(v)
+                    }
+                    _ => {}
+                }
+            }
+            Verdict::Accept(changes)
+        }
         Step::Done(v) => v,
     };
     let _ = send(&mut c, b'Q', &[]).and_then(|_| c.flush_out());
@@ -509,7 +532,7 @@ mod tests {
     fn header_fields_with_folding_and_the_body() {
         let m = b"Received: from a\r\n\tby b\r\nSubject: hi\r\n\r\nbody\r\n";
         let (f, at) = split_message(m);
-        assert_eq!(f, [("Received".to_string(), "from a\n\tby b".to_string()), ("Subject".into(), "hi".into())]);
+        assert_eq!(f, [("Received".to_string(), " from a\n\tby b".to_string()), ("Subject".into(), " hi".into())]);
         assert_eq!(&m[at..], b"body\r\n");
     }
 
@@ -519,16 +542,17 @@ mod tests {
         let out = apply(
             m,
             &[
-                Change::AddHeader("X-Added".into(), "1".into()),
-                Change::InsertHeader(0, "DKIM-Signature".into(), "v=1;\n\tb=xyz".into()),
+                // Values as the conversation leaves them: what goes after the colon.
+                Change::AddHeader("X-Added".into(), " 1".into()),
+                Change::InsertHeader(0, "DKIM-Signature".into(), " v=1;\n\tb=xyz".into()),
                 Change::ChangeHeader(2, "x-spam".into(), String::new()),
-                Change::ChangeHeader(1, "Subject".into(), "b".into()),
+                Change::ChangeHeader(1, "Subject".into(), "\tb".into()),
                 Change::ReplaceBody(b"new body\r\n".to_vec()),
             ],
         );
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            "DKIM-Signature: v=1;\r\n\tb=xyz\r\nReceived: x\r\nSubject: b\r\nX-Spam: old\r\nX-Added: 1\r\n\r\nnew body\r\n"
+            "DKIM-Signature: v=1;\r\n\tb=xyz\r\nReceived: x\r\nSubject:\tb\r\nX-Spam: old\r\nX-Added: 1\r\n\r\nnew body\r\n"
         );
     }
 

@@ -27,6 +27,7 @@ pub mod iplist;
 pub mod milter;
 pub mod pop;
 pub mod rate;
+pub mod script;
 pub mod service_stream;
 
 pub use bans::{BanError, BanList};
@@ -66,16 +67,19 @@ pub enum Refusal {
     EhloBlock,
     /// A missing or malformed PROXY protocol header (421 4.7.0).
     Proxy,
+    /// The operator's script at connect (its reply).
+    Script,
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 6] = [
+    pub const ALL: [Refusal; 7] = [
         Refusal::ConnectionLimit,
         Refusal::AccessList,
         Refusal::Banned,
         Refusal::Dnsbl,
         Refusal::EhloBlock,
         Refusal::Proxy,
+        Refusal::Script,
     ];
 
     /// How the exit summary and logs name it.
@@ -87,6 +91,7 @@ impl Refusal {
             Refusal::Dnsbl => "DNSBL",
             Refusal::EhloBlock => "EHLO block",
             Refusal::Proxy => "PROXY header",
+            Refusal::Script => "script",
         }
     }
 }
@@ -262,6 +267,8 @@ pub struct Policy {
     pub delegation: Vec<Arc<delegation::PolicyService>>,
     /// Milters asked at the end of the content, in order.
     pub milters: Vec<Arc<milter::Milter>>,
+    /// The operator's script (`[scripts]`), compiled; each shard runs it in its own state.
+    pub scripts: Option<Arc<script::Scripts>>,
 }
 
 impl Default for Policy {
@@ -293,6 +300,7 @@ impl Default for Policy {
             dns: None,
             delegation: Vec::new(),
             milters: Vec::new(),
+            scripts: None,
         }
     }
 }

@@ -131,13 +131,29 @@ pub struct Entry {
     /// The Unix second its due-time filing is under (the manager's `schedule`); 0: not
     /// scheduled.
     pub due: u32,
-    /// Unix seconds of the first attempt and of the last deferral; 0: none.
+    /// Unix seconds of the first attempt and of the last deferral; 0: none. A quarantined
+    /// message, never attempted, has [`QUARANTINED`] as its first attempt (no room for a
+    /// flag of its own: see `an_entry_is_small`).
     pub first_attempt_s: u32,
     pub last_deferral_s: u32,
     pub attempts: u16,
     /// The record is asked for, and why.
     pub want: Want,
     pub rcpts: RcptStates,
+}
+
+/// The first attempt of a quarantined message (one that is never attempted until released).
+pub const QUARANTINED: u32 = u32::MAX;
+
+impl Entry {
+    /// Held, every recipient, until an operator releases it.
+    pub fn is_quarantined(&self) -> bool {
+        self.first_attempt_s == QUARANTINED
+    }
+
+    pub fn set_quarantined(&mut self, q: bool) {
+        self.first_attempt_s = if q { QUARANTINED } else { 0 };
+    }
 }
 
 impl Default for Entry {

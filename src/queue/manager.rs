@@ -269,14 +269,20 @@ impl QueueManager {
     pub fn handle_accepted(&mut self, now: u64, dir: &Directory, envelope: Envelope, shard: u8, location: Location) {
         let n = envelope.rcpts.len().min(u16::MAX as usize) as u16;
         let mut rcpts = RcptStates::new(n);
+        let quarantined = envelope.quarantine.is_some();
         for (i, r) in envelope.rcpts.iter().take(n as usize).enumerate() {
             let a = r.address.to_ascii_lowercase();
-            if route_of(dir, &a, &self.cfg.routing, &self.cfg.local_domains) == Where::Held {
+            if quarantined || route_of(dir, &a, &self.cfg.routing, &self.cfg.local_domains) == Where::Held {
                 rcpts.set(i as u16, Rcpt::Held);
             }
         }
+        if let Some(why) = &envelope.quarantine {
+            log::info!("queue: {}: quarantined: {why}", envelope.id);
+            self.note(now, What::Quarantined { id: envelope.id, reason: why.clone() });
+        }
         let held = !rcpts.any(Rcpt::Open);
-        let e = Entry { id: envelope.id, at: At::new(shard, location), rcpts, ..Entry::default() };
+        let mut e = Entry { id: envelope.id, at: At::new(shard, location), rcpts, ..Entry::default() };
+        e.set_quarantined(quarantined);
         let slot = self.entries.insert(e);
         if !held {
             self.schedule(slot, now, now);
@@ -297,11 +303,12 @@ impl QueueManager {
             match latest {
                 Some((status, _)) if status.is_final() => rcpts.set(i as u16, Rcpt::Done),
                 Some((MarkStatus::Deferred, t)) => next = Some(next.map_or(*t, |n| n.min(*t))),
+                _ if m.quarantined => rcpts.set(i as u16, Rcpt::Held),
                 _ => {}
             }
         }
         let deferred = next.is_some();
-        let e = Entry {
+        let mut e = Entry {
             id: m.id,
             at: At::new(m.shard, m.location),
             attempts: m.attempts,
@@ -310,8 +317,13 @@ impl QueueManager {
             rcpts,
             ..Entry::default()
         };
+        if m.quarantined {
+            e.set_quarantined(true);
+        }
         let slot = self.entries.insert(e);
-        self.schedule(slot, next.unwrap_or(now).max(now), now);
+        if !m.quarantined {
+            self.schedule(slot, next.unwrap_or(now).max(now), now);
+        }
     }
 
     /// Compaction copied a message forward: its record is now there.
@@ -471,10 +483,18 @@ impl QueueManager {
         let mut remote: Vec<(Route, u16, String)> = Vec::new();
         // The first attempt says where each recipient goes (the activity log's `routed`).
         let mut routes: Option<Vec<(String, String)>> = (self.cfg.activity && e.attempts == 0).then(Vec::new);
+        // A script's route takes every recipient there (its port, or 25).
+        let forced = l.envelope.route.as_deref().map(|r| {
+            let (host, port) = crate::routing::split_host_port(r).unwrap_or_else(|| (r.to_string(), 25));
+            Where::Remote(Route::SmartHost { host, port, auth: None })
+        });
         for i in e.rcpts.with(Rcpt::Open).collect::<Vec<_>>() {
             let Some(r) = l.envelope.rcpts.get(i as usize) else { continue };
             let a = r.address.to_ascii_lowercase();
-            let w = route_of(dir, &a, &self.cfg.routing, &self.cfg.local_domains);
+            let w = match &forced {
+                Some(w) => w.clone(),
+                None => route_of(dir, &a, &self.cfg.routing, &self.cfg.local_domains),
+            };
             if let Some(routes) = routes.as_mut() {
                 let name = match &w {
                     Where::Local => "local".to_string(),
@@ -1037,6 +1057,21 @@ impl QueueManager {
                     answer.done.push(id.to_string());
                     continue;
                 }
+                _ if let Some(why) = super::requests::quarantine_skip(req.op, id, e.is_quarantined()) => {
+                    answer.skipped.push(why);
+                    continue;
+                }
+                QueueOp::Release => {
+                    e.set_quarantined(false);
+                    for i in e.rcpts.with(Rcpt::Held).collect::<Vec<_>>() {
+                        e.rcpts.set(i, Rcpt::Open);
+                    }
+                    // Durable: after a restart it is not quarantined again.
+                    self.actions.push_back(Action::AppendMark(released_mark(id, now)));
+                    self.note(now, What::Operator { id, action: "release" });
+                    let slot = self.entries.slot_of(id).expect("found above");
+                    self.schedule(slot, now, now);
+                }
                 QueueOp::Retry => {
                     for i in e.rcpts.with(Rcpt::Held).collect::<Vec<_>>() {
                         e.rcpts.set(i, Rcpt::Open);
@@ -1065,6 +1100,10 @@ impl QueueManager {
                 QueueOp::Bounce => {
                     if self.cfg.activity {
                         self.activity.push(Activity { at_ms: now, what: What::Operator { id, action: "bounce" } });
+                    }
+                    // Returned unreleased: it was never attempted.
+                    if e.is_quarantined() {
+                        e.set_quarantined(false);
                     }
                     // The marks now (durable before the answer), the report once the message
                     // is loaded.
@@ -1102,6 +1141,19 @@ impl QueueManager {
         let reports = open.iter().map(|&i| failure_report(i as usize, &bounced, now)).collect();
         let (env, content) = (l.envelope.clone(), l.content.clone());
         self.report(now, &env, content, reports);
+    }
+}
+
+/// The mark that takes a message out of quarantine: every recipient due at `now_ms`, not yet
+/// attempted.
+pub fn released_mark(id: QueueId, now_ms: u64) -> Mark {
+    Mark {
+        id,
+        rcpt: None,
+        status: MarkStatus::Deferred,
+        attempts: 0,
+        next_attempt_ms: now_ms,
+        text: super::requests::RELEASED_TEXT.into(),
     }
 }
 

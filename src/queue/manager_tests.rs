@@ -556,7 +556,7 @@ fn queue_delete_while_in_flight() {
 /// What recovery finds of a message: where it is, its attempts and latest marks.
 fn recovered(id: QueueId, attempts: u16, latest: Vec<Option<(MarkStatus, u64)>>) -> QueuedMessage {
     let location = Location { seq: 7, record_offset: 100, content_offset: 180, content_len: 20 };
-    QueuedMessage { id, received_ms: T0, shard: 0, location, attempts, latest }
+    QueuedMessage { id, received_ms: T0, shard: 0, location, attempts, latest, quarantined: false }
 }
 
 /// Mail for an accept-all domain with no route is held (a compact entry, never due);
@@ -583,6 +583,66 @@ fn held_messages() {
     d.spool.insert(id, e);
     d.m.handle_recovered(d.now, recovered(id, 0, vec![None]));
     assert_eq!(d.run(), [r#"remote SmartHost { host: "relay.test", port: 25, auth: None } 0:x@accept.test"#]);
+}
+
+/// A quarantined message (a milter or script held it) is never due: `retry` leaves it,
+/// `release` writes the mark that keeps it released after a restart and delivers it; after a
+/// restart without that mark it is still held.
+#[test]
+fn quarantine_until_released() {
+    let mut d = Driver::new(config());
+    let id = QueueId(7 << 32);
+    let mut e = Envelope::new(id);
+    e.from = "s@sender.test".into();
+    e.quarantine = Some("held for review".into());
+    e.rcpts = vec![Recipient { address: "r@remote.test".into(), notify: None, orcpt: None }];
+    d.spool.insert(id, e.clone());
+    let location = Location { seq: 1, record_offset: 0, content_offset: 80, content_len: 20 };
+    d.m.handle_accepted(d.now, &d.dir, e, 0, location);
+    assert_eq!((d.run(), d.next_due_minutes()), (Vec::<String>::new(), None), "held: not read, not due");
+    let a = d.m.handle_queue_request(d.now, &request(QueueOp::Retry, &[id]));
+    assert_eq!((a.done.len(), a.skipped.len()), (0, 1), "{a:?}");
+    assert_eq!(d.run(), Vec::<String>::new());
+    d.at(5);
+    let a = d.m.handle_queue_request(d.now, &request(QueueOp::Release, &[id]));
+    assert_eq!(a.done, [id.to_string()]);
+    let mut out = d.drain();
+    out.extend(d.run());
+    assert_eq!(
+        out,
+        [
+            "mark all Deferred #0 next m+5 released from quarantine by the administrator".to_string(),
+            format!("remote {} 0:r@remote.test", mx("remote.test"))
+        ]
+    );
+    let a = d.m.handle_queue_request(d.now, &request(QueueOp::Release, &[id]));
+    assert_eq!(a.skipped, [format!("{id}: not quarantined")]);
+    // After a restart: still quarantined without the mark.
+    let mut d2 = Driver::new(config());
+    d2.spool.insert(id, d.spool[&id].clone());
+    d2.m.handle_recovered(d2.now, QueuedMessage { quarantined: true, ..recovered(id, 0, vec![None]) });
+    assert_eq!((d2.run(), d2.next_due_minutes(), d2.m.len()), (Vec::<String>::new(), None, 1));
+}
+
+/// A script's route sends every recipient, local ones too, to its host.
+#[test]
+fn a_scripts_route_takes_every_recipient() {
+    let mut d = Driver::new(config());
+    let id = QueueId(8 << 32);
+    let mut e = Envelope::new(id);
+    e.from = "s@sender.test".into();
+    e.route = Some("[192.0.2.25]:2525".into());
+    e.rcpts = ["alice@example.net", "r@remote.test"]
+        .iter()
+        .map(|a| Recipient { address: a.to_string(), notify: None, orcpt: None })
+        .collect();
+    d.spool.insert(id, e.clone());
+    let location = Location { seq: 1, record_offset: 0, content_offset: 80, content_len: 20 };
+    d.m.handle_accepted(d.now, &d.dir, e, 0, location);
+    assert_eq!(
+        d.run(),
+        [r#"remote SmartHost { host: "192.0.2.25", port: 2525, auth: None } 0:alice@example.net,1:r@remote.test"#]
+    );
 }
 
 /// A restart feeds the manager what recovery found: final recipients stay done, a

@@ -16,6 +16,8 @@ pub enum QueueOp {
     Delete,
     /// Fail every unfinished recipient and report it to the sender.
     Bounce,
+    /// Take a quarantined message out of quarantine: delivered as any other.
+    Release,
     /// Where the message's record is (`queue show` on a running server: found through the
     /// queue's index, then read by the command itself).
     Locate,
@@ -33,6 +35,10 @@ pub struct QueueRequest {
 pub struct QueueAnswer {
     pub done: Vec<String>,
     pub not_found: Vec<String>,
+    /// Queued messages the request does not apply to, with why (`ID: reason`): `retry` of a
+    /// quarantined message, `release` of one that is not.
+    #[serde(default)]
+    pub skipped: Vec<String>,
     pub error: Option<String>,
     /// For [`QueueOp::Locate`]: where each record is.
     #[serde(default)]
@@ -49,6 +55,18 @@ pub struct Located {
     pub offset: u64,
 }
 
+/// Why `op` does not apply to message `id`, quarantined or not (`retry` leaves a quarantined
+/// message alone; `release` applies to quarantined ones only); `None` when it applies.
+pub fn quarantine_skip(op: QueueOp, id: crate::spool::QueueId, quarantined: bool) -> Option<String> {
+    match (op, quarantined) {
+        (QueueOp::Retry, true) => Some(format!("{id}: quarantined: `ringmx queue release` delivers it")),
+        (QueueOp::Release, false) => Some(format!("{id}: not quarantined")),
+        _ => None,
+    }
+}
+
+/// Mark text of a release from quarantine.
+pub const RELEASED_TEXT: &str = "released from quarantine by the administrator";
 /// Mark text of an operator's decision.
 pub const DELETED_TEXT: &str = "deleted by the administrator";
 /// Reply text of a recipient the operator bounced (RFC 3463 5.0.0: other, permanent).

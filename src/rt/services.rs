@@ -30,6 +30,7 @@ impl Services {
         let mut policy = build_policy(cfg, dns.clone());
         policy.delegation = start_delegation(cfg);
         policy.milters = start_milters(cfg);
+        policy.scripts = load_scripts(cfg);
         Services { policy: Arc::new(policy), dns }
     }
 
@@ -46,8 +47,16 @@ impl Services {
         }
         p.delegation = start_delegation(cfg);
         p.milters = start_milters(cfg);
+        p.scripts = load_scripts(cfg);
         p
     }
+}
+
+/// Compiles `[scripts]` (validated already: an error here means the file changed since;
+/// the server then runs without the script, and says so).
+fn load_scripts(cfg: &Config) -> Option<Arc<crate::policy::script::Scripts>> {
+    let settings = cfg.scripts.settings()?;
+    crate::policy::script::Scripts::load(settings).map_err(|e| log::error!("scripts: {e}; running without them")).ok()
 }
 
 /// Starts each `[[milter]]`'s worker threads.
@@ -157,6 +166,7 @@ fn build_policy_with_bans(
         dns: dns.filter(|_| needs_dns(cfg)).map(|s| Dns::new(s, policy_dns(cfg))),
         delegation: Vec::new(),
         milters: Vec::new(),
+        scripts: None,
     }
 }
 

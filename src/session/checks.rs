@@ -101,6 +101,12 @@ impl Session {
     }
 
     fn greet(&mut self, now: Now) {
+        use crate::policy::script::{Hook, Verdict as S};
+        if let Some(o) = self.script(Hook::Connect, None, None, None)
+            && let S::Refuse(r) = o.verdict()
+        {
+            return self.refuse(now.unix_ms, Refusal::Script, "script".into(), r.clone());
+        }
         let text = self.cfg.policy.welcome_text(&self.cfg.hostname, &self.cfg.banner, &rfc5322(now.unix_secs()));
         crate::wire::write_reply(&mut self.out, 220, "", &text);
     }
@@ -221,7 +227,15 @@ impl Session {
     }
 
     fn mail_accepted(&mut self, env: Envelope) {
+        use crate::policy::script::{Hook, Verdict as S};
+        let script = self.script(Hook::Mail, Some(&env), None, None);
+        if let Some(S::Refuse(r)) = script.as_ref().map(|o| o.verdict()) {
+            return self.reject("mail", "script", &env.from, "", r.clone());
+        }
         self.tx = Transaction { envelope: Some(env), ..Transaction::default() };
+        if let Some(o) = script {
+            self.keep_script_effects(o);
+        }
         self.reply(Reply::new(250, "2.1.0", "Ok"));
     }
 

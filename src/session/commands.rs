@@ -53,9 +53,15 @@ impl Session {
             let at_ms = self.last_unix * 1000;
             return self.refuse(at_ms, Refusal::EhloBlock, domain.to_string(), r);
         }
+        let (helo, was_esmtp) = (self.helo.replace(domain.to_owned()), std::mem::replace(&mut self.esmtp, esmtp));
+        if let Some(o) = self.script(crate::policy::script::Hook::Ehlo, None, None, None)
+            && let crate::policy::script::Verdict::Refuse(r) = o.verdict()
+        {
+            // The client stays as it was before this command.
+            (self.helo, self.esmtp) = (helo, was_esmtp);
+            return self.reject("ehlo", "script", "", "", r.clone());
+        }
         self.tx = Transaction::default();
-        self.helo = Some(domain.to_owned());
-        self.esmtp = esmtp;
         if !esmtp {
             crate::wire::write_reply(&mut self.out, 250, "", &self.cfg.hostname);
             return;
@@ -168,9 +174,18 @@ impl Session {
             return self.reject("rcpt", rule, &from, &to.to_string(), reply);
         }
         let rcpt = Recipient { address: to.to_string(), notify: params.notify, orcpt: params.orcpt.map(str::to_owned) };
+        // A policy service refusing the recipient drops what the script added for it too.
+        let mark = self.tx.prepend.len();
+        if let Some(o) = self.script(crate::policy::script::Hook::Rcpt, None, Some(&rcpt.address), None) {
+            if let crate::policy::script::Verdict::Refuse(r) = o.verdict() {
+                let from = self.tx.envelope.as_ref().map(|e| e.from.clone()).unwrap_or_default();
+                return self.reject("rcpt", "script", &from, &rcpt.address, r.clone());
+            }
+            self.keep_script_effects(o);
+        }
         let stage = crate::policy::delegation::Stage::Rcpt;
         if self.delegates(stage) {
-            return self.delegate(now, stage, super::delegate::Pending::Rcpt(Box::new(rcpt)));
+            return self.delegate(now, stage, super::delegate::Pending::Rcpt(Box::new(rcpt)), mark);
         }
         self.rcpt_accepted(rcpt);
     }

@@ -163,9 +163,17 @@ impl Session {
     /// the spool.
     fn hand_off(&mut self, now: Now) {
         self.open_content(now, self.tx.content_len);
+        let mark = self.tx.prepend.len();
+        let message = self.body.get(self.received_hdr_len..).unwrap_or_default();
+        if let Some(o) = self.script(crate::policy::script::Hook::Data, None, None, Some(message)) {
+            if let crate::policy::script::Verdict::Refuse(r) = o.verdict() {
+                return self.refuse_content("script", r.clone());
+            }
+            self.keep_script_effects(o);
+        }
         let stage = crate::policy::delegation::Stage::Data;
         if self.delegates(stage) {
-            return self.delegate(now, stage, super::delegate::Pending::Content);
+            return self.delegate(now, stage, super::delegate::Pending::Content, mark);
         }
         self.content_checked(now);
     }
@@ -175,6 +183,8 @@ impl Session {
         let tx = std::mem::take(&mut self.tx);
         let Some(mut envelope) = tx.envelope else { return };
         envelope.received_ms = now.unix_ms;
+        envelope.route = tx.route;
+        envelope.quarantine = tx.quarantine;
         if self.auth.is_some() && self.cfg.policy.add_missing_headers {
             self.add_missing_headers(now, &envelope);
         }

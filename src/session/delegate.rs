@@ -59,9 +59,10 @@ impl Session {
 
     /// Asks the services of `stage` about `pending`, the first of them now; the session waits
     /// for [`Session::delegation_done`].
-    pub(super) fn delegate(&mut self, now: Now, stage: Stage, pending: Pending) {
+    /// `mark`: the header fields added so far that stay even when a service refuses.
+    pub(super) fn delegate(&mut self, now: Now, stage: Stage, pending: Pending, mark: usize) {
         match self.service_for(stage, 0) {
-            Some(first) => self.ask_service(stage, first, pending, self.tx.prepend.len()),
+            Some(first) => self.ask_service(stage, first, pending, mark),
             None => self.delegated(pending, now),
         }
     }
@@ -186,7 +187,8 @@ impl Session {
                             }
                             Change::DeleteRcpt(r) => env.rcpts.retain(|x| !x.address.eq_ignore_ascii_case(&strip(r))),
                             Change::Quarantine(why) => {
-                                log::warn!("milter asked to quarantine {} ({why}): not supported yet, accepted", env.id)
+                                let why = if why.is_empty() { "held by a milter" } else { why.as_str() };
+                                self.tx.quarantine = Some(why.to_string());
                             }
                             _ => {}
                         }

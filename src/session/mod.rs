@@ -38,6 +38,7 @@ mod checks;
 mod commands;
 mod data;
 mod delegate;
+mod script;
 mod trace;
 
 use crate::directory::Directory;
@@ -253,8 +254,12 @@ struct Transaction {
     refusal: Option<Reply>,
     /// Recipients refused for exceeding `max_recipients` so far.
     overshoot: usize,
-    /// Header fields policy services asked to put on top of the message (`PREPEND`).
+    /// Header fields policy services and scripts asked to put on top of the message.
     prepend: Vec<String>,
+    /// A script asked to deliver the message through this host.
+    route: Option<String>,
+    /// A script or milter asked to hold the message in the queue, for this reason.
+    quarantine: Option<String>,
 }
 
 /// One SMTP server conversation; see the module documentation.
@@ -321,6 +326,8 @@ pub struct Session {
     /// Where phase latencies and AUTH results are counted (the shard's; none in tests
     /// that do not look).
     tally: Option<Rc<RefCell<Tally>>>,
+    /// This shard's state for the configuration's script (when there is one).
+    scripts: Option<Rc<RefCell<crate::policy::script::ScriptHost>>>,
 }
 
 impl Drop for Session {
@@ -381,7 +388,11 @@ impl Session {
             local: None,
             debug: None,
             tally: None,
+            scripts: None,
         };
+        if let Some(scripts) = s.cfg.policy.scripts.clone() {
+            s.scripts = crate::policy::script::host_for_this_thread(&scripts);
+        }
         s.trace_if_debugged();
         if !proxied {
             s.connect(now);

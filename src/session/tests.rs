@@ -1060,6 +1060,7 @@ fn auth_parameter_from_an_unauthenticated_client_is_not_kept() {
 }
 
 mod hostile;
+mod script;
 
 /// Phase latencies on the simulated clock: pipelined MAIL and RCPT answered in the same
 /// turn take no time; DATA's latency is the wait for the spool, from the dot to the 250.

@@ -96,6 +96,11 @@ pub struct Envelope {
     /// authenticated client told us (`AUTH=`) or is itself that submitter; relayed as
     /// `AUTH=` to a next hop we authenticate to.
     pub auth: Option<String>,
+    /// Deliver every recipient through this host (`host` or `host:port`), as a script asked.
+    pub route: Option<String>,
+    /// Held in the queue until an operator releases it (`ringmx queue release`), for this
+    /// reason (a milter's or a script's quarantine).
+    pub quarantine: Option<String>,
 }
 
 impl Envelope {
@@ -110,6 +115,8 @@ impl Envelope {
             envid: None,
             rcpts: Vec::new(),
             auth: None,
+            route: None,
+            quarantine: None,
         }
     }
 }

@@ -121,6 +121,11 @@ impl StoredMessage {
             .all(|i| self.marks.iter().rev().find(|m| m.rcpt == Some(i as u16)).is_some_and(|m| m.status.is_final()))
     }
 
+    /// Quarantined and not released (no mark since it was accepted).
+    pub fn is_quarantined(&self) -> bool {
+        self.envelope.quarantine.is_some() && self.marks.is_empty()
+    }
+
     /// The latest mark of each recipient, by index (a whole-message mark counts for all).
     pub fn latest_marks(&self) -> Vec<Option<&Mark>> {
         let mut v = vec![None; self.envelope.rcpts.len()];
@@ -203,6 +208,8 @@ pub struct QueuedMessage {
     pub attempts: u16,
     /// The latest mark of each recipient: its status and next attempt (Unix ms).
     pub latest: Vec<Option<(MarkStatus, u64)>>,
+    /// Quarantined and not released: no mark was written for it since it was accepted.
+    pub quarantined: bool,
 }
 
 impl QueuedMessage {
@@ -357,12 +364,15 @@ impl Collector for QueueIndex {
             location,
             attempts: 0,
             latest: vec![None; env.rcpts.len()],
+            quarantined: env.quarantine.is_some(),
         };
         self.0.insert(env.id, m);
     }
 
     fn mark(&mut self, m: Mark) {
         let Some(msg) = self.0.get_mut(&m.id) else { return };
+        // Any mark (the release first of all) means it left the quarantine.
+        msg.quarantined = false;
         msg.attempts = msg.attempts.max(m.attempts);
         let state = Some((m.status, m.next_attempt_ms));
         match m.rcpt {

@@ -183,11 +183,12 @@ pub fn encode_message_header(seq: u64, env: &Envelope, content: &[u8], out: &mut
         Some(Ret::Hdrs) => 2,
     };
     let has_auth = env.auth.is_some() as u8;
-    out.push(env.smtputf8 as u8 | body << 1 | ret << 3 | has_auth << 5);
+    let (has_route, held) = (env.route.is_some() as u8, env.quarantine.is_some() as u8);
+    out.push(env.smtputf8 as u8 | body << 1 | ret << 3 | has_auth << 5 | has_route << 6 | held << 7);
     put_str(out, &env.from);
     put_str(out, env.envid.as_deref().unwrap_or(""));
-    if let Some(auth) = &env.auth {
-        put_str(out, auth);
+    for s in [&env.auth, &env.route, &env.quarantine].into_iter().flatten() {
+        put_str(out, s);
     }
     out.extend_from_slice(&(env.rcpts.len() as u16).to_le_bytes());
     for r in &env.rcpts {
@@ -295,6 +296,12 @@ pub fn decode_record(seq: u64, b: &[u8]) -> Result<(Record<'_>, usize), DecodeEr
             if flags & 0x20 != 0 {
                 env.auth = Some(r.string("auth")?);
             }
+            if flags & 0x40 != 0 {
+                env.route = Some(r.string("route")?);
+            }
+            if flags & 0x80 != 0 {
+                env.quarantine = Some(r.string("quarantine")?);
+            }
             let count = r.u16()?;
             for _ in 0..count {
                 let address = r.string("recipient")?;
@@ -365,7 +372,22 @@ mod tests {
         let mut rec2 = Vec::new();
         encode_message_header(7, &with_auth, content, &mut rec2);
         rec2.extend_from_slice(content);
-        assert_eq!(decode_record(7, &rec2).unwrap().0, Record::Message { envelope: with_auth, content: &content[..] });
+        assert_eq!(
+            decode_record(7, &rec2).unwrap().0,
+            Record::Message { envelope: with_auth.clone(), content: &content[..] }
+        );
+        // A script's route and a quarantine reason, alone and together.
+        for (route, quarantine) in [(Some("relay.example:2525"), None), (None, Some("phish")), (Some("h"), Some("q"))] {
+            let e = Envelope {
+                route: route.map(str::to_string),
+                quarantine: quarantine.map(str::to_string),
+                ..with_auth.clone()
+            };
+            let mut rec3 = Vec::new();
+            encode_message_header(7, &e, content, &mut rec3);
+            rec3.extend_from_slice(content);
+            assert_eq!(decode_record(7, &rec3).unwrap().0, Record::Message { envelope: e, content: &content[..] });
+        }
         // The same bytes are not a record of another segment.
         assert_eq!(decode_record(8, &rec).unwrap_err(), DecodeError::BadChecksum);
         // Every truncation and every flipped byte is detected.

@@ -445,6 +445,14 @@ pub fn spawn_on_free_port(mut command: impl FnMut(u16) -> Command) -> (Child, u1
     panic!("the program did not listen on any of five ports");
 }
 
+/// The messages in mailbox `name` of postoffice `po` (Maildir `new/`), as text.
+pub fn mailbox(dir: &Path, name: &str) -> Vec<String> {
+    let new = dir.join("data/mailboxes/po").join(name).join("Maildir/new");
+    std::fs::read_dir(new)
+        .map(|d| d.flatten().map(|e| std::fs::read_to_string(e.path()).unwrap()).collect())
+        .unwrap_or_default()
+}
+
 /// Polls `f` every 25 ms until it holds, for at most `limit`; returns whether it did.
 pub fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
     let start = std::time::Instant::now();
