@@ -232,6 +232,10 @@ impl State {
         let name = format!("@{}", s.settings.path.display());
         let loaded = lua.load(&s.source).set_name(name).exec();
         deadline.set(None);
+        // The limit is on while the script runs, not while we build its context: with a
+        // limit set, mlua protects every value it pushes (a C call each), which tripled
+        // the cost of a call.
+        lua.set_memory_limit(0).map_err(|e| e.to_string())?;
         loaded.map_err(|e| first_line(&e))?;
         let g = lua.globals();
         let mut functions: [Option<Function>; 5] = Default::default();
@@ -451,9 +455,11 @@ impl ScriptHost {
         let lua = &self.state.lua;
         *lua.app_data_mut::<Effects>().ok_or("no effects")? = Effects { hook: Some(hook), ..Effects::default() };
         let t = context_table(lua, hook, cx, self.scripts.settings.body).map_err(|e| first_line(&e))?;
+        lua.set_memory_limit(self.scripts.settings.memory_limit).map_err(|e| e.to_string())?;
         self.state.deadline.set(Some(Instant::now() + self.scripts.settings.budget));
         let r = f.call::<Value>(t);
         self.state.deadline.set(None);
+        lua.set_memory_limit(0).map_err(|e| e.to_string())?;
         let fx = std::mem::take(&mut *lua.app_data_mut::<Effects>().ok_or("no effects")?);
         let verdict = match r.map_err(|e| first_line(&e))? {
             Value::Nil | Value::Boolean(true) => None,
