@@ -72,6 +72,87 @@ pub struct Config {
     /// `[scripts]`: the operator's Lua script, called at connect, EHLO, MAIL, RCPT and DATA.
     #[serde(default)]
     pub scripts: ScriptsConfig,
+    /// `[greylist]`: greylisting at RCPT.
+    #[serde(default)]
+    pub greylist: GreylistConfig,
+}
+
+/// `[greylist]`: see [`crate::policy::greylist`].
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct GreylistConfig {
+    /// Greylist unauthenticated clients at RCPT. Default false.
+    #[serde(default)]
+    pub enabled: bool,
+    /// How long a first attempt must wait before its retry passes. Default 5m.
+    #[serde(default = "default_greylist_delay", deserialize_with = "de_duration")]
+    pub delay: std::time::Duration,
+    /// How long a first attempt waits for its retry before it is forgotten. Default 2d.
+    #[serde(default = "default_greylist_window", deserialize_with = "de_duration")]
+    pub retry_window: std::time::Duration,
+    /// How long a triplet that passed (and a whitelisted network) stays known after it was
+    /// last seen. Default 35d.
+    #[serde(default = "default_greylist_lifetime", deserialize_with = "de_duration")]
+    pub lifetime: std::time::Duration,
+    /// Passes after which the client's network (/24, /64) skips greylisting; 0: never.
+    /// Default 5.
+    #[serde(default = "default_greylist_awl")]
+    pub auto_whitelist: u32,
+    /// Networks never greylisted (addresses, CIDR, `*`). Default none.
+    #[serde(default)]
+    pub exempt: Vec<String>,
+    /// Most triplets kept (about 40 bytes each); past it, new ones pass. Default 1000000.
+    #[serde(default = "default_greylist_max")]
+    pub max_entries: usize,
+}
+
+impl Default for GreylistConfig {
+    fn default() -> Self {
+        GreylistConfig {
+            enabled: false,
+            delay: default_greylist_delay(),
+            retry_window: default_greylist_window(),
+            lifetime: default_greylist_lifetime(),
+            auto_whitelist: default_greylist_awl(),
+            exempt: Vec::new(),
+            max_entries: default_greylist_max(),
+        }
+    }
+}
+
+impl GreylistConfig {
+    /// The settings, when greylisting is on.
+    pub fn settings(&self) -> Option<crate::policy::greylist::Settings> {
+        self.enabled.then(|| crate::policy::greylist::Settings {
+            delay: self.delay,
+            retry_window: self.retry_window,
+            lifetime: self.lifetime,
+            auto_whitelist: self.auto_whitelist,
+            exempt: IpList::parse(&self.exempt).unwrap_or_default(),
+            exempt_spec: self.exempt.clone(),
+            max_entries: self.max_entries,
+        })
+    }
+}
+
+fn default_greylist_delay() -> std::time::Duration {
+    std::time::Duration::from_secs(300)
+}
+
+fn default_greylist_window() -> std::time::Duration {
+    std::time::Duration::from_secs(2 * 86400)
+}
+
+fn default_greylist_lifetime() -> std::time::Duration {
+    std::time::Duration::from_secs(35 * 86400)
+}
+
+fn default_greylist_awl() -> u32 {
+    5
+}
+
+fn default_greylist_max() -> usize {
+    1_000_000
 }
 
 /// `[scripts]`: see [`crate::policy::script`].
@@ -402,6 +483,9 @@ pub struct PolicyConfig {
     /// 451 4.7.1 past it; 0 for no limit. Default 0.
     #[serde(default)]
     pub max_recipients_per_hour: u32,
+    /// How long a client that passed a listener's pregreet test skips it. Default 24h.
+    #[serde(default = "default_known_good_for", deserialize_with = "de_duration")]
+    pub known_good_for: Duration,
     /// Authentication for mail to local mailboxes: `not_required`, `required` or
     /// `per_postoffice` (530 5.7.0). Default `per_postoffice`.
     #[serde(default)]
@@ -581,6 +665,9 @@ fn default_dns_max_ttl() -> Duration {
 fn default_dns_negative_ttl() -> Duration {
     Duration::from_secs(300)
 }
+fn default_known_good_for() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
 fn default_pop_window() -> Duration {
     Duration::from_secs(1800)
 }
@@ -623,6 +710,10 @@ pub struct ListenerConfig {
     pub proxy_protocol: bool,
     /// Load balancers whose PROXY header is believed (addresses, CIDR, `*`). Default empty.
     pub proxy_trusted: Vec<String>,
+    /// Wait this long before the greeting for clients not known good; one that talks
+    /// first, or pipelines without PIPELINING offered, gets 554 5.5.1 (Postfix postscreen's
+    /// pregreet test). Default 0s: off (keep it off on submission ports).
+    pub pregreet: std::time::Duration,
 }
 
 /// `[[listener]]` as written; the port decides the defaults.
@@ -642,6 +733,8 @@ struct RawListener {
     proxy_protocol: bool,
     #[serde(default)]
     proxy_trusted: Vec<String>,
+    #[serde(default, deserialize_with = "de_duration")]
+    pregreet: std::time::Duration,
 }
 
 impl ListenerConfig {
@@ -655,6 +748,7 @@ impl ListenerConfig {
             require_auth: None,
             proxy_protocol: false,
             proxy_trusted: Vec::new(),
+            pregreet: std::time::Duration::ZERO,
         }
         .into()
     }
@@ -670,6 +764,7 @@ impl From<RawListener> for ListenerConfig {
             require_auth: r.require_auth.unwrap_or(r.port == 587 || r.port == 465),
             proxy_protocol: r.proxy_protocol,
             proxy_trusted: r.proxy_trusted,
+            pregreet: r.pregreet,
         }
     }
 }
@@ -781,6 +876,10 @@ pub struct LimitsConfig {
     /// Concurrent connections from one client address (421 4.7.0). Default 100.
     #[serde(default = "default_max_connections_per_ip")]
     pub max_connections_per_ip: usize,
+    /// Concurrent connections from one network, an IPv4 /24 or an IPv6 /48 (421 4.7.0);
+    /// 0 for no limit. Default 0.
+    #[serde(default)]
+    pub max_connections_per_network: usize,
     /// Bare CR or LF in DATA: `reject` (554 5.5.2) or `allow`. Default reject.
     #[serde(default)]
     pub bare_newlines: BareLinePolicy,
@@ -809,6 +908,7 @@ impl Default for LimitsConfig {
             max_errors: default_max_errors(),
             max_connections: default_max_connections(),
             max_connections_per_ip: default_max_connections_per_ip(),
+            max_connections_per_network: 0,
             bare_newlines: BareLinePolicy::Reject,
             recipient_overshoot: default_recipient_overshoot(),
             min_data_rate: default_min_data_rate(),
@@ -883,6 +983,7 @@ fn default_listeners() -> Vec<ListenerConfig> {
         require_auth: false,
         proxy_protocol: false,
         proxy_trusted: Vec::new(),
+        pregreet: Duration::ZERO,
     }]
 }
 fn default_bind() -> Vec<IpAddr> {
@@ -1121,6 +1222,15 @@ impl Config {
             bad("limits.stress_threshold", "a fraction of max_connections, from 0 (off) to 1".into());
         }
         self.validate_policy(&mut bad);
+        if let Err(e) = IpList::parse(&self.greylist.exempt) {
+            bad("greylist.exempt", e.to_string());
+        }
+        if self.greylist.enabled && self.greylist.retry_window <= self.greylist.delay {
+            bad("greylist.retry_window", "must be longer than greylist.delay, or no retry ever passes".into());
+        }
+        if self.greylist.max_entries == 0 {
+            bad("greylist.max_entries", "must be at least 1".into());
+        }
         if self.scripts.budget.is_some_and(|b| b.is_zero() || b > std::time::Duration::from_secs(10)) {
             bad("scripts.budget", "from 1ms to 10s: a shard waits for its hooks".into());
         }
@@ -1289,6 +1399,7 @@ impl Config {
             activity: self.log.activity,
             w3c: self.log.w3c.enabled,
             debug: None,
+            pregreet: listener.pregreet,
         }
     }
 }

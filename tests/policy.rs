@@ -46,6 +46,26 @@ fn per_address_limit_counts_the_proxied_client() {
     }
 }
 
+/// `[limits] max_connections_per_network`: an IPv4 /24 shares one count (421 4.7.0 past
+/// it); another network is served.
+#[test]
+fn per_network_limit_counts_the_clients_neighbours() {
+    for driver in DRIVERS {
+        let tmp = tempfile::tempdir().unwrap();
+        let cfg = format!("{PROXY_LISTENER}[limits]\nmax_connections_per_network = 2\n");
+        let srv = start(tmp.path(), driver, &cfg);
+        let (_a, g1) = Client::connect_proxied(srv.addr(), "192.0.2.7");
+        let (_b, g2) = Client::connect_proxied(srv.addr(), "192.0.2.8");
+        assert!(g1.starts_with("220") && g2.starts_with("220"), "{driver}: {g1}{g2}");
+        let (_c, g3) = Client::connect_proxied(srv.addr(), "192.0.2.9");
+        assert_eq!(g3, "421 4.7.0 Error: too many connections from your address or network\r\n", "{driver}");
+        let (_d, g4) = Client::connect_proxied(srv.addr(), "198.51.100.9");
+        assert!(g4.starts_with("220"), "{driver}: {g4}");
+        let (status, log) = srv.stop();
+        assert!(status.success(), "{log}");
+    }
+}
+
 /// `ringmx ban list|add|lift`: on the running server the list every shard reads changes at
 /// once (loopback probing banned itself before: now the operator can see and lift it); on
 /// a stopped one the file is edited and the next start honours it.

@@ -4,27 +4,32 @@
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 
-/// Connection counts shared by all shards, without locks: a total and a table of per-address
-/// counters indexed by a hash of the address (a collision only makes the limit stricter).
+/// Connection counts shared by all shards, without locks: a total and tables of per-address
+/// and per-network counters indexed by a hash (a collision only makes a limit stricter).
 #[derive(Debug)]
 pub struct ConnLimits {
     total: AtomicUsize,
     per_ip: Box<[AtomicU32]>,
+    /// Per network: an IPv4 /24, an IPv6 /48 (issue 14: a botnet's neighbours).
+    per_net: Box<[AtomicU32]>,
     /// The limits (changed by a configuration reload; connections over a lowered limit
-    /// stay, new ones are refused until the count is under it).
+    /// stay, new ones are refused until the count is under it). `max_per_net` 0: none.
     max_total: AtomicUsize,
     max_per_ip: AtomicUsize,
+    max_per_net: AtomicUsize,
 }
 
 const IP_SLOTS: usize = 4096;
 
 impl ConnLimits {
-    pub fn new(max_total: usize, max_per_ip: usize) -> Self {
+    pub fn new(max_total: usize, max_per_ip: usize, max_per_net: usize) -> Self {
         ConnLimits {
             total: AtomicUsize::new(0),
             per_ip: (0..IP_SLOTS).map(|_| AtomicU32::new(0)).collect(),
+            per_net: (0..IP_SLOTS).map(|_| AtomicU32::new(0)).collect(),
             max_total: AtomicUsize::new(max_total),
             max_per_ip: AtomicUsize::new(max_per_ip),
+            max_per_net: AtomicUsize::new(max_per_net),
         }
     }
 
@@ -33,9 +38,23 @@ impl ConnLimits {
     }
 
     /// New limits (a configuration reload).
-    pub fn set_max(&self, max_total: usize, max_per_ip: usize) {
+    pub fn set_max(&self, max_total: usize, max_per_ip: usize, max_per_net: usize) {
         self.max_total.store(max_total, Ordering::Relaxed);
         self.max_per_ip.store(max_per_ip, Ordering::Relaxed);
+        self.max_per_net.store(max_per_net, Ordering::Relaxed);
+    }
+
+    fn net_slot(&self, ip: IpAddr) -> &AtomicU32 {
+        let h = match ip {
+            IpAddr::V4(a) => (u32::from(a) >> 8).wrapping_mul(0x9e37_79b9) as usize,
+            IpAddr::V6(a) => {
+                let b = a.octets();
+                let mut p = [0u8; 8];
+                p[..6].copy_from_slice(&b[..6]);
+                (u64::from_be_bytes(p).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) as usize
+            }
+        };
+        &self.per_net[h % IP_SLOTS]
     }
 
     fn slot(&self, ip: IpAddr) -> &AtomicU32 {
@@ -66,10 +85,19 @@ impl ConnLimits {
         true
     }
 
-    /// Counts a connection under `ip` alone (a proxied client, once its address is known).
+    /// Counts a connection under `ip` alone (a proxied client, once its address is known):
+    /// its address and its network.
     pub fn try_acquire_ip(&self, ip: IpAddr) -> bool {
+        let ip = super::iplist::canonical(ip);
         let s = self.slot(ip);
         if s.fetch_add(1, Ordering::Relaxed) as usize >= self.max_per_ip.load(Ordering::Relaxed) {
+            s.fetch_sub(1, Ordering::Relaxed);
+            return false;
+        }
+        let n = self.net_slot(ip);
+        let max_net = self.max_per_net.load(Ordering::Relaxed);
+        if n.fetch_add(1, Ordering::Relaxed) as usize >= max_net && max_net > 0 {
+            n.fetch_sub(1, Ordering::Relaxed);
             s.fetch_sub(1, Ordering::Relaxed);
             return false;
         }
@@ -86,7 +114,9 @@ impl ConnLimits {
 
     /// Undoes [`ConnLimits::try_acquire_ip`].
     pub fn release_ip(&self, ip: IpAddr) {
+        let ip = super::iplist::canonical(ip);
         self.slot(ip).fetch_sub(1, Ordering::Relaxed);
+        self.net_slot(ip).fetch_sub(1, Ordering::Relaxed);
     }
 
     pub fn current(&self) -> usize {
@@ -100,7 +130,7 @@ mod tests {
 
     #[test]
     fn total_and_per_address_limits() {
-        let l = ConnLimits::new(3, 2);
+        let l = ConnLimits::new(3, 2, 0);
         let a: IpAddr = "192.0.2.1".parse().unwrap();
         let b: IpAddr = "2001:db8:1:2::1".parse().unwrap();
         let b_same_64: IpAddr = "2001:db8:1:2::99".parse().unwrap();
@@ -117,5 +147,26 @@ mod tests {
         l.release_ip(b_same_64);
         l.release(None);
         assert_eq!(l.current(), 2);
+    }
+
+    #[test]
+    fn per_network_limit() {
+        let l = ConnLimits::new(100, 2, 3);
+        let ips: Vec<IpAddr> =
+            ["192.0.2.1", "192.0.2.2", "192.0.2.3", "192.0.2.4"].map(|a| a.parse().unwrap()).to_vec();
+        assert!(l.try_acquire(Some(ips[0])) && l.try_acquire(Some(ips[1])) && l.try_acquire(Some(ips[2])));
+        assert!(!l.try_acquire(Some(ips[3])), "fourth of the /24");
+        assert!(l.try_acquire(Some("198.51.100.1".parse().unwrap())), "another /24");
+        // IPv4-mapped IPv6 counts as its IPv4 network.
+        assert!(!l.try_acquire(Some("::ffff:192.0.2.9".parse().unwrap())));
+        l.release(Some(ips[0]));
+        assert!(l.try_acquire(Some(ips[3])));
+        // IPv6: per /48.
+        let v6: Vec<IpAddr> = ["2001:db8:1:1::1", "2001:db8:1:2::1", "2001:db8:1:3::1", "2001:db8:1:4::1"]
+            .map(|a| a.parse().unwrap())
+            .to_vec();
+        assert!(l.try_acquire(Some(v6[0])) && l.try_acquire(Some(v6[1])) && l.try_acquire(Some(v6[2])));
+        assert!(!l.try_acquire(Some(v6[3])));
+        assert!(l.try_acquire(Some("2001:db8:2::1".parse().unwrap())));
     }
 }

@@ -23,6 +23,8 @@ pub mod auth;
 pub mod bans;
 pub mod conns;
 pub mod delegation;
+pub mod early;
+pub mod greylist;
 pub mod iplist;
 pub mod milter;
 pub mod pop;
@@ -69,10 +71,14 @@ pub enum Refusal {
     Proxy,
     /// The operator's script at connect (its reply).
     Script,
+    /// Talked before the greeting (554 5.5.1).
+    EarlyTalker,
+    /// Pipelined commands without PIPELINING offered (554 5.5.1).
+    Pipelining,
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 7] = [
+    pub const ALL: [Refusal; 9] = [
         Refusal::ConnectionLimit,
         Refusal::AccessList,
         Refusal::Banned,
@@ -80,6 +86,8 @@ impl Refusal {
         Refusal::EhloBlock,
         Refusal::Proxy,
         Refusal::Script,
+        Refusal::EarlyTalker,
+        Refusal::Pipelining,
     ];
 
     /// How the exit summary and logs name it.
@@ -92,6 +100,8 @@ impl Refusal {
             Refusal::EhloBlock => "EHLO block",
             Refusal::Proxy => "PROXY header",
             Refusal::Script => "script",
+            Refusal::EarlyTalker => "early talker",
+            Refusal::Pipelining => "improper pipelining",
         }
     }
 }
@@ -269,6 +279,10 @@ pub struct Policy {
     pub milters: Vec<Arc<milter::Milter>>,
     /// The operator's script (`[scripts]`), compiled; each shard runs it in its own state.
     pub scripts: Option<Arc<script::Scripts>>,
+    /// Greylisting at RCPT (`[greylist]`), for clients not authenticated.
+    pub greylist: Option<Arc<greylist::Greylist>>,
+    /// Clients that passed a listener's pregreet test (`[[listener]] pregreet`).
+    pub known_good: Arc<early::KnownGood>,
 }
 
 impl Default for Policy {
@@ -301,6 +315,8 @@ impl Default for Policy {
             delegation: Vec::new(),
             milters: Vec::new(),
             scripts: None,
+            greylist: None,
+            known_good: Arc::default(),
         }
     }
 }

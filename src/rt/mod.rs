@@ -156,7 +156,9 @@ impl Server {
         };
         // Mailbox usage: local delivery keeps it, RCPT reads it.
         let usage = Arc::new(UsageCache::new());
-        let limits = Arc::new(ConnLimits::new(cfg.limits.max_connections, cfg.limits.max_connections_per_ip));
+        let l = &cfg.limits;
+        let limits =
+            Arc::new(ConnLimits::new(l.max_connections, l.max_connections_per_ip, l.max_connections_per_network));
         let services = Services::start(cfg);
         let shard_metrics: Vec<Arc<crate::obs::metrics::ShardMetrics>> = (0..shards).map(|_| Arc::default()).collect();
         let control_metrics = Arc::new(crate::obs::metrics::ControlMetrics::default());
@@ -444,7 +446,8 @@ impl Server {
                 Arc::new(s)
             })
             .collect();
-        r.limits.set_max(new.limits.max_connections, new.limits.max_connections_per_ip);
+        let l = &new.limits;
+        r.limits.set_max(l.max_connections, l.max_connections_per_ip, l.max_connections_per_network);
         r.live.set(sessions, tls);
         r.cfg = new;
         r.reloads.applied.fetch_add(1, Ordering::Release);
@@ -491,6 +494,12 @@ impl Server {
         // The shards set `shutdown`, which also ends the control socket and the preparer.
         for t in [self.socket, self.spares].into_iter().flatten() {
             let _ = t.join();
+        }
+        // The shards are done: the greylist's last state goes to disk.
+        if let Some(g) = self.reloadable.live.get().1.first().and_then(|s| s.policy.greylist.clone())
+            && let Err(e) = g.save()
+        {
+            log::error!("greylist: {e}");
         }
         self.control_stop.store(true, Ordering::Relaxed);
         if let Some(c) = self.control

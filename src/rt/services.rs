@@ -31,6 +31,8 @@ impl Services {
         policy.delegation = start_delegation(cfg);
         policy.milters = start_milters(cfg);
         policy.scripts = load_scripts(cfg);
+        policy.greylist = load_greylist(cfg, None);
+        policy.known_good = Arc::new(crate::policy::early::KnownGood::new(cfg.policy.known_good_for.as_secs()));
         Services { policy: Arc::new(policy), dns }
     }
 
@@ -48,7 +50,46 @@ impl Services {
         p.delegation = start_delegation(cfg);
         p.milters = start_milters(cfg);
         p.scripts = load_scripts(cfg);
+        p.greylist = load_greylist(cfg, old.greylist.as_ref());
+        // Known-good clients stay known (with the new time for the next passes).
+        p.known_good = if old.known_good.ttl_secs == cfg.policy.known_good_for.as_secs() {
+            old.known_good.clone()
+        } else {
+            Arc::new(crate::policy::early::KnownGood::new(cfg.policy.known_good_for.as_secs()))
+        };
         p
+    }
+}
+
+/// `[greylist]`: the running list when its settings did not change, else the saved state
+/// loaded with the new ones (the old list saved first). A state that cannot be read is
+/// set aside and greylisting starts empty, as the log says.
+fn load_greylist(
+    cfg: &Config,
+    old: Option<&Arc<crate::policy::greylist::Greylist>>,
+) -> Option<Arc<crate::policy::greylist::Greylist>> {
+    let settings = cfg.greylist.settings()?;
+    if let Some(g) = old {
+        if *g.settings() == settings {
+            return Some(g.clone());
+        }
+        if let Err(e) = g.save() {
+            log::error!("greylist: {e}");
+        }
+    }
+    let path = cfg.data_dir.join("greylist");
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    match crate::policy::greylist::Greylist::load(settings.clone(), &path, now) {
+        Ok(g) => Some(Arc::new(g)),
+        Err(e) => {
+            let aside = path.with_extension("unreadable");
+            log::error!("greylist: {e}; moved to {} and starting empty", aside.display());
+            let _ = std::fs::rename(&path, &aside);
+            crate::policy::greylist::Greylist::load(settings, &path, now)
+                .map(Arc::new)
+                .map_err(|e| log::error!("greylist: {e}"))
+                .ok()
+        }
     }
 }
 
@@ -167,6 +208,8 @@ fn build_policy_with_bans(
         delegation: Vec::new(),
         milters: Vec::new(),
         scripts: None,
+        greylist: None,
+        known_good: Arc::default(),
     }
 }
 

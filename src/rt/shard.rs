@@ -162,7 +162,7 @@ impl Shard {
         if let Some(em) = &self.activity
             && self.listeners.first().is_some_and(|l| l.session.activity)
         {
-            let rule = "max_connections / max_connections_per_ip".to_string();
+            let rule = "max_connections / max_connections_per_ip / max_connections_per_network".to_string();
             em.emit(crate::obs::Activity {
                 at_ms: now.unix_ms,
                 what: crate::obs::What::Refused { session: 0, client, reason, rule },

@@ -51,7 +51,8 @@ impl Session {
                 if let Some(limits) = &self.cfg.conn_limits {
                     let ip = self.peer.ip();
                     if !limits.try_acquire_ip(ip) {
-                        let reply = Reply::new(421, "4.7.0", "Error: too many connections from your address");
+                        let reply =
+                            Reply::new(421, "4.7.0", "Error: too many connections from your address or network");
                         self.refuse(now.unix_ms, Refusal::ConnectionLimit, "max_connections_per_ip".into(), reply);
                         return Some(buf.len());
                     }
@@ -100,7 +101,42 @@ impl Session {
         self.actions.push_back(Action::Resolve(q));
     }
 
+    /// The connect checks passed: the pregreet wait when the listener has one and the client
+    /// is not known good, else the greeting.
     fn greet(&mut self, now: Now) {
+        let p = &self.cfg.policy;
+        let ip = self.peer.ip();
+        if !self.cfg.pregreet.is_zero() && !p.whitelist.contains(ip) && !p.known_good.is_good(ip, now.unix_secs()) {
+            self.phase = Phase::Pregreet;
+            self.strict_pipelining = true;
+            return self.wait_for(now, self.cfg.pregreet);
+        }
+        self.banner(now);
+    }
+
+    /// The client waited its turn: it is known good from now on (for later connections; this
+    /// one stays under the pipelining test), and gets its greeting.
+    pub(super) fn pregreet_passed(&mut self, now: Now) {
+        self.cfg.policy.known_good.pass(self.peer.ip(), now.unix_secs());
+        self.phase = Phase::Command;
+        self.wait_for(now, self.cfg.command_timeout);
+        self.banner(now);
+    }
+
+    /// Talked before the greeting (postscreen's pregreet test).
+    pub(super) fn early_talker(&mut self, now: Now) {
+        let r = Reply::new(554, "5.5.1", "Error: protocol error: talked before the greeting");
+        self.refuse(now.unix_ms, Refusal::EarlyTalker, "pregreet".into(), r);
+    }
+
+    /// Pipelined without PIPELINING offered (RFC 2920 §3.1).
+    pub(super) fn improper_pipelining(&mut self, now: Now) {
+        let r = Reply::new(554, "5.5.1", "Error: improper use of SMTP command pipelining");
+        self.refuse(now.unix_ms, Refusal::Pipelining, "pipelining".into(), r);
+    }
+
+    /// The greeting, unless the script's connect hook refuses the client.
+    fn banner(&mut self, now: Now) {
         use crate::policy::script::{Hook, Verdict as S};
         if let Some(o) = self.script(Hook::Connect, None, None, None)
             && let S::Refuse(r) = o.verdict()
@@ -283,6 +319,16 @@ impl Session {
             RcptKind::Local => {
                 self.inbound_auth(to)?;
                 self.local_recipient(to)?;
+            }
+        }
+        // Greylisting (issue 14): unauthenticated clients, once the recipient is known good.
+        if let (Some(g), None) = (&p.greylist, &self.auth) {
+            let sender = self.tx.envelope.as_ref().map_or("", |e| e.from.as_str());
+            if let crate::policy::greylist::Check::Greylisted { retry_in } =
+                g.check(self.peer.ip(), sender, &to.to_string(), self.last_unix)
+            {
+                let text = format!("Error: greylisted, try again in {retry_in} seconds");
+                return Err(("greylist", Reply::new(451, "4.7.1", text)));
             }
         }
         if let Some(limiter) = &p.rcpt_per_hour {

@@ -142,6 +142,8 @@ pub struct SessionConfig {
     /// The debug log's switch: sessions of the clients it names trace their protocol
     /// (none: never).
     pub debug: Option<Arc<crate::obs::debug::DebugSwitch>>,
+    /// The listener's pregreet wait ([`crate::policy::early`]); zero: off.
+    pub pregreet: Duration,
 }
 
 impl Default for SessionConfig {
@@ -177,6 +179,7 @@ impl Default for SessionConfig {
             activity: false,
             w3c: false,
             debug: None,
+            pregreet: Duration::ZERO,
         }
     }
 }
@@ -215,6 +218,8 @@ pub enum Action {
 enum Phase {
     /// Reading the PROXY protocol header of a trusted load balancer.
     Proxy,
+    /// The pregreet wait: the greeting is not sent yet, and the client must not talk.
+    Pregreet,
     /// Reading command lines.
     Command,
     /// Reading a SASL response line of AUTH.
@@ -328,6 +333,9 @@ pub struct Session {
     tally: Option<Rc<RefCell<Tally>>>,
     /// This shard's state for the configuration's script (when there is one).
     scripts: Option<Rc<RefCell<crate::policy::script::ScriptHost>>>,
+    /// Under the pregreet test: commands pipelined without PIPELINING offered (before or
+    /// with HELO/EHLO, or after HELO) end the session.
+    strict_pipelining: bool,
 }
 
 impl Drop for Session {
@@ -389,6 +397,7 @@ impl Session {
             debug: None,
             tally: None,
             scripts: None,
+            strict_pipelining: false,
         };
         if let Some(scripts) = s.cfg.policy.scripts.clone() {
             s.scripts = crate::policy::script::host_for_this_thread(&scripts);
@@ -591,12 +600,26 @@ impl Session {
                         self.reply_error(Reply::new(500, "5.5.6", "Error: authentication exchange line too long"));
                     }
                 },
+                Phase::Pregreet => {
+                    self.early_talker(now);
+                    break;
+                }
                 Phase::Command => match next_line(&buf[pos..], self.cfg.max_line) {
                     Ok(Some((line, used))) => {
                         pos += used;
                         self.open_command(now, line);
+                        // RFC 2920 §3.1: EHLO ends a group; without PIPELINING offered (before
+                        // EHLO, after HELO) every command does.
+                        let ends_group = self.strict_pipelining
+                            && (self.helo.is_none()
+                                || !self.esmtp
+                                || line.get(..4).is_some_and(|v| v.eq_ignore_ascii_case(b"EHLO")));
                         self.command(now, line);
                         self.line_done(now, false);
+                        if ends_group && pos < buf.len() && self.phase == Phase::Command {
+                            self.improper_pipelining(now);
+                            break;
+                        }
                     }
                     Ok(None) => break,
                     Err(_) => {
@@ -756,6 +779,9 @@ impl Session {
     pub fn handle_timeout(&mut self, now: Now) {
         if self.phase == Phase::Closed || self.phase == Phase::Spooling || now.mono < self.effective_deadline() {
             return;
+        }
+        if self.phase == Phase::Pregreet && self.session_end.is_none_or(|end| now.mono < end) {
+            return self.pregreet_passed(now);
         }
         self.wait = None;
         let what = match self.session_end {

@@ -1059,6 +1059,7 @@ fn auth_parameter_from_an_unauthenticated_client_is_not_kept() {
     assert_eq!(h.spooled[0].envelope.auth, None);
 }
 
+mod early;
 mod hostile;
 mod script;
 

@@ -164,7 +164,7 @@ fn session_time_limit() {
 /// `stress_timeout`, including waits that began before the stress did.
 #[test]
 fn stress_shrinks_the_timeouts() {
-    let limits = Arc::new(ConnLimits::new(10, 10));
+    let limits = Arc::new(ConnLimits::new(10, 10, 0));
     let c = SessionConfig {
         conn_limits: Some(limits.clone()),
         stress_timeout: secs(5),
