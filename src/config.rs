@@ -75,6 +75,67 @@ pub struct Config {
     /// `[greylist]`: greylisting at RCPT.
     #[serde(default)]
     pub greylist: GreylistConfig,
+    /// `[spf]`: SPF at MAIL FROM.
+    #[serde(default)]
+    pub spf: SpfConfig,
+}
+
+/// `[spf]`: see [`crate::policy::spf`].
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SpfConfig {
+    /// Check SPF for unauthenticated clients not in `[policy] whitelist`. Default false.
+    #[serde(default)]
+    pub enabled: bool,
+    /// `reject` (550 5.7.23), `tempfail` or `tag`. Default reject.
+    #[serde(default = "spf_reject")]
+    pub fail: crate::policy::spf::SpfAction,
+    /// Default tag.
+    #[serde(default = "spf_tag")]
+    pub softfail: crate::policy::spf::SpfAction,
+    /// Default tempfail (451 4.7.24).
+    #[serde(default = "spf_tempfail")]
+    pub temperror: crate::policy::spf::SpfAction,
+    /// Default tag (`reject`: 550 5.7.24).
+    #[serde(default = "spf_tag")]
+    pub permerror: crate::policy::spf::SpfAction,
+    /// Longest a check may take (then temperror). Default 10s.
+    #[serde(default = "default_spf_timeout", deserialize_with = "de_duration")]
+    pub timeout: std::time::Duration,
+}
+
+impl Default for SpfConfig {
+    fn default() -> Self {
+        toml::from_str("").expect("the empty [spf] is valid")
+    }
+}
+
+fn spf_reject() -> crate::policy::spf::SpfAction {
+    crate::policy::spf::SpfAction::Reject
+}
+fn spf_tag() -> crate::policy::spf::SpfAction {
+    crate::policy::spf::SpfAction::Tag
+}
+fn spf_tempfail() -> crate::policy::spf::SpfAction {
+    crate::policy::spf::SpfAction::Tempfail
+}
+fn default_spf_timeout() -> std::time::Duration {
+    std::time::Duration::from_secs(10)
+}
+
+impl Config {
+    /// The SPF settings, when SPF is on.
+    pub fn spf_settings(&self) -> Option<crate::policy::spf::Settings> {
+        let s = &self.spf;
+        s.enabled.then(|| crate::policy::spf::Settings {
+            fail: s.fail,
+            softfail: s.softfail,
+            temperror: s.temperror,
+            permerror: s.permerror,
+            timeout: s.timeout,
+            servers: self.dns.servers.clone(),
+        })
+    }
 }
 
 /// `[greylist]`: see [`crate::policy::greylist`].

@@ -234,9 +234,8 @@ fn build_resolver(servers: &[SocketAddr], timeout: Duration) -> Option<TokioReso
     }
 }
 
-/// A resolver of the service: these name servers only (no hosts file), each question
-/// bounded by `timeout`, two attempts, both address families, no cache of its own.
-fn resolver_builder(servers: &[SocketAddr], timeout: Duration) -> ResolverBuilder<TokioRuntimeProvider> {
+/// These name servers (`ADDR:PORT`), over UDP and TCP, and no others.
+pub(crate) fn name_servers(servers: &[SocketAddr]) -> ResolverConfig {
     let servers = servers
         .iter()
         .map(|s| {
@@ -247,8 +246,13 @@ fn resolver_builder(servers: &[SocketAddr], timeout: Duration) -> ResolverBuilde
             ns
         })
         .collect();
-    let mut b =
-        TokioResolver::builder_with_config(ResolverConfig::from_name_servers(servers), TokioRuntimeProvider::default());
+    ResolverConfig::from_name_servers(servers)
+}
+
+/// A resolver of the service: these name servers only (no hosts file), each question
+/// bounded by `timeout`, two attempts, both address families, no cache of its own.
+fn resolver_builder(servers: &[SocketAddr], timeout: Duration) -> ResolverBuilder<TokioRuntimeProvider> {
+    let mut b = TokioResolver::builder_with_config(name_servers(servers), TokioRuntimeProvider::default());
     let o = b.options_mut();
     o.use_hosts_file = ResolveHosts::Never;
     o.timeout = timeout;

@@ -31,6 +31,7 @@ pub mod pop;
 pub mod rate;
 pub mod script;
 pub mod service_stream;
+pub mod spf;
 
 pub use bans::{BanError, BanList};
 pub use conns::ConnLimits;
@@ -283,6 +284,8 @@ pub struct Policy {
     pub greylist: Option<Arc<greylist::Greylist>>,
     /// Clients that passed a listener's pregreet test (`[[listener]] pregreet`).
     pub known_good: Arc<early::KnownGood>,
+    /// SPF at MAIL FROM (`[spf]`), for clients neither authenticated nor whitelisted.
+    pub spf: Option<Arc<spf::SpfService>>,
 }
 
 impl Default for Policy {
@@ -317,6 +320,7 @@ impl Default for Policy {
             scripts: None,
             greylist: None,
             known_good: Arc::default(),
+            spf: None,
         }
     }
 }

@@ -32,6 +32,7 @@ enum ServiceAnswer {
     Auth(AuthOutcome),
     Policy(crate::policy::delegation::Verdict),
     Milter(crate::policy::milter::Verdict),
+    Spf(crate::policy::spf::Outcome),
 }
 
 /// Where a service thread leaves its answer for this connection; the thread then wakes the
@@ -191,6 +192,7 @@ impl Conn {
                     ServiceAnswer::Auth(o) => self.session.auth_done(now, o),
                     ServiceAnswer::Policy(v) => self.session.delegation_done(now, v),
                     ServiceAnswer::Milter(v) => self.session.milter_done(now, v),
+                    ServiceAnswer::Spf(o) => self.session.spf_done(now, o),
                 }
                 continue;
             }
@@ -247,6 +249,24 @@ impl Conn {
                         None => {
                             let v = crate::policy::milter::Verdict::Accept(Vec::new());
                             set_answer(&slot, ServiceAnswer::Milter(v), None)
+                        }
+                    }
+                }
+                Action::Spf(req) => {
+                    let slot = AnswerSlot::default();
+                    self.awaiting = Some(slot.clone());
+                    let waker = self.waker.clone();
+                    match self.session.config().policy.spf.clone() {
+                        Some(s) => {
+                            s.submit(*req, Box::new(move |o| set_answer(&slot, ServiceAnswer::Spf(o), waker.as_ref())))
+                        }
+                        None => {
+                            let o = crate::policy::spf::Outcome {
+                                result: crate::policy::spf::Result::TempError,
+                                domain: String::new(),
+                                explanation: None,
+                            };
+                            set_answer(&slot, ServiceAnswer::Spf(o), None)
                         }
                     }
                 }

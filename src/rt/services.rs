@@ -32,6 +32,7 @@ impl Services {
         policy.milters = start_milters(cfg);
         policy.scripts = load_scripts(cfg);
         policy.greylist = load_greylist(cfg, None);
+        policy.spf = start_spf(cfg, None);
         policy.known_good = Arc::new(crate::policy::early::KnownGood::new(cfg.policy.known_good_for.as_secs()));
         Services { policy: Arc::new(policy), dns }
     }
@@ -51,6 +52,7 @@ impl Services {
         p.milters = start_milters(cfg);
         p.scripts = load_scripts(cfg);
         p.greylist = load_greylist(cfg, old.greylist.as_ref());
+        p.spf = start_spf(cfg, old.spf.as_ref());
         // Known-good clients stay known (with the new time for the next passes).
         p.known_good = if old.known_good.ttl_secs == cfg.policy.known_good_for.as_secs() {
             old.known_good.clone()
@@ -91,6 +93,21 @@ fn load_greylist(
                 .ok()
         }
     }
+}
+
+/// `[spf]`: the running SPF thread when its settings did not change, else a new one.
+fn start_spf(
+    cfg: &Config,
+    old: Option<&Arc<crate::policy::spf::SpfService>>,
+) -> Option<Arc<crate::policy::spf::SpfService>> {
+    let settings = cfg.spf_settings()?;
+    if let Some(s) = old.filter(|s| s.settings == settings) {
+        return Some(s.clone());
+    }
+    crate::policy::spf::SpfService::start(settings)
+        .map(Arc::new)
+        .map_err(|e| log::error!("spf: cannot start its thread: {e}; SPF checks answer temperror"))
+        .ok()
 }
 
 /// Compiles `[scripts]` (validated already: an error here means the file changed since;
@@ -210,6 +227,7 @@ fn build_policy_with_bans(
         scripts: None,
         greylist: None,
         known_good: Arc::default(),
+        spf: None,
     }
 }
 

@@ -28,6 +28,8 @@ pub(super) enum Wait {
     Delegation { stage: crate::policy::delegation::Stage, index: usize, pending: super::delegate::Pending, mark: usize },
     /// Milter `index`, at the end of the content.
     Milter { index: usize },
+    /// The SPF check of the transaction being opened, at MAIL.
+    Spf(Box<Envelope>),
 }
 
 /// How a recipient is to be treated.
@@ -202,7 +204,7 @@ impl Session {
                     self.reject("mail", "sender_domain", &env.from, "", Reply::new(451, "4.4.3", text))
                 }
             },
-            Wait::Auth { .. } | Wait::Delegation { .. } | Wait::Milter { .. } => {}
+            Wait::Auth { .. } | Wait::Delegation { .. } | Wait::Milter { .. } | Wait::Spf(_) => {}
         }
         self.process_pending(now);
     }
@@ -249,7 +251,45 @@ impl Session {
                 _ => {}
             }
         }
-        self.mail_domain_check(env);
+        self.spf_check(env);
+    }
+
+    /// SPF (issue 14) for clients neither authenticated nor whitelisted; then the sender's
+    /// domain.
+    fn spf_check(&mut self, env: Envelope) {
+        let p = &self.cfg.policy;
+        let Some(_) = p.spf.as_ref().filter(|_| self.auth.is_none() && !p.whitelist.contains(self.peer.ip())) else {
+            return self.mail_domain_check(env);
+        };
+        let req = crate::policy::spf::Request {
+            ip: self.peer.ip(),
+            helo: self.helo.clone().unwrap_or_default(),
+            sender: env.from.clone(),
+            hostname: self.cfg.hostname.clone(),
+        };
+        self.wait = Some(Wait::Spf(Box::new(env)));
+        self.phase = Phase::Waiting;
+        self.actions.push_back(Action::Spf(Box::new(req)));
+    }
+
+    /// The driver's answer to [`Action::Spf`].
+    pub fn spf_done(&mut self, now: Now, o: crate::policy::spf::Outcome) {
+        if self.phase != Phase::Waiting {
+            return;
+        }
+        let Some(Wait::Spf(env)) = self.wait.take() else { return };
+        self.phase = Phase::Command;
+        self.wait_for(now, self.cfg.command_timeout);
+        let refusal = self.cfg.policy.spf.as_ref().and_then(|s| s.settings.refusal(&o));
+        match refusal {
+            Some(r) => self.reject("mail", "spf", &env.from, "", r),
+            None => {
+                let helo = self.helo.clone().unwrap_or_default();
+                self.spf_header = Some(crate::policy::spf::header(&self.cfg.hostname, &o, &env.from, &helo));
+                self.mail_domain_check(*env);
+            }
+        }
+        self.process_pending(now);
     }
 
     fn mail_domain_check(&mut self, env: Envelope) {
@@ -269,6 +309,7 @@ impl Session {
             return self.reject("mail", "script", &env.from, "", r.clone());
         }
         self.tx = Transaction { envelope: Some(env), ..Transaction::default() };
+        self.tx.prepend.extend(self.spf_header.take());
         if let Some(o) = script {
             self.keep_script_effects(o);
         }

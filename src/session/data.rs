@@ -163,6 +163,9 @@ impl Session {
     /// the spool.
     fn hand_off(&mut self, now: Now) {
         self.open_content(now, self.tx.content_len);
+        if self.cfg.policy.spf.is_some() {
+            self.remove_forged_results();
+        }
         let mark = self.tx.prepend.len();
         let message = self.body.get(self.received_hdr_len..).unwrap_or_default();
         if let Some(o) = self.script(crate::policy::script::Hook::Data, None, None, Some(message)) {
@@ -207,6 +210,40 @@ impl Session {
 }
 
 impl Session {
+    /// RFC 8601 §5: `Authentication-Results` fields in the content that claim our
+    /// authserv-id (our host name) were not written by us: they go, before ours is added.
+    fn remove_forged_results(&mut self) {
+        const NAME: &[u8] = b"authentication-results:";
+        let start = self.received_hdr_len.min(self.body.len());
+        let content = &self.body[start..];
+        let line_end = |from: usize| memchr::memchr(b'\n', &content[from..]).map_or(content.len(), |i| from + i + 1);
+        let mut cuts = Vec::new();
+        let mut pos = 0;
+        while pos < content.len() {
+            let first = line_end(pos);
+            if matches!(&content[pos..first], b"\r\n" | b"\n") {
+                break; // the end of the header section
+            }
+            // The field: its first line and its continuation lines.
+            let mut end = first;
+            while end < content.len() && matches!(content[end], b' ' | b'\t') {
+                end = line_end(end);
+            }
+            let field = &content[pos..end];
+            if field.len() > NAME.len() && field[..NAME.len()].eq_ignore_ascii_case(NAME) {
+                let value = String::from_utf8_lossy(&field[NAME.len()..]);
+                let id = value.trim_start().split([';', ' ', '\t', '\r', '\n']).next().unwrap_or("");
+                if id.eq_ignore_ascii_case(&self.cfg.hostname) {
+                    cuts.push(start + pos..start + end);
+                }
+            }
+            pos = end;
+        }
+        for r in cuts.into_iter().rev() {
+            self.body.drain(r);
+        }
+    }
+
     /// For authenticated senders (SPEC §5): a Message-ID and a Date (RFC 5322 §3.6) when the
     /// message has none, placed after our own header fields.
     fn add_missing_headers(&mut self, now: Now, env: &crate::spool::Envelope) {

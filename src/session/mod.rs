@@ -203,6 +203,8 @@ pub enum Action {
     /// Ask policy service `usize` (of the policy's `delegation`); answer with
     /// [`Session::delegation_done`].
     Delegate(Box<crate::policy::delegation::Request>, usize),
+    /// Check SPF; answer with [`Session::spf_done`].
+    Spf(Box<crate::policy::spf::Request>),
     /// Ask milter `usize` (of the policy's `milters`) about the message; answer with
     /// [`Session::milter_done`].
     Milter(Arc<crate::policy::milter::Request>, usize),
@@ -336,6 +338,8 @@ pub struct Session {
     /// Under the pregreet test: commands pipelined without PIPELINING offered (before or
     /// with HELO/EHLO, or after HELO) end the session.
     strict_pipelining: bool,
+    /// The SPF result's header field for the transaction being opened.
+    spf_header: Option<String>,
 }
 
 impl Drop for Session {
@@ -398,6 +402,7 @@ impl Session {
             tally: None,
             scripts: None,
             strict_pipelining: false,
+            spf_header: None,
         };
         if let Some(scripts) = s.cfg.policy.scripts.clone() {
             s.scripts = crate::policy::script::host_for_this_thread(&scripts);

@@ -23,6 +23,8 @@ struct Harness {
     delegations: Vec<(crate::policy::delegation::Request, usize)>,
     /// Activity-log lines the session asked for.
     activity: Vec<String>,
+    /// SPF checks asked and not yet answered.
+    spf: Vec<crate::policy::spf::Request>,
 }
 
 /// A directory with one postoffice: example.net has mailbox `alice` (and a disabled `bob`);
@@ -65,6 +67,7 @@ impl Harness {
             auth_requests: Vec::new(),
             delegations: Vec::new(),
             activity: Vec::new(),
+            spf: Vec::new(),
         };
         let greeting = h.take_output();
         assert!(greeting.starts_with("220 mx.example.test "), "{greeting}");
@@ -98,6 +101,7 @@ impl Harness {
                 Action::Authenticate(req) => self.auth_requests.push(*req),
                 Action::Delegate(req, i) => self.delegations.push((*req, i)),
                 Action::Milter(..) => panic!("no milter in these tests"),
+                Action::Spf(req) => self.spf.push(*req),
                 Action::Log(a) => self.activity.push(a.line(crate::obs::LogFormat::Kv)),
             }
         }
@@ -515,6 +519,7 @@ impl Harness {
             auth_requests: Vec::new(),
             delegations: Vec::new(),
             activity: Vec::new(),
+            spf: Vec::new(),
         };
         let first = h.take_output();
         (h, first)

@@ -113,3 +113,60 @@ fn greylisting_refuses_the_first_attempt_and_takes_the_retry() {
     // An unknown local user gets its 550 first, not a greylisting.
     assert!(h.send("RCPT TO:<nobody@example.net>\r\n").starts_with("550 5.1.1"));
 }
+
+fn spf_policy() -> Arc<Policy> {
+    let settings = crate::policy::spf::Settings {
+        fail: crate::policy::spf::SpfAction::Reject,
+        softfail: crate::policy::spf::SpfAction::Tag,
+        temperror: crate::policy::spf::SpfAction::Tempfail,
+        permerror: crate::policy::spf::SpfAction::Tag,
+        timeout: Duration::from_secs(5),
+        servers: Vec::new(),
+    };
+    let spf = crate::policy::spf::SpfService::start(settings).unwrap();
+    Arc::new(Policy { spf: Some(Arc::new(spf)), ..Policy::default() })
+}
+
+fn spf(result: crate::policy::spf::Result) -> crate::policy::spf::Outcome {
+    crate::policy::spf::Outcome { result, domain: "remote.example".into(), explanation: None }
+}
+
+/// RFC 7208 at MAIL FROM: the session waits for the check; fail refuses with 550 5.7.23,
+/// temperror with 451 4.7.24; another result is accepted and becomes the message's
+/// Authentication-Results field (RFC 8601), and one the client wrote claiming our
+/// authserv-id is removed (RFC 8601 §5), while another host's stays.
+#[test]
+fn spf_at_mail_from_and_the_authentication_results_field() {
+    let mut h = Harness::new(SessionConfig { policy: spf_policy(), ..cfg() });
+    h.ehlo();
+    for (result, reply) in [
+        (crate::policy::spf::Result::Fail, "550 5.7.23 Error: SPF fail for remote.example\r\n"),
+        (
+            crate::policy::spf::Result::TempError,
+            "451 4.7.24 Error: SPF check of remote.example failed temporarily, try again later\r\n",
+        ),
+        (crate::policy::spf::Result::Pass, "250 2.1.0 Ok\r\n"),
+    ] {
+        assert_eq!(h.send("MAIL FROM:<alice@remote.example>\r\n"), "", "waits for the check");
+        let req = h.spf.pop().expect("an SPF check");
+        assert_eq!(
+            (req.ip.to_string(), req.helo.as_str(), req.sender.as_str()),
+            ("192.0.2.7".into(), "client.example", "alice@remote.example")
+        );
+        h.s.spf_done(h.now, spf(result));
+        assert_eq!(h.take_output(), reply);
+    }
+    h.send("RCPT TO:<bob@example.test>\r\nDATA\r\n");
+    let body = "Authentication-Results: mx.example.test; spf=pass smtp.mailfrom=forged.example\r\n\
+                Authentication-Results: other.example;\r\n\tspf=fail\r\nSubject: x\r\n\r\nbody\r\n.\r\n";
+    assert!(h.send(body).starts_with("250 2.0.0 Ok: queued as "));
+    let text = String::from_utf8(h.spooled[0].data.clone()).unwrap();
+    assert!(
+        text.starts_with(
+            "Authentication-Results: mx.example.test;\r\n\tspf=pass smtp.mailfrom=alice@remote.example\r\nReceived: "
+        ),
+        "{text}"
+    );
+    assert!(!text.contains("forged.example"), "{text}");
+    assert!(text.contains("\r\nAuthentication-Results: other.example;\r\n\tspf=fail\r\nSubject: x\r\n"), "{text}");
+}

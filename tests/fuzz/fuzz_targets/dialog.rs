@@ -339,6 +339,14 @@ impl Run {
                 Action::Milter(..) => {
                     self.s.milter_done(self.now, ringmx::policy::milter::Verdict::Accept(Vec::new()));
                 }
+                Action::Spf(..) => {
+                    let o = ringmx::policy::spf::Outcome {
+                        result: ringmx::policy::spf::Result::None,
+                        domain: String::new(),
+                        explanation: None,
+                    };
+                    self.s.spf_done(self.now, o);
+                }
                 Action::Close => self.closed = true,
                 // Formatting the line is what the writer does with it.
                 Action::Log(a) => drop(a.line(ringmx::obs::LogFormat::Kv)),

@@ -74,6 +74,14 @@ fuzz_target!(|data: &[u8]| {
                     s.delegation_done(now, ringmx::policy::delegation::Verdict::Continue { prepend: None });
                 }
                 Action::Milter(..) => s.milter_done(now, ringmx::policy::milter::Verdict::Accept(Vec::new())),
+                Action::Spf(..) => s.spf_done(
+                    now,
+                    ringmx::policy::spf::Outcome {
+                        result: ringmx::policy::spf::Result::None,
+                        domain: String::new(),
+                        explanation: None,
+                    },
+                ),
                 Action::Close => return,
                 Action::Log(a) => drop(a.line(ringmx::obs::LogFormat::Json)),
             }
