@@ -78,6 +78,50 @@ pub struct Config {
     /// `[spf]`: SPF at MAIL FROM.
     #[serde(default)]
     pub spf: SpfConfig,
+    /// `[dkim]`: DKIM verification at the end of the content.
+    #[serde(default)]
+    pub dkim: DkimConfig,
+    /// `[dmarc]`: DMARC at the end of the content.
+    #[serde(default)]
+    pub dmarc: DmarcConfig,
+}
+
+/// `[dkim]`: see [`crate::policy::dkim`].
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DkimConfig {
+    /// Verify the signatures of mail from unauthenticated, non-whitelisted clients.
+    /// Default false.
+    #[serde(default)]
+    pub verify: bool,
+    /// Longest a verification may take (then temperror, and the message is accepted).
+    /// Default 10s.
+    #[serde(default = "default_spf_timeout", deserialize_with = "de_duration")]
+    pub timeout: std::time::Duration,
+}
+
+impl Default for DkimConfig {
+    fn default() -> Self {
+        toml::from_str("").expect("the empty [dkim] is valid")
+    }
+}
+
+/// `[dmarc]`: see [`crate::policy::dkim`].
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DmarcConfig {
+    /// Evaluate DMARC (verifies DKIM too). Default false.
+    #[serde(default)]
+    pub enabled: bool,
+    /// Refuse a failure under `p=reject` (550 5.7.1); false: only record it. Default true.
+    #[serde(default = "yes")]
+    pub reject: bool,
+}
+
+impl Default for DmarcConfig {
+    fn default() -> Self {
+        toml::from_str("").expect("the empty [dmarc] is valid")
+    }
 }
 
 /// `[spf]`: see [`crate::policy::spf`].
@@ -124,6 +168,16 @@ fn default_spf_timeout() -> std::time::Duration {
 }
 
 impl Config {
+    /// The DKIM and DMARC settings, when either is on.
+    pub fn dkim_settings(&self) -> Option<crate::policy::dkim::Settings> {
+        (self.dkim.verify || self.dmarc.enabled).then(|| crate::policy::dkim::Settings {
+            dmarc: self.dmarc.enabled,
+            dmarc_reject: self.dmarc.reject,
+            timeout: self.dkim.timeout,
+            servers: self.dns.servers.clone(),
+        })
+    }
+
     /// The SPF settings, when SPF is on.
     pub fn spf_settings(&self) -> Option<crate::policy::spf::Settings> {
         let s = &self.spf;

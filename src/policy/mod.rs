@@ -23,6 +23,7 @@ pub mod auth;
 pub mod bans;
 pub mod conns;
 pub mod delegation;
+pub mod dkim;
 pub mod early;
 pub mod greylist;
 pub mod iplist;
@@ -286,6 +287,8 @@ pub struct Policy {
     pub known_good: Arc<early::KnownGood>,
     /// SPF at MAIL FROM (`[spf]`), for clients neither authenticated nor whitelisted.
     pub spf: Option<Arc<spf::SpfService>>,
+    /// DKIM and DMARC at the end of the content (`[dkim]`, `[dmarc]`), for the same clients.
+    pub dkim: Option<Arc<dkim::DkimService>>,
 }
 
 impl Default for Policy {
@@ -321,6 +324,7 @@ impl Default for Policy {
             greylist: None,
             known_good: Arc::default(),
             spf: None,
+            dkim: None,
         }
     }
 }

@@ -33,6 +33,7 @@ enum ServiceAnswer {
     Policy(crate::policy::delegation::Verdict),
     Milter(crate::policy::milter::Verdict),
     Spf(crate::policy::spf::Outcome),
+    Dkim(crate::policy::dkim::Outcome),
 }
 
 /// Where a service thread leaves its answer for this connection; the thread then wakes the
@@ -193,6 +194,7 @@ impl Conn {
                     ServiceAnswer::Policy(v) => self.session.delegation_done(now, v),
                     ServiceAnswer::Milter(v) => self.session.milter_done(now, v),
                     ServiceAnswer::Spf(o) => self.session.spf_done(now, o),
+                    ServiceAnswer::Dkim(o) => self.session.dkim_done(now, o),
                 }
                 continue;
             }
@@ -267,6 +269,21 @@ impl Conn {
                                 explanation: None,
                             };
                             set_answer(&slot, ServiceAnswer::Spf(o), None)
+                        }
+                    }
+                }
+                Action::Dkim(req) => {
+                    let slot = AnswerSlot::default();
+                    self.awaiting = Some(slot.clone());
+                    let waker = self.waker.clone();
+                    match self.session.config().policy.dkim.clone() {
+                        Some(s) => {
+                            s.submit(*req, Box::new(move |o| set_answer(&slot, ServiceAnswer::Dkim(o), waker.as_ref())))
+                        }
+                        None => {
+                            let o =
+                                crate::policy::dkim::Outcome { signatures: Vec::new(), dmarc: None, policy: "none" };
+                            set_answer(&slot, ServiceAnswer::Dkim(o), None)
                         }
                     }
                 }

@@ -33,6 +33,7 @@ impl Services {
         policy.scripts = load_scripts(cfg);
         policy.greylist = load_greylist(cfg, None);
         policy.spf = start_spf(cfg, None);
+        policy.dkim = start_dkim(cfg, None);
         policy.known_good = Arc::new(crate::policy::early::KnownGood::new(cfg.policy.known_good_for.as_secs()));
         Services { policy: Arc::new(policy), dns }
     }
@@ -53,6 +54,7 @@ impl Services {
         p.scripts = load_scripts(cfg);
         p.greylist = load_greylist(cfg, old.greylist.as_ref());
         p.spf = start_spf(cfg, old.spf.as_ref());
+        p.dkim = start_dkim(cfg, old.dkim.as_ref());
         // Known-good clients stay known (with the new time for the next passes).
         p.known_good = if old.known_good.ttl_secs == cfg.policy.known_good_for.as_secs() {
             old.known_good.clone()
@@ -107,6 +109,21 @@ fn start_spf(
     crate::policy::spf::SpfService::start(settings)
         .map(Arc::new)
         .map_err(|e| log::error!("spf: cannot start its thread: {e}; SPF checks answer temperror"))
+        .ok()
+}
+
+/// `[dkim]`/`[dmarc]`: the running thread when its settings did not change, else a new one.
+fn start_dkim(
+    cfg: &Config,
+    old: Option<&Arc<crate::policy::dkim::DkimService>>,
+) -> Option<Arc<crate::policy::dkim::DkimService>> {
+    let settings = cfg.dkim_settings()?;
+    if let Some(s) = old.filter(|s| s.settings == settings) {
+        return Some(s.clone());
+    }
+    crate::policy::dkim::DkimService::start(settings)
+        .map(Arc::new)
+        .map_err(|e| log::error!("dkim: cannot start its thread: {e}; verifications answer temperror"))
         .ok()
 }
 
@@ -228,6 +245,7 @@ fn build_policy_with_bans(
         greylist: None,
         known_good: Arc::default(),
         spf: None,
+        dkim: None,
     }
 }
 

@@ -30,6 +30,8 @@ pub(super) enum Wait {
     Milter { index: usize },
     /// The SPF check of the transaction being opened, at MAIL.
     Spf(Box<Envelope>),
+    /// DKIM and DMARC, at the end of the content.
+    Dkim,
 }
 
 /// How a recipient is to be treated.
@@ -204,7 +206,7 @@ impl Session {
                     self.reject("mail", "sender_domain", &env.from, "", Reply::new(451, "4.4.3", text))
                 }
             },
-            Wait::Auth { .. } | Wait::Delegation { .. } | Wait::Milter { .. } | Wait::Spf(_) => {}
+            Wait::Auth { .. } | Wait::Delegation { .. } | Wait::Milter { .. } | Wait::Spf(_) | Wait::Dkim => {}
         }
         self.process_pending(now);
     }
@@ -285,7 +287,8 @@ impl Session {
             Some(r) => self.reject("mail", "spf", &env.from, "", r),
             None => {
                 let helo = self.helo.clone().unwrap_or_default();
-                self.spf_header = Some(crate::policy::spf::header(&self.cfg.hostname, &o, &env.from, &helo));
+                let method = crate::policy::spf::method(&o, &env.from, &helo);
+                self.spf_result = Some((o, method));
                 self.mail_domain_check(*env);
             }
         }
@@ -309,7 +312,10 @@ impl Session {
             return self.reject("mail", "script", &env.from, "", r.clone());
         }
         self.tx = Transaction { envelope: Some(env), ..Transaction::default() };
-        self.tx.prepend.extend(self.spf_header.take());
+        if let Some((o, method)) = self.spf_result.take() {
+            self.tx.spf = Some(o);
+            self.tx.auth_results.push(method);
+        }
         if let Some(o) = script {
             self.keep_script_effects(o);
         }

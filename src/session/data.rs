@@ -163,9 +163,51 @@ impl Session {
     /// the spool.
     fn hand_off(&mut self, now: Now) {
         self.open_content(now, self.tx.content_len);
-        if self.cfg.policy.spf.is_some() {
+        let p = &self.cfg.policy;
+        if p.spf.is_some() || p.dkim.is_some() {
             self.remove_forged_results();
         }
+        let p = &self.cfg.policy;
+        if p.dkim.is_some() && self.auth.is_none() && !p.whitelist.contains(self.peer.ip()) {
+            return self.verify_content();
+        }
+        self.content_verified(now);
+    }
+
+    /// DKIM and DMARC (issue 14): the session waits for [`Session::dkim_done`].
+    fn verify_content(&mut self) {
+        let env = self.tx.envelope.as_ref();
+        let helo = self.helo.clone().unwrap_or_default();
+        let mail_from_domain = env.and_then(|e| e.from.rsplit_once('@').map(|(_, d)| d.to_string())).unwrap_or(helo);
+        let req = crate::policy::dkim::Request {
+            message: std::sync::Arc::from(self.body.get(self.received_hdr_len..).unwrap_or_default()),
+            mail_from_domain,
+            spf: self.tx.spf.as_ref().map(|o| o.result),
+        };
+        self.wait = Some(super::checks::Wait::Dkim);
+        self.phase = Phase::Waiting;
+        self.actions.push_back(Action::Dkim(Box::new(req)));
+    }
+
+    /// The driver's answer to [`Action::Dkim`].
+    pub fn dkim_done(&mut self, now: Now, o: crate::policy::dkim::Outcome) {
+        if self.phase != Phase::Waiting || !matches!(self.wait, Some(super::checks::Wait::Dkim)) {
+            return;
+        }
+        self.wait = None;
+        self.phase = Phase::Command;
+        self.wait_for(now, self.cfg.command_timeout);
+        self.tx.auth_results.extend(o.methods());
+        match self.cfg.policy.dkim.as_ref().and_then(|d| d.settings.refusal(&o)) {
+            Some(r) => self.refuse_content("dmarc", r),
+            None => self.content_verified(now),
+        }
+        self.process_pending(now);
+    }
+
+    /// The content is authenticated (or needs not be): the script's data hook, then the
+    /// policy services asked at the end of the content, then the milters.
+    fn content_verified(&mut self, now: Now) {
         let mark = self.tx.prepend.len();
         let message = self.body.get(self.received_hdr_len..).unwrap_or_default();
         if let Some(o) = self.script(crate::policy::script::Hook::Data, None, None, Some(message)) {
@@ -191,10 +233,15 @@ impl Session {
         if self.auth.is_some() && self.cfg.policy.add_missing_headers {
             self.add_missing_headers(now, &envelope);
         }
-        if !tx.prepend.is_empty() {
+        let mut prepend = tx.prepend;
+        if !tx.auth_results.is_empty() {
+            // RFC 8601 §4: our Authentication-Results field goes on top.
+            prepend.insert(0, crate::policy::spf::header(&self.cfg.hostname, &tx.auth_results));
+        }
+        if !prepend.is_empty() {
             // PREPEND: on top of the message, above our Received header.
             let mut top = Vec::new();
-            for h in &tx.prepend {
+            for h in &prepend {
                 top.extend_from_slice(h.as_bytes());
                 top.extend_from_slice(b"\r\n");
             }

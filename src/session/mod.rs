@@ -205,6 +205,8 @@ pub enum Action {
     Delegate(Box<crate::policy::delegation::Request>, usize),
     /// Check SPF; answer with [`Session::spf_done`].
     Spf(Box<crate::policy::spf::Request>),
+    /// Verify DKIM and DMARC; answer with [`Session::dkim_done`].
+    Dkim(Box<crate::policy::dkim::Request>),
     /// Ask milter `usize` (of the policy's `milters`) about the message; answer with
     /// [`Session::milter_done`].
     Milter(Arc<crate::policy::milter::Request>, usize),
@@ -267,6 +269,10 @@ struct Transaction {
     route: Option<String>,
     /// A script or milter asked to hold the message in the queue, for this reason.
     quarantine: Option<String>,
+    /// The SPF result at MAIL.
+    spf: Option<crate::policy::spf::Outcome>,
+    /// Our `Authentication-Results` methods (SPF, DKIM, DMARC), for the field on top.
+    auth_results: Vec<String>,
 }
 
 /// One SMTP server conversation; see the module documentation.
@@ -338,8 +344,9 @@ pub struct Session {
     /// Under the pregreet test: commands pipelined without PIPELINING offered (before or
     /// with HELO/EHLO, or after HELO) end the session.
     strict_pipelining: bool,
-    /// The SPF result's header field for the transaction being opened.
-    spf_header: Option<String>,
+    /// The SPF result of the transaction being opened, and its method for
+    /// `Authentication-Results`.
+    spf_result: Option<(crate::policy::spf::Outcome, String)>,
 }
 
 impl Drop for Session {
@@ -402,7 +409,7 @@ impl Session {
             tally: None,
             scripts: None,
             strict_pipelining: false,
-            spf_header: None,
+            spf_result: None,
         };
         if let Some(scripts) = s.cfg.policy.scripts.clone() {
             s.scripts = crate::policy::script::host_for_this_thread(&scripts);

@@ -25,6 +25,8 @@ struct Harness {
     activity: Vec<String>,
     /// SPF checks asked and not yet answered.
     spf: Vec<crate::policy::spf::Request>,
+    /// DKIM/DMARC verifications asked and not yet answered.
+    dkim: Vec<crate::policy::dkim::Request>,
 }
 
 /// A directory with one postoffice: example.net has mailbox `alice` (and a disabled `bob`);
@@ -68,6 +70,7 @@ impl Harness {
             delegations: Vec::new(),
             activity: Vec::new(),
             spf: Vec::new(),
+            dkim: Vec::new(),
         };
         let greeting = h.take_output();
         assert!(greeting.starts_with("220 mx.example.test "), "{greeting}");
@@ -102,6 +105,7 @@ impl Harness {
                 Action::Delegate(req, i) => self.delegations.push((*req, i)),
                 Action::Milter(..) => panic!("no milter in these tests"),
                 Action::Spf(req) => self.spf.push(*req),
+                Action::Dkim(req) => self.dkim.push(*req),
                 Action::Log(a) => self.activity.push(a.line(crate::obs::LogFormat::Kv)),
             }
         }
@@ -520,6 +524,7 @@ impl Harness {
             delegations: Vec::new(),
             activity: Vec::new(),
             spf: Vec::new(),
+            dkim: Vec::new(),
         };
         let first = h.take_output();
         (h, first)

@@ -74,6 +74,10 @@ fuzz_target!(|data: &[u8]| {
                     s.delegation_done(now, ringmx::policy::delegation::Verdict::Continue { prepend: None });
                 }
                 Action::Milter(..) => s.milter_done(now, ringmx::policy::milter::Verdict::Accept(Vec::new())),
+                Action::Dkim(..) => s.dkim_done(
+                    now,
+                    ringmx::policy::dkim::Outcome { signatures: Vec::new(), dmarc: None, policy: "none" },
+                ),
                 Action::Spf(..) => s.spf_done(
                     now,
                     ringmx::policy::spf::Outcome {

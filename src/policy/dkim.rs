@@ -1,0 +1,255 @@
+//! DKIM verification (RFC 6376, RFC 8463) and DMARC (RFC 7489) at the end of the content
+//! (issue 14), off the shards: the message's signatures are checked and the sender's
+//! domain's DMARC policy applied, on a thread of its own with a tokio runtime, by Stalwart's
+//! `mail-auth` (rsa-sha256, ed25519-sha256, simple and relaxed canonicalisation; DMARC
+//! alignment, `p`, `sp`). The session waits for the verdict before its 250.
+//!
+//! The results join the SPF result in the message's `Authentication-Results` field (RFC
+//! 8601). A DMARC failure under `p=reject` is refused with 550 5.7.1 when `[dmarc] reject`
+//! says so (else only recorded, as `p=quarantine` always is, for the mailbox's filters).
+
+use crate::wire::Reply;
+use mail_auth::dmarc::Policy;
+use mail_auth::dmarc::verify::DmarcParameters;
+use mail_auth::{AuthenticatedMessage, DkimResult, DmarcResult, MessageAuthenticator, SpfOutput, SpfResult};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// `[dkim]` and `[dmarc]` as the session uses them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// DMARC evaluated (else DKIM only).
+    pub dmarc: bool,
+    /// Refuse a DMARC failure whose policy is `reject` (550 5.7.1).
+    pub dmarc_reject: bool,
+    pub timeout: Duration,
+    pub servers: Vec<SocketAddr>,
+}
+
+/// One message to judge.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// The content as received (without our Received header).
+    pub message: Arc<[u8]>,
+    /// The envelope sender's domain (the HELO name for `<>`) and its SPF result.
+    pub mail_from_domain: String,
+    pub spf: Option<super::spf::Result>,
+}
+
+/// One signature's result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Signature {
+    /// `pass`, `fail`, `neutral`, `permerror`, `temperror` (RFC 8601 §2.7.1).
+    pub result: &'static str,
+    pub domain: String,
+    pub selector: String,
+    pub algorithm: &'static str,
+    /// Why it did not pass.
+    pub reason: Option<String>,
+}
+
+/// The verdict on a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    /// Each signature (none: `dkim=none`).
+    pub signatures: Vec<Signature>,
+    /// The DMARC result and the From domain, when evaluated.
+    pub dmarc: Option<(&'static str, String)>,
+    /// The domain's policy for this message (`none`, `quarantine`, `reject`).
+    pub policy: &'static str,
+}
+
+impl Outcome {
+    fn temperror() -> Outcome {
+        Outcome { signatures: Vec::new(), dmarc: Some(("temperror", String::new())), policy: "none" }
+    }
+
+    /// The `Authentication-Results` methods (after the SPF one), one per line.
+    pub fn methods(&self) -> Vec<String> {
+        let mut v = Vec::new();
+        if self.signatures.is_empty() {
+            v.push("dkim=none".to_string());
+        }
+        for s in &self.signatures {
+            let reason =
+                s.reason.as_ref().map(|r| format!(" reason=\"{}\"", r.replace(['"', '\\'], ""))).unwrap_or_default();
+            v.push(format!(
+                "dkim={}{reason} header.d={} header.s={} header.a={}",
+                s.result, s.domain, s.selector, s.algorithm
+            ));
+        }
+        if let Some((r, from)) = &self.dmarc {
+            let policy = if *r == "fail" { format!(" policy.dmarc={}", self.policy) } else { String::new() };
+            v.push(format!("dmarc={r}{policy} header.from={from}"));
+        }
+        v
+    }
+}
+
+impl Settings {
+    /// The refusal the outcome calls for.
+    pub fn refusal(&self, o: &Outcome) -> Option<Reply> {
+        match &o.dmarc {
+            Some(("fail", from)) if self.dmarc_reject && o.policy == "reject" => Some(Reply::new(
+                550,
+                "5.7.1",
+                format!("Error: the DMARC policy of {from} rejects this message (not authenticated)"),
+            )),
+            _ => None,
+        }
+    }
+}
+
+type Done = Box<dyn FnOnce(Outcome) + Send>;
+
+/// Checks waiting for the thread at most; past it, temperror at once.
+const QUEUE: usize = 1024;
+
+/// The verification thread.
+pub struct DkimService {
+    pub settings: Settings,
+    tx: tokio::sync::mpsc::Sender<(Request, Done)>,
+}
+
+impl std::fmt::Debug for DkimService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DkimService").field("settings", &self.settings).finish_non_exhaustive()
+    }
+}
+
+impl DkimService {
+    pub fn start(settings: Settings) -> std::io::Result<DkimService> {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<(Request, Done)>(QUEUE);
+        let s = settings.clone();
+        std::thread::Builder::new().name("dkim".into()).spawn(move || {
+            let Some((rt, auth)) = super::spf::runtime_and_authenticator("dkim", &s.servers, s.timeout) else { return };
+            rt.block_on(async move {
+                while let Some((req, done)) = rx.recv().await {
+                    let (auth, dmarc) = (auth.clone(), s.dmarc);
+                    let timeout = s.timeout;
+                    tokio::spawn(async move {
+                        let o = tokio::time::timeout(timeout, verify(&auth, &req, dmarc)).await;
+                        done(o.unwrap_or_else(|_| Outcome::temperror()));
+                    });
+                }
+            });
+        })?;
+        Ok(DkimService { settings, tx })
+    }
+
+    /// Hands a message to the thread; `done` is called there (at once with temperror when
+    /// the thread is gone or too far behind).
+    pub fn submit(&self, req: Request, done: Done) {
+        if let Err(e) = self.tx.try_send((req, done)) {
+            let (_, done) = match e {
+                tokio::sync::mpsc::error::TrySendError::Full(v) | tokio::sync::mpsc::error::TrySendError::Closed(v) => {
+                    v
+                }
+            };
+            done(Outcome::temperror());
+        }
+    }
+}
+
+fn dkim_name(r: &DkimResult) -> (&'static str, Option<String>) {
+    match r {
+        DkimResult::Pass => ("pass", None),
+        // RFC 6376 §6.1.3: a body that does not match is a failed verification (PERMFAIL),
+        // "fail" in RFC 8601 §2.7.1, not the library's neutral.
+        DkimResult::Neutral(e @ mail_auth::Error::Dkim(mail_auth::dkim::DkimError::FailedBodyHashMatch)) => {
+            ("fail", Some(e.to_string()))
+        }
+        DkimResult::Neutral(e) => ("neutral", Some(e.to_string())),
+        DkimResult::Fail(e) => ("fail", Some(e.to_string())),
+        DkimResult::PermError(e) => ("permerror", Some(e.to_string())),
+        DkimResult::TempError(e) => ("temperror", Some(e.to_string())),
+        DkimResult::None => ("none", None),
+    }
+}
+
+fn dmarc_name(r: &DmarcResult) -> &'static str {
+    match r {
+        DmarcResult::Pass => "pass",
+        DmarcResult::Fail(_) => "fail",
+        DmarcResult::TempError(_) => "temperror",
+        DmarcResult::PermError(_) => "permerror",
+        DmarcResult::None => "none",
+    }
+}
+
+async fn verify(auth: &MessageAuthenticator, req: &Request, dmarc: bool) -> Outcome {
+    let Some(msg) = AuthenticatedMessage::parse(&req.message) else {
+        return Outcome { signatures: Vec::new(), dmarc: None, policy: "none" };
+    };
+    let dkim = auth.verify_dkim(&msg).await;
+    let signatures = dkim
+        .iter()
+        .filter_map(|o| {
+            let sig = o.signature()?;
+            let (result, reason) = dkim_name(o.result());
+            let algorithm = match sig.a {
+                mail_auth::common::crypto::Algorithm::RsaSha1 => "rsa-sha1",
+                mail_auth::common::crypto::Algorithm::RsaSha256 => "rsa-sha256",
+                mail_auth::common::crypto::Algorithm::Ed25519Sha256 => "ed25519-sha256",
+            };
+            Some(Signature { result, domain: sig.d.clone(), selector: sig.s.clone(), algorithm, reason })
+        })
+        .collect();
+    if !dmarc {
+        return Outcome { signatures, dmarc: None, policy: "none" };
+    }
+    let spf_result = match req.spf {
+        Some(super::spf::Result::Pass) => SpfResult::Pass,
+        Some(super::spf::Result::Fail) => SpfResult::Fail,
+        Some(super::spf::Result::SoftFail) => SpfResult::SoftFail,
+        Some(super::spf::Result::Neutral) => SpfResult::Neutral,
+        Some(super::spf::Result::TempError) => SpfResult::TempError,
+        Some(super::spf::Result::PermError) => SpfResult::PermError,
+        Some(super::spf::Result::None) | None => SpfResult::None,
+    };
+    let spf = SpfOutput::new(req.mail_from_domain.clone()).with_result(spf_result);
+    let out = auth.verify_dmarc(DmarcParameters::new(&msg, &dkim, &req.mail_from_domain, &spf)).await;
+    let policy = match out.policy() {
+        Policy::Reject => "reject",
+        Policy::Quarantine => "quarantine",
+        Policy::None | Policy::Unspecified => "none",
+    };
+    Outcome { signatures, dmarc: Some((dmarc_name(&out.result()), out.domain().to_string())), policy }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fields_and_refusal() {
+        let sig = |result| Signature {
+            result,
+            domain: "example.org".into(),
+            selector: "s1".into(),
+            algorithm: "ed25519-sha256",
+            reason: (result == "fail").then(|| "body \"hash\" mismatch".to_string()),
+        };
+        let o = Outcome {
+            signatures: vec![sig("pass"), sig("fail")],
+            dmarc: Some(("fail", "example.org".into())),
+            policy: "reject",
+        };
+        assert_eq!(
+            o.methods(),
+            [
+                "dkim=pass header.d=example.org header.s=s1 header.a=ed25519-sha256",
+                "dkim=fail reason=\"body hash mismatch\" header.d=example.org header.s=s1 header.a=ed25519-sha256",
+                "dmarc=fail policy.dmarc=reject header.from=example.org",
+            ]
+        );
+        let s = Settings { dmarc: true, dmarc_reject: true, timeout: Duration::from_secs(1), servers: Vec::new() };
+        assert_eq!(s.refusal(&o).map(|r| (r.code, r.status)), Some((550, "5.7.1")));
+        assert_eq!(Settings { dmarc_reject: false, ..s.clone() }.refusal(&o), None);
+        let quarantine = Outcome { policy: "quarantine", ..o };
+        assert_eq!(s.refusal(&quarantine), None);
+        let none = Outcome { signatures: vec![], dmarc: None, policy: "none" };
+        assert_eq!(none.methods(), ["dkim=none"]);
+    }
+}

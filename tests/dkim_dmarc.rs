@@ -1,0 +1,102 @@
+//! `[dkim] verify` and `[dmarc]` on a running server against an in-process DNS zone: the
+//! signed message of RFC 8463 Appendix A.3 (an ed25519-sha256 and an rsa-sha256 signature,
+//! relaxed/relaxed; keys of Appendix A.2) verifies, with the exact `Authentication-Results`
+//! field (RFC 8601); the same message modified in transit fails both signatures, and DMARC
+//! (RFC 7489) with `p=reject` refuses it (550 5.7.1) or, with `reject = false`, records it;
+//! a subdomain without a record gets its organisational domain's `sp=`.
+
+mod common;
+#[path = "common/dns.rs"]
+mod dns;
+
+use common::*;
+use dns::zone;
+use hickory_server::proto::rr::RData;
+use hickory_server::proto::rr::rdata::TXT;
+use std::time::Duration;
+
+fn txt(s: &str) -> RData {
+    RData::TXT(TXT::new(vec![s.to_string()]))
+}
+
+const ED25519_KEY: &str = "v=DKIM1; k=ed25519; p=11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo=";
+const RSA_KEY: &str = "v=DKIM1; k=rsa; p=MIGfMA0GCSqGSIb3DQEBAQUAA4GNADCBiQKBgQDkHlOQoBTzWRiGs5V6NpP3idY6Wk08a5qhdR6wy5bdOKb2jLQiY/J16JYi0Qvx/byYzCNb3W91y3FutACDfzwQ/BC/e/8uBsCR+yz1Lxj+PL6lHvqMKrM3rG4hstT5QjvHO9PzoxZyVYLzBfO2EeC3Ip3G+2kryOTIKT+l/K4w3QIDAQAB";
+
+fn dns_server() -> std::net::SocketAddr {
+    dns::serve(vec![
+        zone(
+            "football.example.com.",
+            &[
+                ("brisbane._domainkey.football.example.com.", txt(ED25519_KEY)),
+                ("test._domainkey.football.example.com.", txt(RSA_KEY)),
+                ("_dmarc.football.example.com.", txt("v=DMARC1; p=reject")),
+            ],
+        ),
+        zone("example.org.", &[("_dmarc.example.org.", txt("v=DMARC1; p=none; sp=reject"))]),
+        // Everything else does not exist (the DMARC tree walk asks up to the top).
+        zone(".", &[]),
+    ])
+}
+
+/// RFC 8463 A.3, with CRLF line ends as it travels.
+fn rfc8463_message() -> String {
+    std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/rfc8463-a3.eml"))
+        .unwrap()
+        .replace('\n', "\r\n")
+}
+
+fn server(dir: &std::path::Path, addr: std::net::SocketAddr, reject: bool) -> Server {
+    alice_directory(dir);
+    let cfg = format!("{PROXY_LISTENER}[dns]\nservers = [\"{addr}\"]\n[dmarc]\nenabled = true\nreject = {reject}\n");
+    start(dir, "uring", &cfg)
+}
+
+fn send(srv: &Server, from: &str, body: &str) -> String {
+    let (mut c, _) = Client::connect_proxied(srv.addr(), "192.0.2.10");
+    c.cmd("EHLO client.example");
+    c.message(from, &["alice@example.net"], body)
+}
+
+#[test]
+fn rfc8463_vectors_verify_and_a_modified_body_is_refused_by_dmarc() {
+    let addr = dns_server();
+    let dir = tempfile::tempdir().unwrap();
+    let srv = server(dir.path(), addr, true);
+    queued_id(&send(&srv, "joe@football.example.com", &rfc8463_message()));
+    assert!(eventually(Duration::from_secs(20), || !mailbox(dir.path(), "alice").is_empty()));
+    let m = &mailbox(dir.path(), "alice")[0];
+    let want = "Authentication-Results: mx.example.test;\n\
+                \tdkim=pass header.d=football.example.com header.s=brisbane header.a=ed25519-sha256;\n\
+                \tdkim=pass header.d=football.example.com header.s=test header.a=rsa-sha256;\n\
+                \tdmarc=pass header.from=football.example.com\nReceived: ";
+    assert!(m.contains(want), "{m}");
+    // Modified in transit: no signature holds, DMARC fails, p=reject refuses it.
+    let modified = rfc8463_message().replace("We lost the game", "We won the game");
+    assert_eq!(
+        send(&srv, "joe@football.example.com", &modified),
+        "550 5.7.1 Error: the DMARC policy of football.example.com rejects this message (not authenticated)\r\n"
+    );
+    // sp= of the organisational domain for a subdomain without a record of its own.
+    let unsigned = "From: x@mail.example.org\r\nSubject: unsigned\r\n\r\nhello\r\n";
+    assert!(send(&srv, "x@mail.example.org", unsigned).starts_with("550 5.7.1 "), "sp=reject");
+    // The organisational domain itself has p=none: accepted, recorded as a failure.
+    queued_id(&send(&srv, "x@example.org", "From: x@example.org\r\nSubject: unsigned\r\n\r\nhello\r\n"));
+    let (status, log) = srv.stop();
+    assert!(status.success(), "{log}");
+}
+
+#[test]
+fn with_reject_off_a_failure_is_recorded_for_the_mailbox() {
+    let addr = dns_server();
+    let dir = tempfile::tempdir().unwrap();
+    let srv = server(dir.path(), addr, false);
+    let modified = rfc8463_message().replace("We lost the game", "We won the game");
+    queued_id(&send(&srv, "joe@football.example.com", &modified));
+    assert!(eventually(Duration::from_secs(20), || !mailbox(dir.path(), "alice").is_empty()));
+    let m = &mailbox(dir.path(), "alice")[0];
+    assert!(m.starts_with("Return-Path: <joe@football.example.com>\nDelivered-To: alice@example.net\nAuthentication-Results: mx.example.test;\n\tdkim=fail reason="), "{m}");
+    assert!(m.contains("header.s=brisbane header.a=ed25519-sha256;\n"), "{m}");
+    assert!(m.contains("\tdmarc=fail policy.dmarc=reject header.from=football.example.com\nReceived: "), "{m}");
+    let (status, log) = srv.stop();
+    assert!(status.success(), "{log}");
+}
