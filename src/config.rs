@@ -116,6 +116,10 @@ pub struct DmarcConfig {
     /// Refuse a failure under `p=reject` (550 5.7.1); false: only record it. Default true.
     #[serde(default = "yes")]
     pub reject: bool,
+    /// ARC sealers (domains) whose valid chain overrides a DMARC failure (mailing lists and
+    /// forwarders the operator trusts). Default none.
+    #[serde(default)]
+    pub trusted_arc_sealers: Vec<String>,
 }
 
 impl Default for DmarcConfig {
@@ -173,6 +177,7 @@ impl Config {
         (self.dkim.verify || self.dmarc.enabled).then(|| crate::policy::dkim::Settings {
             dmarc: self.dmarc.enabled,
             dmarc_reject: self.dmarc.reject,
+            trusted_sealers: self.dmarc.trusted_arc_sealers.iter().map(|d| d.to_ascii_lowercase()).collect(),
             timeout: self.dkim.timeout,
             servers: self.dns.servers.clone(),
         })

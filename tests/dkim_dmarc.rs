@@ -100,3 +100,74 @@ fn with_reject_off_a_failure_is_recorded_for_the_mailbox() {
     let (status, log) = srv.stop();
     assert!(status.success(), "{log}");
 }
+
+/// RFC 8463 A.2's ed25519 private key (its public key is [`ED25519_KEY`]): what a trusted
+/// mailing list seals with in this test.
+const ED25519_SEED: &str = "nWGxne/9WmC6hEr0kuwsxERJxWl7MmkZcDusAxyuf2A=";
+const ED25519_PUBLIC: &str = "11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo=";
+
+/// `message` with an ARC set (RFC 8617) sealed by `sealer` (selector `brisbane`), as a list
+/// that changed it would add.
+fn arc_sealed(message: &str, sealer: &str) -> String {
+    use mail_auth::common::headers::HeaderWriter;
+    let key = mail_auth::common::crypto::Ed25519Key::from_seed_and_public_key(
+        &ringmx_b64::decode(ED25519_SEED.as_bytes()).unwrap(),
+        &ringmx_b64::decode(ED25519_PUBLIC.as_bytes()).unwrap(),
+    )
+    .unwrap();
+    let parsed = mail_auth::AuthenticatedMessage::parse(message.as_bytes()).unwrap();
+    // No ARC set yet: the chain is empty (no lookup is made).
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let none = rt.block_on(mail_auth::MessageAuthenticator::new_cloudflare().unwrap().verify_arc(&parsed));
+    let results = mail_auth::AuthenticationResults::new(sealer);
+    let set = mail_auth::arc::ArcSealer::from_key(key)
+        .domain(sealer)
+        .selector("brisbane")
+        .headers(["From", "To", "Subject"])
+        .seal(&parsed, &results, &none)
+        .unwrap();
+    format!("{}{message}", set.to_header().replace("\r\n", "\n").replace('\n', "\r\n"))
+}
+
+/// RFC 8617 §7.2: a message changed by a list (its DKIM signatures broken, so DMARC fails
+/// under p=reject) is accepted when the list's valid ARC seal is trusted; a seal not
+/// trusted, or a chain broken after sealing, does not save it.
+#[test]
+fn a_trusted_arc_sealer_vouches_for_a_dmarc_failure() {
+    let addr = dns::serve(vec![
+        zone(
+            "football.example.com.",
+            &[
+                ("brisbane._domainkey.football.example.com.", txt(ED25519_KEY)),
+                ("test._domainkey.football.example.com.", txt(RSA_KEY)),
+                ("_dmarc.football.example.com.", txt("v=DMARC1; p=reject")),
+            ],
+        ),
+        zone("list.example.", &[("brisbane._domainkey.list.example.", txt(ED25519_KEY))]),
+        zone("other.example.", &[("brisbane._domainkey.other.example.", txt(ED25519_KEY))]),
+        zone(".", &[]),
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    alice_directory(dir.path());
+    let cfg = format!(
+        "{PROXY_LISTENER}[dns]\nservers = [\"{addr}\"]\n[dmarc]\nenabled = true\ntrusted_arc_sealers = [\"list.example\"]\n"
+    );
+    let srv = start(dir.path(), "epoll", &cfg);
+    let changed = rfc8463_message().replace("Subject: Is dinner ready?", "Subject: [list] Is dinner ready?");
+    queued_id(&send(&srv, "joe@football.example.com", &arc_sealed(&changed, "list.example")));
+    assert!(eventually(Duration::from_secs(20), || !mailbox(dir.path(), "alice").is_empty()));
+    let m = &mailbox(dir.path(), "alice")[0];
+    assert!(
+        m.contains(
+            "\tarc=pass header.d=list.example;\n\tdmarc=fail policy.dmarc=reject header.from=football.example.com\n"
+        ),
+        "{m}"
+    );
+    let refused =
+        "550 5.7.1 Error: the DMARC policy of football.example.com rejects this message (not authenticated)\r\n";
+    assert_eq!(send(&srv, "joe@football.example.com", &arc_sealed(&changed, "other.example")), refused);
+    let broken = arc_sealed(&changed, "list.example").replace("We lost the game", "We won the game");
+    assert_eq!(send(&srv, "joe@football.example.com", &broken), refused);
+    let (status, log) = srv.stop();
+    assert!(status.success(), "{log}");
+}

@@ -1,12 +1,15 @@
-//! DKIM verification (RFC 6376, RFC 8463) and DMARC (RFC 7489) at the end of the content
-//! (issue 14), off the shards: the message's signatures are checked and the sender's
-//! domain's DMARC policy applied, on a thread of its own with a tokio runtime, by Stalwart's
-//! `mail-auth` (rsa-sha256, ed25519-sha256, simple and relaxed canonicalisation; DMARC
-//! alignment, `p`, `sp`). The session waits for the verdict before its 250.
+//! DKIM verification (RFC 6376, RFC 8463), ARC (RFC 8617) and DMARC (RFC 7489) at the end
+//! of the content (issue 14), off the shards: the message's signatures and ARC chain are
+//! checked and the sender's domain's DMARC policy applied, on a thread of its own with a
+//! tokio runtime, by Stalwart's `mail-auth` (rsa-sha256, ed25519-sha256, simple and relaxed
+//! canonicalisation; DMARC alignment, `p`, `sp`). The session waits for the verdict before
+//! its 250.
 //!
 //! The results join the SPF result in the message's `Authentication-Results` field (RFC
 //! 8601). A DMARC failure under `p=reject` is refused with 550 5.7.1 when `[dmarc] reject`
-//! says so (else only recorded, as `p=quarantine` always is, for the mailbox's filters).
+//! says so (else only recorded, as `p=quarantine` always is, for the mailbox's filters),
+//! unless a valid ARC chain was last sealed by a sealer the operator trusts (a mailing list
+//! or forwarder that authenticated the message before changing it, RFC 8617 §7.2).
 
 use crate::wire::Reply;
 use mail_auth::dmarc::Policy;
@@ -23,6 +26,9 @@ pub struct Settings {
     pub dmarc: bool,
     /// Refuse a DMARC failure whose policy is `reject` (550 5.7.1).
     pub dmarc_reject: bool,
+    /// ARC sealers (their `d=` domains, lower case) whose valid chain overrides a DMARC
+    /// failure.
+    pub trusted_sealers: Vec<String>,
     pub timeout: Duration,
     pub servers: Vec<SocketAddr>,
 }
@@ -58,11 +64,14 @@ pub struct Outcome {
     pub dmarc: Option<(&'static str, String)>,
     /// The domain's policy for this message (`none`, `quarantine`, `reject`).
     pub policy: &'static str,
+    /// The ARC chain's result (`pass`, `fail`, …; none without ARC sets) and the domain
+    /// of its latest seal.
+    pub arc: Option<(&'static str, String)>,
 }
 
 impl Outcome {
     fn temperror() -> Outcome {
-        Outcome { signatures: Vec::new(), dmarc: Some(("temperror", String::new())), policy: "none" }
+        Outcome { signatures: Vec::new(), dmarc: Some(("temperror", String::new())), policy: "none", arc: None }
     }
 
     /// The `Authentication-Results` methods (after the SPF one), one per line.
@@ -79,6 +88,9 @@ impl Outcome {
                 s.result, s.domain, s.selector, s.algorithm
             ));
         }
+        if let Some((r, sealer)) = &self.arc {
+            v.push(format!("arc={r} header.d={sealer}"));
+        }
         if let Some((r, from)) = &self.dmarc {
             let policy = if *r == "fail" { format!(" policy.dmarc={}", self.policy) } else { String::new() };
             v.push(format!("dmarc={r}{policy} header.from={from}"));
@@ -90,8 +102,9 @@ impl Outcome {
 impl Settings {
     /// The refusal the outcome calls for.
     pub fn refusal(&self, o: &Outcome) -> Option<Reply> {
+        let vouched = o.arc.as_ref().is_some_and(|(r, sealer)| *r == "pass" && self.trusted_sealers.contains(sealer));
         match &o.dmarc {
-            Some(("fail", from)) if self.dmarc_reject && o.policy == "reject" => Some(Reply::new(
+            Some(("fail", from)) if self.dmarc_reject && o.policy == "reject" && !vouched => Some(Reply::new(
                 550,
                 "5.7.1",
                 format!("Error: the DMARC policy of {from} rejects this message (not authenticated)"),
@@ -180,8 +193,10 @@ fn dmarc_name(r: &DmarcResult) -> &'static str {
 
 async fn verify(auth: &MessageAuthenticator, req: &Request, dmarc: bool) -> Outcome {
     let Some(msg) = AuthenticatedMessage::parse(&req.message) else {
-        return Outcome { signatures: Vec::new(), dmarc: None, policy: "none" };
+        return Outcome { signatures: Vec::new(), dmarc: None, policy: "none", arc: None };
     };
+    let arc_out = auth.verify_arc(&msg).await;
+    let arc = arc_out.sets().last().map(|set| (dkim_name(arc_out.result()).0, set.seal.header.d.to_ascii_lowercase()));
     let dkim = auth.verify_dkim(&msg).await;
     let signatures = dkim
         .iter()
@@ -197,7 +212,7 @@ async fn verify(auth: &MessageAuthenticator, req: &Request, dmarc: bool) -> Outc
         })
         .collect();
     if !dmarc {
-        return Outcome { signatures, dmarc: None, policy: "none" };
+        return Outcome { signatures, dmarc: None, policy: "none", arc };
     }
     let spf_result = match req.spf {
         Some(super::spf::Result::Pass) => SpfResult::Pass,
@@ -215,7 +230,7 @@ async fn verify(auth: &MessageAuthenticator, req: &Request, dmarc: bool) -> Outc
         Policy::Quarantine => "quarantine",
         Policy::None | Policy::Unspecified => "none",
     };
-    Outcome { signatures, dmarc: Some((dmarc_name(&out.result()), out.domain().to_string())), policy }
+    Outcome { signatures, dmarc: Some((dmarc_name(&out.result()), out.domain().to_string())), policy, arc }
 }
 
 #[cfg(test)]
@@ -235,6 +250,7 @@ mod tests {
             signatures: vec![sig("pass"), sig("fail")],
             dmarc: Some(("fail", "example.org".into())),
             policy: "reject",
+            arc: None,
         };
         assert_eq!(
             o.methods(),
@@ -244,12 +260,24 @@ mod tests {
                 "dmarc=fail policy.dmarc=reject header.from=example.org",
             ]
         );
-        let s = Settings { dmarc: true, dmarc_reject: true, timeout: Duration::from_secs(1), servers: Vec::new() };
+        let s = Settings {
+            dmarc: true,
+            dmarc_reject: true,
+            trusted_sealers: vec!["list.example".into()],
+            timeout: Duration::from_secs(1),
+            servers: Vec::new(),
+        };
         assert_eq!(s.refusal(&o).map(|r| (r.code, r.status)), Some((550, "5.7.1")));
         assert_eq!(Settings { dmarc_reject: false, ..s.clone() }.refusal(&o), None);
+        // A valid chain sealed by a trusted sealer vouches; a broken one or another sealer not.
+        let sealed = |r: &'static str, d: &str| Outcome { arc: Some((r, d.to_string())), ..o.clone() };
+        assert_eq!(s.refusal(&sealed("pass", "list.example")), None);
+        assert!(s.refusal(&sealed("fail", "list.example")).is_some());
+        assert!(s.refusal(&sealed("pass", "other.example")).is_some());
+        assert_eq!(sealed("pass", "list.example").methods()[2], "arc=pass header.d=list.example");
         let quarantine = Outcome { policy: "quarantine", ..o };
         assert_eq!(s.refusal(&quarantine), None);
-        let none = Outcome { signatures: vec![], dmarc: None, policy: "none" };
+        let none = Outcome { signatures: vec![], dmarc: None, policy: "none", arc: None };
         assert_eq!(none.methods(), ["dkim=none"]);
     }
 }

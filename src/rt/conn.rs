@@ -281,8 +281,12 @@ impl Conn {
                             s.submit(*req, Box::new(move |o| set_answer(&slot, ServiceAnswer::Dkim(o), waker.as_ref())))
                         }
                         None => {
-                            let o =
-                                crate::policy::dkim::Outcome { signatures: Vec::new(), dmarc: None, policy: "none" };
+                            let o = crate::policy::dkim::Outcome {
+                                signatures: Vec::new(),
+                                dmarc: None,
+                                policy: "none",
+                                arc: None,
+                            };
                             set_answer(&slot, ServiceAnswer::Dkim(o), None)
                         }
                     }
