@@ -224,6 +224,10 @@ pub struct GreylistConfig {
     /// Most triplets kept (about 40 bytes each); past it, new ones pass. Default 1000000.
     #[serde(default = "default_greylist_max")]
     pub max_entries: usize,
+    /// Senders whose domain's SPF passed for this client are not greylisted (needs
+    /// `[spf] enabled`). Default true.
+    #[serde(default = "yes")]
+    pub exempt_spf_pass: bool,
 }
 
 impl Default for GreylistConfig {
@@ -236,6 +240,7 @@ impl Default for GreylistConfig {
             auto_whitelist: default_greylist_awl(),
             exempt: Vec::new(),
             max_entries: default_greylist_max(),
+            exempt_spf_pass: true,
         }
     }
 }
@@ -251,6 +256,7 @@ impl GreylistConfig {
             exempt: IpList::parse(&self.exempt).unwrap_or_default(),
             exempt_spec: self.exempt.clone(),
             max_entries: self.max_entries,
+            exempt_spf_pass: self.exempt_spf_pass,
         })
     }
 }

@@ -42,12 +42,15 @@ pub struct Settings {
     /// `exempt` as written (what a reload compares).
     pub exempt_spec: Vec<String>,
     pub max_entries: usize,
+    /// Senders whose SPF passed are not greylisted (the session applies it).
+    pub exempt_spf_pass: bool,
 }
 
 impl PartialEq for Settings {
     fn eq(&self, o: &Self) -> bool {
         (self.delay, self.retry_window, self.lifetime, self.auto_whitelist, &self.exempt_spec, self.max_entries)
             == (o.delay, o.retry_window, o.lifetime, o.auto_whitelist, &o.exempt_spec, o.max_entries)
+            && self.exempt_spf_pass == o.exempt_spf_pass
     }
 }
 
@@ -341,6 +344,7 @@ mod tests {
             exempt: IpList::parse(&["198.51.100.0/24".to_string()]).unwrap(),
             exempt_spec: vec!["198.51.100.0/24".to_string()],
             max_entries: 100,
+            exempt_spf_pass: true,
         }
     }
 

@@ -369,7 +369,10 @@ impl Session {
             }
         }
         // Greylisting (issue 14): unauthenticated clients, once the recipient is known good.
-        if let (Some(g), None) = (&p.greylist, &self.auth) {
+        let spf_passed = self.tx.spf.as_ref().is_some_and(|o| o.result == crate::policy::spf::Result::Pass);
+        if let (Some(g), None) = (&p.greylist, &self.auth)
+            && !(spf_passed && g.settings().exempt_spf_pass)
+        {
             let sender = self.tx.envelope.as_ref().map_or("", |e| e.from.as_str());
             if let crate::policy::greylist::Check::Greylisted { retry_in } =
                 g.check(self.peer.ip(), sender, &to.to_string(), self.last_unix)

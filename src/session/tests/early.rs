@@ -92,6 +92,7 @@ fn greylist() -> Arc<Greylist> {
         exempt: IpList::default(),
         exempt_spec: Vec::new(),
         max_entries: 1000,
+        exempt_spf_pass: true,
     };
     Arc::new(Greylist::in_memory(settings, 42))
 }
@@ -169,4 +170,24 @@ fn spf_at_mail_from_and_the_authentication_results_field() {
     );
     assert!(!text.contains("forged.example"), "{text}");
     assert!(text.contains("\r\nAuthentication-Results: other.example;\r\n\tspf=fail\r\nSubject: x\r\n"), "{text}");
+}
+
+/// A sender whose SPF passed is not greylisted (`[greylist] exempt_spf_pass`); another
+/// result is.
+#[test]
+fn spf_pass_skips_greylisting() {
+    let mut policy = (*spf_policy()).clone();
+    policy.greylist = Some(greylist());
+    let mut h = Harness::new(SessionConfig { policy: Arc::new(policy), ..cfg() });
+    h.ehlo();
+    for (result, reply) in [
+        (crate::policy::spf::Result::Pass, "250 2.1.5 Ok\r\n"),
+        (crate::policy::spf::Result::SoftFail, "451 4.7.1 Error: greylisted, try again in 300 seconds\r\n"),
+    ] {
+        h.send("RSET\r\nMAIL FROM:<alice@remote.example>\r\n");
+        h.spf.pop().expect("an SPF check");
+        h.s.spf_done(h.now, spf(result));
+        h.take_output();
+        assert_eq!(h.send("RCPT TO:<bob@example.test>\r\n"), reply, "{result:?}");
+    }
 }
