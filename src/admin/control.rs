@@ -113,7 +113,10 @@ fn offline(spool: &Path, req: &QueueRequest) -> Result<QueueAnswer, AdminError> 
         let id = m.envelope.id;
         match req.op {
             _ if let Some(why) = crate::queue::requests::quarantine_skip(req.op, id, m.is_quarantined()) => {
-                answer.skipped.push(why);
+                // `--all` applies to the messages it can; named ones are reported.
+                if req.ids.is_some() {
+                    answer.skipped.push(why);
+                }
                 continue;
             }
             // Due at once when the server starts.

@@ -1058,7 +1058,10 @@ impl QueueManager {
                     continue;
                 }
                 _ if let Some(why) = super::requests::quarantine_skip(req.op, id, e.is_quarantined()) => {
-                    answer.skipped.push(why);
+                    // `--all` applies to the messages it can; named ones are reported.
+                    if req.ids.is_some() {
+                        answer.skipped.push(why);
+                    }
                     continue;
                 }
                 QueueOp::Release => {

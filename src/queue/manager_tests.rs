@@ -617,6 +617,10 @@ fn quarantine_until_released() {
     );
     let a = d.m.handle_queue_request(d.now, &request(QueueOp::Release, &[id]));
     assert_eq!(a.skipped, [format!("{id}: not quarantined")]);
+    // `--all` releases what is quarantined and says nothing of the rest.
+    let all = QueueRequest { op: QueueOp::Release, ids: None };
+    let a = d.m.handle_queue_request(d.now, &all);
+    assert!(a.skipped.is_empty() && a.done.is_empty(), "{a:?}");
     // After a restart: still quarantined without the mark.
     let mut d2 = Driver::new(config());
     d2.spool.insert(id, d.spool[&id].clone());
