@@ -98,6 +98,19 @@ pub struct DkimConfig {
     /// Default 10s.
     #[serde(default = "default_spf_timeout", deserialize_with = "de_duration")]
     pub timeout: std::time::Duration,
+    /// `[[dkim.sign]]`: our domains' keys; authenticated clients' mail from them is signed.
+    #[serde(default)]
+    pub sign: Vec<DkimSignConfig>,
+}
+
+/// `[[dkim.sign]]`: one domain's key.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DkimSignConfig {
+    pub domain: String,
+    pub selector: String,
+    /// PEM private key: ed25519 (PKCS#8) or RSA (PKCS#1 or PKCS#8).
+    pub key: PathBuf,
 }
 
 impl Default for DkimConfig {
@@ -174,7 +187,21 @@ fn default_spf_timeout() -> std::time::Duration {
 impl Config {
     /// The DKIM and DMARC settings, when either is on.
     pub fn dkim_settings(&self) -> Option<crate::policy::dkim::Settings> {
-        (self.dkim.verify || self.dmarc.enabled).then(|| crate::policy::dkim::Settings {
+        let signers = self
+            .dkim
+            .sign
+            .iter()
+            .filter_map(|s| {
+                crate::policy::dkim_sign::SignKey::load(&s.domain, &s.selector, &s.key)
+                    .map(Arc::new)
+                    .map_err(|e| log::error!("dkim: {e}; mail from {} goes unsigned", s.domain))
+                    .ok()
+            })
+            .collect();
+        let verify = self.dkim.verify || self.dmarc.enabled;
+        (verify || !self.dkim.sign.is_empty()).then(|| crate::policy::dkim::Settings {
+            verify,
+            signers,
             dmarc: self.dmarc.enabled,
             dmarc_reject: self.dmarc.reject,
             trusted_sealers: self.dmarc.trusted_arc_sealers.iter().map(|d| d.to_ascii_lowercase()).collect(),
@@ -1348,6 +1375,11 @@ impl Config {
             bad("limits.stress_threshold", "a fraction of max_connections, from 0 (off) to 1".into());
         }
         self.validate_policy(&mut bad);
+        for (i, s) in self.dkim.sign.iter().enumerate() {
+            if let Err(e) = crate::policy::dkim_sign::SignKey::load(&s.domain, &s.selector, &s.key) {
+                bad(&format!("dkim.sign[{i}].key"), e);
+            }
+        }
         if let Err(e) = IpList::parse(&self.greylist.exempt) {
             bad("greylist.exempt", e.to_string());
         }

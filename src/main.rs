@@ -74,6 +74,25 @@ enum Cmd {
         #[command(subcommand)]
         cmd: LogCmd,
     },
+    /// DKIM keys of our domains.
+    Dkim {
+        #[command(subcommand)]
+        cmd: DkimCmd,
+    },
+}
+
+#[derive(clap::Subcommand)]
+enum DkimCmd {
+    /// Write a new ed25519 key (PKCS#8 PEM, mode 0600) and print the DNS record to publish.
+    /// RSA keys: `opendkim-genkey -b 2048 -d DOMAIN -s SELECTOR` (ringmx signs with them).
+    Keygen {
+        domain: String,
+        #[arg(long, default_value = "ringmx")]
+        selector: String,
+        /// Where to write the key (it must not exist).
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 #[derive(clap::Subcommand)]
@@ -466,6 +485,7 @@ fn main() -> ExitCode {
             if r.failed() { Err(ExitCode::from(1)) } else { Ok(()) }
         }
         Cmd::Ban { cmd } => ban(cmd),
+        Cmd::Dkim { cmd: DkimCmd::Keygen { domain, selector, out } } => dkim_keygen(&domain, &selector, &out),
         Cmd::Log { cmd: LogCmd::Summary { files } } => log_summary(&files),
         Cmd::Log { cmd: LogCmd::Debug { state, clients, at } } => log_debug(state, clients, &at),
         Cmd::Queue { cmd } => {
@@ -496,4 +516,24 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(code) => code,
     }
+}
+
+/// `ringmx dkim keygen`: the key file (never over an existing one) and the record.
+fn dkim_keygen(domain: &str, selector: &str, out: &std::path::Path) -> Result<(), ExitCode> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let fail = |e: String| {
+        eprintln!("ringmx: {e}");
+        ExitCode::from(1)
+    };
+    let (pem, record) = ringmx::policy::dkim_sign::keygen_ed25519(domain, selector).map_err(fail)?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(out)
+        .map_err(|e| fail(format!("{}: {e}", out.display())))?;
+    f.write_all(pem.as_bytes()).and_then(|_| f.sync_all()).map_err(|e| fail(format!("{}: {e}", out.display())))?;
+    println!("{record}");
+    println!("# [[dkim.sign]] domain = \"{domain}\", selector = \"{selector}\", key = \"{}\"", out.display());
+    Ok(())
 }

@@ -22,6 +22,10 @@ use std::time::Duration;
 /// `[dkim]` and `[dmarc]` as the session uses them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settings {
+    /// Verify signatures (`[dkim] verify`, or DMARC on).
+    pub verify: bool,
+    /// `[[dkim.sign]]`: the keys of our domains.
+    pub signers: Vec<Arc<super::dkim_sign::SignKey>>,
     /// DMARC evaluated (else DKIM only).
     pub dmarc: bool,
     /// Refuse a DMARC failure whose policy is `reject` (550 5.7.1).
@@ -41,6 +45,10 @@ pub struct Request {
     /// The envelope sender's domain (the HELO name for `<>`) and its SPF result.
     pub mail_from_domain: String,
     pub spf: Option<super::spf::Result>,
+    /// Verify the message's signatures (else only sign).
+    pub verify: bool,
+    /// Sign it with this key (an authenticated client's mail from one of our domains).
+    pub sign: Option<Arc<super::dkim_sign::SignKey>>,
 }
 
 /// One signature's result.
@@ -67,11 +75,29 @@ pub struct Outcome {
     /// The ARC chain's result (`pass`, `fail`, …; none without ARC sets) and the domain
     /// of its latest seal.
     pub arc: Option<(&'static str, String)>,
+    /// The message was verified (its results belong in `Authentication-Results`).
+    pub verified: bool,
+    /// Our `DKIM-Signature` field, when asked to sign.
+    pub signature: Option<String>,
+}
+
+impl Default for Outcome {
+    /// Nothing verified, nothing signed.
+    fn default() -> Self {
+        Outcome { signatures: Vec::new(), dmarc: None, policy: "none", arc: None, verified: false, signature: None }
+    }
 }
 
 impl Outcome {
     fn temperror() -> Outcome {
-        Outcome { signatures: Vec::new(), dmarc: Some(("temperror", String::new())), policy: "none", arc: None }
+        Outcome {
+            signatures: Vec::new(),
+            dmarc: Some(("temperror", String::new())),
+            policy: "none",
+            arc: None,
+            verified: true,
+            signature: None,
+        }
     }
 
     /// The `Authentication-Results` methods (after the SPF one), one per line.
@@ -100,6 +126,11 @@ impl Outcome {
 }
 
 impl Settings {
+    /// The key for mail from `domain`, if it is one of ours.
+    pub fn signer_for(&self, domain: &str) -> Option<Arc<super::dkim_sign::SignKey>> {
+        self.signers.iter().find(|k| k.domain == domain).cloned()
+    }
+
     /// The refusal the outcome calls for.
     pub fn refusal(&self, o: &Outcome) -> Option<Reply> {
         let vouched = o.arc.as_ref().is_some_and(|(r, sealer)| *r == "pass" && self.trusted_sealers.contains(sealer));
@@ -142,8 +173,20 @@ impl DkimService {
                     let (auth, dmarc) = (auth.clone(), s.dmarc);
                     let timeout = s.timeout;
                     tokio::spawn(async move {
-                        let o = tokio::time::timeout(timeout, verify(&auth, &req, dmarc)).await;
-                        done(o.unwrap_or_else(|_| Outcome::temperror()));
+                        let mut o = if req.verify {
+                            tokio::time::timeout(timeout, verify(&auth, &req, dmarc))
+                                .await
+                                .unwrap_or_else(|_| Outcome::temperror())
+                        } else {
+                            Outcome::default()
+                        };
+                        if let Some(key) = &req.sign {
+                            match key.sign(&req.message) {
+                                Ok(sig) => o.signature = Some(sig),
+                                Err(e) => log::error!("dkim: signing for {}: {e}; sent unsigned", key.domain),
+                            }
+                        }
+                        done(o);
                     });
                 }
             });
@@ -193,7 +236,7 @@ fn dmarc_name(r: &DmarcResult) -> &'static str {
 
 async fn verify(auth: &MessageAuthenticator, req: &Request, dmarc: bool) -> Outcome {
     let Some(msg) = AuthenticatedMessage::parse(&req.message) else {
-        return Outcome { signatures: Vec::new(), dmarc: None, policy: "none", arc: None };
+        return Outcome { verified: true, ..Outcome::default() };
     };
     let arc_out = auth.verify_arc(&msg).await;
     let arc = arc_out.sets().last().map(|set| (dkim_name(arc_out.result()).0, set.seal.header.d.to_ascii_lowercase()));
@@ -212,7 +255,7 @@ async fn verify(auth: &MessageAuthenticator, req: &Request, dmarc: bool) -> Outc
         })
         .collect();
     if !dmarc {
-        return Outcome { signatures, dmarc: None, policy: "none", arc };
+        return Outcome { signatures, arc, verified: true, ..Outcome::default() };
     }
     let spf_result = match req.spf {
         Some(super::spf::Result::Pass) => SpfResult::Pass,
@@ -230,7 +273,8 @@ async fn verify(auth: &MessageAuthenticator, req: &Request, dmarc: bool) -> Outc
         Policy::Quarantine => "quarantine",
         Policy::None | Policy::Unspecified => "none",
     };
-    Outcome { signatures, dmarc: Some((dmarc_name(&out.result()), out.domain().to_string())), policy, arc }
+    let dmarc = Some((dmarc_name(&out.result()), out.domain().to_string()));
+    Outcome { signatures, dmarc, policy, arc, verified: true, signature: None }
 }
 
 #[cfg(test)]
@@ -251,6 +295,8 @@ mod tests {
             dmarc: Some(("fail", "example.org".into())),
             policy: "reject",
             arc: None,
+            verified: true,
+            signature: None,
         };
         assert_eq!(
             o.methods(),
@@ -261,6 +307,8 @@ mod tests {
             ]
         );
         let s = Settings {
+            verify: true,
+            signers: Vec::new(),
             dmarc: true,
             dmarc_reject: true,
             trusted_sealers: vec!["list.example".into()],
@@ -277,7 +325,7 @@ mod tests {
         assert_eq!(sealed("pass", "list.example").methods()[2], "arc=pass header.d=list.example");
         let quarantine = Outcome { policy: "quarantine", ..o };
         assert_eq!(s.refusal(&quarantine), None);
-        let none = Outcome { signatures: vec![], dmarc: None, policy: "none", arc: None };
+        let none = Outcome { verified: true, ..Outcome::default() };
         assert_eq!(none.methods(), ["dkim=none"]);
     }
 }

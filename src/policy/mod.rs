@@ -24,6 +24,7 @@ pub mod bans;
 pub mod conns;
 pub mod delegation;
 pub mod dkim;
+pub mod dkim_sign;
 pub mod early;
 pub mod greylist;
 pub mod iplist;

@@ -280,15 +280,7 @@ impl Conn {
                         Some(s) => {
                             s.submit(*req, Box::new(move |o| set_answer(&slot, ServiceAnswer::Dkim(o), waker.as_ref())))
                         }
-                        None => {
-                            let o = crate::policy::dkim::Outcome {
-                                signatures: Vec::new(),
-                                dmarc: None,
-                                policy: "none",
-                                arc: None,
-                            };
-                            set_answer(&slot, ServiceAnswer::Dkim(o), None)
-                        }
+                        None => set_answer(&slot, ServiceAnswer::Dkim(crate::policy::dkim::Outcome::default()), None),
                     }
                 }
                 Action::Spool(req) => {

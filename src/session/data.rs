@@ -163,19 +163,39 @@ impl Session {
     /// the spool.
     fn hand_off(&mut self, now: Now) {
         self.open_content(now, self.tx.content_len);
+        // Before anything reads or signs the content (a DKIM signature covers Date and
+        // Message-ID).
+        if self.auth.is_some()
+            && self.cfg.policy.add_missing_headers
+            && let Some(env) = self.tx.envelope.clone()
+        {
+            self.add_missing_headers(now, &env);
+        }
         let p = &self.cfg.policy;
         if p.spf.is_some() || p.dkim.is_some() {
             self.remove_forged_results();
         }
         let p = &self.cfg.policy;
-        if p.dkim.is_some() && self.auth.is_none() && !p.whitelist.contains(self.peer.ip()) {
-            return self.verify_content();
+        if let Some(d) = &p.dkim {
+            let verify = d.settings.verify && self.auth.is_none() && !p.whitelist.contains(self.peer.ip());
+            // Our users' mail from a domain with a key is signed.
+            let sign = match (&self.auth, d.settings.signers.is_empty()) {
+                (Some(_), false) => {
+                    crate::policy::dkim_sign::from_domain(self.body.get(self.received_hdr_len..).unwrap_or_default())
+                        .and_then(|dom| d.settings.signer_for(&dom))
+                }
+                _ => None,
+            };
+            if verify || sign.is_some() {
+                return self.verify_content(verify, sign);
+            }
         }
         self.content_verified(now);
     }
 
-    /// DKIM and DMARC (issue 14): the session waits for [`Session::dkim_done`].
-    fn verify_content(&mut self) {
+    /// DKIM and DMARC (issue 14), and our signature: the session waits for
+    /// [`Session::dkim_done`].
+    fn verify_content(&mut self, verify: bool, sign: Option<std::sync::Arc<crate::policy::dkim_sign::SignKey>>) {
         let env = self.tx.envelope.as_ref();
         let helo = self.helo.clone().unwrap_or_default();
         let mail_from_domain = env.and_then(|e| e.from.rsplit_once('@').map(|(_, d)| d.to_string())).unwrap_or(helo);
@@ -183,6 +203,8 @@ impl Session {
             message: std::sync::Arc::from(self.body.get(self.received_hdr_len..).unwrap_or_default()),
             mail_from_domain,
             spf: self.tx.spf.as_ref().map(|o| o.result),
+            verify,
+            sign,
         };
         self.wait = Some(super::checks::Wait::Dkim);
         self.phase = Phase::Waiting;
@@ -197,7 +219,12 @@ impl Session {
         self.wait = None;
         self.phase = Phase::Command;
         self.wait_for(now, self.cfg.command_timeout);
-        self.tx.auth_results.extend(o.methods());
+        if o.verified {
+            self.tx.auth_results.extend(o.methods());
+        }
+        if let Some(sig) = o.signature.clone() {
+            self.tx.prepend.push(sig);
+        }
         match self.cfg.policy.dkim.as_ref().and_then(|d| d.settings.refusal(&o)) {
             Some(r) => self.refuse_content("dmarc", r),
             None => self.content_verified(now),
@@ -230,9 +257,6 @@ impl Session {
         envelope.received_ms = now.unix_ms;
         envelope.route = tx.route;
         envelope.quarantine = tx.quarantine;
-        if self.auth.is_some() && self.cfg.policy.add_missing_headers {
-            self.add_missing_headers(now, &envelope);
-        }
         let mut prepend = tx.prepend;
         if !tx.auth_results.is_empty() {
             // RFC 8601 §4: our Authentication-Results field goes on top.

@@ -348,7 +348,7 @@ impl Run {
                     self.s.spf_done(self.now, o);
                 }
                 Action::Dkim(..) => {
-                    let o = ringmx::policy::dkim::Outcome { signatures: Vec::new(), dmarc: None, policy: "none", arc: None };
+                    let o = ringmx::policy::dkim::Outcome::default();
                     self.s.dkim_done(self.now, o);
                 }
                 Action::Close => self.closed = true,

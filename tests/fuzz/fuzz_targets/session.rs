@@ -76,7 +76,7 @@ fuzz_target!(|data: &[u8]| {
                 Action::Milter(..) => s.milter_done(now, ringmx::policy::milter::Verdict::Accept(Vec::new())),
                 Action::Dkim(..) => s.dkim_done(
                     now,
-                    ringmx::policy::dkim::Outcome { signatures: Vec::new(), dmarc: None, policy: "none", arc: None },
+                    ringmx::policy::dkim::Outcome::default(),
                 ),
                 Action::Spf(..) => s.spf_done(
                     now,
