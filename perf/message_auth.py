@@ -25,7 +25,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import socket
 import statistics
 import struct
@@ -35,7 +34,7 @@ import tempfile
 import threading
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import free_port  # noqa: E402
+from hotpath import Ringmx  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -93,29 +92,6 @@ def cpu_ticks(pid):
     return int(fields[11]) + int(fields[12])
 
 
-class Server:
-    def __init__(self, binary, tmp, extra):
-        self.port = free_port()
-        self.dir = tempfile.mkdtemp(dir=tmp)
-        cfg = os.path.join(self.dir, "ringmx.toml")
-        with open(cfg, "w") as f:
-            f.write(f'data_dir = "{self.dir}/data"\nlocal_domains = ["example.test"]\n')
-            f.write(f'[[listener]]\nport = {self.port}\nbind = ["127.0.0.1"]\n')
-            f.write("[limits]\nmax_connections_per_ip = 100000\n")
-            f.write(extra)
-        self.log = open(os.path.join(self.dir, "log"), "w+")
-        self.p = subprocess.Popen([binary, "serve", "--config", cfg, "--io", "uring"],
-                                  stdout=subprocess.PIPE, stderr=self.log, text=True)
-        line = self.p.stdout.readline()
-        if "listening on" not in line:
-            raise RuntimeError(f"ringmx did not start: {line!r}")
-
-    def stop(self):
-        self.p.send_signal(signal.SIGTERM)
-        self.p.wait(timeout=60)
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3)
@@ -142,7 +118,7 @@ def main():
     for r in range(a.rounds):
         order = list(variants) if r % 2 == 0 else list(reversed(variants))
         for name in order:
-            srv = Server(a.ringmx, tmp, variants[name])
+            srv = Ringmx(a.ringmx, "uring", True, tmp, variants[name])
             out = os.path.join(tmp, "run.json")
             before = cpu_ticks(srv.p.pid)
             subprocess.run([a.loadgen, "run", "--target", f"127.0.0.1:{srv.port}", "-n", str(a.messages),

@@ -97,19 +97,31 @@ fn load_greylist(
     }
 }
 
+/// The running service `old` when its settings equal `settings`, else a new one from
+/// `start` (none when off, or when its thread cannot start: logged under `what`).
+fn reuse_or_start<S, T: PartialEq>(
+    what: &str,
+    settings: Option<T>,
+    old: Option<&Arc<S>>,
+    current: impl Fn(&S) -> &T,
+    start: impl FnOnce(T) -> std::io::Result<S>,
+) -> Option<Arc<S>> {
+    let settings = settings?;
+    if let Some(s) = old.filter(|s| *current(s) == settings) {
+        return Some(s.clone());
+    }
+    start(settings)
+        .map(Arc::new)
+        .map_err(|e| log::error!("{what}: cannot start its thread: {e}; its checks answer temperror"))
+        .ok()
+}
+
 /// `[spf]`: the running SPF thread when its settings did not change, else a new one.
 fn start_spf(
     cfg: &Config,
     old: Option<&Arc<crate::policy::spf::SpfService>>,
 ) -> Option<Arc<crate::policy::spf::SpfService>> {
-    let settings = cfg.spf_settings()?;
-    if let Some(s) = old.filter(|s| s.settings == settings) {
-        return Some(s.clone());
-    }
-    crate::policy::spf::SpfService::start(settings)
-        .map(Arc::new)
-        .map_err(|e| log::error!("spf: cannot start its thread: {e}; SPF checks answer temperror"))
-        .ok()
+    reuse_or_start("spf", cfg.spf_settings(), old, |s| &s.settings, crate::policy::spf::SpfService::start)
 }
 
 /// `[dkim]`/`[dmarc]`: the running thread when its settings did not change, else a new one.
@@ -117,14 +129,7 @@ fn start_dkim(
     cfg: &Config,
     old: Option<&Arc<crate::policy::dkim::DkimService>>,
 ) -> Option<Arc<crate::policy::dkim::DkimService>> {
-    let settings = cfg.dkim_settings()?;
-    if let Some(s) = old.filter(|s| s.settings == settings) {
-        return Some(s.clone());
-    }
-    crate::policy::dkim::DkimService::start(settings)
-        .map(Arc::new)
-        .map_err(|e| log::error!("dkim: cannot start its thread: {e}; verifications answer temperror"))
-        .ok()
+    reuse_or_start("dkim", cfg.dkim_settings(), old, |s| &s.settings, crate::policy::dkim::DkimService::start)
 }
 
 /// Compiles `[scripts]` (validated already: an error here means the file changed since;
@@ -239,13 +244,8 @@ fn build_policy_with_bans(
         auth_fixed: cfg.auth.username.clone().zip(cfg.auth.password.clone()),
         verifier: Some(Arc::new(crate::policy::auth::Verifier::new(cfg.auth.verifier_threads))),
         dns: dns.filter(|_| needs_dns(cfg)).map(|s| Dns::new(s, policy_dns(cfg))),
-        delegation: Vec::new(),
-        milters: Vec::new(),
-        scripts: None,
-        greylist: None,
-        known_good: Arc::default(),
-        spf: None,
-        dkim: None,
+        // The services' threads and state: started by the caller.
+        ..Policy::default()
     }
 }
 

@@ -14,11 +14,14 @@ static ALLOCATED: AtomicUsize = AtomicUsize::new(0);
 
 // SAFETY: forwards to the system allocator unchanged; only counts the bytes asked for.
 unsafe impl GlobalAlloc for Counting {
+    // SAFETY: the caller keeps GlobalAlloc's contract (a non-zero-size layout), which this
+    // passes on to System unchanged.
     unsafe fn alloc(&self, l: Layout) -> *mut u8 {
         ALLOCATED.fetch_add(l.size(), Ordering::Relaxed);
         // SAFETY: the caller's layout is passed on as given.
         unsafe { System.alloc(l) }
     }
+    // SAFETY: the caller gives back a block this allocator returned, with its layout.
     unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
         ALLOCATED.fetch_sub(l.size(), Ordering::Relaxed);
         // SAFETY: `p` came from `alloc` above with this layout.
@@ -185,7 +188,14 @@ fn forever(ctx) {{ let n = 0; loop {{ n += 1; }} }}
         )
     }
 
-    fn call(engine: &Engine, scope: &mut Scope, this: &mut Dynamic, ast: &AST, name: &str, c: &Ctx) -> Result<bool, String> {
+    fn call(
+        engine: &Engine,
+        scope: &mut Scope,
+        this: &mut Dynamic,
+        ast: &AST,
+        name: &str,
+        c: &Ctx,
+    ) -> Result<bool, String> {
         let mut m = Map::new();
         m.insert("client_ip".into(), c.client_ip.into());
         m.insert("helo".into(), c.helo.into());
@@ -217,7 +227,8 @@ fn forever(ctx) {{ let n = 0; loop {{ n += 1; }} }}
             }
             let t = Instant::now();
             for i in 0..CALLS {
-                refused += call(&engine, &mut scope, &mut this, &ast, name, &ctxs[i as usize % ctxs.len()]).unwrap() as u32;
+                refused +=
+                    call(&engine, &mut scope, &mut this, &ast, name, &ctxs[i as usize % ctxs.len()]).unwrap() as u32;
             }
             let ns = t.elapsed().as_nanos() as f64 / CALLS as f64;
             println!("rhai   {name:<6} {ns:8.0} ns/call  (refused {refused})");
@@ -229,9 +240,11 @@ fn forever(ctx) {{ let n = 0; loop {{ n += 1; }} }}
         }
         println!("rhai   check+hook {:4.0} ns/call", t.elapsed().as_nanos() as f64 / CALLS as f64);
         let began = Instant::now();
-        engine.on_progress(move |ops| {
-            if ops % 1000 == 0 && began.elapsed() > BUDGET { Some("budget".into()) } else { None }
-        });
+        engine.on_progress(
+            move |ops| {
+                if ops % 1000 == 0 && began.elapsed() > BUDGET { Some("budget".into()) } else { None }
+            },
+        );
         let err = call(&engine, &mut scope, &mut this, &ast, "forever", &ctxs[0]).err().unwrap_or_default();
         println!(
             "rhai   forever stopped after {:.2} ms (budget {} ms): {}",
