@@ -84,6 +84,9 @@ pub struct Config {
     /// `[dmarc]`: DMARC at the end of the content.
     #[serde(default)]
     pub dmarc: DmarcConfig,
+    /// `[lists]`: what every mailing list shares.
+    #[serde(default)]
+    pub lists: crate::rt::lists::ListsConfig,
 }
 
 /// `[dkim]`: see [`crate::policy::dkim`].

@@ -30,6 +30,7 @@ pub mod config;
 pub mod delivery;
 pub mod directory;
 pub mod dns;
+pub mod lists;
 pub mod obs;
 pub mod policy;
 pub mod queue;

@@ -66,6 +66,16 @@ pub enum DirectoryCmd {
         #[command(subcommand)]
         cmd: BlockedCmd,
     },
+    /// Mailing lists, and their held posts.
+    List {
+        #[command(subcommand)]
+        cmd: super::lists::ListCmd,
+    },
+    /// The members of mailing lists.
+    Member {
+        #[command(subcommand)]
+        cmd: super::lists::MemberCmd,
+    },
     /// Create mailboxes from a CSV file of `email,password,quota` lines.
     Import { file: PathBuf },
     /// Write every mailbox as `email,password,quota` (password empty) to FILE or stdout.
@@ -327,6 +337,10 @@ pub fn run(args: DirectoryArgs) -> ExitCode {
         DirectoryCmd::Purge { older_than, postoffice, mailbox } => {
             purge(&store, &cfg.maildir_root(), &older_than, postoffice.as_deref(), mailbox.as_deref(), &mut stdout)
         }
+        DirectoryCmd::List { cmd: super::lists::ListCmd::Moderate(m) } => store
+            .load()
+            .map_err(CommandError::from)
+            .and_then(|d| super::lists::moderate(&cfg.data_dir, &d, m, &mut stdout)),
         cmd => execute(&store, cmd, &mut std::io::stdin().lock(), &mut stdout),
     };
     match result {
@@ -416,6 +430,14 @@ pub fn execute(
             | DirectoryCmd::Mailbox { cmd: MailboxCmd::List { .. } | MailboxCmd::Show { .. } }
             | DirectoryCmd::Group { cmd: GroupCmd::List { .. } | GroupCmd::Show { .. } }
             | DirectoryCmd::Blocked { cmd: BlockedCmd::List { .. } }
+            | DirectoryCmd::List {
+                cmd: super::lists::ListCmd::List { .. }
+                    | super::lists::ListCmd::Show { .. }
+                    | super::lists::ListCmd::Moderate(_)
+            }
+            | DirectoryCmd::Member {
+                cmd: super::lists::MemberCmd::List { .. } | super::lists::MemberCmd::Export { .. }
+            }
     );
     let _lock = if writes { Some(store.lock()?) } else { None };
     let mut data = store.load()?;
@@ -427,6 +449,8 @@ pub fn execute(
         DirectoryCmd::Mailbox { cmd } => mailbox(&mut data, cmd, input, out),
         DirectoryCmd::Group { cmd } => group(&mut data, cmd, out),
         DirectoryCmd::Blocked { cmd } => blocked(&mut data, cmd, out),
+        DirectoryCmd::List { cmd } => super::lists::list(&mut data, cmd, out),
+        DirectoryCmd::Member { cmd } => super::lists::member(&mut data, cmd, out),
         DirectoryCmd::Import { file } => import(&mut data, &file, out),
         DirectoryCmd::Export { file } => export(&data, file.as_deref(), out),
         DirectoryCmd::Purge { .. } => {
@@ -747,8 +771,13 @@ fn add_mailbox(
     Ok(format!("{po}/{name}"))
 }
 
-fn address_in_use(data: &DirectoryData, a: &str) -> bool {
-    data.mailboxes.iter().any(|m| m.addresses.iter().any(|x| x == a)) || data.groups.iter().any(|g| g.address == a)
+pub(super) fn address_in_use(data: &DirectoryData, a: &str) -> bool {
+    data.mailboxes.iter().any(|m| m.addresses.iter().any(|x| x == a))
+        || data.groups.iter().any(|g| g.address == a)
+        || data.lists.iter().any(|l| {
+            let (local, domain) = l.parts();
+            l.address == a || ["request", "owner", "bounces"].iter().any(|s| format!("{local}-{s}@{domain}") == a)
+        })
 }
 
 fn mailbox_json(m: &Mailbox) -> serde_json::Value {
@@ -1005,7 +1034,7 @@ fn blocked(data: &mut DirectoryData, cmd: BlockedCmd, out: &mut dyn Write) -> Re
 }
 
 /// `key: value` lines of a JSON object, for `show` without `--json`.
-fn show_text(v: &serde_json::Value, out: &mut dyn Write) -> std::io::Result<()> {
+pub(super) fn show_text(v: &serde_json::Value, out: &mut dyn Write) -> std::io::Result<()> {
     let Some(map) = v.as_object() else { return writeln!(out, "{v}") };
     for (k, v) in map {
         match v {

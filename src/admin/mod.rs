@@ -6,6 +6,7 @@ pub mod bans;
 pub mod control;
 pub mod diagnose;
 pub mod directory;
+pub mod lists;
 
 use crate::queue::Status;
 use crate::queue::requests::{QueueOp, QueueRequest};

@@ -7,7 +7,7 @@
 //! names the original recipients in a header (SPEC §5).
 
 use super::index::{Directory, Entry, PostmasterRoute};
-use super::model::split;
+use super::model::{ListRole, split};
 use std::collections::HashSet;
 
 /// Redirects and groups followed deeper than this are reported as [`ExpandProblem::TooDeep`].
@@ -43,6 +43,9 @@ pub enum Destination {
     Remote(String),
     /// An address of a domain relayed to its smart host.
     Relay { host_port: String, address: String },
+    /// A mailing list's address (`list` is its posting address): the list manager takes
+    /// the message.
+    List { list: String, role: ListRole },
 }
 
 /// Why an address led nowhere.
@@ -170,6 +173,8 @@ impl Expander<'_> {
                 }
             }
             Some(Entry::Group(i)) => self.follow(&a, &dir.data.groups[i].members, original, catch_all, visited),
+            Some(Entry::List(..)) => self.push_list(&a, original, catch_all),
+            None if local.contains('+') && dir.list_role(&a).is_some() => self.push_list(&a, original, catch_all),
             None => match &domain.catch_all {
                 Some(target) if self.catch_alls => {
                     self.follow(&a, std::slice::from_ref(target), original, true, visited)
@@ -186,6 +191,12 @@ impl Expander<'_> {
             self.visit(n, original, catch_all, visited);
         }
         self.chain.pop();
+    }
+
+    fn push_list(&mut self, address: &str, original: &str, catch_all: bool) {
+        if let Some((list, role)) = self.dir.list_role(address) {
+            self.push(Destination::List { list: list.address.clone(), role }, original, catch_all);
+        }
     }
 
     fn push(&mut self, destination: Destination, original: &str, catch_all: bool) {

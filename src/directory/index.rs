@@ -9,8 +9,8 @@
 
 use super::DirectoryError;
 use super::model::{
-    DirectoryData, Domain, FORMAT_VERSION, MAX_ADDRESS, Mailbox, Postoffice, check_smart_host, lower,
-    normalize_address, normalize_domain, normalize_name, split,
+    DirectoryData, Domain, FORMAT_VERSION, List, ListRole, MAX_ADDRESS, Mailbox, Posting, Postoffice, check_smart_host,
+    lower, normalize_address, normalize_domain, normalize_name, split,
 };
 use crate::wire::Reply;
 use std::collections::{HashMap, HashSet};
@@ -22,7 +22,22 @@ pub(super) enum Entry {
     Mailbox(usize),
     /// Index into `DirectoryData::groups`.
     Group(usize),
+    /// Index into `DirectoryData::lists`, and which of the list's addresses.
+    List(usize, ListAddr),
 }
+
+/// Which address of a list (see [`ListRole`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum ListAddr {
+    Post,
+    Request,
+    Owner,
+    Bounces,
+}
+
+/// The suffixes of a list's own addresses.
+const LIST_SUFFIXES: [(&str, ListAddr); 3] =
+    [("request", ListAddr::Request), ("owner", ListAddr::Owner), ("bounces", ListAddr::Bounces)];
 
 /// The directory, indexed for lookups. Cheap to share behind an `Arc`; never changed after
 /// [`Directory::build`].
@@ -86,6 +101,8 @@ pub enum RcptTarget<'d> {
     Postmaster { domain: Option<&'d str>, route: PostmasterRoute<'d> },
     /// A domain whose mail is relayed to its smart host.
     Relayed { domain: &'d str, host_port: &'d str },
+    /// An address of a mailing list.
+    List { list: &'d List },
     /// `abuse@` a domain with an abuse address set and no mailbox or group of that name.
     Abuse { domain: &'d str, to: &'d str },
 }
@@ -119,6 +136,11 @@ pub enum Refusal {
     MailboxFull,
     /// The sender's domain is on the recipient domain's blacklist: 550 5.7.1.
     SenderBlacklisted,
+    /// A post to a disabled list: 550 5.2.1.
+    ListDisabled,
+    /// A post from a sender the list's posting rule does not admit (`members`,
+    /// `moderators`, or the null reverse path): 550 5.7.1.
+    ListPostingRestricted,
 }
 
 impl Refusal {
@@ -131,6 +153,8 @@ impl Refusal {
             Refusal::DomainDisabled => "domain_disabled",
             Refusal::MailboxFull => "mailbox_full",
             Refusal::SenderBlacklisted => "sender_blacklisted",
+            Refusal::ListDisabled => "list_disabled",
+            Refusal::ListPostingRestricted => "list_posting",
         }
     }
 
@@ -146,6 +170,12 @@ impl Refusal {
             Refusal::SenderBlacklisted => {
                 Reply::new(550, "5.7.1", "Error: recipient address rejected: sender domain refused")
             }
+            Refusal::ListDisabled => Reply::new(550, "5.2.1", "Error: recipient address rejected: list disabled"),
+            Refusal::ListPostingRestricted => Reply::new(
+                550,
+                "5.7.1",
+                "Error: recipient address rejected: this list takes posts from its members only",
+            ),
         }
     }
 }
@@ -232,6 +262,27 @@ impl Directory {
             let a = normalize_address(a)?;
             d.blocked.insert(a);
         }
+        for (i, l) in d.data.lists.iter().enumerate() {
+            let a = normalize_address(&l.address)?;
+            d.domain_postoffice(&a)?;
+            if l.posting == Posting::Password && l.password.as_deref().is_none_or(str::is_empty) {
+                return Err(DirectoryError::InvalidList(a, "posting = \"password\" needs a password".into()));
+            }
+            for m in l.owners.iter().chain(&l.moderators).chain(&l.reply_to_address) {
+                normalize_address(m)?;
+            }
+            for m in &l.members {
+                normalize_address(&m.address)?;
+            }
+            let (local, domain) = split(&a).unwrap_or_default();
+            let mut own = vec![(a.clone(), ListAddr::Post)];
+            own.extend(LIST_SUFFIXES.iter().map(|(s, r)| (format!("{local}-{s}@{domain}"), *r)));
+            for (addr, role) in own {
+                if d.addresses.insert(addr.clone(), Entry::List(i, role)).is_some() {
+                    return Err(DirectoryError::DuplicateAddress(addr));
+                }
+            }
+        }
         Ok(d)
     }
 
@@ -274,7 +325,45 @@ impl Directory {
     pub fn mailbox_by_address(&self, address: &str) -> Option<(&Mailbox, &str)> {
         match self.entry(address)? {
             Entry::Mailbox(i) => Some((&self.data.mailboxes[i], &self.maildir_of[i])),
-            Entry::Group(_) => None,
+            Entry::Group(_) | Entry::List(..) => None,
+        }
+    }
+
+    /// The list with this address (its posting address).
+    pub fn list(&self, address: &str) -> Option<&List> {
+        match self.entry(address)? {
+            Entry::List(i, ListAddr::Post) => Some(&self.data.lists[i]),
+            _ => None,
+        }
+    }
+
+    /// The list an address belongs to and what it is for: posts, commands, owners, or
+    /// bounces (`name-bounces+member=host@domain` names the member, VERP).
+    pub fn list_role(&self, address: &str) -> Option<(&List, ListRole)> {
+        if let Some(Entry::List(i, r)) = self.entry(address) {
+            let role = match r {
+                ListAddr::Post => ListRole::Post,
+                ListAddr::Request => ListRole::Request,
+                ListAddr::Owner => ListRole::Owner,
+                ListAddr::Bounces => ListRole::Bounces(None),
+            };
+            return Some((&self.data.lists[i], role));
+        }
+        let (local, domain) = split(address)?;
+        let (base, verp) = local.split_once('+')?;
+        if !base.to_ascii_lowercase().ends_with("-bounces") {
+            return None;
+        }
+        let Some(Entry::List(i, ListAddr::Bounces)) = self.entry(&format!("{base}@{domain}")) else { return None };
+        let member = verp.rsplit_once('=').map(|(l, h)| format!("{l}@{h}").to_ascii_lowercase());
+        Some((&self.data.lists[i], ListRole::Bounces(member)))
+    }
+
+    /// The list whose bounce address `sender` is (its distribution's reverse path).
+    pub fn list_of_bounces(&self, sender: &str) -> Option<&List> {
+        match self.entry(sender)? {
+            Entry::List(i, ListAddr::Bounces) => Some(&self.data.lists[i]),
+            _ => None,
         }
     }
 
@@ -373,7 +462,15 @@ impl Directory {
         if let Some(hp) = &domain.smart_host {
             return RcptVerdict::Accept(RcptTarget::Relayed { domain: name, host_port: hp });
         }
-        match self.entry(rcpt) {
+        let entry = self.entry(rcpt);
+        // A VERP bounce address, `name-bounces+member=host@domain`.
+        if entry.is_none()
+            && local.contains('+')
+            && let Some((list, _)) = self.list_role(rcpt)
+        {
+            return RcptVerdict::Accept(RcptTarget::List { list });
+        }
+        match entry {
             Some(Entry::Mailbox(i)) => {
                 let mb = &self.data.mailboxes[i];
                 let maildir = self.maildir_of[i].as_str();
@@ -386,6 +483,18 @@ impl Directory {
                 RcptVerdict::Accept(RcptTarget::Mailbox { mailbox: mb, maildir })
             }
             Some(Entry::Group(i)) => RcptVerdict::Accept(RcptTarget::Group { address: &self.data.groups[i].address }),
+            Some(Entry::List(i, role)) => {
+                let list = &self.data.lists[i];
+                if role == ListAddr::Post {
+                    if list.disabled {
+                        return RcptVerdict::Refuse(Refusal::ListDisabled);
+                    }
+                    if !may_post(list, sender.unwrap_or_default()) {
+                        return RcptVerdict::Refuse(Refusal::ListPostingRestricted);
+                    }
+                }
+                RcptVerdict::Accept(RcptTarget::List { list })
+            }
             None if local.eq_ignore_ascii_case("abuse") && domain.abuse.is_some() => {
                 RcptVerdict::Accept(RcptTarget::Abuse { domain: name, to: domain.abuse.as_deref().unwrap_or_default() })
             }
@@ -445,5 +554,19 @@ impl Directory {
     fn default_postmaster(&self) -> PostmasterRoute<'_> {
         let po = self.data.default_postoffice.as_deref().or(self.data.postoffices.first().map(|p| p.name.as_str()));
         po.map_or(PostmasterRoute::Unresolved, |po| self.postoffice_postmaster(po))
+    }
+}
+
+/// Whether `sender` may post to `list` as far as RCPT can tell (the password of
+/// `posting = "password"` is in the subject, checked at delivery).
+pub fn may_post(list: &List, sender: &str) -> bool {
+    if sender.is_empty() {
+        // A bounce or report is never a post.
+        return false;
+    }
+    match list.posting {
+        Posting::Anyone | Posting::Password => true,
+        Posting::Members => list.member(sender).is_some() || list.is_moderator(sender),
+        Posting::Moderators => list.is_moderator(sender),
     }
 }

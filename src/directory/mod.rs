@@ -30,8 +30,8 @@ mod tests;
 
 pub use expand::{Destination, ExpandProblem, Expansion, Target};
 pub use handle::DirectoryHandle;
-pub use index::{Directory, NoUsage, PostmasterRoute, QuotaView, RcptTarget, RcptVerdict, Refusal};
-pub use model::{AutoResponder, DirectoryData, Domain, Group, Mailbox, Postoffice};
+pub use index::{Directory, NoUsage, PostmasterRoute, QuotaView, RcptTarget, RcptVerdict, Refusal, may_post};
+pub use model::{AutoResponder, DirectoryData, Domain, Group, List, ListRole, Mailbox, Member, Postoffice};
 pub use store::{DirectoryStore, JsonFileStore, StoreLock};
 
 use std::path::PathBuf;
@@ -66,6 +66,12 @@ pub enum DirectoryError {
     /// No group has this address.
     #[error("no group with address {0:?}")]
     UnknownGroup(String),
+    /// No list has this address.
+    #[error("no list with address {0:?}")]
+    UnknownList(String),
+    /// A list's settings that do not go together.
+    #[error("list {0}: {1}")]
+    InvalidList(String, String),
     /// The address already belongs to a mailbox or group.
     #[error("address {0:?} is already in use")]
     DuplicateAddress(String),

@@ -36,6 +36,9 @@ pub struct DirectoryData {
     /// Recipient addresses answered 550 5.1.1 as if they did not exist (SPEC §5).
     #[serde(default)]
     pub blocked: Vec<String>,
+    /// Mailing lists ([`List`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lists: Vec<List>,
 }
 
 fn format_version() -> u32 {
@@ -137,6 +140,262 @@ pub struct Group {
     /// Full addresses, local or remote.
     #[serde(default)]
     pub members: Vec<String>,
+}
+
+/// A mailing list (SPEC §6 "Lists"): `name@domain` takes posts; `name-request@domain`
+/// takes commands (help, subscribe, unsubscribe, confirm, approve, reject);
+/// `name-owner@domain` reaches the owners; `name-bounces@domain` (with VERP,
+/// `name-bounces+member=host@domain`) takes the bounces of its distribution.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct List {
+    /// Lower case, on a hosted domain.
+    pub address: String,
+    #[serde(default)]
+    pub description: String,
+    /// Told about subscriptions, bounces that disable a member, and list errors; reached at
+    /// `name-owner@`.
+    #[serde(default)]
+    pub owners: Vec<String>,
+    /// Approve or reject held posts; with `posting = "moderators"`, the only posters.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub moderators: Vec<String>,
+    /// A disabled list refuses posts (550 5.2.1 at RCPT); its commands still work.
+    #[serde(default)]
+    pub disabled: bool,
+    /// Answer `help` (with `help_text` and the commands).
+    #[serde(default = "yes")]
+    pub help: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub help_text: Option<String>,
+    /// The From of the list's own messages (help, confirmations, notices) and of posts
+    /// whose From is rewritten.
+    #[serde(default)]
+    pub send_from: SendFrom,
+    /// Posts are held until a moderator approves them.
+    #[serde(default)]
+    pub moderated: bool,
+    #[serde(default)]
+    pub subscription: Subscription,
+    /// `unsubscribe` by mail needs a confirmation code as `subscribe` does.
+    #[serde(default)]
+    pub unsubscribe_confirm: bool,
+    #[serde(default)]
+    pub posting: Posting,
+    /// The password of `posting = "password"`, written `[:password:]` in a post's subject.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+    #[serde(default)]
+    pub reply_to: ReplyToMode,
+    /// The address of `reply_to = "address"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to_address: Option<String>,
+    #[serde(default)]
+    pub prefix: SubjectPrefix,
+    /// The text of `prefix = "custom"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix_text: Option<String>,
+    /// Text put before each post's body.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header_text: Option<String>,
+    /// Text put after each post's body.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub footer_text: Option<String>,
+    /// Largest post in bytes; 0: the server's message size limit only.
+    #[serde(default)]
+    pub max_message_bytes: u64,
+    #[serde(default)]
+    pub from_rewrite: FromRewrite,
+    /// Keep every distributed post in the list's archive Maildir.
+    #[serde(default)]
+    pub archive: bool,
+    /// `List-Archive` URL, if the archive is published somewhere.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archive_url: Option<String>,
+    /// A digest is sent this many hours after the previous one (when it holds a post).
+    #[serde(default = "digest_hours")]
+    pub digest_hours: u32,
+    /// …or as soon as the posts waiting for it reach this many bytes (0: by time only).
+    #[serde(default = "digest_bytes")]
+    pub digest_max_bytes: u64,
+    /// A member whose address bounces this many times within `bounce_window_days` is
+    /// disabled and the owners told; 0: never.
+    #[serde(default = "bounce_limit")]
+    pub bounce_limit: u32,
+    #[serde(default = "bounce_window")]
+    pub bounce_window_days: u32,
+    #[serde(default)]
+    pub members: Vec<Member>,
+}
+
+fn digest_hours() -> u32 {
+    24
+}
+fn digest_bytes() -> u64 {
+    512 * 1024
+}
+fn bounce_limit() -> u32 {
+    5
+}
+fn bounce_window() -> u32 {
+    30
+}
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+fn is_zero<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
+}
+
+/// A list member.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Member {
+    /// Lower case.
+    pub address: String,
+    /// Gets digests instead of each post.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub digest: bool,
+    /// Gets nothing (set by an operator, or by bounces); still counts as a member for
+    /// `posting = "members"`.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub disabled: bool,
+    /// Bounces counted in the current window, which started at `first_bounce_ms`.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub bounces: u32,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub first_bounce_ms: u64,
+}
+
+impl Member {
+    pub fn new(address: String) -> Self {
+        Member { address, digest: false, disabled: false, bounces: 0, first_bounce_ms: 0 }
+    }
+}
+
+/// Who may subscribe by mail.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Subscription {
+    /// At once, on `subscribe`.
+    Anyone,
+    /// Only an operator adds members (`ringmx directory member add`).
+    Closed,
+    /// `subscribe` sends a code; `confirm CODE` from the same address subscribes.
+    #[default]
+    Confirm,
+}
+
+/// Who may post.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Posting {
+    Anyone,
+    /// Members (and moderators and owners); others are refused at RCPT: 550 5.7.1.
+    #[default]
+    Members,
+    /// Moderators and owners only; others 550 5.7.1 at RCPT.
+    Moderators,
+    /// Anyone whose subject holds `[:password:]`; the token is removed before distribution.
+    Password,
+}
+
+/// Where replies to a post go (its `Reply-To`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReplyToMode {
+    List,
+    /// The poster's own From or Reply-To: the post's `Reply-To` is left alone.
+    #[default]
+    Poster,
+    /// The first moderator (or owner).
+    Moderator,
+    /// `reply_to_address`.
+    Address,
+}
+
+/// The subject prefix of distributed posts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SubjectPrefix {
+    /// `[name]`.
+    #[default]
+    Name,
+    None,
+    /// `prefix_text`.
+    Custom,
+}
+
+/// The From of the list's own messages.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SendFrom {
+    #[default]
+    List,
+    /// The first moderator (or owner).
+    Moderator,
+}
+
+/// When a post's From is replaced by the list's (DMARC mitigation, as Mailman 3 and mlmmj
+/// do): the poster goes to `Reply-To` and `X-Original-From`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FromRewrite {
+    /// When the poster's domain publishes DMARC `p=reject` or `p=quarantine` (asked of
+    /// DNS, or listed in `[lists] dmarc_domains`).
+    #[default]
+    Dmarc,
+    Always,
+    Never,
+}
+
+/// The addresses of a list and what each is for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListRole {
+    /// `name@domain`: posts (and MailEnable's commands in the subject).
+    Post,
+    /// `name-request@domain`: commands.
+    Request,
+    /// `name-owner@domain`: the owners.
+    Owner,
+    /// `name-bounces@domain`, and with VERP `name-bounces+member=host@domain`: the member.
+    Bounces(Option<String>),
+}
+
+impl List {
+    /// The local part and domain of the list address.
+    pub fn parts(&self) -> (&str, &str) {
+        split(&self.address).unwrap_or((&self.address, ""))
+    }
+
+    /// `name-suffix@domain`.
+    pub fn role_address(&self, suffix: &str) -> String {
+        let (l, d) = self.parts();
+        format!("{l}-{suffix}@{d}")
+    }
+
+    /// The subject prefix, rendered.
+    pub fn prefix(&self) -> Option<String> {
+        match self.prefix {
+            SubjectPrefix::Name => Some(format!("[{}]", self.parts().0)),
+            SubjectPrefix::None => None,
+            SubjectPrefix::Custom => self.prefix_text.clone().filter(|t| !t.is_empty()),
+        }
+    }
+
+    /// The moderator the list speaks as, or answers for (first moderator, else owner).
+    pub fn moderator(&self) -> Option<&str> {
+        self.moderators.first().or(self.owners.first()).map(|s| s.as_str())
+    }
+
+    pub fn member(&self, address: &str) -> Option<&Member> {
+        self.members.iter().find(|m| m.address.eq_ignore_ascii_case(address))
+    }
+
+    /// True for a moderator or owner.
+    pub fn is_moderator(&self, address: &str) -> bool {
+        self.moderators.iter().chain(&self.owners).any(|m| m.eq_ignore_ascii_case(address))
+    }
 }
 
 impl Mailbox {

@@ -68,6 +68,14 @@ fn fixture() -> DirectoryData {
         ],
         groups: vec![group("team@example.test", &["alice@example.test", "bob@example.test"])],
         blocked: vec!["gone@example.test".into()],
+        lists: vec![
+            serde_json::from_value(serde_json::json!({
+                "address": "dev@example.test", "members": [{"address": "alice@example.test"}],
+                "moderators": ["mod@remote.test"]
+            }))
+            .unwrap(),
+            serde_json::from_value(serde_json::json!({"address": "old@example.test", "disabled": true})).unwrap(),
+        ],
     }
 }
 
@@ -112,6 +120,18 @@ fn check_recipient_table() {
         (Some("x@remote.test"), "postmaster@backup.test", true, "relay 192.0.2.25:25"),
         (Some("x@remote.test"), "Abuse@pm.test", true, "abuse bob@example.test"),
         (Some("x@remote.test"), "abuse@example.test", true, "550 5.1.1"),
+        // Lists: posts from members and moderators (550 5.7.1 for others, and for the null
+        // sender); commands, owners and bounces (VERP too) from anyone.
+        (Some("Alice@example.test"), "dev@example.test", true, "list dev@example.test"),
+        (Some("mod@remote.test"), "dev@example.test", true, "list dev@example.test"),
+        (Some("x@remote.test"), "dev@example.test", true, "550 5.7.1"),
+        (None, "dev@example.test", true, "550 5.7.1"),
+        (Some("x@remote.test"), "dev-request@example.test", true, "list dev@example.test"),
+        (Some("x@remote.test"), "dev-owner@example.test", true, "list dev@example.test"),
+        (None, "dev-bounces@example.test", true, "list dev@example.test"),
+        (None, "dev-bounces+alice=example.test@example.test", true, "list dev@example.test"),
+        (None, "dev-request+x@example.test", true, "550 5.1.1"),
+        (Some("alice@example.test"), "old@example.test", true, "550 5.2.1"),
     ];
     for &(sender, rcpt, catch_alls, want) in cases {
         let got = match dir.check_recipient_with(sender, rcpt, catch_alls, &usage) {
@@ -130,6 +150,7 @@ fn check_recipient_table() {
                 let reply = r.reply();
                 format!("{} {}", reply.code, reply.status)
             }
+            RcptVerdict::Accept(RcptTarget::List { list }) => format!("list {}", list.address),
             RcptVerdict::NotLocal => "not local".into(),
         };
         assert_eq!(got, want, "{sender:?} → {rcpt} (catch-alls {catch_alls})");

@@ -33,6 +33,9 @@ pub enum DnsQuery {
     Mx(String),
     /// Delivery: a host's A and AAAA records.
     Addrs(String),
+    /// The TXT records of a name, each record's strings joined (RFC 7208 §3.3 and RFC 7489
+    /// §6.6.3 read them so): a list's question for its poster's DMARC policy.
+    Txt(String),
 }
 
 /// The answer to a [`DnsQuery`].

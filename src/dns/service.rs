@@ -320,6 +320,22 @@ async fn ask(r: &TokioResolver, q: &DnsQuery) -> (DnsAnswer, Option<Instant>) {
             Ok(None) => (DnsAnswer::NotFound, None),
             Err(e) => (classify_nx(e), None),
         },
+        DnsQuery::Txt(name) => match r.txt_lookup(format!("{}.", name.trim_end_matches('.')).as_str()).await {
+            Ok(l) => {
+                let v: Vec<String> = l
+                    .answers()
+                    .iter()
+                    .filter_map(|r| match &r.data {
+                        RData::TXT(t) => {
+                            Some(t.txt_data.iter().map(|s| String::from_utf8_lossy(s).into_owned()).collect::<String>())
+                        }
+                        _ => None,
+                    })
+                    .collect();
+                if v.is_empty() { (DnsAnswer::NotFound, None) } else { (DnsAnswer::Found(v), Some(l.valid_until())) }
+            }
+            Err(e) => (classify(e), None),
+        },
         DnsQuery::Dnsbl { name, .. } => match r.ipv4_lookup(name.as_str()).await {
             Ok(l) => found(l),
             Err(e) => (classify(e), None),

@@ -73,6 +73,36 @@ pub enum Action {
     /// The auto-responders' memory changed: save it
     /// ([`super::manager::QueueManager::replies`]).
     SaveReplies,
+    /// Hand a message to the list manager (a post, a command, a bounce, mail to the owners);
+    /// [`Outcome::List`].
+    ListMail(ListJob),
+}
+
+/// A message for one of a list's addresses.
+#[derive(Debug, Clone)]
+pub struct ListJob {
+    pub id: QueueId,
+    /// Which copy of the message's attempt (for the outcome).
+    pub copy: u16,
+    /// The list's posting address.
+    pub list: String,
+    pub role: crate::directory::ListRole,
+    /// The envelope sender.
+    pub from: String,
+    pub content: Arc<[u8]>,
+}
+
+/// A message the list manager wants sent (a post's distribution, a reply to a command, a
+/// notice): the queue manager gives it an id and queues it in the same sync as the marks
+/// of the message that caused it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Draft {
+    /// The reverse path (empty: the null sender).
+    pub from: String,
+    pub to: Vec<String>,
+    pub data: Vec<u8>,
+    /// For the activity log: `list`, `list-notice`, `list-digest`.
+    pub kind: &'static str,
 }
 
 /// A message the manager generates.
@@ -163,5 +193,11 @@ pub enum Outcome {
         id: QueueId,
         batch: u16,
         result: Result<Vec<Result<(), LocalFailure>>, String>,
+    },
+    /// The list manager took the message (and wants these messages sent), or refused it.
+    List {
+        id: QueueId,
+        copy: u16,
+        result: Result<Vec<Draft>, LocalFailure>,
     },
 }

@@ -32,7 +32,7 @@
 //! The driver makes the marks and generated messages of one turn durable in one sync, so a
 //! report is never written without the marks that caused it, nor the reverse.
 
-use super::actions::{Action, At, Generate, LmtpBatch, MaildirCopy, Outcome, RemoteJob, RemoteOutcome};
+use super::actions::{Action, At, Draft, Generate, ListJob, LmtpBatch, MaildirCopy, Outcome, RemoteJob, RemoteOutcome};
 use super::entries::{Entries, Entry, Rcpt, RcptStates, Want};
 use super::outcome::{self, Answered, Attempted, MarkFor};
 use super::requests::{BOUNCED_TEXT, DELETED_TEXT, Located, QueueAnswer, QueueOp, QueueRequest};
@@ -102,6 +102,8 @@ pub struct Stats {
     pub dsn_success: u64,
     pub autoreplies: u64,
     pub forwards: u64,
+    /// Messages the list manager had sent (distributions, replies, notices, digests).
+    pub list_messages: u64,
     /// Reports to the null sender kept in the bad-mail folder instead.
     pub badmail: u64,
 }
@@ -130,6 +132,9 @@ struct LocalAttempt {
     /// Addresses elsewhere that redirects and groups lead to, with the original recipients
     /// behind each.
     forwards: Vec<(String, Vec<String>)>,
+    /// What the list manager wants sent, queued with the marks (so that a crash neither
+    /// loses a post's distribution nor sends it twice).
+    drafts: Vec<Draft>,
 }
 
 /// One copy: which original recipients it stands for, and the mailbox's hooks.
@@ -138,6 +143,8 @@ struct CopyOf {
     originals: Vec<String>,
     delivered_to: String,
     hooks: Option<Hooks>,
+    /// Taken by the list manager, not a mailbox.
+    list: bool,
 }
 
 /// What runs after a copy reaches a mailbox.
@@ -532,20 +539,28 @@ impl QueueManager {
             e.first_attempt_s = secs(now);
         }
         if !remote.is_empty() {
-            self.submit_remote(id, remote, now);
+            // A list's distribution goes with a reverse path per recipient (VERP), so that a
+            // bounce names the member however the remote server words it.
+            let verp = self.entries.loaded(id).and_then(|l| dir.list_of_bounces(&l.envelope.from)).is_some();
+            self.submit_remote(id, remote, now, verp);
         }
         if !local.is_empty() {
             self.stage_local(now, dir, id, local);
         }
     }
 
-    /// One job per route with the recipients that share it.
-    fn submit_remote(&mut self, id: QueueId, mut rcpts: Vec<(Route, u16, String)>, now: u64) {
+    /// One job per route with the recipients that share it; with `verp`, one per recipient,
+    /// each from `bounces+local=host@domain` (the pool reuses the route's connections).
+    fn submit_remote(&mut self, id: QueueId, mut rcpts: Vec<(Route, u16, String)>, now: u64, verp: bool) {
         let Some(l) = self.entries.loaded(id) else { return };
         rcpts.sort_by(|a, b| a.0.cmp(&b.0));
         let mut start = 0;
         while start < rcpts.len() {
-            let end = start + rcpts[start..].iter().take_while(|r| r.0 == rcpts[start].0).count();
+            let end = if verp {
+                start + 1
+            } else {
+                start + rcpts[start..].iter().take_while(|r| r.0 == rcpts[start].0).count()
+            };
             let group: Vec<(u16, String)> = rcpts[start..end].iter().map(|(_, i, a)| (*i, a.clone())).collect();
             let env = &l.envelope;
             let dsn = DsnParams {
@@ -556,9 +571,10 @@ impl QueueManager {
                     .map(|(i, _)| env.rcpts.get(*i as usize).map_or((None, None), |r| (r.notify, r.orcpt.clone())))
                     .collect(),
             };
+            let from = if verp { crate::lists::message::verp_encode(&env.from, &group[0].1) } else { env.from.clone() };
             self.actions.push_back(Action::SubmitRemote(RemoteJob {
                 id,
-                from: env.from.clone(),
+                from,
                 rcpts: group,
                 content: l.content.clone(),
                 smtputf8: env.smtputf8,
@@ -584,6 +600,7 @@ impl QueueManager {
             waiting: 0,
             outcomes: Vec::new(),
             forwards: Vec::new(),
+            drafts: Vec::new(),
         };
         let with_header = |originals: &[String]| -> Arc<[u8]> {
             let mut c = Vec::with_capacity(content.len() + 128);
@@ -598,6 +615,19 @@ impl QueueManager {
         for t in &expansion.targets {
             let (maildir, delivered_to) = match &t.destination {
                 Destination::Mailbox { maildir, delivered_to } => (maildir, delivered_to),
+                Destination::List { list, role } => {
+                    self.actions.push_back(Action::ListMail(ListJob {
+                        id,
+                        copy: a.copies.len() as u16,
+                        list: list.clone(),
+                        role: role.clone(),
+                        from: l.envelope.from.clone(),
+                        content: content.clone(),
+                    }));
+                    let originals = t.original_recipients.clone();
+                    a.copies.push(CopyOf { originals, delivered_to: list.clone(), hooks: None, list: true });
+                    continue;
+                }
                 // A redirect or group member elsewhere: forwarded as a new message once the
                 // local copies are done.
                 Destination::Remote(address) | Destination::Relay { address, .. } => {
@@ -615,6 +645,7 @@ impl QueueManager {
                     autoresponder: m.autoresponder.clone(),
                     delivery_event: m.delivery_event.clone(),
                 }),
+                list: false,
             };
             let body = if t.catch_all { with_header(&t.original_recipients) } else { content.clone() };
             if self.cfg.lmtp.as_ref().is_some_and(|l| l.applies_to(delivered_to)) {
@@ -737,7 +768,39 @@ impl QueueManager {
                 }
                 self.maybe_finish_local(now, id);
             }
+            Outcome::List { id, copy, result } => {
+                let Some(a) = self.local_attempt(id) else { return };
+                let Some(c) = a.copies.get(copy as usize).cloned() else { return };
+                a.waiting -= 1;
+                match result {
+                    Ok(drafts) => a.drafts.extend(drafts),
+                    Err(f) => {
+                        let status = if f.permanent { MarkStatus::Failed } else { MarkStatus::Deferred };
+                        note(&mut a.outcomes, &c.originals, status, &f.reply);
+                    }
+                }
+                self.maybe_finish_local(now, id);
+            }
         }
+    }
+
+    /// Messages the list manager wants sent outside any message's delivery (a digest that
+    /// came due, a post approved from the command line).
+    pub fn handle_drafts(&mut self, now: u64, drafts: Vec<Draft>) {
+        for d in drafts {
+            self.draft(now, QueueId(0), d);
+        }
+    }
+
+    /// Queues a list manager's message; `about` is the message that caused it (0: none).
+    fn draft(&mut self, now: u64, about: QueueId, d: Draft) {
+        if d.to.is_empty() {
+            return;
+        }
+        let new_id = self.ids.next(now / 1000);
+        self.stats.list_messages += 1;
+        self.note(now, What::Generated { id: new_id, kind: d.kind, about, to: d.to.join(",") });
+        self.generate(new_id, now, d.from, d.to, d.data, |_| {});
     }
 
     fn local_attempt(&mut self, id: QueueId) -> Option<&mut LocalAttempt> {
@@ -804,7 +867,9 @@ impl QueueManager {
         for (i, addr) in &a.rcpts {
             let o = a.outcomes.iter().find(|(x, _)| x == addr).map(|(_, o)| o);
             let in_a_mailbox = a.copies.iter().chain(a.lmtp.iter().flatten()).any(|c| c.originals.contains(addr));
+            let to_list = a.copies.iter().any(|c| c.list && c.originals.contains(addr));
             let (status, reply) = match o {
+                None if to_list => (MarkStatus::Delivered, Response::new(250, Some("2.0.0"), "taken by the list")),
                 None if in_a_mailbox => {
                     (MarkStatus::Delivered, Response::new(250, Some("2.0.0"), "delivered to mailbox"))
                 }
@@ -839,6 +904,7 @@ impl QueueManager {
             if self.cfg.activity {
                 // A copy in a mailbox; redirected elsewhere; or decided locally (unknown, full).
                 let via = match (in_a_mailbox, o.is_some()) {
+                    _ if to_list => "list",
                     (true, _) => "mailbox",
                     (false, false) => "forward",
                     (false, true) => "local",
@@ -861,6 +927,9 @@ impl QueueManager {
             }
         }
         let (env, content) = (l.envelope.clone(), l.content.clone());
+        for d in a.drafts {
+            self.draft(now, id, d);
+        }
         for (rcpt, via, status, reply, next) in outcomes_for_log {
             self.note_outcome(now, id, rcpt, via, status, reply, next);
         }

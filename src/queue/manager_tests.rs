@@ -22,7 +22,9 @@ fn directory() -> Directory {
              "delivery_event": "/usr/local/bin/notify"},
             {"postoffice": "po", "name": "fwd", "addresses": ["fwd@example.net"],
              "redirect": ["someone@elsewhere.test"]}
-        ]
+        ],
+        "lists": [{"address": "dev@example.net", "posting": "anyone",
+                   "members": [{"address": "alice@example.net"}, {"address": "x@a.test"}, {"address": "y@b.test"}]}]
     }))
     .unwrap();
     Directory::build(data).unwrap()
@@ -133,7 +135,7 @@ impl Driver {
     }
 }
 
-use crate::queue::actions::{LocalFailure, RcptOutcome, RemoteOutcome};
+use crate::queue::actions::{Draft, LocalFailure, RcptOutcome, RemoteOutcome};
 use std::collections::HashMap;
 use std::path::PathBuf;
 
@@ -170,6 +172,7 @@ fn show(a: &Action) -> String {
             format!("event {program} {postoffice} {mailbox} {}", file.display())
         }
         Action::SaveReplies => "save replies".into(),
+        Action::ListMail(j) => format!("list {} {:?} copy{} from <{}>", j.list, j.role, j.copy, j.from),
     }
 }
 
@@ -467,6 +470,61 @@ fn redirect_elsewhere_is_forwarded() {
     assert_eq!(
         d.run(),
         ["mark 0 Delivered #1 250 2.0.0 forwarded", "message <s@sender.test> to someone@elsewhere.test"]
+    );
+}
+
+/// Mail to a list goes to the list manager; what it wants sent is queued in the same turn as
+/// the mark; the distribution (from the list's bounce address) goes out one job per
+/// recipient, each from its own VERP reverse path.
+#[test]
+fn a_list_takes_its_mail_and_its_distribution_goes_out_with_verp() {
+    let mut d = Driver::new(config());
+    let id = d.accept("s@sender.test", &["dev@example.net", "dev-bounces+x=a.test@example.net"]);
+    assert_eq!(
+        d.run(),
+        [
+            "list dev@example.net Post copy0 from <s@sender.test>",
+            "list dev@example.net Bounces(Some(\"x@a.test\")) copy1 from <s@sender.test>"
+        ]
+    );
+    let draft = Draft {
+        from: "dev-bounces@example.net".into(),
+        to: vec!["alice@example.net".into(), "x@a.test".into(), "y@b.test".into()],
+        data: b"Subject: [dev] hello\r\n\r\nHi.\r\n".to_vec(),
+        kind: "list",
+    };
+    assert!(d.outcome(Outcome::List { id, copy: 0, result: Ok(vec![draft]) }).is_empty(), "waits for copy 1");
+    let refused = LocalFailure { permanent: true, reply: Response::new(550, Some("5.7.1"), "not a bounce") };
+    assert_eq!(
+        d.outcome(Outcome::List { id, copy: 1, result: Err(refused) }),
+        [
+            "mark 0 Delivered #1 250 2.0.0 taken by the list",
+            "mark 1 Failed #1 550 5.7.1 not a bounce",
+            "message <dev-bounces@example.net> to alice@example.net,x@a.test,y@b.test",
+            "dsn 1:failed"
+        ]
+    );
+    assert_eq!(d.m.stats().list_messages, 1);
+
+    d.accept("dev-bounces@example.net", &["alice@example.net", "x@a.test", "y@b.test"]);
+    d.m.handle_timeout(d.now, &d.dir);
+    let mut jobs = Vec::new();
+    while let Some(a) = d.m.poll_action() {
+        match a {
+            Action::ReadMessage { id, .. } => {
+                let env = d.spool[&id].clone();
+                d.m.handle_message(d.now, &d.dir, id, Ok((env, Arc::from(&b"Subject: x\r\n\r\n"[..]))));
+            }
+            Action::SubmitRemote(j) => jobs.push(format!("<{}> {:?}", j.from, j.rcpts)),
+            _ => {}
+        }
+    }
+    assert_eq!(
+        jobs,
+        [
+            "<dev-bounces+x=a.test@example.net> [(1, \"x@a.test\")]",
+            "<dev-bounces+y=b.test@example.net> [(2, \"y@b.test\")]"
+        ]
     );
 }
 

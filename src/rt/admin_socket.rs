@@ -23,6 +23,8 @@ pub struct Answerers {
     pub debug: Arc<crate::obs::debug::DebugSwitch>,
     pub metrics: Arc<crate::obs::metrics::ControlMetrics>,
     pub reloads: Arc<super::reload::Outcomes>,
+    /// `ringmx directory list moderate`: held posts approved or rejected.
+    pub lists: super::lists::ListsHandle,
 }
 
 /// Binds the socket (replacing a stale one: the caller holds the spool lock, so no other
@@ -67,7 +69,7 @@ fn serve(
     bans: Option<&crate::policy::BanList>,
     answerers: &Answerers,
 ) -> std::io::Result<()> {
-    let Answerers { debug, metrics, reloads } = answerers;
+    let Answerers { debug, metrics, reloads, lists } = answerers;
     s.set_nonblocking(false)?;
     s.set_read_timeout(Some(TIMEOUT))?;
     s.set_write_timeout(Some(TIMEOUT))?;
@@ -101,6 +103,13 @@ fn serve(
                 }
             );
         }
+        let mut out = serde_json::to_vec(&answer).map_err(std::io::Error::other)?;
+        out.push(b'\n');
+        return w.write_all(&out);
+    }
+    // `ringmx directory list moderate LIST --approve|--reject CODE`: the list thread.
+    if let Ok(req) = serde_json::from_str::<super::lists::ModerateRequest>(&line) {
+        let answer = lists.moderate(req.moderate, TIMEOUT);
         let mut out = serde_json::to_vec(&answer).map_err(std::io::Error::other)?;
         out.push(b'\n');
         return w.write_all(&out);

@@ -19,6 +19,7 @@ mod conn;
 pub mod control;
 mod epoll;
 pub mod listener;
+pub mod lists;
 pub mod reload;
 pub mod remote;
 mod services;
@@ -89,6 +90,7 @@ pub fn choose_driver(mode: IoMode) -> Result<Driver, ServeError> {
 pub struct Server {
     threads: Vec<std::thread::JoinHandle<Result<ShardStats, std::io::Error>>>,
     control: Option<std::thread::JoinHandle<()>>,
+    lists: Option<std::thread::JoinHandle<()>>,
     socket: Option<std::thread::JoinHandle<()>>,
     spares: Option<std::thread::JoinHandle<()>>,
     /// Held while the server runs: one server per spool, and the queue commands know.
@@ -230,6 +232,16 @@ impl Server {
             tx.clone(),
         )
         .map_err(ServeError::Thread)?;
+        let (lists, lists_thread) = lists::spawn(lists::ListsSetup {
+            cfg: cfg.lists.clone(),
+            data_dir: cfg.data_dir.clone(),
+            hostname: cfg.hostname.clone(),
+            directory: directory.clone(),
+            dns: services.dns.clone().map(|s| crate::dns::Dns::new(s, cfg.delivery_dns().settings())),
+            control: tx.clone(),
+            stop: control_stop.clone(),
+        })
+        .map_err(ServeError::Thread)?;
         let control_thread = control::spawn(
             control::ControlConfig {
                 data_dir: cfg.data_dir.clone(),
@@ -264,6 +276,7 @@ impl Server {
             rec.max_id,
             rx,
             remote,
+            lists.clone(),
             activity.as_ref().map(|a| a.emitter()),
             control_metrics.clone(),
             control_stop.clone(),
@@ -283,6 +296,7 @@ impl Server {
                 debug: debug.clone(),
                 metrics: control_metrics.clone(),
                 reloads: reloads.clone(),
+                lists,
             },
             shutdown.clone(),
         )
@@ -385,6 +399,7 @@ impl Server {
         Ok(Server {
             threads,
             control: Some(control_thread),
+            lists: Some(lists_thread),
             socket,
             spares: Some(spares),
             _lock: lock,
@@ -506,6 +521,9 @@ impl Server {
             && c.join().is_err()
         {
             return Err(ServeError::Shard { shard: CONTROL_SHARD, source: std::io::Error::other("control panicked") });
+        }
+        if let Some(l) = self.lists {
+            let _ = l.join();
         }
         Ok(all)
     }

@@ -198,9 +198,19 @@ impl Session {
         self.reply(Reply::new(250, "2.1.5", "Ok"));
     }
 
-    /// EXPN (RFC 5321 §3.5.2), when enabled: the members of a group of the directory.
+    /// EXPN (RFC 5321 §3.5.2), when enabled: the members of a group of the directory. A
+    /// mailing list's members are not shown (its subscribers did not sign up to be listed):
+    /// 550 5.7.1, naming where its commands go.
     fn expn(&mut self, list: &str) {
         let name = list.trim().trim_start_matches('<').trim_end_matches('>');
+        if let Some(l) = self.directory.list(name) {
+            let text = format!(
+                "Error: the members of {} are not disclosed; send help to {}",
+                l.address,
+                l.role_address("request")
+            );
+            return self.reply_error(Reply::new(550, "5.7.1", text));
+        }
         let group = self.directory.data().groups.iter().find(|g| g.address.eq_ignore_ascii_case(name));
         match group {
             Some(g) if !g.members.is_empty() => {

@@ -24,6 +24,9 @@ pub enum ControlMsg {
     Outcome(Outcome),
     /// An operator's `ringmx queue retry|delete|bounce`; the answer goes back on the sender.
     Queue(QueueRequest, std::sync::mpsc::Sender<QueueAnswer>),
+    /// Messages the list thread wants queued outside a message's outcome (an approved post,
+    /// a digest); `true` goes back once they are durable.
+    Drafts(Vec<crate::queue::actions::Draft>, std::sync::mpsc::Sender<bool>),
 }
 
 /// A shard's end of the channel. Messages of a loop turn are handed over together at the

@@ -86,6 +86,8 @@ struct Control {
     segments: RecordReader,
     local: LocalDelivery,
     delivery: DeliveryHandle,
+    /// The list thread: messages for lists' addresses.
+    lists: super::lists::ListsHandle,
     /// Runs and reaps mailboxes' delivery-event programs.
     events: EventRunner,
     /// What every segment holds: which ones can be retired.
@@ -119,6 +121,7 @@ pub fn spawn(
     max_id: QueueId,
     rx: Receiver<ControlMsg>,
     delivery: DeliveryHandle,
+    lists: super::lists::ListsHandle,
     activity: Option<crate::obs::Emitter>,
     metrics: Arc<crate::obs::metrics::ControlMetrics>,
     stop: Arc<AtomicBool>,
@@ -154,6 +157,7 @@ pub fn spawn(
         segments,
         local,
         delivery,
+        lists,
         events: EventRunner::new()
             .map_err(|e| crate::spool::SpoolError::io("start the delivery-event reaper", &dir, 0, e))?,
         reclaimer,
@@ -256,6 +260,11 @@ impl Control {
                 }
             }
             ControlMsg::Outcome(o) => self.manager.handle_outcome(now, o),
+            ControlMsg::Drafts(drafts, answer) => {
+                self.manager.handle_drafts(now, drafts);
+                self.execute(now);
+                let _ = answer.send(self.flush_log(now));
+            }
             ControlMsg::Queue(req, answer) => {
                 let mut a = self.manager.handle_queue_request(now, &req);
                 self.execute(now);
@@ -299,6 +308,7 @@ impl Control {
                         self.events.run(&program, &postoffice, &mailbox, &file, self.cfg.event_timeout)
                     }
                     Action::SaveReplies => self.save_replies(),
+                    Action::ListMail(job) => self.lists.submit(job),
                 }
             }
             let outcomes = self.local.commit();

@@ -1,0 +1,406 @@
+//! The list manager's thread: the I/O around [`crate::lists`]. The control thread hands it
+//! the messages that reach a list's addresses ([`ListsHandle::submit`]); it asks DNS for
+//! the poster's DMARC policy, runs the list, writes the list's files (held posts, codes,
+//! digest, archive) and the directory's changes (subscriptions, bounce counts), then sends
+//! the outcome back with the messages to queue. It never blocks the control thread: the
+//! control thread only ever sends to it, on an unbounded channel.
+//!
+//! Two things are queued outside any message's outcome, and the thread waits until the
+//! control thread has made them durable before it removes what they were made from: an
+//! approved post's distribution (the held file goes after) and a digest (its posts go
+//! after). A crash in between sends one of them twice, never loses it.
+
+use super::control::link::ControlMsg;
+use crate::delivery::client::Response;
+use crate::directory::{Directory, DirectoryHandle, DirectoryStore, JsonFileStore, List, ListRole};
+use crate::dns::{Dns, DnsAnswer, DnsQuery};
+use crate::lists::store::{FileStore, ListStore};
+use crate::lists::{self, Applied, Ctx};
+use crate::queue::actions::{Draft, ListJob, LocalFailure, Outcome};
+use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, Sender, SyncSender};
+use std::time::Duration;
+
+/// `[lists]`: what every list shares.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListsConfig {
+    /// Ask DNS for the poster's DMARC policy (`from_rewrite = "dmarc"`). Default true.
+    #[serde(default = "yes")]
+    pub dmarc_dns: bool,
+    /// Domains treated as publishing `p=reject` whatever DNS says (lower case). Default none.
+    #[serde(default)]
+    pub dmarc_domains: Vec<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for ListsConfig {
+    fn default() -> Self {
+        ListsConfig { dmarc_dns: true, dmarc_domains: Vec::new() }
+    }
+}
+
+/// `ringmx directory list moderate LIST --approve|--reject CODE` on a running server.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ModerateRequest {
+    pub moderate: Moderate,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Moderate {
+    pub list: String,
+    /// `approve` or `reject`.
+    pub op: String,
+    pub code: String,
+    #[serde(default)]
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ModerateAnswer {
+    /// What was done, for the operator.
+    pub done: Option<String>,
+    pub error: Option<String>,
+}
+
+enum Work {
+    Job(ListJob),
+    Moderate(Moderate, Sender<ModerateAnswer>),
+}
+
+/// The way to the list thread. Cheap to clone.
+#[derive(Clone)]
+pub struct ListsHandle {
+    tx: Sender<Work>,
+}
+
+impl ListsHandle {
+    /// Hands a message to its list; the outcome comes back to the control thread.
+    pub fn submit(&self, job: ListJob) {
+        let id = job.id;
+        if self.tx.send(Work::Job(job)).is_err() {
+            log::warn!("lists: {id}: the list thread is gone; the message waits for the next start");
+        }
+    }
+
+    /// Approves or rejects a held post (the control socket's request).
+    pub fn moderate(&self, m: Moderate, timeout: Duration) -> ModerateAnswer {
+        let (tx, rx) = std::sync::mpsc::channel();
+        if self.tx.send(Work::Moderate(m, tx)).is_err() {
+            return ModerateAnswer { error: Some("the server is stopping".into()), ..Default::default() };
+        }
+        rx.recv_timeout(timeout).unwrap_or_else(|_| ModerateAnswer {
+            error: Some("the list thread did not answer in time".into()),
+            ..Default::default()
+        })
+    }
+}
+
+/// What the list thread needs.
+pub struct ListsSetup {
+    pub cfg: ListsConfig,
+    pub data_dir: PathBuf,
+    pub hostname: String,
+    pub directory: Arc<DirectoryHandle>,
+    pub dns: Option<Dns>,
+    pub control: SyncSender<ControlMsg>,
+    pub stop: Arc<AtomicBool>,
+}
+
+/// How often the thread looks for digests that came due.
+const DIGEST_CHECK: Duration = Duration::from_secs(60);
+/// How long the thread waits for the control thread to make queued messages durable.
+const DURABLE_WAIT: Duration = Duration::from_secs(30);
+
+/// Starts the list thread.
+pub fn spawn(setup: ListsSetup) -> std::io::Result<(ListsHandle, std::thread::JoinHandle<()>)> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let t = std::thread::Builder::new().name("lists".into()).spawn(move || {
+        let mut w = Worker { store: FileStore::in_data_dir(&setup.data_dir), setup };
+        w.run(rx)
+    })?;
+    Ok((ListsHandle { tx }, t))
+}
+
+struct Worker {
+    setup: ListsSetup,
+    store: FileStore,
+}
+
+impl Worker {
+    fn run(&mut self, rx: Receiver<Work>) {
+        let mut next_digest = 0u64;
+        while !self.setup.stop.load(Ordering::Relaxed) {
+            match rx.recv_timeout(Duration::from_millis(500)) {
+                Ok(Work::Job(job)) => {
+                    self.job(job);
+                    // A post may have filled a digest past its size.
+                    next_digest = 0;
+                }
+                Ok(Work::Moderate(m, answer)) => {
+                    let _ = answer.send(self.moderate(&m));
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+            let now = crate::util::time::Now::system().unix_ms;
+            if now >= next_digest {
+                next_digest = now + DIGEST_CHECK.as_millis() as u64;
+                self.digests(now, false);
+            }
+        }
+    }
+
+    fn job(&mut self, job: ListJob) {
+        let now = crate::util::time::Now::system().unix_ms;
+        let dir = self.setup.directory.current();
+        let result = match dir.list(&job.list) {
+            None => Err(LocalFailure {
+                permanent: true,
+                reply: Response::new(550, Some("5.1.1"), "no such list (removed meanwhile)"),
+            }),
+            Some(list) => self.run_list(list, &job, now),
+        };
+        if let Err(f) = &result {
+            log::info!("lists: {}: {} ({:?}): {}", job.id, job.list, job.role, f.reply);
+        }
+        let o = Outcome::List { id: job.id, copy: job.copy, result };
+        if self.setup.control.send(ControlMsg::Outcome(o)).is_err() {
+            log::warn!("lists: {}: the control thread is gone; the message is taken again after the restart", job.id);
+        }
+    }
+
+    fn run_list(&mut self, list: &List, job: &ListJob, now: u64) -> Result<Vec<Draft>, LocalFailure> {
+        let strict = job.role == ListRole::Post && self.poster_strict(list, &job.content);
+        let host = self.setup.hostname.clone();
+        let ctx = Ctx { now_ms: now, hostname: &host, poster_dmarc_strict: strict };
+        let h = lists::handle(list, &job.role, &job.from, &job.content, &ctx, &mut self.store)?;
+        if let Some(n) = &h.note {
+            log::info!("lists: {}: {}: {n}", job.id, list.address);
+        }
+        let mut drafts = h.drafts;
+        if !h.changes.is_empty() {
+            let applied = self.change(&h.changes, now).map_err(|e| LocalFailure {
+                permanent: false,
+                reply: Response::new(451, Some("4.3.0"), &format!("list directory: {e}")),
+            })?;
+            for (c, a) in h.changes.iter().zip(applied) {
+                log::info!("lists: {}: {}: {c:?}: {a:?}", job.id, list.address);
+                if let (lists::Change::Bounce { member, .. }, Applied::Disabled { bounces }) = (c, a)
+                    && let Some(n) = lists::disabled_notice(list, member, bounces, &ctx)
+                {
+                    drafts.push(n);
+                }
+            }
+        }
+        for code in &h.approved {
+            if let Err(e) = self.approve(list, code, &ctx) {
+                log::warn!("lists: {}: approving {code}: {e}", list.address);
+            }
+        }
+        Ok(drafts)
+    }
+
+    /// Applies changes to the stored directory (under the writers' lock) and reloads it.
+    fn change(&self, changes: &[lists::Change], now: u64) -> Result<Vec<Applied>, crate::directory::DirectoryError> {
+        let store = JsonFileStore::in_data_dir(&self.setup.data_dir);
+        let _lock = store.lock()?;
+        let mut data = store.load()?;
+        let applied: Vec<Applied> = changes.iter().map(|c| lists::apply(&mut data, c, now)).collect();
+        if applied.iter().any(|a| *a != Applied::Nothing) {
+            Directory::build(data.clone())?;
+            store.save(&data)?;
+            self.setup.directory.reload()?;
+        }
+        Ok(applied)
+    }
+
+    /// Distributes a held post, then removes it once the distribution is durable.
+    fn approve(&mut self, list: &List, code: &str, ctx: &Ctx<'_>) -> std::io::Result<bool> {
+        let Some(drafts) = lists::approve(list, code, ctx, &mut self.store)? else { return Ok(false) };
+        if !self.queue_durably(drafts) {
+            return Err(std::io::Error::other("the control thread did not queue the distribution"));
+        }
+        self.store.drop_held(&list.address, code)?;
+        log::info!("lists: {}: held post {code} approved and distributed", list.address);
+        Ok(true)
+    }
+
+    /// Queues messages and waits until the control thread made them durable.
+    fn queue_durably(&self, drafts: Vec<Draft>) -> bool {
+        if drafts.is_empty() {
+            return true;
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        if self.setup.control.send(ControlMsg::Drafts(drafts, tx)).is_err() {
+            return false;
+        }
+        rx.recv_timeout(DURABLE_WAIT).unwrap_or(false)
+    }
+
+    fn moderate(&mut self, m: &Moderate) -> ModerateAnswer {
+        let dir = self.setup.directory.current();
+        let Some(list) = dir.list(&m.list) else {
+            return ModerateAnswer { error: Some(format!("no list with address {:?}", m.list)), ..Default::default() };
+        };
+        let now_ms = crate::util::time::Now::system().unix_ms;
+        let host = self.setup.hostname.clone();
+        let code = m.code.to_ascii_lowercase();
+        let r = match m.op.as_str() {
+            "approve" => {
+                let strict = match self.store.held(&list.address, &code) {
+                    Ok(Some((_, post))) => self.poster_strict(list, &post),
+                    _ => false,
+                };
+                let ctx = Ctx { now_ms, hostname: &host, poster_dmarc_strict: strict };
+                self.approve(list, &code, &ctx).map(|ok| ok.then(|| format!("post {code} approved and distributed")))
+            }
+            "reject" => {
+                let ctx = Ctx { now_ms, hostname: &host, poster_dmarc_strict: false };
+                match lists::reject(list, &code, &m.reason, &ctx, &mut self.store) {
+                    Ok(Some(drafts)) => {
+                        if self.queue_durably(drafts) {
+                            Ok(Some(format!("post {code} rejected; its poster is told")))
+                        } else {
+                            Err(std::io::Error::other("the control thread did not queue the notice"))
+                        }
+                    }
+                    Ok(None) => Ok(None),
+                    Err(e) => Err(e),
+                }
+            }
+            other => {
+                return ModerateAnswer { error: Some(format!("unknown operation {other:?}")), ..Default::default() };
+            }
+        };
+        match r {
+            Ok(Some(done)) => ModerateAnswer { done: Some(done), error: None },
+            Ok(None) => ModerateAnswer { error: Some(format!("no post is held with the code {code}")), done: None },
+            Err(e) => ModerateAnswer { error: Some(e.to_string()), done: None },
+        }
+    }
+
+    /// Sends the digests that are due: by time (`digest_hours` since the last), or by size
+    /// (`digest_max_bytes` waiting), or every waiting one when `all`.
+    fn digests(&mut self, now: u64, all: bool) {
+        let dir = self.setup.directory.current();
+        for list in &dir.data().lists {
+            if !list.members.iter().any(|m| m.digest && !m.disabled) {
+                continue;
+            }
+            let bytes = self.store.digest_bytes(&list.address);
+            if bytes == 0 {
+                continue;
+            }
+            let mut state = self.store.digest_state(&list.address);
+            if state.last_ms == 0 {
+                // The first post waiting starts the clock of the first digest.
+                state.last_ms = now;
+                if let Err(e) = self.store.set_digest_state(&list.address, &state) {
+                    log::warn!("lists: {}: digest state: {e}", list.address);
+                }
+            }
+            let by_time = now.saturating_sub(state.last_ms) >= list.digest_hours as u64 * 3_600_000;
+            let by_size = list.digest_max_bytes > 0 && bytes >= list.digest_max_bytes;
+            if !(all || by_time || by_size) {
+                continue;
+            }
+            if let Err(e) = self.send_digest(list, &state, now) {
+                log::warn!("lists: {}: digest: {e}", list.address);
+            }
+        }
+    }
+
+    fn send_digest(&mut self, list: &List, state: &lists::store::DigestState, now: u64) -> std::io::Result<()> {
+        let files = self.store.digest_posts(&list.address)?;
+        let posts: Vec<Vec<u8>> = files.iter().map(|(_, d)| d.clone()).collect();
+        let host = self.setup.hostname.clone();
+        let ctx = Ctx { now_ms: now, hostname: &host, poster_dmarc_strict: false };
+        let Some((draft, next)) = lists::digest(list, &posts, state, &ctx) else { return Ok(()) };
+        if !self.queue_durably(vec![draft]) {
+            return Err(std::io::Error::other("the control thread did not queue it"));
+        }
+        self.store.set_digest_state(&list.address, &next)?;
+        let paths: Vec<PathBuf> = files.into_iter().map(|(p, _)| p).collect();
+        self.store.digest_sent(&paths)?;
+        log::info!("lists: {}: digest issue {} sent with {} post(s)", list.address, next.issue, posts.len());
+        Ok(())
+    }
+
+    /// Whether the poster's From domain asks receivers to reject or quarantine mail that
+    /// fails DMARC (RFC 7489 §6.3), as a list's rewritten copy would: `[lists]
+    /// dmarc_domains`, else DNS (the domain's record, else its ancestors', `sp=` first
+    /// for them, as DMARCbis's tree walk does). A DNS failure counts as no policy, as in
+    /// Mailman: logged, and the From kept.
+    fn poster_strict(&self, list: &List, content: &[u8]) -> bool {
+        if list.from_rewrite != crate::directory::model::FromRewrite::Dmarc {
+            return false;
+        }
+        let Some(from) = lists::message::header(content, "From").and_then(|f| lists::message::address_of(&f)) else {
+            return false;
+        };
+        let Some((_, domain)) = from.rsplit_once('@') else { return false };
+        let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+        let listed: HashSet<&str> = self.setup.cfg.dmarc_domains.iter().map(|d| d.as_str()).collect();
+        if listed.contains(domain.as_str()) {
+            return true;
+        }
+        let Some(dns) = self.setup.dns.as_ref().filter(|_| self.setup.cfg.dmarc_dns) else { return false };
+        let labels: Vec<&str> = domain.split('.').collect();
+        for start in 0..labels.len().saturating_sub(1).min(8) {
+            let d = labels[start..].join(".");
+            match dns.resolve_blocking(DnsQuery::Txt(format!("_dmarc.{d}"))) {
+                DnsAnswer::Found(txts) => {
+                    if let Some(p) = txts.iter().find_map(|t| dmarc_policy(t, start > 0)) {
+                        return p == "reject" || p == "quarantine";
+                    }
+                }
+                DnsAnswer::TempFail => {
+                    log::warn!("lists: {}: DMARC policy of {d}: DNS did not answer; From kept", list.address);
+                    return false;
+                }
+                _ => {}
+            }
+        }
+        false
+    }
+}
+
+/// The policy of a DMARC record (`sp=` before `p=` for a subdomain's ancestor); `None` when
+/// the text is not a DMARC record.
+fn dmarc_policy(txt: &str, ancestor: bool) -> Option<String> {
+    let mut tags = txt.split(';').map(|t| t.trim()).filter(|t| !t.is_empty());
+    if !tags.next()?.replace(' ', "").eq_ignore_ascii_case("v=DMARC1") {
+        return None;
+    }
+    let mut p = None;
+    let mut sp = None;
+    for t in tags {
+        let Some((k, v)) = t.split_once('=') else { continue };
+        match k.trim().to_ascii_lowercase().as_str() {
+            "p" => p = Some(v.trim().to_ascii_lowercase()),
+            "sp" => sp = Some(v.trim().to_ascii_lowercase()),
+            _ => {}
+        }
+    }
+    if ancestor { sp.or(p) } else { p }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn dmarc_policy_of_records() {
+        use super::dmarc_policy;
+        assert_eq!(dmarc_policy("v=DMARC1; p=reject; rua=mailto:x@y", false).as_deref(), Some("reject"));
+        assert_eq!(dmarc_policy("v=DMARC1; p=reject; sp=none", true).as_deref(), Some("none"));
+        assert_eq!(dmarc_policy("v=DMARC1;p=quarantine", true).as_deref(), Some("quarantine"));
+        assert_eq!(dmarc_policy("v=spf1 -all", false), None);
+    }
+}

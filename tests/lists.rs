@@ -1,0 +1,434 @@
+//! Mailing lists on a running server, over SMTP, with exact outcomes: who receives what,
+//! with which headers and subject. Posting modes, the password, moderation by command line
+//! and by mail, subscription with a code, unsubscription, help, footers on text/plain,
+//! multipart/alternative and multipart/signed, a list that contains itself, an
+//! auto-responder member that must not answer, VERP bounces that disable a member, the
+//! DMARC From rewrite from a real DNS answer, and digests.
+
+mod common;
+#[path = "common/dns.rs"]
+mod dns;
+
+use common::*;
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// No DMARC question to DNS (there is no DNS server here but the one a test starts).
+const NO_DNS: &str = "[lists]\ndmarc_dns = false\n";
+
+/// A postoffice with mailboxes ann, bob, carol, dan, mod, owner and away (an
+/// auto-responder) on example.org, and `lists`.
+fn directory(dir: &Path, lists: serde_json::Value) {
+    let mb = |n: &str| serde_json::json!({"postoffice": "po", "name": n, "addresses": [format!("{n}@example.org")]});
+    let mut away = mb("away");
+    away["autoresponder"] = serde_json::json!({"subject": "Away", "body": "Back soon."});
+    let data = serde_json::json!({
+        "postoffices": [{"name": "po"}],
+        "domains": [{"name": "example.org", "postoffice": "po"}],
+        "mailboxes": [mb("ann"), mb("bob"), mb("carol"), mb("dan"), mb("mod"), mb("owner"), away],
+        "lists": lists,
+    });
+    let d = dir.join("data/directory");
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::write(d.join("directory.json"), serde_json::to_string_pretty(&data).unwrap()).unwrap();
+}
+
+fn members(addrs: &[&str]) -> serde_json::Value {
+    addrs.iter().map(|a| serde_json::json!({"address": a})).collect()
+}
+
+/// Sends one message over SMTP; the final reply.
+fn send(addr: std::net::SocketAddr, from: &str, to: &str, msg: &str) -> String {
+    let (mut c, _) = Client::connect(addr);
+    c.cmd("EHLO client.example.org");
+    let r = c.message(from, &[to], msg);
+    c.cmd("QUIT");
+    r
+}
+
+/// The messages of a mailbox once it holds at least `n`, with CRLF line ends (Maildir
+/// files have LF).
+fn wait_mail(dir: &Path, name: &str, n: usize) -> Vec<String> {
+    assert!(eventually(WAIT, || mailbox(dir, name).len() >= n), "{name} got {} of {n}", mailbox(dir, name).len());
+    let mut m: Vec<String> = mailbox(dir, name).iter().map(|t| t.replace('\n', "\r\n")).collect();
+    m.sort();
+    m
+}
+
+fn wait_queue_empty(dir: &Path) {
+    assert!(eventually(WAIT, || queue(dir).is_empty()), "queue: {:?}", queue(dir));
+}
+
+/// The value of a header field (unfolded) of a delivered message.
+fn field(msg: &str, name: &str) -> Option<String> {
+    let head = msg.split("\r\n\r\n").next().unwrap_or_default().replace("\r\n ", " ").replace("\r\n\t", " ");
+    head.split("\r\n").find_map(|l| {
+        let (n, v) = l.split_once(':')?;
+        n.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+    })
+}
+
+fn activity(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join("data/log/activity.log")).unwrap_or_default()
+}
+
+#[test]
+fn a_post_reaches_every_member_once_as_one_spool_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    directory(
+        d,
+        serde_json::json!([{
+            "address": "dev@example.org", "description": "Developers", "owners": ["owner@example.org"],
+            "footer_text": "-- \nThe dev list: dev-request@example.org", "archive": true,
+            "members": members(&["ann@example.org", "bob@example.org", "carol@example.org", "away@example.org"]),
+        }]),
+    );
+    let srv = start_plain(d, "uring", &format!("[log]\nactivity = true\n{NO_DNS}"));
+    let post = "From: Ann <ann@example.org>\r\nTo: dev@example.org\r\nSubject: hello\r\nMessage-ID: <p1@example.org>\r\n\r\nHi all.\r\n";
+    assert!(send(srv.addr(), "ann@example.org", "dev@example.org", post).starts_with("250 "));
+    for m in ["ann", "bob", "carol", "away"] {
+        wait_mail(d, m, 1);
+    }
+    wait_queue_empty(d);
+    let copy = &wait_mail(d, "bob", 1)[0];
+    assert_eq!(field(copy, "Return-Path").as_deref(), Some("<dev-bounces@example.org>"));
+    assert_eq!(field(copy, "Subject").as_deref(), Some("[dev] hello"));
+    assert_eq!(field(copy, "List-Id").as_deref(), Some("\"Developers\" <dev.example.org>"));
+    assert_eq!(
+        field(copy, "List-Unsubscribe").as_deref(),
+        Some("<mailto:dev-request@example.org?subject=unsubscribe>")
+    );
+    assert_eq!(field(copy, "List-Post").as_deref(), Some("<mailto:dev@example.org>"));
+    assert_eq!(field(copy, "Precedence").as_deref(), Some("list"));
+    assert_eq!(field(copy, "From").as_deref(), Some("Ann <ann@example.org>"));
+    assert!(copy.ends_with("Hi all.\r\n-- \r\nThe dev list: dev-request@example.org\r\n"), "{copy}");
+    // One distribution message for the four members, from the list's bounce address (the
+    // log is written by its own thread).
+    let generated = |l: &str| l.contains("generated") && l.contains("kind=list ");
+    assert!(eventually(WAIT, || activity(d).lines().any(generated)));
+    let log = activity(d);
+    let lists: Vec<&str> = log.lines().filter(|l| generated(l)).collect();
+    assert_eq!(lists.len(), 1, "{log}");
+    assert!(lists[0].contains("to=ann@example.org,bob@example.org,carol@example.org,away@example.org"), "{log}");
+    // The auto-responder member did not answer the list (it carries List-Id, Precedence).
+    assert_eq!(mailbox(d, "ann").len(), 1, "only the post itself");
+    assert!(!log.contains("kind=autoreply"), "{log}");
+    // The archive keeps the copy.
+    let archive = d.join("data/lists/dev@example.org/archive/new");
+    assert_eq!(std::fs::read_dir(archive).unwrap().count(), 1);
+
+    // multipart/alternative: the footer is a part of its own; the alternative is whole.
+    let alt = "From: ann@example.org\r\nSubject: html\r\nMIME-Version: 1.0\r\n\
+               Content-Type: multipart/alternative; boundary=\"b1\"\r\n\r\n--b1\r\nContent-Type: text/plain\r\n\r\n\
+               plain\r\n--b1\r\nContent-Type: text/html\r\n\r\n<p>html</p>\r\n--b1--\r\n";
+    assert!(send(srv.addr(), "ann@example.org", "dev@example.org", alt).starts_with("250 "));
+    let copy = wait_mail(d, "carol", 2).into_iter().find(|m| m.contains("Subject: [dev] html")).unwrap();
+    assert!(field(&copy, "Content-Type").unwrap().starts_with("multipart/mixed; boundary="), "{copy}");
+    assert!(copy.contains("Content-Type: multipart/alternative; boundary=\"b1\"\r\n\r\n--b1\r\nContent-Type: text/plain\r\n\r\nplain\r\n--b1\r\nContent-Type: text/html\r\n\r\n<p>html</p>\r\n--b1--\r\n"), "{copy}");
+    assert!(copy.contains("The dev list: dev-request@example.org"));
+
+    // multipart/signed (RFC 1847): the signed entity goes out byte for byte.
+    let signed_body = "--s1\r\nContent-Type: text/plain\r\n\r\nsigned text\r\n--s1\r\nContent-Type: application/pgp-signature\r\n\r\n-----BEGIN PGP SIGNATURE-----\r\nxyz\r\n-----END PGP SIGNATURE-----\r\n--s1--\r\n";
+    let signed = format!(
+        "From: ann@example.org\r\nSubject: signed\r\nMIME-Version: 1.0\r\nContent-Type: multipart/signed; micalg=pgp-sha256;\r\n protocol=\"application/pgp-signature\"; boundary=\"s1\"\r\n\r\n{signed_body}"
+    );
+    assert!(send(srv.addr(), "ann@example.org", "dev@example.org", &signed).starts_with("250 "));
+    let copy = wait_mail(d, "carol", 3).into_iter().find(|m| m.contains("Subject: [dev] signed")).unwrap();
+    assert!(copy.contains(&format!("Content-Type: multipart/signed; micalg=pgp-sha256;\r\n protocol=\"application/pgp-signature\"; boundary=\"s1\"\r\n\r\n{signed_body}")), "{copy}");
+    srv.stop();
+}
+
+#[test]
+fn posting_rules_at_rcpt_and_the_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    directory(
+        d,
+        serde_json::json!([
+            {"address": "dev@example.org", "members": members(&["ann@example.org", "bob@example.org"])},
+            {"address": "sec@example.org", "posting": "password", "password": "s3cret", "prefix": "none",
+             "members": members(&["bob@example.org", "carol@example.org"])},
+        ]),
+    );
+    let srv = start_plain(d, "uring", NO_DNS);
+    let (mut c, _) = Client::connect(srv.addr());
+    c.cmd("EHLO client.example.org");
+    c.cmd("MAIL FROM:<dan@example.org>");
+    assert_eq!(
+        c.cmd("RCPT TO:<dev@example.org>"),
+        "550 5.7.1 Error: recipient address rejected: this list takes posts from its members only\r\n"
+    );
+    // Commands and the owners take mail from anyone.
+    assert!(c.cmd("RCPT TO:<dev-request@example.org>").starts_with("250"));
+    assert!(c.cmd("RCPT TO:<dev-owner@example.org>").starts_with("250"));
+    c.cmd("RSET");
+    c.cmd("MAIL FROM:<>");
+    assert!(c.cmd("RCPT TO:<dev@example.org>").starts_with("550 5.7.1"), "a bounce is never a post");
+    c.cmd("QUIT");
+
+    // Without the password: accepted at RCPT (the subject is not known yet), then returned.
+    let no_pw = "From: dan@example.org\r\nSubject: hi\r\n\r\nx\r\n";
+    assert!(send(srv.addr(), "dan@example.org", "sec@example.org", no_pw).starts_with("250 "));
+    let dsn = wait_mail(d, "dan", 1);
+    assert!(dsn[0].contains("550 5.7.1 this list takes posts with its password in the subject only"), "{}", dsn[0]);
+    // With it: distributed, the password taken out of the subject.
+    let pw = "From: dan@example.org\r\nSubject: [:s3cret:] release 1.0\r\n\r\nx\r\n";
+    assert!(send(srv.addr(), "dan@example.org", "sec@example.org", pw).starts_with("250 "));
+    let copy = wait_mail(d, "carol", 1);
+    assert_eq!(field(&copy[0], "Subject").as_deref(), Some("release 1.0"));
+    assert!(!copy[0].contains("s3cret"));
+    srv.stop();
+}
+
+/// The code at the end of a held notice's subject.
+fn code_of(subject: &str) -> String {
+    subject.rsplit(' ').next().unwrap().to_string()
+}
+
+#[test]
+fn moderated_posts_approved_from_the_command_line_and_rejected_by_mail() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    directory(
+        d,
+        serde_json::json!([{
+            "address": "announce@example.org", "moderated": true, "posting": "anyone",
+            "moderators": ["mod@example.org"], "members": members(&["bob@example.org", "carol@example.org"]),
+        }]),
+    );
+    let srv = start_plain(d, "uring", NO_DNS);
+    let post = "From: Ann <ann@example.org>\r\nSubject: news\r\n\r\nbig news\r\n";
+    assert!(send(srv.addr(), "ann@example.org", "announce@example.org", post).starts_with("250 "));
+    let notice = wait_mail(d, "mod", 1).remove(0);
+    let subject = field(&notice, "Subject").unwrap();
+    assert!(subject.starts_with("Post to announce@example.org held for approval: approve "), "{subject}");
+    let code = code_of(&subject);
+    let (status, out) = ringmx(d, &["directory", "list", "moderate", "announce@example.org"]);
+    assert_eq!(status, 0, "{out}");
+    assert!(out.contains(&code) && out.contains("from ann@example.org  news"), "{out}");
+    let (status, out) = ringmx(d, &["directory", "list", "moderate", "announce@example.org", "--approve", &code]);
+    assert_eq!((status, out.trim()), (0, format!("post {code} approved and distributed").as_str()));
+    let copy = wait_mail(d, "bob", 1);
+    assert_eq!(field(&copy[0], "Subject").as_deref(), Some("[announce] news"));
+    wait_mail(d, "carol", 1);
+    let (_, out) = ringmx(d, &["directory", "list", "moderate", "announce@example.org"]);
+    assert!(out.contains("0 post(s) held"), "{out}");
+
+    // The second post is rejected by the moderator's reply, with a reason.
+    let post2 = "From: Ann <ann@example.org>\r\nSubject: more news\r\n\r\nx\r\n";
+    assert!(send(srv.addr(), "ann@example.org", "announce@example.org", post2).starts_with("250 "));
+    let notices = wait_mail(d, "mod", 2);
+    let n2 = notices.iter().find(|n| n.contains("Subject: more news")).unwrap();
+    let code2 = code_of(&field(n2, "Subject").unwrap());
+    let reply = format!(
+        "From: mod@example.org\r\nSubject: Re: {}\r\n\r\nreject {code2} old news\r\n\r\n> quoted notice\r\n",
+        field(n2, "Subject").unwrap()
+    );
+    assert!(send(srv.addr(), "mod@example.org", "announce-request@example.org", &reply).starts_with("250 "));
+    let told = wait_mail(d, "ann", 1);
+    assert_eq!(field(&told[0], "Subject").as_deref(), Some("Your post to announce@example.org was rejected"));
+    assert!(told[0].contains("Reason: old news"));
+    let answered = wait_mail(d, "mod", 3);
+    assert!(answered.iter().any(|m| m.contains(&format!("The post {code2} was rejected."))));
+    wait_queue_empty(d);
+    assert_eq!(mailbox(d, "bob").len(), 1, "the rejected post went to nobody");
+    srv.stop();
+}
+
+#[test]
+fn subscribe_with_a_code_help_and_unsubscribe_by_mail() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    directory(
+        d,
+        serde_json::json!([{"address": "dev@example.org", "description": "Developers", "members": members(&["bob@example.org"])}]),
+    );
+    let srv = start_plain(d, "uring", NO_DNS);
+    let req = "From: Dan <dan@example.org>\r\nSubject: subscribe\r\n\r\n";
+    assert!(send(srv.addr(), "dan@example.org", "dev-request@example.org", req).starts_with("250 "));
+    let ask = wait_mail(d, "dan", 1).remove(0);
+    let subject = field(&ask, "Subject").unwrap();
+    assert!(subject.starts_with("confirm "), "{subject}");
+    assert_eq!(field(&ask, "Auto-Submitted").as_deref(), Some("auto-replied"));
+    let (_, out) = ringmx(d, &["directory", "member", "list", "dev@example.org"]);
+    assert_eq!(out, "bob@example.org\n", "not before the code comes back");
+    // A reply to the request keeps the subject.
+    let confirm = format!("From: dan@example.org\r\nSubject: Re: {subject}\r\n\r\n");
+    assert!(send(srv.addr(), "dan@example.org", "dev-request@example.org", &confirm).starts_with("250 "));
+    let welcome =
+        wait_mail(d, "dan", 2).into_iter().find(|m| m.contains("Subject: Welcome to dev@example.org")).unwrap();
+    assert!(welcome.contains("dan@example.org is now a member"));
+    assert!(eventually(WAIT, || ringmx(d, &["directory", "member", "list", "dev@example.org"]).1
+        == "bob@example.org\ndan@example.org\n"));
+
+    // help, to the request address.
+    let help = "From: carol@example.org\r\nSubject: help\r\n\r\n";
+    assert!(send(srv.addr(), "carol@example.org", "dev-request@example.org", help).starts_with("250 "));
+    let h = wait_mail(d, "carol", 1).remove(0);
+    assert!(h.contains("dev@example.org: Developers") && h.contains("unsubscribe          leave the list"), "{h}");
+
+    // unsubscribe in the subject of a mail to the list itself (MailEnable's way).
+    let unsub = "From: bob@example.org\r\nSubject: unsubscribe\r\n\r\n";
+    assert!(send(srv.addr(), "bob@example.org", "dev@example.org", unsub).starts_with("250 "));
+    let bye = wait_mail(d, "bob", 1).remove(0);
+    assert!(bye.contains("bob@example.org was removed from dev@example.org."), "{bye}");
+    assert!(
+        eventually(WAIT, || ringmx(d, &["directory", "member", "list", "dev@example.org"]).1 == "dan@example.org\n")
+    );
+    srv.stop();
+}
+
+#[test]
+fn a_list_that_contains_itself_or_a_list_that_contains_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    directory(
+        d,
+        serde_json::json!([
+            {"address": "a@example.org", "posting": "anyone", "members": members(&["bob@example.org", "b@example.org"])},
+            {"address": "b@example.org", "posting": "anyone", "members": members(&["carol@example.org", "a@example.org"])},
+        ]),
+    );
+    let (status, _) = ringmx(d, &["directory", "member", "add", "a@example.org", "a@example.org"]);
+    assert_eq!(status, 2, "the command line refuses a list as its own member");
+    let srv = start_plain(d, "uring", NO_DNS);
+    assert!(send(srv.addr(), "ann@example.org", "a@example.org", "Subject: loop?\r\n\r\nx\r\n").starts_with("250 "));
+    wait_mail(d, "bob", 1);
+    wait_mail(d, "carol", 1);
+    wait_queue_empty(d);
+    // Each went round once: b's copy came back to a, which saw its own X-Loop and dropped it.
+    assert_eq!((mailbox(d, "bob").len(), mailbox(d, "carol").len()), (1, 1));
+    let (_, log) = srv.stop();
+    assert!(log.contains("already went through this list (X-Loop)"), "{log}");
+}
+
+/// A far end on loopback that accepts everything and records each MAIL FROM.
+fn recording_far_end() -> (std::net::SocketAddr, Arc<Mutex<Vec<String>>>) {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s2 = seen.clone();
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            let seen = s2.clone();
+            std::thread::spawn(move || {
+                s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+                let mut w = s.try_clone().unwrap();
+                let mut r = BufReader::new(s);
+                let _ = w.write_all(b"220 far.example ESMTP\r\n");
+                let mut line = String::new();
+                let mut data = false;
+                while r.read_line(&mut line).unwrap_or(0) > 0 {
+                    let reply: &[u8] = if data {
+                        if line == ".\r\n" {
+                            data = false;
+                            b"250 ok\r\n"
+                        } else {
+                            b""
+                        }
+                    } else {
+                        let up = line.to_ascii_uppercase();
+                        if up.starts_with("MAIL FROM:") {
+                            seen.lock().unwrap().push(line.trim_end().to_string());
+                        }
+                        if up.starts_with("DATA") {
+                            data = true;
+                            b"354 go on\r\n"
+                        } else if up.starts_with("QUIT") {
+                            let _ = w.write_all(b"221 bye\r\n");
+                            break;
+                        } else {
+                            b"250 ok\r\n"
+                        }
+                    };
+                    let _ = w.write_all(reply);
+                    line.clear();
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
+#[test]
+fn verp_bounces_disable_a_member_and_tell_the_owner() {
+    let (far, seen) = recording_far_end();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    directory(
+        d,
+        serde_json::json!([{
+            "address": "dev@example.org", "owners": ["owner@example.org"], "bounce_limit": 2,
+            "members": members(&["ann@example.org", "x@far.example"]),
+        }]),
+    );
+    let cfg =
+        format!("[delivery.routing.domain_smart_hosts.\"far.example\"]\nhost = \"127.0.0.1\"\nport = {}\n", far.port());
+    let srv = start_plain(d, "uring", &format!("{cfg}{NO_DNS}"));
+    assert!(send(srv.addr(), "ann@example.org", "dev@example.org", "Subject: hi\r\n\r\nx\r\n").starts_with("250 "));
+    assert!(eventually(WAIT, || !seen.lock().unwrap().is_empty()));
+    assert_eq!(seen.lock().unwrap()[0], "MAIL FROM:<dev-bounces+x=far.example@example.org>");
+    // The far end's bounces come back to the VERP address: the second disables x.
+    let bounce = "From: MAILER-DAEMON@far.example\r\nSubject: Undelivered Mail\r\n\r\nmailbox gone\r\n";
+    for _ in 0..2 {
+        assert!(send(srv.addr(), "", "dev-bounces+x=far.example@example.org", bounce).starts_with("250 "));
+    }
+    let told = wait_mail(d, "owner", 1).remove(0);
+    assert_eq!(field(&told, "Subject").as_deref(), Some("x@far.example disabled on dev@example.org by bounces"));
+    let (_, out) = ringmx(d, &["directory", "member", "list", "dev@example.org"]);
+    assert_eq!(out, "ann@example.org\nx@far.example disabled bounces=2\n");
+    srv.stop();
+}
+
+#[test]
+fn dmarc_reject_domains_get_the_from_rewritten_from_dns() {
+    use hickory_server::proto::rr::RData;
+    use hickory_server::proto::rr::rdata::TXT;
+    let zone = dns::zone(
+        "example.com.",
+        &[("_dmarc.strict.example.com.", RData::TXT(TXT::new(vec!["v=DMARC1; p=reject".into()])))],
+    );
+    let ns = dns::serve(vec![zone]);
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    directory(
+        d,
+        serde_json::json!([{"address": "dev@example.org", "posting": "anyone", "reply_to": "list",
+                            "members": members(&["bob@example.org"])}]),
+    );
+    let srv = start_plain(d, "uring", &format!("[dns]\nservers = [\"{ns}\"]\n"));
+    let strict = "From: Ann Lee <ann@strict.example.com>\r\nSubject: one\r\n\r\nx\r\n";
+    assert!(send(srv.addr(), "ann@strict.example.com", "dev@example.org", strict).starts_with("250 "));
+    let relaxed = "From: Carl <carl@relaxed.example.com>\r\nSubject: two\r\n\r\nx\r\n";
+    assert!(send(srv.addr(), "carl@relaxed.example.com", "dev@example.org", relaxed).starts_with("250 "));
+    let got = wait_mail(d, "bob", 2);
+    let one = got.iter().find(|m| m.contains("Subject: [dev] one")).unwrap();
+    assert_eq!(field(one, "From").as_deref(), Some("\"Ann Lee via dev\" <dev@example.org>"));
+    assert_eq!(field(one, "X-Original-From").as_deref(), Some("Ann Lee <ann@strict.example.com>"));
+    assert_eq!(field(one, "Reply-To").as_deref(), Some("<dev@example.org>, Ann Lee <ann@strict.example.com>"));
+    let two = got.iter().find(|m| m.contains("Subject: [dev] two")).unwrap();
+    assert_eq!(field(two, "From").as_deref(), Some("Carl <carl@relaxed.example.com>"), "no DMARC record: kept");
+    srv.stop();
+}
+
+#[test]
+fn digest_members_get_a_mime_digest() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut m = members(&["ann@example.org", "bob@example.org"]);
+    m[1]["digest"] = serde_json::json!(true);
+    // A digest goes as soon as its posts pass 1 byte: with every post here.
+    directory(d, serde_json::json!([{"address": "dev@example.org", "digest_max_bytes": 1, "members": m}]));
+    let srv = start_plain(d, "uring", NO_DNS);
+    assert!(send(srv.addr(), "ann@example.org", "dev@example.org", "Subject: first\r\n\r\nx\r\n").starts_with("250 "));
+    let dg = wait_mail(d, "bob", 1).remove(0);
+    assert_eq!(field(&dg, "Subject").as_deref(), Some("dev digest, Vol 1, Issue 1"));
+    assert!(dg.contains("multipart/digest") && dg.contains("Subject: [dev] first"), "{dg}");
+    assert_eq!(wait_mail(d, "ann", 1).len(), 1, "ann gets each post");
+    srv.stop();
+}
