@@ -35,6 +35,10 @@ use crate::queue::actions::{Draft, LocalFailure};
 use commands::Command;
 use store::{ListStore, Pending};
 
+/// Most members one distribution message names (a queued message numbers its recipients in
+/// 16 bits); a bigger list is distributed as several.
+pub const MAX_RECIPIENTS: usize = 50_000;
+
 /// How long a confirmation code works.
 pub const CONFIRM_TTL_MS: u64 = 7 * 24 * 3600 * 1000;
 
@@ -280,10 +284,11 @@ pub fn distribute(
         store.archive(&list.address, &copy)?;
     }
     let _ = from;
-    if to.is_empty() {
-        return Ok(Vec::new());
-    }
-    Ok(vec![Draft { from: list.role_address("bounces"), to, data: copy, kind: "list" }])
+    // One spool record for up to MAX_RECIPIENTS members (recipients are numbered in 16 bits).
+    Ok(to
+        .chunks(MAX_RECIPIENTS)
+        .map(|c| Draft { from: list.role_address("bounces"), to: c.to_vec(), data: copy.clone(), kind: "list" })
+        .collect())
 }
 
 /// A held post approved: its distribution (the caller removes it from the store once the

@@ -74,7 +74,8 @@ pub struct ControlMetrics {
 }
 
 /// The kinds of messages the server writes itself (`ringmx_messages_generated_total`).
-pub const GENERATED: [&str; 6] = ["dsn_failed", "dsn_delayed", "dsn_success", "autoreply", "forward", "badmail"];
+pub const GENERATED: [&str; 7] =
+    ["dsn_failed", "dsn_delayed", "dsn_success", "autoreply", "forward", "badmail", "list"];
 
 impl ControlMetrics {
     /// Publishes the queue manager's counters.
@@ -85,7 +86,7 @@ impl ControlMetrics {
         self.failed.set(s.failed);
         self.deferred_remote.set(s.deferred_remote);
         self.failed_remote.set(s.failed_remote);
-        let g = [s.dsn_failed, s.dsn_delayed, s.dsn_success, s.autoreplies, s.forwards, s.badmail];
+        let g = [s.dsn_failed, s.dsn_delayed, s.dsn_success, s.autoreplies, s.forwards, s.badmail, s.list_messages];
         for (cell, v) in self.generated.iter().zip(g) {
             cell.set(v);
         }
@@ -261,7 +262,7 @@ impl Registry {
             &mut out,
             "ringmx_messages_generated_total",
             "counter",
-            "Messages the server wrote: delivery status notifications by their gravest action, auto-replies, forwards; reports to the null sender kept as bad mail.",
+            "Messages the server wrote: delivery status notifications by their gravest action, auto-replies, forwards, mailing lists' messages (distributions, notices, digests); reports to the null sender kept as bad mail.",
             &generated,
         );
         let troubled: Vec<(String, u64)> = c

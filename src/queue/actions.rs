@@ -121,6 +121,9 @@ pub enum Generate {
 pub struct RemoteJob {
     pub id: QueueId,
     pub from: String,
+    /// Each recipient in a transaction of its own, from `from` with the recipient encoded
+    /// in it (VERP: `bounces+local=host@domain`), so that a bounce names it.
+    pub verp: bool,
     /// Recipient index in the envelope, and address.
     pub rcpts: Vec<(u16, String)>,
     pub content: Arc<[u8]>,

@@ -174,6 +174,10 @@ fn note(out: &mut Vec<(String, LocalOutcome)>, originals: &[String], status: Mar
     }
 }
 
+/// Recipients of a VERP job (a list's distribution): sent one transaction each, in order, so
+/// a job's size sets how the route's connections share the work.
+pub const VERP_BATCH: usize = 50;
+
 fn secs(ms: u64) -> u32 {
     (ms / 1000).min(u32::MAX as u64) as u32
 }
@@ -549,18 +553,17 @@ impl QueueManager {
         }
     }
 
-    /// One job per route with the recipients that share it; with `verp`, one per recipient,
-    /// each from `bounces+local=host@domain` (the pool reuses the route's connections).
+    /// One job per route with the recipients that share it. With `verp`, jobs of at most
+    /// [`VERP_BATCH`] recipients, each sent in a transaction of its own from
+    /// `bounces+local=host@domain`, one after the other on the job's connection: several
+    /// jobs of a route use the route's connections in parallel.
     fn submit_remote(&mut self, id: QueueId, mut rcpts: Vec<(Route, u16, String)>, now: u64, verp: bool) {
         let Some(l) = self.entries.loaded(id) else { return };
         rcpts.sort_by(|a, b| a.0.cmp(&b.0));
         let mut start = 0;
         while start < rcpts.len() {
-            let end = if verp {
-                start + 1
-            } else {
-                start + rcpts[start..].iter().take_while(|r| r.0 == rcpts[start].0).count()
-            };
+            let same_route = rcpts[start..].iter().take_while(|r| r.0 == rcpts[start].0).count();
+            let end = start + if verp { same_route.min(VERP_BATCH) } else { same_route };
             let group: Vec<(u16, String)> = rcpts[start..end].iter().map(|(_, i, a)| (*i, a.clone())).collect();
             let env = &l.envelope;
             let dsn = DsnParams {
@@ -571,10 +574,10 @@ impl QueueManager {
                     .map(|(i, _)| env.rcpts.get(*i as usize).map_or((None, None), |r| (r.notify, r.orcpt.clone())))
                     .collect(),
             };
-            let from = if verp { crate::lists::message::verp_encode(&env.from, &group[0].1) } else { env.from.clone() };
             self.actions.push_back(Action::SubmitRemote(RemoteJob {
                 id,
-                from,
+                from: env.from.clone(),
+                verp,
                 rcpts: group,
                 content: l.content.clone(),
                 smtputf8: env.smtputf8,

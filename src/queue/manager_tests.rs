@@ -474,8 +474,8 @@ fn redirect_elsewhere_is_forwarded() {
 }
 
 /// Mail to a list goes to the list manager; what it wants sent is queued in the same turn as
-/// the mark; the distribution (from the list's bounce address) goes out one job per
-/// recipient, each from its own VERP reverse path.
+/// the mark; the distribution (from the list's bounce address) goes out as a VERP job (the
+/// delivery runtime sends each recipient from its own reverse path).
 #[test]
 fn a_list_takes_its_mail_and_its_distribution_goes_out_with_verp() {
     let mut d = Driver::new(config());
@@ -515,15 +515,15 @@ fn a_list_takes_its_mail_and_its_distribution_goes_out_with_verp() {
                 let env = d.spool[&id].clone();
                 d.m.handle_message(d.now, &d.dir, id, Ok((env, Arc::from(&b"Subject: x\r\n\r\n"[..]))));
             }
-            Action::SubmitRemote(j) => jobs.push(format!("<{}> {:?}", j.from, j.rcpts)),
+            Action::SubmitRemote(j) => jobs.push(format!("<{}> verp {} {:?}", j.from, j.verp, j.rcpts)),
             _ => {}
         }
     }
     assert_eq!(
         jobs,
         [
-            "<dev-bounces+x=a.test@example.net> [(1, \"x@a.test\")]",
-            "<dev-bounces+y=b.test@example.net> [(2, \"y@b.test\")]"
+            "<dev-bounces@example.net> verp true [(1, \"x@a.test\")]",
+            "<dev-bounces@example.net> verp true [(2, \"y@b.test\")]"
         ]
     );
 }

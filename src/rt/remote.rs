@@ -192,18 +192,52 @@ async fn run_job(pool: &Pool, resolver: Option<&MxResolver>, job: RemoteJob) -> 
             }),
         };
     }
-    let mut msg = OutboundMessage::new(
-        &job.from,
-        job.rcpts.iter().map(|(_, a)| a.clone()).collect(),
-        job.content.clone(),
-        job.smtputf8,
-    );
-    msg.dsn = job.dsn.clone();
-    msg.auth = job.auth.clone();
-    let msg = Arc::new(msg);
+    if !job.verp {
+        let mut msg = OutboundMessage::new(
+            &job.from,
+            job.rcpts.iter().map(|(_, a)| a.clone()).collect(),
+            job.content.clone(),
+            job.smtputf8,
+        );
+        msg.dsn = job.dsn.clone();
+        msg.auth = job.auth.clone();
+        let (results, remote_mta, peer_dsn) = try_hosts(pool, &hosts, &auth, Arc::new(msg), &job.rcpts).await;
+        return RemoteOutcome { id: job.id, remote_mta, peer_dsn, results };
+    }
+    // VERP: each recipient in a transaction of its own, from its own reverse path.
+    let mut out = RemoteOutcome { id: job.id, remote_mta: None, peer_dsn: false, results: Vec::new() };
+    for (k, (i, address)) in job.rcpts.iter().enumerate() {
+        let from = crate::lists::message::verp_encode(&job.from, address);
+        let mut msg = OutboundMessage::new(&from, vec![address.clone()], job.content.clone(), job.smtputf8);
+        msg.dsn = crate::delivery::client::DsnParams {
+            ret: job.dsn.ret,
+            envid: job.dsn.envid.clone(),
+            rcpts: job.dsn.rcpts.get(k).cloned().into_iter().collect(),
+        };
+        msg.auth = job.auth.clone();
+        let (results, remote_mta, peer_dsn) =
+            try_hosts(pool, &hosts, &auth, Arc::new(msg), std::slice::from_ref(&(*i, address.clone()))).await;
+        out.results.extend(results);
+        out.remote_mta = remote_mta.or(out.remote_mta);
+        out.peer_dsn |= peer_dsn;
+    }
+    out
+}
+
+/// Sends `msg` to the first of `hosts` that takes it or refuses it for good; the result of
+/// each of `rcpts` (index and address, in the order of the message's recipients), the host
+/// that answered, and whether it offers DSN.
+async fn try_hosts(
+    pool: &Pool,
+    hosts: &[(String, SocketAddr)],
+    auth: &Option<crate::delivery::client::Credentials>,
+    msg: Arc<OutboundMessage>,
+    rcpts: &[(u16, String)],
+) -> (Vec<(u16, RcptOutcome)>, Option<String>, bool) {
+    let all = |o: RcptOutcome| rcpts.iter().map(|(i, _)| (*i, o.clone())).collect();
     let mut last_error = Response::new(451, Some("4.4.1"), "no host answered");
     for (host, addr) in hosts {
-        let dest = Destination { host: host.clone(), addr, auth: auth.clone() };
+        let dest = Destination { host: host.clone(), addr: *addr, auth: auth.clone() };
         match pool.deliver_to_peer(&dest, msg.clone()).await {
             Ok((results, peer_dsn)) => {
                 // A failure that concerns the connection (or is temporary and about the
@@ -217,8 +251,7 @@ async fn run_job(pool: &Pool, resolver: Option<&MxResolver>, job: RemoteJob) -> 
                     }
                     continue;
                 }
-                let results = job
-                    .rcpts
+                let results = rcpts
                     .iter()
                     .zip(results)
                     .map(|((i, _), r)| {
@@ -243,15 +276,10 @@ async fn run_job(pool: &Pool, resolver: Option<&MxResolver>, job: RemoteJob) -> 
                         (*i, o)
                     })
                     .collect();
-                return RemoteOutcome { id: job.id, remote_mta: Some(host), peer_dsn, results };
+                return (results, Some(host.clone()), peer_dsn);
             }
             Err(e) => last_error = Response::new(451, Some("4.4.1"), &e.to_string()),
         }
     }
-    RemoteOutcome {
-        id: job.id,
-        remote_mta: None,
-        peer_dsn: false,
-        results: all(RcptOutcome::Deferred { reply: last_error }),
-    }
+    (all(RcptOutcome::Deferred { reply: last_error }), None, false)
 }
