@@ -537,3 +537,14 @@ fn dkim_keygen(domain: &str, selector: &str, out: &std::path::Path) -> Result<()
     println!("# [[dkim.sign]] domain = \"{domain}\", selector = \"{selector}\", key = \"{}\"", out.display());
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    /// clap's own checks of the whole command line (duplicate names, bad defaults), which
+    /// it otherwise makes only when a command is first parsed.
+    #[test]
+    fn the_command_line_is_well_formed() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
+}

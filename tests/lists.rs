@@ -438,3 +438,67 @@ fn digest_members_get_a_mime_digest() {
     assert_eq!(wait_mail(d, "ann", 1).len(), 1, "ann gets each post");
     srv.stop();
 }
+
+#[test]
+fn list_and_member_commands() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    directory(d, serde_json::json!([]));
+    std::fs::write(d.join("ringmx.toml"), format!("data_dir = {:?}\n", d.join("data"))).unwrap();
+    let run = |args: &[&str]| ringmx(d, args);
+    let (s, out) = run(&[
+        "directory",
+        "list",
+        "add",
+        "dev@example.org",
+        "--add-owner",
+        "owner@example.org",
+        "--posting",
+        "password",
+        "--password",
+        "pw1",
+        "--reply-to",
+        "desk@example.org",
+        "--prefix",
+        "DEV:",
+    ]);
+    assert_eq!(
+        (s, out.as_str()),
+        (0, "list dev@example.org added (posts to dev@example.org, commands to dev-request@example.org)\n")
+    );
+    let (s, _) = run(&["directory", "list", "add", "dev-request@example.org"]);
+    assert_eq!(s, 2, "the address of another list's commands");
+    let (s, _) = run(&["directory", "list", "set", "dev@example.org", "--posting", "everyone"]);
+    assert_eq!(s, 2, "not one of the posting rules");
+    let (s, out) = run(&["directory", "list", "show", "dev@example.org", "--json"]);
+    assert_eq!(s, 0);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["posting"], "password");
+    assert_eq!(v["reply_to"], "address");
+    assert_eq!(v["reply_to_address"], "desk@example.org");
+    assert_eq!(v["prefix"], "custom");
+    assert_eq!(v["prefix_text"], "DEV:");
+    assert!(v.get("password").is_none(), "show never prints the password");
+    std::fs::write(
+        d.join("members.txt"),
+        "# the team\nbob@example.org\nCarol@Example.org, Carol\nnot an address\nbob@example.org\n",
+    )
+    .unwrap();
+    let (s, out) = run(&["directory", "member", "import", "dev@example.org", d.join("members.txt").to_str().unwrap()]);
+    assert_eq!(s, 2, "{out}");
+    assert!(out.contains("2 member(s) added to dev@example.org, 1 already members, 1 line(s) refused"), "{out}");
+    let (s, out) = run(&["directory", "member", "set", "dev@example.org", "bob@example.org", "--digest", "true"]);
+    assert_eq!(s, 0, "{out}");
+    let (_, out) = run(&["directory", "member", "list", "dev@example.org"]);
+    assert_eq!(out, "bob@example.org digest\ncarol@example.org\n");
+    let (_, out) = run(&["directory", "member", "export", "dev@example.org"]);
+    assert_eq!(out, "bob@example.org\ncarol@example.org\n");
+    let (_, out) = run(&["directory", "list", "list"]);
+    assert_eq!(out, "dev@example.org  2 member(s)  \n");
+    let (s, out) = run(&["directory", "list", "moderate", "dev@example.org", "--approve", "0123456789abcdef"]);
+    assert_eq!(s, 2, "no server: {out}");
+    let (s, _) = run(&["directory", "list", "remove", "dev@example.org"]);
+    assert_eq!(s, 0);
+    let (s, _) = run(&["directory", "member", "list", "dev@example.org"]);
+    assert_eq!(s, 2);
+}

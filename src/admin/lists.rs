@@ -71,9 +71,9 @@ pub struct ListSettings {
     pub remove_moderator: Vec<String>,
     #[arg(long, action = clap::ArgAction::Set)]
     pub disabled: Option<bool>,
-    /// Answer `help`.
+    /// Answer the `help` command (`--help` is clap's).
     #[arg(long, action = clap::ArgAction::Set)]
-    pub help: Option<bool>,
+    pub help_command: Option<bool>,
     #[arg(long)]
     pub help_text: Option<String>,
     /// `list` or `moderator`.
@@ -207,7 +207,7 @@ fn apply_settings(l: &mut List, s: ListSettings) -> Result<(), CommandError> {
     if let Some(v) = s.disabled {
         l.disabled = v;
     }
-    if let Some(v) = s.help {
+    if let Some(v) = s.help_command {
         l.help = v;
     }
     if let Some(v) = s.help_text {
