@@ -1345,6 +1345,11 @@ impl Config {
         {
             bad("delivery.postmaster", format!("{p:?} is not an address (local@domain)"));
         }
+        if let Some(p) = &self.delivery.dsn.sender
+            && crate::directory::model::normalize_address(p).is_err()
+        {
+            bad("delivery.dsn.sender", format!("{p:?} is not an address (local@domain)"));
+        }
         if self.limits.max_line_length < 512 {
             bad("limits.max_line_length", "RFC 5321 §4.5.3.1.4 requires at least 512".into());
         }

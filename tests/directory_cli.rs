@@ -330,3 +330,66 @@ fn purge_old_messages() {
     usage_error(d, &["purge", "--older-than", "1d", "--mailbox", "nobody@example.test"], "no mailbox has the address");
     usage_error(d, &["purge", "--older-than", "1d", "--postoffice", "nope"], "unknown postoffice");
 }
+
+/// The messages in a mailbox's `new/`.
+fn new_messages(dir: &Path, maildir: &str) -> Vec<String> {
+    let d = dir.join("mailboxes").join(maildir).join("Maildir/new");
+    let mut v: Vec<String> = std::fs::read_dir(d)
+        .map(|rd| rd.flatten().map(|e| std::fs::read_to_string(e.path()).unwrap()).collect())
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// SPEC §6: a postoffice's defaults for new mailboxes (quota, an address at every domain,
+/// a welcome message), a broadcast to every mailbox, and the quota usage counted again.
+#[test]
+fn mailbox_defaults_welcome_broadcast_and_quota_reset() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    ok(d, &["postoffice", "add", "corp", "--default-quota", "1M", "--address-every-domain", "true"]);
+    ok(d, &["domain", "add", "example.com"]);
+    ok(d, &["domain", "add", "example.net"]);
+    let out = ok(
+        d,
+        &["postoffice", "set", "corp", "--welcome-subject", "Welcome to Corp", "--welcome-body", "Hello.\\nIT desk"],
+    );
+    assert_eq!(out, "postoffice corp changed\n");
+    let out = ok(d, &["mailbox", "add", "alice@example.com"]);
+    assert_eq!(out, "mailbox alice@example.com added (corp/alice)\nwelcome message placed in corp/alice\n");
+    let m = &stored(d)["mailboxes"][0];
+    assert_eq!(m["quota_bytes"], 1 << 20);
+    assert_eq!(m["addresses"], serde_json::json!(["alice@example.com", "alice@example.net"]));
+    let welcome = new_messages(d, "corp/alice");
+    assert_eq!(welcome.len(), 1);
+    assert!(
+        welcome[0].contains("Subject: Welcome to Corp\n") && welcome[0].ends_with("\n\nHello.\nIT desk\n"),
+        "{}",
+        welcome[0]
+    );
+    assert!(welcome[0].starts_with("Return-Path: <postmaster@example.com>\nDelivered-To: alice@example.com\n"));
+    // An explicit quota wins over the default; an address taken elsewhere is left out.
+    ok(d, &["group", "add", "bob@example.net", "--member", "alice@example.com"]);
+    ok(d, &["mailbox", "add", "bob@example.com", "--quota", "0"]);
+    let m = &stored(d)["mailboxes"][1];
+    assert_eq!((m["quota_bytes"].as_u64(), &m["addresses"]), (Some(0), &serde_json::json!(["bob@example.com"])));
+    let show = ok(d, &["postoffice", "show", "corp", "--json"]);
+    assert_eq!(json_lines(&show)[0]["mailbox_defaults"]["welcome_subject"], "Welcome to Corp");
+
+    let out = ok(d, &["postoffice", "broadcast", "corp", "--subject", "Maintenance", "--body", "Down at 22:00."]);
+    assert_eq!(out, "message placed in 2 mailbox(es) of corp\n");
+    assert!(
+        new_messages(d, "corp/bob")
+            .iter()
+            .any(|m| m.contains("Subject: Maintenance\n") && m.ends_with("Down at 22:00.\n"))
+    );
+    assert_eq!(new_messages(d, "corp/alice").len(), 2);
+
+    // A maildirsize that went wrong is rebuilt from the files.
+    std::fs::write(d.join("mailboxes/corp/alice/Maildir/maildirsize"), "1048576S\n999999 1\n").unwrap();
+    let out = ok(d, &["postoffice", "reset-quota", "corp"]);
+    let sizes: u64 = new_messages(d, "corp/alice").iter().map(|m| m.len() as u64).sum();
+    assert!(out.starts_with(&format!("corp/alice: {sizes} bytes in 2 message(s) of 1048576\n")), "{out}");
+    assert!(out.ends_with("no server running: it reads the figures at its start\n"), "{out}");
+    usage_error(d, &["postoffice", "broadcast", "nope", "--subject", "x", "--body", "y"], "unknown postoffice");
+}

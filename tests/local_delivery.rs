@@ -353,3 +353,41 @@ fn directory_change_reloads_the_running_server() {
     assert!(status.success(), "{log}");
     assert!(log.contains("directory changed: reloaded"), "{log}");
 }
+
+/// `postoffice reset-quota` on a running server: a mailbox refused as full at RCPT is
+/// accepted once its files are gone and its usage is counted again; and the reports come
+/// from `[delivery.dsn] sender`.
+#[test]
+fn reset_quota_reaches_the_running_server_and_reports_from_the_configured_sender() {
+    let dir = tempfile::tempdir().unwrap();
+    directory(dir.path(), sample());
+    let cur = dir.path().join("data/mailboxes/po/erin/Maildir/cur");
+    for sub in ["tmp", "new", "cur"] {
+        std::fs::create_dir_all(cur.parent().unwrap().join(sub)).unwrap();
+    }
+    let old = cur.join("1700000000.M1P1.old,S=1600:2,S");
+    std::fs::write(&old, vec![b'x'; 1600]).unwrap();
+    let srv = start_plain(dir.path(), "uring", "[delivery.dsn]\nsender = \"bounces@example.net\"\n");
+    let (mut c, _) = Client::connect(srv.addr());
+    c.cmd("EHLO c");
+    let mut rcpt = || {
+        assert!(c.cmd("MAIL FROM:<alice@example.net>").starts_with("250"));
+        let r = c.cmd("RCPT TO:<erin@example.net>");
+        c.cmd("RSET");
+        r
+    };
+    assert!(eventually(Duration::from_secs(20), || rcpt().starts_with("552 5.2.2")), "usage read at start");
+    std::fs::remove_file(&old).unwrap();
+    assert!(rcpt().starts_with("552 5.2.2"), "the server does not know yet");
+    let (status, out) = ringmx(dir.path(), &["directory", "postoffice", "reset-quota", "po"]);
+    assert_eq!(status, 0, "{out}");
+    assert!(out.contains("po/erin: 0 bytes in 0 message(s) of 1500\n"), "{out}");
+    assert!(out.ends_with("the running server has the new figures\n"), "{out}");
+    assert!(rcpt().starts_with("250"));
+    // Too big for what is left: failed at delivery, reported from the configured sender.
+    let big = format!("Subject: big\r\n\r\n{}\r\n", "z".repeat(2000));
+    queued_id(&c.message("alice@example.net", &["erin@example.net"], &big));
+    let report = wait_files(dir.path(), "alice", 1);
+    assert!(report[0].contains("From: Mail Delivery System <bounces@example.net>\n"), "{}", report[0]);
+    srv.stop();
+}

@@ -127,7 +127,7 @@ fn quota_reached_mid_stream_and_surviving_reopen() {
 fn usage_cache_feeds_the_rcpt_check() {
     use ringmx::directory::{Directory, DirectoryData, Domain, Mailbox, Postoffice, RcptVerdict};
     let data = DirectoryData {
-        postoffices: vec![Postoffice { name: "corp".into(), require_auth_inbound: false }],
+        postoffices: vec![Postoffice::new("corp".into(), false)],
         domains: vec![Domain {
             name: "example.test".into(),
             postoffice: "corp".into(),

@@ -171,6 +171,19 @@ pub fn debug_request(
     }
 }
 
+/// Has the running server read the mailboxes' quota usage again (after `reset-quota`).
+pub fn refresh_usage(data_dir: &std::path::Path) -> Result<(), AdminError> {
+    let socket = crate::queue::requests::socket_path(data_dir);
+    let s = UnixStream::connect(&socket)
+        .map_err(|e| AdminError::Server(format!("no running server answers on {} ({e})", socket.display())))?;
+    let a: crate::queue::requests::UsageAnswer =
+        exchange(s, &crate::queue::requests::UsageRequest { refresh_usage: true })?;
+    match a.error {
+        Some(e) => Err(AdminError::Server(e)),
+        None => Ok(()),
+    }
+}
+
 /// `ringmx reload`: the running server reloads its configuration file (as on SIGHUP) and
 /// says what came of it.
 pub fn reload_request(data_dir: &std::path::Path) -> Result<crate::rt::reload::ReloadAnswer, AdminError> {

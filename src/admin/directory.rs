@@ -93,6 +93,48 @@ pub enum DirectoryCmd {
     },
 }
 
+/// A postoffice's defaults for new mailboxes (`postoffice add|set`); an empty text clears.
+#[derive(Debug, Args, Default)]
+pub struct MailboxDefaultsArgs {
+    /// Quota of a new mailbox when `mailbox add` gives none (512M, 2G; 0: none).
+    #[arg(long, value_name = "SIZE")]
+    pub default_quota: Option<String>,
+    /// A new mailbox also gets its name at every other domain of the postoffice.
+    #[arg(long, value_name = "BOOL")]
+    pub address_every_domain: Option<bool>,
+    /// A welcome message placed in each new mailbox: its subject and text.
+    #[arg(long)]
+    pub welcome_subject: Option<String>,
+    #[arg(long)]
+    pub welcome_body: Option<String>,
+}
+
+impl MailboxDefaultsArgs {
+    fn any(&self) -> bool {
+        self.default_quota.is_some()
+            || self.address_every_domain.is_some()
+            || self.welcome_subject.is_some()
+            || self.welcome_body.is_some()
+    }
+
+    fn apply(self, d: &mut crate::directory::model::MailboxDefaults) -> Result<(), CommandError> {
+        if let Some(q) = self.default_quota {
+            d.quota_bytes = if q.trim() == "0" { 0 } else { quota(&q)? };
+        }
+        if let Some(v) = self.address_every_domain {
+            d.address_every_domain = v;
+        }
+        let text = |v: String| (!v.trim().is_empty()).then(|| v.replace("\\n", "\n"));
+        if let Some(v) = self.welcome_subject {
+            d.welcome_subject = text(v);
+        }
+        if let Some(v) = self.welcome_body {
+            d.welcome_body = text(v);
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum PostofficeCmd {
     /// Create a postoffice (the first one becomes the default postoffice).
@@ -101,6 +143,8 @@ pub enum PostofficeCmd {
         /// Accept mail to it only from authenticated connections.
         #[arg(long)]
         require_auth_inbound: bool,
+        #[command(flatten)]
+        defaults: MailboxDefaultsArgs,
     },
     /// Change a postoffice: what `add` sets, and whether it is the default.
     Set {
@@ -111,7 +155,26 @@ pub enum PostofficeCmd {
         /// Make it the default postoffice (bare logins and new domains go there).
         #[arg(long)]
         default: bool,
+        #[command(flatten)]
+        defaults: MailboxDefaultsArgs,
     },
+    /// Put a message in every mailbox of the postoffice (an announcement to its users).
+    Broadcast {
+        name: String,
+        #[arg(long)]
+        subject: String,
+        /// The text (or --body-file).
+        #[arg(long, conflicts_with = "body_file", required_unless_present = "body_file")]
+        body: Option<String>,
+        #[arg(long, value_name = "FILE")]
+        body_file: Option<PathBuf>,
+        /// Its From (default: postmaster@ the postoffice's first domain).
+        #[arg(long, value_name = "ADDR")]
+        from: Option<String>,
+    },
+    /// Count the quota usage of every mailbox of the postoffice again (from its files), and
+    /// have a running server take the new figures.
+    ResetQuota { name: String },
     /// Remove an empty postoffice.
     Remove { name: String },
     List {
@@ -341,7 +404,13 @@ pub fn run(args: DirectoryArgs) -> ExitCode {
             .load()
             .map_err(CommandError::from)
             .and_then(|d| super::lists::moderate(&cfg.data_dir, &d, m, &mut stdout)),
-        cmd => execute(&store, cmd, &mut std::io::stdin().lock(), &mut stdout),
+        DirectoryCmd::Postoffice { cmd: PostofficeCmd::Broadcast { name, subject, body, body_file, from } } => {
+            broadcast(&store, &cfg.maildir_root(), &name, &subject, body, body_file, from, &mut stdout)
+        }
+        DirectoryCmd::Postoffice { cmd: PostofficeCmd::ResetQuota { name } } => {
+            reset_quota(&store, &cfg.maildir_root(), &cfg.data_dir, &name, &mut stdout)
+        }
+        cmd => execute(&store, &cfg.maildir_root(), cmd, &mut std::io::stdin().lock(), &mut stdout),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -415,9 +484,11 @@ pub fn purge(
     Ok(())
 }
 
-/// Applies `cmd` to the directory in `store`. `input` is read for `--password-stdin`.
+/// Applies `cmd` to the directory in `store`. `input` is read for `--password-stdin`. New
+/// mailboxes get their postoffice's welcome message under `maildir_root`.
 pub fn execute(
     store: &JsonFileStore,
+    maildir_root: &Path,
     cmd: DirectoryCmd,
     input: &mut dyn BufRead,
     out: &mut dyn Write,
@@ -441,6 +512,7 @@ pub fn execute(
     );
     let _lock = if writes { Some(store.lock()?) } else { None };
     let mut data = store.load()?;
+    let before: Vec<String> = data.mailboxes.iter().map(|m| m.maildir()).collect();
     // Refuse to work on a store the server would not load either.
     Directory::build(data.clone())?;
     let result = match cmd {
@@ -461,13 +533,141 @@ pub fn execute(
     if writes && matches!(result, Ok(()) | Err(CommandError::ImportRefused { .. })) {
         Directory::build(data.clone())?;
         store.save(&data)?;
+        welcome_new_mailboxes(&before, &data, maildir_root, out)?;
     }
     result
 }
 
+/// Places the postoffice's welcome message in each mailbox that `after` has and `before`
+/// did not.
+fn welcome_new_mailboxes(
+    before: &[String],
+    after: &DirectoryData,
+    maildir_root: &Path,
+    out: &mut dyn Write,
+) -> Result<(), CommandError> {
+    for m in after.mailboxes.iter().filter(|m| !before.contains(&m.maildir())) {
+        let Some(po) = after.postoffices.iter().find(|p| p.name == m.postoffice) else { continue };
+        let d = &po.mailbox_defaults;
+        if d.welcome_subject.is_none() && d.welcome_body.is_none() {
+            continue;
+        }
+        let to = m.primary_address().unwrap_or_default();
+        let domain = split(to).map_or("localhost", |(_, d)| d);
+        let from = format!("postmaster@{domain}");
+        let msg = notice_message(
+            &from,
+            to,
+            d.welcome_subject.as_deref().unwrap_or("Welcome"),
+            d.welcome_body.as_deref().unwrap_or(""),
+        );
+        place(maildir_root, m, &from, &msg)?;
+        writeln!(out, "welcome message placed in {}", m.maildir())?;
+    }
+    Ok(())
+}
+
+/// Writes `msg` into a mailbox's Maildir (durable when this returns), quota or not.
+fn place(maildir_root: &Path, m: &Mailbox, from: &str, msg: &[u8]) -> Result<(), CommandError> {
+    let path = crate::delivery::maildir::mailbox_path(maildir_root, &m.maildir());
+    crate::delivery::maildir::Maildir::open(&path)
+        .and_then(|md| md.deliver(from, m.primary_address().unwrap_or_default(), msg))
+        .map(|_| ())
+        .map_err(|e| CommandError::Io(std::io::Error::other(e.to_string())))
+}
+
+/// A plain text message from an administrator (welcome, broadcast).
+fn notice_message(from: &str, to: &str, subject: &str, body: &str) -> Vec<u8> {
+    let clean = |s: &str| s.replace(['\r', '\n'], " ");
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let mut m = format!(
+        "From: <{}>\r\nTo: <{}>\r\nSubject: {}\r\nDate: {}\r\nMessage-ID: <{}.{}@{}>\r\nMIME-Version: 1.0\r\n\
+         Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n",
+        clean(from),
+        clean(to),
+        clean(subject),
+        crate::util::time::rfc5322(now.as_secs()),
+        now.as_nanos(),
+        std::process::id(),
+        split(from).map_or("localhost", |(_, d)| d),
+    );
+    m.push_str(&body.replace("\r\n", "\n").replace('\n', "\r\n"));
+    if !m.ends_with("\r\n") {
+        m.push_str("\r\n");
+    }
+    m.into_bytes()
+}
+
+/// `postoffice broadcast`: the message in every mailbox of the postoffice, written to each
+/// Maildir directly (an administrator's notice: quotas do not refuse it).
+#[allow(clippy::too_many_arguments)]
+pub fn broadcast(
+    store: &JsonFileStore,
+    maildir_root: &Path,
+    name: &str,
+    subject: &str,
+    body: Option<String>,
+    body_file: Option<PathBuf>,
+    from: Option<String>,
+    out: &mut dyn Write,
+) -> Result<(), CommandError> {
+    let data = store.load()?;
+    let po = name.to_ascii_lowercase();
+    find_postoffice(&data, &po)?;
+    let body = match (body, body_file) {
+        (Some(b), _) => b.replace("\\n", "\n"),
+        (None, Some(f)) => {
+            std::fs::read_to_string(&f).map_err(|e| CommandError::Usage(format!("{}: {e}", f.display())))?
+        }
+        (None, None) => return Err(CommandError::Usage("give --body or --body-file".into())),
+    };
+    let first_domain = data.domains.iter().find(|d| d.postoffice == po).map_or("localhost", |d| d.name.as_str());
+    let from = match from {
+        Some(f) => normalize_address(&f)?,
+        None => format!("postmaster@{first_domain}"),
+    };
+    let mut n = 0;
+    for m in data.mailboxes.iter().filter(|m| m.postoffice == po) {
+        let to = m.primary_address().unwrap_or_default();
+        let msg = notice_message(&from, to, subject, &body);
+        place(maildir_root, m, &from, &msg)?;
+        n += 1;
+    }
+    writeln!(out, "message placed in {n} mailbox(es) of {po}")?;
+    Ok(())
+}
+
+/// `postoffice reset-quota`: each mailbox's usage counted again from its files (its
+/// `maildirsize` rebuilt); a running server is told to read the new figures.
+pub fn reset_quota(
+    store: &JsonFileStore,
+    maildir_root: &Path,
+    data_dir: &Path,
+    name: &str,
+    out: &mut dyn Write,
+) -> Result<(), CommandError> {
+    let data = store.load()?;
+    let po = name.to_ascii_lowercase();
+    find_postoffice(&data, &po)?;
+    for m in data.mailboxes.iter().filter(|m| m.postoffice == po) {
+        let path = crate::delivery::maildir::mailbox_path(maildir_root, &m.maildir());
+        let _ = std::fs::remove_file(path.join("maildirsize"));
+        let usage = crate::delivery::maildir::Maildir::open(&path)
+            .and_then(|md| md.with_quota(m.quota_bytes).usage())
+            .map_err(|e| CommandError::Io(std::io::Error::other(e.to_string())))?;
+        let quota = if m.quota_bytes > 0 { format!(" of {}", m.quota_bytes) } else { String::new() };
+        writeln!(out, "{}: {} bytes in {} message(s){quota}", m.maildir(), usage.bytes, usage.messages)?;
+    }
+    match super::control::refresh_usage(data_dir) {
+        Ok(()) => writeln!(out, "the running server has the new figures")?,
+        Err(_) => writeln!(out, "no server running: it reads the figures at its start")?,
+    }
+    Ok(())
+}
+
 fn postoffice(data: &mut DirectoryData, cmd: PostofficeCmd, out: &mut dyn Write) -> Result<(), CommandError> {
     match cmd {
-        PostofficeCmd::Add { name, require_auth_inbound } => {
+        PostofficeCmd::Add { name, require_auth_inbound, defaults } => {
             let name = normalize_name(&name)?;
             if data.postoffices.iter().any(|p| p.name == name) {
                 return Err(DirectoryError::DuplicatePostoffice(name).into());
@@ -475,15 +675,20 @@ fn postoffice(data: &mut DirectoryData, cmd: PostofficeCmd, out: &mut dyn Write)
             if data.default_postoffice.is_none() {
                 data.default_postoffice = Some(name.clone());
             }
-            data.postoffices.push(Postoffice { name: name.clone(), require_auth_inbound });
+            let mut p = Postoffice::new(name.clone(), require_auth_inbound);
+            defaults.apply(&mut p.mailbox_defaults)?;
+            data.postoffices.push(p);
             writeln!(out, "postoffice {name} added")?;
         }
-        PostofficeCmd::Set { name, require_auth_inbound, default } => {
+        PostofficeCmd::Set { name, require_auth_inbound, default, defaults } => {
             let name = name.to_ascii_lowercase();
             let i = find_postoffice(data, &name)?;
-            if require_auth_inbound.is_none() && !default {
-                return Err(CommandError::Usage("nothing to change: give --require-auth-inbound or --default".into()));
+            if require_auth_inbound.is_none() && !default && !defaults.any() {
+                return Err(CommandError::Usage(
+                    "nothing to change: give --require-auth-inbound, --default or a mailbox default".into(),
+                ));
             }
+            defaults.apply(&mut data.postoffices[i].mailbox_defaults)?;
             if let Some(v) = require_auth_inbound {
                 data.postoffices[i].require_auth_inbound = v;
             }
@@ -518,6 +723,11 @@ fn postoffice(data: &mut DirectoryData, cmd: PostofficeCmd, out: &mut dyn Write)
                 }
             }
         }
+        PostofficeCmd::Broadcast { .. } | PostofficeCmd::ResetQuota { .. } => {
+            return Err(CommandError::Usage(
+                "this works on the mailboxes: run it as `ringmx directory postoffice`".into(),
+            ));
+        }
         PostofficeCmd::Show { name, json } => {
             let p = &data.postoffices[find_postoffice(data, &name.to_ascii_lowercase())?];
             let v = postoffice_json(data, p);
@@ -536,6 +746,7 @@ fn postoffice_json(data: &DirectoryData, p: &Postoffice) -> serde_json::Value {
         "name": p.name,
         "default": data.default_postoffice.as_ref() == Some(&p.name),
         "require_auth_inbound": p.require_auth_inbound,
+        "mailbox_defaults": p.mailbox_defaults,
         "domains": data.domains.iter().filter(|d| d.postoffice == p.name).map(|d| &d.name).collect::<Vec<_>>(),
         "mailboxes": data.mailboxes.iter().filter(|m| m.postoffice == p.name).count(),
     })
@@ -739,12 +950,14 @@ fn find_mailbox(data: &DirectoryData, address: &str) -> Result<usize, CommandErr
     data.mailboxes.iter().position(|m| m.addresses.contains(&a)).ok_or_else(|| DirectoryError::UnknownMailbox(a).into())
 }
 
-/// Creates a mailbox for `address` in the postoffice of its domain.
+/// Creates a mailbox for `address` in the postoffice of its domain, with the postoffice's
+/// defaults: its quota when `quota_bytes` is `None`, and with `address_every_domain` the
+/// same name at its other domains (those not taken).
 fn add_mailbox(
     data: &mut DirectoryData,
     address: &str,
     password_hash: Option<String>,
-    quota_bytes: u64,
+    quota_bytes: Option<u64>,
 ) -> Result<String, CommandError> {
     let a = normalize_address(address)?;
     let (local, domain) = split(&a).ok_or_else(|| DirectoryError::InvalidAddress(a.clone()))?;
@@ -752,6 +965,17 @@ fn add_mailbox(
     let name = normalize_name(local)?;
     if address_in_use(data, &a) {
         return Err(DirectoryError::DuplicateAddress(a).into());
+    }
+    let defaults = data.postoffices[find_postoffice(data, &po)?].mailbox_defaults.clone();
+    let quota_bytes = quota_bytes.unwrap_or(defaults.quota_bytes);
+    let mut addresses = vec![a.clone()];
+    if defaults.address_every_domain {
+        for d in data.domains.iter().filter(|d| d.postoffice == po && d.name != domain) {
+            let other = format!("{local}@{}", d.name);
+            if !address_in_use(data, &other) {
+                addresses.push(other);
+            }
+        }
     }
     if data.mailboxes.iter().any(|m| m.postoffice == po && m.name == name) {
         return Err(DirectoryError::DuplicateMailbox(format!("{po}/{name}")).into());
@@ -762,7 +986,7 @@ fn add_mailbox(
         password_hash,
         quota_bytes,
         disabled: false,
-        addresses: vec![a],
+        addresses,
         redirect: vec![],
         redirect_keep_copy: false,
         autoresponder: None,
@@ -806,7 +1030,7 @@ fn mailbox(
     match cmd {
         MailboxCmd::Add { address, password, quota: q } => {
             let pw = read_password(&password, input)?;
-            let quota_bytes = q.as_deref().map(quota).transpose()?.unwrap_or(0);
+            let quota_bytes = q.as_deref().map(quota).transpose()?;
             // Check everything before the (slow) hash.
             let mut trial = data.clone();
             add_mailbox(&mut trial, &address, None, quota_bytes)?;
@@ -1123,14 +1347,14 @@ fn import_line(data: &mut DirectoryData, line: &str, out: &mut dyn Write) -> Res
     }
     let field = |i: usize| fields.get(i).map(|s| s.trim()).unwrap_or("");
     let address = normalize_address(field(0))?;
-    let quota_bytes = if field(2).is_empty() { 0 } else { quota(field(2))? };
+    let quota_bytes = if field(2).is_empty() { None } else { Some(quota(field(2))?) };
     let (_, domain) = split(&address).ok_or_else(|| DirectoryError::InvalidAddress(address.clone()))?;
     let mut trial = data.clone();
     if find_domain(&trial, domain).is_err() {
         let po = match trial.default_postoffice.clone() {
             Some(po) => po,
             None => {
-                trial.postoffices.push(Postoffice { name: "main".into(), require_auth_inbound: false });
+                trial.postoffices.push(Postoffice::new("main".into(), false));
                 trial.default_postoffice = Some("main".into());
                 "main".into()
             }

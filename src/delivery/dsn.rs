@@ -75,7 +75,7 @@ pub struct RecipientReport {
 }
 
 /// `[delivery.dsn]`: non-delivery reports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DsnConfig {
     /// Send non-delivery reports on permanent failure. Default true.
@@ -85,6 +85,10 @@ pub struct DsnConfig {
     /// only. Default 1048576 (1 MiB).
     #[serde(default = "default_return_limit")]
     pub return_limit: usize,
+    /// The From of reports (SPEC §6, the sender address of notifications). Default
+    /// `MAILER-DAEMON@<host name>`.
+    #[serde(default)]
+    pub sender: Option<String>,
 }
 
 fn yes() -> bool {
@@ -96,7 +100,7 @@ fn default_return_limit() -> usize {
 
 impl Default for DsnConfig {
     fn default() -> Self {
-        DsnConfig { bounces: true, return_limit: default_return_limit() }
+        DsnConfig { bounces: true, return_limit: default_return_limit(), sender: None }
     }
 }
 
@@ -156,7 +160,10 @@ pub fn build(input: &DsnInput<'_>) -> Option<Dsn> {
     let b = input.boundary;
     let mut m = String::with_capacity(4096);
     let mta = input.reporting_mta;
-    m += &format!("From: Mail Delivery System <MAILER-DAEMON@{mta}>\r\n");
+    match &input.config.sender {
+        Some(s) => m += &format!("From: Mail Delivery System <{}>\r\n", s.replace(['\r', '\n', '<', '>'], "")),
+        None => m += &format!("From: Mail Delivery System <MAILER-DAEMON@{mta}>\r\n"),
+    }
     m += &format!("To: <{}>\r\n", env.from);
     m += &format!("Subject: {subject}\r\n");
     m += &format!("Date: {}\r\n", rfc5322(input.now_ms / 1000));

@@ -55,6 +55,38 @@ pub struct Postoffice {
     /// postoffices, SPEC §5): 530 5.7.0 otherwise.
     #[serde(default)]
     pub require_auth_inbound: bool,
+    /// What `mailbox add` gives a new mailbox of this postoffice (SPEC §6).
+    #[serde(default, skip_serializing_if = "MailboxDefaults::is_empty")]
+    pub mailbox_defaults: MailboxDefaults,
+}
+
+/// A postoffice's defaults for its new mailboxes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MailboxDefaults {
+    /// Quota when `mailbox add` gives none; 0: none.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub quota_bytes: u64,
+    /// The new mailbox also gets `name@` every other domain of the postoffice.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub address_every_domain: bool,
+    /// A message placed in the new mailbox.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub welcome_subject: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub welcome_body: Option<String>,
+}
+
+impl MailboxDefaults {
+    pub fn is_empty(&self) -> bool {
+        *self == MailboxDefaults::default()
+    }
+}
+
+impl Postoffice {
+    pub fn new(name: String, require_auth_inbound: bool) -> Self {
+        Postoffice { name, require_auth_inbound, mailbox_defaults: MailboxDefaults::default() }
+    }
 }
 
 /// A domain whose mail is accepted here.

@@ -54,10 +54,7 @@ fn fixture() -> DirectoryData {
     DirectoryData {
         version: 1,
         default_postoffice: Some("corp".into()),
-        postoffices: vec![
-            Postoffice { name: "corp".into(), require_auth_inbound: false },
-            Postoffice { name: "internal".into(), require_auth_inbound: true },
-        ],
+        postoffices: vec![Postoffice::new("corp".into(), false), Postoffice::new("internal".into(), true)],
         domains: vec![main, catch, disabled, relayed, pm, domain("internal.test", "internal")],
         mailboxes: vec![
             mailbox("corp", "alice", &["alice@example.test", "a@catch.test"]),

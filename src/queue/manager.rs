@@ -1054,6 +1054,14 @@ impl QueueManager {
     /// from the null sender (a report that bounced). Only the reports some recipient's
     /// NOTIFY asks for (RFC 3461 §4.1) count.
     fn report(&mut self, now: u64, env: &Envelope, content: Arc<[u8]>, mut reports: Vec<RecipientReport>) {
+        // `[delivery.retry] expired = "badmail"`: a message out of time goes to the operator
+        // instead of back to its sender (RFC 3463 4.4.7 marks those failures).
+        let expired = |r: &RecipientReport| r.action == DsnAction::Failed && r.status == "4.4.7";
+        if self.cfg.retry.expired == super::schedule::Expired::Badmail && reports.iter().any(expired) {
+            reports.retain(|r| !expired(r));
+            self.stats.badmail += 1;
+            self.actions.push_back(Action::KeepBadmail { id: env.id, content: content.clone() });
+        }
         reports.retain(|r| dsn::wants_notice(env.rcpts.get(r.rcpt).and_then(|x| x.notify), r.action));
         if reports.is_empty() {
             return;

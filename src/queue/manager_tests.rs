@@ -211,6 +211,25 @@ fn retry_schedule_and_lifetime() {
     assert!(d.m.is_empty(), "nothing left to track");
 }
 
+/// `expired = "badmail"` (MailEnable's other choice): a message out of time goes to the
+/// bad-mail folder and its sender gets no failure report (a delay notice still went).
+#[test]
+fn expired_messages_to_badmail() {
+    let mut cfg = config();
+    cfg.retry.lifetime = Duration::from_secs(3600);
+    cfg.retry.expired = crate::queue::schedule::Expired::Badmail;
+    let mut d = Driver::new(cfg);
+    let id = d.accept("s@sender.test", &["r@remote.test"]);
+    let mut last = Vec::new();
+    while let Some(m) = d.next_due_minutes() {
+        d.at(m);
+        d.run();
+        last = d.remote(id, &[0], "451 4.3.0 try later");
+    }
+    assert_eq!(last, ["mark 0 Failed #4 451 4.3.0 try later (given up: message expired)", "badmail"]);
+    assert_eq!(d.m.stats().badmail, 1);
+}
+
 /// Each mark of a deferred recipient carries its attempt number and next attempt.
 #[test]
 fn marks_of_the_first_attempts() {

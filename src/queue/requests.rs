@@ -81,3 +81,18 @@ pub fn socket_path(data_dir: &Path) -> PathBuf {
 pub fn parse_ids(ids: &[String]) -> Result<Vec<QueueId>, String> {
     ids.iter().map(|s| QueueId::parse(s).ok_or_else(|| s.clone())).collect()
 }
+
+/// `ringmx directory postoffice reset-quota`: the server reads the mailboxes' usage again.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UsageRequest {
+    pub refresh_usage: bool,
+}
+
+/// The answer to a [`UsageRequest`].
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct UsageAnswer {
+    /// Mailboxes with a quota whose usage was read.
+    pub mailboxes: usize,
+    pub error: Option<String>,
+}

@@ -33,6 +33,20 @@ pub struct RetryConfig {
     /// §4.5.4.1 asks for at least 4–5 days).
     #[serde(default = "default_lifetime", deserialize_with = "units::de_duration")]
     pub lifetime: Duration,
+    /// What becomes of a message whose recipients failed because its lifetime ran out
+    /// (MailEnable's choice): a report to the sender (`report`, default), or the message
+    /// kept in the bad-mail folder for the operator without a report (`badmail`).
+    #[serde(default)]
+    pub expired: Expired,
+}
+
+/// [`RetryConfig::expired`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Expired {
+    #[default]
+    Report,
+    Badmail,
 }
 
 fn default_intervals() -> Vec<Duration> {
@@ -45,7 +59,12 @@ fn default_lifetime() -> Duration {
 
 impl Default for RetryConfig {
     fn default() -> Self {
-        RetryConfig { intervals: default_intervals(), max_attempts: None, lifetime: default_lifetime() }
+        RetryConfig {
+            intervals: default_intervals(),
+            max_attempts: None,
+            lifetime: default_lifetime(),
+            expired: Expired::Report,
+        }
     }
 }
 
@@ -202,6 +221,7 @@ mod tests {
             intervals: vec![Duration::from_secs(60), Duration::from_secs(600)],
             max_attempts: None,
             lifetime: Duration::from_secs(3600),
+            expired: Expired::Report,
         };
         let (at, gave_up) = simulate(&cfg, 100);
         assert_eq!(at, vec![1, 11, 21, 31, 41, 51, 60]);

@@ -107,6 +107,25 @@ fn serve(
         out.push(b'\n');
         return w.write_all(&out);
     }
+    // `ringmx directory postoffice reset-quota`: the control thread reads the usage again.
+    if serde_json::from_str::<crate::queue::requests::UsageRequest>(&line).is_ok() {
+        let (atx, arx) = std::sync::mpsc::channel();
+        let answer = match tx.send(ControlMsg::RefreshUsage(atx)) {
+            Err(_) => {
+                crate::queue::requests::UsageAnswer { error: Some("the server is stopping".into()), mailboxes: 0 }
+            }
+            Ok(()) => match arx.recv_timeout(TIMEOUT) {
+                Ok(n) => crate::queue::requests::UsageAnswer { mailboxes: n, error: None },
+                Err(_) => crate::queue::requests::UsageAnswer {
+                    error: Some("the control thread did not answer in time".into()),
+                    mailboxes: 0,
+                },
+            },
+        };
+        let mut out = serde_json::to_vec(&answer).map_err(std::io::Error::other)?;
+        out.push(b'\n');
+        return w.write_all(&out);
+    }
     // `ringmx directory list moderate LIST --approve|--reject CODE`: the list thread.
     if let Ok(req) = serde_json::from_str::<super::lists::ModerateRequest>(&line) {
         let answer = lists.moderate(req.moderate, TIMEOUT);

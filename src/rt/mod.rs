@@ -245,7 +245,7 @@ impl Server {
         let control_thread = control::spawn(
             control::ControlConfig {
                 data_dir: cfg.data_dir.clone(),
-                dsn: cfg.delivery.dsn,
+                dsn: cfg.delivery.dsn.clone(),
                 event_timeout: cfg.delivery.event_timeout,
                 spool: spool.clone(),
                 maildir_root: cfg.maildir_root(),

@@ -27,6 +27,9 @@ pub enum ControlMsg {
     /// Messages the list thread wants queued outside a message's outcome (an approved post,
     /// a digest); `true` goes back once they are durable.
     Drafts(Vec<crate::queue::actions::Draft>, std::sync::mpsc::Sender<bool>),
+    /// Read the quota usage of every mailbox again (`postoffice reset-quota`); the number of
+    /// mailboxes read goes back.
+    RefreshUsage(std::sync::mpsc::Sender<usize>),
 }
 
 /// A shard's end of the channel. Messages of a loop turn are handed over together at the

@@ -40,16 +40,20 @@ impl LocalDelivery {
         }
     }
 
-    /// The usage of every mailbox with a quota, so that RCPT can refuse a full one.
-    pub(super) fn load_usage(&self, dir: &Directory) {
+    /// The usage of every mailbox with a quota, so that RCPT can refuse a full one; how many
+    /// were read.
+    pub(super) fn load_usage(&self, dir: &Directory) -> usize {
+        let mut n = 0;
         for m in dir.data().mailboxes.iter().filter(|m| m.quota_bytes > 0) {
             let maildir = m.maildir();
             if let Ok(md) = Maildir::open(&mailbox_path(&self.maildir_root, &maildir))
                 && let Ok(u) = md.usage()
             {
                 self.usage.set(&maildir, u.bytes);
+                n += 1;
             }
         }
+        n
     }
 
     /// Writes a copy into its Maildir's `tmp/` (not yet durable, not yet visible).

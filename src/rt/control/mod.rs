@@ -260,6 +260,9 @@ impl Control {
                 }
             }
             ControlMsg::Outcome(o) => self.manager.handle_outcome(now, o),
+            ControlMsg::RefreshUsage(answer) => {
+                let _ = answer.send(self.local.load_usage(&self.directory.current()));
+            }
             ControlMsg::Drafts(drafts, answer) => {
                 self.manager.handle_drafts(now, drafts);
                 self.execute(now);
@@ -343,7 +346,7 @@ impl Control {
                     now_ms,
                     boundary: &boundary,
                     message_id: &message_id,
-                    config: self.cfg.dsn,
+                    config: self.cfg.dsn.clone(),
                 };
                 // Nothing when no recipient's NOTIFY asks for this report.
                 let Some(d) = dsn::build(&input) else { return };
