@@ -62,3 +62,5 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   cargo test --workspace --no-fail-fast --locked
 fi
+# The Debian package, built from the binary under test, installed, run and purged.
+bash tests/package.sh
