@@ -1,6 +1,7 @@
 //! Milters (`[[milter]]`, the Sendmail milter protocol version 6): a test milter of our own
 //! for the changes no real milter makes on demand (header added and changed, body
-//! replaced, sender changed, recipients added and deleted), its refusals and discards; a
+//! replaced, sender changed, recipients added and deleted), its refusals (at MAIL, at RCPT,
+//! at the end of the message) and discards; a
 //! milter that is down (the default action); OpenDKIM signing as a milter and rspamd's
 //! proxy worker judging (Debian's, installed by tests/run.sh).
 
@@ -22,6 +23,9 @@ enum Script {
     Discard,
     /// SMFIR_QUARANTINE with a reason, then continue.
     Quarantine,
+    /// Refuses the sender `blocked@remote.example` at MAIL and the recipient
+    /// `bob@example.net` at RCPT; continues at the end of the message.
+    Stages,
 }
 
 fn packet(cmd: u8, data: &[u8]) -> Vec<u8> {
@@ -75,7 +79,16 @@ fn test_milter(script: Script) -> (std::net::SocketAddr, std::sync::Arc<std::syn
                             r.extend(packet(b'c', b""));
                             r
                         }
+                        Script::Stages => packet(b'c', b""),
                     },
+                    // SMFIC_ABORT has no reply.
+                    b'A' => continue,
+                    b'M' if matches!(script, Script::Stages) && data.starts_with(b"<blocked@remote.example>") => {
+                        packet(b'y', b"550 5.7.1 Sender refused by the milter\0")
+                    }
+                    b'R' if matches!(script, Script::Stages) && data.starts_with(b"<bob@example.net>") => {
+                        packet(b'y', b"550 5.1.1 No bob here\0")
+                    }
                     _ => {
                         let _ = data;
                         packet(b'c', b"")
@@ -117,6 +130,43 @@ fn a_milter_changes_headers_body_sender_and_recipients() {
         // headers, end of headers, body, end of message, quit.
         let cmds: String = seen.lock().unwrap().iter().filter(|&&c| c != b'D').map(|&c| c as char).collect();
         assert!(cmds.starts_with("OCHMRTL") && cmds.ends_with("NBEQ"), "{driver}: {cmds}");
+        let (status, log) = srv.stop();
+        assert!(status.success(), "{log}");
+    }
+}
+
+/// As Postfix asks them: a milter's verdict on MAIL refuses the transaction, on a RCPT that
+/// recipient only; the conversation goes on for the others; RSET aborts it.
+#[test]
+fn a_milter_refuses_at_mail_and_at_rcpt() {
+    for driver in DRIVERS {
+        let dir = tempfile::tempdir().unwrap();
+        directory(dir.path());
+        let (addr, seen) = test_milter(Script::Stages);
+        let srv = start_plain(dir.path(), driver, &format!("[[milter]]\naddress = \"{addr}\"\n"));
+        let (mut c, _) = Client::connect(srv.addr());
+        c.cmd("EHLO client.test");
+        assert_eq!(c.cmd("MAIL FROM:<blocked@remote.example>"), "550 5.7.1 Sender refused by the milter\r\n");
+        assert!(c.cmd("RCPT TO:<alice@example.net>").starts_with("503"), "{driver}: no transaction");
+        assert!(c.cmd("MAIL FROM:<s@remote.example>").starts_with("250"));
+        assert!(c.cmd("RCPT TO:<alice@example.net>").starts_with("250"));
+        assert_eq!(c.cmd("RCPT TO:<bob@example.net>"), "550 5.1.1 No bob here\r\n");
+        assert!(c.cmd("DATA").starts_with("354"));
+        c.send(&dot_stuff("Subject: hi\r\n\r\nfor alice\r\n"));
+        queued_id(&c.reply());
+        assert!(eventually(Duration::from_secs(20), || !mailbox(dir.path(), "alice").is_empty()));
+        // A transaction given up: its conversation is aborted.
+        assert!(c.cmd("MAIL FROM:<s@remote.example>").starts_with("250"));
+        assert!(c.cmd("RSET").starts_with("250"));
+        // The second abort (the first ended the refused MAIL's conversation).
+        let aborts = || seen.lock().unwrap().iter().filter(|&&c| c == b'A').count();
+        assert!(eventually(Duration::from_secs(20), || aborts() == 2), "{driver}: abort");
+        c.cmd("QUIT");
+        let cmds: String = seen.lock().unwrap().iter().filter(|&&c| c != b'D').map(|&c| c as char).collect();
+        // Refused at MAIL (then aborted); MAIL, two RCPTs (one refused), the content, quit;
+        // MAIL, then the abort of RSET.
+        assert!(cmds.starts_with("OCHMAQOCHMRRTL") && cmds.contains("NBEQOCHMA"), "{driver}: {cmds}");
+        assert!(mailbox(dir.path(), "bob").is_empty(), "{driver}");
         let (status, log) = srv.stop();
         assert!(status.success(), "{log}");
     }
@@ -192,15 +242,20 @@ fn a_milter_quarantines_until_an_operator_releases() {
 #[test]
 fn a_milter_that_is_down_gives_its_default_action() {
     let closed = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-    for (action, want) in [("tempfail", "451 4.7.1 "), ("accept", "250 2.0.0 Ok: queued as ")] {
+    for action in ["tempfail", "accept"] {
         let dir = tempfile::tempdir().unwrap();
         directory(dir.path());
         let cfg = format!("[[milter]]\naddress = \"{closed}\"\ndefault_action = \"{action}\"\ntimeout = \"2s\"\n");
         let srv = start_plain(dir.path(), "uring", &cfg);
         let (mut c, _) = Client::connect(srv.addr());
         c.cmd("EHLO client.test");
-        let r = c.message("s@remote.example", &["alice@example.net"], "Subject: x\r\n\r\nx\r\n");
-        assert!(r.starts_with(want), "{action}: {r}");
+        if action == "tempfail" {
+            // The conversation opens at MAIL: there the milter is found down.
+            assert_eq!(c.cmd("MAIL FROM:<s@remote.example>"), "451 4.7.1 Service unavailable, try again later\r\n");
+        } else {
+            let r = c.message("s@remote.example", &["alice@example.net"], "Subject: x\r\n\r\nx\r\n");
+            assert!(r.starts_with("250 2.0.0 Ok: queued as "), "{action}: {r}");
+        }
         let (status, log) = srv.stop();
         assert!(status.success(), "{log}");
         assert!(log.contains(&format!("milter {closed}")), "{log}");

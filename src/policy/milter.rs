@@ -4,25 +4,27 @@
 //!
 //! # When
 //!
-//! At the end of the content, off the shards: one worker thread per milter connection
-//! runs the whole conversation for the message — negotiation, connect, HELO, MAIL, each
-//! RCPT, DATA, the header fields, end of headers, the body, end of message — honouring the
-//! steps the milter asked to skip (`SMFIP_NO*`) and the replies it said it would not send
-//! (`SMFIP_NR_*`), with the macros Postfix sends (`j`, `{daemon_name}`, `_`,
-//! `{client_addr}`, `{tls_version}`, `{cipher}`, `i`, `{auth_authen}`, `{mail_addr}`,
-//! `{rcpt_addr}`). Milters run in order; a verdict other than continue/accept ends the
-//! chain. The session waits for the verdicts as it waits for a DNS answer. (Verdicts that
-//! Postfix gets at MAIL or RCPT come here at the end of the content: a milter that refuses a
-//! recipient refuses the message.)
+//! As Postfix asks them, off the shards: at MAIL a [`Conversation`] opens (negotiation,
+//! connect, HELO, MAIL: a refusal refuses the MAIL), at each RCPT our checks accepted the
+//! recipient goes to it (a refusal refuses that recipient only), and at the end of the
+//! content DATA, the header fields, end of headers, the body and end of message (the
+//! message's verdict, with its changes). Between steps the conversation keeps its
+//! connection and no thread waits; each step runs on one of the milter's worker threads.
+//! The steps the milter asked to skip (`SMFIP_NO*`) and the replies it said it would not
+//! send (`SMFIP_NR_*`) are honoured, with the macros Postfix sends (`j`, `{daemon_name}`,
+//! `_`, `{client_addr}`, `{tls_version}`, `{cipher}`, `i`, `{auth_authen}`, `{mail_addr}`,
+//! `{rcpt_addr}`). Milters run in order; at each step a verdict other than continue/accept
+//! ends the chain. The session waits for the verdicts as it waits for a DNS answer. A
+//! transaction that ends early (RSET, a new MAIL, a closed session) aborts its
+//! conversations.
 //!
 //! # Verdicts and changes
 //!
 //! accept, continue: go on; reject: 550 5.7.1; tempfail: 451 4.7.1; reply code: the
 //! milter's reply; discard: the message is accepted and dropped. At the end of the message a
 //! milter may add, insert and change (or delete) header fields, replace the body, change
-//! the sender, add and delete recipients: [`Changes::apply`] does so on the message before
-//! it is spooled. Quarantine is not supported yet: the message is accepted and the request
-//! logged.
+//! the sender, add and delete recipients, or quarantine the message: [`apply`] changes the
+//! message before it is spooled, the session the envelope.
 //!
 //! # Failures
 //!
@@ -74,7 +76,6 @@ pub struct Request {
     pub helo: String,
     pub from: String,
     pub mail_args: Vec<String>,
-    pub rcpts: Vec<String>,
     pub queue_id: String,
     pub auth: Option<String>,
     pub tls: Option<(String, String)>,
@@ -255,7 +256,11 @@ fn reply_code(s: &str) -> Reply {
         Some((st, t)) if st.starts_with(class) && st.split('.').count() == 3 => (st, t),
         _ => ("", rest),
     };
-    const KNOWN: [&str; 8] = ["5.7.1", "5.7.0", "4.7.1", "4.7.0", "5.6.0", "4.3.0", "5.2.0", "4.2.0"];
+    // The enhanced status codes milters use (RFC 3463; the reply keeps a static one).
+    const KNOWN: [&str; 22] = [
+        "5.7.1", "5.7.0", "4.7.1", "4.7.0", "5.6.0", "4.3.0", "5.2.0", "4.2.0", "5.1.1", "5.1.0", "5.1.8", "5.2.1",
+        "5.2.2", "5.3.4", "5.7.23", "5.7.25", "5.7.26", "4.2.1", "4.2.2", "4.7.25", "5.5.0", "4.4.0",
+    ];
     let status = KNOWN.iter().find(|k| **k == status).copied().unwrap_or(if class == '5' { "5.7.1" } else { "4.7.1" });
     Reply::new(code, status, if text.is_empty() { "Rejected" } else { text }.to_string())
 }
@@ -338,152 +343,259 @@ pub fn apply(msg: &[u8], changes: &[Change]) -> Vec<u8> {
     out
 }
 
-/// One milter's whole conversation about one message.
-fn converse(s: &MilterSettings, req: &Request) -> std::io::Result<Verdict> {
-    let deadline = Instant::now() + s.timeout;
-    let mut c = Stream::connect(&s.address, s.timeout)?;
-    let mut neg = Vec::with_capacity(12);
-    neg.extend_from_slice(&VERSION.to_be_bytes());
-    neg.extend_from_slice(&ACTIONS.to_be_bytes());
-    neg.extend_from_slice(&PROTOCOL.to_be_bytes());
-    send(&mut c, b'O', &neg)?;
-    let (cmd, data) = recv(&mut c, deadline)?;
-    if cmd != b'O' || data.len() < 12 {
-        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "no option negotiation"));
+/// A milter's answer to a step before the content (connect, HELO, MAIL, RCPT).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StepVerdict {
+    /// Go on (or the milter accepted the message: it is asked nothing more).
+    Continue,
+    /// Refuse the command with this reply: at MAIL the transaction, at RCPT this recipient.
+    Refuse(Reply),
+    /// Accept the message and drop it.
+    Discard,
+}
+
+/// One milter's conversation about one transaction, opened at MAIL and kept (with its
+/// connection) between the steps; no thread waits on it in between. Dropped before its end
+/// (RSET, a refused MAIL, a closed session), it tells the milter to abort and quit.
+pub struct Conversation {
+    c: Stream,
+    /// The steps and replies the milter left out (`SMFIP_*`).
+    proto: u32,
+    timeout: Duration,
+    changes: Vec<Change>,
+    /// The milter accepted the message: nothing more is sent but the quit.
+    accepted: bool,
+    /// The conversation reached its end (the quit is sent).
+    finished: bool,
+}
+
+impl std::fmt::Debug for Conversation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Conversation").field("accepted", &self.accepted).finish_non_exhaustive()
     }
-    let proto = u32::from_be_bytes([data[8], data[9], data[10], data[11]]);
-    let mut changes = Vec::new();
-    let macro_ = |c: &mut Stream, step: u8, pairs: &[(&str, String)]| -> std::io::Result<()> {
+}
+
+impl Drop for Conversation {
+    fn drop(&mut self) {
+        if !self.finished {
+            // SMFIC_ABORT and SMFIC_QUIT, without waiting: a milter also takes the end of the
+            // connection as an abort.
+            let _ = self.c.r.get_mut().set_nonblocking(true);
+            let _ = send(&mut self.c, b'A', &[])
+                .and_then(|_| send(&mut self.c, b'Q', &[]))
+                .and_then(|_| self.c.flush_out());
+        }
+    }
+}
+
+impl Conversation {
+    fn macros(&mut self, step: u8, pairs: &[(&str, String)]) -> std::io::Result<()> {
         let mut d = vec![step];
         for (k, v) in pairs {
             cstr(&mut d, k);
             cstr(&mut d, v);
         }
-        send(c, b'D', &d)
-    };
-    // Sends a step unless the milter asked to skip it; waits for its answer unless it said
-    // it would not give one. A decisive answer ends the conversation.
-    macro_rules! step {
-        ($no:expr, $nr:expr, $cmd:expr, $data:expr) => {
-            if proto & $no == 0 {
-                send(&mut c, $cmd, $data)?;
-                if proto & $nr == 0 {
-                    match answer(&mut c, deadline, &mut changes)? {
-                        Step::Continue | Step::Skip => {}
-                        Step::Accept => return Ok(Verdict::Accept(Vec::new())),
-                        Step::Done(v) => return Ok(v),
-                    }
-                }
+        send(&mut self.c, b'D', &d)
+    }
+
+    /// Sends a step unless the milter asked to skip it, and waits for its answer unless it
+    /// said it would not give one; `Some` when the answer decides.
+    fn step(&mut self, no: u32, nr: u32, cmd: u8, data: &[u8]) -> std::io::Result<Option<Verdict>> {
+        if self.accepted || self.proto & no != 0 {
+            return Ok(None);
+        }
+        send(&mut self.c, cmd, data)?;
+        if self.proto & nr != 0 {
+            return Ok(None);
+        }
+        let deadline = Instant::now() + self.timeout;
+        match answer(&mut self.c, deadline, &mut self.changes)? {
+            Step::Continue | Step::Skip => Ok(None),
+            Step::Accept => {
+                self.accepted = true;
+                Ok(None)
             }
-        };
+            Step::Done(v) => Ok(Some(v)),
+        }
     }
-    let ip = req.client_ip.map(|i| i.to_string()).unwrap_or_default();
-    macro_(
-        &mut c,
-        b'C',
-        &[
-            ("j", req.hostname.clone()),
-            ("{daemon_name}", "ringmx".into()),
-            ("_", format!("{} [{ip}]", req.client_name)),
-            ("{client_addr}", ip.clone()),
-        ],
-    )?;
-    let mut conn = Vec::new();
-    cstr(&mut conn, &req.client_name);
-    match req.client_ip {
-        Some(IpAddr::V4(_)) => conn.push(b'4'),
-        Some(IpAddr::V6(_)) => conn.push(b'6'),
-        None => conn.push(b'U'),
+
+    fn to_step(v: Option<Verdict>) -> StepVerdict {
+        match v {
+            None | Some(Verdict::Accept(_)) => StepVerdict::Continue,
+            Some(Verdict::Discard) => StepVerdict::Discard,
+            Some(Verdict::Refuse(r)) => StepVerdict::Refuse(r),
+        }
     }
-    conn.extend_from_slice(&req.client_port.to_be_bytes());
-    cstr(&mut conn, &ip);
-    step!(NOCONNECT, NR_CONN, b'C', &conn);
-    let (tv, ci) = req.tls.clone().unwrap_or_default();
-    macro_(&mut c, b'H', &[("{tls_version}", tv), ("{cipher}", ci)])?;
-    let mut helo = Vec::new();
-    cstr(&mut helo, &req.helo);
-    step!(NOHELO, NR_HELO, b'H', &helo);
-    macro_(
-        &mut c,
-        b'M',
-        &[
-            ("i", req.queue_id.clone()),
-            ("{auth_authen}", req.auth.clone().unwrap_or_default()),
-            ("{mail_addr}", req.from.clone()),
-        ],
-    )?;
-    let mut mail = Vec::new();
-    cstr(&mut mail, &format!("<{}>", req.from));
-    for a in &req.mail_args {
-        cstr(&mut mail, a);
+
+    /// Opens the conversation at MAIL: option negotiation, the connection, HELO and MAIL
+    /// with Postfix's macros. A refusal of the connection or HELO refuses the MAIL.
+    pub fn open(s: &MilterSettings, req: &Request) -> std::io::Result<(Conversation, StepVerdict)> {
+        let deadline = Instant::now() + s.timeout;
+        let c = Stream::connect(&s.address, s.timeout)?;
+        let mut conv =
+            Conversation { c, proto: 0, timeout: s.timeout, changes: Vec::new(), accepted: false, finished: false };
+        let mut neg = Vec::with_capacity(12);
+        neg.extend_from_slice(&VERSION.to_be_bytes());
+        neg.extend_from_slice(&ACTIONS.to_be_bytes());
+        neg.extend_from_slice(&PROTOCOL.to_be_bytes());
+        send(&mut conv.c, b'O', &neg)?;
+        let (cmd, data) = recv(&mut conv.c, deadline)?;
+        if cmd != b'O' || data.len() < 12 {
+            return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "no option negotiation"));
+        }
+        conv.proto = u32::from_be_bytes([data[8], data[9], data[10], data[11]]);
+        let ip = req.client_ip.map(|i| i.to_string()).unwrap_or_default();
+        conv.macros(
+            b'C',
+            &[
+                ("j", req.hostname.clone()),
+                ("{daemon_name}", "ringmx".into()),
+                ("_", format!("{} [{ip}]", req.client_name)),
+                ("{client_addr}", ip.clone()),
+            ],
+        )?;
+        let mut conn = Vec::new();
+        cstr(&mut conn, &req.client_name);
+        match req.client_ip {
+            Some(IpAddr::V4(_)) => conn.push(b'4'),
+            Some(IpAddr::V6(_)) => conn.push(b'6'),
+            None => conn.push(b'U'),
+        }
+        conn.extend_from_slice(&req.client_port.to_be_bytes());
+        cstr(&mut conn, &ip);
+        if let Some(v) = conv.step(NOCONNECT, NR_CONN, b'C', &conn)? {
+            return Ok((conv, Conversation::to_step(Some(v))));
+        }
+        let (tv, ci) = req.tls.clone().unwrap_or_default();
+        conv.macros(b'H', &[("{tls_version}", tv), ("{cipher}", ci)])?;
+        let mut helo = Vec::new();
+        cstr(&mut helo, &req.helo);
+        if let Some(v) = conv.step(NOHELO, NR_HELO, b'H', &helo)? {
+            return Ok((conv, Conversation::to_step(Some(v))));
+        }
+        conv.macros(
+            b'M',
+            &[
+                ("i", req.queue_id.clone()),
+                ("{auth_authen}", req.auth.clone().unwrap_or_default()),
+                ("{mail_addr}", req.from.clone()),
+            ],
+        )?;
+        let mut mail = Vec::new();
+        cstr(&mut mail, &format!("<{}>", req.from));
+        for a in &req.mail_args {
+            cstr(&mut mail, a);
+        }
+        let v = conv.step(NOMAIL, NR_MAIL, b'M', &mail)?;
+        Ok((conv, Conversation::to_step(v)))
     }
-    step!(NOMAIL, NR_MAIL, b'M', &mail);
-    for r in &req.rcpts {
-        macro_(&mut c, b'R', &[("{rcpt_addr}", r.clone())])?;
+
+    /// A recipient our checks accepted: the milter's verdict on it.
+    pub fn rcpt(&mut self, address: &str) -> std::io::Result<StepVerdict> {
+        self.macros(b'R', &[("{rcpt_addr}", address.to_string())])?;
         let mut rcpt = Vec::new();
-        cstr(&mut rcpt, &format!("<{r}>"));
-        step!(NORCPT, NR_RCPT, b'R', &rcpt);
+        cstr(&mut rcpt, &format!("<{address}>"));
+        let v = self.step(NORCPT, NR_RCPT, b'R', &rcpt)?;
+        Ok(Conversation::to_step(v))
     }
-    step!(NODATA, NR_DATA, b'T', &[]);
-    let (fields, body_at) = split_message(&req.message);
-    if proto & NOHDRS == 0 {
+
+    /// The content: DATA, the header fields, end of headers, the body, end of message; the
+    /// verdict with the changes asked for. The conversation ends (quit).
+    pub fn content(&mut self, req: &Request) -> std::io::Result<Verdict> {
+        let v = self.content_steps(req);
+        self.finished = true;
+        let _ = send(&mut self.c, b'Q', &[]).and_then(|_| self.c.flush_out());
+        v
+    }
+
+    fn content_steps(&mut self, req: &Request) -> std::io::Result<Verdict> {
+        if self.accepted {
+            return Ok(Verdict::Accept(Vec::new()));
+        }
+        if let Some(v) = self.step(NODATA, NR_DATA, b'T', &[])? {
+            return Ok(v);
+        }
+        let (fields, body_at) = split_message(&req.message);
+        let leadspc = self.proto & LEADSPC != 0;
         for (n, v) in &fields {
             let mut h = Vec::new();
             cstr(&mut h, n);
             // Without SMFIP_HDR_LEADSPC, the value without the space after the colon, as
             // Postfix sends it.
-            cstr(&mut h, if proto & LEADSPC != 0 { v } else { v.strip_prefix(' ').unwrap_or(v) });
-            step!(NOHDRS, NR_HDR, b'L', &h);
-        }
-    }
-    step!(NOEOH, NR_EOH, b'N', &[]);
-    if proto & NOBODY == 0 {
-        for chunk in req.message[body_at..].chunks(CHUNK) {
-            send(&mut c, b'B', chunk)?;
-            if proto & NR_BODY == 0 {
-                match answer(&mut c, deadline, &mut changes)? {
-                    Step::Continue => {}
-                    Step::Skip => break,
-                    Step::Accept => return Ok(Verdict::Accept(Vec::new())),
-                    Step::Done(v) => return Ok(v),
-                }
+            cstr(&mut h, if leadspc { v } else { v.strip_prefix(' ').unwrap_or(v) });
+            if let Some(v) = self.step(NOHDRS, NR_HDR, b'L', &h)? {
+                return Ok(v);
             }
         }
-    }
-    macro_(&mut c, b'E', &[("i", req.queue_id.clone())])?;
-    send(&mut c, b'E', &[])?;
-    // Header values as they go after `name:` in the message: exactly as the milter wrote
-    // them with SMFIP_HDR_LEADSPC (OpenDKIM asks for it: its DKIM-Signature covers those
-    // bytes), else after a space, as Postfix writes them.
-    let leading = |v: &mut String| {
-        if proto & LEADSPC == 0 && !v.is_empty() {
-            v.insert(0, ' ');
+        if let Some(v) = self.step(NOEOH, NR_EOH, b'N', &[])? {
+            return Ok(v);
         }
-    };
-    let v = match answer(&mut c, deadline, &mut changes)? {
-        Step::Continue | Step::Accept | Step::Skip => {
-            for ch in &mut changes {
-                match ch {
-                    Change::AddHeader(_, v) | Change::InsertHeader(_, _, v) | Change::ChangeHeader(_, _, v) => {
-                        leading(v)
+        if self.proto & NOBODY == 0 && !self.accepted {
+            let deadline = Instant::now() + self.timeout;
+            for chunk in req.message[body_at..].chunks(CHUNK) {
+                send(&mut self.c, b'B', chunk)?;
+                if self.proto & NR_BODY == 0 {
+                    match answer(&mut self.c, deadline, &mut self.changes)? {
+                        Step::Continue => {}
+                        Step::Skip => break,
+                        Step::Accept => return Ok(Verdict::Accept(Vec::new())),
+                        Step::Done(v) => return Ok(v),
                     }
-                    _ => {}
                 }
             }
-            Verdict::Accept(changes)
         }
-        Step::Done(v) => v,
-    };
-    let _ = send(&mut c, b'Q', &[]).and_then(|_| c.flush_out());
-    Ok(v)
+        if self.accepted {
+            return Ok(Verdict::Accept(Vec::new()));
+        }
+        self.macros(b'E', &[("i", req.queue_id.clone())])?;
+        send(&mut self.c, b'E', &[])?;
+        // Header values as they go after `name:` in the message: exactly as the milter wrote
+        // them with SMFIP_HDR_LEADSPC (OpenDKIM asks for it: its DKIM-Signature covers those
+        // bytes), else after a space, as Postfix writes them.
+        let deadline = Instant::now() + self.timeout;
+        match answer(&mut self.c, deadline, &mut self.changes)? {
+            Step::Continue | Step::Accept | Step::Skip => {
+                let mut changes = std::mem::take(&mut self.changes);
+                for ch in &mut changes {
+                    match ch {
+                        Change::AddHeader(_, v) | Change::InsertHeader(_, _, v) | Change::ChangeHeader(_, _, v)
+                            if !leadspc && !v.is_empty() =>
+                        {
+                            v.insert(0, ' ')
+                        }
+                        _ => {}
+                    }
+                }
+                Ok(Verdict::Accept(changes))
+            }
+            Step::Done(v) => Ok(v),
+        }
+    }
 }
 
-type Done = Box<dyn FnOnce(Verdict) + Send>;
+/// What a failed conversation gives: the milter's `default_action`.
+pub fn default_verdict(s: &MilterSettings) -> Verdict {
+    match s.default_action {
+        DefaultAction::Tempfail => Verdict::Refuse(failure_reply()),
+        DefaultAction::Accept => Verdict::Accept(Vec::new()),
+    }
+}
 
-/// A milter: its worker threads.
+/// The same for a step before the content.
+pub fn default_step(s: &MilterSettings) -> StepVerdict {
+    match s.default_action {
+        DefaultAction::Tempfail => StepVerdict::Refuse(failure_reply()),
+        DefaultAction::Accept => StepVerdict::Continue,
+    }
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// A milter: its worker threads, which run the steps of conversations (each blocking on the
+/// milter's socket for at most its `timeout`).
 pub struct Milter {
     pub settings: MilterSettings,
-    tx: Mutex<mpsc::Sender<(Arc<Request>, Done)>>,
+    tx: Mutex<mpsc::Sender<Job>>,
 }
 
 impl std::fmt::Debug for Milter {
@@ -494,33 +606,76 @@ impl std::fmt::Debug for Milter {
 
 impl Milter {
     pub fn start(settings: MilterSettings, threads: usize) -> std::io::Result<Milter> {
-        let (tx, rx) = mpsc::channel::<(Arc<Request>, Done)>();
+        let (tx, rx) = mpsc::channel::<Job>();
         let rx = Arc::new(Mutex::new(rx));
         for i in 0..threads.max(1) {
-            let (rx, s) = (rx.clone(), settings.clone());
+            let rx = rx.clone();
             std::thread::Builder::new().name(format!("milter-{i}")).spawn(move || {
                 loop {
                     let job = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
-                    let Ok((req, done)) = job else { return };
-                    let v = converse(&s, &req).unwrap_or_else(|e| {
-                        log::warn!("milter {}: {e}: default action", s.address);
-                        match s.default_action {
-                            DefaultAction::Tempfail => Verdict::Refuse(failure_reply()),
-                            DefaultAction::Accept => Verdict::Accept(Vec::new()),
-                        }
-                    });
-                    done(v);
+                    let Ok(job) = job else { return };
+                    job();
                 }
             })?;
         }
         Ok(Milter { settings, tx: Mutex::new(tx) })
     }
 
-    pub fn submit(&self, req: Arc<Request>, done: Done) {
-        let sent = self.tx.lock().unwrap_or_else(|e| e.into_inner()).send((req, done));
-        if let Err(mpsc::SendError((_, done))) = sent {
-            done(Verdict::Refuse(failure_reply()));
+    fn run(&self, job: Job) {
+        let sent = self.tx.lock().unwrap_or_else(|e| e.into_inner()).send(job);
+        if let Err(mpsc::SendError(job)) = sent {
+            // The workers are gone (the server is stopping): run it here.
+            job();
         }
+    }
+
+    /// MAIL: opens a conversation; `done` gets it (none when the milter could not be
+    /// reached: then the default action's verdict) and the verdict.
+    pub fn open(self: &Arc<Self>, req: Arc<Request>, done: Box<dyn FnOnce(Option<Conversation>, StepVerdict) + Send>) {
+        let m = self.clone();
+        self.run(Box::new(move || match Conversation::open(&m.settings, &req) {
+            Ok((c, v)) => done(Some(c), v),
+            Err(e) => {
+                log::warn!("milter {}: {e}: default action", m.settings.address);
+                done(None, default_step(&m.settings))
+            }
+        }));
+    }
+
+    /// RCPT: a recipient's verdict; the conversation comes back unless it failed.
+    pub fn rcpt(
+        self: &Arc<Self>,
+        mut c: Conversation,
+        address: String,
+        done: Box<dyn FnOnce(Option<Conversation>, StepVerdict) + Send>,
+    ) {
+        let m = self.clone();
+        self.run(Box::new(move || match c.rcpt(&address) {
+            Ok(v) => done(Some(c), v),
+            Err(e) => {
+                log::warn!("milter {}: {e}: default action", m.settings.address);
+                done(None, default_step(&m.settings))
+            }
+        }));
+    }
+
+    /// The end of the content: the message's verdict; the conversation ends.
+    pub fn content(self: &Arc<Self>, mut c: Conversation, req: Arc<Request>, done: Box<dyn FnOnce(Verdict) + Send>) {
+        let m = self.clone();
+        self.run(Box::new(move || {
+            let v = c.content(&req).unwrap_or_else(|e| {
+                log::warn!("milter {}: {e}: default action", m.settings.address);
+                default_verdict(&m.settings)
+            });
+            drop(c);
+            done(v)
+        }));
+    }
+
+    /// Ends conversations that will not reach their end (RSET, a closed session) off the
+    /// caller's thread.
+    pub fn abort(&self, c: Conversation) {
+        self.run(Box::new(move || drop(c)));
     }
 }
 
@@ -561,6 +716,8 @@ mod tests {
         assert_eq!(reply_code("554 5.7.1 Gtube pattern"), Reply::new(554, "5.7.1", "Gtube pattern"));
         assert_eq!(reply_code("451 4.7.1 Try again later"), Reply::new(451, "4.7.1", "Try again later"));
         assert_eq!(reply_code("550 no"), Reply::new(550, "5.7.1", "no"));
+        assert_eq!(reply_code("550 5.1.1 No such user"), Reply::new(550, "5.1.1", "No such user"));
+        assert_eq!(reply_code("550 5.9.9 odd"), Reply::new(550, "5.7.1", "odd"), "an unknown status");
         assert_eq!(reply_code("garbage"), Reply::new(550, "5.7.1", "garbage"));
         assert_eq!(reply_code(""), Reply::new(550, "5.7.1", "Rejected"));
     }

@@ -37,6 +37,15 @@ impl ServiceStream {
     }
 }
 
+impl ServiceStream {
+    pub fn set_nonblocking(&self, on: bool) -> std::io::Result<()> {
+        match self {
+            ServiceStream::Tcp(s) => s.set_nonblocking(on),
+            ServiceStream::Unix(s) => s.set_nonblocking(on),
+        }
+    }
+}
+
 impl Read for ServiceStream {
     fn read(&mut self, b: &mut [u8]) -> std::io::Result<usize> {
         match self {

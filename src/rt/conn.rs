@@ -32,6 +32,8 @@ enum ServiceAnswer {
     Auth(AuthOutcome),
     Policy(crate::policy::delegation::Verdict),
     Milter(crate::policy::milter::Verdict),
+    /// A milter step before the content, with the conversation to keep (none: it failed).
+    MilterStep(usize, Option<crate::policy::milter::Conversation>, crate::policy::milter::StepVerdict),
     Spf(crate::policy::spf::Outcome),
     Dkim(crate::policy::dkim::Outcome),
 }
@@ -70,6 +72,9 @@ pub struct Conn {
     pub driver_unsent: usize,
     /// When a connection that wants to close is reset if its output has not gone by then.
     close_deadline: Option<Instant>,
+    /// The transaction's milter conversations, by milter (open from MAIL to the end of the
+    /// content).
+    milters: Vec<Option<crate::policy::milter::Conversation>>,
     /// The TLS close_notify alert is queued (once, after the last reply).
     close_notify: bool,
     /// The shard's counts of replies, TLS handshakes (and, through the session, phase
@@ -104,6 +109,7 @@ impl Conn {
             driver_unsent: 0,
             close_deadline: None,
             close_notify: false,
+            milters: Vec::new(),
         };
         if let Some(cfg) = implicit_tls {
             match ServerConnection::new(cfg) {
@@ -193,6 +199,13 @@ impl Conn {
                     ServiceAnswer::Auth(o) => self.session.auth_done(now, o),
                     ServiceAnswer::Policy(v) => self.session.delegation_done(now, v),
                     ServiceAnswer::Milter(v) => self.session.milter_done(now, v),
+                    ServiceAnswer::MilterStep(index, conv, v) => {
+                        if self.milters.len() <= index {
+                            self.milters.resize_with(index + 1, || None);
+                        }
+                        self.milters[index] = conv;
+                        self.session.milter_step_done(now, v)
+                    }
                     ServiceAnswer::Spf(o) => self.session.spf_done(now, o),
                     ServiceAnswer::Dkim(o) => self.session.dkim_done(now, o),
                 }
@@ -239,18 +252,71 @@ impl Conn {
                         }
                     }
                 }
-                Action::Milter(req, index) => {
+                Action::MilterOpen(req, index) => {
+                    use crate::policy::milter::StepVerdict;
                     let slot = AnswerSlot::default();
                     self.awaiting = Some(slot.clone());
                     let waker = self.waker.clone();
                     match self.session.config().policy.milters.get(index).cloned() {
-                        Some(m) => m.submit(
+                        Some(m) => m.open(
+                            req,
+                            Box::new(move |c, v| {
+                                set_answer(&slot, ServiceAnswer::MilterStep(index, c, v), waker.as_ref())
+                            }),
+                        ),
+                        None => set_answer(&slot, ServiceAnswer::MilterStep(index, None, StepVerdict::Continue), None),
+                    }
+                }
+                Action::MilterRcpt(address, index) => {
+                    use crate::policy::milter::StepVerdict;
+                    let slot = AnswerSlot::default();
+                    self.awaiting = Some(slot.clone());
+                    let waker = self.waker.clone();
+                    let conv = self.milters.get_mut(index).and_then(Option::take);
+                    match (self.session.config().policy.milters.get(index).cloned(), conv) {
+                        (Some(m), Some(c)) => m.rcpt(
+                            c,
+                            address,
+                            Box::new(move |c, v| {
+                                set_answer(&slot, ServiceAnswer::MilterStep(index, c, v), waker.as_ref())
+                            }),
+                        ),
+                        // No conversation: the milter was down at MAIL and its default
+                        // action let the transaction go on.
+                        (m, None) => {
+                            let v =
+                                m.map_or(StepVerdict::Continue, |m| crate::policy::milter::default_step(&m.settings));
+                            set_answer(&slot, ServiceAnswer::MilterStep(index, None, v), None)
+                        }
+                        (None, Some(_)) => {
+                            set_answer(&slot, ServiceAnswer::MilterStep(index, None, StepVerdict::Continue), None)
+                        }
+                    }
+                }
+                Action::Milter(req, index) => {
+                    let slot = AnswerSlot::default();
+                    self.awaiting = Some(slot.clone());
+                    let waker = self.waker.clone();
+                    let conv = self.milters.get_mut(index).and_then(Option::take);
+                    match (self.session.config().policy.milters.get(index).cloned(), conv) {
+                        (Some(m), Some(c)) => m.content(
+                            c,
                             req,
                             Box::new(move |v| set_answer(&slot, ServiceAnswer::Milter(v), waker.as_ref())),
                         ),
-                        None => {
-                            let v = crate::policy::milter::Verdict::Accept(Vec::new());
+                        (m, _) => {
+                            let v = m.map_or(crate::policy::milter::Verdict::Accept(Vec::new()), |m| {
+                                crate::policy::milter::default_verdict(&m.settings)
+                            });
                             set_answer(&slot, ServiceAnswer::Milter(v), None)
+                        }
+                    }
+                }
+                Action::MilterAbort => {
+                    let milters = self.session.config().policy.milters.clone();
+                    for (i, c) in self.milters.iter_mut().enumerate() {
+                        if let (Some(c), Some(m)) = (c.take(), milters.get(i)) {
+                            m.abort(c);
                         }
                     }
                 }

@@ -28,6 +28,11 @@ pub(super) enum Wait {
     Delegation { stage: crate::policy::delegation::Stage, index: usize, pending: super::delegate::Pending, mark: usize },
     /// Milter `index`, at the end of the content.
     Milter { index: usize },
+    /// Milter `index`'s conversation opening, at MAIL (the transaction is set, not yet
+    /// answered).
+    MilterMail { index: usize },
+    /// Milter `index` about a recipient our checks and the policy services accepted.
+    MilterRcpt { index: usize, rcpt: Box<crate::spool::Recipient> },
     /// The SPF check of the transaction being opened, at MAIL.
     Spf(Box<Envelope>),
     /// DKIM and DMARC, at the end of the content.
@@ -206,7 +211,13 @@ impl Session {
                     self.reject("mail", "sender_domain", &env.from, "", Reply::new(451, "4.4.3", text))
                 }
             },
-            Wait::Auth { .. } | Wait::Delegation { .. } | Wait::Milter { .. } | Wait::Spf(_) | Wait::Dkim => {}
+            Wait::Auth { .. }
+            | Wait::Delegation { .. }
+            | Wait::Milter { .. }
+            | Wait::MilterMail { .. }
+            | Wait::MilterRcpt { .. }
+            | Wait::Spf(_)
+            | Wait::Dkim => {}
         }
         self.process_pending(now);
     }
@@ -318,6 +329,11 @@ impl Session {
         }
         if let Some(o) = script {
             self.keep_script_effects(o);
+        }
+        if !self.cfg.policy.milters.is_empty() {
+            // Conversations of an earlier transaction that did not end are aborted first.
+            self.actions.push_back(Action::MilterAbort);
+            return self.ask_milter_open(0);
         }
         self.reply(Reply::new(250, "2.1.0", "Ok"));
     }

@@ -23,6 +23,9 @@ impl Session {
             Command::Data => self.data_command(now),
             Command::Bdat { size, last } => self.bdat_command(now, size, last),
             Command::Rset => {
+                if self.tx.envelope.is_some() && !self.cfg.policy.milters.is_empty() {
+                    self.actions.push_back(super::Action::MilterAbort);
+                }
                 self.tx = Transaction::default();
                 self.reply(Reply::new(250, "2.0.0", "Ok"));
             }
@@ -183,8 +186,9 @@ impl Session {
             }
             self.keep_script_effects(o);
         }
+        // The policy services, then the milters (delegate() goes on to them).
         let stage = crate::policy::delegation::Stage::Rcpt;
-        if self.delegates(stage) {
+        if self.delegates(stage) || !self.cfg.policy.milters.is_empty() {
             return self.delegate(now, stage, super::delegate::Pending::Rcpt(Box::new(rcpt)), mark);
         }
         self.rcpt_accepted(rcpt);

@@ -104,10 +104,11 @@ impl Session {
         self.process_pending(now);
     }
 
-    /// Every service said go on.
+    /// Every service said go on: the milters next.
     fn delegated(&mut self, pending: Pending, now: Now) {
         match pending {
-            Pending::Rcpt(r) => self.rcpt_accepted(*r),
+            Pending::Rcpt(r) if self.cfg.policy.milters.is_empty() || self.tx.milter_discard => self.rcpt_accepted(*r),
+            Pending::Rcpt(r) => self.ask_milter_rcpt(0, r),
             Pending::Content => self.content_checked(now),
         }
     }
@@ -128,15 +129,19 @@ impl Session {
 impl Session {
     /// The content passed the policy services: the milters, in order, then the spool.
     pub(super) fn content_checked(&mut self, now: Now) {
+        if self.tx.milter_discard {
+            return self.milter_discarded(now);
+        }
         if self.cfg.policy.milters.is_empty() {
             return self.spool_message(now);
         }
         self.ask_milter(0);
     }
 
-    fn ask_milter(&mut self, index: usize) {
+    /// What a milter is told about the transaction (the content only at its end).
+    fn milter_request(&self, with_content: bool) -> crate::policy::milter::Request {
         let env = self.tx.envelope.as_ref();
-        let req = crate::policy::milter::Request {
+        crate::policy::milter::Request {
             hostname: self.cfg.hostname.clone(),
             client_ip: Some(self.peer.ip()),
             client_port: self.peer.port(),
@@ -144,12 +149,81 @@ impl Session {
             helo: self.helo.clone().unwrap_or_default(),
             from: env.map(|e| e.from.clone()).unwrap_or_default(),
             mail_args: Vec::new(),
-            rcpts: env.map(|e| e.rcpts.iter().map(|r| r.address.clone()).collect()).unwrap_or_default(),
             queue_id: env.map(|e| e.id.to_string()).unwrap_or_default(),
             auth: self.auth.as_ref().map(|a| a.login.clone()),
             tls: self.tls.as_ref().map(|t| (t.version.clone(), t.cipher.clone())),
-            message: self.body.clone(),
-        };
+            message: if with_content { self.body.clone() } else { Vec::new() },
+        }
+    }
+
+    pub(super) fn ask_milter_open(&mut self, index: usize) {
+        let req = self.milter_request(false);
+        self.wait = Some(Wait::MilterMail { index });
+        self.phase = Phase::Waiting;
+        self.actions.push_back(Action::MilterOpen(std::sync::Arc::new(req), index));
+    }
+
+    fn ask_milter_rcpt(&mut self, index: usize, rcpt: Box<Recipient>) {
+        let address = rcpt.address.clone();
+        self.wait = Some(Wait::MilterRcpt { index, rcpt });
+        self.phase = Phase::Waiting;
+        self.actions.push_back(Action::MilterRcpt(address, index));
+    }
+
+    /// The driver's answer to [`Action::MilterOpen`] and [`Action::MilterRcpt`]: at MAIL a
+    /// refusal refuses the transaction; at RCPT, the recipient. Discard at either takes the
+    /// message and drops it.
+    pub fn milter_step_done(&mut self, now: Now, verdict: crate::policy::milter::StepVerdict) {
+        use crate::policy::milter::StepVerdict as V;
+        if self.phase != Phase::Waiting {
+            return;
+        }
+        let last = self.cfg.policy.milters.len();
+        match self.wait.take() {
+            Some(Wait::MilterMail { index }) => {
+                self.phase = Phase::Command;
+                self.wait_for(now, self.cfg.command_timeout);
+                match verdict {
+                    V::Continue if index + 1 < last => return self.ask_milter_open(index + 1),
+                    V::Continue => self.reply(Reply::new(250, "2.1.0", "Ok")),
+                    V::Discard => {
+                        self.tx.milter_discard = true;
+                        self.reply(Reply::new(250, "2.1.0", "Ok"));
+                    }
+                    V::Refuse(r) => {
+                        let from = self.tx.envelope.as_ref().map(|e| e.from.clone()).unwrap_or_default();
+                        self.tx = super::Transaction::default();
+                        self.actions.push_back(Action::MilterAbort);
+                        self.reject("mail", "milter", &from, "", r);
+                    }
+                }
+            }
+            Some(Wait::MilterRcpt { index, rcpt }) => {
+                self.phase = Phase::Command;
+                self.wait_for(now, self.cfg.command_timeout);
+                match verdict {
+                    V::Continue if index + 1 < last => return self.ask_milter_rcpt(index + 1, rcpt),
+                    V::Continue => self.rcpt_accepted(*rcpt),
+                    V::Discard => {
+                        self.tx.milter_discard = true;
+                        self.rcpt_accepted(*rcpt);
+                    }
+                    V::Refuse(r) => {
+                        let from = self.tx.envelope.as_ref().map(|e| e.from.clone()).unwrap_or_default();
+                        self.reject("rcpt", "milter", &from, &rcpt.address, r);
+                    }
+                }
+            }
+            other => {
+                self.wait = other;
+                return;
+            }
+        }
+        self.process_pending(now);
+    }
+
+    fn ask_milter(&mut self, index: usize) {
+        let req = self.milter_request(true);
         self.wait = Some(Wait::Milter { index });
         self.phase = Phase::Waiting;
         self.actions.push_back(Action::Milter(std::sync::Arc::new(req), index));
@@ -215,6 +289,9 @@ impl Session {
     /// A milter discarded the message (or removed every recipient): the client is told it
     /// was taken, and nothing is stored.
     fn milter_discarded(&mut self, now: Now) {
+        // Also reached straight from the end of the content (a discard at MAIL or RCPT).
+        self.phase = Phase::Command;
+        self.wait_for(now, self.cfg.command_timeout);
         self.tx = super::Transaction::default();
         self.body.clear();
         self.reply(Reply::new(250, "2.0.0", "Ok: discarded by a content filter"));

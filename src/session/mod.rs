@@ -207,9 +207,16 @@ pub enum Action {
     Spf(Box<crate::policy::spf::Request>),
     /// Verify DKIM and DMARC; answer with [`Session::dkim_done`].
     Dkim(Box<crate::policy::dkim::Request>),
-    /// Ask milter `usize` (of the policy's `milters`) about the message; answer with
+    /// Open milter `usize`'s conversation about the transaction (connect, HELO, MAIL);
+    /// answer with [`Session::milter_step_done`].
+    MilterOpen(Arc<crate::policy::milter::Request>, usize),
+    /// Ask milter `usize` about a recipient; answer with [`Session::milter_step_done`].
+    MilterRcpt(String, usize),
+    /// Ask milter `usize` about the content (its conversation ends); answer with
     /// [`Session::milter_done`].
     Milter(Arc<crate::policy::milter::Request>, usize),
+    /// The transaction's milter conversations will not reach their end: abort them.
+    MilterAbort,
     /// Send the pending output, then start a TLS handshake as the server.
     StartTls,
     /// Send the pending output, then close the connection.
@@ -273,6 +280,8 @@ struct Transaction {
     spf: Option<crate::policy::spf::Outcome>,
     /// Our `Authentication-Results` methods (SPF, DKIM, DMARC), for the field on top.
     auth_results: Vec<String>,
+    /// A milter said discard at MAIL or RCPT: the message is taken and dropped.
+    milter_discard: bool,
 }
 
 /// One SMTP server conversation; see the module documentation.

@@ -27,6 +27,9 @@ struct Harness {
     spf: Vec<crate::policy::spf::Request>,
     /// DKIM/DMARC verifications asked and not yet answered.
     dkim: Vec<crate::policy::dkim::Request>,
+    /// Milter steps asked, as lines (`open INDEX SENDER`, `rcpt INDEX ADDRESS`,
+    /// `content INDEX`, `abort`).
+    milters: Vec<String>,
 }
 
 /// A directory with one postoffice: example.net has mailbox `alice` (and a disabled `bob`);
@@ -71,6 +74,7 @@ impl Harness {
             activity: Vec::new(),
             spf: Vec::new(),
             dkim: Vec::new(),
+            milters: Vec::new(),
         };
         let greeting = h.take_output();
         assert!(greeting.starts_with("220 mx.example.test "), "{greeting}");
@@ -103,7 +107,13 @@ impl Harness {
                 Action::Resolve(q) => self.queries.push(q),
                 Action::Authenticate(req) => self.auth_requests.push(*req),
                 Action::Delegate(req, i) => self.delegations.push((*req, i)),
-                Action::Milter(..) => panic!("no milter in these tests"),
+                Action::MilterOpen(req, i) => self.milters.push(format!("open {i} {}", req.from)),
+                Action::MilterRcpt(a, i) => self.milters.push(format!("rcpt {i} {a}")),
+                Action::Milter(req, i) => {
+                    assert!(!req.message.is_empty());
+                    self.milters.push(format!("content {i}"))
+                }
+                Action::MilterAbort => self.milters.push("abort".into()),
                 Action::Spf(req) => self.spf.push(*req),
                 Action::Dkim(req) => self.dkim.push(*req),
                 Action::Log(a) => self.activity.push(a.line(crate::obs::LogFormat::Kv)),
@@ -525,6 +535,7 @@ impl Harness {
             activity: Vec::new(),
             spf: Vec::new(),
             dkim: Vec::new(),
+            milters: Vec::new(),
         };
         let first = h.take_output();
         (h, first)
@@ -1098,6 +1109,84 @@ fn phase_latencies_run_from_input_to_reply() {
     );
     assert_eq!(t.latency[Stage::Mail as usize].sum_us + t.latency[Stage::Rcpt as usize].sum_us, 0);
     assert_eq!(t.latency[Stage::Data as usize].sum_us, 300_000);
+}
+
+/// Milters, as Postfix asks them: each at MAIL (the MAIL's reply waits), at each RCPT our
+/// checks accepted (a refusal is that recipient's), at the end of the content; a refusal at
+/// MAIL ends the transaction and aborts the conversations; RSET aborts them too.
+#[test]
+fn milters_at_mail_rcpt_and_end_of_content() {
+    use crate::policy::milter::{DefaultAction, Milter, MilterSettings, StepVerdict, Verdict};
+    // The milters are never reached: the test answers for them.
+    let milter = || {
+        let s = MilterSettings {
+            address: "127.0.0.1:9".into(),
+            timeout: Duration::from_secs(1),
+            default_action: DefaultAction::Tempfail,
+        };
+        Arc::new(Milter::start(s, 1).unwrap())
+    };
+    let policy = crate::policy::Policy { milters: vec![milter(), milter()], ..crate::policy::Policy::default() };
+    let mut h = Harness::new(SessionConfig { policy: Arc::new(policy), ..cfg() });
+    h.ehlo();
+    assert_eq!(h.send("MAIL FROM:<a@sender.example>\r\n"), "", "waits for the first milter");
+    h.s.milter_step_done(h.now, StepVerdict::Continue);
+    assert_eq!(h.take_output(), "", "then the second");
+    h.s.milter_step_done(h.now, StepVerdict::Continue);
+    assert_eq!(h.take_output(), "250 2.1.0 Ok\r\n");
+    assert_eq!(h.milters, ["abort", "open 0 a@sender.example", "open 1 a@sender.example"]);
+    h.milters.clear();
+
+    assert_eq!(h.send("RCPT TO:<alice@example.net>\r\n"), "");
+    h.s.milter_step_done(h.now, StepVerdict::Continue);
+    h.take_output();
+    h.s.milter_step_done(h.now, StepVerdict::Refuse(Reply::new(550, "5.1.1", "No alice here")));
+    assert_eq!(h.take_output(), "550 5.1.1 No alice here\r\n", "the second milter refuses the recipient");
+    assert_eq!(
+        h.send("RCPT TO:<bob@example.net>\r\n"),
+        "550 5.2.1 Error: recipient address rejected: mailbox disabled\r\n"
+    );
+    assert_eq!(h.milters, ["rcpt 0 alice@example.net", "rcpt 1 alice@example.net"], "our refusal comes first");
+    h.milters.clear();
+    assert_eq!(h.send("RCPT TO:<alice@example.net>\r\n"), "");
+    h.s.milter_step_done(h.now, StepVerdict::Continue);
+    h.take_output();
+    h.s.milter_step_done(h.now, StepVerdict::Continue);
+    assert_eq!(h.take_output(), "250 2.1.5 Ok\r\n");
+    assert!(h.send("DATA\r\n").starts_with("354"));
+    assert_eq!(h.send("Subject: x\r\n\r\nhi\r\n.\r\n"), "");
+    h.s.milter_done(h.now, Verdict::Accept(Vec::new()));
+    h.take_output();
+    h.s.milter_done(h.now, Verdict::Accept(Vec::new()));
+    let r = h.take_output() + &h.take_output();
+    assert!(r.starts_with("250 2.0.0 Ok: queued as "), "{r}");
+    assert_eq!(h.milters[h.milters.len() - 2..], ["content 0", "content 1"]);
+
+    // Refused at MAIL: no transaction, the conversations aborted.
+    h.milters.clear();
+    h.send("MAIL FROM:<spammer@sender.example>\r\n");
+    h.s.milter_step_done(h.now, StepVerdict::Refuse(Reply::new(550, "5.7.1", "Go away")));
+    assert_eq!(h.take_output(), "550 5.7.1 Go away\r\n");
+    assert!(h.send("RCPT TO:<alice@example.net>\r\n").starts_with("503"));
+    assert_eq!(h.milters, ["abort", "open 0 spammer@sender.example", "abort"]);
+    // Discard at MAIL: the message is taken and dropped, no milter asked again.
+    h.milters.clear();
+    h.send("MAIL FROM:<a@sender.example>\r\n");
+    h.s.milter_step_done(h.now, StepVerdict::Discard);
+    assert_eq!(h.take_output(), "250 2.1.0 Ok\r\n");
+    assert!(h.send("RCPT TO:<alice@example.net>\r\n").starts_with("250"));
+    assert!(h.send("DATA\r\n").starts_with("354"));
+    assert_eq!(h.send("Subject: x\r\n\r\nhi\r\n.\r\n"), "250 2.0.0 Ok: discarded by a content filter\r\n");
+    assert_eq!(h.milters, ["abort", "open 0 a@sender.example"]);
+    // RSET in a transaction aborts.
+    h.milters.clear();
+    h.send("MAIL FROM:<a@sender.example>\r\n");
+    h.s.milter_step_done(h.now, StepVerdict::Continue);
+    h.take_output();
+    h.s.milter_step_done(h.now, StepVerdict::Continue);
+    h.take_output();
+    assert_eq!(h.send("RSET\r\n"), "250 2.0.0 Ok\r\n");
+    assert_eq!(h.milters.last().map(String::as_str), Some("abort"));
 }
 
 /// Policy delegation: each service asked at its stage, in order; a refusal is the

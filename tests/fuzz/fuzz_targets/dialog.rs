@@ -339,6 +339,10 @@ impl Run {
                 Action::Milter(..) => {
                     self.s.milter_done(self.now, ringmx::policy::milter::Verdict::Accept(Vec::new()));
                 }
+                Action::MilterOpen(..) | Action::MilterRcpt(..) => {
+                    self.s.milter_step_done(self.now, ringmx::policy::milter::StepVerdict::Continue);
+                }
+                Action::MilterAbort => {}
                 Action::Spf(..) => {
                     let o = ringmx::policy::spf::Outcome {
                         result: ringmx::policy::spf::Result::None,

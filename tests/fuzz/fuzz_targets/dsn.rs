@@ -67,7 +67,7 @@ fuzz_target!(|i: Input| {
         now_ms: 1_700_000_000_000,
         boundary: "=_boundary_1",
         message_id: "dsn.1@mx.example.test",
-        config: DsnConfig { bounces: true, return_limit: i.return_limit as usize },
+        config: DsnConfig { bounces: true, return_limit: i.return_limit as usize, sender: None },
     };
     let Some(dsn) = build(&input) else { return };
     let c = &dsn.content;

@@ -74,10 +74,11 @@ fuzz_target!(|data: &[u8]| {
                     s.delegation_done(now, ringmx::policy::delegation::Verdict::Continue { prepend: None });
                 }
                 Action::Milter(..) => s.milter_done(now, ringmx::policy::milter::Verdict::Accept(Vec::new())),
-                Action::Dkim(..) => s.dkim_done(
-                    now,
-                    ringmx::policy::dkim::Outcome::default(),
-                ),
+                Action::MilterOpen(..) | Action::MilterRcpt(..) => {
+                    s.milter_step_done(now, ringmx::policy::milter::StepVerdict::Continue)
+                }
+                Action::MilterAbort => {}
+                Action::Dkim(..) => s.dkim_done(now, ringmx::policy::dkim::Outcome::default()),
                 Action::Spf(..) => s.spf_done(
                     now,
                     ringmx::policy::spf::Outcome {
