@@ -502,3 +502,55 @@ fn list_and_member_commands() {
     let (s, _) = run(&["directory", "member", "list", "dev@example.org"]);
     assert_eq!(s, 2);
 }
+
+/// With a `[[dkim.sign]]` key for the list's domain, the list's copies (here with the From
+/// rewritten to the list, so the signature aligns for DMARC) and its own messages are
+/// signed; OpenDKIM's verifier (`opendkim -t`, the public key given through
+/// TestPublicKeys) finds the signatures good.
+#[test]
+fn the_lists_messages_are_dkim_signed() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let key = d.join("lists.pem");
+    let out = std::process::Command::new(BIN)
+        .args(["dkim", "keygen", "example.org", "--selector", "lists", "--out"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let record = String::from_utf8(out.stdout).unwrap();
+    let txt = record.lines().next().unwrap().split('"').nth(1).unwrap().to_string();
+    directory(
+        d,
+        serde_json::json!([{"address": "dev@example.org", "posting": "anyone", "from_rewrite": "always",
+                            "footer_text": "-- \nthe dev list", "members": members(&["bob@example.org"])}]),
+    );
+    let cfg = format!("{NO_DNS}[[dkim.sign]]\ndomain = \"example.org\"\nselector = \"lists\"\nkey = {key:?}\n");
+    let srv = start_plain(d, "uring", &cfg);
+    let post =
+        "From: Eve <eve@elsewhere.example>\r\nSubject: hello\r\nMessage-ID: <e1@elsewhere.example>\r\n\r\nhi\r\n";
+    assert!(send(srv.addr(), "eve@elsewhere.example", "dev@example.org", post).starts_with("250 "));
+    let help = "From: carol@example.org\r\nSubject: help\r\n\r\n";
+    assert!(send(srv.addr(), "carol@example.org", "dev-request@example.org", help).starts_with("250 "));
+    let copy = wait_mail(d, "bob", 1).remove(0);
+    let answer = wait_mail(d, "carol", 1).remove(0);
+    srv.stop();
+    std::fs::write(d.join("public"), format!("lists._domainkey.example.org {txt}\n")).unwrap();
+    let vconf = d.join("verify.conf");
+    std::fs::write(&vconf, format!("Mode v\nTestPublicKeys {}\nSyslog no\nUserID root\n", d.join("public").display()))
+        .unwrap();
+    let verify = |text: &str| {
+        let f = d.join("check.eml");
+        std::fs::write(&f, text).unwrap();
+        let out = std::process::Command::new("opendkim").arg("-x").arg(&vconf).args(["-vvv", "-t"]).arg(&f).output();
+        String::from_utf8_lossy(&out.expect("opendkim -t (tests/run.sh installs opendkim)").stdout).into_owned()
+    };
+    for m in [&copy, &answer] {
+        assert!(m.contains("DKIM-Signature: ") && m.contains("d=example.org") && m.contains("s=lists"), "{m}");
+        let good = verify(m);
+        assert!(good.contains("dkim=pass"), "{good}\n{m}");
+    }
+    assert_eq!(field(&copy, "From").as_deref(), Some("\"Eve via dev\" <dev@example.org>"));
+    let bad = verify(&copy.replace("the dev list", "THE DEV LIST"));
+    assert!(bad.contains("dkim=fail") && !bad.contains("dkim=pass"), "{bad}");
+}

@@ -110,6 +110,9 @@ pub struct ListsSetup {
     pub hostname: String,
     pub directory: Arc<DirectoryHandle>,
     pub dns: Option<Dns>,
+    /// `[[dkim.sign]]` keys: the list's messages are signed with the key of their From
+    /// domain, else of the list's domain.
+    pub signers: Vec<Arc<crate::policy::dkim_sign::SignKey>>,
     pub control: SyncSender<ControlMsg>,
     pub stop: Arc<AtomicBool>,
 }
@@ -186,6 +189,7 @@ impl Worker {
             log::info!("lists: {}: {}: {n}", job.id, list.address);
         }
         let mut drafts = h.drafts;
+        self.sign_all(&mut drafts, list);
         if !h.changes.is_empty() {
             let applied = self.change(&h.changes, now).map_err(|e| LocalFailure {
                 permanent: false,
@@ -194,8 +198,9 @@ impl Worker {
             for (c, a) in h.changes.iter().zip(applied) {
                 log::info!("lists: {}: {}: {c:?}: {a:?}", job.id, list.address);
                 if let (lists::Change::Bounce { member, .. }, Applied::Disabled { bounces }) = (c, a)
-                    && let Some(n) = lists::disabled_notice(list, member, bounces, &ctx)
+                    && let Some(mut n) = lists::disabled_notice(list, member, bounces, &ctx)
                 {
+                    self.sign(&mut n, list);
                     drafts.push(n);
                 }
             }
@@ -224,13 +229,43 @@ impl Worker {
 
     /// Distributes a held post, then removes it once the distribution is durable.
     fn approve(&mut self, list: &List, code: &str, ctx: &Ctx<'_>) -> std::io::Result<bool> {
-        let Some(drafts) = lists::approve(list, code, ctx, &mut self.store)? else { return Ok(false) };
+        let Some(mut drafts) = lists::approve(list, code, ctx, &mut self.store)? else { return Ok(false) };
+        self.sign_all(&mut drafts, list);
         if !self.queue_durably(drafts) {
             return Err(std::io::Error::other("the control thread did not queue the distribution"));
         }
         self.store.drop_held(&list.address, code)?;
         log::info!("lists: {}: held post {code} approved and distributed", list.address);
         Ok(true)
+    }
+
+    /// Signs the list's own messages (not mail forwarded to its owners as it came).
+    fn sign_all(&self, drafts: &mut [Draft], list: &List) {
+        for d in drafts.iter_mut().filter(|d| d.kind != "list-owner") {
+            self.sign(d, list);
+        }
+    }
+
+    /// A `DKIM-Signature` on top (RFC 6376), by the key of the message's From domain, else
+    /// of the list's domain (`[[dkim.sign]]`): a rewritten From is the list's, and then
+    /// aligns for DMARC.
+    fn sign(&self, d: &mut Draft, list: &List) {
+        if self.setup.signers.is_empty() {
+            return;
+        }
+        let by = |domain: &str| self.setup.signers.iter().find(|k| k.domain == domain);
+        let key = crate::policy::dkim_sign::from_domain(&d.data).and_then(|f| by(&f)).or_else(|| by(list.parts().1));
+        let Some(key) = key else { return };
+        match key.sign(&d.data) {
+            Ok(h) => {
+                let mut data = Vec::with_capacity(h.len() + 2 + d.data.len());
+                data.extend_from_slice(h.as_bytes());
+                data.extend_from_slice(b"\r\n");
+                data.extend_from_slice(&d.data);
+                d.data = data;
+            }
+            Err(e) => log::warn!("lists: {}: DKIM signing with {}: {e}", list.address, key.domain),
+        }
     }
 
     /// Queues messages and waits until the control thread made them durable.
@@ -265,7 +300,8 @@ impl Worker {
             "reject" => {
                 let ctx = Ctx { now_ms, hostname: &host, poster_dmarc_strict: false };
                 match lists::reject(list, &code, &m.reason, &ctx, &mut self.store) {
-                    Ok(Some(drafts)) => {
+                    Ok(Some(mut drafts)) => {
+                        self.sign_all(&mut drafts, list);
                         if self.queue_durably(drafts) {
                             Ok(Some(format!("post {code} rejected; its poster is told")))
                         } else {
@@ -323,7 +359,8 @@ impl Worker {
         let posts: Vec<Vec<u8>> = files.iter().map(|(_, d)| d.clone()).collect();
         let host = self.setup.hostname.clone();
         let ctx = Ctx { now_ms: now, hostname: &host, poster_dmarc_strict: false };
-        let Some((draft, next)) = lists::digest(list, &posts, state, &ctx) else { return Ok(()) };
+        let Some((mut draft, next)) = lists::digest(list, &posts, state, &ctx) else { return Ok(()) };
+        self.sign(&mut draft, list);
         if !self.queue_durably(vec![draft]) {
             return Err(std::io::Error::other("the control thread did not queue it"));
         }

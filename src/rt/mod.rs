@@ -238,6 +238,17 @@ impl Server {
             hostname: cfg.hostname.clone(),
             directory: directory.clone(),
             dns: services.dns.clone().map(|s| crate::dns::Dns::new(s, cfg.delivery_dns().settings())),
+            signers: cfg
+                .dkim
+                .sign
+                .iter()
+                .filter_map(|k| {
+                    crate::policy::dkim_sign::SignKey::load(&k.domain, &k.selector, &k.key)
+                        .inspect_err(|e| log::warn!("lists: [[dkim.sign]] {}: {e}", k.domain))
+                        .ok()
+                        .map(Arc::new)
+                })
+                .collect(),
             control: tx.clone(),
             stop: control_stop.clone(),
         })
