@@ -1345,6 +1345,17 @@ impl Config {
         {
             bad("delivery.postmaster", format!("{p:?} is not an address (local@domain)"));
         }
+        if let Some(u) = &self.lists.unsubscribe_url {
+            if !(u.starts_with("https://") || u.starts_with("http://")) {
+                bad("lists.unsubscribe_url", format!("{u:?} is not an http(s) URL"));
+            }
+            if self.metrics.listen.is_none() {
+                bad(
+                    "lists.unsubscribe_url",
+                    "needs [metrics] listen: POST /lists/unsubscribe is served there (behind your proxy)".into(),
+                );
+            }
+        }
         if let Some(p) = &self.delivery.dsn.sender
             && crate::directory::model::normalize_address(p).is_err()
         {

@@ -307,15 +307,20 @@ fn a_list_that_contains_itself_or_a_list_that_contains_it() {
     assert!(log.contains("already went through this list (X-Loop)"), "{log}");
 }
 
-/// A far end on loopback that accepts everything and records each MAIL FROM.
-fn recording_far_end() -> (std::net::SocketAddr, Arc<Mutex<Vec<String>>>) {
+type Recorded = Arc<Mutex<Vec<String>>>;
+
+/// A far end on loopback that accepts everything and records each MAIL FROM and each
+/// message.
+fn recording_far_end() -> (std::net::SocketAddr, Recorded, Recorded) {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = l.local_addr().unwrap();
     let seen = Arc::new(Mutex::new(Vec::new()));
-    let s2 = seen.clone();
+    let messages = Arc::new(Mutex::new(Vec::new()));
+    let (s2, m2) = (seen.clone(), messages.clone());
     std::thread::spawn(move || {
         for s in l.incoming().flatten() {
             let seen = s2.clone();
+            let messages = m2.clone();
             std::thread::spawn(move || {
                 s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
                 let mut w = s.try_clone().unwrap();
@@ -323,12 +328,15 @@ fn recording_far_end() -> (std::net::SocketAddr, Arc<Mutex<Vec<String>>>) {
                 let _ = w.write_all(b"220 far.example ESMTP\r\n");
                 let mut line = String::new();
                 let mut data = false;
+                let mut message = String::new();
                 while r.read_line(&mut line).unwrap_or(0) > 0 {
                     let reply: &[u8] = if data {
                         if line == ".\r\n" {
                             data = false;
+                            messages.lock().unwrap().push(std::mem::take(&mut message));
                             b"250 ok\r\n"
                         } else {
+                            message.push_str(line.strip_prefix('.').unwrap_or(&line));
                             b""
                         }
                     } else {
@@ -352,12 +360,12 @@ fn recording_far_end() -> (std::net::SocketAddr, Arc<Mutex<Vec<String>>>) {
             });
         }
     });
-    (addr, seen)
+    (addr, seen, messages)
 }
 
 #[test]
 fn verp_bounces_disable_a_member_and_tell_the_owner() {
-    let (far, seen) = recording_far_end();
+    let (far, seen, _) = recording_far_end();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     directory(
@@ -503,14 +511,9 @@ fn list_and_member_commands() {
     assert_eq!(s, 2);
 }
 
-/// With a `[[dkim.sign]]` key for the list's domain, the list's copies (here with the From
-/// rewritten to the list, so the signature aligns for DMARC) and its own messages are
-/// signed; OpenDKIM's verifier (`opendkim -t`, the public key given through
-/// TestPublicKeys) finds the signatures good.
-#[test]
-fn the_lists_messages_are_dkim_signed() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
+/// A new ed25519 key for example.org, selector `lists` (`ringmx dkim keygen`): its file and
+/// the TXT record's text.
+fn lists_key(d: &Path) -> (std::path::PathBuf, String) {
     let key = d.join("lists.pem");
     let out = std::process::Command::new(BIN)
         .args(["dkim", "keygen", "example.org", "--selector", "lists", "--out"])
@@ -519,7 +522,30 @@ fn the_lists_messages_are_dkim_signed() {
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let record = String::from_utf8(out.stdout).unwrap();
-    let txt = record.lines().next().unwrap().split('"').nth(1).unwrap().to_string();
+    (key, record.lines().next().unwrap().split('"').nth(1).unwrap().to_string())
+}
+
+/// OpenDKIM's verdict on `text` (`opendkim -t`, the key `txt` given through TestPublicKeys).
+fn opendkim_verify(d: &Path, txt: &str, text: &str) -> String {
+    std::fs::write(d.join("public"), format!("lists._domainkey.example.org {txt}\n")).unwrap();
+    let vconf = d.join("verify.conf");
+    std::fs::write(&vconf, format!("Mode v\nTestPublicKeys {}\nSyslog no\nUserID root\n", d.join("public").display()))
+        .unwrap();
+    let f = d.join("check.eml");
+    std::fs::write(&f, text).unwrap();
+    let out = std::process::Command::new("opendkim").arg("-x").arg(&vconf).args(["-vvv", "-t"]).arg(&f).output();
+    String::from_utf8_lossy(&out.expect("opendkim -t (tests/run.sh installs opendkim)").stdout).into_owned()
+}
+
+/// With a `[[dkim.sign]]` key for the list's domain, the list's copies (here with the From
+/// rewritten to the list, so the signature aligns for DMARC) and its own messages are
+/// signed; OpenDKIM's verifier (`opendkim -t`, the public key given through
+/// TestPublicKeys) finds the signatures good.
+#[test]
+fn the_lists_messages_are_dkim_signed() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (key, txt) = lists_key(d);
     directory(
         d,
         serde_json::json!([{"address": "dev@example.org", "posting": "anyone", "from_rewrite": "always",
@@ -535,16 +561,7 @@ fn the_lists_messages_are_dkim_signed() {
     let copy = wait_mail(d, "bob", 1).remove(0);
     let answer = wait_mail(d, "carol", 1).remove(0);
     srv.stop();
-    std::fs::write(d.join("public"), format!("lists._domainkey.example.org {txt}\n")).unwrap();
-    let vconf = d.join("verify.conf");
-    std::fs::write(&vconf, format!("Mode v\nTestPublicKeys {}\nSyslog no\nUserID root\n", d.join("public").display()))
-        .unwrap();
-    let verify = |text: &str| {
-        let f = d.join("check.eml");
-        std::fs::write(&f, text).unwrap();
-        let out = std::process::Command::new("opendkim").arg("-x").arg(&vconf).args(["-vvv", "-t"]).arg(&f).output();
-        String::from_utf8_lossy(&out.expect("opendkim -t (tests/run.sh installs opendkim)").stdout).into_owned()
-    };
+    let verify = |text: &str| opendkim_verify(d, &txt, text);
     for m in [&copy, &answer] {
         assert!(m.contains("DKIM-Signature: ") && m.contains("d=example.org") && m.contains("s=lists"), "{m}");
         let good = verify(m);
@@ -553,4 +570,86 @@ fn the_lists_messages_are_dkim_signed() {
     assert_eq!(field(&copy, "From").as_deref(), Some("\"Eve via dev\" <dev@example.org>"));
     let bad = verify(&copy.replace("the dev list", "THE DEV LIST"));
     assert!(bad.contains("dkim=fail") && !bad.contains("dkim=pass"), "{bad}");
+}
+
+/// One request to the metrics endpoint; the status line and the body.
+fn http(addr: std::net::SocketAddr, method: &str, target: &str) -> (String, String) {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    let body = if method == "POST" { "List-Unsubscribe=One-Click" } else { "" };
+    write!(s, "{method} {target} HTTP/1.1\r\nHost: lists.example.org\r\nContent-Length: {}\r\n\r\n{body}", body.len())
+        .unwrap();
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut s, &mut out).unwrap();
+    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+    (head.lines().next().unwrap_or_default().to_string(), body.to_string())
+}
+
+/// RFC 8058 one-click unsubscription: each member's copy (remote, through its VERP
+/// transaction, and local) names its own link and `List-Unsubscribe-Post`, under a DKIM
+/// signature of the list's domain; a GET only shows a button, a wrong token is refused, the
+/// POST unsubscribes.
+#[test]
+fn one_click_unsubscription_rfc_8058() {
+    let (far, _, messages) = recording_far_end();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (key, txt) = lists_key(d);
+    directory(
+        d,
+        serde_json::json!([{"address": "dev@example.org", "posting": "anyone",
+                                      "members": members(&["ann@example.org", "x@far.example"])}]),
+    );
+    let cfg = format!(
+        "[lists]\ndmarc_dns = false\nunsubscribe_url = \"https://lists.example.org/lists/unsubscribe\"\n\
+         [metrics]\nlisten = \"127.0.0.1:0\"\n\
+         [[dkim.sign]]\ndomain = \"example.org\"\nselector = \"lists\"\nkey = {key:?}\n\
+         [delivery.routing.domain_smart_hosts.\"far.example\"]\nhost = \"127.0.0.1\"\nport = {}\n",
+        far.port()
+    );
+    let srv = start_plain(d, "uring", &cfg);
+    let metrics = srv.metrics.expect("the metrics endpoint");
+    let post = "From: Carl <carl@elsewhere.example>\r\nSubject: hi\r\nMessage-ID: <c1@elsewhere.example>\r\n\r\nx\r\n";
+    assert!(send(srv.addr(), "carl@elsewhere.example", "dev@example.org", post).starts_with("250 "));
+    assert!(eventually(WAIT, || !messages.lock().unwrap().is_empty()));
+    let remote = messages.lock().unwrap()[0].clone();
+    let local = wait_mail(d, "ann", 1).remove(0);
+    let link = |m: &str| {
+        let v = field(m, "List-Unsubscribe").unwrap();
+        v.split_once('<').unwrap().1.split_once('>').unwrap().0.to_string()
+    };
+    let x_link = link(&remote);
+    assert!(
+        x_link.starts_with("https://lists.example.org/lists/unsubscribe?l=dev%40example.org&m=x%40far.example&t="),
+        "{x_link}"
+    );
+    assert!(
+        field(&remote, "List-Unsubscribe").unwrap().ends_with(", <mailto:dev-request@example.org?subject=unsubscribe>")
+    );
+    assert_eq!(field(&remote, "List-Unsubscribe-Post").as_deref(), Some("List-Unsubscribe=One-Click"));
+    assert!(link(&local).contains("&m=ann%40example.org&t="), "each member's own link");
+    let own = remote.split("\r\n\r\n").next().unwrap().lines().filter(|l| l.starts_with("List-Unsubscribe:")).count();
+    assert_eq!(own, 1, "the shared copy has none of its own");
+    // Under the list domain's signature (RFC 8058 §4).
+    let sig = field(&remote, "DKIM-Signature").unwrap().to_ascii_lowercase();
+    assert!(sig.contains("list-unsubscribe:list-unsubscribe-post") || sig.contains("list-unsubscribe-post"), "{sig}");
+    let verdict = opendkim_verify(d, &txt, &remote);
+    assert!(verdict.contains("dkim=pass"), "{verdict}");
+
+    let target = format!("/lists/unsubscribe?{}", x_link.split_once('?').unwrap().1);
+    let (status, page) = http(metrics, "GET", &target);
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    assert!(page.contains("<form method=\"post\"") && page.contains("x@far.example"), "{page}");
+    let (_, members_now) = ringmx(d, &["directory", "member", "list", "dev@example.org"]);
+    assert_eq!(members_now, "ann@example.org\nx@far.example\n", "a GET unsubscribes nobody (§3.2)");
+    let forged = target.replace("&t=", "&t=0").replace("m=x%40far.example", "m=ann%40example.org");
+    assert_eq!(http(metrics, "POST", &forged).0, "HTTP/1.1 403 Forbidden");
+    let (status, body) = http(metrics, "POST", &target);
+    assert_eq!(
+        (status.as_str(), body.as_str()),
+        ("HTTP/1.1 200 OK", "x@far.example no longer gets mail from dev@example.org\n")
+    );
+    assert!(
+        eventually(WAIT, || ringmx(d, &["directory", "member", "list", "dev@example.org"]).1 == "ann@example.org\n")
+    );
+    srv.stop();
 }

@@ -51,6 +51,108 @@ pub struct Ctx<'a> {
     /// The poster's From domain publishes DMARC `p=reject` or `p=quarantine` (asked of DNS
     /// by the driver, or listed in `[lists] dmarc_domains`).
     pub poster_dmarc_strict: bool,
+    /// Each member's copy gets its own `List-Unsubscribe` at delivery (RFC 8058): the
+    /// shared copy carries none.
+    pub one_click: bool,
+}
+
+/// RFC 8058 one-click unsubscription: the URL the POST goes to, the key of its tokens, and
+/// the keys that sign each member's copy (§4: the fields must be under a DKIM signature).
+#[derive(Clone)]
+pub struct OneClick {
+    pub url: String,
+    pub key: (u64, u64),
+    pub signers: Vec<std::sync::Arc<crate::policy::dkim_sign::SignKey>>,
+}
+
+impl std::fmt::Debug for OneClick {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key.
+        f.debug_struct("OneClick").field("url", &self.url).finish_non_exhaustive()
+    }
+}
+
+impl OneClick {
+    /// The token of `member` on `list` (RFC 8058 §3.1: the URL names the list and the
+    /// recipient with something hard to forge): SipHash-2-4 under the server's key.
+    pub fn token(&self, list: &str, member: &str) -> String {
+        use std::hash::Hasher;
+        #[allow(deprecated)]
+        let mut h = std::hash::SipHasher::new_with_keys(self.key.0, self.key.1);
+        h.write(list.to_ascii_lowercase().as_bytes());
+        h.write_u8(0);
+        h.write(member.to_ascii_lowercase().as_bytes());
+        format!("{:016x}", h.finish())
+    }
+
+    /// The URL of `member`'s one-click unsubscription from `list`.
+    pub fn link(&self, list: &str, member: &str) -> String {
+        let sep = if self.url.contains('?') { '&' } else { '?' };
+        format!("{}{sep}l={}&m={}&t={}", self.url, pct(list), pct(member), self.token(list, member))
+    }
+
+    /// `member`'s copy of a list's message: its `List-Unsubscribe` (the URL, then the mailto)
+    /// and `List-Unsubscribe-Post` on top, and a DKIM signature over them by the list
+    /// domain's key when there is one.
+    pub fn personalize(&self, list: &str, member: &str, content: &[u8]) -> Vec<u8> {
+        let (local, domain) = list.rsplit_once('@').unwrap_or((list, ""));
+        let fields = format!(
+            "List-Unsubscribe: <{}>, <mailto:{local}-request@{domain}?subject=unsubscribe>\r\n\
+             List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n",
+            self.link(list, member)
+        );
+        let mut out = Vec::with_capacity(fields.len() + content.len() + 1024);
+        out.extend_from_slice(fields.as_bytes());
+        out.extend_from_slice(content);
+        if let Some(k) = self.signers.iter().find(|k| k.domain.eq_ignore_ascii_case(domain))
+            && let Ok(h) = k.sign(&out)
+        {
+            let mut signed = Vec::with_capacity(h.len() + 2 + out.len());
+            signed.extend_from_slice(h.as_bytes());
+            signed.extend_from_slice(b"\r\n");
+            signed.extend_from_slice(&out);
+            return signed;
+        }
+        out
+    }
+}
+
+/// Percent-encodes what is not unreserved (RFC 3986 §2.3).
+fn pct(s: &str) -> String {
+    let mut o = String::with_capacity(s.len() * 3);
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            o.push(b as char);
+        } else {
+            o.push_str(&format!("%{b:02X}"));
+        }
+    }
+    o
+}
+
+/// Decodes what [`pct`] encodes (and `+` as a space, as forms send it).
+pub fn unpct(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' if i + 2 < b.len() => {
+                match u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz"), 16) {
+                    Ok(v) => {
+                        out.push(v);
+                        i += 3;
+                        continue;
+                    }
+                    Err(_) => out.push(b'%'),
+                }
+            }
+            b'+' => out.push(b' '),
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// A change to the directory a message asked for.
@@ -211,8 +313,9 @@ fn post(
     Ok(Handled { drafts, ..Default::default() })
 }
 
-/// The RFC 2369 and RFC 2919 fields of a list's mail, `Precedence: list` and `X-Loop`.
-pub fn list_fields(list: &List) -> Vec<(String, String)> {
+/// The RFC 2369 and RFC 2919 fields of a list's mail, `Precedence: list` and `X-Loop`;
+/// `List-Unsubscribe` unless each member's copy gets its own (`one_click`).
+pub fn list_fields(list: &List, one_click: bool) -> Vec<(String, String)> {
     let (local, domain) = list.parts();
     let request = list.role_address("request");
     let id = if list.description.is_empty() {
@@ -225,7 +328,9 @@ pub fn list_fields(list: &List) -> Vec<(String, String)> {
         f.push(("List-Help".into(), format!("<mailto:{request}?subject=help>")));
     }
     f.push(("List-Subscribe".into(), format!("<mailto:{request}?subject=subscribe>")));
-    f.push(("List-Unsubscribe".into(), format!("<mailto:{request}?subject=unsubscribe>")));
+    if !one_click {
+        f.push(("List-Unsubscribe".into(), format!("<mailto:{request}?subject=unsubscribe>")));
+    }
     let post =
         if list.posting == Posting::Moderators { "NO".to_string() } else { format!("<mailto:{}>", list.address) };
     f.push(("List-Post".into(), post));
@@ -261,7 +366,7 @@ pub fn distribute(
         FromRewrite::Never => false,
         FromRewrite::Dmarc => ctx.poster_dmarc_strict,
     };
-    let added = list_fields(list);
+    let added = list_fields(list, ctx.one_click);
     let prefix = list.prefix();
     let r = message::Rewrite {
         list_address: &list.address,
@@ -674,7 +779,7 @@ pub fn digest(
     let subject = format!("{} digest, Vol {}, Issue {}", list.parts().0, next.volume, next.issue);
     let date = crate::util::time::rfc5322(ctx.now_ms / 1000);
     let message_id = format!("<{}.digest.{}@{}>", store::random_code(), list.parts().0, ctx.hostname);
-    let data = message::digest(&list.address, &subject, &date, &message_id, &list_fields(list), posts);
+    let data = message::digest(&list.address, &subject, &date, &message_id, &list_fields(list, false), posts);
     Some((Draft { from: list.role_address("bounces"), to, data, kind: "list-digest" }, next))
 }
 

@@ -7,7 +7,7 @@ use crate::directory::model::{FromRewrite, Posting, ReplyToMode, Subscription};
 const NOW: u64 = 1_780_000_000_000;
 
 fn ctx() -> Ctx<'static> {
-    Ctx { now_ms: NOW, hostname: "mx.example.org", poster_dmarc_strict: false }
+    Ctx { now_ms: NOW, hostname: "mx.example.org", poster_dmarc_strict: false, one_click: false }
 }
 
 fn list() -> List {

@@ -108,6 +108,8 @@ pub struct Registry {
     pub bans: Option<Arc<crate::policy::BanList>>,
     /// Configuration reloads: applied, refused.
     pub reloads: Arc<crate::rt::reload::Outcomes>,
+    /// One-click unsubscription (`POST /lists/unsubscribe`), with `[lists] unsubscribe_url`.
+    pub unsubscribe: Option<(Arc<crate::lists::OneClick>, crate::rt::lists::ListsHandle)>,
 }
 
 fn metric(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(String, u64)]) {
@@ -378,6 +380,45 @@ pub fn serve(listener: TcpListener, registry: Arc<Registry>, ready: Readiness, s
     }
 }
 
+/// RFC 8058 one-click unsubscription: `POST /lists/unsubscribe?l=LIST&m=MEMBER&t=TOKEN`
+/// (the body `List-Unsubscribe=One-Click` is not needed: the URL says it all) removes the
+/// member; a GET (a person who followed the link, or a scanner: §3.2 says it must not
+/// unsubscribe) gets a page with a button that POSTs.
+fn unsubscribe(registry: &Registry, post: bool, target: &str) -> (&'static str, &'static str, String) {
+    let Some((oc, lists)) = &registry.unsubscribe else {
+        return ("404 Not Found", "text/plain", "not found\n".to_string());
+    };
+    let query = target.split_once('?').map_or("", |(_, q)| q);
+    let arg = |k: &str| {
+        query.split('&').find_map(|kv| kv.split_once('=').filter(|(n, _)| *n == k).map(|(_, v)| crate::lists::unpct(v)))
+    };
+    let (Some(list), Some(member), Some(token)) = (arg("l"), arg("m"), arg("t")) else {
+        return ("400 Bad Request", "text/plain", "the link is incomplete\n".to_string());
+    };
+    if oc.token(&list, &member) != token.to_ascii_lowercase() {
+        return ("403 Forbidden", "text/plain", "this link is not valid\n".to_string());
+    }
+    let esc = |s: &str| s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;");
+    if !post {
+        let page = format!(
+            "<!doctype html><title>Unsubscribe</title><form method=\"post\" action=\"{}\">\
+             <p>Stop mail from {} to {}?</p><button>Unsubscribe</button></form>\n",
+            esc(target),
+            esc(&list),
+            esc(&member)
+        );
+        return ("200 OK", "text/html; charset=utf-8", page);
+    }
+    match lists.unsubscribe(&list, &member, Duration::from_secs(10)) {
+        Ok(true) => ("200 OK", "text/plain", format!("{member} no longer gets mail from {list}\n")),
+        Ok(false) => ("200 OK", "text/plain", format!("{member} is not a member of {list}\n")),
+        Err(e) => {
+            log::warn!("one-click unsubscription of {member} from {list}: {e}");
+            ("503 Service Unavailable", "text/plain", "try again later\n".to_string())
+        }
+    }
+}
+
 /// Wakes a [`serve`] blocked in accept on `addr`, after its stop flag was set.
 pub fn wake(addr: std::net::SocketAddr) {
     let _ = TcpStream::connect_timeout(&addr, Duration::from_secs(1));
@@ -400,6 +441,25 @@ fn answer(
         }
         head.extend_from_slice(&buf[..n]);
     }
+    // A body (a one-click POST's) is read before the answer, at most 4 KiB: closing with
+    // bytes unread would reset the connection before the client reads the answer.
+    let head_end = head.windows(4).position(|w| w == b"\r\n\r\n").map_or(head.len(), |i| i + 4);
+    let length: usize = String::from_utf8_lossy(&head[..head_end])
+        .lines()
+        .find_map(|l| {
+            l.split_once(':')
+                .filter(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+                .map(|(_, v)| v.trim().parse().unwrap_or(0))
+        })
+        .unwrap_or(0);
+    let mut have = head.len() - head_end;
+    while have < length.min(4096) {
+        let n = s.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        have += n;
+    }
     let line = String::from_utf8_lossy(head.split(|&b| b == b'\n').next().unwrap_or(&[]));
     let mut parts = line.split_whitespace();
     let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
@@ -416,6 +476,7 @@ fn answer(
             Ok(()) => ("200 OK", "text/plain", "ready\n".to_string()),
             Err(why) => ("503 Service Unavailable", "text/plain", format!("{why}\n")),
         },
+        (m @ ("GET" | "POST"), "/lists/unsubscribe") => unsubscribe(registry, m == "POST", target),
         ("GET", _) => ("404 Not Found", "text/plain", "not found\n".to_string()),
         _ => ("405 Method Not Allowed", "text/plain", "GET only\n".to_string()),
     };

@@ -10,8 +10,9 @@ use mail_auth::common::headers::HeaderWriter;
 use mail_auth::dkim::{Canonicalization, DkimSigner, Done};
 use std::path::{Path, PathBuf};
 
-/// The header fields signed, when present (RFC 6376 §5.4.1's recommendations).
-const SIGNED: [&str; 12] = [
+/// The header fields signed, when present (RFC 6376 §5.4.1's recommendations; and a list's
+/// one-click unsubscription fields, which RFC 8058 §4 wants signed).
+const SIGNED: [&str; 15] = [
     "From",
     "Reply-To",
     "Subject",
@@ -24,6 +25,9 @@ const SIGNED: [&str; 12] = [
     "MIME-Version",
     "Content-Type",
     "Content-Transfer-Encoding",
+    "List-Id",
+    "List-Unsubscribe",
+    "List-Unsubscribe-Post",
 ];
 
 enum Signer {

@@ -124,6 +124,9 @@ pub struct RemoteJob {
     /// Each recipient in a transaction of its own, from `from` with the recipient encoded
     /// in it (VERP: `bounces+local=host@domain`), so that a bounce names it.
     pub verp: bool,
+    /// A list's distribution with one-click unsubscription: each recipient's copy gets its
+    /// own link ([`crate::lists::OneClick::personalize`]); the list's address.
+    pub personal: Option<(Arc<crate::lists::OneClick>, String)>,
     /// Recipient index in the envelope, and address.
     pub rcpts: Vec<(u16, String)>,
     pub content: Arc<[u8]>,

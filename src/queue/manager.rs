@@ -79,6 +79,9 @@ pub struct ManagerConfig {
     pub postmaster: Option<String>,
     /// Keep activity-log events for the driver ([`QueueManager::take_activity`]).
     pub activity: bool,
+    /// Lists' one-click unsubscription (`[lists] unsubscribe_url`): each member's copy of a
+    /// distribution gets its own link.
+    pub one_click: Option<Arc<crate::lists::OneClick>>,
 }
 
 /// Counters for the exit summary.
@@ -545,8 +548,9 @@ impl QueueManager {
         if !remote.is_empty() {
             // A list's distribution goes with a reverse path per recipient (VERP), so that a
             // bounce names the member however the remote server words it.
-            let verp = self.entries.loaded(id).and_then(|l| dir.list_of_bounces(&l.envelope.from)).is_some();
-            self.submit_remote(id, remote, now, verp);
+            let list =
+                self.entries.loaded(id).and_then(|l| dir.list_of_bounces(&l.envelope.from)).map(|l| l.address.clone());
+            self.submit_remote(id, remote, now, list);
         }
         if !local.is_empty() {
             self.stage_local(now, dir, id, local);
@@ -557,8 +561,10 @@ impl QueueManager {
     /// [`VERP_BATCH`] recipients, each sent in a transaction of its own from
     /// `bounces+local=host@domain`, one after the other on the job's connection: several
     /// jobs of a route use the route's connections in parallel.
-    fn submit_remote(&mut self, id: QueueId, mut rcpts: Vec<(Route, u16, String)>, now: u64, verp: bool) {
+    fn submit_remote(&mut self, id: QueueId, mut rcpts: Vec<(Route, u16, String)>, now: u64, list: Option<String>) {
         let Some(l) = self.entries.loaded(id) else { return };
+        let verp = list.is_some();
+        let personal = list.zip(self.cfg.one_click.clone()).map(|(l, o)| (o, l));
         rcpts.sort_by(|a, b| a.0.cmp(&b.0));
         let mut start = 0;
         while start < rcpts.len() {
@@ -578,6 +584,7 @@ impl QueueManager {
                 id,
                 from: env.from.clone(),
                 verp,
+                personal: personal.clone(),
                 rcpts: group,
                 content: l.content.clone(),
                 smtputf8: env.smtputf8,
@@ -592,6 +599,14 @@ impl QueueManager {
 
     /// Expands the local recipients and asks for one copy per mailbox (Maildir or LMTP).
     fn stage_local(&mut self, now: u64, dir: &Directory, id: QueueId, rcpts: Vec<(u16, String)>) {
+        // A list's distribution with one-click unsubscription: each mailbox's copy names its
+        // own link.
+        let one_click = self
+            .entries
+            .loaded(id)
+            .and_then(|l| dir.list_of_bounces(&l.envelope.from))
+            .map(|l| l.address.clone())
+            .zip(self.cfg.one_click.clone());
         let Some(l) = self.entries.loaded_mut(id) else { return };
         let content = l.content.clone();
         let addrs: Vec<&str> = rcpts.iter().map(|(_, a)| a.as_str()).collect();
@@ -650,7 +665,14 @@ impl QueueManager {
                 }),
                 list: false,
             };
-            let body = if t.catch_all { with_header(&t.original_recipients) } else { content.clone() };
+            let body = match &one_click {
+                Some((list, oc)) => {
+                    let member = t.original_recipients.first().map_or(delivered_to.as_str(), |s| s.as_str());
+                    Arc::from(oc.personalize(list, member, &content))
+                }
+                None if t.catch_all => with_header(&t.original_recipients),
+                None => content.clone(),
+            };
             if self.cfg.lmtp.as_ref().is_some_and(|l| l.applies_to(delivered_to)) {
                 if t.catch_all {
                     lmtp_batches.push((vec![copy], body));

@@ -45,6 +45,7 @@ fn config() -> ManagerConfig {
         active_limit: 100,
         postmaster: None,
         activity: false,
+        one_click: None,
     }
 }
 

@@ -35,6 +35,11 @@ pub struct ListsConfig {
     /// Domains treated as publishing `p=reject` whatever DNS says (lower case). Default none.
     #[serde(default)]
     pub dmarc_domains: Vec<String>,
+    /// RFC 8058 one-click unsubscription: the public URL (HTTPS, through the operator's
+    /// proxy) that reaches `POST /lists/unsubscribe` of the `[metrics] listen` endpoint. Each
+    /// member's copy then names its own link. Default none: only the mailto.
+    #[serde(default)]
+    pub unsubscribe_url: Option<String>,
 }
 
 fn yes() -> bool {
@@ -43,7 +48,7 @@ fn yes() -> bool {
 
 impl Default for ListsConfig {
     fn default() -> Self {
-        ListsConfig { dmarc_dns: true, dmarc_domains: Vec::new() }
+        ListsConfig { dmarc_dns: true, dmarc_domains: Vec::new(), unsubscribe_url: None }
     }
 }
 
@@ -73,12 +78,20 @@ pub struct ModerateAnswer {
 enum Work {
     Job(ListJob),
     Moderate(Moderate, Sender<ModerateAnswer>),
+    /// A one-click unsubscription (its token already checked): list, member.
+    Unsubscribe(String, String, Sender<Result<bool, String>>),
 }
 
 /// The way to the list thread. Cheap to clone.
 #[derive(Clone)]
 pub struct ListsHandle {
     tx: Sender<Work>,
+}
+
+impl std::fmt::Debug for ListsHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ListsHandle").finish_non_exhaustive()
+    }
 }
 
 impl ListsHandle {
@@ -88,6 +101,16 @@ impl ListsHandle {
         if self.tx.send(Work::Job(job)).is_err() {
             log::warn!("lists: {id}: the list thread is gone; the message waits for the next start");
         }
+    }
+
+    /// Removes a member (a one-click unsubscription whose token was checked); `Ok(false)`
+    /// when it was not a member.
+    pub fn unsubscribe(&self, list: &str, member: &str, timeout: Duration) -> Result<bool, String> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.tx
+            .send(Work::Unsubscribe(list.to_string(), member.to_string(), tx))
+            .map_err(|_| "the server is stopping".to_string())?;
+        rx.recv_timeout(timeout).unwrap_or_else(|_| Err("the list thread did not answer in time".into()))
     }
 
     /// Approves or rejects a held post (the control socket's request).
@@ -113,8 +136,30 @@ pub struct ListsSetup {
     /// `[[dkim.sign]]` keys: the list's messages are signed with the key of their From
     /// domain, else of the list's domain.
     pub signers: Vec<Arc<crate::policy::dkim_sign::SignKey>>,
+    /// One-click unsubscription, when `[lists] unsubscribe_url` is set.
+    pub one_click: Option<Arc<lists::OneClick>>,
     pub control: SyncSender<ControlMsg>,
     pub stop: Arc<AtomicBool>,
+}
+
+/// The key of the one-click tokens: `<data_dir>/lists/unsubscribe.key` (made at the first
+/// start with `[lists] unsubscribe_url`, mode 0600; a new key voids the links already sent).
+pub fn one_click_key(data_dir: &std::path::Path) -> std::io::Result<(u64, u64)> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = data_dir.join("lists").join("unsubscribe.key");
+    let parse = |t: &str| -> Option<(u64, u64)> {
+        let t = t.trim();
+        Some((u64::from_str_radix(t.get(..16)?, 16).ok()?, u64::from_str_radix(t.get(16..32)?, 16).ok()?))
+    };
+    if let Ok(t) = std::fs::read_to_string(&path) {
+        return parse(&t).ok_or_else(|| std::io::Error::other(format!("{}: not a key", path.display())));
+    }
+    std::fs::create_dir_all(path.parent().unwrap_or(data_dir))?;
+    let key = format!("{}{}\n", crate::lists::store::random_code(), crate::lists::store::random_code());
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path)?;
+    std::io::Write::write_all(&mut f, key.as_bytes())?;
+    f.sync_all()?;
+    parse(&key).ok_or_else(|| std::io::Error::other("a key that does not parse"))
 }
 
 /// How often the thread looks for digests that came due.
@@ -150,6 +195,14 @@ impl Worker {
                 Ok(Work::Moderate(m, answer)) => {
                     let _ = answer.send(self.moderate(&m));
                 }
+                Ok(Work::Unsubscribe(list, member, answer)) => {
+                    let now = crate::util::time::Now::system().unix_ms;
+                    let change = lists::Change::Unsubscribe { list: list.clone(), address: member.clone() };
+                    let r = self.change(std::slice::from_ref(&change), now).map_err(|e| e.to_string());
+                    let r = r.map(|a| a.first() == Some(&Applied::Done));
+                    log::info!("lists: {list}: one-click unsubscription of {member}: {r:?}");
+                    let _ = answer.send(r);
+                }
                 Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
                 Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
             }
@@ -183,7 +236,12 @@ impl Worker {
     fn run_list(&mut self, list: &List, job: &ListJob, now: u64) -> Result<Vec<Draft>, LocalFailure> {
         let strict = job.role == ListRole::Post && self.poster_strict(list, &job.content);
         let host = self.setup.hostname.clone();
-        let ctx = Ctx { now_ms: now, hostname: &host, poster_dmarc_strict: strict };
+        let ctx = Ctx {
+            now_ms: now,
+            hostname: &host,
+            poster_dmarc_strict: strict,
+            one_click: self.setup.one_click.is_some(),
+        };
         let h = lists::handle(list, &job.role, &job.from, &job.content, &ctx, &mut self.store)?;
         if let Some(n) = &h.note {
             log::info!("lists: {}: {}: {n}", job.id, list.address);
@@ -294,11 +352,21 @@ impl Worker {
                     Ok(Some((_, post))) => self.poster_strict(list, &post),
                     _ => false,
                 };
-                let ctx = Ctx { now_ms, hostname: &host, poster_dmarc_strict: strict };
+                let ctx = Ctx {
+                    now_ms,
+                    hostname: &host,
+                    poster_dmarc_strict: strict,
+                    one_click: self.setup.one_click.is_some(),
+                };
                 self.approve(list, &code, &ctx).map(|ok| ok.then(|| format!("post {code} approved and distributed")))
             }
             "reject" => {
-                let ctx = Ctx { now_ms, hostname: &host, poster_dmarc_strict: false };
+                let ctx = Ctx {
+                    now_ms,
+                    hostname: &host,
+                    poster_dmarc_strict: false,
+                    one_click: self.setup.one_click.is_some(),
+                };
                 match lists::reject(list, &code, &m.reason, &ctx, &mut self.store) {
                     Ok(Some(mut drafts)) => {
                         self.sign_all(&mut drafts, list);
@@ -358,7 +426,8 @@ impl Worker {
         let files = self.store.digest_posts(&list.address)?;
         let posts: Vec<Vec<u8>> = files.iter().map(|(_, d)| d.clone()).collect();
         let host = self.setup.hostname.clone();
-        let ctx = Ctx { now_ms: now, hostname: &host, poster_dmarc_strict: false };
+        let ctx =
+            Ctx { now_ms: now, hostname: &host, poster_dmarc_strict: false, one_click: self.setup.one_click.is_some() };
         let Some((mut draft, next)) = lists::digest(list, &posts, state, &ctx) else { return Ok(()) };
         self.sign(&mut draft, list);
         if !self.queue_durably(vec![draft]) {

@@ -232,27 +232,40 @@ impl Server {
             tx.clone(),
         )
         .map_err(ServeError::Thread)?;
+        let signers: Vec<Arc<crate::policy::dkim_sign::SignKey>> = cfg
+            .dkim
+            .sign
+            .iter()
+            .filter_map(|k| {
+                crate::policy::dkim_sign::SignKey::load(&k.domain, &k.selector, &k.key)
+                    .inspect_err(|e| log::warn!("lists: [[dkim.sign]] {}: {e}", k.domain))
+                    .ok()
+                    .map(Arc::new)
+            })
+            .collect();
+        let one_click = match &cfg.lists.unsubscribe_url {
+            Some(url) => Some(Arc::new(crate::lists::OneClick {
+                url: url.clone(),
+                key: lists::one_click_key(&cfg.data_dir).map_err(|e| {
+                    ServeError::Thread(std::io::Error::other(format!("the one-click unsubscription key: {e}")))
+                })?,
+                signers: signers.clone(),
+            })),
+            None => None,
+        };
         let (lists, lists_thread) = lists::spawn(lists::ListsSetup {
             cfg: cfg.lists.clone(),
             data_dir: cfg.data_dir.clone(),
             hostname: cfg.hostname.clone(),
             directory: directory.clone(),
             dns: services.dns.clone().map(|s| crate::dns::Dns::new(s, cfg.delivery_dns().settings())),
-            signers: cfg
-                .dkim
-                .sign
-                .iter()
-                .filter_map(|k| {
-                    crate::policy::dkim_sign::SignKey::load(&k.domain, &k.selector, &k.key)
-                        .inspect_err(|e| log::warn!("lists: [[dkim.sign]] {}: {e}", k.domain))
-                        .ok()
-                        .map(Arc::new)
-                })
-                .collect(),
+            signers,
+            one_click: one_click.clone(),
             control: tx.clone(),
             stop: control_stop.clone(),
         })
         .map_err(ServeError::Thread)?;
+        let lists_handle = lists.clone();
         let control_thread = control::spawn(
             control::ControlConfig {
                 data_dir: cfg.data_dir.clone(),
@@ -277,6 +290,7 @@ impl Server {
                     active_limit: cfg.delivery.active_limit,
                     postmaster: cfg.delivery.postmaster.clone(),
                     activity: cfg.log.activity,
+                    one_click: one_click.clone(),
                 },
             },
             directory.clone(),
@@ -390,6 +404,7 @@ impl Server {
                     reloads: reloads.clone(),
                     dns: services.dns.clone(),
                     bans: services.policy.bans.clone(),
+                    unsubscribe: one_click.clone().map(|o| (o, lists_handle.clone())),
                 });
                 let ready = crate::obs::metrics::Readiness { spool: spool.clone(), serving: serving.clone() };
                 let stop = Arc::new(AtomicBool::new(false));

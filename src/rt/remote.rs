@@ -208,7 +208,11 @@ async fn run_job(pool: &Pool, resolver: Option<&MxResolver>, job: RemoteJob) -> 
     let mut out = RemoteOutcome { id: job.id, remote_mta: None, peer_dsn: false, results: Vec::new() };
     for (k, (i, address)) in job.rcpts.iter().enumerate() {
         let from = crate::lists::message::verp_encode(&job.from, address);
-        let mut msg = OutboundMessage::new(&from, vec![address.clone()], job.content.clone(), job.smtputf8);
+        let content = match &job.personal {
+            Some((oc, list)) => Arc::from(oc.personalize(list, address, &job.content)),
+            None => job.content.clone(),
+        };
+        let mut msg = OutboundMessage::new(&from, vec![address.clone()], content, job.smtputf8);
         msg.dsn = crate::delivery::client::DsnParams {
             ret: job.dsn.ret,
             envid: job.dsn.envid.clone(),
