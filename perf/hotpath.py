@@ -30,9 +30,15 @@ It prints medians of msgs/s and server CPU µs per message (utime+stime of the s
 processes from /proc, over the run), ratios to smtp-sink, and ringmx's group-commit factor
 (messages per fdatasync, from its exit log).
 
+With `--shards N` every ringmx runs N ingress shards (`[runtime] ingress_cores`); with
+`--cores LIST` every server (ringmx, smtp-sink, the private Postfix) runs on those CPUs and
+smtp-source on `--client-cores LIST` (taskset), so that the same script measures scaling on
+a machine with many cores and keeps client and server apart on a small one.
+
 Usage: perf/hotpath.py [--rounds 3] [--messages 20000] [--cpm-messages 10000]
                        [--sessions 20] [--size 1024] [--ringmx target/release/ringmx]
                        [--no-postfix-mta] [--only NAME,...] [--alt NAME=BINARY]...
+                       [--shards N] [--cores LIST --client-cores LIST]
 Loopback only; every run is bounded by its message count.
 """
 
@@ -51,6 +57,16 @@ import time
 from common import free_port
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+# Set from the command line: CPUs of the servers and of the client (taskset), and the
+# runtime lines every ringmx gets.
+SERVER_CPUS = None
+CLIENT_CPUS = None
+RINGMX_RUNTIME = ""
+
+
+def pinned(cmd, cpus):
+    """`cmd` under `taskset -c cpus` when given."""
+    return ["taskset", "-c", cpus] + cmd if cpus else cmd
 SMTP_SOURCE = shutil.which("smtp-source") or "/usr/sbin/smtp-source"
 SMTP_SINK = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
 
@@ -106,8 +122,9 @@ class Ringmx:
             f.write(f"[spool]\nfsync = {'true' if fsync else 'false'}\n")
             f.write("[limits]\nmax_connections_per_ip = 100000\nmax_connections = 100000\n")
             f.write(extra)
+            f.write(RINGMX_RUNTIME)
         self.log = open(os.path.join(self.dir, "log"), "w+")
-        self.p = subprocess.Popen([binary, "serve", "--config", cfg, "--io", io],
+        self.p = subprocess.Popen(pinned([binary, "serve", "--config", cfg, "--io", io], SERVER_CPUS),
                                   stdout=subprocess.PIPE, stderr=self.log, text=True)
         # The socket listens before the spool is ready (a fresh spool writes its first
         # segments through): measure from "listening on", which comes once it is.
@@ -164,7 +181,7 @@ class Rspamd:
 class SmtpSink:
     def __init__(self, tmp):
         self.port = free_port()
-        self.p = subprocess.Popen([SMTP_SINK, "-u", "nobody", f"127.0.0.1:{self.port}", "1000"],
+        self.p = subprocess.Popen(pinned([SMTP_SINK, "-u", "nobody", f"127.0.0.1:{self.port}", "1000"], SERVER_CPUS),
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_port(self.port)
 
@@ -208,7 +225,8 @@ class PostfixMta:
             open(main, "w").write("\n".join(lines) + "\n")
         subprocess.run(["postfix", "-c", d, "check"], check=False, capture_output=True)
         # Postfix reports start-up errors only to a terminal or syslog (LAB.md).
-        r = subprocess.run(["script", "-qc", f"postfix -c {d} start", "/dev/null"], capture_output=True, text=True)
+        start = f"taskset -c {SERVER_CPUS} postfix -c {d} start" if SERVER_CPUS else f"postfix -c {d} start"
+        r = subprocess.run(["script", "-qc", start, "/dev/null"], capture_output=True, text=True)
         try:
             wait_port(self.port)
         except RuntimeError:
@@ -236,7 +254,8 @@ def run_source(port, n, sessions, size, persistent):
     if persistent:
         cmd.insert(1, "-d")
     t0 = time.time()
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=600)
+    subprocess.run(pinned(cmd, CLIENT_CPUS), check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                   timeout=600)
     return time.time() - t0
 
 
@@ -254,7 +273,14 @@ def main():
     ap.add_argument("--alt", action="append", default=[], metavar="NAME=BINARY",
                     help="another ringmx binary, run as NAME-uring and NAME-epoll in the same rounds "
                          "(e.g. a build with another allocator)")
+    ap.add_argument("--shards", type=int, default=0, help="ingress shards of every ringmx (default: its own choice)")
+    ap.add_argument("--cores", default="", help="CPUs of the servers (taskset -c LIST)")
+    ap.add_argument("--client-cores", default="", help="CPUs of smtp-source (taskset -c LIST)")
     a = ap.parse_args()
+    global SERVER_CPUS, CLIENT_CPUS, RINGMX_RUNTIME
+    SERVER_CPUS, CLIENT_CPUS = a.cores or None, a.client_cores or None
+    if a.shards:
+        RINGMX_RUNTIME = f"[runtime]\ningress_cores = {a.shards}\n"
 
     tmp = tempfile.mkdtemp(prefix="ringmx-perf-")
     shm = []  # log directories on /dev/shm, removed at the end
