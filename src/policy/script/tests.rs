@@ -175,6 +175,31 @@ fn a_script_that_loops_for_ever_is_stopped_by_its_budget() {
     assert!(h.err().unwrap().contains("budget"));
 }
 
+/// One C call the budget's hook cannot interrupt: pattern matching whose backtracking would
+/// run for hours is refused up front (and fails safe); ordinary patterns work.
+#[test]
+fn a_pattern_too_costly_is_refused_before_it_runs() {
+    let src = r#"
+function mail(ctx)
+  local s = string.rep("a", 5000)
+  if ctx.sender == "slow@example.org" then
+    return s:find(string.rep("a*", 6) .. "b") and ringmx.accept()
+  end
+  local user, domain = ctx.sender:match("^(.-)@(.+)$")
+  assert(user == "alice" and domain == "example.org")
+  assert(("x-y-z"):gsub("%-", "+") == "x+y+z")
+  assert(s:find("aab", 1, true) == nil)
+  assert(select(2, s:gsub("[a-c]", "")) == 5000)
+  return ringmx.reject(550, "5.7.1", "patterns work")
+end
+"#;
+    let (_d, h) = host_with(src, |s| s.budget = Duration::from_millis(50));
+    let mut h = h.unwrap();
+    assert_eq!(h.run(Hook::Mail, &cx()).verdict, refused(550, "5.7.1", "patterns work"));
+    let slow = Context { sender: Some("slow@example.org"), ..cx() };
+    assert_eq!(h.run(Hook::Mail, &slow).verdict, Some(Verdict::Refuse(failure_reply())));
+}
+
 #[test]
 fn memory_is_limited() {
     let (_d, h) = host_with(
