@@ -87,6 +87,10 @@ pub struct Config {
     /// `[lists]`: what every mailing list shares.
     #[serde(default)]
     pub lists: crate::rt::lists::ListsConfig,
+    /// `ringmx serve --takeover` (not a key of the file): take the listeners and the spool
+    /// over from the server running on this data directory (a zero-downtime restart).
+    #[serde(skip)]
+    pub takeover: bool,
 }
 
 /// `[dkim]`: see [`crate::policy::dkim`].

@@ -173,6 +173,11 @@ struct ServeArgs {
     ingress_cores: Option<usize>,
     #[arg(long)]
     delivery_cores: Option<usize>,
+    /// Take over from the server running on the same data directory: bind the same
+    /// listeners beside it, have it drain, then take its spool (a zero-downtime restart or
+    /// upgrade to this binary).
+    #[arg(long)]
+    takeover: bool,
 }
 
 #[derive(clap::Args)]
@@ -452,6 +457,7 @@ fn apply_serve_args(cfg: &mut Config, args: &ServeArgs) {
     if let Some(n) = args.delivery_cores {
         cfg.runtime.delivery_cores = n;
     }
+    cfg.takeover = args.takeover;
 }
 
 fn main() -> ExitCode {

@@ -171,6 +171,17 @@ pub fn debug_request(
     }
 }
 
+/// Asks the running server to hand its listeners and spool over (`serve --takeover`): it
+/// drains and stops.
+pub fn handover_request(data_dir: &std::path::Path) -> Result<(), AdminError> {
+    let socket = crate::queue::requests::socket_path(data_dir);
+    let s = UnixStream::connect(&socket)
+        .map_err(|e| AdminError::Server(format!("no running server answers on {} ({e})", socket.display())))?;
+    let a: crate::queue::requests::HandoverAnswer =
+        exchange(s, &crate::queue::requests::HandoverRequest { handover: true })?;
+    if a.draining { Ok(()) } else { Err(AdminError::Server("the server refused to hand over".into())) }
+}
+
 /// Has the running server read the mailboxes' quota usage again (after `reset-quota`).
 pub fn refresh_usage(data_dir: &std::path::Path) -> Result<(), AdminError> {
     let socket = crate::queue::requests::socket_path(data_dir);

@@ -96,3 +96,16 @@ pub struct UsageAnswer {
     pub mailboxes: usize,
     pub error: Option<String>,
 }
+
+/// `ringmx serve --takeover`: the running server drains and stops, for a new one.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HandoverRequest {
+    pub handover: bool,
+}
+
+/// The answer to a [`HandoverRequest`].
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct HandoverAnswer {
+    pub draining: bool,
+}

@@ -107,6 +107,17 @@ fn serve(
         out.push(b'\n');
         return w.write_all(&out);
     }
+    // `ringmx serve --takeover`: drain and stop, as on SIGTERM (the main thread's sigwait
+    // takes it), so that the new server gets the listeners' queues and the spool.
+    if serde_json::from_str::<crate::queue::requests::HandoverRequest>(&line).is_ok() {
+        log::info!("handover asked by a new server: draining");
+        // SAFETY: kill(2) takes a pid and a signal, no memory; the pid is this process's own.
+        unsafe { libc::kill(std::process::id() as i32, libc::SIGTERM) };
+        let mut out = serde_json::to_vec(&crate::queue::requests::HandoverAnswer { draining: true })
+            .map_err(std::io::Error::other)?;
+        out.push(b'\n');
+        return w.write_all(&out);
+    }
     // `ringmx directory postoffice reset-quota`: the control thread reads the usage again.
     if serde_json::from_str::<crate::queue::requests::UsageRequest>(&line).is_ok() {
         let (atx, arx) = std::sync::mpsc::channel();

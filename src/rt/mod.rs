@@ -136,9 +136,22 @@ impl Server {
         let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
         let shards = cfg.ingress_cores(cpus);
         let spool = cfg.spool_dir();
-        let lock = crate::spool::lock_spool(&spool)
-            .map_err(|e| crate::spool::SpoolError::io("lock", &spool.join("lock"), 0, e))?
-            .ok_or_else(|| ServeError::SpoolInUse(spool.clone()))?;
+        // Bind first, so that connections queue from now on (a takeover: the old server's
+        // and ours are in one SO_REUSEPORT group; they wait in our accept queues until
+        // our shards run), and so that a bad address fails the start before anything else.
+        let mut bound = Vec::new();
+        for (addr, l) in cfg.bind_addresses() {
+            let socks = listener::bind_shards(addr, shards).map_err(|source| ServeError::Bind { addr, source })?;
+            let actual = socks[0].local_addr().map_err(|source| ServeError::Bind { addr, source })?;
+            bound.push((actual, l, socks));
+        }
+        let lock = if cfg.takeover {
+            takeover(cfg, &spool)?
+        } else {
+            crate::spool::lock_spool(&spool)
+                .map_err(|e| crate::spool::SpoolError::io("lock", &spool.join("lock"), 0, e))?
+                .ok_or_else(|| ServeError::SpoolInUse(spool.clone()))?
+        };
         // The queue is about to change: the last stop's snapshot goes (durably) first.
         crate::spool::snapshot::remove(&spool)
             .map_err(|e| crate::spool::SpoolError::io("remove the queue snapshot in", &spool, 0, e))?;
@@ -183,9 +196,7 @@ impl Server {
         let mut per_shard: Vec<Vec<ShardListener>> = (0..shards).map(|_| Vec::new()).collect();
         let mut local_addrs = Vec::new();
         let mut sessions = Vec::new();
-        for (addr, l) in cfg.bind_addresses() {
-            let socks = listener::bind_shards(addr, shards).map_err(|source| ServeError::Bind { addr, source })?;
-            let actual = socks[0].local_addr().map_err(|source| ServeError::Bind { addr, source })?;
+        for (actual, l, socks) in bound {
             local_addrs.push(actual);
             let mut session = cfg.session_config(&l, tls.is_some(), services.policy.clone());
             session.usage = Some(usage.clone());
@@ -599,6 +610,36 @@ fn pin_to_core(core: usize) {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         libc::CPU_SET(core, &mut set);
         libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+/// `serve --takeover`: asks the server running on this data directory to hand over (it
+/// drains, as on SIGTERM: its listeners stop accepting, and the connections waiting in
+/// their queues move to ours when it closes them, with `net.ipv4.tcp_migrate_req`), then
+/// waits for its spool lock. Nothing is refused meanwhile: new connections wait in our
+/// accept queues until our shards start.
+fn takeover(cfg: &Config, spool: &std::path::Path) -> Result<crate::spool::SpoolLock, ServeError> {
+    let fail = |what: String| ServeError::Thread(std::io::Error::other(format!("takeover: {what}")));
+    let knob = "/proc/sys/net/ipv4/tcp_migrate_req";
+    if std::fs::read_to_string(knob).is_ok_and(|v| v.trim() == "0") && std::fs::write(knob, "1").is_err() {
+        log::warn!(
+            "takeover: {knob} is 0 and cannot be set: connections waiting in the old server's queues when it \
+             closes them are reset (sysctl -w net.ipv4.tcp_migrate_req=1)"
+        );
+    }
+    match crate::admin::control::handover_request(&cfg.data_dir) {
+        Ok(()) => log::info!("takeover: the running server drains"),
+        Err(e) => log::warn!("takeover: {e}: starting as soon as the spool is free"),
+    }
+    // The old server drains for at most its shutdown time-out, then stops its delivery.
+    let limit = std::time::Instant::now() + cfg.timeouts.shutdown + std::time::Duration::from_secs(60);
+    loop {
+        match crate::spool::lock_spool(spool) {
+            Ok(Some(lock)) => return Ok(lock),
+            Ok(None) if std::time::Instant::now() < limit => std::thread::sleep(std::time::Duration::from_millis(50)),
+            Ok(None) => return Err(fail(format!("the spool {} is still in use", spool.display()))),
+            Err(e) => return Err(fail(format!("lock {}: {e}", spool.display()))),
+        }
     }
 }
 

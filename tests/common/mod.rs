@@ -43,6 +43,14 @@ impl Server {
         (status, log)
     }
 
+    /// Waits (at most `limit`, then kills it) for the server to exit by itself; the exit
+    /// status and what it logged.
+    pub fn stop_when_exited(mut self, limit: Duration) -> (std::process::ExitStatus, String) {
+        let status = wait_timeout(&mut self.child, limit);
+        let log = self.stderr.take().map(|h| h.join().unwrap()).unwrap_or_default();
+        (status, log)
+    }
+
     /// SIGKILL: no drain, no flush.
     pub fn kill(mut self) {
         // SAFETY: kill(2) takes a pid and a signal, no memory; the pid is our own child, not yet reaped.
