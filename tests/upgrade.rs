@@ -153,3 +153,62 @@ fn a_takeover_under_load_refuses_nothing_and_loses_nothing() {
         );
     }
 }
+
+/// Whether process `pid` is gone (or a zombie nobody reaped yet).
+fn gone(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(s) => s.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+    }
+}
+
+/// Under systemd (`Type=notify`, `NotifyAccess=all`): READY=1 with the main pid once the
+/// server serves; SIGUSR2 starts the binary at its path with `--takeover`, which names
+/// itself the main process before the old one drains (so the old one's exit is not the
+/// service's end), then is ready; SIGTERM says STOPPING=1. The service manager is played by
+/// a datagram socket in `$NOTIFY_SOCKET`.
+#[test]
+fn sigusr2_upgrades_in_place_and_tells_the_service_manager() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let notify = std::os::unix::net::UnixDatagram::bind(d.join("notify.sock")).unwrap();
+    notify.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let next = || {
+        let mut b = [0u8; 512];
+        let n = notify.recv(&mut b).expect("a notification");
+        String::from_utf8_lossy(&b[..n]).into_owned()
+    };
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let cfg = d.join("ringmx.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "data_dir = {:?}\n[[listener]]\nport = {port}\nbind = [\"127.0.0.1\"]\n[spool]\nsegment_size = \"1MiB\"\n",
+            d.join("data")
+        ),
+    )
+    .unwrap();
+    let mut old = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .env("NOTIFY_SOCKET", d.join("notify.sock"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    assert_eq!(next(), format!("READY=1\nMAINPID={}", old.id()));
+    // SAFETY: kill(2) takes a pid and a signal, no memory; the pid is our own child, not yet reaped.
+    unsafe { libc::kill(old.id() as i32, libc::SIGUSR2) };
+    let main = next();
+    let new_pid: u32 = main.strip_prefix("MAINPID=").expect("the new process names itself first").parse().unwrap();
+    assert_ne!(new_pid, old.id());
+    assert_eq!(next(), format!("READY=1\nMAINPID={new_pid}"), "no STOPPING=1 from the old one");
+    assert!(old.wait().unwrap().success(), "the old server drained and exited");
+    let (mut c, banner) = Client::connect(format!("127.0.0.1:{port}").parse().unwrap());
+    assert!(banner.starts_with("220 "), "{banner}");
+    c.cmd("QUIT");
+    // SAFETY: kill(2) takes a pid and a signal, no memory; the pid came from its own notification and it runs.
+    unsafe { libc::kill(new_pid as i32, libc::SIGTERM) };
+    assert_eq!(next(), "STOPPING=1");
+    assert!(eventually(Duration::from_secs(30), || gone(new_pid)), "the new server stops on SIGTERM");
+}

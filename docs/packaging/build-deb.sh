@@ -64,7 +64,12 @@ if [ "$1" = configure ]; then
   if [ -d /run/systemd/system ]; then
     systemctl daemon-reload
     systemctl enable ringmx.service >/dev/null
-    systemctl restart ringmx.service || echo "ringmx: the service did not start: journalctl -u ringmx" >&2
+    if systemctl is-active --quiet ringmx.service; then
+      # An upgrade: the new binary takes over from the running one, nothing refused.
+      systemctl kill -s SIGUSR2 --kill-whom=main ringmx.service || systemctl restart ringmx.service
+    else
+      systemctl start ringmx.service || echo "ringmx: the service did not start: journalctl -u ringmx" >&2
+    fi
   fi
 fi
 exit 0

@@ -111,6 +111,7 @@ fn serve(
     // takes it), so that the new server gets the listeners' queues and the spool.
     if serde_json::from_str::<crate::queue::requests::HandoverRequest>(&line).is_ok() {
         log::info!("handover asked by a new server: draining");
+        super::HANDING_OVER.store(true, Ordering::Relaxed);
         // SAFETY: kill(2) takes a pid and a signal, no memory; the pid is this process's own.
         unsafe { libc::kill(std::process::id() as i32, libc::SIGTERM) };
         let mut out = serde_json::to_vec(&crate::queue::requests::HandoverAnswer { draining: true })

@@ -613,6 +613,22 @@ fn pin_to_core(core: usize) {
     }
 }
 
+/// Set when a new server asked this one to hand over: its drain is not the service's stop.
+pub static HANDING_OVER: AtomicBool = AtomicBool::new(false);
+
+/// SIGUSR2: starts the program at our own path (`argv[0]`: after a package upgrade, the new
+/// binary) with our arguments and `--takeover`; it inherits our standard output and error
+/// and, under systemd, `$NOTIFY_SOCKET`.
+fn upgrade() {
+    let mut args = std::env::args_os();
+    let Some(program) = args.next() else { return };
+    let rest: Vec<std::ffi::OsString> = args.filter(|a| a != "--takeover").collect();
+    match std::process::Command::new(&program).args(&rest).arg("--takeover").spawn() {
+        Ok(child) => log::info!("SIGUSR2: {} started (pid {}) to take over", program.to_string_lossy(), child.id()),
+        Err(e) => log::error!("SIGUSR2: cannot start {}: {e}", program.to_string_lossy()),
+    }
+}
+
 /// `serve --takeover`: asks the server running on this data directory to hand over (it
 /// drains, as on SIGTERM: its listeners stop accepting, and the connections waiting in
 /// their queues move to ours when it closes them, with `net.ipv4.tcp_migrate_req`), then
@@ -627,9 +643,12 @@ fn takeover(cfg: &Config, spool: &std::path::Path) -> Result<crate::spool::Spool
              closes them are reset (sysctl -w net.ipv4.tcp_migrate_req=1)"
         );
     }
+    // Under systemd (`NotifyAccess=all`), this process becomes the service's main one before
+    // the old one exits: its exit is then not the service's end.
+    crate::util::notify::notify(&format!("MAINPID={}", std::process::id()));
     match crate::admin::control::handover_request(&cfg.data_dir) {
         Ok(()) => log::info!("takeover: the running server drains"),
-        Err(e) => log::warn!("takeover: {e}: starting as soon as the spool is free"),
+        Err(e) => log::info!("takeover: {e}: starting as soon as the spool is free"),
     }
     // The old server drains for at most its shutdown time-out, then stops its delivery.
     let limit = std::time::Instant::now() + cfg.timeouts.shutdown + std::time::Duration::from_secs(60);
@@ -654,7 +673,7 @@ pub fn serve(
 ) -> Result<Vec<ShardStats>, ServeError> {
     // Signals are taken synchronously by this thread: block them before the shard
     // threads start so that they inherit the mask.
-    let set = signal_set(&[libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGUSR1]);
+    let set = signal_set(&[libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGUSR1, libc::SIGUSR2]);
     // SAFETY: one invariant for both calls: pthread_sigmask only reads `set`, a sigset_t initialized by `signal_set`,
     // and a null old-set pointer is allowed (the old mask is not stored); it changes only this thread's mask, before
     // `Server::start` spawns the shard threads that inherit it. SIG_IGN for SIGPIPE installs no Rust handler, so
@@ -674,6 +693,7 @@ pub fn serve(
         }
         let _ = out.flush();
     }
+    crate::util::notify::notify(&format!("READY=1\nMAINPID={}", std::process::id()));
     loop {
         let mut sig = 0;
         // SAFETY: sigwait only reads `set` (initialized by `signal_set`, and blocked in this thread above) and writes
@@ -688,6 +708,9 @@ pub fn serve(
                     log::info!("SIGUSR1: logs reopened");
                 }
             }
+            // A zero-downtime upgrade: the binary at our path (a new one, once installed)
+            // starts with our arguments and `--takeover`, and takes over from us.
+            libc::SIGUSR2 => upgrade(),
             libc::SIGHUP => {
                 match reload.map(|f| f()) {
                     None => log::info!("SIGHUP: no configuration file: only the directory is reloaded"),
@@ -722,6 +745,9 @@ pub fn serve(
             }
             _ => {
                 log::info!("signal {sig}: draining");
+                if !HANDING_OVER.load(Ordering::Relaxed) {
+                    crate::util::notify::notify("STOPPING=1");
+                }
                 break;
             }
         }

@@ -2,6 +2,7 @@
 
 pub mod logger;
 pub mod mem;
+pub mod notify;
 pub mod slab;
 pub mod time;
 pub mod units;
