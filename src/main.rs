@@ -213,6 +213,26 @@ enum QueueCmd {
     /// Take these messages out of quarantine (a milter or script held them): delivered
     /// as any other from now on.
     Release(Targets),
+    /// Hold the mail for these recipient domains in the queue, untried, until resumed (a
+    /// destination in trouble, or asking to be left alone).
+    Suspend {
+        #[arg(required = true)]
+        domains: Vec<String>,
+        #[command(flatten)]
+        at: Where,
+    },
+    /// Deliver again to these domains: their held mail is tried at once.
+    Resume {
+        #[arg(required = true)]
+        domains: Vec<String>,
+        #[command(flatten)]
+        at: Where,
+    },
+    /// The suspended destinations.
+    Suspended {
+        #[command(flatten)]
+        at: Where,
+    },
 }
 
 #[derive(clap::Args)]
@@ -276,6 +296,22 @@ fn queue_control(
             (None, Some(why)) => Err(ringmx::admin::AdminError::Server(why.clone())),
             (None, None) => Ok(()),
         }
+    }))
+}
+
+/// `queue suspend|resume|suspended`: prints the suspended destinations after the change.
+fn destinations(
+    op: &str,
+    domains: &[String],
+    at: &Where,
+    out: &mut dyn Write,
+) -> Result<Result<(), ringmx::admin::AdminError>, ExitCode> {
+    let (data, _) = data_and_spool(at)?;
+    Ok(ringmx::admin::control::destinations(&data, op, domains).and_then(|list| {
+        for d in &list {
+            writeln!(out, "{d}: suspended")?;
+        }
+        Ok(())
     }))
 }
 
@@ -507,6 +543,9 @@ fn main() -> ExitCode {
                 QueueCmd::Delete(t) => queue_control(QueueOp::Delete, t, &mut out),
                 QueueCmd::Bounce(t) => queue_control(QueueOp::Bounce, t, &mut out),
                 QueueCmd::Release(t) => queue_control(QueueOp::Release, t, &mut out),
+                QueueCmd::Suspend { domains, at } => destinations("suspend", &domains, &at, &mut out),
+                QueueCmd::Resume { domains, at } => destinations("resume", &domains, &at, &mut out),
+                QueueCmd::Suspended { at } => destinations("list", &[], &at, &mut out),
             };
             match r {
                 Ok(Ok(())) => Ok(()),

@@ -162,3 +162,57 @@ fn delete_and_retry_on_a_stopped_server() {
     assert_eq!(code, 1, "not in the snapshot: {err}");
     sink.stop();
 }
+
+/// `ringmx queue suspend|resume|suspended`: on a stopped server the stored list changes; on
+/// a running one, a suspended domain's mail waits in the queue while other mail goes, and
+/// resuming sends it at once.
+#[test]
+fn suspended_destinations_wait_until_resumed() {
+    use std::sync::atomic::AtomicBool;
+    use std::sync::{Arc, Mutex};
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("ringmx.toml"), format!("data_dir = {:?}\n", d.join("data"))).unwrap();
+    let (code, out, err) = queue_cmd(d, &["suspend", "Far.Example"]);
+    assert_eq!((code, out.as_str()), (0, "far.example: suspended\n"), "{err}");
+    assert_eq!(queue_cmd(d, &["suspended"]).1, "far.example: suspended\n");
+    assert_eq!(queue_cmd(d, &["suspend", "not a domain"]).0, 1);
+
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let far = listener.local_addr().unwrap();
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let t = {
+        let (seen, stop) = (seen.clone(), stop.clone());
+        std::thread::spawn(move || {
+            far_end(listener, stop, |e| {
+                if let FarEvent::Message(m) = e
+                    && let Some(s) = m.lines().find_map(|l| l.strip_prefix("Subject: "))
+                {
+                    seen.lock().unwrap().push(s.to_string());
+                }
+            })
+        })
+    };
+    let cfg = format!(
+        "local_domains = [\"far.example\", \"near.example\"]\n[[listener]]\nport = 0\nbind = [\"127.0.0.1\"]\n\
+         [delivery.routing.smart_host]\nhost = \"127.0.0.1\"\nport = {}\n{CONFIG}",
+        far.port()
+    );
+    let srv = start(d, "uring", &cfg);
+    let (mut c, _) = Client::connect(srv.addr());
+    c.cmd("EHLO client.test");
+    let held = queued_id(&c.message("s@remote.example", &["x@far.example"], "Subject: held\r\n\r\nx\r\n"));
+    queued_id(&c.message("s@remote.example", &["y@near.example"], "Subject: goes\r\n\r\ny\r\n"));
+    assert!(eventually(Duration::from_secs(20), || seen.lock().unwrap().contains(&"goes".to_string())));
+    assert!(!seen.lock().unwrap().contains(&"held".to_string()));
+    assert!(queue(d).iter().any(|m| m["id"] == held.as_str()), "still queued");
+    let (code, out, err) = queue_cmd(d, &["resume", "far.example"]);
+    assert_eq!((code, out.as_str()), (0, ""), "{err}");
+    assert!(eventually(Duration::from_secs(20), || seen.lock().unwrap().contains(&"held".to_string())));
+    assert!(eventually(Duration::from_secs(20), || queue(d).is_empty()));
+    assert_eq!(queue_cmd(d, &["suspended"]).1, "", "the running server saved the list");
+    srv.stop();
+    stop_far_end(far, &stop);
+    t.join().unwrap();
+}

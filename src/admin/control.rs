@@ -171,6 +171,41 @@ pub fn debug_request(
     }
 }
 
+/// `ringmx queue suspend|resume|suspended`: through the running server, else on the stored
+/// list (the server reads it at start). The suspended destinations after the change.
+pub fn destinations(data_dir: &std::path::Path, op: &str, domains: &[String]) -> Result<Vec<String>, AdminError> {
+    use crate::queue::requests::{DestinationsAnswer, DestinationsOp, DestinationsRequest};
+    for d in domains {
+        crate::directory::model::normalize_domain(d).map_err(|e| AdminError::Server(e.to_string()))?;
+    }
+    let socket = crate::queue::requests::socket_path(data_dir);
+    if let Ok(s) = UnixStream::connect(&socket) {
+        let req = DestinationsRequest { destinations: DestinationsOp { op: op.into(), domains: domains.to_vec() } };
+        let a: DestinationsAnswer = exchange(s, &req)?;
+        return match a.error {
+            Some(e) => Err(AdminError::Server(e)),
+            None => Ok(a.suspended),
+        };
+    }
+    let mut list: std::collections::BTreeSet<String> =
+        crate::queue::requests::load_suspended(data_dir).into_iter().collect();
+    let norm = |d: &String| d.trim().trim_end_matches('.').to_ascii_lowercase();
+    match op {
+        "suspend" => list.extend(domains.iter().map(norm)),
+        "resume" => {
+            for d in domains {
+                list.remove(&norm(d));
+            }
+        }
+        _ => {}
+    }
+    let list: Vec<String> = list.into_iter().collect();
+    if op != "list" {
+        crate::queue::requests::save_suspended(data_dir, &list).map_err(AdminError::Output)?;
+    }
+    Ok(list)
+}
+
 /// Asks the running server to hand its listeners and spool over (`serve --takeover`): it
 /// drains and stops.
 pub fn handover_request(data_dir: &std::path::Path) -> Result<(), AdminError> {

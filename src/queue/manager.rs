@@ -208,6 +208,8 @@ pub struct QueueManager {
     stats: Stats,
     /// Destinations in trouble, for the status page.
     board: super::board::Board,
+    /// Recipient domains an operator suspended: their recipients are held, not tried.
+    suspended: std::collections::BTreeSet<String>,
 }
 
 impl QueueManager {
@@ -226,6 +228,7 @@ impl QueueManager {
             replies,
             stats: Stats::default(),
             board: super::board::Board::default(),
+            suspended: Default::default(),
         }
     }
 
@@ -526,6 +529,12 @@ impl QueueManager {
             }
             match w {
                 Where::Local => local.push((i, a)),
+                Where::Remote(_)
+                    if !self.suspended.is_empty() && self.suspended.contains(super::board::domain_of(&a).as_str()) =>
+                {
+                    e.rcpts.set(i, Rcpt::Held);
+                    continue;
+                }
                 Where::Remote(route) => remote.push((route, i, a)),
                 Where::Held => {
                     e.rcpts.set(i, Rcpt::Held);
@@ -1129,6 +1138,41 @@ impl QueueManager {
         envelope.rcpts = to.into_iter().map(|address| Recipient { address, notify: None, orcpt: None }).collect();
         envelope_with(&mut envelope);
         self.actions.push_back(Action::Generate(Generate::Message(NewMessage { envelope, data })));
+    }
+
+    /// The suspended destinations (recipient domains), lower case, in order.
+    pub fn suspended(&self) -> Vec<String> {
+        self.suspended.iter().cloned().collect()
+    }
+
+    /// `ringmx queue suspend|resume`: a suspended domain's recipients are held at their next
+    /// attempt; resuming tries every held recipient again at once (those still with nowhere
+    /// to go are held again). The list after the change.
+    pub fn handle_destinations(&mut self, now: u64, op: &str, domains: &[String]) -> Result<Vec<String>, String> {
+        let norm = |d: &String| d.trim().trim_end_matches('.').to_ascii_lowercase();
+        match op {
+            "suspend" => self.suspended.extend(domains.iter().map(norm)),
+            "resume" => {
+                for d in domains {
+                    self.suspended.remove(&norm(d));
+                }
+                for id in self.entries.ids() {
+                    let Some(e) = self.entries.get_mut(id) else { continue };
+                    if e.is_quarantined() || !e.rcpts.any(Rcpt::Held) {
+                        continue;
+                    }
+                    for i in e.rcpts.with(Rcpt::Held).collect::<Vec<_>>() {
+                        e.rcpts.set(i, Rcpt::Open);
+                    }
+                    if let Some(slot) = self.entries.slot_of(id) {
+                        self.schedule(slot, now, now);
+                    }
+                }
+            }
+            "list" => {}
+            other => return Err(format!("unknown operation {other:?}: suspend, resume or list")),
+        }
+        Ok(self.suspended())
     }
 
     /// `ringmx queue retry|delete|bounce` (see [`crate::queue::requests`]); held messages are

@@ -548,6 +548,23 @@ fn a_list_takes_its_mail_and_its_distribution_goes_out_with_verp() {
     );
 }
 
+/// A suspended destination's recipients are held, the others go; resuming tries the held
+/// ones at once.
+#[test]
+fn suspended_destinations_wait_until_resumed() {
+    let mut d = Driver::new(config());
+    assert_eq!(d.m.handle_destinations(d.now, "suspend", &["Remote.Test.".into()]), Ok(vec!["remote.test".into()]));
+    let id = d.accept("s@sender.test", &["r@remote.test", "o@other.test"]);
+    assert_eq!(d.run(), [format!("remote {} 1:o@other.test", mx("other.test"))]);
+    d.remote(id, &[1], "250 2.0.0 ok");
+    assert!(!d.m.is_empty(), "r@remote.test waits");
+    assert_eq!(d.next_due_minutes(), None, "held: not tried again by itself");
+    d.at(30);
+    assert_eq!(d.m.handle_destinations(d.now, "resume", &["remote.test".into()]), Ok(vec![]));
+    assert_eq!(d.run(), [format!("remote {} 0:r@remote.test", mx("remote.test"))]);
+    assert!(d.m.handle_destinations(d.now, "pause", &[]).is_err());
+}
+
 /// LMTP mailboxes: one transaction for the plain copies; a broken server defers them all.
 #[test]
 fn lmtp_batches() {

@@ -109,3 +109,48 @@ pub struct HandoverRequest {
 pub struct HandoverAnswer {
     pub draining: bool,
 }
+
+/// `ringmx queue suspend|resume|suspended`: destinations (recipient domains) whose mail is
+/// held in the queue, not tried, until resumed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DestinationsRequest {
+    pub destinations: DestinationsOp,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DestinationsOp {
+    /// `suspend`, `resume` or `list`.
+    pub op: String,
+    #[serde(default)]
+    pub domains: Vec<String>,
+}
+
+/// The suspended destinations after the request.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DestinationsAnswer {
+    pub suspended: Vec<String>,
+    pub error: Option<String>,
+}
+
+/// Where the suspended destinations are kept: `<data_dir>/suspended.json`.
+pub fn suspended_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("suspended.json")
+}
+
+/// The suspended destinations stored (none when there is no file).
+pub fn load_suspended(data_dir: &Path) -> Vec<String> {
+    std::fs::read(suspended_path(data_dir)).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default()
+}
+
+/// Stores the suspended destinations (whole or not at all).
+pub fn save_suspended(data_dir: &Path, domains: &[String]) -> std::io::Result<()> {
+    std::fs::create_dir_all(data_dir)?;
+    let path = suspended_path(data_dir);
+    let tmp = path.with_extension("json.tmp");
+    let data = serde_json::to_vec(domains).map_err(std::io::Error::other)?;
+    std::fs::write(&tmp, data)?;
+    std::fs::File::open(&tmp)?.sync_all()?;
+    std::fs::rename(&tmp, &path)
+}

@@ -119,6 +119,21 @@ fn serve(
         out.push(b'\n');
         return w.write_all(&out);
     }
+    // `ringmx queue suspend|resume|suspended`: the queue manager's.
+    if let Ok(req) = serde_json::from_str::<crate::queue::requests::DestinationsRequest>(&line) {
+        use crate::queue::requests::DestinationsAnswer;
+        let (atx, arx) = std::sync::mpsc::channel();
+        let answer = match tx.send(ControlMsg::Destinations(req.destinations.op, req.destinations.domains, atx)) {
+            Err(_) => DestinationsAnswer { error: Some("the server is stopping".into()), ..Default::default() },
+            Ok(()) => arx.recv_timeout(TIMEOUT).unwrap_or_else(|_| DestinationsAnswer {
+                error: Some("the control thread did not answer in time".into()),
+                ..Default::default()
+            }),
+        };
+        let mut out = serde_json::to_vec(&answer).map_err(std::io::Error::other)?;
+        out.push(b'\n');
+        return w.write_all(&out);
+    }
     // `ringmx directory postoffice reset-quota`: the control thread reads the usage again.
     if serde_json::from_str::<crate::queue::requests::UsageRequest>(&line).is_ok() {
         let (atx, arx) = std::sync::mpsc::channel();

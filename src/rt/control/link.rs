@@ -30,6 +30,8 @@ pub enum ControlMsg {
     /// Read the quota usage of every mailbox again (`postoffice reset-quota`); the number of
     /// mailboxes read goes back.
     RefreshUsage(std::sync::mpsc::Sender<usize>),
+    /// `ringmx queue suspend|resume|suspended` (operation, domains); the answer goes back.
+    Destinations(String, Vec<String>, std::sync::mpsc::Sender<crate::queue::requests::DestinationsAnswer>),
 }
 
 /// A shard's end of the channel. Messages of a loop turn are handed over together at the

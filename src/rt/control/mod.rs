@@ -139,6 +139,11 @@ pub fn spawn(
         .and_then(|b| serde_json::from_slice(&b).ok())
         .unwrap_or_default();
     let mut manager = QueueManager::new(cfg.manager.clone(), max_id, replies);
+    let suspended = crate::queue::requests::load_suspended(&cfg.data_dir);
+    if !suspended.is_empty() {
+        log::info!("control: destinations suspended: {}", suspended.join(", "));
+        let _ = manager.handle_destinations(0, "suspend", &suspended);
+    }
     let queued = recovered.len();
     let now = Now::system().unix_ms;
     manager.reserve(recovered.len());
@@ -260,6 +265,21 @@ impl Control {
                 }
             }
             ControlMsg::Outcome(o) => self.manager.handle_outcome(now, o),
+            ControlMsg::Destinations(op, domains, answer) => {
+                use crate::queue::requests::{DestinationsAnswer, save_suspended};
+                let a = match self.manager.handle_destinations(now, &op, &domains) {
+                    Ok(list) => {
+                        let saved = if op == "list" { Ok(()) } else { save_suspended(&self.cfg.data_dir, &list) };
+                        self.execute(now);
+                        match saved {
+                            Ok(()) => DestinationsAnswer { suspended: list, error: None },
+                            Err(e) => DestinationsAnswer { suspended: list, error: Some(format!("saving it: {e}")) },
+                        }
+                    }
+                    Err(e) => DestinationsAnswer { suspended: Vec::new(), error: Some(e) },
+                };
+                let _ = answer.send(a);
+            }
             ControlMsg::RefreshUsage(answer) => {
                 let _ = answer.send(self.local.load_usage(&self.directory.current()));
             }
