@@ -513,7 +513,11 @@ impl QueueManager {
                 None => route_of(dir, &a, &self.cfg.routing, &self.cfg.local_domains),
             };
             if let Some(routes) = routes.as_mut() {
+                let suspended = matches!(w, Where::Remote(_))
+                    && !self.suspended.is_empty()
+                    && self.suspended.contains(super::board::domain_of(&a).as_str());
                 let name = match &w {
+                    _ if suspended => "suspended".to_string(),
                     Where::Local => "local".to_string(),
                     Where::Held => "held".to_string(),
                     Where::Remote(Route::Mx(d)) => format!("mx:{d}"),
