@@ -136,21 +136,28 @@ impl Server {
         let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
         let shards = cfg.ingress_cores(cpus);
         let spool = cfg.spool_dir();
-        // Bind first, so that connections queue from now on (a takeover: the old server's
-        // and ours are in one SO_REUSEPORT group; they wait in our accept queues until
-        // our shards run), and so that a bad address fails the start before anything else.
-        let mut bound = Vec::new();
-        for (addr, l) in cfg.bind_addresses() {
-            let socks = listener::bind_shards(addr, shards).map_err(|source| ServeError::Bind { addr, source })?;
-            let actual = socks[0].local_addr().map_err(|source| ServeError::Bind { addr, source })?;
-            bound.push((actual, l, socks));
-        }
-        let lock = if cfg.takeover {
-            takeover(cfg, &spool)?
+        let bind_all = || -> Result<Vec<_>, ServeError> {
+            let mut bound = Vec::new();
+            for (addr, l) in cfg.bind_addresses() {
+                let socks = listener::bind_shards(addr, shards).map_err(|source| ServeError::Bind { addr, source })?;
+                let actual = socks[0].local_addr().map_err(|source| ServeError::Bind { addr, source })?;
+                bound.push((actual, l, socks));
+            }
+            Ok(bound)
+        };
+        // A takeover binds first: its sockets join the running server's SO_REUSEPORT group,
+        // and connections wait in their accept queues until our shards run. Otherwise the
+        // spool lock comes first, so that a server started twice by mistake never takes
+        // (and then drops) connections of the one that runs; the listeners are bound right
+        // after it, before recovery, so connections queue while the spool is read.
+        let (lock, bound) = if cfg.takeover {
+            let bound = bind_all()?;
+            (takeover(cfg, &spool)?, bound)
         } else {
-            crate::spool::lock_spool(&spool)
+            let lock = crate::spool::lock_spool(&spool)
                 .map_err(|e| crate::spool::SpoolError::io("lock", &spool.join("lock"), 0, e))?
-                .ok_or_else(|| ServeError::SpoolInUse(spool.clone()))?
+                .ok_or_else(|| ServeError::SpoolInUse(spool.clone()))?;
+            (lock, bind_all()?)
         };
         // The queue is about to change: the last stop's snapshot goes (durably) first.
         crate::spool::snapshot::remove(&spool)
