@@ -33,6 +33,7 @@ fn dns_server() -> std::net::SocketAddr {
             ],
         ),
         zone("example.org.", &[("_dmarc.example.org.", txt("v=DMARC1; p=none; sp=reject"))]),
+        zone("testing.example.", &[("_dmarc.testing.example.", txt("v=DMARC1; p=reject; t=y"))]),
         // Everything else does not exist (the DMARC tree walk asks up to the top).
         zone(".", &[]),
     ])
@@ -81,6 +82,8 @@ fn rfc8463_vectors_verify_and_a_modified_body_is_refused_by_dmarc() {
     assert!(send(&srv, "x@mail.example.org", unsigned).starts_with("550 5.7.1 "), "sp=reject");
     // The organisational domain itself has p=none: accepted, recorded as a failure.
     queued_id(&send(&srv, "x@example.org", "From: x@example.org\r\nSubject: unsigned\r\n\r\nhello\r\n"));
+    // DMARCbis t=y (testing): p=reject is applied as quarantine, not refused.
+    queued_id(&send(&srv, "x@testing.example", "From: x@testing.example\r\nSubject: unsigned\r\n\r\nhello\r\n"));
     let (status, log) = srv.stop();
     assert!(status.success(), "{log}");
 }

@@ -268,10 +268,13 @@ async fn verify(auth: &MessageAuthenticator, req: &Request, dmarc: bool) -> Outc
     };
     let spf = SpfOutput::new(req.mail_from_domain.clone()).with_result(spf_result);
     let out = auth.verify_dmarc(DmarcParameters::new(&msg, &dkim, &req.mail_from_domain, &spf)).await;
-    let policy = match out.policy() {
-        Policy::Reject => "reject",
-        Policy::Quarantine => "quarantine",
-        Policy::None | Policy::Unspecified => "none",
+    // DMARCbis `t=y` (testing): the policy is applied one level lower, reject as
+    // quarantine, quarantine as none, as RFC 7489's `pct=0` did.
+    let testing = out.dmarc_record().is_some_and(|r| r.t);
+    let policy = match (out.policy(), testing) {
+        (Policy::Reject, false) => "reject",
+        (Policy::Reject, true) | (Policy::Quarantine, false) => "quarantine",
+        (Policy::Quarantine, true) | (Policy::None | Policy::Unspecified, _) => "none",
     };
     let dmarc = Some((dmarc_name(&out.result()), out.domain().to_string()));
     Outcome { signatures, dmarc, policy, arc, verified: true, signature: None }

@@ -488,15 +488,23 @@ fn dmarc_policy(txt: &str, ancestor: bool) -> Option<String> {
     }
     let mut p = None;
     let mut sp = None;
+    let mut testing = false;
     for t in tags {
         let Some((k, v)) = t.split_once('=') else { continue };
         match k.trim().to_ascii_lowercase().as_str() {
             "p" => p = Some(v.trim().to_ascii_lowercase()),
             "sp" => sp = Some(v.trim().to_ascii_lowercase()),
+            "t" => testing = v.trim().eq_ignore_ascii_case("y"),
             _ => {}
         }
     }
-    if ancestor { sp.or(p) } else { p }
+    let policy = if ancestor { sp.or(p) } else { p };
+    // DMARCbis `t=y`: applied one level lower.
+    match (policy, testing) {
+        (Some(p), true) if p == "reject" => Some("quarantine".into()),
+        (Some(p), true) if p == "quarantine" => Some("none".into()),
+        (p, _) => p,
+    }
 }
 
 #[cfg(test)]
@@ -508,5 +516,6 @@ mod tests {
         assert_eq!(dmarc_policy("v=DMARC1; p=reject; sp=none", true).as_deref(), Some("none"));
         assert_eq!(dmarc_policy("v=DMARC1;p=quarantine", true).as_deref(), Some("quarantine"));
         assert_eq!(dmarc_policy("v=spf1 -all", false), None);
+        assert_eq!(dmarc_policy("v=DMARC1; p=quarantine; t=y", false).as_deref(), Some("none"), "DMARCbis testing");
     }
 }
