@@ -103,6 +103,21 @@ fn password_post_needs_the_password_which_is_stripped() {
 }
 
 #[test]
+fn a_post_over_the_lists_size_is_returned_552() {
+    let mut l = list();
+    l.max_message_bytes = 100;
+    let mut s = MemoryStore::default();
+    let big = post_from("ann@example.net", "big", &"x".repeat(200));
+    let e = run(&l, ListRole::Post, "ann@example.net", &big, &mut s).unwrap_err();
+    assert_eq!(
+        (e.permanent, e.reply.to_string()),
+        (true, "552 5.3.4 the list takes posts of 100 bytes at most".into())
+    );
+    let small = post_from("ann@example.net", "s", "x\r\n");
+    assert_eq!(run(&l, ListRole::Post, "ann@example.net", &small, &mut s).unwrap().drafts.len(), 1);
+}
+
+#[test]
 fn moderated_post_is_held_then_approved_or_rejected() {
     let mut l = list();
     l.moderated = true;
