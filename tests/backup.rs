@@ -6,7 +6,6 @@ mod common;
 
 use common::*;
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex, atomic::AtomicBool};
 use std::time::Duration;
 
 /// One connection to the next hop (the test's far end serves one at a time).
@@ -54,22 +53,10 @@ fn backup_under_load_then_restore_and_deliver() {
         .output()
         .unwrap();
     assert!(restore.status.success(), "{}", String::from_utf8_lossy(&restore.stderr));
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let far = listener.local_addr().unwrap();
+    let (far, seen_ids, stop, t) = recording_far_end("Message-ID");
     smart_host_directory(second.path(), &far.to_string());
-    let seen: Arc<Mutex<HashSet<String>>> = Arc::default();
-    let stop = Arc::new(AtomicBool::new(false));
-    let t = {
-        let (seen, stop) = (seen.clone(), stop.clone());
-        std::thread::spawn(move || {
-            far_end(listener, stop, |e| {
-                if let FarEvent::Message(m) = e
-                    && let Some(id) = m.lines().find_map(|l| l.strip_prefix("Message-ID: <"))
-                {
-                    seen.lock().unwrap().insert(id.trim_end_matches('>').to_string());
-                }
-            })
-        })
+    let seen = || -> HashSet<String> {
+        seen_ids.lock().unwrap().iter().map(|v| v.trim_start_matches('<').trim_end_matches('>').to_string()).collect()
     };
     let srv = start_plain(second.path(), "epoll", CONFIG);
     // What was deferred before the backup waits for its next attempt: try it now, as an
@@ -78,9 +65,9 @@ fn backup_under_load_then_restore_and_deliver() {
     assert_eq!(code, 0, "{out}");
     let acknowledged_before: HashSet<String> = (0..20).map(|i| format!("{i}@backup.test")).collect();
     assert!(
-        eventually(Duration::from_secs(30), || seen.lock().unwrap().is_superset(&acknowledged_before)),
+        eventually(Duration::from_secs(30), || seen().is_superset(&acknowledged_before)),
         "delivered after the restore: {:?}\n{}",
-        seen.lock().unwrap(),
+        seen(),
         std::fs::read_to_string(data.join("log/activity.log")).unwrap_or_default()
     );
     // Restoring onto a spool that holds segments is refused.

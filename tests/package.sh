@@ -25,21 +25,16 @@ getent passwd ringmx >/dev/null || fail "no system user ringmx"
 /usr/bin/ringmx check-config --config /etc/ringmx/ringmx.toml >/dev/null || fail "the installed configuration does not check"
 
 banner() {
-  # The greeting on 127.0.0.1:25, within 20 s.
+  # The greeting on 127.0.0.1:25 (called once the server said it listens).
   python3 - <<'PY'
-import socket, sys, time
-end = time.time() + 20
-while time.time() < end:
-    try:
-        s = socket.create_connection(("127.0.0.1", 25), timeout=5)
-        line = s.recv(512).decode()
-        s.sendall(b"QUIT\r\n")
-        s.close()
-        print(line.strip())
-        sys.exit(0 if line.startswith("220 ") else 1)
-    except OSError:
-        time.sleep(0.1)
-sys.exit(1)
+import socket, sys
+s = socket.create_connection(("127.0.0.1", 25), timeout=20)
+s.settimeout(20)
+line = s.recv(512).decode()
+s.sendall(b"QUIT\r\n")
+s.close()
+print(line.strip())
+sys.exit(0 if line.startswith("220 ") else 1)
 PY
 }
 
@@ -57,7 +52,8 @@ else
   log="$(mktemp)"
   "${caps[@]}" /usr/bin/ringmx serve --config /etc/ringmx/ringmx.toml >"$log" 2>&1 &
   pid=$!
-  if ! greeting="$(banner)"; then
+  # It says so once it accepts.
+  if ! timeout 20 bash -c "tail -n +1 -f '$log' | grep -q -m1 '^listening on'" || ! greeting="$(banner)"; then
     kill -TERM "$pid" 2>/dev/null || true
     cat "$log" >&2
     fail "no SMTP greeting on port 25"
@@ -66,8 +62,8 @@ else
   # ExecReload.
   "${caps[@]}" /usr/bin/ringmx reload --config /etc/ringmx/ringmx.toml >/dev/null || fail "ExecReload as ringmx"
   kill -TERM "$pid"
-  for _ in $(seq 1 200); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-  if kill -0 "$pid" 2>/dev/null; then kill -KILL "$pid"; fail "did not stop on SIGTERM"; fi
+  # Until it exits (at most 20 s).
+  if ! timeout 20 tail --pid="$pid" -f /dev/null; then kill -KILL "$pid"; fail "did not stop on SIGTERM"; fi
   wait "$pid" || fail "exited with $?: $(tail -5 "$log")"
   rm -f "$log"
 fi

@@ -168,8 +168,6 @@ fn delete_and_retry_on_a_stopped_server() {
 /// resuming sends it at once.
 #[test]
 fn suspended_destinations_wait_until_resumed() {
-    use std::sync::atomic::AtomicBool;
-    use std::sync::{Arc, Mutex};
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     std::fs::write(d.join("ringmx.toml"), format!("data_dir = {:?}\n", d.join("data"))).unwrap();
@@ -178,22 +176,7 @@ fn suspended_destinations_wait_until_resumed() {
     assert_eq!(queue_cmd(d, &["suspended"]).1, "far.example: suspended\n");
     assert_eq!(queue_cmd(d, &["suspend", "not a domain"]).0, 1);
 
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let far = listener.local_addr().unwrap();
-    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
-    let stop = Arc::new(AtomicBool::new(false));
-    let t = {
-        let (seen, stop) = (seen.clone(), stop.clone());
-        std::thread::spawn(move || {
-            far_end(listener, stop, |e| {
-                if let FarEvent::Message(m) = e
-                    && let Some(s) = m.lines().find_map(|l| l.strip_prefix("Subject: "))
-                {
-                    seen.lock().unwrap().push(s.to_string());
-                }
-            })
-        })
-    };
+    let (far, seen, stop, t) = recording_far_end("Subject");
     let cfg = format!(
         "local_domains = [\"far.example\", \"near.example\"]\n[[listener]]\nport = 0\nbind = [\"127.0.0.1\"]\n\
          [delivery.routing.smart_host]\nhost = \"127.0.0.1\"\nport = {}\n{CONFIG}",

@@ -323,7 +323,8 @@ fn digest_members_get_the_digest_not_each_post() {
     let posts: Vec<Vec<u8>> = s.digest.iter().map(|(_, p)| p.clone()).collect();
     let (d, next) = digest(&l, &posts, &store::DigestState::default(), &ctx()).unwrap();
     assert_eq!(d.to, vec!["bob@example.com"]);
-    assert_eq!((next.volume, next.issue, next.last_ms), (1, 1, NOW));
+    assert_eq!((next.volume, next.issue), (1, 1));
+    assert!(next.last_ms > 0, "when it went is kept");
     assert_eq!(head(&d, "Subject").as_deref(), Some("dev digest, Vol 1, Issue 1"));
     assert!(text(&d).contains("[dev] one") && text(&d).contains("[dev] two"));
 }

@@ -558,8 +558,7 @@ fn suspended_destinations_wait_until_resumed() {
     assert_eq!(d.run(), [format!("remote {} 1:o@other.test", mx("other.test"))]);
     d.remote(id, &[1], "250 2.0.0 ok");
     assert!(!d.m.is_empty(), "r@remote.test waits");
-    assert_eq!(d.next_due_minutes(), None, "held: not tried again by itself");
-    d.at(30);
+    assert!(d.run().is_empty(), "held: not tried again by itself");
     assert_eq!(d.m.handle_destinations(d.now, "resume", &["remote.test".into()]), Ok(vec![]));
     assert_eq!(d.run(), [format!("remote {} 0:r@remote.test", mx("remote.test"))]);
     assert!(d.m.handle_destinations(d.now, "pause", &[]).is_err());

@@ -526,6 +526,33 @@ pub fn stop_far_end(addr: SocketAddr, stop: &std::sync::atomic::AtomicBool) {
     let _ = TcpStream::connect(addr);
 }
 
+/// What a [`recording_far_end`] recorded.
+pub type Recorded = Arc<std::sync::Mutex<Vec<String>>>;
+
+/// A [`far_end`] on its own thread that records the value of header field `field` (e.g.
+/// `"Subject"`) of each message it takes: its address, what it recorded, its stop flag (for
+/// [`stop_far_end`]) and its thread.
+pub fn recording_far_end(
+    field: &'static str,
+) -> (SocketAddr, Recorded, Arc<std::sync::atomic::AtomicBool>, std::thread::JoinHandle<()>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (s, st) = (seen.clone(), stop.clone());
+    let prefix = format!("{field}: ");
+    let t = std::thread::spawn(move || {
+        far_end(listener, st, |e| {
+            if let FarEvent::Message(m) = e
+                && let Some(v) = m.lines().find_map(|l| l.strip_prefix(prefix.as_str()))
+            {
+                s.lock().unwrap().push(v.trim().to_string());
+            }
+        })
+    });
+    (addr, seen, stop, t)
+}
+
 /// What a [`far_end`] saw.
 pub enum FarEvent<'a> {
     /// A command's verb, upper case.
