@@ -62,6 +62,9 @@ pub struct Config {
     /// `[metrics]`: the Prometheus endpoint.
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// `[admin]`: the admin API's TCP address (it is always on the admin socket).
+    #[serde(default)]
+    pub admin: AdminConfig,
     /// `[[policy_service]]`: policy servers asked over Postfix's policy delegation protocol,
     /// in order.
     #[serde(default)]
@@ -436,6 +439,40 @@ pub struct MetricsConfig {
     /// network.
     #[serde(default)]
     pub listen: Option<SocketAddr>,
+}
+
+/// `[admin]`: the admin API (HTTP/JSON, docs/admin-api.yaml). It is always served on the
+/// Unix socket `<data_dir>/control.sock` (mode 0600: the server's user and root); this adds
+/// a TCP address, where every request needs the bearer token. Read at start.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// TCP address of the admin API, e.g. `127.0.0.1:8026`. Default none: the socket only.
+    #[serde(default)]
+    pub listen: Option<SocketAddr>,
+    /// File holding the bearer token (at least 32 characters; surrounding white space is
+    /// ignored). Required with `listen`.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+}
+
+/// The smallest admin API token accepted.
+pub const MIN_ADMIN_TOKEN: usize = 32;
+
+impl AdminConfig {
+    /// The token from `token_file`, or why there is none to use.
+    pub fn token(&self) -> Result<String, String> {
+        let Some(p) = &self.token_file else { return Err("needs [admin] token_file".into()) };
+        let t = std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
+        let t = t.trim();
+        if t.len() < MIN_ADMIN_TOKEN || t.contains(char::is_whitespace) {
+            return Err(format!(
+                "{}: the token must be at least {MIN_ADMIN_TOKEN} characters, without spaces",
+                p.display()
+            ));
+        }
+        Ok(t.to_string())
+    }
 }
 
 /// `[log]`: the activity log (one line per message event and refused client).
@@ -1348,6 +1385,11 @@ impl Config {
             && !p.rsplit_once('@').is_some_and(|(l, d)| !l.is_empty() && d.contains('.'))
         {
             bad("delivery.postmaster", format!("{p:?} is not an address (local@domain)"));
+        }
+        if self.admin.listen.is_some()
+            && let Err(e) = self.admin.token()
+        {
+            bad("admin.token_file", e);
         }
         if let Some(u) = &self.lists.unsubscribe_url {
             if !(u.starts_with("https://") || u.starts_with("http://")) {

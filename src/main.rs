@@ -1,7 +1,7 @@
 //! The `ringmx` command: `serve` (the default), `check-config`, `queue`.
 
 use clap::{Parser, Subcommand};
-use ringmx::admin::control::{QueueOp, QueueRequest};
+use ringmx::admin::control::QueueOp;
 use ringmx::config::{Config, IoMode, ListenerConfig};
 use std::io::Write;
 use std::net::SocketAddr;
@@ -197,6 +197,8 @@ enum QueueCmd {
         /// One JSON object per line.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        filters: Filters,
     },
     /// Print a queued message as spooled.
     Show {
@@ -210,9 +212,12 @@ enum QueueCmd {
     Delete(Targets),
     /// Fail every unfinished recipient of these messages and report it to the sender.
     Bounce(Targets),
-    /// Take these messages out of quarantine (a milter or script held them): delivered
-    /// as any other from now on.
+    /// Take these messages out of quarantine (a milter or script held them) or off hold:
+    /// delivered as any other from now on.
     Release(Targets),
+    /// Keep these messages in the queue, untried, until released (a message being
+    /// delivered at this moment is skipped: hold it again once the attempt ends).
+    Hold(Targets),
     /// Hold the mail for these recipient domains in the queue, untried, until resumed (a
     /// destination in trouble, or asking to be left alone).
     Suspend {
@@ -238,13 +243,69 @@ enum QueueCmd {
 #[derive(clap::Args)]
 struct Targets {
     /// Queue ids (16 hexadecimal digits).
-    #[arg(required_unless_present = "all", conflicts_with = "all")]
+    #[arg(conflicts_with = "all")]
     ids: Vec<String>,
     /// Every queued message.
     #[arg(long)]
     all: bool,
     #[command(flatten)]
+    filters: Filters,
+    #[command(flatten)]
     at: Where,
+}
+
+/// Which messages: every criterion given must hold (addresses compare without case).
+#[derive(clap::Args)]
+struct Filters {
+    /// The sender contains this (`<>`: the null sender).
+    #[arg(long, value_name = "TEXT")]
+    sender: Option<String>,
+    /// An unfinished recipient contains this.
+    #[arg(long, value_name = "TEXT")]
+    recipient: Option<String>,
+    /// An unfinished recipient is in this domain.
+    #[arg(long)]
+    domain: Option<String>,
+    /// queued, deferred, quarantined or held.
+    #[arg(long)]
+    state: Option<String>,
+    /// Received at least this long ago (30m, 2h, 5d).
+    #[arg(long, value_name = "DURATION")]
+    older_than: Option<String>,
+    /// Received at most this long ago.
+    #[arg(long, value_name = "DURATION")]
+    newer_than: Option<String>,
+    /// At least this many bytes (512K, 10M).
+    #[arg(long, value_name = "SIZE")]
+    min_size: Option<String>,
+    /// At most this many bytes.
+    #[arg(long, value_name = "SIZE")]
+    max_size: Option<String>,
+}
+
+impl Filters {
+    fn filter(&self) -> Result<ringmx::admin::query::QueueFilter, ExitCode> {
+        let mut f = ringmx::admin::query::QueueFilter::default();
+        let given = [
+            ("sender", &self.sender),
+            ("recipient", &self.recipient),
+            ("domain", &self.domain),
+            ("state", &self.state),
+            ("older_than", &self.older_than),
+            ("newer_than", &self.newer_than),
+            ("min_size", &self.min_size),
+            ("max_size", &self.max_size),
+        ];
+        for (k, v) in given {
+            if let Some(v) = v {
+                f.set(k, v).map_err(|e| {
+                    eprintln!("ringmx: --{}", e.replacen('_', "-", 1));
+                    ExitCode::from(2)
+                })?;
+            }
+        }
+        Ok(f)
+    }
 }
 
 fn load(config: Option<&PathBuf>) -> Result<Config, ExitCode> {
@@ -257,10 +318,6 @@ fn load(config: Option<&PathBuf>) -> Result<Config, ExitCode> {
             ExitCode::from(2)
         }),
     }
-}
-
-fn spool_dir(at: &Where) -> Result<PathBuf, ExitCode> {
-    Ok(data_and_spool(at)?.1)
 }
 
 fn data_and_spool(at: &Where) -> Result<(PathBuf, PathBuf), ExitCode> {
@@ -278,15 +335,30 @@ fn queue_control(
     t: Targets,
     out: &mut dyn Write,
 ) -> Result<Result<(), ringmx::admin::AdminError>, ExitCode> {
+    use ringmx::admin::control::Selection;
     let (data, spool) = data_and_spool(&t.at)?;
-    let req = QueueRequest { op, ids: (!t.all).then_some(t.ids) };
-    Ok(ringmx::admin::control::request(&data, &spool, &req).and_then(|a| {
+    let filter = t.filters.filter()?;
+    let sel = match (t.ids.is_empty(), t.all, filter.is_empty()) {
+        (false, false, true) => Selection::Ids(t.ids),
+        (true, true, true) => Selection::All,
+        (true, false, false) => Selection::Filter(filter),
+        (true, false, true) => {
+            eprintln!("ringmx: name the messages: queue ids, --all, or a filter (--sender, --domain, --state, …)");
+            return Err(ExitCode::from(2));
+        }
+        _ => {
+            eprintln!("ringmx: name the messages one way: queue ids, --all, or a filter");
+            return Err(ExitCode::from(2));
+        }
+    };
+    Ok(ringmx::admin::control::request(&data, &spool, op, &sel).and_then(|a| {
         let verb = match op {
             QueueOp::Retry => "retry now",
             QueueOp::Delete => "deleted",
             QueueOp::Bounce => "bounced",
             QueueOp::Locate => "located",
             QueueOp::Release => "released",
+            QueueOp::Hold => "held",
         };
         for id in &a.done {
             writeln!(out, "{id}: {verb}")?;
@@ -533,9 +605,11 @@ fn main() -> ExitCode {
         Cmd::Queue { cmd } => {
             let mut out = std::io::stdout().lock();
             let r = match cmd {
-                QueueCmd::List { at, json } => {
-                    spool_dir(&at).map(|d| ringmx::admin::queue_list(&d, json, &mut out).map(|_| ()))
-                }
+                QueueCmd::List { at, json, filters } => filters.filter().and_then(|f| {
+                    data_and_spool(&at).map(|(data, spool)| {
+                        ringmx::admin::queue_list_at(&data, &spool, &f, json, &mut out).map(|_| ())
+                    })
+                }),
                 QueueCmd::Show { id, at } => {
                     data_and_spool(&at).map(|(data, spool)| ringmx::admin::queue_show(&data, &spool, &id, &mut out))
                 }
@@ -543,6 +617,7 @@ fn main() -> ExitCode {
                 QueueCmd::Delete(t) => queue_control(QueueOp::Delete, t, &mut out),
                 QueueCmd::Bounce(t) => queue_control(QueueOp::Bounce, t, &mut out),
                 QueueCmd::Release(t) => queue_control(QueueOp::Release, t, &mut out),
+                QueueCmd::Hold(t) => queue_control(QueueOp::Hold, t, &mut out),
                 QueueCmd::Suspend { domains, at } => destinations("suspend", &domains, &at, &mut out),
                 QueueCmd::Resume { domains, at } => destinations("resume", &domains, &at, &mut out),
                 QueueCmd::Suspended { at } => destinations("list", &[], &at, &mut out),

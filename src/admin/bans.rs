@@ -73,7 +73,7 @@ pub fn apply(list: &BanList, op: &BanOp) -> BanAnswer {
 pub fn request(data_dir: &Path, spool: &Path, op: BanOp) -> Result<BanAnswer, AdminError> {
     let socket = crate::queue::requests::socket_path(data_dir);
     match UnixStream::connect(&socket) {
-        Ok(s) => over_socket(s, &BanRequest { ban: op }),
+        Ok(s) => over_api(s, &op),
         Err(connect) => match crate::spool::lock_spool(spool).map_err(AdminError::Output)? {
             Some(_lock) => {
                 let path = data_dir.join("bans");
@@ -92,8 +92,16 @@ pub fn request(data_dir: &Path, spool: &Path, op: BanOp) -> Result<BanAnswer, Ad
     }
 }
 
-fn over_socket(s: UnixStream, req: &BanRequest) -> Result<BanAnswer, AdminError> {
-    let a: BanAnswer = super::control::exchange(s, req)?;
+/// `GET /v1/bans`, `POST /v1/bans`, `POST /v1/bans/lift`.
+fn over_api(s: UnixStream, op: &BanOp) -> Result<BanAnswer, AdminError> {
+    use super::api::json;
+    let (_, a): (u16, BanAnswer) = match op {
+        BanOp::List => json(s, "GET", "/v1/bans", None::<&()>)?,
+        BanOp::Add { ip, seconds } => {
+            json(s, "POST", "/v1/bans", Some(&serde_json::json!({ "ip": ip, "seconds": seconds })))?
+        }
+        BanOp::Lift { ips } => json(s, "POST", "/v1/bans/lift", Some(&serde_json::json!({ "ips": ips })))?,
+    };
     match a.error {
         Some(e) => Err(AdminError::Server(e)),
         None => Ok(a),

@@ -29,28 +29,55 @@ pub fn parse_ids(ids: &[String]) -> Result<Vec<QueueId>, AdminError> {
     crate::queue::requests::parse_ids(ids).map_err(AdminError::BadId)
 }
 
-/// Carries out `req`: through the running server when there is one, else on the spool.
-pub fn request(data_dir: &Path, spool: &Path, req: &QueueRequest) -> Result<QueueAnswer, AdminError> {
-    if let Some(ids) = &req.ids {
+/// Which messages an operation applies to.
+#[derive(Debug, Clone)]
+pub enum Selection {
+    Ids(Vec<String>),
+    /// Those a filter selects (at the time of the request).
+    Filter(super::query::QueueFilter),
+    /// Every queued message.
+    All,
+}
+
+/// Carries out `op` on `sel`: through the running server's admin API when there is one,
+/// else on the spool.
+pub fn request(data_dir: &Path, spool: &Path, op: QueueOp, sel: &Selection) -> Result<QueueAnswer, AdminError> {
+    if let Selection::Ids(ids) = sel {
         parse_ids(ids)?;
     }
-    match UnixStream::connect(socket_path(data_dir)) {
-        Ok(s) => over_socket(s, req),
-        Err(connect) => match lock_spool(spool).map_err(AdminError::Output)? {
-            Some(_lock) => offline(spool, req),
+    let Some(s) = super::api::connect(data_dir) else {
+        let ids = match sel {
+            Selection::Ids(ids) => Some(ids.clone()),
+            Selection::All => None,
+            Selection::Filter(f) => {
+                Some(super::query::ids(spool, f, super::query::now_ms())?.iter().map(|i| i.to_string()).collect())
+            }
+        };
+        return match lock_spool(spool).map_err(AdminError::Output)? {
+            Some(_lock) => offline(spool, &QueueRequest { op, ids }),
             None => Err(AdminError::Server(format!(
-                "the server holds the spool but its control socket {} does not answer: {connect}",
+                "the server holds the spool but its admin socket {} does not answer",
                 socket_path(data_dir).display()
             ))),
-        },
+        };
+    };
+    let name = serde_json::to_value(op).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
+    let path = format!("/v1/queue/{name}");
+    let (path, body) = match sel {
+        Selection::Ids(ids) => (path, Some(serde_json::json!({ "ids": ids }))),
+        Selection::All => (format!("{path}?all=true"), None),
+        Selection::Filter(f) => (super::api::with_query(&path, &f.pairs()), None),
+    };
+    let (_, a): (u16, QueueAnswer) = super::api::json(s, "POST", &path, body.as_ref())?;
+    match a.error {
+        Some(e) => Err(AdminError::Server(e)),
+        None => Ok(a),
     }
 }
 
-/// One JSON line each way over the control socket.
-pub(super) fn exchange<A: serde::de::DeserializeOwned>(
-    s: UnixStream,
-    req: &impl serde::Serialize,
-) -> Result<A, AdminError> {
+/// One JSON line each way over the socket: the earlier protocol, which `serve --takeover`
+/// still speaks so that it can take over from a server of the previous release.
+fn exchange_line<A: serde::de::DeserializeOwned>(s: UnixStream, req: &impl serde::Serialize) -> Result<A, AdminError> {
     s.set_read_timeout(Some(Duration::from_secs(30)))?;
     let mut w = s.try_clone()?;
     let mut line = serde_json::to_vec(req).map_err(|e| AdminError::Server(e.to_string()))?;
@@ -60,14 +87,6 @@ pub(super) fn exchange<A: serde::de::DeserializeOwned>(
     BufReader::new(s).read_line(&mut answer)?;
     serde_json::from_str(&answer)
         .map_err(|e| AdminError::Server(format!("unreadable answer from the server ({e}): {answer:?}")))
-}
-
-pub(super) fn over_socket(s: UnixStream, req: &QueueRequest) -> Result<QueueAnswer, AdminError> {
-    let a: QueueAnswer = exchange(s, req)?;
-    match a.error {
-        Some(e) => Err(AdminError::Server(e)),
-        None => Ok(a),
-    }
 }
 
 /// The stopped server's case: marks appended to the control log.
@@ -119,8 +138,37 @@ fn offline(spool: &Path, req: &QueueRequest) -> Result<QueueAnswer, AdminError> 
                 }
                 continue;
             }
-            // Due at once when the server starts.
-            QueueOp::Release => log.append_mark(0, &crate::queue::manager::released_mark(id, 0)),
+            // Due at once when the server starts: one mark for the whole message when no
+            // recipient is finished, else one per unfinished recipient.
+            QueueOp::Release => {
+                let latest = m.latest_marks();
+                let open = |k: &Option<&Mark>| !k.is_some_and(|k| k.status.is_final());
+                match latest.iter().all(open) {
+                    true => log.append_mark(0, &crate::queue::manager::released_mark(id, 0)),
+                    false => {
+                        for (i, _) in latest.iter().enumerate().filter(|(_, k)| open(k)) {
+                            let mark = Mark { rcpt: Some(i as u16), ..crate::queue::manager::released_mark(id, 0) };
+                            log.append_mark(0, &mark);
+                        }
+                    }
+                }
+            }
+            QueueOp::Hold => {
+                let attempts = m.attempts();
+                for (i, k) in m.latest_marks().into_iter().enumerate() {
+                    if !k.is_some_and(|k| k.status.is_final()) {
+                        let mark = Mark {
+                            id,
+                            rcpt: Some(i as u16),
+                            status: MarkStatus::Deferred,
+                            attempts,
+                            next_attempt_ms: crate::spool::HOLD_MS,
+                            text: crate::queue::requests::HELD_TEXT.into(),
+                        };
+                        log.append_mark(0, &mark);
+                    }
+                }
+            }
             QueueOp::Delete => log.append_mark(
                 0,
                 &Mark {
@@ -156,15 +204,9 @@ pub fn debug_request(
     data_dir: &std::path::Path,
     op: crate::obs::debug::DebugOp,
 ) -> Result<crate::obs::debug::DebugAnswer, AdminError> {
-    let socket = crate::queue::requests::socket_path(data_dir);
-    let s = UnixStream::connect(&socket).map_err(|e| {
-        AdminError::Server(format!(
-            "no running server answers on {} ({e}): the debug log is switched on a running server; \
-             `[log] debug = true` traces from the start",
-            socket.display()
-        ))
-    })?;
-    let a: crate::obs::debug::DebugAnswer = exchange(s, &crate::obs::debug::DebugRequest { debug: op })?;
+    let why = ": the debug log is switched on a running server; `[log] debug = true` traces from the start";
+    let s = super::api::connect_or_fail(data_dir, why)?;
+    let (_, a): (u16, crate::obs::debug::DebugAnswer) = super::api::json(s, "POST", "/v1/log/debug", Some(&op))?;
     match a.error {
         Some(e) => Err(AdminError::Server(e)),
         None => Ok(a),
@@ -174,18 +216,26 @@ pub fn debug_request(
 /// `ringmx queue suspend|resume|suspended`: through the running server, else on the stored
 /// list (the server reads it at start). The suspended destinations after the change.
 pub fn destinations(data_dir: &std::path::Path, op: &str, domains: &[String]) -> Result<Vec<String>, AdminError> {
-    use crate::queue::requests::{DestinationsAnswer, DestinationsOp, DestinationsRequest};
+    use crate::queue::requests::DestinationsAnswer;
     for d in domains {
         crate::directory::model::normalize_domain(d).map_err(|e| AdminError::Server(e.to_string()))?;
     }
-    let socket = crate::queue::requests::socket_path(data_dir);
-    if let Ok(s) = UnixStream::connect(&socket) {
-        let req = DestinationsRequest { destinations: DestinationsOp { op: op.into(), domains: domains.to_vec() } };
-        let a: DestinationsAnswer = exchange(s, &req)?;
-        return match a.error {
-            Some(e) => Err(AdminError::Server(e)),
-            None => Ok(a.suspended),
+    if super::api::connect(data_dir).is_some() {
+        let mut suspended = Vec::new();
+        let calls: Vec<String> = match op {
+            "list" => vec!["/v1/destinations".into()],
+            op => domains.iter().map(|d| format!("/v1/destinations/{}/{op}", super::api::seg(d))).collect(),
         };
+        for path in calls {
+            let s = super::api::connect_or_fail(data_dir, "")?;
+            let method = if op == "list" { "GET" } else { "POST" };
+            let (_, a): (u16, DestinationsAnswer) = super::api::json(s, method, &path, None::<&()>)?;
+            if let Some(e) = a.error {
+                return Err(AdminError::Server(e));
+            }
+            suspended = a.suspended;
+        }
+        return Ok(suspended);
     }
     let mut list: std::collections::BTreeSet<String> =
         crate::queue::requests::load_suspended(data_dir).into_iter().collect();
@@ -207,23 +257,20 @@ pub fn destinations(data_dir: &std::path::Path, op: &str, domains: &[String]) ->
 }
 
 /// Asks the running server to hand its listeners and spool over (`serve --takeover`): it
-/// drains and stops.
+/// drains and stops. In the earlier protocol, which servers of this release and the
+/// previous one both answer.
 pub fn handover_request(data_dir: &std::path::Path) -> Result<(), AdminError> {
-    let socket = crate::queue::requests::socket_path(data_dir);
-    let s = UnixStream::connect(&socket)
-        .map_err(|e| AdminError::Server(format!("no running server answers on {} ({e})", socket.display())))?;
+    let s = super::api::connect_or_fail(data_dir, "")?;
     let a: crate::queue::requests::HandoverAnswer =
-        exchange(s, &crate::queue::requests::HandoverRequest { handover: true })?;
+        exchange_line(s, &crate::queue::requests::HandoverRequest { handover: true })?;
     if a.draining { Ok(()) } else { Err(AdminError::Server("the server refused to hand over".into())) }
 }
 
 /// Has the running server read the mailboxes' quota usage again (after `reset-quota`).
 pub fn refresh_usage(data_dir: &std::path::Path) -> Result<(), AdminError> {
-    let socket = crate::queue::requests::socket_path(data_dir);
-    let s = UnixStream::connect(&socket)
-        .map_err(|e| AdminError::Server(format!("no running server answers on {} ({e})", socket.display())))?;
-    let a: crate::queue::requests::UsageAnswer =
-        exchange(s, &crate::queue::requests::UsageRequest { refresh_usage: true })?;
+    let s = super::api::connect_or_fail(data_dir, "")?;
+    let (_, a): (u16, crate::queue::requests::UsageAnswer) =
+        super::api::json(s, "POST", "/v1/directory/usage", None::<&()>)?;
     match a.error {
         Some(e) => Err(AdminError::Server(e)),
         None => Ok(()),
@@ -233,9 +280,6 @@ pub fn refresh_usage(data_dir: &std::path::Path) -> Result<(), AdminError> {
 /// `ringmx reload`: the running server reloads its configuration file (as on SIGHUP) and
 /// says what came of it.
 pub fn reload_request(data_dir: &std::path::Path) -> Result<crate::rt::reload::ReloadAnswer, AdminError> {
-    let socket = crate::queue::requests::socket_path(data_dir);
-    let s = UnixStream::connect(&socket)
-        .map_err(|e| AdminError::Server(format!("no running server answers on {} ({e})", socket.display())))?;
-    s.set_read_timeout(Some(Duration::from_secs(60)))?;
-    exchange(s, &crate::rt::reload::ReloadRequest { reload: crate::rt::reload::Empty {} })
+    let s = super::api::connect_or_fail(data_dir, "")?;
+    Ok(super::api::json(s, "POST", "/v1/reload", None::<&()>)?.1)
 }

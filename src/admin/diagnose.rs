@@ -396,8 +396,8 @@ fn queue(data_dir: &Path, r: &mut Report) {
     let Ok(s) = std::os::unix::net::UnixStream::connect(&socket) else {
         return r.add("queue", Severity::Info, "the server is not running: queue state not shown");
     };
-    let a: Result<StatusAnswer, _> = super::control::exchange(s, &StatusRequest { status: Empty {} });
-    let Ok(a) = a else {
+    let a: Result<(u16, StatusAnswer), _> = super::api::json(s, "GET", "/v1/status", None::<&()>);
+    let Ok((_, a)) = a else {
         return r.add("queue", Severity::Warning, "the server's control socket did not answer the status request");
     };
     let oldest = a.oldest_age_s.map_or_else(String::new, |s| format!(", the oldest {s} s old"));

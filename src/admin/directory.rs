@@ -369,12 +369,144 @@ pub enum CommandError {
 
 impl CommandError {
     pub fn exit_code(&self) -> ExitCode {
+        ExitCode::from(self.exit_status())
+    }
+
+    /// 1: the directory or its store failed; 2: the command was wrong.
+    pub fn exit_status(&self) -> u8 {
         match self {
-            CommandError::Directory(e) if !e.is_usage() => ExitCode::from(1),
-            CommandError::Io(_) => ExitCode::from(1),
-            _ => ExitCode::from(2),
+            CommandError::Directory(e) if !e.is_usage() => 1,
+            CommandError::Io(_) => 1,
+            _ => 2,
         }
     }
+
+    /// The admin API's status for it.
+    fn http_status(&self) -> u16 {
+        match self {
+            CommandError::NotFound(_) => 404,
+            CommandError::Directory(e) if !e.is_usage() => 500,
+            CommandError::Io(_) => 500,
+            _ => 400,
+        }
+    }
+}
+
+/// The arguments after `ringmx directory`, as the admin API takes them.
+#[derive(Debug, clap::Parser)]
+#[command(name = "ringmx directory", no_binary_name = true, disable_help_subcommand = true)]
+struct RemoteCommand {
+    #[command(subcommand)]
+    cmd: DirectoryCmd,
+}
+
+/// Does `cmd` name files of the caller's (`import FILE`, `export FILE`, `broadcast
+/// --body-file`)? Those run on the command line, not in the server.
+fn names_files(cmd: &DirectoryCmd) -> bool {
+    matches!(
+        cmd,
+        DirectoryCmd::Import { .. }
+            | DirectoryCmd::Export { file: Some(_) }
+            | DirectoryCmd::Postoffice { cmd: PostofficeCmd::Broadcast { body_file: Some(_), .. } }
+    )
+}
+
+/// The admin API's `POST /v1/directory/commands`: `args` as after `ringmx directory`, run
+/// on the directory of `data_dir`. An error is the HTTP status, the text and the command
+/// line's exit status.
+pub fn run_args(
+    data_dir: &Path,
+    maildir_root: &Path,
+    args: &[String],
+    input: &mut dyn BufRead,
+    out: &mut dyn Write,
+) -> Result<(), (u16, String, u8)> {
+    use clap::Parser;
+    let c = RemoteCommand::try_parse_from(args).map_err(|e| (400, e.to_string(), 2))?;
+    if names_files(&c.cmd) {
+        return Err((
+            400,
+            "a command that names files runs on the command line (the files are the caller's)".into(),
+            2,
+        ));
+    }
+    dispatch(data_dir, maildir_root, c.cmd, input, out).map_err(|e| (e.http_status(), e.to_string(), e.exit_status()))
+}
+
+/// Runs `cmd` on the directory of `data_dir` (mailboxes under `maildir_root`).
+pub fn dispatch(
+    data_dir: &Path,
+    maildir_root: &Path,
+    cmd: DirectoryCmd,
+    input: &mut dyn BufRead,
+    out: &mut dyn Write,
+) -> Result<(), CommandError> {
+    let store = JsonFileStore::in_data_dir(data_dir);
+    match cmd {
+        DirectoryCmd::Purge { older_than, postoffice, mailbox } => {
+            purge(&store, maildir_root, &older_than, postoffice.as_deref(), mailbox.as_deref(), out)
+        }
+        DirectoryCmd::List { cmd: super::lists::ListCmd::Moderate(m) } => {
+            store.load().map_err(CommandError::from).and_then(|d| super::lists::moderate(data_dir, &d, m, out))
+        }
+        DirectoryCmd::Postoffice { cmd: PostofficeCmd::Broadcast { name, subject, body, body_file, from } } => {
+            broadcast(&store, maildir_root, &name, &subject, body, body_file, from, out)
+        }
+        DirectoryCmd::Postoffice { cmd: PostofficeCmd::ResetQuota { name } } => {
+            reset_quota(&store, maildir_root, data_dir, &name, out)
+        }
+        cmd => execute(&store, maildir_root, cmd, input, out),
+    }
+}
+
+/// The arguments of this process after `directory`, without the options that choose the
+/// server (`--config`, `--data-dir`): what goes to the admin API.
+fn own_args() -> Vec<String> {
+    let all: Vec<String> = std::env::args().skip_while(|a| a != "directory").skip(1).collect();
+    let mut v = Vec::new();
+    let mut it = all.into_iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--config" | "--data-dir" => {
+                it.next();
+            }
+            _ if a.starts_with("--config=") || a.starts_with("--data-dir=") => {}
+            _ => v.push(a),
+        }
+    }
+    v
+}
+
+/// Sends the command to the running server; `None` when no server answers (or the command
+/// runs here).
+fn through_server(data_dir: &Path, cmd: &DirectoryCmd, out: &mut dyn Write) -> Option<Result<(), CommandError>> {
+    if names_files(cmd) {
+        return None;
+    }
+    let s = super::api::connect(data_dir)?;
+    let args = own_args();
+    let mut input = String::new();
+    if args.iter().any(|a| a == "--password-stdin") {
+        use std::io::Read;
+        if let Err(e) = std::io::stdin().read_to_string(&mut input) {
+            return Some(Err(e.into()));
+        }
+    }
+    let body = crate::rt::admin_http::CommandBody { args, input };
+    let r = super::api::json::<crate::rt::admin_http::CommandAnswer>(s, "POST", "/v1/directory/commands", Some(&body));
+    Some(match r {
+        Err(e) => Err(CommandError::Usage(e.to_string())),
+        Ok((_, a)) => {
+            if let Err(e) = out.write_all(a.output.as_bytes()) {
+                return Some(Err(e.into()));
+            }
+            match a.error {
+                None => Ok(()),
+                Some(e) if a.exit == 1 => Err(CommandError::Io(std::io::Error::other(e))),
+                Some(e) => Err(CommandError::Usage(e)),
+            }
+        }
+    })
 }
 
 /// Runs one `ringmx directory` command; errors are printed on stderr.
@@ -394,23 +526,12 @@ pub fn run(args: DirectoryArgs) -> ExitCode {
     if let Some(d) = &args.data_dir {
         cfg.data_dir = d.clone();
     }
-    let store = JsonFileStore::in_data_dir(&cfg.data_dir);
     let mut stdout = std::io::stdout().lock();
-    let result = match args.cmd {
-        DirectoryCmd::Purge { older_than, postoffice, mailbox } => {
-            purge(&store, &cfg.maildir_root(), &older_than, postoffice.as_deref(), mailbox.as_deref(), &mut stdout)
-        }
-        DirectoryCmd::List { cmd: super::lists::ListCmd::Moderate(m) } => store
-            .load()
-            .map_err(CommandError::from)
-            .and_then(|d| super::lists::moderate(&cfg.data_dir, &d, m, &mut stdout)),
-        DirectoryCmd::Postoffice { cmd: PostofficeCmd::Broadcast { name, subject, body, body_file, from } } => {
-            broadcast(&store, &cfg.maildir_root(), &name, &subject, body, body_file, from, &mut stdout)
-        }
-        DirectoryCmd::Postoffice { cmd: PostofficeCmd::ResetQuota { name } } => {
-            reset_quota(&store, &cfg.maildir_root(), &cfg.data_dir, &name, &mut stdout)
-        }
-        cmd => execute(&store, &cfg.maildir_root(), cmd, &mut std::io::stdin().lock(), &mut stdout),
+    // A running server carries the command out (its admin API); else it runs here, on the
+    // files, under the directory's writers' lock.
+    let result = match through_server(&cfg.data_dir, &args.cmd, &mut stdout) {
+        Some(r) => r,
+        None => dispatch(&cfg.data_dir, &cfg.maildir_root(), args.cmd, &mut std::io::stdin().lock(), &mut stdout),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

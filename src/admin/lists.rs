@@ -540,16 +540,12 @@ pub fn moderate(
             return Ok(());
         }
     };
-    let req = crate::rt::lists::ModerateRequest {
-        moderate: crate::rt::lists::Moderate { list: l.address.clone(), op: op.into(), code, reason },
-    };
-    let s = std::os::unix::net::UnixStream::connect(crate::queue::requests::socket_path(data_dir)).map_err(|e| {
-        CommandError::Usage(format!(
-            "the server is not running ({e}): approving or rejecting a post needs it, to queue its mail"
-        ))
-    })?;
-    let a: crate::rt::lists::ModerateAnswer =
-        super::control::exchange(s, &req).map_err(|e| CommandError::Usage(e.to_string()))?;
+    let body = serde_json::json!({ "op": op, "code": code, "reason": reason });
+    let s = super::api::connect_or_fail(data_dir, ": approving or rejecting a post needs it, to queue its mail")
+        .map_err(|e| CommandError::Usage(e.to_string()))?;
+    let path = format!("/v1/lists/{}/moderate", super::api::seg(&l.address));
+    let (_, a): (u16, crate::rt::lists::ModerateAnswer) =
+        super::api::json(s, "POST", &path, Some(&body)).map_err(|e| CommandError::Usage(e.to_string()))?;
     match (a.done, a.error) {
         (_, Some(e)) => Err(CommandError::NotFound(e)),
         (Some(d), None) => {

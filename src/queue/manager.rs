@@ -35,7 +35,7 @@
 use super::actions::{Action, At, Draft, Generate, ListJob, LmtpBatch, MaildirCopy, Outcome, RemoteJob, RemoteOutcome};
 use super::entries::{Entries, Entry, Rcpt, RcptStates, Want};
 use super::outcome::{self, Answered, Attempted, MarkFor};
-use super::requests::{BOUNCED_TEXT, DELETED_TEXT, Located, QueueAnswer, QueueOp, QueueRequest};
+use super::requests::{BOUNCED_TEXT, DELETED_TEXT, HELD_TEXT, Located, QueueAnswer, QueueOp, QueueRequest};
 use super::timer::second_of;
 use super::{DelayNoticeConfig, RetryConfig, TimerQueue};
 use crate::delivery::autoreply::{self, ReplyMemory};
@@ -319,8 +319,9 @@ impl QueueManager {
         for (i, latest) in m.latest.iter().enumerate() {
             match latest {
                 Some((status, _)) if status.is_final() => rcpts.set(i as u16, Rcpt::Done),
-                Some((MarkStatus::Deferred, t)) => next = Some(next.map_or(*t, |n| n.min(*t))),
+                // Quarantined since accepted (no mark), or on hold (a hold mark).
                 _ if m.quarantined => rcpts.set(i as u16, Rcpt::Held),
+                Some((MarkStatus::Deferred, t)) => next = Some(next.map_or(*t, |n| n.min(*t))),
                 _ => {}
             }
         }
@@ -1195,6 +1196,7 @@ impl QueueManager {
             },
         };
         for id in ids {
+            let loaded = self.entries.is_loaded(id);
             let Some(e) = self.entries.get_mut(id) else {
                 answer.not_found.push(id.to_string());
                 continue;
@@ -1214,13 +1216,55 @@ impl QueueManager {
                     }
                     continue;
                 }
+                QueueOp::Hold if loaded || e.want != Want::Nothing || e.rcpts.any(Rcpt::Inflight) => {
+                    answer.skipped.push(format!("{id}: being delivered now: hold it once this attempt ends"));
+                    continue;
+                }
+                QueueOp::Hold => {
+                    let attempts = e.attempts;
+                    let open: Vec<u16> = (0..e.rcpts.len()).filter(|&i| e.rcpts.get(i) != Rcpt::Done).collect();
+                    for &i in &open {
+                        e.rcpts.set(i, Rcpt::Held);
+                    }
+                    e.set_quarantined(true);
+                    // Its filing in the timer goes stale.
+                    e.due = 0;
+                    // Durable: a restart finds it held (the latest mark is a hold).
+                    for i in open {
+                        self.actions.push_back(Action::AppendMark(Mark {
+                            id,
+                            rcpt: Some(i),
+                            status: MarkStatus::Deferred,
+                            attempts,
+                            next_attempt_ms: crate::spool::HOLD_MS,
+                            text: HELD_TEXT.into(),
+                        }));
+                    }
+                    self.note(now, What::Operator { id, action: "hold" });
+                }
                 QueueOp::Release => {
                     e.set_quarantined(false);
-                    for i in e.rcpts.with(Rcpt::Held).collect::<Vec<_>>() {
+                    let held: Vec<u16> = e.rcpts.with(Rcpt::Held).collect();
+                    let whole = !e.rcpts.any(Rcpt::Done);
+                    let attempts = e.attempts;
+                    for &i in &held {
                         e.rcpts.set(i, Rcpt::Open);
                     }
-                    // Durable: after a restart it is not quarantined again.
-                    self.actions.push_back(Action::AppendMark(released_mark(id, now)));
+                    // Durable: after a restart it is not held again. One mark for the whole
+                    // message when no recipient is finished, else one per recipient released
+                    // (a whole-message mark would reopen the finished ones).
+                    match whole {
+                        true => self.actions.push_back(Action::AppendMark(released_mark(id, now))),
+                        false => {
+                            for i in held {
+                                self.actions.push_back(Action::AppendMark(Mark {
+                                    rcpt: Some(i),
+                                    attempts,
+                                    ..released_mark(id, now)
+                                }));
+                            }
+                        }
+                    }
                     self.note(now, What::Operator { id, action: "release" });
                     let slot = self.entries.slot_of(id).expect("found above");
                     self.schedule(slot, now, now);

@@ -156,8 +156,11 @@ fn show(a: &Action) -> String {
         Action::DeliverLmtp(b) => format!("lmtp batch{} {}", b.batch, b.rcpts.join(",")),
         Action::AppendMark(m) => {
             let who = m.rcpt.map_or("all".to_string(), |i| i.to_string());
-            let next =
-                if m.next_attempt_ms > 0 { format!(" next {}", minutes(m.next_attempt_ms)) } else { String::new() };
+            let next = match m.next_attempt_ms {
+                0 => String::new(),
+                crate::spool::HOLD_MS => " on hold".to_string(),
+                t => format!(" next {}", minutes(t)),
+            };
             format!("mark {who} {:?} #{}{next} {}", m.status, m.attempts, m.text)
         }
         Action::Generate(Generate::Dsn { reports, .. }) => {
@@ -710,7 +713,7 @@ fn quarantine_until_released() {
         ]
     );
     let a = d.m.handle_queue_request(d.now, &request(QueueOp::Release, &[id]));
-    assert_eq!(a.skipped, [format!("{id}: not quarantined")]);
+    assert_eq!(a.skipped, [format!("{id}: not held")]);
     // `--all` releases what is quarantined and says nothing of the rest.
     let all = QueueRequest { op: QueueOp::Release, ids: None };
     let a = d.m.handle_queue_request(d.now, &all);
@@ -720,6 +723,48 @@ fn quarantine_until_released() {
     d2.spool.insert(id, d.spool[&id].clone());
     d2.m.handle_recovered(d2.now, QueuedMessage { quarantined: true, ..recovered(id, 0, vec![None]) });
     assert_eq!((d2.run(), d2.next_due_minutes(), d2.m.len()), (Vec::<String>::new(), None, 1));
+}
+
+/// `queue hold`: the unfinished recipients get durable hold marks and the message is not
+/// tried again (`retry` leaves it) until `release`, which reopens only them; a restart finds
+/// it still held. A message with a delivery out is skipped.
+#[test]
+fn hold_until_released() {
+    let mut d = Driver::new(config());
+    let id = d.accept("s@sender.test", &["a@remote.test", "b@other.test"]);
+    d.run();
+    let a = d.m.handle_queue_request(d.now, &request(QueueOp::Hold, &[id]));
+    assert_eq!(a.skipped, [format!("{id}: being delivered now: hold it once this attempt ends")]);
+    d.remote(id, &[0], "250 2.0.0 ok");
+    d.remote(id, &[1], "451 4.3.0 later");
+    let a = d.m.handle_queue_request(d.now, &request(QueueOp::Hold, &[id]));
+    assert_eq!(a.done, [id.to_string()]);
+    assert_eq!(d.drain(), ["mark 1 Deferred #1 on hold held by the administrator"], "only the unfinished one");
+    // Its filing in the timer is stale: the retry time passes and it is not tried.
+    d.at(60);
+    assert_eq!(d.run(), Vec::<String>::new(), "not tried while held");
+    let a = d.m.handle_queue_request(d.now, &request(QueueOp::Retry, &[id]));
+    assert_eq!(a.skipped.len(), 1, "{a:?}");
+    let a = d.m.handle_queue_request(d.now, &request(QueueOp::Hold, &[id]));
+    assert_eq!(a.skipped, [format!("{id}: already held")]);
+    // A restart: the latest marks are a delivery and a hold.
+    let mut d2 = Driver::new(config());
+    d2.spool.insert(id, d.spool[&id].clone());
+    let latest = vec![Some((MarkStatus::Delivered, 0)), Some((MarkStatus::Deferred, crate::spool::HOLD_MS))];
+    d2.m.handle_recovered(d2.now, QueuedMessage { quarantined: true, ..recovered(id, 1, latest) });
+    assert_eq!((d2.run(), d2.next_due_minutes(), d2.m.len()), (Vec::<String>::new(), None, 1), "still held");
+    let a = d2.m.handle_queue_request(d2.now, &request(QueueOp::Release, &[id]));
+    assert_eq!(a.done, [id.to_string()]);
+    let mut out = d2.drain();
+    out.extend(d2.run());
+    assert_eq!(
+        out,
+        [
+            "mark 1 Deferred #1 next m+0 released from quarantine by the administrator".to_string(),
+            format!("remote {} 1:b@other.test", mx("other.test"))
+        ],
+        "the delivered recipient stays delivered"
+    );
 }
 
 /// A script's route sends every recipient, local ones too, to its host.

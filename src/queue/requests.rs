@@ -16,8 +16,11 @@ pub enum QueueOp {
     Delete,
     /// Fail every unfinished recipient and report it to the sender.
     Bounce,
-    /// Take a quarantined message out of quarantine: delivered as any other.
+    /// Take a quarantined or held message out: delivered as any other.
     Release,
+    /// Keep a message in the queue, untried, until released (Postfix's hold queue): its
+    /// unfinished recipients get a durable hold mark ([`crate::spool::HOLD_MS`]).
+    Hold,
     /// Where the message's record is (`queue show` on a running server: found through the
     /// queue's index, then read by the command itself).
     Locate,
@@ -55,18 +58,22 @@ pub struct Located {
     pub offset: u64,
 }
 
-/// Why `op` does not apply to message `id`, quarantined or not (`retry` leaves a quarantined
-/// message alone; `release` applies to quarantined ones only); `None` when it applies.
-pub fn quarantine_skip(op: QueueOp, id: crate::spool::QueueId, quarantined: bool) -> Option<String> {
-    match (op, quarantined) {
-        (QueueOp::Retry, true) => Some(format!("{id}: quarantined: `ringmx queue release` delivers it")),
-        (QueueOp::Release, false) => Some(format!("{id}: not quarantined")),
+/// Why `op` does not apply to message `id`, held (quarantined or on hold) or not (`retry`
+/// leaves a held message alone; `release` applies to held ones only, `hold` to the others);
+/// `None` when it applies.
+pub fn quarantine_skip(op: QueueOp, id: crate::spool::QueueId, held: bool) -> Option<String> {
+    match (op, held) {
+        (QueueOp::Retry, true) => Some(format!("{id}: held (quarantine or hold): `ringmx queue release` delivers it")),
+        (QueueOp::Release, false) => Some(format!("{id}: not held")),
+        (QueueOp::Hold, true) => Some(format!("{id}: already held")),
         _ => None,
     }
 }
 
 /// Mark text of a release from quarantine.
 pub const RELEASED_TEXT: &str = "released from quarantine by the administrator";
+/// Mark text of an operator's hold.
+pub const HELD_TEXT: &str = "held by the administrator";
 /// Mark text of an operator's decision.
 pub const DELETED_TEXT: &str = "deleted by the administrator";
 /// Reply text of a recipient the operator bounced (RFC 3463 5.0.0: other, permanent).

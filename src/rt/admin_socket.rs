@@ -1,22 +1,36 @@
-//! The control socket, `<data_dir>/control.sock`: `ringmx queue retry|delete|bounce` reach
-//! the control thread through it; `ringmx ban …` (the ban list) and `ringmx log debug …`
-//! (the debug log's switch) are answered here. Requests are in
-//! [`crate::queue::requests`], the command line's side in `admin::control`. One thread, one request at a time: operator commands are rare
-//! and the control thread answers each at once.
+//! The admin socket, `<data_dir>/control.sock` (mode 0600), and the admin API's optional
+//! TCP address (`[admin] listen`, a bearer token required): the operator's way in to the
+//! running server. `ringmx queue …`, `ringmx ban …`, `ringmx directory …`, `ringmx reload`
+//! and `ringmx log debug …` reach the server here.
+//!
+//! The socket speaks HTTP/1.1 with JSON ([`super::admin_http`]: versioned paths under
+//! `/v1/`, described in docs/admin-api.yaml). A connection whose first byte is `{` speaks
+//! the earlier protocol instead (one JSON request line, one JSON answer line), which a
+//! server keeps answering so that the command line of the previous release, and its
+//! `serve --takeover`, still reach it.
+//!
+//! One thread per connection, at most [`MAX_CONNECTIONS`] at a time (more are told 503);
+//! each has [`TIMEOUT`] to send its request, however it trickles it.
 
 use super::control::link::ControlMsg;
-use crate::queue::requests::{QueueAnswer, QueueRequest};
+use crate::queue::requests::{
+    DestinationsAnswer, DestinationsOp, HandoverAnswer, QueueAnswer, QueueRequest, UsageAnswer,
+};
 use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::SyncSender;
 use std::time::Duration;
 
 /// How long a client may take to send its request, and the control thread to answer.
-const TIMEOUT: Duration = Duration::from_secs(10);
+pub const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Connections served at once; more are answered 503 at once.
+pub const MAX_CONNECTIONS: usize = 16;
 
 /// What the socket answers itself besides the ban list.
 pub struct Answerers {
@@ -25,168 +39,275 @@ pub struct Answerers {
     pub reloads: Arc<super::reload::Outcomes>,
     /// `ringmx directory list moderate`: held posts approved or rejected.
     pub lists: super::lists::ListsHandle,
+    /// Where the data (the directory), the spool and the mailboxes are.
+    pub data_dir: PathBuf,
+    pub spool: PathBuf,
+    pub maildir_root: PathBuf,
+}
+
+/// Everything a connection's thread needs.
+pub struct Admin {
+    pub tx: SyncSender<ControlMsg>,
+    pub bans: Option<Arc<crate::policy::BanList>>,
+    pub answerers: Answerers,
+}
+
+/// The admin API on TCP: where, and the bearer token every request must carry.
+pub struct TcpAdmin {
+    pub listener: std::net::TcpListener,
+    pub token: String,
 }
 
 /// Binds the socket (replacing a stale one: the caller holds the spool lock, so no other
-/// server uses it) and serves it until `stop`; the socket file is removed at the end.
+/// server uses it) and serves it, and `tcp` when given, until `stop`; the socket file is
+/// removed at the end.
 pub fn spawn(
     path: PathBuf,
-    tx: SyncSender<ControlMsg>,
-    bans: Option<Arc<crate::policy::BanList>>,
-    answerers: Answerers,
+    admin: Admin,
+    tcp: Option<TcpAdmin>,
     stop: Arc<AtomicBool>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     let _ = std::fs::remove_file(&path);
     let listener = UnixListener::bind(&path)?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
     listener.set_nonblocking(true)?;
-    std::thread::Builder::new().name("control-socket".into()).spawn(move || {
+    if let Some(t) = &tcp {
+        t.listener.set_nonblocking(true)?;
+    }
+    let admin = Arc::new(admin);
+    let token: Option<Arc<str>> = tcp.as_ref().map(|t| Arc::from(t.token.as_str()));
+    let busy = Arc::new(AtomicUsize::new(0));
+    std::thread::Builder::new().name("admin-socket".into()).spawn(move || {
         while !stop.load(Ordering::Relaxed) {
-            match listener.accept() {
-                Ok((s, _)) => {
-                    if let Err(e) = serve(s, &tx, bans.as_deref(), &answerers) {
-                        log::warn!("control socket: {e}");
+            let mut fds = vec![libc::pollfd { fd: listener.as_raw_fd(), events: libc::POLLIN, revents: 0 }];
+            if let Some(t) = &tcp {
+                fds.push(libc::pollfd { fd: t.listener.as_raw_fd(), events: libc::POLLIN, revents: 0 });
+            }
+            // SAFETY: `fds` is a live, exclusively borrowed array of `fds.len()` pollfds for
+            // the duration of the call; poll(2) writes only their `revents`.
+            let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 200) };
+            if n <= 0 {
+                continue;
+            }
+            loop {
+                match listener.accept() {
+                    Ok((s, _)) => start(Stream::Unix(s), None, &admin, &busy),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) => {
+                        log::warn!("admin socket: {e}");
+                        break;
                     }
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(50)),
-                Err(e) => {
-                    log::warn!("control socket: {e}");
-                    std::thread::sleep(Duration::from_millis(50));
+            }
+            if let Some(t) = &tcp {
+                loop {
+                    match t.listener.accept() {
+                        Ok((s, _)) => start(Stream::Tcp(s), token.clone(), &admin, &busy),
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                        Err(e) => {
+                            log::warn!("admin API: {e}");
+                            break;
+                        }
+                    }
                 }
             }
         }
-        remove(&path);
+        let _ = std::fs::remove_file(&path);
     })
 }
 
-fn remove(path: &Path) {
-    let _ = std::fs::remove_file(path);
+/// An accepted connection.
+pub enum Stream {
+    Unix(std::os::unix::net::UnixStream),
+    Tcp(std::net::TcpStream),
 }
 
-fn serve(
-    s: UnixStream,
-    tx: &SyncSender<ControlMsg>,
-    bans: Option<&crate::policy::BanList>,
-    answerers: &Answerers,
-) -> std::io::Result<()> {
-    let Answerers { debug, metrics, reloads, lists } = answerers;
-    s.set_nonblocking(false)?;
-    s.set_read_timeout(Some(TIMEOUT))?;
-    s.set_write_timeout(Some(TIMEOUT))?;
-    let mut w = s.try_clone()?;
+impl Stream {
+    fn prepare(&self) -> std::io::Result<()> {
+        match self {
+            Stream::Unix(s) => {
+                s.set_nonblocking(false)?;
+                s.set_read_timeout(Some(TIMEOUT))?;
+                s.set_write_timeout(Some(TIMEOUT))
+            }
+            Stream::Tcp(s) => {
+                s.set_nonblocking(false)?;
+                s.set_read_timeout(Some(TIMEOUT))?;
+                s.set_write_timeout(Some(TIMEOUT))
+            }
+        }
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Unix(s) => s.read(buf),
+            Stream::Tcp(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Unix(s) => s.write(buf),
+            Stream::Tcp(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Serves `s` on a thread of its own, or answers 503 when [`MAX_CONNECTIONS`] are served.
+fn start(mut s: Stream, token: Option<Arc<str>>, admin: &Arc<Admin>, busy: &Arc<AtomicUsize>) {
+    if s.prepare().is_err() {
+        return;
+    }
+    if busy.fetch_add(1, Ordering::AcqRel) >= MAX_CONNECTIONS {
+        busy.fetch_sub(1, Ordering::AcqRel);
+        let _ = super::admin_http::write_error(&mut s, 503, "too many admin connections: try again");
+        return;
+    }
+    let (admin, busy2) = (admin.clone(), busy.clone());
+    let spawned = std::thread::Builder::new().name("admin-conn".into()).spawn(move || {
+        if let Err(e) = serve(s, token.as_deref(), &admin) {
+            log::debug!("admin connection: {e}");
+        }
+        busy2.fetch_sub(1, Ordering::AcqRel);
+    });
+    if spawned.is_err() {
+        busy.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// One connection: HTTP, or on the Unix socket the earlier line protocol.
+fn serve(mut s: Stream, token: Option<&str>, admin: &Admin) -> std::io::Result<()> {
+    let mut first = [0u8; 1];
+    if s.read(&mut first)? == 0 {
+        return Ok(());
+    }
+    if first[0] == b'{' && matches!(s, Stream::Unix(_)) {
+        return serve_line(first, s, admin);
+    }
+    super::admin_http::serve(first[0], s, token, admin)
+}
+
+/// The earlier protocol: one request line (at most 1 MiB), one answer line.
+fn serve_line(first: [u8; 1], mut s: Stream, admin: &Admin) -> std::io::Result<()> {
     let mut line = String::new();
-    // One request line, at most 1 MiB.
-    BufReader::new(s.take(1 << 20)).read_line(&mut line)?;
-    // `ringmx reload`: SIGHUP to this process, answered once the main thread dealt with it.
-    if serde_json::from_str::<super::reload::ReloadRequest>(&line).is_ok() {
-        let answer = reloads.request(Duration::from_secs(30));
-        let mut out = serde_json::to_vec(&answer).map_err(std::io::Error::other)?;
-        out.push(b'\n');
-        return w.write_all(&out);
-    }
-    // `ringmx diagnose`: the queue as the control thread last published it.
-    if crate::admin::diagnose::is_status_request(&line) {
-        let mut out = serde_json::to_vec(&crate::admin::diagnose::status(metrics)).map_err(std::io::Error::other)?;
-        out.push(b'\n');
-        return w.write_all(&out);
-    }
-    // `ringmx log debug …`: answered here, on the switch every session reads.
-    if let Ok(req) = serde_json::from_str::<crate::obs::debug::DebugRequest>(&line) {
-        let answer = crate::obs::debug::apply(debug, &req.debug);
-        if !matches!(req.debug, crate::obs::debug::DebugOp::Status) && answer.error.is_none() {
-            log::info!(
-                "debug log {} for {}",
-                if answer.on { "on" } else { "off" },
-                match answer.clients.is_empty() {
-                    true => "every client".to_string(),
-                    false => answer.clients.join(", "),
-                }
-            );
-        }
-        let mut out = serde_json::to_vec(&answer).map_err(std::io::Error::other)?;
-        out.push(b'\n');
-        return w.write_all(&out);
-    }
-    // `ringmx serve --takeover`: drain and stop, as on SIGTERM (the main thread's sigwait
-    // takes it), so that the new server gets the listeners' queues and the spool.
-    if serde_json::from_str::<crate::queue::requests::HandoverRequest>(&line).is_ok() {
-        log::info!("handover asked by a new server: draining");
-        super::HANDING_OVER.store(true, Ordering::Relaxed);
-        // SAFETY: kill(2) takes a pid and a signal, no memory; the pid is this process's own.
-        unsafe { libc::kill(std::process::id() as i32, libc::SIGTERM) };
-        let mut out = serde_json::to_vec(&crate::queue::requests::HandoverAnswer { draining: true })
-            .map_err(std::io::Error::other)?;
-        out.push(b'\n');
-        return w.write_all(&out);
-    }
-    // `ringmx queue suspend|resume|suspended`: the queue manager's.
-    if let Ok(req) = serde_json::from_str::<crate::queue::requests::DestinationsRequest>(&line) {
-        use crate::queue::requests::DestinationsAnswer;
-        let (atx, arx) = std::sync::mpsc::channel();
-        let answer = match tx.send(ControlMsg::Destinations(req.destinations.op, req.destinations.domains, atx)) {
-            Err(_) => DestinationsAnswer { error: Some("the server is stopping".into()), ..Default::default() },
-            Ok(()) => arx.recv_timeout(TIMEOUT).unwrap_or_else(|_| DestinationsAnswer {
-                error: Some("the control thread did not answer in time".into()),
-                ..Default::default()
-            }),
-        };
-        let mut out = serde_json::to_vec(&answer).map_err(std::io::Error::other)?;
-        out.push(b'\n');
-        return w.write_all(&out);
-    }
-    // `ringmx directory postoffice reset-quota`: the control thread reads the usage again.
-    if serde_json::from_str::<crate::queue::requests::UsageRequest>(&line).is_ok() {
-        let (atx, arx) = std::sync::mpsc::channel();
-        let answer = match tx.send(ControlMsg::RefreshUsage(atx)) {
-            Err(_) => {
-                crate::queue::requests::UsageAnswer { error: Some("the server is stopping".into()), mailboxes: 0 }
-            }
-            Ok(()) => match arx.recv_timeout(TIMEOUT) {
-                Ok(n) => crate::queue::requests::UsageAnswer { mailboxes: n, error: None },
-                Err(_) => crate::queue::requests::UsageAnswer {
-                    error: Some("the control thread did not answer in time".into()),
-                    mailboxes: 0,
-                },
-            },
-        };
-        let mut out = serde_json::to_vec(&answer).map_err(std::io::Error::other)?;
-        out.push(b'\n');
-        return w.write_all(&out);
-    }
-    // `ringmx directory list moderate LIST --approve|--reject CODE`: the list thread.
-    if let Ok(req) = serde_json::from_str::<super::lists::ModerateRequest>(&line) {
-        let answer = lists.moderate(req.moderate, TIMEOUT);
-        let mut out = serde_json::to_vec(&answer).map_err(std::io::Error::other)?;
-        out.push(b'\n');
-        return w.write_all(&out);
-    }
-    // `ringmx ban …`: answered here, on the list every shard reads.
-    if let Ok(req) = serde_json::from_str::<crate::admin::bans::BanRequest>(&line) {
-        let answer = match bans {
-            Some(list) => crate::admin::bans::apply(list, &req.ban),
-            None => crate::admin::bans::BanAnswer {
-                error: Some("automatic bans are off ([policy] auto_ban = false)".into()),
-                ..Default::default()
-            },
-        };
-        let mut out = serde_json::to_vec(&answer).map_err(std::io::Error::other)?;
-        out.push(b'\n');
-        return w.write_all(&out);
-    }
-    let answer = match serde_json::from_str::<QueueRequest>(&line) {
-        Err(e) => QueueAnswer { error: Some(format!("bad request: {e}")), ..QueueAnswer::default() },
-        Ok(req) => {
-            let (atx, arx) = std::sync::mpsc::channel();
-            match tx.send(ControlMsg::Queue(req, atx)) {
-                Err(_) => QueueAnswer { error: Some("the server is stopping".into()), ..QueueAnswer::default() },
-                Ok(()) => arx.recv_timeout(TIMEOUT).unwrap_or_else(|_| QueueAnswer {
-                    error: Some("the control thread did not answer in time".into()),
-                    ..QueueAnswer::default()
-                }),
-            }
-        }
-    };
+    BufReader::new((&first[..]).chain((&mut s).take(1 << 20))).read_line(&mut line)?;
+    let answer = answer_line(&line, admin);
     let mut out = serde_json::to_vec(&answer).map_err(std::io::Error::other)?;
     out.push(b'\n');
-    w.write_all(&out)
+    s.write_all(&out)
+}
+
+fn answer_line(line: &str, admin: &Admin) -> serde_json::Value {
+    use serde_json::to_value as v;
+    let r = if serde_json::from_str::<super::reload::ReloadRequest>(line).is_ok() {
+        v(reload(admin))
+    } else if crate::admin::diagnose::is_status_request(line) {
+        v(crate::admin::diagnose::status(&admin.answerers.metrics))
+    } else if let Ok(req) = serde_json::from_str::<crate::obs::debug::DebugRequest>(line) {
+        v(debug(admin, &req.debug))
+    } else if serde_json::from_str::<crate::queue::requests::HandoverRequest>(line).is_ok() {
+        v(handover())
+    } else if let Ok(req) = serde_json::from_str::<crate::queue::requests::DestinationsRequest>(line) {
+        v(destinations(admin, req.destinations))
+    } else if serde_json::from_str::<crate::queue::requests::UsageRequest>(line).is_ok() {
+        v(refresh_usage(admin))
+    } else if let Ok(req) = serde_json::from_str::<super::lists::ModerateRequest>(line) {
+        v(admin.answerers.lists.moderate(req.moderate, TIMEOUT))
+    } else if let Ok(req) = serde_json::from_str::<crate::admin::bans::BanRequest>(line) {
+        v(bans(admin, &req.ban))
+    } else {
+        match serde_json::from_str::<QueueRequest>(line) {
+            Err(e) => v(QueueAnswer { error: Some(format!("bad request: {e}")), ..QueueAnswer::default() }),
+            Ok(req) => v(queue(admin, req)),
+        }
+    };
+    r.unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() }))
+}
+
+/// `ringmx reload`: SIGHUP to this process, answered once the main thread dealt with it.
+pub fn reload(admin: &Admin) -> super::reload::ReloadAnswer {
+    admin.answerers.reloads.request(Duration::from_secs(30))
+}
+
+/// `ringmx log debug …`: answered here, on the switch every session reads.
+pub fn debug(admin: &Admin, op: &crate::obs::debug::DebugOp) -> crate::obs::debug::DebugAnswer {
+    let answer = crate::obs::debug::apply(&admin.answerers.debug, op);
+    if !matches!(op, crate::obs::debug::DebugOp::Status) && answer.error.is_none() {
+        log::info!(
+            "debug log {} for {}",
+            if answer.on { "on" } else { "off" },
+            match answer.clients.is_empty() {
+                true => "every client".to_string(),
+                false => answer.clients.join(", "),
+            }
+        );
+    }
+    answer
+}
+
+/// `ringmx serve --takeover`: drain and stop, as on SIGTERM (the main thread's sigwait takes
+/// it), so that the new server gets the listeners' queues and the spool.
+pub fn handover() -> HandoverAnswer {
+    log::info!("handover asked by a new server: draining");
+    super::HANDING_OVER.store(true, Ordering::Relaxed);
+    // SAFETY: kill(2) takes a pid and a signal, no memory; the pid is this process's own.
+    unsafe { libc::kill(std::process::id() as i32, libc::SIGTERM) };
+    HandoverAnswer { draining: true }
+}
+
+/// Sends `msg` (made with the answer's sender) to the control thread and waits for its
+/// answer, or says why there is none.
+fn ask<A>(admin: &Admin, msg: impl FnOnce(std::sync::mpsc::Sender<A>) -> ControlMsg, failed: impl Fn(&str) -> A) -> A {
+    let (atx, arx) = std::sync::mpsc::channel();
+    match admin.tx.send(msg(atx)) {
+        Err(_) => failed("the server is stopping"),
+        Ok(()) => arx.recv_timeout(TIMEOUT).unwrap_or_else(|_| failed("the control thread did not answer in time")),
+    }
+}
+
+/// `ringmx queue suspend|resume|suspended`: the queue manager's.
+pub fn destinations(admin: &Admin, op: DestinationsOp) -> DestinationsAnswer {
+    ask(
+        admin,
+        |atx| ControlMsg::Destinations(op.op, op.domains, atx),
+        |e| DestinationsAnswer { error: Some(e.into()), ..Default::default() },
+    )
+}
+
+/// `ringmx directory postoffice reset-quota`: the control thread reads the usage again.
+pub fn refresh_usage(admin: &Admin) -> UsageAnswer {
+    let n = ask(admin, ControlMsg::RefreshUsage, |_| usize::MAX);
+    match n {
+        usize::MAX => UsageAnswer { error: Some("the control thread did not answer".into()), mailboxes: 0 },
+        n => UsageAnswer { mailboxes: n, error: None },
+    }
+}
+
+/// `ringmx ban …`: answered here, on the list every shard reads.
+pub fn bans(admin: &Admin, op: &crate::admin::bans::BanOp) -> crate::admin::bans::BanAnswer {
+    match admin.bans.as_deref() {
+        Some(list) => crate::admin::bans::apply(list, op),
+        None => crate::admin::bans::BanAnswer {
+            error: Some("automatic bans are off ([policy] auto_ban = false)".into()),
+            ..Default::default()
+        },
+    }
+}
+
+/// `ringmx queue retry|delete|bounce|hold|release`: the queue manager's.
+pub fn queue(admin: &Admin, req: QueueRequest) -> QueueAnswer {
+    ask(admin, |atx| ControlMsg::Queue(req, atx), |e| QueueAnswer { error: Some(e.into()), ..QueueAnswer::default() })
+}
+
+/// The data directory the server serves (for the directory's operations).
+pub fn data_dir(admin: &Admin) -> &Path {
+    &admin.answerers.data_dir
 }

@@ -14,7 +14,8 @@
 //!   LMTP); `admin_socket`: the operator's way in to the control thread (`ringmx queue
 //!   retry|delete|bounce`, and `queue show`'s lookup).
 
-mod admin_socket;
+pub mod admin_http;
+pub mod admin_socket;
 mod conn;
 pub mod control;
 mod epoll;
@@ -331,16 +332,36 @@ impl Server {
         let socket_path = crate::queue::requests::socket_path(&cfg.data_dir);
         // Without the socket the server still serves mail; only the queue commands need it.
         let bans = services.policy.bans.clone();
+        // The admin API on TCP, when configured (its token was checked with the config).
+        let tcp_admin = match (cfg.admin.listen, cfg.admin.token()) {
+            (Some(addr), Ok(token)) => match std::net::TcpListener::bind(addr) {
+                Ok(listener) => {
+                    log::info!("admin API on {addr}");
+                    Some(admin_socket::TcpAdmin { listener, token })
+                }
+                Err(e) => {
+                    log::error!("admin API: binding {addr}: {e}; the admin socket still serves it");
+                    None
+                }
+            },
+            _ => None,
+        };
         let socket = admin_socket::spawn(
             socket_path.clone(),
-            tx.clone(),
-            bans,
-            admin_socket::Answerers {
-                debug: debug.clone(),
-                metrics: control_metrics.clone(),
-                reloads: reloads.clone(),
-                lists,
+            admin_socket::Admin {
+                tx: tx.clone(),
+                bans,
+                answerers: admin_socket::Answerers {
+                    debug: debug.clone(),
+                    metrics: control_metrics.clone(),
+                    reloads: reloads.clone(),
+                    lists,
+                    data_dir: cfg.data_dir.clone(),
+                    spool: spool.clone(),
+                    maildir_root: cfg.maildir_root(),
+                },
             },
+            tcp_admin,
             shutdown.clone(),
         )
         .inspect_err(|e| {

@@ -34,7 +34,7 @@ pub use lock::{SpoolLock, lock_spool};
 pub use log::{Batch, Completion, Location, LogStats, ShardLog, Stored};
 pub use reader::RecordReader;
 pub use reclaim::{CopyMark, Plan, Reclaimer};
-pub use record::{Mark, MarkStatus};
+pub use record::{HOLD_MS, Mark, MarkStatus};
 
 use crate::wire::Reply;
 use record::{DecodeError, Record, SEGMENT_HEADER_LEN, SegmentHeader, decode_record};
@@ -121,9 +121,15 @@ impl StoredMessage {
             .all(|i| self.marks.iter().rev().find(|m| m.rcpt == Some(i as u16)).is_some_and(|m| m.status.is_final()))
     }
 
-    /// Quarantined and not released (no mark since it was accepted).
+    /// Held until an operator releases it: quarantined when accepted and not released (no
+    /// mark since), or put on hold since ([`Mark::is_hold`] is its latest mark).
     pub fn is_quarantined(&self) -> bool {
-        self.envelope.quarantine.is_some() && self.marks.is_empty()
+        (self.envelope.quarantine.is_some() && self.marks.is_empty()) || self.is_on_hold()
+    }
+
+    /// Put on hold by an operator (`ringmx queue hold`) and not released since.
+    pub fn is_on_hold(&self) -> bool {
+        self.marks.last().is_some_and(Mark::is_hold)
     }
 
     /// The latest mark of each recipient, by index (a whole-message mark counts for all).
@@ -371,8 +377,9 @@ impl Collector for QueueIndex {
 
     fn mark(&mut self, m: Mark) {
         let Some(msg) = self.0.get_mut(&m.id) else { return };
-        // Any mark (the release first of all) means it left the quarantine.
-        msg.quarantined = false;
+        // Any mark (the release first of all) means it left the quarantine; an operator's
+        // hold puts it back until the next.
+        msg.quarantined = m.is_hold();
         msg.attempts = msg.attempts.max(m.attempts);
         let state = Some((m.status, m.next_attempt_ms));
         match m.rcpt {

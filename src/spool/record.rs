@@ -138,6 +138,10 @@ impl MarkStatus {
     }
 }
 
+/// `next_attempt_ms` of a recipient an operator put on hold (`ringmx queue hold`): never
+/// due until a later mark (the release) says otherwise.
+pub const HOLD_MS: u64 = u64::MAX;
+
 /// A state mark for one recipient (or all, `rcpt == None`) of a message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mark {
@@ -147,6 +151,13 @@ pub struct Mark {
     pub attempts: u16,
     pub next_attempt_ms: u64,
     pub text: String,
+}
+
+impl Mark {
+    /// An operator's hold of this recipient (or of all): deferred until released.
+    pub fn is_hold(&self) -> bool {
+        self.status == MarkStatus::Deferred && self.next_attempt_ms == HOLD_MS
+    }
 }
 
 /// One decoded record; a message's content stays in the buffer it was read from.
