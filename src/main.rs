@@ -571,7 +571,16 @@ fn apply_serve_args(cfg: &mut Config, args: &ServeArgs) {
 fn main() -> ExitCode {
     ringmx::util::logger::init();
     let cli = Cli::parse();
-    let r = match cli.command.unwrap_or(Cmd::Serve(ServeArgs::default())) {
+    let command = cli.command.unwrap_or(Cmd::Serve(ServeArgs::default()));
+    if !matches!(command, Cmd::Serve(_)) {
+        // A command whose reader went away (`ringmx queue list | head`) ends quietly, as Unix
+        // tools do, instead of failing on EPIPE. (`serve` ignores SIGPIPE: a peer that closes
+        // its socket must not end the server.)
+        // SAFETY: signal(2) with SIG_DFL installs no handler, so nothing runs in signal
+        // context; the process is single-threaded here.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
+    let r = match command {
         Cmd::Serve(args) => serve(args),
         Cmd::CheckConfig { config } => load(config.as_ref()).map(|c| {
             // The directory is data, not configuration: what it lacks is a warning.

@@ -622,6 +622,37 @@ mod tests {
         assert_eq!(parse("GET /v1/status SPDY/3\r\n\r\n").unwrap_err().0, 400);
     }
 
+    /// A peer that trickles: one byte a read, and its deadline passes after `left` reads.
+    struct Trickle<'a> {
+        data: &'a [u8],
+        left: usize,
+    }
+
+    impl ReadWithin for Trickle<'_> {
+        fn read_within(&mut self, buf: &mut [u8], _: Instant) -> std::io::Result<usize> {
+            if self.left == 0 {
+                return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "the request took too long"));
+            }
+            self.left -= 1;
+            let n = self.data.len().min(1).min(buf.len());
+            buf[..n].copy_from_slice(&self.data[..n]);
+            self.data = &self.data[n..];
+            Ok(n)
+        }
+    }
+
+    /// However it trickles, a request gets its deadline (408), in the head or in the body.
+    #[test]
+    fn a_trickling_peer_meets_its_deadline() {
+        let head = b"ET /v1/status HTTP/1.1\r\nContent-Length: 10\r\n\r\n12345";
+        let mut t = Trickle { data: head, left: 10 };
+        assert_eq!(read_request(b'G', &mut t, Instant::now()).unwrap_err().0, 408, "in the head");
+        let mut t = Trickle { data: head, left: head.len() - 2 };
+        assert_eq!(read_request(b'G', &mut t, Instant::now()).unwrap_err().0, 408, "in the body");
+        let mut t = Trickle { data: head, left: usize::MAX };
+        assert_eq!(read_request(b'G', &mut t, Instant::now()).unwrap_err().0, 400, "ended early");
+    }
+
     #[test]
     fn encoding_round_trips() {
         for s in ["a+b@x.test", "100% sure", "ünïcode/slash?q"] {

@@ -9,8 +9,10 @@
 //! server keeps answering so that the command line of the previous release, and its
 //! `serve --takeover`, still reach it.
 //!
-//! One thread per connection, at most [`MAX_CONNECTIONS`] at a time (more are told 503);
-//! each has [`TIMEOUT`] to send its request, however it trickles it.
+//! One thread per connection, at most [`MAX_CONNECTIONS`] at a time on the socket and as
+//! many on TCP (more are told 503; clients on TCP that hold their connections open cannot
+//! keep the socket's operators out); each has [`TIMEOUT`] to send its request, however it
+//! trickles it.
 
 use super::control::link::ControlMsg;
 use crate::queue::requests::{
@@ -20,7 +22,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixListener;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::SyncSender;
@@ -29,7 +31,7 @@ use std::time::Duration;
 /// How long a client may take to send its request, and the control thread to answer.
 pub const TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Connections served at once; more are answered 503 at once.
+/// Connections served at once, on the socket and on TCP each; more are answered 503 at once.
 pub const MAX_CONNECTIONS: usize = 16;
 
 /// What the socket answers itself besides the ban list.
@@ -76,7 +78,7 @@ pub fn spawn(
     }
     let admin = Arc::new(admin);
     let token: Option<Arc<str>> = tcp.as_ref().map(|t| Arc::from(t.token.as_str()));
-    let busy = Arc::new(AtomicUsize::new(0));
+    let (busy_unix, busy_tcp) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     std::thread::Builder::new().name("admin-socket".into()).spawn(move || {
         while !stop.load(Ordering::Relaxed) {
             let mut fds = vec![libc::pollfd { fd: listener.as_raw_fd(), events: libc::POLLIN, revents: 0 }];
@@ -91,7 +93,7 @@ pub fn spawn(
             }
             loop {
                 match listener.accept() {
-                    Ok((s, _)) => start(Stream::Unix(s), None, &admin, &busy),
+                    Ok((s, _)) => start(Stream::Unix(s), None, &admin, &busy_unix),
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                     Err(e) => {
                         log::warn!("admin socket: {e}");
@@ -102,7 +104,7 @@ pub fn spawn(
             if let Some(t) = &tcp {
                 loop {
                     match t.listener.accept() {
-                        Ok((s, _)) => start(Stream::Tcp(s), token.clone(), &admin, &busy),
+                        Ok((s, _)) => start(Stream::Tcp(s), token.clone(), &admin, &busy_tcp),
                         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                         Err(e) => {
                             log::warn!("admin API: {e}");
@@ -168,6 +170,16 @@ fn start(mut s: Stream, token: Option<Arc<str>>, admin: &Arc<Admin>, busy: &Arc<
     }
     if busy.fetch_add(1, Ordering::AcqRel) >= MAX_CONNECTIONS {
         busy.fetch_sub(1, Ordering::AcqRel);
+        // What the request sent so far is read first (without waiting), so that closing does
+        // not reset the connection before the client reads the answer.
+        let mut sink = [0u8; 16 << 10];
+        let drained = match &s {
+            Stream::Unix(u) => u.set_nonblocking(true),
+            Stream::Tcp(t) => t.set_nonblocking(true),
+        };
+        if drained.is_ok() {
+            while matches!(s.read(&mut sink), Ok(n) if n > 0) {}
+        }
         let _ = super::admin_http::write_error(&mut s, 503, "too many admin connections: try again");
         return;
     }
@@ -305,9 +317,4 @@ pub fn bans(admin: &Admin, op: &crate::admin::bans::BanOp) -> crate::admin::bans
 /// `ringmx queue retry|delete|bounce|hold|release`: the queue manager's.
 pub fn queue(admin: &Admin, req: QueueRequest) -> QueueAnswer {
     ask(admin, |atx| ControlMsg::Queue(req, atx), |e| QueueAnswer { error: Some(e.into()), ..QueueAnswer::default() })
-}
-
-/// The data directory the server serves (for the directory's operations).
-pub fn data_dir(admin: &Admin) -> &Path {
-    &admin.answerers.data_dir
 }

@@ -110,6 +110,8 @@ pub struct Server {
     pub activity: Option<crate::obs::ActivityLog>,
     /// The metrics endpoint's address, thread and stop flag (none when it is off).
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// The admin API's TCP address (`[admin] listen`; it is always on the admin socket).
+    pub admin_addr: Option<std::net::SocketAddr>,
     metrics: Option<(std::thread::JoinHandle<()>, Arc<AtomicBool>)>,
     /// `/readyz`: true while the listeners are bound and the shards serve.
     serving: Arc<AtomicBool>,
@@ -336,7 +338,7 @@ impl Server {
         let tcp_admin = match (cfg.admin.listen, cfg.admin.token()) {
             (Some(addr), Ok(token)) => match std::net::TcpListener::bind(addr) {
                 Ok(listener) => {
-                    log::info!("admin API on {addr}");
+                    log::info!("admin API on {}", listener.local_addr().unwrap_or(addr));
                     Some(admin_socket::TcpAdmin { listener, token })
                 }
                 Err(e) => {
@@ -346,6 +348,7 @@ impl Server {
             },
             _ => None,
         };
+        let admin_addr = tcp_admin.as_ref().and_then(|t| t.listener.local_addr().ok());
         let socket = admin_socket::spawn(
             socket_path.clone(),
             admin_socket::Admin {
@@ -475,6 +478,7 @@ impl Server {
             driver,
             activity,
             metrics_addr,
+            admin_addr,
             metrics,
             serving,
             reloadable: Reloadable { cfg: cfg.clone(), live, services, limits, usage, debug, reloads },
@@ -718,6 +722,9 @@ pub fn serve(
         }
         if let Some(a) = server.metrics_addr {
             let _ = writeln!(out, "metrics on http://{a}/metrics");
+        }
+        if let Some(a) = server.admin_addr {
+            let _ = writeln!(out, "admin API on http://{a}/v1/");
         }
         let _ = out.flush();
     }

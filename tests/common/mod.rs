@@ -25,6 +25,8 @@ pub struct Server {
     pub addrs: Vec<SocketAddr>,
     /// The metrics endpoint, when `[metrics] listen` is set.
     pub metrics: Option<SocketAddr>,
+    /// The admin API's TCP address, when `[admin] listen` is set.
+    pub admin: Option<SocketAddr>,
     pub dir: PathBuf,
     stderr: Option<std::thread::JoinHandle<String>>,
 }
@@ -110,6 +112,7 @@ pub fn start(dir: &Path, driver: &str, config: &str) -> Server {
     });
     let (tx, rx) = std::sync::mpsc::channel();
     let (mtx, mrx) = std::sync::mpsc::channel();
+    let (atx, arx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
             if let Some(a) = line.strip_prefix("listening on ") {
@@ -117,6 +120,9 @@ pub fn start(dir: &Path, driver: &str, config: &str) -> Server {
             }
             if let Some(a) = line.strip_prefix("metrics on http://").and_then(|a| a.strip_suffix("/metrics")) {
                 let _ = mtx.send(a.parse::<SocketAddr>().unwrap());
+            }
+            if let Some(a) = line.strip_prefix("admin API on http://").and_then(|a| a.strip_suffix("/v1/")) {
+                let _ = atx.send(a.parse::<SocketAddr>().unwrap());
             }
         }
     });
@@ -134,7 +140,8 @@ pub fn start(dir: &Path, driver: &str, config: &str) -> Server {
     }
     // Printed right after the listeners, when configured.
     let metrics = mrx.try_recv().ok();
-    Server { child, addrs, metrics, dir: dir.to_path_buf(), stderr: Some(stderr) }
+    let admin = arx.try_recv().ok();
+    Server { child, addrs, metrics, admin, dir: dir.to_path_buf(), stderr: Some(stderr) }
 }
 
 /// A plain listener on 127.0.0.1:0 plus `extra` configuration.
