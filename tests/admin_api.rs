@@ -172,14 +172,7 @@ fn idle_clients_on_tcp_are_bounded_and_keep_nobody_off_the_socket() {
 }
 
 fn cli(dir: &Path, args: &[&str]) -> (i32, String, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ringmx"))
-        .args(args)
-        .arg("--config")
-        .arg(dir.join("ringmx.toml"))
-        .output()
-        .unwrap();
-    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-    (out.status.code().unwrap_or(-1), text(&out.stdout), text(&out.stderr))
+    ringmx_out(dir, args)
 }
 
 #[test]

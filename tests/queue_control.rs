@@ -14,15 +14,7 @@ const CONFIG: &str = "[delivery.retry]\nintervals = [\"1h\"]\n[delivery.delay_no
 
 /// `ringmx queue ARGS...`: exit code, stdout, stderr.
 fn queue_cmd(dir: &Path, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_ringmx"))
-        .arg("queue")
-        .args(args)
-        .arg("--config")
-        .arg(dir.join("ringmx.toml"))
-        .output()
-        .unwrap();
-    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-    (out.status.code().unwrap_or(-1), text(&out.stdout), text(&out.stderr))
+    ringmx_out(dir, &[&["queue"], args].concat())
 }
 
 fn deferred(dir: &Path, id: &str, attempts: u64) -> bool {

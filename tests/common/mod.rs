@@ -155,6 +155,13 @@ pub fn ringmx(dir: &Path, args: &[&str]) -> (i32, String) {
     (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// Runs `ringmx` with `args` against `dir`'s configuration; returns (status, stdout, stderr).
+pub fn ringmx_out(dir: &Path, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(BIN).args(args).arg("--config").arg(dir.join("ringmx.toml")).output().expect("run ringmx");
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status.code().unwrap_or(-1), text(&out.stdout), text(&out.stderr))
+}
+
 /// `queue list --json`, parsed.
 pub fn queue(dir: &Path) -> Vec<serde_json::Value> {
     let (code, out) = ringmx(dir, &["queue", "list", "--json"]);
