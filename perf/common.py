@@ -1,6 +1,7 @@
 """Helpers the perf/ scripts share (imported as `common`: the scripts run as
 `python3 perf/NAME.py`, which puts perf/ on the import path)."""
 
+import os
 import socket
 
 
@@ -67,3 +68,17 @@ def accept_against_delivery(rounds, messages, kinds, run_one):
     for label, values in figures.items():
         ratio = "" if label == kinds[0][0] else f"; ratio to accept-only {statistics.median(values) / only:.2f}"
         print(f"{label:24} {spread(values)} msg/s{ratio}")
+
+
+def held_queue_config(d, port, dead_port):
+    """A config in `d` whose mail for held.example stays queued: its smart host (`dead_port`)
+    refuses every connection, retries are an hour apart."""
+    cfg = os.path.join(d, "ringmx.toml")
+    with open(cfg, "w") as f:
+        f.write(f'data_dir = "{d}/data"\nlocal_domains = ["held.example"]\n')
+        f.write(f'[[listener]]\nport = {port}\nbind = ["127.0.0.1"]\n')
+        f.write("[limits]\nmax_connections = 10000\nmax_connections_per_ip = 10000\n")
+        f.write('[delivery.retry]\nintervals = ["1h"]\n[delivery.delay_notice]\nmode = "off"\n')
+        f.write(f'[delivery.routing.smart_host]\nhost = "127.0.0.1"\nport = {dead_port}\n')
+        f.write('[delivery.remote]\ntls = "off"\n')
+    return cfg

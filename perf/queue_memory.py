@@ -25,19 +25,7 @@ import sys
 import tempfile
 import time
 
-from common import free_port, rss_kib
-
-
-def write_config(d, port, dead_port):
-    cfg = os.path.join(d, "ringmx.toml")
-    with open(cfg, "w") as f:
-        f.write(f'data_dir = "{d}/data"\nlocal_domains = ["held.example"]\n')
-        f.write(f'[[listener]]\nport = {port}\nbind = ["127.0.0.1"]\n')
-        f.write("[limits]\nmax_connections = 10000\nmax_connections_per_ip = 10000\n")
-        f.write('[delivery.retry]\nintervals = ["1h"]\n[delivery.delay_notice]\nmode = "off"\n')
-        f.write(f'[delivery.routing.smart_host]\nhost = "127.0.0.1"\nport = {dead_port}\n')
-        f.write('[delivery.remote]\ntls = "off"\n')
-    return cfg
+from common import free_port, held_queue_config as write_config, rss_kib
 
 
 def start(binary, cfg):
