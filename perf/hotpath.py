@@ -5,6 +5,8 @@ Postfix's smtp-source drives, in interleaved rounds, each of:
   ringmx-uring     ringmx, io_uring driver, fsync before 250 (the default)
   ringmx-epoll     ringmx, epoll driver, fsync before 250
   ringmx-nofsync   ringmx, io_uring driver, [spool] fsync = false (operator's choice)
+  ringmx-direct    ringmx, io_uring driver, [spool] direct_io = true (O_DIRECT + RWF_DSYNC
+                   writes, no fdatasync); ringmx-epoll-direct the same with epoll
   ringmx-nolog     ringmx, io_uring driver, the activity log off (`[log] activity = false`;
                    ringmx-uring writes it, the default); no W3C log, no metrics endpoint
   ringmx-alllogs   ringmx, io_uring driver, every log and the metrics on: the activity
@@ -27,7 +29,9 @@ Postfix's smtp-source drives, in interleaved rounds, each of:
                    fewer messages: it runs at a few hundred messages per second)
 in two modes: persistent connections (`smtp-source -d`) and a connection per message.
 It prints medians of msgs/s and server CPU µs per message (utime+stime of the server's
-processes from /proc, over the run), ratios to smtp-sink, and ringmx's group-commit factor
+processes from /proc, over the run), the whole machine's busy CPU per message minus the
+client's (kernel threads such as kworkers and interrupts included: where a server's work
+lands outside its own threads), ratios to smtp-sink, and ringmx's group-commit factor
 (messages per fdatasync, from its exit log).
 
 With `--shards N` every ringmx runs N ingress shards (`[runtime] ingress_cores`); with
@@ -95,6 +99,21 @@ def cpu_ticks(pids):
     return total
 
 
+def machine_busy_ticks():
+    """Busy CPU ticks of the whole machine (every field of /proc/stat's cpu line but idle
+    and iowait): kernel threads (kworkers, io-wq workers, interrupts) included."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    return sum(fields) - fields[3] - fields[4]
+
+
+def client_ticks():
+    """CPU ticks of this script's reaped children (smtp-source), user and system."""
+    import resource
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return (r.ru_utime + r.ru_stime) * CLK_TCK
+
+
 POLICY = None
 
 
@@ -112,7 +131,7 @@ def policy_config():
 
 
 class Ringmx:
-    def __init__(self, binary, io, fsync, tmp, extra=""):
+    def __init__(self, binary, io, fsync, tmp, extra="", direct=False):
         self.port = free_port()
         self.dir = tempfile.mkdtemp(dir=tmp)
         cfg = os.path.join(self.dir, "ringmx.toml")
@@ -120,6 +139,8 @@ class Ringmx:
             f.write(f'data_dir = "{self.dir}/data"\nlocal_domains = ["example.test"]\n')
             f.write(f'[[listener]]\nport = {self.port}\nbind = ["127.0.0.1"]\n')
             f.write(f"[spool]\nfsync = {'true' if fsync else 'false'}\n")
+            if direct:
+                f.write("direct_io = true\n")
             f.write("[limits]\nmax_connections_per_ip = 100000\nmax_connections = 100000\n")
             f.write(extra)
             f.write(RINGMX_RUNTIME)
@@ -310,6 +331,8 @@ def main():
         "ringmx-scripts": ringmx_scripts,
         "ringmx-epoll": lambda: Ringmx(a.ringmx, "epoll", True, tmp),
         "ringmx-nofsync": lambda: Ringmx(a.ringmx, "uring", False, tmp),
+        "ringmx-direct": lambda: Ringmx(a.ringmx, "uring", True, tmp, direct=True),
+        "ringmx-epoll-direct": lambda: Ringmx(a.ringmx, "epoll", True, tmp, direct=True),
         "ringmx-nolog": lambda: Ringmx(a.ringmx, "uring", True, tmp, "[log]\nactivity = false\n"),
         "ringmx-rspamd": ringmx_rspamd,
         "ringmx-w3c": lambda: Ringmx(a.ringmx, "uring", True, tmp, "[log.w3c]\nenabled = true\n"),
@@ -334,6 +357,7 @@ def main():
     names = [n for n in makers if not a.only or n in a.only.split(",")]
     results = {}  # (name, mode) -> list of (msgs/s, cpu µs/msg)
     commit = {}   # name -> list of records per batch
+    machine = {}  # (name, mode) -> whole-machine busy CPU µs per message, minus the client's
     filters = {}  # (name, mode) -> the filter's own CPU µs per message (ringmx-rspamd)
     for r in range(a.rounds):
         for mode in ("persistent", "cpm"):
@@ -347,18 +371,23 @@ def main():
                     filter_pids = getattr(srv, "filter_pids", lambda: [])()
                     f0 = cpu_ticks(filter_pids)
                     c0 = cpu_ticks(srv.pids())
+                    m0, k0 = machine_busy_ticks(), client_ticks()
                     secs = run_source(srv.port, n, a.sessions, a.size, mode == "persistent")
                     c1 = cpu_ticks(srv.pids())
+                    m1, k1 = machine_busy_ticks(), client_ticks()
                     f1 = cpu_ticks(filter_pids)
                 finally:
                     st = srv.stop()
                 cpu_us = (c1 - c0) / CLK_TCK / n * 1e6
+                machine_us = ((m1 - m0) - (k1 - k0)) / CLK_TCK / n * 1e6
                 results.setdefault((name, mode), []).append((n / secs, cpu_us))
+                machine.setdefault((name, mode), []).append(machine_us)
                 if filter_pids:
                     filters.setdefault((name, mode), []).append((f1 - f0) / CLK_TCK / n * 1e6)
                 if st and name.startswith("ringmx"):
                     commit.setdefault((name, mode), []).append(st[0] / max(st[1], 1))
-                print(f"round {r + 1} {mode:10} {name:15} {n / secs:9.0f} msg/s {cpu_us:7.1f} µs/msg", flush=True)
+                print(f"round {r + 1} {mode:10} {name:15} {n / secs:9.0f} msg/s {cpu_us:7.1f} µs/msg "
+                      f"(machine but the client {machine_us:.1f})", flush=True)
     for r in rspamd:
         r.stop()
     shutil.rmtree(tmp, ignore_errors=True)
@@ -369,12 +398,16 @@ def main():
     print()
     print(f"medians over {a.rounds} round(s); smtp-source -s {a.sessions} -l {a.size}; "
           f"{a.messages} msgs persistent, {a.cpm_messages} connection-per-message")
-    print(f"{'server':15} {'mode':11} {'msg/s':>9} {'µs/msg':>8} {'msg/s ÷ sink':>13} {'CPU ÷ sink':>11}")
+    print(f"{'server':15} {'mode':11} {'msg/s':>9} {'µs/msg':>8} {'msg/s ÷ sink':>13} {'CPU ÷ sink':>11} "
+          f"{'machine µs/msg':>15} {'÷ sink':>7}")
+    mmed = {k: statistics.median(v) for k, v in machine.items()}
     for (name, mode), (rate, cpu) in sorted(med.items(), key=lambda kv: (kv[0][1], kv[0][0])):
         sink = med.get(("smtp-sink", mode))
         rr = f"{rate / sink[0]:.2f}" if sink else "-"
         cr = f"{cpu / sink[1]:.2f}" if sink and sink[1] > 0 else "-"
-        print(f"{name:15} {mode:11} {rate:9.0f} {cpu:8.1f} {rr:>13} {cr:>11}")
+        ms, msink = mmed.get((name, mode)), mmed.get(("smtp-sink", mode))
+        mr = f"{ms / msink:.2f}" if ms and msink else "-"
+        print(f"{name:15} {mode:11} {rate:9.0f} {cpu:8.1f} {rr:>13} {cr:>11} {ms or 0:15.1f} {mr:>7}")
     u, e = med.get(("ringmx-uring", "cpm")), med.get(("ringmx-epoll", "cpm"))
     if u and e:
         print(f"\nio_uring ÷ epoll CPU/msg, connection per message: {u[1] / e[1]:.2f}")

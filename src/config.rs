@@ -1040,11 +1040,16 @@ pub struct SpoolConfig {
     /// for speed: a power loss (not a process crash) can lose acknowledged mail.
     #[serde(default = "yes")]
     pub fsync: bool,
+    /// Write batches with direct I/O (`O_DIRECT` + `RWF_DSYNC`, no `fdatasync`): see
+    /// spool/log.rs and docs/decisions/007-direct-io-spool.md. Default true. Where the file
+    /// system refuses it (tmpfs) the server says so once at start and writes as without.
+    #[serde(default = "yes")]
+    pub direct_io: bool,
 }
 
 impl Default for SpoolConfig {
     fn default() -> Self {
-        SpoolConfig { segment_size: default_segment_size(), fsync: true }
+        SpoolConfig { segment_size: default_segment_size(), fsync: true, direct_io: true }
     }
 }
 

@@ -295,6 +295,7 @@ impl Server {
                 spool: spool.clone(),
                 maildir_root: cfg.maildir_root(),
                 segment_size: cfg.spool.segment_size,
+                direct_io: cfg.spool.direct_io,
                 lmtp: crate::delivery::lmtp::LmtpRoute::from_config(&cfg.delivery.lmtp),
                 spare_wanted: Some(spare_flags[shards].1.clone()),
                 manager: crate::queue::ManagerConfig {
@@ -384,6 +385,12 @@ impl Server {
                 None => ShardLog::open(&dir, shard_id, cfg.spool.segment_size, 1, None)?,
             };
             log.want_spares(spare_flags[i].1.clone());
+            if cfg.spool.direct_io
+                && let Err(e) = log.use_direct_io()
+                && i == 0
+            {
+                log::warn!("[spool] direct_io: {}: {e}; writing with fdatasync instead", dir.display());
+            }
             let max_id = rec.max_id;
             let tls = tls.clone();
             let directory = directory.clone();
@@ -797,13 +804,19 @@ pub fn serve(
     }
     let why = refused.describe();
     let why = if why.is_empty() { why } else { format!(" ({why})") };
+    let (bytes, written) = (sum(|s| s.spool_bytes), sum(|s| s.spool_written));
     log::info!(
-        "stopped: {} connection(s), {} message(s) accepted, {} refused connection(s){why}; spool: {records} record(s) in {batches} batch(es), {:.2} per {}",
+        "stopped: {} connection(s), {} message(s) accepted, {} refused connection(s){why}; spool: {records} record(s) in {batches} batch(es), {:.2} per {}; {written} byte(s) written for {bytes} of records ({:.0} more per record)",
         sum(|s| s.connections),
         sum(|s| s.messages),
         refused.total(),
         records as f64 / batches.max(1) as f64,
-        if cfg.spool.fsync { "fdatasync" } else { "write (fsync off)" },
+        match (cfg.spool.fsync, stats.iter().any(|s| s.spool_direct)) {
+            (false, _) => "write (fsync off)",
+            (true, false) => "fdatasync",
+            (true, true) => "durable write (direct I/O)",
+        },
+        written.saturating_sub(bytes) as f64 / records.max(1) as f64,
     );
     Ok(stats)
 }

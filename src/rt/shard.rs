@@ -77,6 +77,11 @@ pub struct ShardStats {
     /// ratio is the group-commit factor.
     pub spool_batches: u64,
     pub spool_records: u64,
+    /// Bytes of records made durable, and bytes written to do it (see `LogStats::written`).
+    pub spool_bytes: u64,
+    pub spool_written: u64,
+    /// The log wrote with direct I/O.
+    pub spool_direct: bool,
 }
 
 /// A connection slot: the connection, its socket and the driver's own state.
@@ -217,7 +222,14 @@ impl Shard {
     /// The counters, with the spool's.
     pub fn final_stats(&self) -> ShardStats {
         let l = self.log.stats();
-        ShardStats { spool_batches: l.batches, spool_records: l.records, ..self.stats }
+        ShardStats {
+            spool_batches: l.batches,
+            spool_records: l.records,
+            spool_bytes: l.bytes,
+            spool_written: l.written,
+            spool_direct: self.log.is_direct(),
+            ..self.stats
+        }
     }
 
     pub fn stopping(&self) -> bool {

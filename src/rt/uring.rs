@@ -88,6 +88,8 @@ struct Driver {
     accept_armed: Vec<bool>,
     /// The spool write's result, kept until its linked sync completes.
     spool_write: Option<i32>,
+    /// The batch in flight is a direct write (durable on completion, no linked sync).
+    spool_direct: bool,
     spool_inflight: bool,
 }
 
@@ -103,6 +105,7 @@ pub fn run(mut shard: Shard) -> io::Result<ShardStats> {
         touched: Vec::new(),
         accept_armed: vec![false; shard.listeners.len()],
         spool_write: None,
+        spool_direct: false,
         spool_inflight: false,
     };
     let result = d.run(&mut shard, &mut bufs);
@@ -423,11 +426,17 @@ impl Driver {
             return;
         }
         let fsync = shard.fsync;
-        let (write, fd) = match shard.log.begin_batch() {
+        let (write, fd, direct) = match shard.log.begin_batch() {
             Ok(Some(b)) => {
                 let iov = b.iovecs();
-                let w = opcode::Writev::new(Fd(b.fd), iov.as_ptr(), iov.len() as u32).offset(b.offset).build();
-                (w, b.fd)
+                // A direct write is durable when it completes (RWF_DSYNC): no fdatasync, and no
+                // io-wq worker to run one.
+                let flags = if b.direct && fsync { libc::RWF_DSYNC } else { 0 };
+                let w = opcode::Writev::new(Fd(b.fd), iov.as_ptr(), iov.len() as u32)
+                    .offset(b.offset)
+                    .rw_flags(flags)
+                    .build();
+                (w, b.fd, b.direct)
             }
             Ok(None) => return,
             Err(failed) => {
@@ -441,7 +450,8 @@ impl Driver {
         };
         self.spool_inflight = true;
         self.spool_write = None;
-        if fsync {
+        self.spool_direct = direct;
+        if fsync && !direct {
             self.push(write.flags(squeue::Flags::IO_LINK).user_data(K_SPOOL_WRITE));
             let sync = opcode::Fsync::new(Fd(fd)).flags(FsyncFlags::DATASYNC).build().user_data(K_SPOOL_SYNC);
             self.push(sync);
@@ -452,7 +462,7 @@ impl Driver {
 
     fn on_spool_write(&mut self, shard: &mut Shard, res: i32, now: Now) {
         self.spool_write = Some(res);
-        if !shard.fsync {
+        if !shard.fsync || self.spool_direct {
             self.finish_spool_batch(shard, 0, now);
         }
     }

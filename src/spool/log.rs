@@ -12,6 +12,21 @@
 //! [`ShardLog::flush_sync`] path does it with plain syscalls for the epoll driver and for
 //! tools.
 //!
+//! # Direct I/O (`[spool] direct_io`)
+//!
+//! With [`ShardLog::use_direct_io`], a batch is instead one write through a second
+//! descriptor of the segment opened with `O_DIRECT`, flagged `RWF_DSYNC`: the block layer
+//! completes it durably (a FUA write where the device has FUA, a write and a cache flush
+//! where it has not), with no `fdatasync`, no page-cache copy and, under io_uring, no
+//! io-wq worker. Such a write must start and end on the device's block boundaries
+//! ([`Direct::align`]), so the batch is staged in an aligned buffer: first the bytes of the
+//! block that holds the log's end (the last batch's tail, kept in memory, written again,
+//! unchanged), then the records and the end mark, then zeros up to the next boundary,
+//! which the next batch overwrites. Rewriting a block with the same leading bytes cannot
+//! damage them however the write is torn: a sector holds either its old or its new
+//! content, and both begin alike. The price is bandwidth, not space: up to one block of
+//! earlier records written again per batch, and the padding.
+//!
 //! Each batch is followed, in the same write, by eight zero bytes (a record length of 0:
 //! the end of the log), which the next batch overwrites. A segment file that held an
 //! earlier segment's records therefore still ends cleanly at its last batch.
@@ -55,6 +70,9 @@ pub struct LogStats {
     /// Message records made durable.
     pub records: u64,
     pub bytes: u64,
+    /// Bytes the batches wrote: `bytes` plus the end marks, and with direct I/O the block
+    /// heads written again and the padding.
+    pub written: u64,
     pub segments_created: u64,
 }
 
@@ -71,17 +89,24 @@ struct Queued {
     data: Vec<u8>,
 }
 
-/// A write in flight: `iov` points into the records it owns, which do not move until
-/// [`ShardLog::finish_batch`].
+/// A write in flight: `iov` points into the records it owns (or, with direct I/O, into its
+/// staging buffer), which do not move until [`ShardLog::finish_batch`].
 pub struct Batch {
     pub fd: i32,
     pub offset: u64,
-    /// Bytes written, end-of-log marker included.
+    /// Bytes written, end-of-log marker (and, with direct I/O, the rewritten block head and
+    /// the padding) included.
     pub len: u64,
+    /// A direct write: issue it with `RWF_DSYNC` (when syncing), and no `fdatasync`.
+    pub direct: bool,
+    /// Where the first record goes (`offset` but for direct I/O's rewritten block head).
+    start: u64,
     /// Bytes of records: how far the end of the log moves once the batch is durable.
     records_len: u64,
     iov: Vec<libc::iovec>,
     entries: Vec<Queued>,
+    /// Direct I/O's staging buffer, given back when the batch ends.
+    staged: Option<AlignedBuf>,
 }
 
 // SAFETY: the iovec pointers point into the heap buffers of the `entries` this batch owns
@@ -131,6 +156,47 @@ impl Location {
     }
 }
 
+/// Memory aligned for direct I/O: whole pages of 4 KiB.
+#[derive(Clone, Copy)]
+#[repr(C, align(4096))]
+struct Page([u8; PAGE]);
+
+const PAGE: usize = 4096;
+
+/// A growable buffer of [`Page`]s.
+#[derive(Default)]
+struct AlignedBuf {
+    pages: Vec<Page>,
+}
+
+impl AlignedBuf {
+    /// The first `len` bytes (the buffer grows to hold them).
+    fn bytes_mut(&mut self, len: usize) -> &mut [u8] {
+        let need = len.div_ceil(PAGE);
+        if self.pages.len() < need {
+            self.pages.resize(need, Page([0; PAGE]));
+        }
+        // SAFETY: `Page` is `repr(C)` around a `[u8; PAGE]`, so the Vec's buffer is
+        // `pages.len() * PAGE` initialized bytes with no padding; `len <= pages.len() * PAGE`
+        // after the resize, and the slice borrows `self` mutably for its lifetime.
+        unsafe { std::slice::from_raw_parts_mut(self.pages.as_mut_ptr().cast::<u8>(), len) }
+    }
+}
+
+/// Direct I/O's state: see the module documentation.
+struct Direct {
+    /// The active segment, opened again with `O_DIRECT` (writes only).
+    file: File,
+    /// The boundary every direct write starts and ends on (the file system's
+    /// `STATX_DIOALIGN` offset alignment; at least 512, at most [`PAGE`]).
+    align: u64,
+    /// The active segment's bytes from the start of the block holding its end up to the
+    /// end; `None` until read from the file (after opening or rotation).
+    tail: Option<Vec<u8>>,
+    /// Reused from batch to batch.
+    buf: Option<AlignedBuf>,
+}
+
 struct Segment {
     file: File,
     seq: u64,
@@ -156,6 +222,8 @@ pub struct ShardLog {
     spare_wanted: Option<Arc<AtomicBool>>,
     /// The flag was raised for the active segment.
     spare_asked: bool,
+    /// Batches go as direct writes ([`ShardLog::use_direct_io`]).
+    direct: Option<Direct>,
 }
 
 impl ShardLog {
@@ -201,7 +269,23 @@ impl ShardLog {
             spare: Vec::new(),
             spare_wanted: None,
             spare_asked: false,
+            direct: None,
         })
+    }
+
+    /// Writes batches with direct I/O from now on (see the module documentation). Fails,
+    /// leaving the log as it was, where the file system refuses `O_DIRECT` (tmpfs) or wants
+    /// an alignment over 4 KiB.
+    pub fn use_direct_io(&mut self) -> std::io::Result<()> {
+        let path = segment_path(&self.dir, self.active.seq);
+        let (file, align) = open_direct(&path)?;
+        self.direct = Some(Direct { file, align, tail: None, buf: None });
+        Ok(())
+    }
+
+    /// True when batches go as direct writes.
+    pub fn is_direct(&self) -> bool {
+        self.direct.is_some()
     }
 
     pub fn stats(&self) -> LogStats {
@@ -272,8 +356,17 @@ impl ShardLog {
         let first = rec_len(&self.queue[0]);
         if self.active.end + first > self.active.size && self.active.end > SEGMENT_HEADER_LEN as u64 {
             let seq = self.active.seq + 1;
-            let size = self.segment_size.max(first + SEGMENT_HEADER_LEN as u64);
-            match create_segment(&self.dir, self.shard, seq, size) {
+            // Whole pages, so that direct I/O's padded writes stay inside the file.
+            let size = self.segment_size.max(first + SEGMENT_HEADER_LEN as u64).next_multiple_of(PAGE as u64);
+            let created = create_segment(&self.dir, self.shard, seq, size).and_then(|seg| {
+                if let Some(d) = self.direct.as_mut() {
+                    let path = segment_path(&self.dir, seq);
+                    d.file = open_direct(&path).map_err(|e| SpoolError::io("open segment (O_DIRECT)", &path, 0, e))?.0;
+                    d.tail = None;
+                }
+                Ok(seg)
+            });
+            match created {
                 Ok(seg) => {
                     self.active = seg;
                     self.stats.segments_created += 1;
@@ -313,19 +406,106 @@ impl ShardLog {
             }
         }
         let records_len = len;
-        if self.active.end + len + END_MARK.len() as u64 <= self.active.size {
+        let end_mark = self.active.end + len + END_MARK.len() as u64 <= self.active.size;
+        if end_mark {
             iov.push(libc::iovec { iov_base: END_MARK.as_ptr() as *mut _, iov_len: END_MARK.len() });
             len += END_MARK.len() as u64;
         }
-        self.inflight =
-            Some(Batch { fd: self.active.file.as_raw_fd(), offset: self.active.end, len, records_len, iov, entries });
+        let start = self.active.end;
+        if self.direct.is_some() {
+            return match self.stage_direct(entries, records_len, end_mark) {
+                Ok(()) => Ok(self.inflight.as_ref()),
+                Err((e, entries)) => Err(entries
+                    .into_iter()
+                    .map(|r| Completion { token: r.token, result: Err(e.clone()), data: r.data })
+                    .collect()),
+            };
+        }
+        self.inflight = Some(Batch {
+            fd: self.active.file.as_raw_fd(),
+            offset: start,
+            len,
+            direct: false,
+            start,
+            records_len,
+            iov,
+            entries,
+            staged: None,
+        });
         Ok(self.inflight.as_ref())
+    }
+
+    /// Direct I/O's batch: the block head, the records and the end mark copied into the
+    /// aligned buffer, padded to the alignment.
+    fn stage_direct(
+        &mut self,
+        entries: Vec<Queued>,
+        records_len: u64,
+        end_mark: bool,
+    ) -> Result<(), (SpoolError, Vec<Queued>)> {
+        let end = self.active.end;
+        let d = self.direct.as_mut().expect("direct I/O on");
+        let from = end - end % d.align;
+        if d.tail.is_none() {
+            let mut head = vec![0u8; (end - from) as usize];
+            if let Err(e) = self.active.file.read_exact_at(&mut head, from) {
+                return Err((
+                    SpoolError::io("read segment", &segment_path(&self.dir, self.active.seq), from, e),
+                    entries,
+                ));
+            }
+            d.tail = Some(head);
+        }
+        let head = d.tail.as_deref().unwrap_or_default();
+        let used = head.len() as u64 + records_len + if end_mark { END_MARK.len() as u64 } else { 0 };
+        let padded = used.div_ceil(d.align) * d.align;
+        let mut buf = d.buf.take().unwrap_or_default();
+        let bytes = buf.bytes_mut(padded as usize);
+        let mut at = 0;
+        let mut put = |b: &[u8]| {
+            bytes[at..at + b.len()].copy_from_slice(b);
+            at += b.len();
+        };
+        put(head);
+        for e in &entries {
+            put(&e.header);
+            put(&e.data);
+        }
+        if end_mark {
+            put(&END_MARK);
+        }
+        bytes[at..].fill(0);
+        let iov = vec![libc::iovec { iov_base: bytes.as_mut_ptr().cast(), iov_len: padded as usize }];
+        self.inflight = Some(Batch {
+            fd: d.file.as_raw_fd(),
+            offset: from,
+            len: padded,
+            direct: true,
+            start: end,
+            records_len,
+            iov,
+            entries,
+            staged: Some(buf),
+        });
+        Ok(())
     }
 
     /// The batch's write and sync finished with `result`. Returns one completion per record.
     pub fn finish_batch(&mut self, result: std::io::Result<()>) -> Vec<Completion> {
-        let Some(batch) = self.inflight.take() else { return Vec::new() };
+        let Some(mut batch) = self.inflight.take() else { return Vec::new() };
         let ok = result.is_ok();
+        if let (Some(d), Some(mut buf)) = (self.direct.as_mut(), batch.staged.take()) {
+            // The new end's block head, for the next batch (on failure the old one stands).
+            if ok {
+                let new_end = batch.start + batch.records_len;
+                let from = (new_end - new_end % d.align - batch.offset) as usize;
+                let to = (new_end - batch.offset) as usize;
+                let tail = d.tail.get_or_insert_with(Vec::new);
+                tail.clear();
+                tail.extend_from_slice(&buf.bytes_mut(to)[from..]);
+            }
+            d.buf = Some(buf);
+        }
         if ok {
             self.active.end += batch.records_len;
             if !self.spare_asked
@@ -338,13 +518,14 @@ impl ShardLog {
             self.stats.batches += 1;
             self.stats.records += batch.entries.len() as u64;
             self.stats.bytes += batch.records_len;
+            self.stats.written += batch.len;
         }
         // On failure the end does not move: the next batch overwrites whatever part of this
         // one reached the file, and no session was told 250 for it.
         let err =
             result.err().map(|e| SpoolError::from_write(e, &segment_path(&self.dir, self.active.seq), batch.offset));
         let mut out = Vec::with_capacity(batch.entries.len());
-        let mut offset = batch.offset;
+        let mut offset = batch.start;
         for e in batch.entries {
             let location = Location {
                 seq: e.sealed,
@@ -376,8 +557,13 @@ impl ShardLog {
         let mut done = Vec::new();
         while self.wants_batch() {
             match self.begin_batch() {
+                Ok(Some(batch)) if batch.direct => {
+                    let flags = if sync { libc::RWF_DSYNC } else { 0 };
+                    let res = write_all_vectored_at(batch.fd, batch.iovecs(), batch.offset, batch.len, flags);
+                    done.extend(self.finish_batch(res));
+                }
                 Ok(Some(batch)) => {
-                    let res = write_all_vectored_at(batch.fd, batch.iovecs(), batch.offset, batch.len)
+                    let res = write_all_vectored_at(batch.fd, batch.iovecs(), batch.offset, batch.len, 0)
                         .and_then(|_| if sync { fdatasync(batch.fd) } else { Ok(()) });
                     done.extend(self.finish_batch(res));
                 }
@@ -481,11 +667,43 @@ fn take_free(dir: &Path) -> Option<PathBuf> {
 /// The extension of a retired segment file, kept for reuse.
 pub(crate) const FREE_EXT: &str = "free";
 
-fn write_all_vectored_at(fd: i32, iov: &[libc::iovec], offset: u64, len: u64) -> std::io::Result<()> {
-    // SAFETY: pwritev only reads: `iov` is a live slice (at most 2 * MAX_BATCH + 1 = 1023 <= IOV_MAX entries, so the
-    // count fits in i32), and each entry points at a header or data Vec owned by the caller's Batch, borrowed for the
-    // call, or at the static END_MARK; `fd` is the active segment's file, open while the ShardLog lives.
-    let r = unsafe { libc::pwritev(fd, iov.as_ptr(), iov.len() as i32, offset as libc::off_t) };
+/// Opens `path` again for direct writes; the alignment its file system wants.
+fn open_direct(path: &Path) -> std::io::Result<(File, u64)> {
+    let file = OpenOptions::new().write(true).custom_flags(libc::O_DIRECT).open(path)?;
+    let align = dio_align(&file).unwrap_or(PAGE as u64);
+    if align == 0 || align > PAGE as u64 || !align.is_power_of_two() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::Unsupported,
+            format!("direct I/O alignment {align} (this log handles 512 to {PAGE})"),
+        ));
+    }
+    Ok((file, align.max(512)))
+}
+
+/// The offset alignment direct I/O on `file` needs (`statx` `STATX_DIOALIGN`, Linux 6.1);
+/// `None` when the kernel or file system does not say.
+fn dio_align(file: &File) -> Option<u64> {
+    let mut stx = std::mem::MaybeUninit::<libc::statx>::zeroed();
+    // SAFETY: statx writes at most one `struct statx` into `stx`, a live, zeroed local; the
+    // path is the empty C string with AT_EMPTY_PATH, so it reads `file`'s descriptor only.
+    let r = unsafe {
+        libc::statx(file.as_raw_fd(), c"".as_ptr(), libc::AT_EMPTY_PATH, libc::STATX_DIOALIGN, stx.as_mut_ptr())
+    };
+    if r != 0 {
+        return None;
+    }
+    // SAFETY: zero-initialized and filled by a successful statx: every field is an integer.
+    let stx = unsafe { stx.assume_init() };
+    (stx.stx_mask & libc::STATX_DIOALIGN != 0 && stx.stx_dio_offset_align != 0)
+        .then_some(stx.stx_dio_offset_align.max(stx.stx_dio_mem_align) as u64)
+}
+
+fn write_all_vectored_at(fd: i32, iov: &[libc::iovec], offset: u64, len: u64, flags: i32) -> std::io::Result<()> {
+    // SAFETY: pwritev2 only reads: `iov` is a live slice (at most 2 * MAX_BATCH + 1 = 1023 <= IOV_MAX entries, so the
+    // count fits in i32), and each entry points at a header or data Vec owned by the caller's Batch, at its staging
+    // buffer, or at the static END_MARK, all borrowed for the call; `fd` is the active segment's file, open while the
+    // ShardLog lives.
+    let r = unsafe { libc::pwritev2(fd, iov.as_ptr(), iov.len() as i32, offset as libc::off_t, flags) };
     if r < 0 {
         return Err(std::io::Error::last_os_error());
     }

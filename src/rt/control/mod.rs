@@ -51,6 +51,8 @@ pub struct ControlConfig {
     /// Root of the Maildirs: `<root>/<postoffice>/<mailbox>/Maildir`.
     pub maildir_root: PathBuf,
     pub segment_size: u64,
+    /// `[spool] direct_io`: the control log's batches too.
+    pub direct_io: bool,
     pub dsn: DsnConfig,
     /// A delivery-event program is killed after this long.
     pub event_timeout: Duration,
@@ -133,6 +135,10 @@ pub fn spawn(
     };
     if let Some(flag) = &cfg.spare_wanted {
         log.want_spares(flag.clone());
+    }
+    // The shards said it already if the file system refuses it.
+    if cfg.direct_io {
+        let _ = log.use_direct_io();
     }
     let replies = std::fs::read(cfg.data_dir.join("autoreply.json"))
         .ok()
