@@ -34,6 +34,8 @@ fn dns_server() -> std::net::SocketAddr {
         ),
         zone("example.org.", &[("_dmarc.example.org.", txt("v=DMARC1; p=none; sp=reject"))]),
         zone("testing.example.", &[("_dmarc.testing.example.", txt("v=DMARC1; p=reject; t=y"))]),
+        zone("sampled.example.", &[("_dmarc.sampled.example.", txt("v=DMARC1; p=reject; pct=0"))]),
+        zone("whole.example.", &[("_dmarc.whole.example.", txt("v=DMARC1; p=reject; pct=100"))]),
         // Everything else does not exist (the DMARC tree walk asks up to the top).
         zone(".", &[]),
     ])
@@ -84,6 +86,12 @@ fn rfc8463_vectors_verify_and_a_modified_body_is_refused_by_dmarc() {
     queued_id(&send(&srv, "x@example.org", "From: x@example.org\r\nSubject: unsigned\r\n\r\nhello\r\n"));
     // DMARCbis t=y (testing): p=reject is applied as quarantine, not refused.
     queued_id(&send(&srv, "x@testing.example", "From: x@testing.example\r\nSubject: unsigned\r\n\r\nhello\r\n"));
+    // RFC 7489 §6.6.4 pct=0: no failing message is in the sample, so p=reject applies as
+    // quarantine, for the subdomain too; pct=100 refuses as without it.
+    queued_id(&send(&srv, "x@sampled.example", "From: x@sampled.example\r\nSubject: unsigned\r\n\r\nhello\r\n"));
+    queued_id(&send(&srv, "x@mail.sampled.example", "From: x@mail.sampled.example\r\nSubject: u\r\n\r\nhi\r\n"));
+    let whole = send(&srv, "x@whole.example", "From: x@whole.example\r\nSubject: unsigned\r\n\r\nhello\r\n");
+    assert!(whole.starts_with("550 5.7.1 "), "pct=100: {whole}");
     let (status, log) = srv.stop();
     assert!(status.success(), "{log}");
 }

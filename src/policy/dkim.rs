@@ -269,8 +269,17 @@ async fn verify(auth: &MessageAuthenticator, req: &Request, dmarc: bool) -> Outc
     let spf = SpfOutput::new(req.mail_from_domain.clone()).with_result(spf_result);
     let out = auth.verify_dmarc(DmarcParameters::new(&msg, &dkim, &req.mail_from_domain, &spf)).await;
     // DMARCbis `t=y` (testing): the policy is applied one level lower, reject as
-    // quarantine, quarantine as none, as RFC 7489's `pct=0` did.
-    let testing = out.dmarc_record().is_some_and(|r| r.t);
+    // quarantine, quarantine as none, as RFC 7489's `pct=0` did. RFC 7489's `pct=N`
+    // (§6.6.4), which mail-auth's DMARCbis parser drops: a failing message outside the
+    // sampled N % gets the next lower policy too; the sample is a hash of the message, so
+    // the same message always gets the same verdict.
+    let failing = dmarc_name(&out.result()) == "fail" && matches!(out.policy(), Policy::Reject | Policy::Quarantine);
+    let sampled_out = failing
+        && match record_pct(auth, out.domain()).await {
+            Some(pct) => !in_sample(&req.message, pct),
+            None => false,
+        };
+    let testing = out.dmarc_record().is_some_and(|r| r.t) || sampled_out;
     let policy = match (out.policy(), testing) {
         (Policy::Reject, false) => "reject",
         (Policy::Reject, true) | (Policy::Quarantine, false) => "quarantine",
@@ -280,9 +289,56 @@ async fn verify(auth: &MessageAuthenticator, req: &Request, dmarc: bool) -> Outc
     Outcome { signatures, dmarc, policy, arc, verified: true, signature: None }
 }
 
+/// The `pct=` of the DMARC record that governs `from_domain`: the first record found
+/// walking up from `_dmarc.<from_domain>` (the DMARCbis tree walk, at most 8 levels, never
+/// the bare top-level domain); `None` without a record or a `pct=`.
+async fn record_pct(auth: &MessageAuthenticator, from_domain: &str) -> Option<u8> {
+    let mut d = from_domain.trim_end_matches('.');
+    for _ in 0..8 {
+        if let Ok(raw) = auth.txt_raw_lookup(format!("_dmarc.{d}.")).await {
+            let text = String::from_utf8_lossy(&raw);
+            if text.trim_start().starts_with("v=DMARC1") {
+                return parse_pct(&text);
+            }
+        }
+        match d.split_once('.') {
+            Some((_, parent)) if parent.contains('.') => d = parent,
+            _ => return None,
+        }
+    }
+    None
+}
+
+/// `pct=N` of a DMARC record (0 to 100; a larger number counts as 100, a bad one as none).
+fn parse_pct(record: &str) -> Option<u8> {
+    record.split(';').find_map(|tag| {
+        let (k, v) = tag.split_once('=')?;
+        (k.trim().eq_ignore_ascii_case("pct")).then(|| v.trim().parse::<u32>().ok().map(|n| n.min(100) as u8))?
+    })
+}
+
+/// Is this message in the sampled `pct` % (RFC 7489 §6.6.4)? By a hash of its bytes.
+fn in_sample(message: &[u8], pct: u8) -> bool {
+    (crc32c::crc32c(message) % 100) < pct as u32
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pct_tags_and_sampling() {
+        assert_eq!(parse_pct("v=DMARC1; p=reject; pct=20"), Some(20));
+        assert_eq!(parse_pct("v=DMARC1;p=quarantine;PCT = 0 ;rua=mailto:d@x"), Some(0));
+        assert_eq!(parse_pct("v=DMARC1; p=reject; pct=250"), Some(100));
+        assert_eq!(parse_pct("v=DMARC1; p=reject; pct=lots"), None);
+        assert_eq!(parse_pct("v=DMARC1; p=reject"), None);
+        let msgs: Vec<Vec<u8>> = (0..1000).map(|i| format!("Subject: {i}\r\n\r\nbody").into_bytes()).collect();
+        assert!(msgs.iter().all(|m| !in_sample(m, 0) && in_sample(m, 100)));
+        let sampled = msgs.iter().filter(|m| in_sample(m, 30)).count();
+        assert!((200..400).contains(&sampled), "about 30 % of 1000: {sampled}");
+        assert!(msgs.iter().all(|m| in_sample(m, 30) == in_sample(m, 30)), "the same verdict each time");
+    }
 
     #[test]
     fn fields_and_refusal() {
