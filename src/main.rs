@@ -83,10 +83,16 @@ enum Cmd {
 
 #[derive(clap::Subcommand)]
 enum DkimCmd {
-    /// Write a new ed25519 key (PKCS#8 PEM, mode 0600) and print the DNS record to publish.
-    /// RSA keys: `opendkim-genkey -b 2048 -d DOMAIN -s SELECTOR` (ringmx signs with them).
+    /// Write a new signing key (PKCS#8 PEM, mode 0600) and print the DNS record to publish.
     Keygen {
         domain: String,
+        /// rsa (every verifier knows it) or ed25519 (RFC 8463: short, but not every
+        /// verifier checks it; publish both and sign with both to serve all).
+        #[arg(long, default_value = "rsa", value_parser = ["rsa", "ed25519"])]
+        algorithm: String,
+        /// Size of an RSA key: 1024, 2048, 3072 or 4096.
+        #[arg(long, default_value_t = 2048)]
+        bits: usize,
         #[arg(long, default_value = "ringmx")]
         selector: String,
         /// Where to write the key (it must not exist).
@@ -608,7 +614,9 @@ fn main() -> ExitCode {
             if r.failed() { Err(ExitCode::from(1)) } else { Ok(()) }
         }
         Cmd::Ban { cmd } => ban(cmd),
-        Cmd::Dkim { cmd: DkimCmd::Keygen { domain, selector, out } } => dkim_keygen(&domain, &selector, &out),
+        Cmd::Dkim { cmd: DkimCmd::Keygen { domain, algorithm, bits, selector, out } } => {
+            dkim_keygen(&domain, &algorithm, bits, &selector, &out)
+        }
         Cmd::Log { cmd: LogCmd::Summary { files } } => log_summary(&files),
         Cmd::Log { cmd: LogCmd::Debug { state, clients, at } } => log_debug(state, clients, &at),
         Cmd::Queue { cmd } => {
@@ -648,13 +656,27 @@ fn main() -> ExitCode {
 }
 
 /// `ringmx dkim keygen`: the key file (never over an existing one) and the record.
-fn dkim_keygen(domain: &str, selector: &str, out: &std::path::Path) -> Result<(), ExitCode> {
+fn dkim_keygen(
+    domain: &str,
+    algorithm: &str,
+    bits: usize,
+    selector: &str,
+    out: &std::path::Path,
+) -> Result<(), ExitCode> {
     use std::os::unix::fs::OpenOptionsExt;
     let fail = |e: String| {
         eprintln!("ringmx: {e}");
         ExitCode::from(1)
     };
-    let (pem, record) = ringmx::policy::dkim_sign::keygen_ed25519(domain, selector).map_err(fail)?;
+    // Refuse an existing file before the (slow) RSA generation.
+    if out.exists() {
+        return Err(fail(format!("{}: exists already", out.display())));
+    }
+    let (pem, record) = match algorithm {
+        "ed25519" => ringmx::policy::dkim_sign::keygen_ed25519(domain, selector),
+        _ => ringmx::policy::dkim_sign::keygen_rsa(domain, selector, bits),
+    }
+    .map_err(fail)?;
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)

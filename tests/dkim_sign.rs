@@ -1,5 +1,5 @@
 //! `[[dkim.sign]]`: an authenticated client's mail from one of our domains is signed, with
-//! an ed25519 key of `ringmx dkim keygen` and an RSA key of `opendkim-genkey`; OpenDKIM's
+//! an ed25519 and an RSA key of `ringmx dkim keygen` and an RSA key of `opendkim-genkey`; OpenDKIM's
 //! own verifier (`opendkim -t` in verifying mode, the public keys given through
 //! TestPublicKeys) finds both signatures good, and a changed body bad. An unauthenticated
 //! client's mail, or mail from a domain without a key, is not signed.
@@ -21,7 +21,7 @@ fn our_users_mail_is_signed_and_verifies() {
     // ed25519 by ringmx, RSA-2048 by OpenDKIM's tool.
     let ed = d.join("ed.pem");
     let out = std::process::Command::new(BIN)
-        .args(["dkim", "keygen", "example.net", "--selector", "ed", "--out"])
+        .args(["dkim", "keygen", "example.net", "--algorithm", "ed25519", "--selector", "ed", "--out"])
         .arg(&ed)
         .output()
         .unwrap();
@@ -29,6 +29,17 @@ fn our_users_mail_is_signed_and_verifies() {
     let ed_record = String::from_utf8(out.stdout).unwrap();
     let ed_txt = ed_record.lines().next().unwrap().split('"').nth(1).unwrap().to_string();
     assert!(ed_record.starts_with("ed._domainkey.example.net. IN TXT \"v=DKIM1; k=ed25519; p="), "{ed_record}");
+    // RSA-2048 by ringmx (the default algorithm): the record's strings, joined.
+    let rsa_key = d.join("gen.pem");
+    let out = std::process::Command::new(BIN)
+        .args(["dkim", "keygen", "gen.example", "--selector", "r1", "--out"])
+        .arg(&rsa_key)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let gen_record = String::from_utf8(out.stdout).unwrap();
+    let gen_txt: String = gen_record.lines().next().unwrap().split('"').skip(1).step_by(2).collect();
+    assert!(gen_txt.starts_with("v=DKIM1; k=rsa; p=MIIBIjAN"), "{gen_record}");
     let genkey = std::process::Command::new("opendkim-genkey")
         .args(["-b", "2048", "-d", "rsa.example", "-s", "sel", "-D"])
         .arg(d)
@@ -40,7 +51,8 @@ fn our_users_mail_is_signed_and_verifies() {
         "[[listener]]\nport = 0\nbind = [\"127.0.0.1\"]\nauth = \"always\"\n\
          [auth]\nusername = \"relay\"\npassword = \"relay-pw\"\n\
          [[dkim.sign]]\ndomain = \"example.net\"\nselector = \"ed\"\nkey = {ed:?}\n\
-         [[dkim.sign]]\ndomain = \"rsa.example\"\nselector = \"sel\"\nkey = {:?}\n",
+         [[dkim.sign]]\ndomain = \"rsa.example\"\nselector = \"sel\"\nkey = {:?}\n\
+         [[dkim.sign]]\ndomain = \"gen.example\"\nselector = \"r1\"\nkey = {rsa_key:?}\n",
         d.join("sel.private")
     );
     let srv = start(d, "uring", &cfg);
@@ -55,15 +67,18 @@ fn our_users_mail_is_signed_and_verifies() {
     };
     send("someone@example.net", true);
     send("someone@rsa.example", true);
+    send("someone@gen.example", true);
     send("someone@other.example", true);
     send("someone@example.net", false);
-    assert!(eventually(Duration::from_secs(20), || mailbox(d, "alice").len() == 4));
+    assert!(eventually(Duration::from_secs(20), || mailbox(d, "alice").len() == 5));
     let (status, log) = srv.stop();
     assert!(status.success(), "{log}");
     // OpenDKIM's verifier, with our public keys.
     std::fs::write(
         d.join("public"),
-        format!("ed._domainkey.example.net {ed_txt}\nsel._domainkey.rsa.example {rsa_txt}\n"),
+        format!(
+            "ed._domainkey.example.net {ed_txt}\nsel._domainkey.rsa.example {rsa_txt}\nr1._domainkey.gen.example {gen_txt}\n"
+        ),
     )
     .unwrap();
     let vconf = d.join("verify.conf");
@@ -88,7 +103,9 @@ fn our_users_mail_is_signed_and_verifies() {
     );
     let rsa_msg = &signed[&("someone@rsa.example".to_string(), true)];
     assert!(rsa_msg.contains("a=rsa-sha256") && rsa_msg.contains("d=rsa.example"), "{rsa_msg}");
-    for m in [ed_msg, rsa_msg] {
+    let gen_msg = &signed[&("someone@gen.example".to_string(), true)];
+    assert!(gen_msg.contains("a=rsa-sha256") && gen_msg.contains("d=gen.example"), "{gen_msg}");
+    for m in [ed_msg, rsa_msg, gen_msg] {
         let good = verify(m);
         assert!(good.contains("dkim=pass"), "{good}\n{m}");
         let bad = verify(&m.replace("hello", "HELLO"));

@@ -516,7 +516,7 @@ fn list_and_member_commands() {
 fn lists_key(d: &Path) -> (std::path::PathBuf, String) {
     let key = d.join("lists.pem");
     let out = std::process::Command::new(BIN)
-        .args(["dkim", "keygen", "example.org", "--selector", "lists", "--out"])
+        .args(["dkim", "keygen", "example.org", "--algorithm", "ed25519", "--selector", "lists", "--out"])
         .arg(&key)
         .output()
         .unwrap();
