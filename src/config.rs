@@ -680,6 +680,11 @@ pub struct PolicyConfig {
     /// 451 4.7.1 past it; 0 for no limit. Default 0.
     #[serde(default)]
     pub max_recipients_per_hour: u32,
+    /// Recipients per hour from one network of unauthenticated clients, an IPv4 /24 or an
+    /// IPv6 /48 (a botnet's neighbours sharing the allowance); 451 4.7.1 past it; 0 for no
+    /// limit. Default 0.
+    #[serde(default)]
+    pub max_recipients_per_hour_per_network: u32,
     /// How long a client that passed a listener's pregreet test skips it. Default 24h.
     #[serde(default = "default_known_good_for", deserialize_with = "de_duration")]
     pub known_good_for: Duration,

@@ -4,6 +4,21 @@
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 
+/// The network `ip` counts under for per-network limits: its IPv4 /24 or IPv6 /48 (an
+/// IPv4-mapped IPv6 address as its IPv4 network), as text (`192.0.2.0/24`).
+pub fn network_key(ip: IpAddr) -> String {
+    match super::iplist::canonical(ip) {
+        IpAddr::V4(a) => {
+            let o = a.octets();
+            format!("{}.{}.{}.0/24", o[0], o[1], o[2])
+        }
+        IpAddr::V6(a) => {
+            let s = a.segments();
+            format!("{:x}:{:x}:{:x}::/48", s[0], s[1], s[2])
+        }
+    }
+}
+
 /// Connection counts shared by all shards, without locks: a total and tables of per-address
 /// and per-network counters indexed by a hash (a collision only makes a limit stricter).
 #[derive(Debug)]

@@ -262,6 +262,8 @@ pub struct Policy {
     /// Addresses accepted in domain literals besides the listeners' own.
     pub literal_addresses: Vec<IpAddr>,
     pub rcpt_per_hour: Option<Arc<RateLimiter>>,
+    /// Recipients per hour per network of unauthenticated clients ([`conns::network_key`]).
+    pub rcpt_per_hour_per_network: Option<Arc<RateLimiter>>,
     pub inbound_auth: InboundAuth,
     /// Verbs answered 502 5.5.1, upper case.
     pub disabled_commands: Vec<String>,
@@ -311,6 +313,7 @@ impl Default for Policy {
             domain_literals: false,
             literal_addresses: Vec::new(),
             rcpt_per_hour: None,
+            rcpt_per_hour_per_network: None,
             inbound_auth: InboundAuth::PerPostoffice,
             disabled_commands: ["VRFY", "EXPN", "ETRN", "TURN"].map(String::from).to_vec(),
             welcome: None,

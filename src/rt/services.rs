@@ -49,6 +49,11 @@ impl Services {
         {
             p.rcpt_per_hour = Some(prev.clone());
         }
+        if let (Some(new), Some(prev)) = (&p.rcpt_per_hour_per_network, &old.rcpt_per_hour_per_network)
+            && new.limit() == prev.limit()
+        {
+            p.rcpt_per_hour_per_network = Some(prev.clone());
+        }
         p.delegation = start_delegation(cfg);
         p.milters = start_milters(cfg);
         p.scripts = load_scripts(cfg);
@@ -236,6 +241,8 @@ fn build_policy_with_bans(
         literal_addresses: p.domain_literal_addresses.clone(),
         rcpt_per_hour: (p.max_recipients_per_hour > 0)
             .then(|| Arc::new(crate::policy::RateLimiter::new(p.max_recipients_per_hour))),
+        rcpt_per_hour_per_network: (p.max_recipients_per_hour_per_network > 0)
+            .then(|| Arc::new(crate::policy::RateLimiter::new(p.max_recipients_per_hour_per_network))),
         inbound_auth: p.inbound_auth,
         disabled_commands: p.disabled_commands.iter().map(|c| c.to_ascii_uppercase()).collect(),
         welcome: p.welcome.clone(),

@@ -411,6 +411,14 @@ impl Session {
                 return Err(("rate", r));
             }
         }
+        // The client's network shares one allowance (an authenticated user is counted as
+        // the user above, wherever it connects from).
+        if let (Some(limiter), None) = (&p.rcpt_per_hour_per_network, &self.auth)
+            && !limiter.try_acquire(&crate::policy::conns::network_key(self.peer.ip()), self.last_unix)
+        {
+            let r = Reply::new(451, "4.7.1", "Error: too many recipients from your network this hour, try again later");
+            return Err(("rate", r));
+        }
         Ok(())
     }
 

@@ -791,6 +791,28 @@ fn recipients_per_hour() {
     assert!(r.ends_with("451 4.7.1 Error: too many recipients this hour, try again later\r\n"));
 }
 
+/// `max_recipients_per_hour_per_network`: the /24's clients share one allowance; an
+/// authenticated client is counted as its user, not its network.
+#[test]
+fn recipients_per_hour_per_network() {
+    let limiter = Arc::new(crate::policy::RateLimiter::new(3));
+    let p = Policy { rcpt_per_hour_per_network: Some(limiter), ..Policy::default() };
+    let rcpts = "MAIL FROM:<a@r.example>\r\nRCPT TO:<a@example.test>\r\nRCPT TO:<b@example.test>\r\n";
+    let (mut h, _) = Harness::raw(with_policy(p.clone()), "192.0.2.10:4000");
+    h.ehlo();
+    assert_eq!(codes(&h.send(rcpts)), ["250", "250", "250"]);
+    let (mut h, _) = Harness::raw(with_policy(p.clone()), "192.0.2.77:4000");
+    h.ehlo();
+    let r = h.send(rcpts);
+    assert_eq!(codes(&r), ["250", "250", "451"], "a neighbour shares the /24's allowance");
+    assert!(r.ends_with("451 4.7.1 Error: too many recipients from your network this hour, try again later\r\n"));
+    let (mut h, _) = Harness::raw(with_policy(p), "192.0.3.1:4000");
+    h.ehlo();
+    assert_eq!(codes(&h.send(rcpts)), ["250", "250", "250"], "another network");
+    assert_eq!(crate::policy::conns::network_key("2001:db8:1:2::9".parse().unwrap()), "2001:db8:1::/48");
+    assert_eq!(crate::policy::conns::network_key("::ffff:192.0.2.9".parse().unwrap()), "192.0.2.0/24");
+}
+
 #[test]
 fn hide_client_ip() {
     let mut h = Harness::new(SessionConfig { hide_client_ip: true, ..cfg() });
