@@ -4,8 +4,9 @@
 //! A selection reads the spool (as `queue list` always did), so it is the same whether the
 //! server runs or not: the admin API answers from the running server's spool, the command
 //! line from a stopped one's. Messages come in queue-id order (ids grow with time), so a
-//! page's last id is where the next page starts (`after`): a message accepted meanwhile
-//! comes on a later page, none is listed twice.
+//! page's last id is where the next page starts (`after`): none is listed twice. The admin
+//! API keeps one reading of the spool ([`Listing`]) for the pages that follow a first one
+//! (see `rt/admin_http.rs`), so paging through a queue costs one replay, not one a page.
 
 use super::AdminError;
 use crate::spool::{MarkStatus, QueueId, RecordReader, StoredMessage};
@@ -183,13 +184,37 @@ pub const MAX_PAGE: usize = 1000;
 pub fn each_after(
     spool: &Path,
     after: Option<QueueId>,
+    visit: impl FnMut(&StoredMessage) -> Result<bool, AdminError>,
+) -> Result<(), AdminError> {
+    each_in(&Listing::read(spool)?, spool, after, visit)
+}
+
+/// One reading of the spool: every queued message's place and latest marks, in id order
+/// (the envelopes stay on disk until a page loads them).
+#[derive(Debug)]
+pub struct Listing {
+    messages: Vec<crate::spool::Listed>,
+}
+
+impl Listing {
+    /// Replays the spool.
+    pub fn read(spool: &Path) -> Result<Listing, AdminError> {
+        let mut rec = crate::spool::recover_listing(spool)?;
+        rec.messages.sort_unstable_by_key(|l| l.id);
+        Ok(Listing { messages: rec.messages })
+    }
+}
+
+/// [`each_after`] on a listing read before.
+pub fn each_in(
+    listing: &Listing,
+    spool: &Path,
+    after: Option<QueueId>,
     mut visit: impl FnMut(&StoredMessage) -> Result<bool, AdminError>,
 ) -> Result<(), AdminError> {
-    let mut rec = crate::spool::recover_listing(spool)?;
-    rec.messages.sort_unstable_by_key(|l| l.id);
-    let start = after.map_or(0, |a| rec.messages.partition_point(|l| l.id <= a));
+    let start = after.map_or(0, |a| listing.messages.partition_point(|l| l.id <= a));
     let mut reader = RecordReader::new(spool);
-    for listed in &rec.messages[start..] {
+    for listed in &listing.messages[start..] {
         // A running server may have retired the segment meanwhile: the message is finished.
         let Ok(m) = listed.load(&mut reader) else { continue };
         if !visit(&m)? {
@@ -207,10 +232,22 @@ pub fn page(
     limit: usize,
     now_ms: u64,
 ) -> Result<Page, AdminError> {
+    page_in(&Listing::read(spool)?, spool, filter, after, limit, now_ms)
+}
+
+/// [`page`] from a listing read before.
+pub fn page_in(
+    listing: &Listing,
+    spool: &Path,
+    filter: &QueueFilter,
+    after: Option<QueueId>,
+    limit: usize,
+    now_ms: u64,
+) -> Result<Page, AdminError> {
     let limit = limit.clamp(1, MAX_PAGE);
     let mut page = Page::default();
     let mut last = None;
-    each_after(spool, after, |m| {
+    each_in(listing, spool, after, |m| {
         if !filter.matches(m, now_ms) {
             return Ok(true);
         }

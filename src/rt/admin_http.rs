@@ -19,6 +19,8 @@ pub const MAX_HEAD: usize = 64 << 10;
 pub const MAX_BODY: usize = 16 << 20;
 /// Ids sent to the control thread in one request of a bulk operation (its turn stays short).
 const BULK_CHUNK: usize = 1000;
+/// How long a reading of the spool serves the pages after a first one.
+pub const LISTING_KEPT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The OpenAPI description of this API.
 pub const OPENAPI: &str = include_str!("../../docs/admin-api.yaml");
@@ -426,7 +428,21 @@ fn queue_page(req: &Request, admin: &Admin) -> Result<Reply, Reply> {
         Some(l) => l.parse().map_err(|_| error(400, format!("limit: {l:?} is not a number")))?,
     };
     let after = req.param("after").map(parse_id).transpose()?;
-    let page = query::page(&admin.answerers.spool, &filter, after, limit, query::now_ms())
+    let spool = &admin.answerers.spool;
+    // A first page reads the spool afresh; the pages after it (`after=`) use that reading
+    // while it is recent, so paging through the queue costs one replay.
+    let listing = {
+        let mut kept = admin.listing.lock().unwrap_or_else(|e| e.into_inner());
+        match kept.as_ref() {
+            Some((at, l)) if after.is_some() && at.elapsed() < LISTING_KEPT => l.clone(),
+            _ => {
+                let l = std::sync::Arc::new(query::Listing::read(spool).map_err(|e| error(500, e.to_string()))?);
+                *kept = Some((Instant::now(), l.clone()));
+                l
+            }
+        }
+    };
+    let page = query::page_in(&listing, spool, &filter, after, limit, query::now_ms())
         .map_err(|e| error(500, e.to_string()))?;
     Ok(reply(200, json!(page)))
 }

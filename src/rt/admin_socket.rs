@@ -52,6 +52,8 @@ pub struct Admin {
     pub tx: SyncSender<ControlMsg>,
     pub bans: Option<Arc<crate::policy::BanList>>,
     pub answerers: Answerers,
+    /// The last reading of the spool for `GET /v1/queue`, and when it was made.
+    pub listing: std::sync::Mutex<Option<(std::time::Instant, Arc<crate::admin::query::Listing>)>>,
 }
 
 /// The admin API on TCP: where, and the bearer token every request must carry.

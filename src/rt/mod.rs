@@ -364,6 +364,7 @@ impl Server {
                     spool: spool.clone(),
                     maildir_root: cfg.maildir_root(),
                 },
+                listing: std::sync::Mutex::new(None),
             },
             tcp_admin,
             shutdown.clone(),
