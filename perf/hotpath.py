@@ -2,11 +2,12 @@
 """Hot-path throughput, side by side in one run.
 
 Postfix's smtp-source drives, in interleaved rounds, each of:
-  ringmx-uring     ringmx, io_uring driver, fsync before 250 (the default)
+  ringmx-uring     ringmx, io_uring driver, durable before 250 (the defaults: direct I/O)
   ringmx-epoll     ringmx, epoll driver, fsync before 250
   ringmx-nofsync   ringmx, io_uring driver, [spool] fsync = false (operator's choice)
-  ringmx-direct    ringmx, io_uring driver, [spool] direct_io = true (O_DIRECT + RWF_DSYNC
-                   writes, no fdatasync); ringmx-epoll-direct the same with epoll
+  ringmx-fdatasync ringmx, io_uring driver, [spool] direct_io = false (buffered writes and
+                   fdatasync, as before decision 007); ringmx-epoll-fdatasync the same with
+                   epoll (ringmx-uring and ringmx-epoll write with direct I/O, the default)
   ringmx-nolog     ringmx, io_uring driver, the activity log off (`[log] activity = false`;
                    ringmx-uring writes it, the default); no W3C log, no metrics endpoint
   ringmx-alllogs   ringmx, io_uring driver, every log and the metrics on: the activity
@@ -25,6 +26,8 @@ Postfix's smtp-source drives, in interleaved rounds, each of:
                    recipients per hour counted per client, relay rules (DNSBL and PTR
                    lookups are skipped for loopback clients, so they cost nothing here)
   smtp-sink        Postfix's smtp-sink (writes nothing: the reference)
+  loadgen-sink     `ringmx-loadgen sink --threads 1 --io uring`: the ideal sink (io_uring,
+                   one thread, writes nothing), the second reference
   postfix-mta      a private full Postfix MTA with a discard transport (persistent mode,
                    fewer messages: it runs at a few hundred messages per second)
 in two modes: persistent connections (`smtp-source -d`) and a connection per message.
@@ -42,7 +45,8 @@ a machine with many cores and keeps client and server apart on a small one.
 Usage: perf/hotpath.py [--rounds 3] [--messages 20000] [--cpm-messages 10000]
                        [--sessions 20] [--size 1024] [--ringmx target/release/ringmx]
                        [--no-postfix-mta] [--only NAME,...] [--alt NAME=BINARY]...
-                       [--shards N] [--cores LIST --client-cores LIST]
+                       [--shards N] [--cores LIST --client-cores LIST] [--counts]
+                       [--loadgen target/release/ringmx-loadgen]
 Loopback only; every run is bounded by its message count.
 """
 
@@ -131,7 +135,7 @@ def policy_config():
 
 
 class Ringmx:
-    def __init__(self, binary, io, fsync, tmp, extra="", direct=False):
+    def __init__(self, binary, io, fsync, tmp, extra="", direct=None):
         self.port = free_port()
         self.dir = tempfile.mkdtemp(dir=tmp)
         cfg = os.path.join(self.dir, "ringmx.toml")
@@ -139,8 +143,8 @@ class Ringmx:
             f.write(f'data_dir = "{self.dir}/data"\nlocal_domains = ["example.test"]\n')
             f.write(f'[[listener]]\nport = {self.port}\nbind = ["127.0.0.1"]\n')
             f.write(f"[spool]\nfsync = {'true' if fsync else 'false'}\n")
-            if direct:
-                f.write("direct_io = true\n")
+            if direct is not None:
+                f.write(f"direct_io = {'true' if direct else 'false'}\n")
             f.write("[limits]\nmax_connections_per_ip = 100000\nmax_connections = 100000\n")
             f.write(extra)
             f.write(RINGMX_RUNTIME)
@@ -212,6 +216,48 @@ class SmtpSink:
     def stop(self):
         self.p.terminate()
         self.p.wait(timeout=30)
+
+
+class LoadgenSink:
+    """`ringmx-loadgen sink --threads 1 --io uring`: the ideal sink (io_uring, one thread,
+    writes nothing), the second reference."""
+
+    def __init__(self, loadgen):
+        self.p = subprocess.Popen(pinned([loadgen, "sink", "--listen", "127.0.0.1:0", "--threads", "1", "--io", "uring"],
+                                         SERVER_CPUS), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        line = self.p.stdout.readline()
+        self.port = int(line.strip().rsplit(":", 1)[1])
+        wait_port(self.port)
+
+    def pids(self):
+        return [self.p.pid]
+
+    def stop(self):
+        self.p.send_signal(signal.SIGTERM)
+        self.p.wait(timeout=30)
+
+
+class Counts:
+    """`perf stat` on the server's processes while the client runs: context switches and
+    system calls (all threads), for `--counts`."""
+
+    def __init__(self, pids):
+        self.out = tempfile.NamedTemporaryFile(mode="w+", suffix=".perf")
+        self.p = subprocess.Popen(["perf", "stat", "-x", ",", "-o", self.out.name, "-e",
+                                   "context-switches,raw_syscalls:sys_enter", "-p", ",".join(map(str, pids))],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(0.2)  # perf attaches before the client starts
+
+    def stop(self):
+        """(context switches, system calls)."""
+        self.p.send_signal(signal.SIGINT)
+        self.p.wait(timeout=30)
+        values = {}
+        for line in open(self.out.name):
+            f = line.strip().split(",")
+            if len(f) > 2 and f[0].isdigit():
+                values[f[2]] = int(f[0])
+        return values.get("context-switches", 0), values.get("raw_syscalls:sys_enter", 0)
 
 
 class PostfixMta:
@@ -297,6 +343,10 @@ def main():
     ap.add_argument("--shards", type=int, default=0, help="ingress shards of every ringmx (default: its own choice)")
     ap.add_argument("--cores", default="", help="CPUs of the servers (taskset -c LIST)")
     ap.add_argument("--client-cores", default="", help="CPUs of smtp-source (taskset -c LIST)")
+    ap.add_argument("--counts", action="store_true",
+                    help="also count the servers' context switches and system calls per message (perf stat)")
+    ap.add_argument("--loadgen", default=os.path.join(os.path.dirname(__file__), "..", "target", "release",
+                                                      "ringmx-loadgen"))
     a = ap.parse_args()
     global SERVER_CPUS, CLIENT_CPUS, RINGMX_RUNTIME
     SERVER_CPUS, CLIENT_CPUS = a.cores or None, a.client_cores or None
@@ -331,8 +381,8 @@ def main():
         "ringmx-scripts": ringmx_scripts,
         "ringmx-epoll": lambda: Ringmx(a.ringmx, "epoll", True, tmp),
         "ringmx-nofsync": lambda: Ringmx(a.ringmx, "uring", False, tmp),
-        "ringmx-direct": lambda: Ringmx(a.ringmx, "uring", True, tmp, direct=True),
-        "ringmx-epoll-direct": lambda: Ringmx(a.ringmx, "epoll", True, tmp, direct=True),
+        "ringmx-fdatasync": lambda: Ringmx(a.ringmx, "uring", True, tmp, direct=False),
+        "ringmx-epoll-fdatasync": lambda: Ringmx(a.ringmx, "epoll", True, tmp, direct=False),
         "ringmx-nolog": lambda: Ringmx(a.ringmx, "uring", True, tmp, "[log]\nactivity = false\n"),
         "ringmx-rspamd": ringmx_rspamd,
         "ringmx-w3c": lambda: Ringmx(a.ringmx, "uring", True, tmp, "[log.w3c]\nenabled = true\n"),
@@ -347,6 +397,7 @@ def main():
                                          f"[metrics]\nlisten = \"127.0.0.1:{free_port()}\"\n"),
         "ringmx-policy": lambda: Ringmx(a.ringmx, "uring", True, tmp, policy_config()),
         "smtp-sink": lambda: SmtpSink(tmp),
+        "loadgen-sink": lambda: LoadgenSink(a.loadgen),
     }
     for alt in a.alt:
         alt_name, binary = alt.split("=", 1)
@@ -358,6 +409,7 @@ def main():
     results = {}  # (name, mode) -> list of (msgs/s, cpu µs/msg)
     commit = {}   # name -> list of records per batch
     machine = {}  # (name, mode) -> whole-machine busy CPU µs per message, minus the client's
+    counts = {}   # (name, mode) -> (context switches, system calls) per message
     filters = {}  # (name, mode) -> the filter's own CPU µs per message (ringmx-rspamd)
     for r in range(a.rounds):
         for mode in ("persistent", "cpm"):
@@ -371,10 +423,14 @@ def main():
                     filter_pids = getattr(srv, "filter_pids", lambda: [])()
                     f0 = cpu_ticks(filter_pids)
                     c0 = cpu_ticks(srv.pids())
+                    counter = Counts(srv.pids()) if a.counts else None
                     m0, k0 = machine_busy_ticks(), client_ticks()
                     secs = run_source(srv.port, n, a.sessions, a.size, mode == "persistent")
                     c1 = cpu_ticks(srv.pids())
                     m1, k1 = machine_busy_ticks(), client_ticks()
+                    if counter:
+                        cs, sc = counter.stop()
+                        counts.setdefault((name, mode), []).append((cs / n, sc / n))
                     f1 = cpu_ticks(filter_pids)
                 finally:
                     st = srv.stop()
@@ -399,7 +455,7 @@ def main():
     print(f"medians over {a.rounds} round(s); smtp-source -s {a.sessions} -l {a.size}; "
           f"{a.messages} msgs persistent, {a.cpm_messages} connection-per-message")
     print(f"{'server':15} {'mode':11} {'msg/s':>9} {'µs/msg':>8} {'msg/s ÷ sink':>13} {'CPU ÷ sink':>11} "
-          f"{'machine µs/msg':>15} {'÷ sink':>7}")
+          f"{'machine µs/msg':>15} {'÷ sink':>7} {'CPU ÷ ideal':>12} {'machine ÷ ideal':>16}")
     mmed = {k: statistics.median(v) for k, v in machine.items()}
     for (name, mode), (rate, cpu) in sorted(med.items(), key=lambda kv: (kv[0][1], kv[0][0])):
         sink = med.get(("smtp-sink", mode))
@@ -407,7 +463,10 @@ def main():
         cr = f"{cpu / sink[1]:.2f}" if sink and sink[1] > 0 else "-"
         ms, msink = mmed.get((name, mode)), mmed.get(("smtp-sink", mode))
         mr = f"{ms / msink:.2f}" if ms and msink else "-"
-        print(f"{name:15} {mode:11} {rate:9.0f} {cpu:8.1f} {rr:>13} {cr:>11} {ms or 0:15.1f} {mr:>7}")
+        ideal, mideal = med.get(("loadgen-sink", mode)), mmed.get(("loadgen-sink", mode))
+        ir = f"{cpu / ideal[1]:.2f}" if ideal and ideal[1] > 0 else "-"
+        mir = f"{ms / mideal:.2f}" if ms and mideal else "-"
+        print(f"{name:15} {mode:11} {rate:9.0f} {cpu:8.1f} {rr:>13} {cr:>11} {ms or 0:15.1f} {mr:>7} {ir:>12} {mir:>16}")
     u, e = med.get(("ringmx-uring", "cpm")), med.get(("ringmx-epoll", "cpm"))
     if u and e:
         print(f"\nio_uring ÷ epoll CPU/msg, connection per message: {u[1] / e[1]:.2f}")
@@ -449,6 +508,9 @@ def main():
         m = med.get((name, mode))
         ratio = f"; msg/s ÷ ringmx-uring {m[0] / u[0]:.2f}, ringmx CPU/msg ÷ ringmx-uring {m[1] / u[1]:.2f}" if u and m else ""
         print(f"{name} {mode}: rspamd's own CPU {statistics.median(v):.1f} µs/msg{ratio}")
+    for (name, mode), v in sorted(counts.items()):
+        print(f"per message {name:15} {mode:10}: {statistics.median(c for c, _ in v):.2f} context switches, "
+              f"{statistics.median(s for _, s in v):.2f} system calls (median)")
     for (name, mode), v in sorted(commit.items()):
         print(f"group commit {name:15} {mode:10}: {statistics.median(v):.2f} messages per "
               f"{'write' if 'nofsync' in name else 'fdatasync'} (median)")
