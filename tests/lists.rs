@@ -653,3 +653,113 @@ fn one_click_unsubscription_rfc_8058() {
     );
     srv.stop();
 }
+
+/// `[lists] arc_seal`: a post's distribution carries an ARC set of the list's domain
+/// (RFC 8617; by its RSA key, as ARC knows no other algorithm) on top of its DKIM
+/// signature; two verifiers (mail-auth, asking the in-process hickory server for the key,
+/// and dkimpy) find the chain valid, i=1 with cv=none, and broken by a changed body; the
+/// ARC-Authentication-Results say what the post was found to be when it arrived.
+#[test]
+fn a_posts_distribution_is_arc_sealed() {
+    use hickory_server::proto::rr::RData;
+    use hickory_server::proto::rr::rdata::TXT;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (key, txt) = lists_key(d);
+    // ARC knows rsa-sha256 only: the seal's key, beside the ed25519 one that signs.
+    let arc_key = d.join("arc.pem");
+    let out = std::process::Command::new(BIN)
+        .args(["dkim", "keygen", "example.org", "--selector", "arc", "--out"])
+        .arg(&arc_key)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let arc_txt: String =
+        String::from_utf8(out.stdout).unwrap().lines().next().unwrap().split('"').skip(1).step_by(2).collect();
+    let ns = dns::serve(vec![
+        dns::zone(
+            "example.org.",
+            &[
+                ("lists._domainkey.example.org.", RData::TXT(TXT::new(vec![txt.clone()]))),
+                (
+                    "arc._domainkey.example.org.",
+                    RData::TXT(TXT::new(
+                        arc_txt.as_bytes().chunks(255).map(|c| String::from_utf8(c.to_vec()).unwrap()).collect(),
+                    )),
+                ),
+            ],
+        ),
+        // Everything else does not exist.
+        dns::zone(".", &[]),
+    ]);
+    directory(
+        d,
+        serde_json::json!([{"address": "dev@example.org", "posting": "anyone", "from_rewrite": "never",
+                            "footer_text": "-- \nthe dev list", "members": members(&["bob@example.org"])}]),
+    );
+    let cfg = format!(
+        "[dns]\nservers = [\"{ns}\"]\n[lists]\ndmarc_dns = false\narc_seal = true\n\
+         [[dkim.sign]]\ndomain = \"example.org\"\nselector = \"lists\"\nkey = {key:?}\n\
+         [[dkim.sign]]\ndomain = \"example.org\"\nselector = \"arc\"\nkey = {arc_key:?}\n"
+    );
+    let srv = start_plain(d, "uring", &cfg);
+    let post =
+        "From: Eve <eve@elsewhere.example>\r\nSubject: sealed\r\nMessage-ID: <s1@elsewhere.example>\r\n\r\nhi\r\n";
+    assert!(send(srv.addr(), "eve@elsewhere.example", "dev@example.org", post).starts_with("250 "));
+    let copy = wait_mail(d, "bob", 1).remove(0);
+    srv.stop();
+    let aar = field(&copy, "ARC-Authentication-Results").unwrap_or_default();
+    assert!(aar.starts_with("i=1; mx.example.test;"), "{copy}");
+    // An unsigned post: no dkim= (mail-auth writes one per signature found), DMARC none.
+    assert!(!aar.contains("dkim=") && aar.contains("dmarc=none header.from=elsewhere.example"), "{aar}");
+    assert!(aar.contains("arc=none") && aar.contains("smtp.remote-ip=127.0.0.1"), "{aar}");
+    let seal = field(&copy, "ARC-Seal").unwrap_or_default();
+    assert!(seal.contains("i=1") && seal.contains("cv=none") && seal.contains("a=rsa-sha256"), "{seal}");
+    assert!(seal.contains("s=arc") && seal.contains("d=example.org"), "{seal}");
+    // An independent verification of the chain (and of the list's own DKIM signature).
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let mut opts = hickory_resolver::config::ResolverOpts::default();
+    opts.use_hosts_file = hickory_resolver::config::ResolveHosts::Never;
+    let mut server = hickory_resolver::config::NameServerConfig::udp_and_tcp(ns.ip());
+    for c in &mut server.connections {
+        c.port = ns.port();
+    }
+    let conf = hickory_resolver::config::ResolverConfig::from_name_servers(vec![server]);
+    let auth = mail_auth::MessageAuthenticator::new(conf, opts).unwrap();
+    let msg = mail_auth::AuthenticatedMessage::parse(copy.as_bytes()).unwrap();
+    let (arc, dkim) = rt.block_on(async { (auth.verify_arc(&msg).await, auth.verify_dkim(&msg).await) });
+    assert_eq!(arc.result(), &mail_auth::DkimResult::Pass, "{copy}");
+    assert_eq!(arc.sets().len(), 1);
+    assert!(dkim.iter().any(|o| o.result() == &mail_auth::DkimResult::Pass), "{dkim:?}");
+    // A changed body breaks the seal's message signature.
+    let changed = copy.replace("the dev list", "THE DEV LIST");
+    let msg = mail_auth::AuthenticatedMessage::parse(changed.as_bytes()).unwrap();
+    let arc = rt.block_on(auth.verify_arc(&msg));
+    assert_ne!(arc.result(), &mail_auth::DkimResult::Pass);
+    // And another implementation's verdict: dkimpy's arc_verify (Debian's python3-dkim),
+    // the key handed to it for arc._domainkey.example.org.
+    let verdict = dkimpy_arc(d, &arc_txt, &copy);
+    assert!(verdict.starts_with("pass "), "{verdict}\n{copy}");
+    let verdict = dkimpy_arc(d, &arc_txt, &changed);
+    assert!(verdict.starts_with("fail "), "{verdict}");
+}
+
+/// dkimpy's ARC verdict on `text` (`cv` and why), with `txt` as the only DNS answer.
+fn dkimpy_arc(d: &Path, txt: &str, text: &str) -> String {
+    let f = d.join("arc.eml");
+    std::fs::write(&f, text).unwrap();
+    let script = "import sys, dkim\n\
+                  txt = sys.argv[2].encode()\n\
+                  dns = lambda name, timeout=5: txt if name.rstrip(b'.') == b'arc._domainkey.example.org' else None\n\
+                  cv, _, why = dkim.arc_verify(open(sys.argv[1], 'rb').read(), dnsfunc=dns)\n\
+                  print(cv.decode(), why)\n";
+    let out = std::process::Command::new("/usr/bin/python3")
+        .args(["-c", script])
+        .arg(&f)
+        .arg(txt)
+        .output()
+        .expect("Debian's python3 with python3-dkim (tests/run.sh installs it)");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    text.trim().to_string()
+}

@@ -21,6 +21,8 @@ command -v chromium >/dev/null || need+=(chromium)
 # OpenDKIM signs as a milter (tests/milter.rs).
 [ -x /usr/sbin/opendkim ] || need+=(opendkim)
 command -v opendkim-genkey >/dev/null || need+=(opendkim-tools)
+# dkimpy's ARC verifier checks the lists' ARC seals (tests/lists.rs), with Debian's Python.
+/usr/bin/python3 -c "import dkim" 2>/dev/null || need+=(python3-dkim)
 # rspamd's proxy worker as a milter (tests/milter.rs).
 command -v rspamd >/dev/null || need+=(rspamd)
 # systemd-analyze verifies the shipped unit (tests/smtp_tcp.rs).

@@ -5,6 +5,7 @@
 //! writes) or ed25519-sha256 (RFC 8463; PKCS#8 PEM, as `ringmx dkim keygen` writes),
 //! relaxed/relaxed.
 
+use mail_auth::arc::ArcSealer;
 use mail_auth::common::crypto::{Ed25519Key, RsaKey, Sha256};
 use mail_auth::common::headers::HeaderWriter;
 use mail_auth::dkim::{Canonicalization, DkimSigner, Done};
@@ -35,6 +36,32 @@ enum Signer {
     Ed25519(DkimSigner<Ed25519Key, Done>),
 }
 
+/// The same key as an ARC sealer (RFC 8617).
+enum Sealer {
+    Rsa(ArcSealer<RsaKey<Sha256>, Done>),
+    Ed25519(ArcSealer<Ed25519Key, Done>),
+}
+
+/// Header fields an ARC-Message-Signature covers: those of [`SIGNED`] that stay the same
+/// for every member's copy (not the one-click `List-Unsubscribe` fields, added per member
+/// after sealing), and the DKIM signature under it.
+fn sealed() -> impl Iterator<Item = String> {
+    SIGNED.iter().filter(|h| !h.starts_with("List-Unsubscribe")).chain(&["DKIM-Signature"]).map(|h| h.to_string())
+}
+
+fn sealer<T: mail_auth::common::crypto::SigningKey<Hasher = Sha256>>(
+    key: T,
+    domain: &str,
+    selector: &str,
+) -> ArcSealer<T, Done> {
+    ArcSealer::from_key(key)
+        .domain(domain)
+        .selector(selector)
+        .headers(sealed())
+        .header_canonicalization(Canonicalization::Relaxed)
+        .body_canonicalization(Canonicalization::Relaxed)
+}
+
 /// A signer of `domain` with `key`: relaxed/relaxed, [`SIGNED`].
 fn signer<T: mail_auth::common::crypto::SigningKey>(key: T, domain: &str, selector: &str) -> DkimSigner<T, Done> {
     DkimSigner::from_key(key)
@@ -51,6 +78,7 @@ pub struct SignKey {
     pub selector: String,
     pub path: PathBuf,
     signer: Signer,
+    sealer: Sealer,
 }
 
 impl std::fmt::Debug for SignKey {
@@ -76,19 +104,28 @@ impl SignKey {
         let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         let der = PrivateKeyDer::from_pem_slice(&pem)
             .map_err(|e| format!("{}: not a PEM private key ({e})", path.display()))?;
-        let signer = match &der {
+        // Loaded twice: the signer and the sealer each own their key.
+        let (signer, sealer) = match &der {
             PrivateKeyDer::Pkcs8(p) if Ed25519Key::from_pkcs8_maybe_unchecked_der(p.secret_pkcs8_der()).is_ok() => {
-                let key =
-                    Ed25519Key::from_pkcs8_maybe_unchecked_der(p.secret_pkcs8_der()).map_err(|e| e.to_string())?;
-                Signer::Ed25519(signer(key, domain, selector))
+                let load =
+                    || Ed25519Key::from_pkcs8_maybe_unchecked_der(p.secret_pkcs8_der()).map_err(|e| e.to_string());
+                (Signer::Ed25519(signer(load()?, domain, selector)), Sealer::Ed25519(sealer(load()?, domain, selector)))
             }
             _ => {
-                let key = RsaKey::<Sha256>::from_key_der(der.clone_key())
-                    .map_err(|e| format!("{}: neither an ed25519 nor an RSA key ({e})", path.display()))?;
-                Signer::Rsa(signer(key, domain, selector))
+                let load = || {
+                    RsaKey::<Sha256>::from_key_der(der.clone_key())
+                        .map_err(|e| format!("{}: neither an ed25519 nor an RSA key ({e})", path.display()))
+                };
+                (Signer::Rsa(signer(load()?, domain, selector)), Sealer::Rsa(sealer(load()?, domain, selector)))
             }
         };
-        Ok(SignKey { domain: domain.to_ascii_lowercase(), selector: selector.into(), path: path.into(), signer })
+        Ok(SignKey {
+            domain: domain.to_ascii_lowercase(),
+            selector: selector.into(),
+            path: path.into(),
+            signer,
+            sealer,
+        })
     }
 
     /// The `DKIM-Signature` field for `message` (CRLF-folded, without the final CRLF).
@@ -100,6 +137,31 @@ impl SignKey {
         .map_err(|e| e.to_string())?;
         let h = sig.to_header();
         Ok(h.trim_end_matches(['\r', '\n']).to_string())
+    }
+}
+
+impl SignKey {
+    /// An RSA key (ARC, RFC 8617 §4.1.3, knows no other algorithm).
+    pub fn is_rsa(&self) -> bool {
+        matches!(self.signer, Signer::Rsa(_))
+    }
+
+    /// The ARC set (RFC 8617 §4: ARC-Seal, ARC-Message-Signature, ARC-Authentication-Results,
+    /// CRLF-separated, without the final CRLF) for `message` as it is forwarded: `results` are
+    /// what was found of the message as it arrived, `arc` its chain as verified then. Fails
+    /// when the chain failed (RFC 8617 §5.1.2: a failed chain is not sealed again).
+    pub fn seal(
+        &self,
+        message: &mail_auth::AuthenticatedMessage<'_>,
+        results: &mail_auth::AuthenticationResults<'_>,
+        arc: &mail_auth::ArcOutput<'_>,
+    ) -> Result<String, String> {
+        let set = match &self.sealer {
+            Sealer::Rsa(s) => s.seal(message, results, arc),
+            Sealer::Ed25519(s) => s.seal(message, results, arc),
+        }
+        .map_err(|e| e.to_string())?;
+        Ok(set.to_header().trim_end_matches(['\r', '\n']).to_string())
     }
 }
 

@@ -204,7 +204,7 @@ fn spf_domain(req: &Request) -> String {
 }
 
 /// The runtime and resolver of a verification thread (`what` names it in the log).
-pub(super) fn runtime_and_authenticator(
+pub(crate) fn runtime_and_authenticator(
     what: &str,
     servers: &[SocketAddr],
     timeout: Duration,

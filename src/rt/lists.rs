@@ -40,6 +40,11 @@ pub struct ListsConfig {
     /// member's copy then names its own link. Default none: only the mailto.
     #[serde(default)]
     pub unsubscribe_url: Option<String>,
+    /// ARC-seal each post's distribution (RFC 8617) with the `[[dkim.sign]]` key of the
+    /// list's domain, so that receivers can see what the post's authentication was before
+    /// the list changed it. Default false.
+    #[serde(default)]
+    pub arc_seal: bool,
 }
 
 fn yes() -> bool {
@@ -48,8 +53,15 @@ fn yes() -> bool {
 
 impl Default for ListsConfig {
     fn default() -> Self {
-        ListsConfig { dmarc_dns: true, dmarc_domains: Vec::new(), unsubscribe_url: None }
+        ListsConfig { dmarc_dns: true, dmarc_domains: Vec::new(), unsubscribe_url: None, arc_seal: false }
     }
+}
+
+/// What ARC sealing needs besides the key: a resolver for the post's own authentication
+/// (its signatures, its chain, its DMARC policy), verified again before the list changes it.
+struct ArcChecker {
+    rt: tokio::runtime::Runtime,
+    auth: Arc<mail_auth::MessageAuthenticator>,
 }
 
 /// `ringmx directory list moderate LIST --approve|--reject CODE` on a running server.
@@ -140,6 +152,9 @@ pub struct ListsSetup {
     pub one_click: Option<Arc<lists::OneClick>>,
     pub control: SyncSender<ControlMsg>,
     pub stop: Arc<AtomicBool>,
+    /// Name servers and time-out of the post's verification before ARC sealing.
+    pub auth_servers: Vec<std::net::SocketAddr>,
+    pub auth_timeout: Duration,
 }
 
 /// The key of the one-click tokens: `<data_dir>/lists/unsubscribe.key` (made at the first
@@ -171,7 +186,14 @@ const DURABLE_WAIT: Duration = Duration::from_secs(30);
 pub fn spawn(setup: ListsSetup) -> std::io::Result<(ListsHandle, std::thread::JoinHandle<()>)> {
     let (tx, rx) = std::sync::mpsc::channel();
     let t = std::thread::Builder::new().name("lists".into()).spawn(move || {
-        let mut w = Worker { store: FileStore::in_data_dir(&setup.data_dir), setup };
+        let arc = match setup.cfg.arc_seal {
+            true => {
+                crate::policy::spf::runtime_and_authenticator("lists (ARC)", &setup.auth_servers, setup.auth_timeout)
+                    .map(|(rt, auth)| ArcChecker { rt, auth })
+            }
+            false => None,
+        };
+        let mut w = Worker { store: FileStore::in_data_dir(&setup.data_dir), setup, arc };
         w.run(rx)
     })?;
     Ok((ListsHandle { tx }, t))
@@ -180,6 +202,7 @@ pub fn spawn(setup: ListsSetup) -> std::io::Result<(ListsHandle, std::thread::Jo
 struct Worker {
     setup: ListsSetup,
     store: FileStore,
+    arc: Option<ArcChecker>,
 }
 
 impl Worker {
@@ -248,6 +271,9 @@ impl Worker {
         }
         let mut drafts = h.drafts;
         self.sign_all(&mut drafts, list);
+        if job.role == ListRole::Post {
+            self.seal_all(&mut drafts, list, &job.content, &job.from);
+        }
         if !h.changes.is_empty() {
             let applied = self.change(&h.changes, now).map_err(|e| LocalFailure {
                 permanent: false,
@@ -315,14 +341,55 @@ impl Worker {
         let key = crate::policy::dkim_sign::from_domain(&d.data).and_then(|f| by(&f)).or_else(|| by(list.parts().1));
         let Some(key) = key else { return };
         match key.sign(&d.data) {
-            Ok(h) => {
-                let mut data = Vec::with_capacity(h.len() + 2 + d.data.len());
-                data.extend_from_slice(h.as_bytes());
-                data.extend_from_slice(b"\r\n");
-                data.extend_from_slice(&d.data);
-                d.data = data;
-            }
+            Ok(h) => prepend(d, &h),
             Err(e) => log::warn!("lists: {}: DKIM signing with {}: {e}", list.address, key.domain),
+        }
+    }
+
+    /// ARC-seals a post's distribution (`[lists] arc_seal`, RFC 8617) with the RSA key of the
+    /// list's domain among the `[[dkim.sign]]` keys: the post as it came
+    /// (`original`) is verified again — its DKIM signatures, its ARC chain, DMARC with the
+    /// SPF result this server recorded when it arrived — and each copy gets an ARC set of
+    /// the list's domain on top, its ARC-Authentication-Results saying what was found. A
+    /// post whose chain failed is not sealed (RFC 8617 §5.1.2).
+    fn seal_all(&self, drafts: &mut [Draft], list: &List, original: &[u8], mail_from: &str) {
+        use mail_auth::dmarc::verify::DmarcParameters;
+        use mail_auth::{AuthenticatedMessage, AuthenticationResults, SpfOutput};
+        let Some(arc) = &self.arc else { return };
+        // ARC verifiers know rsa-sha256 only (RFC 8617 §4.1.3).
+        let Some(key) = self.setup.signers.iter().find(|k| k.domain == list.parts().1 && k.is_rsa()) else {
+            log::warn!(
+                "lists: {}: [lists] arc_seal needs an RSA [[dkim.sign]] key of {}",
+                list.address,
+                list.parts().1
+            );
+            return;
+        };
+        if !drafts.iter().any(|d| d.kind == "list") {
+            return;
+        }
+        let Some(post) = AuthenticatedMessage::parse(original) else { return };
+        let hostname = self.setup.hostname.as_str();
+        let from_domain = mail_from.rsplit_once('@').map(|(_, d)| d.to_ascii_lowercase()).unwrap_or_default();
+        let spf = SpfOutput::new(from_domain.clone()).with_result(recorded_spf(original, hostname));
+        let (dkim, chain, dmarc) = arc.rt.block_on(async {
+            let dkim = arc.auth.verify_dkim(&post).await;
+            let chain = arc.auth.verify_arc(&post).await;
+            let dmarc = arc.auth.verify_dmarc(DmarcParameters::new(&post, &dkim, &from_domain, &spf)).await;
+            (dkim, chain, dmarc)
+        });
+        let header_from = crate::policy::dkim_sign::from_domain(original).unwrap_or_default();
+        let mut results = AuthenticationResults::new(hostname).with_dkim_results(&dkim, &header_from);
+        if let Some(ip) = received_ip(original, hostname) {
+            results = results.with_arc_result(&chain, ip);
+        }
+        let results = results.with_dmarc_result(&dmarc);
+        for d in drafts.iter_mut().filter(|d| d.kind == "list") {
+            let Some(copy) = AuthenticatedMessage::parse(&d.data) else { continue };
+            match key.seal(&copy, &results, &chain) {
+                Ok(set) => prepend(d, &set),
+                Err(e) => log::warn!("lists: {}: ARC sealing with {}: {e}", list.address, key.domain),
+            }
         }
     }
 
@@ -517,5 +584,69 @@ mod tests {
         assert_eq!(dmarc_policy("v=DMARC1;p=quarantine", true).as_deref(), Some("quarantine"));
         assert_eq!(dmarc_policy("v=spf1 -all", false), None);
         assert_eq!(dmarc_policy("v=DMARC1; p=quarantine; t=y", false).as_deref(), Some("none"), "DMARCbis testing");
+    }
+}
+
+/// Puts header fields (CRLF-separated, without the final CRLF) on top of a draft.
+fn prepend(d: &mut Draft, fields: &str) {
+    let mut data = Vec::with_capacity(fields.len() + 2 + d.data.len());
+    data.extend_from_slice(fields.as_bytes());
+    data.extend_from_slice(b"\r\n");
+    data.extend_from_slice(&d.data);
+    d.data = data;
+}
+
+/// The SPF result this server recorded for `message` when it arrived: `spf=` of its own
+/// `Authentication-Results` (authserv-id `hostname`); none when it has none.
+fn recorded_spf(message: &[u8], hostname: &str) -> mail_auth::SpfResult {
+    use mail_auth::SpfResult;
+    let Some(ar) = own_field(message, "authentication-results", hostname) else { return SpfResult::None };
+    let result = ar.split(';').find_map(|m| m.trim().strip_prefix("spf=")).map(|r| r.split_whitespace().next());
+    match result.flatten() {
+        Some("pass") => SpfResult::Pass,
+        Some("fail") => SpfResult::Fail,
+        Some("softfail") => SpfResult::SoftFail,
+        Some("neutral") => SpfResult::Neutral,
+        Some("temperror") => SpfResult::TempError,
+        Some("permerror") => SpfResult::PermError,
+        _ => SpfResult::None,
+    }
+}
+
+/// The client address of this server's own `Received` field (the first one, naming
+/// `hostname` after `by`): the bracketed address of its `from` clause.
+fn received_ip(message: &[u8], hostname: &str) -> Option<std::net::IpAddr> {
+    let r = own_field(message, "received", hostname)?;
+    let open = r.find('[')?;
+    let close = open + r[open..].find(']')?;
+    r[open + 1..close].trim_start_matches("IPv6:").parse().ok()
+}
+
+/// The first header field `name` (lower case) of `message` that is this server's (its value
+/// names `hostname`), unfolded.
+fn own_field(message: &[u8], name: &str, hostname: &str) -> Option<String> {
+    let (fields, _) = crate::policy::milter::split_message(message);
+    fields
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.replace(['\r', '\n'], " "))
+        .find(|v| v.contains(hostname))
+}
+
+#[cfg(test)]
+mod arc_tests {
+    use super::*;
+
+    #[test]
+    fn what_this_server_recorded() {
+        let m = b"Authentication-Results: other.example; spf=fail\r\n\
+                  Authentication-Results: mx.example.test;\r\n\tspf=pass smtp.mailfrom=a@b.example;\r\n\tdkim=none\r\n\
+                  Received: from c (host.example [192.0.2.7])\r\n\tby mx.example.test with ESMTP id 1; date\r\n\
+                  Subject: x\r\n\r\nbody\r\n";
+        assert_eq!(recorded_spf(m, "mx.example.test"), mail_auth::SpfResult::Pass);
+        assert_eq!(recorded_spf(b"Subject: x\r\n\r\n", "mx.example.test"), mail_auth::SpfResult::None);
+        assert_eq!(received_ip(m, "mx.example.test"), Some("192.0.2.7".parse().unwrap()));
+        let v6 = b"Received: from c (unknown [IPv6:2001:db8::1])\r\n\tby mx.example.test; d\r\n\r\n";
+        assert_eq!(received_ip(v6, "mx.example.test"), Some("2001:db8::1".parse().unwrap()));
     }
 }

@@ -284,6 +284,8 @@ impl Server {
             one_click: one_click.clone(),
             control: tx.clone(),
             stop: control_stop.clone(),
+            auth_servers: cfg.dns.servers.clone(),
+            auth_timeout: cfg.dkim.timeout,
         })
         .map_err(ServeError::Thread)?;
         let lists_handle = lists.clone();
