@@ -695,7 +695,9 @@ fn a_posts_distribution_is_arc_sealed() {
     directory(
         d,
         serde_json::json!([{"address": "dev@example.org", "posting": "anyone", "from_rewrite": "never",
-                            "footer_text": "-- \nthe dev list", "members": members(&["bob@example.org"])}]),
+                            "footer_text": "-- \nthe dev list", "members": members(&["bob@example.org"])},
+                           {"address": "held@example.org", "posting": "anyone", "moderated": true,
+                            "moderators": ["mod@example.org"], "members": members(&["carol@example.org"])}]),
     );
     let cfg = format!(
         "[dns]\nservers = [\"{ns}\"]\n[lists]\ndmarc_dns = false\narc_seal = true\n\
@@ -707,6 +709,13 @@ fn a_posts_distribution_is_arc_sealed() {
         "From: Eve <eve@elsewhere.example>\r\nSubject: sealed\r\nMessage-ID: <s1@elsewhere.example>\r\n\r\nhi\r\n";
     assert!(send(srv.addr(), "eve@elsewhere.example", "dev@example.org", post).starts_with("250 "));
     let copy = wait_mail(d, "bob", 1).remove(0);
+    // A moderated post is sealed when approved.
+    let held = "From: Eve <eve@elsewhere.example>\r\nSubject: held\r\n\r\nwait\r\n";
+    assert!(send(srv.addr(), "eve@elsewhere.example", "held@example.org", held).starts_with("250 "));
+    let code = code_of(&field(&wait_mail(d, "mod", 1).remove(0), "Subject").unwrap());
+    let (status, out) = ringmx(d, &["directory", "list", "moderate", "held@example.org", "--approve", &code]);
+    assert_eq!(status, 0, "{out}");
+    let approved = wait_mail(d, "carol", 1).remove(0);
     srv.stop();
     let aar = field(&copy, "ARC-Authentication-Results").unwrap_or_default();
     assert!(aar.starts_with("i=1; mx.example.test;"), "{copy}");
@@ -742,6 +751,8 @@ fn a_posts_distribution_is_arc_sealed() {
     assert!(verdict.starts_with("pass "), "{verdict}\n{copy}");
     let verdict = dkimpy_arc(d, &arc_txt, &changed);
     assert!(verdict.starts_with("fail "), "{verdict}");
+    let verdict = dkimpy_arc(d, &arc_txt, &approved);
+    assert!(verdict.starts_with("pass "), "the approved post: {verdict}\n{approved}");
 }
 
 /// dkimpy's ARC verdict on `text` (`cv` and why), with `txt` as the only DNS answer.

@@ -313,8 +313,16 @@ impl Worker {
 
     /// Distributes a held post, then removes it once the distribution is durable.
     fn approve(&mut self, list: &List, code: &str, ctx: &Ctx<'_>) -> std::io::Result<bool> {
+        // The post as it was held, for the ARC seal's verification of it.
+        let held = match self.arc {
+            Some(_) => self.store.held(&list.address, code)?,
+            None => None,
+        };
         let Some(mut drafts) = lists::approve(list, code, ctx, &mut self.store)? else { return Ok(false) };
         self.sign_all(&mut drafts, list);
+        if let Some((poster, post)) = &held {
+            self.seal_all(&mut drafts, list, post, poster);
+        }
         if !self.queue_durably(drafts) {
             return Err(std::io::Error::other("the control thread did not queue the distribution"));
         }
