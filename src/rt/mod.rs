@@ -515,6 +515,8 @@ impl Server {
             ("[spool]", format!("{:?}", new.spool) != format!("{:?}", old.spool)),
             ("[log]", format!("{:?}", new.log) != format!("{:?}", old.log)),
             ("[metrics]", format!("{:?}", new.metrics) != format!("{:?}", old.metrics)),
+            ("[admin]", format!("{:?}", new.admin) != format!("{:?}", old.admin)),
+            ("[lists]", format!("{:?}", new.lists) != format!("{:?}", old.lists)),
             ("[delivery]", format!("{:?}", new.delivery) != format!("{:?}", old.delivery)),
         ];
         for (what, changed) in needs_restart {
