@@ -3,7 +3,7 @@
 
 use std::io;
 use std::net::{SocketAddr, TcpListener};
-use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
+use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
@@ -39,20 +39,21 @@ pub fn bind_shards(addr: SocketAddr, shards: usize) -> io::Result<Vec<TcpListene
     Ok(v)
 }
 
-/// Accepts one pending connection, non-blocking and close-on-exec.
+/// Accepts one pending connection, non-blocking and close-on-exec, with its peer's address
+/// from the accept itself (no `getpeername` after it).
 pub fn accept(listener_fd: i32) -> io::Result<(OwnedFd, SocketAddr)> {
-    // SAFETY: accept4(2) with null `addr`/`addrlen` is allowed and stores no peer address, so the kernel writes into no
-    // memory of ours; `listener_fd` is only used as a descriptor and a bad one just fails with an error.
-    let fd = unsafe {
-        libc::accept4(listener_fd, std::ptr::null_mut(), std::ptr::null_mut(), libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC)
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    // SAFETY: `try_init` hands accept4(2) a zeroed address storage of its own and its length, which the kernel fills
+    // with at most that many bytes; `listener_fd` is only used as a descriptor, and a bad one just fails.
+    let (fd, addr) = unsafe {
+        socket2::SockAddr::try_init(|storage, len| {
+            let fd = libc::accept4(listener_fd, storage.cast(), len, libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC);
+            if fd < 0 { Err(io::Error::last_os_error()) } else { Ok(fd) }
+        })
+    }?;
     // SAFETY: `fd` was just returned by accept4 and checked non-negative: a new descriptor that nothing else owns, so
     // the OwnedFd takes sole ownership and closes it once.
     let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-    let peer = peer_addr(owned.as_raw_fd())?;
+    let peer = addr.as_socket().ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "not an IP socket"))?;
     Ok((owned, peer))
 }
 
