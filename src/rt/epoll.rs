@@ -151,6 +151,11 @@ impl Driver {
     fn accept_all(&mut self, shard: &mut Shard, l: usize, now: Now) {
         let lfd = shard.listeners[l].socket.as_raw_fd();
         loop {
+            // Draining: what waits in the queue stays there, for the server taking over
+            // (tcp_migrate_req moves it when this listener closes).
+            if shard.stopping() {
+                return;
+            }
             let (fd, peer) = match listener::accept(lfd) {
                 Ok(x) => x,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -161,9 +166,6 @@ impl Driver {
                     return;
                 }
             };
-            if shard.stopping() {
-                continue;
-            }
             if !shard.limits.try_acquire(shard.counted_ip(l, peer.ip())) {
                 shard.refused_at_accept(peer.ip(), now);
                 listener::send_and_forget(fd.as_raw_fd(), TOO_MANY_CONNECTIONS);

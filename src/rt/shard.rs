@@ -30,6 +30,9 @@ pub const TALLY_PERIOD: std::time::Duration = std::time::Duration::from_millis(5
 
 /// The reply to a connection over a limit (SPEC §2).
 pub const TOO_MANY_CONNECTIONS: &[u8] = b"421 4.7.0 Error: too many connections, try again later\r\n";
+/// The greeting of a connection accepted while the shard drains (RFC 5321 §3.8: a server
+/// that must shut down answers 421): the client tries again, at the server that took over.
+pub const SHUTTING_DOWN: &[u8] = b"421 4.3.2 Service shutting down, try again later\r\n";
 
 /// Everything a shard thread owns.
 pub struct Shard {

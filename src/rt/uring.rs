@@ -263,6 +263,9 @@ impl Driver {
         // SAFETY: a non-negative accept result is a new descriptor that nothing else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(res) };
         if shard.stopping() {
+            // Accepted by the multishot accept before it was cancelled: told, not dropped
+            // without a word.
+            listener::send_and_forget(fd.as_raw_fd(), super::shard::SHUTTING_DOWN);
             return;
         }
         let Ok(peer) = listener::peer_addr(fd.as_raw_fd()) else { return };
