@@ -246,7 +246,17 @@ class Counts:
         self.p = subprocess.Popen(["perf", "stat", "-x", ",", "-o", self.out.name, "-e",
                                    "context-switches,raw_syscalls:sys_enter", "-p", ",".join(map(str, pids))],
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(0.2)  # perf attaches before the client starts
+        # The client starts once perf has its counters open (perf_event descriptors).
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not self.attached():
+            time.sleep(0.01)
+
+    def attached(self):
+        try:
+            fds = os.listdir(f"/proc/{self.p.pid}/fd")
+            return any("perf_event" in os.readlink(f"/proc/{self.p.pid}/fd/{fd}") for fd in fds)
+        except OSError:
+            return False
 
     def stop(self):
         """(context switches, system calls)."""

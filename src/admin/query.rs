@@ -224,18 +224,8 @@ pub fn each_in(
     Ok(())
 }
 
-/// Up to `limit` (at most [`MAX_PAGE`]) messages `filter` selects, after `after`.
-pub fn page(
-    spool: &Path,
-    filter: &QueueFilter,
-    after: Option<QueueId>,
-    limit: usize,
-    now_ms: u64,
-) -> Result<Page, AdminError> {
-    page_in(&Listing::read(spool)?, spool, filter, after, limit, now_ms)
-}
-
-/// [`page`] from a listing read before.
+/// Up to `limit` (at most [`MAX_PAGE`]) messages `filter` selects, after `after`, from a
+/// reading of the spool ([`Listing::read`]).
 pub fn page_in(
     listing: &Listing,
     spool: &Path,
