@@ -173,6 +173,14 @@ pub struct SpfConfig {
     /// Longest a check may take (then temperror). Default 10s.
     #[serde(default = "default_spf_timeout", deserialize_with = "de_duration")]
     pub timeout: std::time::Duration,
+    /// RFC 7208 §4.6.4: void lookups (NXDOMAIN or no records) allowed among the terms
+    /// that query DNS before the result is permerror. Default 2, as the RFC recommends.
+    #[serde(default = "default_spf_max_void")]
+    pub max_void_lookups: u32,
+}
+
+fn default_spf_max_void() -> u32 {
+    2
 }
 
 impl Default for SpfConfig {
@@ -229,6 +237,7 @@ impl Config {
             temperror: s.temperror,
             permerror: s.permerror,
             timeout: s.timeout,
+            max_void_lookups: s.max_void_lookups,
             servers: self.dns.servers.clone(),
         })
     }

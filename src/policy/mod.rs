@@ -34,6 +34,7 @@ pub mod rate;
 pub mod script;
 pub mod service_stream;
 pub mod spf;
+mod spf_eval;
 
 pub use bans::{BanError, BanList};
 pub use conns::ConnLimits;

@@ -1,17 +1,17 @@
 //! SPF (RFC 7208) at MAIL FROM (issue 14): the client's address checked against the
 //! sender's domain (the HELO name for the null sender, §2.3), off the shards.
 //!
-//! The evaluation is Stalwart's `mail-auth` (`check_host()` with the limits of §4.6.4: ten
-//! DNS-querying terms, two void lookups; macros, `exp=`); its resolver asks the `[dns]`
-//! name servers and keeps hickory's own cache. It runs on a thread of its own with a tokio
+//! `check_host()` is [`super::spf_eval`]'s, with every limit of §4.6.4 (ten DNS-querying
+//! terms, two void lookups, ten names per `mx` and `ptr`), over Stalwart's `mail-auth` for
+//! parsing records and expanding macros; its resolver asks the `[dns]` name servers and
+//! keeps hickory's own cache. It runs on a thread of its own with a tokio
 //! runtime, many checks at once; the session waits for the answer as it waits for a DNS
 //! answer ([`crate::session`]). The result's action comes from `[spf]`: a refusal (fail:
 //! 550 5.7.23, RFC 7372 §3.2), a temporary refusal (temperror: 451 4.7.24), or a tag, the
 //! `Authentication-Results` field (RFC 8601) put on top of the message.
 
 use crate::wire::Reply;
-use mail_auth::spf::verify::SpfParameters;
-use mail_auth::{MessageAuthenticator, SpfResult};
+use mail_auth::MessageAuthenticator;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
@@ -35,6 +35,8 @@ pub struct Settings {
     pub temperror: SpfAction,
     pub permerror: SpfAction,
     pub timeout: Duration,
+    /// Void lookups allowed (RFC 7208 §4.6.4).
+    pub max_void_lookups: u32,
     pub servers: Vec<SocketAddr>,
 }
 
@@ -81,18 +83,6 @@ impl Result {
             Result::None => "none",
             Result::TempError => "temperror",
             Result::PermError => "permerror",
-        }
-    }
-
-    fn of(r: SpfResult) -> Result {
-        match r {
-            SpfResult::Pass => Result::Pass,
-            SpfResult::Fail => Result::Fail,
-            SpfResult::SoftFail => Result::SoftFail,
-            SpfResult::Neutral => Result::Neutral,
-            SpfResult::None => Result::None,
-            SpfResult::TempError => Result::TempError,
-            SpfResult::PermError => Result::PermError,
         }
     }
 }
@@ -163,6 +153,7 @@ impl SpfService {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<(Request, Done)>(QUEUE);
         let servers = settings.servers.clone();
         let timeout = settings.timeout;
+        let max_void = settings.max_void_lookups;
         std::thread::Builder::new().name("spf".into()).spawn(move || {
             let Some((rt, auth)) = runtime_and_authenticator("spf", &servers, timeout) else { return };
             rt.block_on(async move {
@@ -170,7 +161,7 @@ impl SpfService {
                     let auth = auth.clone();
                     tokio::spawn(async move {
                         let domain = spf_domain(&req);
-                        let checked = tokio::time::timeout(timeout, check(&auth, &req)).await;
+                        let checked = tokio::time::timeout(timeout, check(&auth, &req, max_void)).await;
                         let o = checked.unwrap_or(Outcome { result: Result::TempError, domain, explanation: None });
                         done(o);
                     });
@@ -228,18 +219,13 @@ fn authenticator(servers: &[SocketAddr], timeout: Duration) -> std::result::Resu
     MessageAuthenticator::new(crate::dns::service::name_servers(servers), o).map_err(|e| e.to_string())
 }
 
-async fn check(auth: &MessageAuthenticator, req: &Request) -> Outcome {
-    let out = if req.sender.is_empty() {
-        // RFC 7208 §2.3: the null sender's identity is postmaster@HELO.
-        auth.verify_spf(SpfParameters::verify_ehlo(req.ip, &req.helo, &req.hostname)).await
-    } else {
-        auth.verify_spf(SpfParameters::verify_mail_from(req.ip, &req.helo, &req.hostname, &req.sender)).await
-    };
-    Outcome {
-        result: Result::of(out.result()),
-        domain: out.domain().to_string(),
-        explanation: out.explanation().map(str::to_string),
-    }
+async fn check(auth: &MessageAuthenticator, req: &Request, max_void: u32) -> Outcome {
+    let domain = spf_domain(req);
+    // RFC 7208 §2.3: the null sender's identity is postmaster@HELO.
+    let sender = if req.sender.is_empty() { format!("postmaster@{}", req.helo) } else { req.sender.clone() };
+    let mut c = super::spf_eval::Check::new(auth.resolver(), req.ip, sender, &req.helo, &req.hostname, max_void);
+    let (result, explanation) = c.run(&domain).await;
+    Outcome { result, domain, explanation }
 }
 
 #[cfg(test)]
@@ -253,6 +239,7 @@ mod tests {
             temperror: SpfAction::Tempfail,
             permerror: SpfAction::Tag,
             timeout: Duration::from_secs(5),
+            max_void_lookups: 2,
             servers: Vec::new(),
         }
     }

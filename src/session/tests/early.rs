@@ -123,6 +123,7 @@ fn spf_policy() -> Arc<Policy> {
         temperror: crate::policy::spf::SpfAction::Tempfail,
         permerror: crate::policy::spf::SpfAction::Tag,
         timeout: Duration::from_secs(5),
+        max_void_lookups: 2,
         servers: Vec::new(),
     };
     let spf = crate::policy::spf::SpfService::start(settings).unwrap();
