@@ -111,6 +111,10 @@ pub struct DkimConfig {
     /// `[[dkim.sign]]`: our domains' keys; authenticated clients' mail from them is signed.
     #[serde(default)]
     pub sign: Vec<DkimSignConfig>,
+    /// ARC-seal verified mail that a redirect or group forwards elsewhere, with the RSA key
+    /// of the forwarding recipient's domain. Default false.
+    #[serde(default)]
+    pub arc_seal_forwards: bool,
 }
 
 /// `[[dkim.sign]]`: one domain's key.
@@ -223,6 +227,7 @@ impl Config {
             dmarc: self.dmarc.enabled,
             dmarc_reject: self.dmarc.reject,
             trusted_sealers: self.dmarc.trusted_arc_sealers.iter().map(|d| d.to_ascii_lowercase()).collect(),
+            arc_seal_forwards: self.dkim.arc_seal_forwards,
             timeout: self.dkim.timeout,
             servers: self.dns.servers.clone(),
         })

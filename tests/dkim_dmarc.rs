@@ -22,16 +22,22 @@ fn txt(s: &str) -> RData {
 const ED25519_KEY: &str = "v=DKIM1; k=ed25519; p=11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo=";
 const RSA_KEY: &str = "v=DKIM1; k=rsa; p=MIGfMA0GCSqGSIb3DQEBAQUAA4GNADCBiQKBgQDkHlOQoBTzWRiGs5V6NpP3idY6Wk08a5qhdR6wy5bdOKb2jLQiY/J16JYi0Qvx/byYzCNb3W91y3FutACDfzwQ/BC/e/8uBsCR+yz1Lxj+PL6lHvqMKrM3rG4hstT5QjvHO9PzoxZyVYLzBfO2EeC3Ip3G+2kryOTIKT+l/K4w3QIDAQAB";
 
+/// The signer of RFC 8463 A.3 with both keys of A.2, publishing p=reject.
+fn football_zone()
+-> (hickory_server::proto::rr::LowerName, std::sync::Arc<dyn hickory_server::zone_handler::ZoneHandler>) {
+    zone(
+        "football.example.com.",
+        &[
+            ("brisbane._domainkey.football.example.com.", txt(ED25519_KEY)),
+            ("test._domainkey.football.example.com.", txt(RSA_KEY)),
+            ("_dmarc.football.example.com.", txt("v=DMARC1; p=reject")),
+        ],
+    )
+}
+
 fn dns_server() -> std::net::SocketAddr {
     dns::serve(vec![
-        zone(
-            "football.example.com.",
-            &[
-                ("brisbane._domainkey.football.example.com.", txt(ED25519_KEY)),
-                ("test._domainkey.football.example.com.", txt(RSA_KEY)),
-                ("_dmarc.football.example.com.", txt("v=DMARC1; p=reject")),
-            ],
-        ),
+        football_zone(),
         zone("example.org.", &[("_dmarc.example.org.", txt("v=DMARC1; p=none; sp=reject"))]),
         zone("testing.example.", &[("_dmarc.testing.example.", txt("v=DMARC1; p=reject; t=y"))]),
         zone("sampled.example.", &[("_dmarc.sampled.example.", txt("v=DMARC1; p=reject; pct=0"))]),
@@ -146,14 +152,7 @@ fn arc_sealed(message: &str, sealer: &str) -> String {
 #[test]
 fn a_trusted_arc_sealer_vouches_for_a_dmarc_failure() {
     let addr = dns::serve(vec![
-        zone(
-            "football.example.com.",
-            &[
-                ("brisbane._domainkey.football.example.com.", txt(ED25519_KEY)),
-                ("test._domainkey.football.example.com.", txt(RSA_KEY)),
-                ("_dmarc.football.example.com.", txt("v=DMARC1; p=reject")),
-            ],
-        ),
+        football_zone(),
         zone("list.example.", &[("brisbane._domainkey.list.example.", txt(ED25519_KEY))]),
         zone("other.example.", &[("brisbane._domainkey.other.example.", txt(ED25519_KEY))]),
         zone(".", &[]),
@@ -181,4 +180,133 @@ fn a_trusted_arc_sealer_vouches_for_a_dmarc_failure() {
     assert_eq!(send(&srv, "joe@football.example.com", &broken), refused);
     let (status, log) = srv.stop();
     assert!(status.success(), "{log}");
+}
+
+/// `[dkim] arc_seal_forwards` (RFC 8617 §5.1): a message that a mailbox's redirect sends
+/// elsewhere leaves with an ARC set of the mailbox's domain, by its RSA key, whose
+/// ARC-Authentication-Results say what was found when it arrived: i=1 cv=none on a message
+/// without a chain, i=2 cv=pass on top of a list's valid set, i=2 cv=fail on a broken chain
+/// (§5.1.2), and a message delivered here is not sealed at all. mail-auth (asking the
+/// in-process DNS server) and dkimpy find the chain valid, and broken by a changed body.
+#[test]
+fn a_message_forwarded_elsewhere_is_arc_sealed() {
+    use std::sync::{Arc, Mutex};
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (arc_key, arc_txt) = dns::rsa_key(BIN, d, "example.net", "arc");
+    let ns = dns::serve(vec![
+        football_zone(),
+        zone("list.example.", &[("brisbane._domainkey.list.example.", txt(ED25519_KEY))]),
+        zone("example.net.", &[("arc._domainkey.example.net.", dns::long_txt(&arc_txt))]),
+        zone(".", &[]),
+    ]);
+    // The far end the redirect leads to.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let far = listener.local_addr().unwrap();
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (s, st) = (seen.clone(), stop.clone());
+    let t = std::thread::spawn(move || {
+        far_end(listener, st, |e| {
+            if let FarEvent::Message(m) = e {
+                s.lock().unwrap().push(m.to_string());
+            }
+        })
+    });
+    let dd = d.join("data/directory");
+    std::fs::create_dir_all(&dd).unwrap();
+    let data = serde_json::json!({
+        "postoffices": [{"name": "po"}],
+        "domains": [
+            {"name": "example.net", "postoffice": "po"},
+            {"name": "backup.example", "postoffice": "po", "smart_host": far.to_string()}
+        ],
+        "mailboxes": [
+            {"postoffice": "po", "name": "alice", "addresses": ["alice@example.net"]},
+            {"postoffice": "po", "name": "bob", "addresses": ["bob@example.net"], "redirect": ["u@backup.example"]}
+        ]
+    });
+    std::fs::write(dd.join("directory.json"), serde_json::to_string(&data).unwrap()).unwrap();
+    let cfg = format!(
+        "{PROXY_LISTENER}[dns]\nservers = [\"{ns}\"]\n[dmarc]\nenabled = true\nreject = false\n\
+         [dkim]\narc_seal_forwards = true\n\
+         [[dkim.sign]]\ndomain = \"example.net\"\nselector = \"arc\"\nkey = {arc_key:?}\n"
+    );
+    let srv = start(d, "uring", &cfg);
+    let send_to = |to: &str, body: &str| {
+        let (mut c, _) = Client::connect_proxied(srv.addr(), "192.0.2.10");
+        c.cmd("EHLO client.example");
+        queued_id(&c.message("joe@football.example.com", &[to], body));
+    };
+    let listed = rfc8463_message().replace("Subject: Is dinner ready?", "Subject: [list] Is dinner ready?");
+    send_to("bob@example.net", &rfc8463_message());
+    assert!(eventually(Duration::from_secs(20), || seen.lock().unwrap().len() == 1));
+    send_to("bob@example.net", &arc_sealed(&listed, "list.example"));
+    assert!(eventually(Duration::from_secs(20), || seen.lock().unwrap().len() == 2));
+    let broken = arc_sealed(&listed, "list.example").replace("We lost the game", "We won the game");
+    send_to("bob@example.net", &broken);
+    assert!(eventually(Duration::from_secs(20), || seen.lock().unwrap().len() == 3));
+    send_to("alice@example.net", &rfc8463_message());
+    assert!(eventually(Duration::from_secs(20), || !mailbox(d, "alice").is_empty()));
+    let (status, log) = srv.stop();
+    assert!(status.success(), "{log}");
+    stop_far_end(far, &stop);
+    t.join().unwrap();
+    let got = seen.lock().unwrap().clone();
+    let field = |m: &str, name: &str| -> Vec<String> {
+        let prefix = format!("{name}: ");
+        let mut out = Vec::new();
+        let mut cur: Option<String> = None;
+        for l in m.split("\r\n").take_while(|l| !l.is_empty()) {
+            if l.starts_with([' ', '\t']) {
+                if let Some(c) = cur.as_mut() {
+                    c.push_str(l.trim_start());
+                }
+                continue;
+            }
+            out.extend(cur.take());
+            cur = l.strip_prefix(prefix.as_str()).map(str::to_string);
+        }
+        out.extend(cur);
+        out
+    };
+    // No chain as it came: i=1, cv=none; what was found is said.
+    let seal = field(&got[0], "ARC-Seal");
+    assert_eq!(seal.len(), 1, "{}", got[0]);
+    assert!(seal[0].contains("i=1") && seal[0].contains("cv=none") && seal[0].contains("d=example.net"), "{seal:?}");
+    assert!(seal[0].contains("s=arc") && seal[0].contains("a=rsa-sha256"), "{seal:?}");
+    let aar = field(&got[0], "ARC-Authentication-Results").remove(0);
+    assert!(aar.starts_with("i=1; mx.example.test;"), "{aar}");
+    assert!(aar.contains("dkim=pass") && aar.contains("dmarc=pass") && aar.contains("arc=none"), "{aar}");
+    assert!(aar.contains("smtp.remote-ip=192.0.2.10"), "{aar}");
+    // On top of the list's valid set: i=2, cv=pass.
+    let seals = field(&got[1], "ARC-Seal");
+    assert_eq!(seals.len(), 2, "{}", got[1]);
+    assert!(
+        seals[0].contains("i=2") && seals[0].contains("cv=pass") && seals[0].contains("d=example.net"),
+        "{seals:?}"
+    );
+    assert!(field(&got[1], "ARC-Authentication-Results")[0].contains("arc=pass"), "{}", got[1]);
+    // A broken chain is marked so (§5.1.2).
+    let seals = field(&got[2], "ARC-Seal");
+    assert!(seals.len() == 2 && seals[0].contains("i=2") && seals[0].contains("cv=fail"), "{}", got[2]);
+    assert!(field(&got[2], "ARC-Authentication-Results")[0].contains("arc=fail"), "{}", got[2]);
+    // Mail delivered here carries no seal of ours.
+    assert!(!mailbox(d, "alice")[0].contains("ARC-Seal: i=1; a=rsa-sha256"), "{}", mailbox(d, "alice")[0]);
+    // Verified by mail-auth, asking the in-process server for the keys.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let auth = dns::authenticator(ns);
+    let verdict = |m: &str| {
+        let msg = mail_auth::AuthenticatedMessage::parse(m.as_bytes()).unwrap();
+        let out = rt.block_on(auth.verify_arc(&msg));
+        (out.result().clone(), out.sets().len())
+    };
+    assert_eq!(verdict(&got[0]), (mail_auth::DkimResult::Pass, 1), "{}", got[0]);
+    assert_eq!(verdict(&got[1]), (mail_auth::DkimResult::Pass, 2), "{}", got[1]);
+    let changed = got[0].replace("We lost the game", "We won the game");
+    assert_ne!(verdict(&changed).0, mail_auth::DkimResult::Pass);
+    // And by dkimpy (Debian's python3-dkim), the key handed to it.
+    let arc = |m: &str| dns::dkimpy_arc(d, "arc._domainkey.example.net", &arc_txt, m);
+    assert!(arc(&got[0]).starts_with("pass "), "{}\n{}", arc(&got[0]), got[0]);
+    assert!(arc(&changed).starts_with("fail "), "{}", arc(&changed));
 }

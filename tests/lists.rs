@@ -667,26 +667,13 @@ fn a_posts_distribution_is_arc_sealed() {
     let d = dir.path();
     let (key, txt) = lists_key(d);
     // ARC knows rsa-sha256 only: the seal's key, beside the ed25519 one that signs.
-    let arc_key = d.join("arc.pem");
-    let out = std::process::Command::new(BIN)
-        .args(["dkim", "keygen", "example.org", "--selector", "arc", "--out"])
-        .arg(&arc_key)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let arc_txt: String =
-        String::from_utf8(out.stdout).unwrap().lines().next().unwrap().split('"').skip(1).step_by(2).collect();
+    let (arc_key, arc_txt) = dns::rsa_key(BIN, d, "example.org", "arc");
     let ns = dns::serve(vec![
         dns::zone(
             "example.org.",
             &[
                 ("lists._domainkey.example.org.", RData::TXT(TXT::new(vec![txt.clone()]))),
-                (
-                    "arc._domainkey.example.org.",
-                    RData::TXT(TXT::new(
-                        arc_txt.as_bytes().chunks(255).map(|c| String::from_utf8(c.to_vec()).unwrap()).collect(),
-                    )),
-                ),
+                ("arc._domainkey.example.org.", dns::long_txt(&arc_txt)),
             ],
         ),
         // Everything else does not exist.
@@ -727,14 +714,7 @@ fn a_posts_distribution_is_arc_sealed() {
     assert!(seal.contains("s=arc") && seal.contains("d=example.org"), "{seal}");
     // An independent verification of the chain (and of the list's own DKIM signature).
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let mut opts = hickory_resolver::config::ResolverOpts::default();
-    opts.use_hosts_file = hickory_resolver::config::ResolveHosts::Never;
-    let mut server = hickory_resolver::config::NameServerConfig::udp_and_tcp(ns.ip());
-    for c in &mut server.connections {
-        c.port = ns.port();
-    }
-    let conf = hickory_resolver::config::ResolverConfig::from_name_servers(vec![server]);
-    let auth = mail_auth::MessageAuthenticator::new(conf, opts).unwrap();
+    let auth = dns::authenticator(ns);
     let msg = mail_auth::AuthenticatedMessage::parse(copy.as_bytes()).unwrap();
     let (arc, dkim) = rt.block_on(async { (auth.verify_arc(&msg).await, auth.verify_dkim(&msg).await) });
     assert_eq!(arc.result(), &mail_auth::DkimResult::Pass, "{copy}");
@@ -747,30 +727,10 @@ fn a_posts_distribution_is_arc_sealed() {
     assert_ne!(arc.result(), &mail_auth::DkimResult::Pass);
     // And another implementation's verdict: dkimpy's arc_verify (Debian's python3-dkim),
     // the key handed to it for arc._domainkey.example.org.
-    let verdict = dkimpy_arc(d, &arc_txt, &copy);
+    let verdict = dns::dkimpy_arc(d, "arc._domainkey.example.org", &arc_txt, &copy);
     assert!(verdict.starts_with("pass "), "{verdict}\n{copy}");
-    let verdict = dkimpy_arc(d, &arc_txt, &changed);
+    let verdict = dns::dkimpy_arc(d, "arc._domainkey.example.org", &arc_txt, &changed);
     assert!(verdict.starts_with("fail "), "{verdict}");
-    let verdict = dkimpy_arc(d, &arc_txt, &approved);
+    let verdict = dns::dkimpy_arc(d, "arc._domainkey.example.org", &arc_txt, &approved);
     assert!(verdict.starts_with("pass "), "the approved post: {verdict}\n{approved}");
-}
-
-/// dkimpy's ARC verdict on `text` (`cv` and why), with `txt` as the only DNS answer.
-fn dkimpy_arc(d: &Path, txt: &str, text: &str) -> String {
-    let f = d.join("arc.eml");
-    std::fs::write(&f, text).unwrap();
-    let script = "import sys, dkim\n\
-                  txt = sys.argv[2].encode()\n\
-                  dns = lambda name, timeout=5: txt if name.rstrip(b'.') == b'arc._domainkey.example.org' else None\n\
-                  cv, _, why = dkim.arc_verify(open(sys.argv[1], 'rb').read(), dnsfunc=dns)\n\
-                  print(cv.decode(), why)\n";
-    let out = std::process::Command::new("/usr/bin/python3")
-        .args(["-c", script])
-        .arg(&f)
-        .arg(txt)
-        .output()
-        .expect("Debian's python3 with python3-dkim (tests/run.sh installs it)");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
-    text.trim().to_string()
 }

@@ -33,6 +33,9 @@ pub struct Settings {
     /// ARC sealers (their `d=` domains, lower case) whose valid chain overrides a DMARC
     /// failure.
     pub trusted_sealers: Vec<String>,
+    /// ARC-seal (RFC 8617) mail forwarded elsewhere by a redirect or a group, with the RSA
+    /// key of the forwarding recipient's domain (`[dkim] arc_seal_forwards`).
+    pub arc_seal_forwards: bool,
     pub timeout: Duration,
     pub servers: Vec<SocketAddr>,
 }
@@ -49,6 +52,21 @@ pub struct Request {
     pub verify: bool,
     /// Sign it with this key (an authenticated client's mail from one of our domains).
     pub sign: Option<Arc<super::dkim_sign::SignKey>>,
+    /// ARC-seal it once verified: a recipient forwards it elsewhere.
+    pub seal: Option<Box<Seal>>,
+}
+
+/// What an ARC set for a forwarded message needs beside the verification's results.
+#[derive(Debug, Clone)]
+pub struct Seal {
+    /// The forwarding domain's RSA key (ARC knows rsa-sha256 only, RFC 8617 §4.1.3).
+    pub key: Arc<super::dkim_sign::SignKey>,
+    /// Our authserv-id (the host name), the client's address, the envelope sender and the
+    /// HELO name, for the ARC-Authentication-Results.
+    pub authserv_id: String,
+    pub client: std::net::IpAddr,
+    pub mail_from: String,
+    pub helo: String,
 }
 
 /// One signature's result.
@@ -79,12 +97,23 @@ pub struct Outcome {
     pub verified: bool,
     /// Our `DKIM-Signature` field, when asked to sign.
     pub signature: Option<String>,
+    /// Our ARC set (ARC-Seal, ARC-Message-Signature, ARC-Authentication-Results), when
+    /// asked to seal and the chain as it came was not already marked failed.
+    pub arc_set: Option<String>,
 }
 
 impl Default for Outcome {
     /// Nothing verified, nothing signed.
     fn default() -> Self {
-        Outcome { signatures: Vec::new(), dmarc: None, policy: "none", arc: None, verified: false, signature: None }
+        Outcome {
+            signatures: Vec::new(),
+            dmarc: None,
+            policy: "none",
+            arc: None,
+            verified: false,
+            signature: None,
+            arc_set: None,
+        }
     }
 }
 
@@ -97,6 +126,7 @@ impl Outcome {
             arc: None,
             verified: true,
             signature: None,
+            arc_set: None,
         }
     }
 
@@ -254,9 +284,6 @@ async fn verify(auth: &MessageAuthenticator, req: &Request, dmarc: bool) -> Outc
             Some(Signature { result, domain: sig.d.clone(), selector: sig.s.clone(), algorithm, reason })
         })
         .collect();
-    if !dmarc {
-        return Outcome { signatures, arc, verified: true, ..Outcome::default() };
-    }
     let spf_result = match req.spf {
         Some(super::spf::Result::Pass) => SpfResult::Pass,
         Some(super::spf::Result::Fail) => SpfResult::Fail,
@@ -267,6 +294,11 @@ async fn verify(auth: &MessageAuthenticator, req: &Request, dmarc: bool) -> Outc
         Some(super::spf::Result::None) | None => SpfResult::None,
     };
     let spf = SpfOutput::new(req.mail_from_domain.clone()).with_result(spf_result);
+    if !dmarc {
+        let checked = req.spf.is_some().then_some(&spf);
+        let arc_set = req.seal.as_ref().and_then(|s| seal(s, &msg, &dkim, &arc_out, checked, None));
+        return Outcome { signatures, arc, verified: true, arc_set, ..Outcome::default() };
+    }
     let out = auth.verify_dmarc(DmarcParameters::new(&msg, &dkim, &req.mail_from_domain, &spf)).await;
     // DMARCbis `t=y` (testing): the policy is applied one level lower, reject as
     // quarantine, quarantine as none, as RFC 7489's `pct=0` did. RFC 7489's `pct=N`
@@ -286,7 +318,39 @@ async fn verify(auth: &MessageAuthenticator, req: &Request, dmarc: bool) -> Outc
         (Policy::Quarantine, true) | (Policy::None | Policy::Unspecified, _) => "none",
     };
     let dmarc = Some((dmarc_name(&out.result()), out.domain().to_string()));
-    Outcome { signatures, dmarc, policy, arc, verified: true, signature: None }
+    let checked = req.spf.is_some().then_some(&spf);
+    let arc_set = req.seal.as_ref().and_then(|s| seal(s, &msg, &dkim, &arc_out, checked, Some(&out)));
+    Outcome { signatures, dmarc, policy, arc, verified: true, signature: None, arc_set }
+}
+
+/// The ARC set of the next instance for a message forwarded elsewhere (RFC 8617 §5.1): its
+/// ARC-Authentication-Results say what this server found (DKIM, SPF when checked at MAIL,
+/// the chain as it came, DMARC when evaluated). A chain that failed verification is sealed
+/// with cv=fail; none when its latest seal already says cv=fail (§5.1.2).
+fn seal(
+    s: &Seal,
+    msg: &AuthenticatedMessage<'_>,
+    dkim: &[mail_auth::DkimOutput<'_>],
+    chain: &mail_auth::ArcOutput<'_>,
+    spf: Option<&SpfOutput>,
+    dmarc: Option<&mail_auth::DmarcOutput>,
+) -> Option<String> {
+    let header_from = super::dkim_sign::from_domain(msg.raw_message).unwrap_or_default();
+    let mut results = mail_auth::AuthenticationResults::new(&s.authserv_id).with_dkim_results(dkim, &header_from);
+    if let Some(spf) = spf {
+        results = results.with_spf_mailfrom_result(spf, s.client, &s.mail_from, &s.helo);
+    }
+    results = results.with_arc_result(chain, s.client);
+    if let Some(d) = dmarc {
+        results = results.with_dmarc_result(d);
+    }
+    match s.key.seal(msg, &results, chain) {
+        Ok(set) => Some(set),
+        Err(e) => {
+            log::debug!("dkim: not ARC-sealed by {}: {e}", s.key.domain);
+            None
+        }
+    }
 }
 
 /// The `pct=` of the DMARC record that governs `from_domain`: the first record found
@@ -356,6 +420,7 @@ mod tests {
             arc: None,
             verified: true,
             signature: None,
+            arc_set: None,
         };
         assert_eq!(
             o.methods(),
@@ -371,6 +436,7 @@ mod tests {
             dmarc: true,
             dmarc_reject: true,
             trusted_sealers: vec!["list.example".into()],
+            arc_seal_forwards: false,
             timeout: Duration::from_secs(1),
             servers: Vec::new(),
         };

@@ -148,8 +148,9 @@ impl SignKey {
 
     /// The ARC set (RFC 8617 §4: ARC-Seal, ARC-Message-Signature, ARC-Authentication-Results,
     /// CRLF-separated, without the final CRLF) for `message` as it is forwarded: `results` are
-    /// what was found of the message as it arrived, `arc` its chain as verified then. Fails
-    /// when the chain failed (RFC 8617 §5.1.2: a failed chain is not sealed again).
+    /// what was found of the message as it arrived, `arc` its chain as verified then (cv=fail
+    /// when it failed). Fails when the latest seal already says cv=fail (RFC 8617 §5.1.2:
+    /// a chain marked failed is not sealed again).
     pub fn seal(
         &self,
         message: &mail_auth::AuthenticatedMessage<'_>,

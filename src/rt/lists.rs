@@ -359,7 +359,8 @@ impl Worker {
     /// (`original`) is verified again — its DKIM signatures, its ARC chain, DMARC with the
     /// SPF result this server recorded when it arrived — and each copy gets an ARC set of
     /// the list's domain on top, its ARC-Authentication-Results saying what was found. A
-    /// post whose chain failed is not sealed (RFC 8617 §5.1.2).
+    /// chain that fails verification is sealed with cv=fail; one whose latest seal already
+    /// says cv=fail is not sealed again (RFC 8617 §5.1.2).
     fn seal_all(&self, drafts: &mut [Draft], list: &List, original: &[u8], mail_from: &str) {
         use mail_auth::dmarc::verify::DmarcParameters;
         use mail_auth::{AuthenticatedMessage, AuthenticationResults, SpfOutput};

@@ -199,16 +199,43 @@ impl Session {
         let env = self.tx.envelope.as_ref();
         let helo = self.helo.clone().unwrap_or_default();
         let mail_from_domain = env.and_then(|e| e.from.rsplit_once('@').map(|(_, d)| d.to_string())).unwrap_or(helo);
+        let seal = if verify { self.forward_seal() } else { None };
         let req = crate::policy::dkim::Request {
             message: std::sync::Arc::from(self.body.get(self.received_hdr_len..).unwrap_or_default()),
             mail_from_domain,
             spf: self.tx.spf.as_ref().map(|o| o.result),
             verify,
             sign,
+            seal,
         };
         self.wait = Some(super::checks::Wait::Dkim);
         self.phase = Phase::Waiting;
         self.actions.push_back(Action::Dkim(Box::new(req)));
+    }
+
+    /// `[dkim] arc_seal_forwards`: when a recipient forwards the message elsewhere (a
+    /// redirect, a group member outside our domains), the seal of its domain's RSA key.
+    fn forward_seal(&self) -> Option<Box<crate::policy::dkim::Seal>> {
+        use crate::directory::Destination;
+        let d = self.cfg.policy.dkim.as_ref().filter(|d| d.settings.arc_seal_forwards)?;
+        let env = self.tx.envelope.as_ref()?;
+        let key = env.rcpts.iter().find_map(|r| {
+            let ex = self.directory.expand_all(&[r.address.as_str()], self.cfg.catch_alls);
+            let forwarded = ex.targets.iter().any(|t| match &t.destination {
+                Destination::Remote(a) | Destination::Relay { address: a, .. } => !a.eq_ignore_ascii_case(&r.address),
+                Destination::Mailbox { .. } | Destination::List { .. } => false,
+            });
+            let domain = r.address.rsplit_once('@')?.1.to_ascii_lowercase();
+            let rsa = d.settings.signers.iter().find(|k| k.domain == domain && k.is_rsa());
+            rsa.filter(|_| forwarded).cloned()
+        })?;
+        Some(Box::new(crate::policy::dkim::Seal {
+            key,
+            authserv_id: self.cfg.hostname.clone(),
+            client: self.peer.ip(),
+            mail_from: env.from.clone(),
+            helo: self.helo.clone().unwrap_or_default(),
+        }))
     }
 
     /// The driver's answer to [`Action::Dkim`].
@@ -224,6 +251,9 @@ impl Session {
         }
         if let Some(sig) = o.signature.clone() {
             self.tx.prepend.push(sig);
+        }
+        if let Some(set) = o.arc_set.clone() {
+            self.tx.prepend.push(set);
         }
         match self.cfg.policy.dkim.as_ref().and_then(|d| d.settings.refusal(&o)) {
             Some(r) => self.refuse_content("dmarc", r),

@@ -44,3 +44,58 @@ pub fn serve(zones: Vec<(LowerName, Arc<dyn ZoneHandler>)>) -> SocketAddr {
     });
     rx.recv().unwrap()
 }
+
+/// A TXT record of `s`, split into the 255-octet strings DNS allows.
+pub fn long_txt(s: &str) -> RData {
+    use hickory_server::proto::rr::rdata::TXT;
+    RData::TXT(TXT::new(s.as_bytes().chunks(255).map(|c| String::from_utf8(c.to_vec()).unwrap()).collect()))
+}
+
+/// A new RSA key made by `ringmx dkim keygen DOMAIN --selector SELECTOR` into `dir`: its
+/// file and the TXT record's text (its strings joined).
+pub fn rsa_key(bin: &str, dir: &std::path::Path, domain: &str, selector: &str) -> (std::path::PathBuf, String) {
+    let path = dir.join(format!("{selector}.{domain}.pem"));
+    let out = std::process::Command::new(bin)
+        .args(["dkim", "keygen", domain, "--selector", selector, "--out"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let txt = String::from_utf8(out.stdout).unwrap().lines().next().unwrap().split('"').skip(1).step_by(2).collect();
+    (path, txt)
+}
+
+/// mail-auth's verifier, asking only the DNS server at `ns`.
+pub fn authenticator(ns: SocketAddr) -> mail_auth::MessageAuthenticator {
+    let mut opts = hickory_resolver::config::ResolverOpts::default();
+    opts.use_hosts_file = hickory_resolver::config::ResolveHosts::Never;
+    let mut server = hickory_resolver::config::NameServerConfig::udp_and_tcp(ns.ip());
+    for c in &mut server.connections {
+        c.port = ns.port();
+    }
+    let conf = hickory_resolver::config::ResolverConfig::from_name_servers(vec![server]);
+    mail_auth::MessageAuthenticator::new(conf, opts).unwrap()
+}
+
+/// Another implementation's ARC verdict on `text`: dkimpy's `arc_verify` (Debian's
+/// python3-dkim, installed by tests/run.sh), `txt` the only DNS answer, for the name
+/// `key_name`; its `cv` and why, e.g. "pass …" or "fail …". `dir` holds the message file.
+pub fn dkimpy_arc(dir: &std::path::Path, key_name: &str, txt: &str, text: &str) -> String {
+    let f = dir.join("arc-verify.eml");
+    std::fs::write(&f, text).unwrap();
+    let script = "import sys, dkim\n\
+                  txt, name = sys.argv[2].encode(), sys.argv[3].encode()\n\
+                  dns = lambda n, timeout=5: txt if n.rstrip(b'.') == name else None\n\
+                  cv, _, why = dkim.arc_verify(open(sys.argv[1], 'rb').read(), dnsfunc=dns)\n\
+                  print(cv.decode(), why)\n";
+    let out = std::process::Command::new("/usr/bin/python3")
+        .args(["-c", script])
+        .arg(&f)
+        .arg(txt)
+        .arg(key_name)
+        .output()
+        .expect("Debian's python3 with python3-dkim (tests/run.sh installs it)");
+    let verdict = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{verdict}{}", String::from_utf8_lossy(&out.stderr));
+    verdict.trim().to_string()
+}
