@@ -186,7 +186,8 @@ fn a_trusted_arc_sealer_vouches_for_a_dmarc_failure() {
 /// elsewhere leaves with an ARC set of the mailbox's domain, by its RSA key, whose
 /// ARC-Authentication-Results say what was found when it arrived: i=1 cv=none on a message
 /// without a chain, i=2 cv=pass on top of a list's valid set, i=2 cv=fail on a broken chain
-/// (§5.1.2), and a message delivered here is not sealed at all. mail-auth (asking the
+/// (§5.1.2), and a message delivered here is not sealed at all (two verification workers,
+/// `[dkim] threads = 2`). mail-auth (asking the
 /// in-process DNS server) and dkimpy find the chain valid, and broken by a changed body.
 #[test]
 fn a_message_forwarded_elsewhere_is_arc_sealed() {
@@ -229,7 +230,7 @@ fn a_message_forwarded_elsewhere_is_arc_sealed() {
     std::fs::write(dd.join("directory.json"), serde_json::to_string(&data).unwrap()).unwrap();
     let cfg = format!(
         "{PROXY_LISTENER}[dns]\nservers = [\"{ns}\"]\n[dmarc]\nenabled = true\nreject = false\n\
-         [dkim]\narc_seal_forwards = true\n\
+         [dkim]\narc_seal_forwards = true\nthreads = 2\n\
          [[dkim.sign]]\ndomain = \"example.net\"\nselector = \"arc\"\nkey = {arc_key:?}\n"
     );
     let srv = start(d, "uring", &cfg);

@@ -36,6 +36,8 @@ pub struct Settings {
     /// ARC-seal (RFC 8617) mail forwarded elsewhere by a redirect or a group, with the RSA
     /// key of the forwarding recipient's domain (`[dkim] arc_seal_forwards`).
     pub arc_seal_forwards: bool,
+    /// Threads verifying at once (`[dkim] threads`; 1: the DKIM thread alone).
+    pub threads: usize,
     pub timeout: Duration,
     pub servers: Vec<SocketAddr>,
 }
@@ -197,7 +199,11 @@ impl DkimService {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<(Request, Done)>(QUEUE);
         let s = settings.clone();
         std::thread::Builder::new().name("dkim".into()).spawn(move || {
-            let Some((rt, auth)) = super::spf::runtime_and_authenticator("dkim", &s.servers, s.timeout) else { return };
+            // One thread takes the work; with more than one, that many workers verify.
+            let workers = if s.threads > 1 { s.threads } else { 0 };
+            let Some((rt, auth)) = super::spf::runtime_with_workers("dkim", &s.servers, s.timeout, workers) else {
+                return;
+            };
             rt.block_on(async move {
                 while let Some((req, done)) = rx.recv().await {
                     let (auth, dmarc) = (auth.clone(), s.dmarc);
@@ -437,6 +443,7 @@ mod tests {
             dmarc_reject: true,
             trusted_sealers: vec!["list.example".into()],
             arc_seal_forwards: false,
+            threads: 1,
             timeout: Duration::from_secs(1),
             servers: Vec::new(),
         };

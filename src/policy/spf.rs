@@ -200,11 +200,26 @@ pub(crate) fn runtime_and_authenticator(
     servers: &[SocketAddr],
     timeout: Duration,
 ) -> Option<(tokio::runtime::Runtime, std::sync::Arc<MessageAuthenticator>)> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| log::error!("{what}: cannot start its runtime: {e}"))
-        .ok()?;
+    runtime_with_workers(what, servers, timeout, 0)
+}
+
+/// The same with `workers` threads of its own beside the calling one (0: none, the checks
+/// run on the thread that drives the runtime).
+pub(crate) fn runtime_with_workers(
+    what: &str,
+    servers: &[SocketAddr],
+    timeout: Duration,
+    workers: usize,
+) -> Option<(tokio::runtime::Runtime, std::sync::Arc<MessageAuthenticator>)> {
+    let mut b = match workers {
+        0 => tokio::runtime::Builder::new_current_thread(),
+        n => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n).thread_name(what.to_string());
+            b
+        }
+    };
+    let rt = b.enable_all().build().map_err(|e| log::error!("{what}: cannot start its runtime: {e}")).ok()?;
     let auth =
         authenticator(servers, timeout).map_err(|e| log::error!("{what}: cannot build its resolver: {e}")).ok()?;
     Some((rt, std::sync::Arc::new(auth)))
