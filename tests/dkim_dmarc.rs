@@ -187,8 +187,8 @@ fn a_trusted_arc_sealer_vouches_for_a_dmarc_failure() {
 /// ARC-Authentication-Results say what was found when it arrived: i=1 cv=none on a message
 /// without a chain, i=2 cv=pass on top of a list's valid set, i=2 cv=fail on a broken chain
 /// (§5.1.2), and a message delivered here is not sealed at all (two verification workers,
-/// `[dkim] threads = 2`). mail-auth (asking the
-/// in-process DNS server) and dkimpy find the chain valid, and broken by a changed body.
+/// `[dkim] threads = 2`). mail-auth (asking the in-process DNS server) and dkimpy find the
+/// chain valid, and broken by a changed body.
 #[test]
 fn a_message_forwarded_elsewhere_is_arc_sealed() {
     use std::sync::{Arc, Mutex};
