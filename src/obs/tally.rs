@@ -120,7 +120,13 @@ impl Tally {
     /// Counts the replies in `out`: complete reply lines as a session writes them. Only a
     /// reply's last line (`NNN ` or a bare `NNN`) counts, so a multi-line reply is one.
     pub fn count_replies(&mut self, out: &[u8]) {
-        for line in out.split(|&b| b == b'\n') {
+        // Every reply the server writes passes here: lines found with memchr, not byte by
+        // byte.
+        let mut start = 0;
+        let ends = memchr::memchr_iter(b'\n', out).chain((out.last() != Some(&b'\n')).then_some(out.len()));
+        for end in ends {
+            let line = &out[start..end];
+            start = end + 1;
             let line = line.strip_suffix(b"\r").unwrap_or(line);
             if line.len() < 3 || !line[..3].iter().all(u8::is_ascii_digit) || line.get(3).is_some_and(|&b| b != b' ') {
                 continue;

@@ -167,12 +167,64 @@ fn push_value(out: &mut String, v: &str) {
         out.push('-');
         return;
     }
+    // Most values (verbs, addresses, host names) need nothing replaced.
+    if v.bytes().all(|b| b > b' ' && b < 0x7f) {
+        out.push_str(v);
+        return;
+    }
     for c in v.chars() {
         out.push(match c {
             ' ' => '+',
             c if c.is_control() => '?',
             c => c,
         });
+    }
+}
+
+/// Appends `v` as 16 upper-case hexadecimal digits (a session or queue id, as `{:016X}`).
+fn push_hex16(out: &mut impl std::fmt::Write, v: u64) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let mut buf = [0u8; 16];
+    for (i, b) in buf.iter_mut().enumerate() {
+        *b = HEX[((v >> (60 - 4 * i)) & 0xF) as usize];
+    }
+    // ASCII digits: always UTF-8.
+    let _ = out.write_str(std::str::from_utf8(&buf).unwrap_or_default());
+}
+
+/// A batch's fixed values, formatted once into a stack buffer and taken back by range.
+struct Fixed {
+    buf: [u8; 128],
+    len: usize,
+    start: usize,
+}
+
+impl Default for Fixed {
+    fn default() -> Self {
+        Fixed { buf: [0; 128], len: 0, start: 0 }
+    }
+}
+
+impl Fixed {
+    /// The range written since the last split.
+    fn split(&mut self) -> std::ops::Range<usize> {
+        let r = self.start..self.len;
+        self.start = self.len;
+        r
+    }
+
+    fn get(&self, r: std::ops::Range<usize>) -> &str {
+        std::str::from_utf8(&self.buf[r]).unwrap_or("-")
+    }
+}
+
+impl std::fmt::Write for Fixed {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let end = self.len + s.len();
+        let dst = self.buf.get_mut(self.len..end).ok_or(std::fmt::Error)?;
+        dst.copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
     }
 }
 
@@ -221,13 +273,30 @@ impl SessionLines {
     /// As [`SessionLines::write`], with the writer's `clock` (one calendar conversion a
     /// second).
     pub fn write_with(&self, fields: &[Field], clock: &mut Clock, out: &mut String) {
-        // What is the same on every line of the batch, formatted once.
-        let client = self.client.to_string();
+        use std::fmt::Write as _;
+        // What is the same on every line of the batch, formatted once into `fixed` (on
+        // the stack: an address, a port and a session id fit).
+        let mut fixed = Fixed::default();
+        let _ = write!(fixed, "{}", self.client);
+        let client = fixed.split();
         let (s_ip, s_port) = match self.local {
-            Some(a) => (a.ip().to_string(), a.port().to_string()),
-            None => ("-".to_string(), "-".to_string()),
+            Some(a) => {
+                let _ = write!(fixed, "{}", a.ip());
+                let ip = fixed.split();
+                let _ = write!(fixed, "{}", a.port());
+                (ip, fixed.split())
+            }
+            None => {
+                let _ = fixed.write_str("-");
+                let ip = fixed.split();
+                let _ = fixed.write_str("-");
+                (ip, fixed.split())
+            }
         };
-        let session = format!("{:016X}", self.session);
+        push_hex16(&mut fixed, self.session);
+        let session = fixed.split();
+        let (client, s_ip, s_port, session) =
+            (fixed.get(client), fixed.get(s_ip), fixed.get(s_port), fixed.get(session));
         for x in &self.lines {
             let (date, time) = clock.at(x.at_ms);
             for (i, f) in fields.iter().enumerate() {
@@ -237,9 +306,9 @@ impl SessionLines {
                 match f {
                     Field::Date => out.push_str(date),
                     Field::Time => out.push_str(time),
-                    Field::ClientIp => out.push_str(&client),
-                    Field::ServerIp => out.push_str(&s_ip),
-                    Field::ServerPort => out.push_str(&s_port),
+                    Field::ClientIp => out.push_str(client),
+                    Field::ServerIp => out.push_str(s_ip),
+                    Field::ServerPort => out.push_str(s_port),
                     Field::Method => push_value(out, &x.method),
                     Field::Query => {
                         let q = self.text.get(x.query.start as usize..x.query.end as usize).unwrap_or("");
@@ -254,12 +323,9 @@ impl SessionLines {
                         None => out.push('-'),
                     },
                     Field::Username => push_value(out, self.user.as_deref().filter(|_| x.user).unwrap_or("")),
-                    Field::SessionId => out.push_str(&session),
+                    Field::SessionId => out.push_str(session),
                     Field::QueueId => match x.queue_id {
-                        Some(id) => {
-                            use std::fmt::Write as _;
-                            let _ = write!(out, "{id}");
-                        }
+                        Some(id) => push_hex16(out, id.0),
                         None => out.push('-'),
                     },
                     Field::Tls => out.push_str(if x.tls { "yes" } else { "no" }),
@@ -274,6 +340,8 @@ impl SessionLines {
 pub struct W3cLog {
     settings: W3cSettings,
     current: Option<(String, BufWriter<File>, u64)>,
+    /// The day or hour (since the epoch) the current file is for (daily, hourly).
+    period: u64,
     line: String,
     clock: Clock,
 }
@@ -281,7 +349,7 @@ pub struct W3cLog {
 impl W3cLog {
     pub fn new(settings: W3cSettings) -> std::io::Result<W3cLog> {
         std::fs::create_dir_all(&settings.dir)?;
-        Ok(W3cLog { settings, current: None, line: String::with_capacity(4096), clock: Clock::default() })
+        Ok(W3cLog { settings, current: None, period: 0, line: String::with_capacity(4096), clock: Clock::default() })
     }
 
     /// The file name for a line at `at_ms` (for size rollover: the name a new file gets).
@@ -317,10 +385,16 @@ impl W3cLog {
     /// Writes a batch, rolling over first when its first line belongs to another file.
     pub fn write(&mut self, batch: &SessionLines) -> std::io::Result<()> {
         let Some(first) = batch.lines.first() else { return Ok(()) };
+        // The period of a line by arithmetic, not by formatting its file name.
+        let period = match self.settings.rollover {
+            Rollover::Daily => first.at_ms / 86_400_000,
+            Rollover::Hourly => first.at_ms / 3_600_000,
+            Rollover::Size => 0,
+        };
         let roll = match (&self.current, self.settings.rollover) {
             (None, _) => true,
             (Some((_, _, len)), Rollover::Size) => *len >= self.settings.max_size,
-            (Some((name, _, _)), _) => *name != self.name_for(first.at_ms),
+            (Some(_), _) => period != self.period,
         };
         if roll {
             if let Some((_, mut w, _)) = self.current.take() {
@@ -337,6 +411,7 @@ impl W3cLog {
             }
             let (w, len) = self.open(&name, first.at_ms)?;
             self.current = Some((name, w, len));
+            self.period = period;
         }
         self.line.clear();
         batch.write_with(&self.settings.fields, &mut self.clock, &mut self.line);
@@ -403,6 +478,22 @@ mod tests {
                     tls: true,
                 },
             ],
+        }
+    }
+
+    #[test]
+    fn hex_and_values_without_format() {
+        for v in [0, 0xAB, 0x0100_0000_0000_0002, u64::MAX] {
+            let mut s = String::new();
+            push_hex16(&mut s, v);
+            assert_eq!(s, format!("{v:016X}"));
+        }
+        for (v, want) in
+            [("", "-"), ("MAIL", "MAIL"), ("FROM:<a@b> SIZE=1", "FROM:<a@b>+SIZE=1"), ("a\tb\u{85}é", "a?b?é")]
+        {
+            let mut s = String::new();
+            push_value(&mut s, v);
+            assert_eq!(s, want, "{v:?}");
         }
     }
 
