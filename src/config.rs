@@ -1477,6 +1477,18 @@ impl Config {
                 bad(&format!("dkim.sign[{i}].key"), e);
             }
         }
+        if self.dkim.arc_seal_forwards && !(self.dkim.verify || self.dmarc.enabled) {
+            bad(
+                "dkim.arc_seal_forwards",
+                "needs [dkim] verify or [dmarc] enabled: a seal says what the verification found".into(),
+            );
+        }
+        if self.dkim.arc_seal_forwards && self.dkim.sign.is_empty() {
+            bad("dkim.arc_seal_forwards", "needs an RSA [[dkim.sign]] key of each forwarding domain".into());
+        }
+        if self.dkim.threads > 64 {
+            bad("dkim.threads", "at most 64".into());
+        }
         if let Err(e) = IpList::parse(&self.greylist.exempt) {
             bad("greylist.exempt", e.to_string());
         }
@@ -1802,6 +1814,11 @@ data = 120
         assert!(e.problems[0].contains("99999"), "{e}");
         let e = Config::parse("[spool]\nsegment_size = \"lots\"\n", "f.toml").unwrap_err();
         assert!(e.problems[0].contains("bad size"), "{e}");
+        // Sealing forwards needs a verification to say what was found, and a key.
+        let e = Config::parse("[dkim]\narc_seal_forwards = true\nthreads = 100\n", "f.toml").unwrap_err();
+        assert_eq!(e.problems.len(), 3, "{e}");
+        assert!(e.problems.iter().all(|p| p.starts_with("f.toml:2: dkim.arc_seal_forwards:")
+            || p.starts_with("f.toml:3: dkim.threads:")), "{e}");
     }
 
     #[test]
