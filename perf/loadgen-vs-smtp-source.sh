@@ -11,6 +11,7 @@
 #   cargo build --release -p ringmx-loadgen
 #   perf/loadgen-vs-smtp-source.sh                  # ROUNDS=3 MESSAGES=20000 SESSIONS=10 SIZE=1024
 #   RINGMX_BIN=target/release/ringmx perf/loadgen-vs-smtp-source.sh
+#   SERVER_CPUS=0 CLIENT_CPUS=1 perf/loadgen-vs-smtp-source.sh   # pinned (taskset -c), servers apart from clients
 set -euo pipefail
 
 ROUNDS=${ROUNDS:-3}
@@ -23,6 +24,11 @@ SMTP_SOURCE=${SMTP_SOURCE:-/usr/sbin/smtp-source}
 SMTP_SINK=${SMTP_SINK:-/usr/sbin/smtp-sink}
 FROM=loadgen@example.net
 TO=user@example.test
+# Pinning: the servers on SERVER_CPUS, the clients on CLIENT_CPUS (taskset -c LIST).
+server_pin=()
+client_pin=()
+[ -n "${SERVER_CPUS:-}" ] && server_pin=(taskset -c "$SERVER_CPUS")
+[ -n "${CLIENT_CPUS:-}" ] && client_pin=(taskset -c "$CLIENT_CPUS")
 
 for b in "$LOADGEN" "$SMTP_SOURCE" "$SMTP_SINK"; do
   [ -x "$b" ] || { echo "missing $b (cargo build --release -p ringmx-loadgen; apt-get install postfix)" >&2; exit 2; }
@@ -52,13 +58,13 @@ wait_port() {
 
 servers=()
 port=$(free_port)
-"$SMTP_SINK" -u nobody "127.0.0.1:$port" 1000 &
+"${server_pin[@]}" "$SMTP_SINK" -u nobody "127.0.0.1:$port" 1000 &
 pids+=($!)
 wait_port "$port"
 servers+=("smtp-sink=127.0.0.1:$port")
 if [ -n "${RINGMX_BIN:-}" ]; then
   port=$(free_port)
-  "$RINGMX_BIN" serve --listen "127.0.0.1:$port" --data-dir "$work/ringmx" >"$work/ringmx.log" 2>&1 &
+  "${server_pin[@]}" "$RINGMX_BIN" serve --listen "127.0.0.1:$port" --data-dir "$work/ringmx" >"$work/ringmx.log" 2>&1 &
   pids+=($!)
   wait_port "$port"
   servers+=("ringmx=127.0.0.1:$port")
@@ -68,7 +74,7 @@ fi
 measure() {
   local t0 t1 ch
   t0=$(date +%s.%N)
-  ch=$( ( "$@" >"$work/client.out" 2>&1 || { echo "client failed: $*" >&2; cat "$work/client.out" >&2; exit 1; }
+  ch=$( ( "${client_pin[@]}" "$@" >"$work/client.out" 2>&1 || { echo "client failed: $*" >&2; cat "$work/client.out" >&2; exit 1; }
           times ) | sed -n 2p)
   t1=$(date +%s.%N)
   # `times` line 2: children user and system, e.g. "0m0.036s 0m0.171s".

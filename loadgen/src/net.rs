@@ -26,6 +26,10 @@ pub struct Epoll {
 
 pub const READ: u32 = libc::EPOLLIN as u32 | libc::EPOLLRDHUP as u32;
 pub const WRITE: u32 = libc::EPOLLOUT as u32;
+/// Edge-triggered: an event when readiness changes, not while it lasts.
+pub const EDGE: u32 = libc::EPOLLET as u32;
+/// The connection failed or was reset (always reported, never asked for).
+pub const ERROR: u32 = libc::EPOLLERR as u32;
 
 impl Epoll {
     pub fn new(capacity: usize) -> io::Result<Self> {

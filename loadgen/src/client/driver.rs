@@ -220,8 +220,13 @@ struct Conn {
     inbuf: Vec<u8>,
     phase: ConnPhase,
     since: Instant,
-    /// Whether EPOLLOUT is registered (output blocked).
+    /// Whether EPOLLOUT is registered (output blocked). Unused when `edge`.
     want_write: bool,
+    /// Registered once, edge-triggered, for reading and writing (a connection without
+    /// TLS): no epoll_ctl after the first, and the connect's outcome read from the event
+    /// instead of SO_ERROR. A read that fills the buffer reads again; a shorter one has
+    /// drained the socket (the next data is a new edge).
+    edge: bool,
     /// Closed loop: the message claimed when the connection was opened, not yet started.
     /// Every connection attempt thus takes a message from the budget, so a target that
     /// refuses or breaks sessions still ends a `--messages` run.
@@ -472,10 +477,14 @@ impl Worker {
         }
         self.gens[slot] = self.gens[slot].wrapping_add(1);
         let tls_implicit = self.cfg.tls.as_ref().is_some_and(|t| t.implicit);
+        // With TLS the connection keeps level-triggered interest (rustls reads and writes
+        // on its own schedule); without, two system calls a connection are saved.
+        let edge = self.cfg.tls.is_none();
         match net::connect_nonblocking(&self.cfg.target) {
             Ok(fd) => {
                 let token = self.token(slot);
-                if let Err(e) = self.epoll.add(fd.as_raw_fd(), net::WRITE | net::READ, token) {
+                let interest = if edge { net::WRITE | net::READ | net::EDGE } else { net::WRITE | net::READ };
+                if let Err(e) = self.epoll.add(fd.as_raw_fd(), interest, token) {
                     panic!("epoll_ctl add: {e}");
                 }
                 self.slots[slot] = Slot::Busy(Box::new(Conn {
@@ -486,6 +495,7 @@ impl Worker {
                     phase: ConnPhase::Connecting,
                     since: now,
                     want_write: true,
+                    edge,
                     reserved: closed_loop,
                 }));
             }
@@ -526,7 +536,9 @@ impl Worker {
         let fd = c.fd.as_raw_fd();
         match c.phase {
             ConnPhase::Connecting => {
-                if net::take_socket_error(fd).is_err() {
+                // A failed connect is reported as an error event; edge-triggered
+                // connections need not ask for SO_ERROR otherwise.
+                if (!c.edge || ev & net::ERROR != 0) && net::take_socket_error(fd).is_err() {
                     return self.close(slot, now, true);
                 }
                 self.rec.connections += 1;
@@ -546,10 +558,15 @@ impl Worker {
                 } else {
                     c.phase = ConnPhase::Open;
                     c.session.connected(now);
+                    // The greeting may have come with the connect's edge: no other edge
+                    // announces it.
+                    if c.edge && ev & net::READ != 0 && !self.read(slot, now, ev) {
+                        return;
+                    }
                 }
             }
             ConnPhase::Handshaking | ConnPhase::Open => {
-                if ev & (net::READ | libc::EPOLLHUP as u32 | libc::EPOLLERR as u32) != 0 && !self.read(slot, now) {
+                if ev & (net::READ | libc::EPOLLHUP as u32 | libc::EPOLLERR as u32) != 0 && !self.read(slot, now, ev) {
                     return;
                 }
             }
@@ -558,7 +575,9 @@ impl Worker {
     }
 
     /// Reads what is there. Returns false if the connection was closed.
-    fn read(&mut self, slot: usize, now: Instant) -> bool {
+    /// `ev`: the event that announced it (an edge-triggered connection whose peer closed
+    /// reads until the end, as no further edge will come).
+    fn read(&mut self, slot: usize, now: Instant, ev: u32) -> bool {
         let Slot::Busy(c) = &mut self.slots[slot] else { return false };
         let fd = c.fd.as_raw_fd();
         let eof = match &mut c.tls {
@@ -572,21 +591,32 @@ impl Worker {
                 }
             },
             None => {
-                if c.inbuf.capacity() - c.inbuf.len() < 2048 {
-                    c.inbuf.reserve(4096);
-                }
-                let len = c.inbuf.len();
-                let spare = c.inbuf.spare_capacity_mut();
-                match net::read_uninit(fd, spare) {
-                    Ok(0) => true,
-                    Ok(n) => {
-                        // SAFETY: `n` <= `buf.len()` = capacity - `len`, and read() initialised exactly
-                        // those `n` bytes after the old length, so `len + n` bytes are initialised.
-                        unsafe { c.inbuf.set_len(len + n) };
-                        false
+                let closing = ev & (libc::EPOLLRDHUP | libc::EPOLLHUP) as u32 != 0;
+                loop {
+                    if c.inbuf.capacity() - c.inbuf.len() < 2048 {
+                        c.inbuf.reserve(4096);
                     }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => false,
-                    Err(_) => true,
+                    let len = c.inbuf.len();
+                    let spare = c.inbuf.spare_capacity_mut();
+                    let room = spare.len();
+                    match net::read_uninit(fd, spare) {
+                        Ok(0) => break true,
+                        Ok(n) => {
+                            // SAFETY: `n` <= `buf.len()` = capacity - `len`, and read() initialised
+                            // exactly those `n` bytes after the old length, so `len + n` bytes are
+                            // initialised.
+                            unsafe { c.inbuf.set_len(len + n) };
+                            // Level-triggered: the next turn reads the rest. Edge-triggered: a
+                            // full buffer may have left more; a short read after the peer's
+                            // close has taken all it sent, the end included (no further edge
+                            // would announce it, and a read more would only return 0).
+                            if !c.edge || n < room {
+                                break c.edge && closing;
+                            }
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break false,
+                        Err(_) => break true,
+                    }
                 }
             }
         };
@@ -701,7 +731,7 @@ impl Worker {
         let want_write = c.phase == ConnPhase::Connecting
             || !c.session.pending_output().is_empty()
             || c.tls.as_ref().is_some_and(|t| t.wants_write());
-        if want_write != c.want_write {
+        if want_write != c.want_write && !c.edge {
             c.want_write = want_write;
             let interest = if want_write { net::READ | net::WRITE } else { net::READ };
             let token = (u64::from(self.gens[slot]) << 32) | slot as u64;
