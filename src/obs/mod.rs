@@ -6,7 +6,8 @@
 //! [`Emitter`]: a bounded channel per thread (std's bounded channel is a lock-free array
 //! queue), so producers never share a queue and never wait. One writer thread
 //! ([`ActivityLog`]) drains every channel, formats the lines and writes them; it wakes on
-//! its own every [`WRITER_PERIOD`], so a producer makes no system call either. When the
+//! its own every [`WRITER_PERIOD`] (up to [`WRITER_IDLE_PERIOD`] when nothing comes), so a
+//! producer makes no system call either. When the
 //! writer falls behind and a channel is full, the event is dropped and counted; the writer
 //! logs how many were dropped (`events-dropped count=N`), so a gap in the log is never
 //! silent.
@@ -36,8 +37,13 @@ use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// How often the writer drains the producers' channels.
+/// How often the writer drains the producers' channels while events come.
 pub const WRITER_PERIOD: Duration = Duration::from_millis(50);
+/// The longest the writer sleeps once nothing comes: its wait doubles from
+/// [`WRITER_PERIOD`] up to this after each empty turn, so an idle server wakes it about
+/// three times a second rather than twenty; a producer's queue (`[log] queue`, 16,384
+/// events by default) holds what a burst brings meanwhile.
+pub const WRITER_IDLE_PERIOD: Duration = Duration::from_millis(400);
 /// Events are written in time order once they are this old: a message's delivery (control
 /// thread) never precedes its receipt (a shard) in the file, though the two threads hand
 /// them over independently.
@@ -407,6 +413,7 @@ impl ActivityLog {
         let format = settings.format;
         let thread = std::thread::Builder::new().name("log-writer".into()).spawn(move || {
             let mut reported_drops = 0;
+            let mut period = WRITER_PERIOD;
             // Drained, not yet written: waiting for REORDER_WINDOW_MS.
             // Each with its arrival number, so that an unstable sort keeps the order of
             // events of equal time and rank as they came (a stable sort allocates a scratch
@@ -433,6 +440,7 @@ impl ActivityLog {
                         let _ = d.flush();
                     }
                 }
+                let arrived_before = arrived;
                 {
                     let mut producers = s.producers.lock().unwrap_or_else(|e| e.into_inner());
                     producers.retain(|rx| {
@@ -454,6 +462,12 @@ impl ActivityLog {
                     pending.len()
                 } else {
                     pending.partition_point(|(_, a)| a.at_ms + REORDER_WINDOW_MS <= now_ms)
+                };
+                // Nothing came and nothing waits: sleep longer next time.
+                period = if arrived == arrived_before && pending.is_empty() {
+                    (period * 2).min(WRITER_IDLE_PERIOD)
+                } else {
+                    WRITER_PERIOD
                 };
                 let mut wrote = ripe > 0;
                 let mut w3c_wrote = false;
@@ -520,7 +534,7 @@ impl ActivityLog {
                 if stopping {
                     break;
                 }
-                std::thread::park_timeout(WRITER_PERIOD);
+                std::thread::park_timeout(period);
             }
         })?;
         Ok(ActivityLog { shared, capacity: settings.capacity.max(1), thread: Some(thread) })

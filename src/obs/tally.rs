@@ -192,6 +192,11 @@ impl Tally {
         self.replies.iter().map(|&(k, n)| ((k >> 32) as u16, unpack_status(k as u32), n))
     }
 
+    /// Counts not yet published.
+    pub fn is_dirty(&self) -> bool {
+        self.dirty
+    }
+
     /// Copies the tally into `to` if it changed and `to` is free now.
     pub fn publish(&mut self, to: &Mutex<Tally>) {
         if !self.dirty {

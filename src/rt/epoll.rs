@@ -11,13 +11,13 @@ use super::shard::{Shard, ShardStats, Slab, Slot, TOO_MANY_CONNECTIONS};
 use crate::util::time::Now;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// Event data of listener `i`; connections use their slab token, which never has this bit.
 const LISTENER_TAG: u64 = 1 << 63;
 /// Event data of the shard's waker (answers from the DNS service or the password verifier).
 const WAKER_TAG: u64 = 1 << 62;
-const TICK: Duration = Duration::from_millis(100);
+use super::shard::TICK;
 
 /// The events a connection is first registered for.
 const READ_EVENTS: u32 = (libc::EPOLLIN | libc::EPOLLRDHUP) as u32;
@@ -66,9 +66,10 @@ pub fn run(mut shard: Shard) -> io::Result<ShardStats> {
     let mut last_tick = Instant::now();
     let mut drain_deadline: Option<Instant> = None;
     loop {
+        let wait = shard.wait(d.conns.len(), true).as_millis() as i32;
         // SAFETY: the kernel writes at most `events.len()` (256, fits in i32) entries into `events`, a live Vec of that
         // length; `ep` stays open while `d` (its owner, `d.ep`) lives, i.e. the whole loop.
-        let n = unsafe { libc::epoll_wait(ep, events.as_mut_ptr(), events.len() as i32, TICK.as_millis() as i32) };
+        let n = unsafe { libc::epoll_wait(ep, events.as_mut_ptr(), events.len() as i32, wait) };
         if n < 0 {
             let e = io::Error::last_os_error();
             if e.kind() == io::ErrorKind::Interrupted {

@@ -101,6 +101,8 @@ pub struct Server {
     /// The directory in use; SIGHUP reloads it.
     pub directory: Arc<DirectoryHandle>,
     shutdown: Arc<AtomicBool>,
+    /// The shards' wakers: an idle shard sleeps up to [`shard::IDLE_TICK`], a stop wakes it.
+    wakers: Vec<Arc<shard::ShardWaker>>,
     /// The addresses actually bound (port 0 resolved).
     pub local_addrs: Vec<std::net::SocketAddr>,
     pub driver: Driver,
@@ -379,6 +381,7 @@ impl Server {
         })
         .ok();
         let mut threads = Vec::new();
+        let mut wakers = Vec::new();
         for (i, listeners) in per_shard.into_iter().enumerate() {
             let shard_id = i as u8;
             let tail = rec.tails.get(&shard_id).copied();
@@ -398,6 +401,9 @@ impl Server {
             let tls = tls.clone();
             let directory = directory.clone();
             let link = control::link::ControlLink::new(tx.clone());
+            // Made here so that a stop can wake a shard sleeping with nothing to do.
+            let waker = Arc::new(shard::ShardWaker::new().map_err(ServeError::Thread)?);
+            wakers.push(waker.clone());
             let limits = limits.clone();
             let shutdown = shutdown.clone();
             let fsync = cfg.spool.fsync;
@@ -419,7 +425,7 @@ impl Server {
                         ids: Rc::new(RefCell::new(IdGen::new(shard_id, max_id))),
                         tls,
                         directory,
-                        waker: Arc::new(shard::ShardWaker::new()?),
+                        waker,
                         control: Some(link),
                         limits,
                         shutdown,
@@ -484,6 +490,7 @@ impl Server {
             control_stop,
             directory,
             shutdown,
+            wakers,
             local_addrs,
             driver,
             activity,
@@ -566,6 +573,9 @@ impl Server {
     pub fn stop(&self) {
         self.serving.store(false, Ordering::Relaxed);
         self.shutdown.store(true, Ordering::Relaxed);
+        for w in &self.wakers {
+            w.nudge();
+        }
     }
 
     /// Waits for the shards; returns their counters.

@@ -27,6 +27,13 @@ pub struct ShardListener {
 
 /// How often a busy shard copies its tally for the metrics endpoint.
 pub const TALLY_PERIOD: std::time::Duration = std::time::Duration::from_millis(50);
+/// How often a shard's loop turns at the least while it has connections: their timers
+/// (reply and idle deadlines, the drain) are looked at each time.
+pub const TICK: std::time::Duration = std::time::Duration::from_millis(100);
+/// The longest an idle shard sleeps: with no connection nothing is due but what wakes it
+/// anyway (a connection, an answer, a stop through its waker), so it turns once a second
+/// rather than ten times.
+pub const IDLE_TICK: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The reply to a connection over a limit (SPEC §2).
 pub const TOO_MANY_CONNECTIONS: &[u8] = b"421 4.7.0 Error: too many connections, try again later\r\n";
@@ -237,5 +244,15 @@ impl Shard {
 
     pub fn stopping(&self) -> bool {
         self.shutdown.load(Ordering::Relaxed)
+    }
+
+    /// How long the loop may sleep: [`IDLE_TICK`] when it has no connection, every
+    /// listener's accept armed and its counters published, else [`TICK`].
+    pub fn wait(&self, connections: usize, accepting: bool) -> std::time::Duration {
+        if connections == 0 && accepting && !self.stopping() && !self.tally.borrow().is_dirty() {
+            IDLE_TICK
+        } else {
+            TICK
+        }
     }
 }

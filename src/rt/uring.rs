@@ -36,7 +36,7 @@ const RING_ENTRIES: u32 = 1024;
 const BUF_SIZE: usize = 16 * 1024;
 const BUF_COUNT: u16 = 512;
 const BGID: u16 = 0;
-const TICK: Duration = Duration::from_millis(100);
+use super::shard::TICK;
 /// How long the exit waits for cancelled operations before leaking their buffers instead.
 const QUIESCE_LIMIT: Duration = Duration::from_secs(2);
 
@@ -131,7 +131,7 @@ impl Driver {
         let mut last_tick = Instant::now();
         let mut drain_deadline: Option<Instant> = None;
         loop {
-            self.ring.enter(TICK)?;
+            self.ring.enter(shard.wait(self.conns.len(), self.accept_armed.iter().all(|a| *a)))?;
             let now = Now::system();
             let cqes = std::mem::take(&mut self.ring.cqes);
             for &(ud, res, flags) in &cqes {

@@ -31,6 +31,13 @@ impl ShardWaker {
         unsafe { libc::write(self.fd(), one.as_ptr() as *const _, 8) };
     }
 
+    /// Wakes the loop with no answer for it: it looks at its flags (a stop) at once.
+    pub fn nudge(&self) {
+        let one = 1u64.to_ne_bytes();
+        // SAFETY: writes 8 bytes from a live 8-byte array to our own eventfd.
+        unsafe { libc::write(self.fd(), one.as_ptr() as *const _, 8) };
+    }
+
     /// Clears the eventfd and takes the tokens woken since the last call.
     pub fn take(&self) -> Vec<u64> {
         let mut buf = [0u8; 8];
