@@ -98,6 +98,8 @@ pub struct Server {
     _lock: crate::spool::SpoolLock,
     /// Set once the shards have stopped: the control thread then finishes.
     control_stop: Arc<AtomicBool>,
+    /// To wake the control thread when `control_stop` is set.
+    control_tx: std::sync::mpsc::SyncSender<control::link::ControlMsg>,
     /// The directory in use; SIGHUP reloads it.
     pub directory: Arc<DirectoryHandle>,
     shutdown: Arc<AtomicBool>,
@@ -475,7 +477,6 @@ impl Server {
             }
         };
         serving.store(true, Ordering::Relaxed);
-        drop(tx);
         log::info!(
             "{shards} ingress shard(s), {driver:?} driver, fsync {}",
             if cfg.spool.fsync { "on" } else { "OFF" }
@@ -488,6 +489,7 @@ impl Server {
             spares: Some(spares),
             _lock: lock,
             control_stop,
+            control_tx: tx,
             directory,
             shutdown,
             wakers,
@@ -608,6 +610,7 @@ impl Server {
             log::error!("greylist: {e}");
         }
         self.control_stop.store(true, Ordering::Relaxed);
+        let _ = self.control_tx.try_send(control::link::ControlMsg::Wake);
         if let Some(c) = self.control
             && c.join().is_err()
         {

@@ -32,6 +32,9 @@ pub enum ControlMsg {
     RefreshUsage(std::sync::mpsc::Sender<usize>),
     /// `ringmx queue suspend|resume|suspended` (operation, domains); the answer goes back.
     Destinations(String, Vec<String>, std::sync::mpsc::Sender<crate::queue::requests::DestinationsAnswer>),
+    /// Nothing to do but look at the stop flag now (the server is stopping), rather than
+    /// at the end of an idle wait.
+    Wake,
 }
 
 /// A shard's end of the channel. Messages of a loop turn are handed over together at the

@@ -70,8 +70,10 @@ const TOKEN_MESSAGE: u64 = 1;
 /// A message copied forward by compaction.
 const TOKEN_MOVE: u64 = 2;
 
-/// The longest the thread sleeps: it also checks for the stop flag.
-const MAX_WAIT: Duration = Duration::from_millis(200);
+/// The longest the thread sleeps with no timer due: its periodic work (the status page's
+/// slower figures, retiring spent segments) needs no more; a stop wakes it
+/// ([`ControlMsg::Wake`]).
+const MAX_WAIT: Duration = Duration::from_secs(1);
 /// Most messages one turn takes from the channel.
 const MAX_TURN_MESSAGES: usize = 4096;
 /// How often the status page's slower figures are refreshed (the oldest message is a walk
@@ -263,6 +265,7 @@ impl Control {
 
     fn handle(&mut self, m: ControlMsg, now: u64) {
         match m {
+            ControlMsg::Wake => {}
             ControlMsg::Accepted(v) => {
                 let dir = self.directory.current();
                 for a in v {
