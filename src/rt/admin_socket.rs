@@ -63,13 +63,14 @@ pub struct TcpAdmin {
 }
 
 /// Binds the socket (replacing a stale one: the caller holds the spool lock, so no other
-/// server uses it) and serves it, and `tcp` when given, until `stop`; the socket file is
-/// removed at the end.
+/// server uses it) and serves it, and `tcp` when given, until `stop` (set, then `wake`
+/// nudged); the socket file is removed at the end.
 pub fn spawn(
     path: PathBuf,
     admin: Admin,
     tcp: Option<TcpAdmin>,
     stop: Arc<AtomicBool>,
+    wake: Arc<super::shard::ShardWaker>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     let _ = std::fs::remove_file(&path);
     let listener = UnixListener::bind(&path)?;
@@ -83,15 +84,22 @@ pub fn spawn(
     let (busy_unix, busy_tcp) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     std::thread::Builder::new().name("admin-socket".into()).spawn(move || {
         while !stop.load(Ordering::Relaxed) {
-            let mut fds = vec![libc::pollfd { fd: listener.as_raw_fd(), events: libc::POLLIN, revents: 0 }];
+            let mut fds = vec![
+                libc::pollfd { fd: wake.fd(), events: libc::POLLIN, revents: 0 },
+                libc::pollfd { fd: listener.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+            ];
             if let Some(t) = &tcp {
                 fds.push(libc::pollfd { fd: t.listener.as_raw_fd(), events: libc::POLLIN, revents: 0 });
             }
+            // No time-out: a client or the stop's nudge wakes it.
             // SAFETY: `fds` is a live, exclusively borrowed array of `fds.len()` pollfds for
             // the duration of the call; poll(2) writes only their `revents`.
-            let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 200) };
+            let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
             if n <= 0 {
                 continue;
+            }
+            if fds[0].revents != 0 {
+                wake.take();
             }
             loop {
                 match listener.accept() {

@@ -103,7 +103,8 @@ pub struct Server {
     /// The directory in use; SIGHUP reloads it.
     pub directory: Arc<DirectoryHandle>,
     shutdown: Arc<AtomicBool>,
-    /// The shards' wakers: an idle shard sleeps up to [`shard::IDLE_TICK`], a stop wakes it.
+    /// The shards' and the admin socket's wakers: an idle shard sleeps up to
+    /// [`shard::IDLE_TICK`], the admin socket until a client comes; a stop wakes them.
     wakers: Vec<Arc<shard::ShardWaker>>,
     /// The addresses actually bound (port 0 resolved).
     pub local_addrs: Vec<std::net::SocketAddr>,
@@ -356,6 +357,10 @@ impl Server {
             _ => None,
         };
         let admin_addr = tcp_admin.as_ref().and_then(|t| t.listener.local_addr().ok());
+        // Every thread that would otherwise poll the stop flag is woken by [`Server::stop`].
+        let mut wakers = Vec::new();
+        let admin_wake = Arc::new(shard::ShardWaker::new().map_err(ServeError::Thread)?);
+        wakers.push(admin_wake.clone());
         let socket = admin_socket::spawn(
             socket_path.clone(),
             admin_socket::Admin {
@@ -374,6 +379,7 @@ impl Server {
             },
             tcp_admin,
             shutdown.clone(),
+            admin_wake,
         )
         .inspect_err(|e| {
             log::error!(
@@ -383,7 +389,6 @@ impl Server {
         })
         .ok();
         let mut threads = Vec::new();
-        let mut wakers = Vec::new();
         for (i, listeners) in per_shard.into_iter().enumerate() {
             let shard_id = i as u8;
             let tail = rec.tails.get(&shard_id).copied();
