@@ -92,6 +92,8 @@ enum Work {
     Moderate(Moderate, Sender<ModerateAnswer>),
     /// A one-click unsubscription (its token already checked): list, member.
     Unsubscribe(String, String, Sender<Result<bool, String>>),
+    /// Look at the stop flag now (the server is stopping).
+    Wake,
 }
 
 /// The way to the list thread. Cheap to clone.
@@ -107,6 +109,11 @@ impl std::fmt::Debug for ListsHandle {
 }
 
 impl ListsHandle {
+    /// Wakes the thread to see its stop flag at once.
+    pub fn wake(&self) {
+        let _ = self.tx.send(Work::Wake);
+    }
+
     /// Hands a message to its list; the outcome comes back to the control thread.
     pub fn submit(&self, job: ListJob) {
         let id = job.id;
@@ -209,7 +216,11 @@ impl Worker {
     fn run(&mut self, rx: Receiver<Work>) {
         let mut next_digest = 0u64;
         while !self.setup.stop.load(Ordering::Relaxed) {
-            match rx.recv_timeout(Duration::from_millis(500)) {
+            // Nothing else is periodic: the next digest check, or a message (a stop's too).
+            let now = crate::util::time::Now::system().unix_ms;
+            let wait = Duration::from_millis(next_digest.saturating_sub(now).clamp(1, DIGEST_CHECK.as_millis() as u64));
+            match rx.recv_timeout(wait) {
+                Ok(Work::Wake) => {}
                 Ok(Work::Job(job)) => {
                     self.job(job);
                     // A post may have filled a digest past its size.

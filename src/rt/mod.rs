@@ -100,6 +100,8 @@ pub struct Server {
     control_stop: Arc<AtomicBool>,
     /// To wake the control thread when `control_stop` is set.
     control_tx: std::sync::mpsc::SyncSender<control::link::ControlMsg>,
+    /// To wake the lists thread then too.
+    lists_wake: lists::ListsHandle,
     /// The directory in use; SIGHUP reloads it.
     pub directory: Arc<DirectoryHandle>,
     shutdown: Arc<AtomicBool>,
@@ -495,6 +497,7 @@ impl Server {
             _lock: lock,
             control_stop,
             control_tx: tx,
+            lists_wake: lists_handle,
             directory,
             shutdown,
             wakers,
@@ -583,6 +586,9 @@ impl Server {
         for w in &self.wakers {
             w.nudge();
         }
+        if let Some(t) = &self.spares {
+            t.thread().unpark();
+        }
     }
 
     /// Waits for the shards; returns their counters.
@@ -616,6 +622,7 @@ impl Server {
         }
         self.control_stop.store(true, Ordering::Relaxed);
         let _ = self.control_tx.try_send(control::link::ControlMsg::Wake);
+        self.lists_wake.wake();
         if let Some(c) = self.control
             && c.join().is_err()
         {
@@ -657,7 +664,10 @@ fn spawn_housekeeping(
                         log::warn!("spool: preparing a spare segment in {}: {e}", dir.display());
                     }
                 }
-                std::thread::sleep(std::time::Duration::from_millis(250));
+                // Once a second: a directory change is seen within it, and a spare asked for
+                // is ready long before the segment in use fills (a rotation without one
+                // makes its segment itself). A stop unparks it.
+                std::thread::park_timeout(std::time::Duration::from_secs(1));
             }
         })
         .map_err(ServeError::Thread)
