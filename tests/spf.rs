@@ -123,6 +123,9 @@ fn each_spf_result_at_mail_from() {
                 "550 5.7.23 Error: bob may not send from 198.51.100.7\r\n".into(),
             ),
             ("null sender: the HELO name passes", "192.0.2.10", "", ok.into()),
+            // RFC 7208 §5: a client on an IPv4-mapped IPv6 address is an IPv4 client.
+            ("IPv4-mapped client, ip4 pass", "::ffff:192.0.2.10", "a@pass.example.org", ok.into()),
+            ("IPv4-mapped client, a fail", "::ffff:198.51.100.1", "a@pass.example.org", fail("pass.example.org")),
             (
                 "temperror: a zone no server answers for",
                 "192.0.2.10",

@@ -70,6 +70,9 @@ impl<'a> Check<'a> {
         hostname: &'a str,
         max_void: u32,
     ) -> Check<'a> {
+        // RFC 7208 §5: a client on an IPv4-mapped IPv6 address (a dual-stack listener) is
+        // an IPv4 client: its `A` records and `ip4` mechanisms apply.
+        let ip = ip.to_canonical();
         Check { resolver, ip, sender, helo, hostname, max_void, lookups: 0, voids: 0, validated: None }
     }
 

@@ -232,7 +232,7 @@ impl Session {
         Some(Box::new(crate::policy::dkim::Seal {
             key,
             authserv_id: self.cfg.hostname.clone(),
-            client: self.peer.ip(),
+            client: self.peer.ip().to_canonical(),
             mail_from: env.from.clone(),
             helo: self.helo.clone().unwrap_or_default(),
         }))

@@ -258,7 +258,8 @@ impl Client {
     pub fn connect_proxied(addr: SocketAddr, client: &str) -> (Client, String) {
         let mut s = TcpStream::connect(addr).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-        s.write_all(format!("PROXY TCP4 {client} 127.0.0.1 40000 25\r\n").as_bytes()).unwrap();
+        let (proto, to) = if client.contains(':') { ("TCP6", "::1") } else { ("TCP4", "127.0.0.1") };
+        s.write_all(format!("PROXY {proto} {client} {to} 40000 25\r\n").as_bytes()).unwrap();
         let mut c = Client { stream: Stream::Plain(s), buf: Vec::new() };
         let greeting = c.reply();
         (c, greeting)
