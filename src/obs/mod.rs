@@ -230,6 +230,12 @@ impl What {
 /// backslash or `=`; else quoted with `"` and `\` escaped. Control characters never reach
 /// the log.
 fn push_kv_value(out: &mut String, v: &str) {
+    // Most values (ids, addresses, host names, numbers) need neither quotes nor escapes:
+    // copied whole, not a character at a time.
+    if !v.is_empty() && v.bytes().all(|b| b > b' ' && b < 0x7f && b != b'"' && b != b'\\' && b != b'=') {
+        out.push_str(v);
+        return;
+    }
     let quote = v.is_empty() || v.contains([' ', '"', '\\', '=']);
     if quote {
         out.push('"');

@@ -240,7 +240,8 @@ fn push_u64(out: &mut String, mut v: u64) {
             break;
         }
     }
-    out.extend(buf[i..].iter().map(|&b| b as char));
+    // ASCII digits: always UTF-8.
+    out.push_str(std::str::from_utf8(&buf[i..]).unwrap_or_default());
 }
 
 /// The `date` and `time` values of one second, kept while lines stay in that second.

@@ -30,28 +30,35 @@ pub(super) struct Open {
 
 /// The phase whose latency a command's reply ends, by its verb.
 fn stage_of(verb: &[u8]) -> Option<Stage> {
-    // Every command passes here: compared in place, no upper-cased copy.
-    let is = |v: &[u8]| verb.eq_ignore_ascii_case(v);
-    if is(b"EHLO") || is(b"HELO") {
-        Some(Stage::Ehlo)
-    } else if is(b"MAIL") {
-        Some(Stage::Mail)
-    } else if is(b"RCPT") {
-        Some(Stage::Rcpt)
-    } else {
-        None
+    match verb4(verb) {
+        Some(v) if v == *b"EHLO" || v == *b"HELO" => Some(Stage::Ehlo),
+        Some(v) if v == *b"MAIL" => Some(Stage::Mail),
+        Some(v) if v == *b"RCPT" => Some(Stage::Rcpt),
+        _ => None,
     }
 }
 
+/// A four-letter verb upper-cased in place (every command passes here: one comparison of
+/// four bytes per verb, no upper-cased copy on the heap).
+fn verb4(verb: &[u8]) -> Option<[u8; 4]> {
+    let v: [u8; 4] = verb.try_into().ok()?;
+    Some(v.map(|b| b.to_ascii_uppercase()))
+}
+
 /// The verbs of RFC 5321 and its extensions, named without an allocation.
-const VERBS: [&str; 16] = [
-    "EHLO", "HELO", "MAIL", "RCPT", "DATA", "BDAT", "RSET", "NOOP", "QUIT", "VRFY", "EXPN", "HELP", "AUTH", "STARTTLS",
-    "ETRN", "TURN",
+const VERBS: [&str; 15] = [
+    "EHLO", "HELO", "MAIL", "RCPT", "DATA", "BDAT", "RSET", "NOOP", "QUIT", "VRFY", "EXPN", "HELP", "AUTH", "ETRN",
+    "TURN",
 ];
 
 /// A command's verb, upper case.
 fn verb_name(verb: &[u8]) -> Cow<'static, str> {
-    match VERBS.iter().find(|v| v.as_bytes().eq_ignore_ascii_case(verb)) {
+    let known = match verb4(verb) {
+        Some(v) => VERBS.iter().find(|n| n.as_bytes() == v),
+        None if verb.eq_ignore_ascii_case(b"STARTTLS") => Some(&"STARTTLS"),
+        None => None,
+    };
+    match known {
         Some(v) => Cow::Borrowed(v),
         None => Cow::Owned(text(verb, 16).to_ascii_uppercase()),
     }
@@ -74,9 +81,7 @@ fn text(b: &[u8], max: usize) -> String {
 
 /// The code of the last complete reply in `out` (0: none).
 fn last_code(out: &[u8]) -> u16 {
-    out.split(|&b| b == b'\n')
-        .rfind(|l| l.len() >= 3 && l[..3].iter().all(u8::is_ascii_digit) && l.get(3).is_none_or(|&b| b != b'-'))
-        .map_or(0, |l| l[..3].iter().fold(0u16, |a, &d| a * 10 + (d - b'0') as u16))
+    crate::obs::tally::reply_lines(out).filter_map(|(code, _)| u16::try_from(code).ok()).last().unwrap_or(0)
 }
 
 impl Session {
@@ -139,14 +144,14 @@ impl Session {
 
     /// A line of an AUTH exchange: its reply is logged, its content never.
     pub(super) fn open_sasl(&mut self, now: Now, len: usize) {
-        self.trace(now, true, format!("<SASL response of {len} bytes hidden>"));
+        self.trace_with(now, true, || format!("<SASL response of {len} bytes hidden>"));
         self.open(now, None, |_| ("SASL".into(), len as u64 + 2));
     }
 
     /// A message's content is complete: the reply is the spool's answer. After BDAT LAST
     /// the chunk's command is that exchange; after DATA, a new one (`EOM`) begins.
     pub(super) fn open_content(&mut self, now: Now, size: u64) {
-        self.trace(now, true, format!("<message content of {size} bytes>"));
+        self.trace_with(now, true, || format!("<message content of {size} bytes>"));
         if let Some(o) = self.exchange.as_mut()
             && o.line.as_ref().is_none_or(|l| l.method == "BDAT")
             && self.out.len() == o.mark
@@ -244,7 +249,14 @@ impl Session {
     }
 
     fn trace(&mut self, now: Now, from_client: bool, text: String) {
+        self.trace_with(now, from_client, || text);
+    }
+
+    /// As [`Session::trace`], the text made only when the session is traced: a message's
+    /// content line must not cost a `format!` on every message with the debug log off.
+    fn trace_with(&mut self, now: Now, from_client: bool, text: impl FnOnce() -> String) {
         let Some(lines) = self.debug.as_mut() else { return };
+        let text = text();
         lines.push(crate::obs::debug::DebugLine { at_ms: now.unix_ms, from_client, text });
         if lines.len() >= crate::obs::debug::BATCH
             && let Some(a) = self.take_debug_lines()
