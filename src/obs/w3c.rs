@@ -183,13 +183,7 @@ fn push_value(out: &mut String, v: &str) {
 
 /// Appends `v` as 16 upper-case hexadecimal digits (a session or queue id, as `{:016X}`).
 fn push_hex16(out: &mut impl std::fmt::Write, v: u64) {
-    const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    let mut buf = [0u8; 16];
-    for (i, b) in buf.iter_mut().enumerate() {
-        *b = HEX[((v >> (60 - 4 * i)) & 0xF) as usize];
-    }
-    // ASCII digits: always UTF-8.
-    let _ = out.write_str(std::str::from_utf8(&buf).unwrap_or_default());
+    let _ = out.write_str(crate::util::stack_str::hex16(v).as_str());
 }
 
 /// A batch's fixed values, formatted once into a stack buffer and taken back by range.
@@ -229,19 +223,8 @@ impl std::fmt::Write for Fixed {
 }
 
 /// Appends `v` in decimal (no formatting machinery: the writer does this for every field).
-fn push_u64(out: &mut String, mut v: u64) {
-    let mut buf = [0u8; 20];
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (v % 10) as u8;
-        v /= 10;
-        if v == 0 {
-            break;
-        }
-    }
-    // ASCII digits: always UTF-8.
-    out.push_str(std::str::from_utf8(&buf[i..]).unwrap_or_default());
+fn push_u64(out: &mut String, v: u64) {
+    out.push_str(crate::util::stack_str::dec(v).as_str());
 }
 
 /// The `date` and `time` values of one second, kept while lines stay in that second.

@@ -152,7 +152,13 @@ impl Session {
         {
             return self.refuse(now.unix_ms, Refusal::Script, "script".into(), r.clone());
         }
-        let text = self.cfg.policy.welcome_text(&self.cfg.hostname, &self.cfg.banner, &rfc5322(now.unix_secs()));
+        let (host, banner) = (self.cfg.hostname.as_str(), self.cfg.banner.as_str());
+        if self.cfg.policy.welcome.is_none() && !host.contains(['%', '\n']) && !banner.contains(['%', '\n']) {
+            // The usual greeting, `host banner`, with nothing to replace: written in place.
+            crate::wire::write_reply_lines(&mut self.out, 220, "", &[&[host, " ", banner]]);
+            return;
+        }
+        let text = self.cfg.policy.welcome_text(host, banner, &rfc5322(now.unix_secs()));
         crate::wire::write_reply(&mut self.out, 220, "", &text);
     }
 
@@ -226,7 +232,14 @@ impl Session {
     /// without a trailing dot.
     pub(super) fn is_local_domain(&self, domain: &str) -> bool {
         let d = domain.trim_end_matches('.');
-        self.directory.is_local_domain(d) || self.cfg.local_domains.contains(&d.to_ascii_lowercase())
+        // The accept-all domains are kept in lower case: a domain in lower case already (the
+        // usual) is looked up as it is, without a lower-cased copy per command.
+        self.directory.is_local_domain(d)
+            || if d.bytes().any(|b| b.is_ascii_uppercase()) {
+                self.cfg.local_domains.contains(&d.to_ascii_lowercase())
+            } else {
+                self.cfg.local_domains.contains(d)
+            }
     }
 
     /// The MAIL FROM rules once the command itself is valid: authentication required,

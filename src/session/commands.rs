@@ -31,8 +31,7 @@ impl Session {
             }
             Command::Noop => self.reply(Reply::new(250, "2.0.0", "Ok")),
             Command::Quit => {
-                let text = format!("{} Bye", self.cfg.hostname);
-                crate::wire::write_reply(&mut self.out, 221, "2.0.0", &text);
+                crate::wire::write_reply_lines(&mut self.out, 221, "2.0.0", &[&[&self.cfg.hostname, " Bye"]]);
                 self.close();
             }
             Command::Help(_) => self.reply(Reply::new(214, "2.0.0", "See https://www.rfc-editor.org/rfc/rfc5321")),
@@ -69,23 +68,36 @@ impl Session {
             crate::wire::write_reply(&mut self.out, 250, "", &self.cfg.hostname);
             return;
         }
-        let mut text = String::with_capacity(200);
-        text.push_str(&self.cfg.hostname);
-        text.push_str("\nPIPELINING");
-        if self.cfg.max_message_size > 0 {
-            text.push_str(&format!("\nSIZE {}", self.cfg.max_message_size));
-        } else {
-            text.push_str("\nSIZE");
+        // Written line by line into the output: no string is made for the reply of every
+        // session's EHLO.
+        let size = crate::util::stack_str::dec(self.cfg.max_message_size);
+        let size: &[&str] = if self.cfg.max_message_size > 0 { &["SIZE ", size.as_str()] } else { &["SIZE"] };
+        let host = [self.cfg.hostname.as_str()];
+        let mut lines: [&[&str]; 12] = [&[]; 12];
+        let mut n = 0;
+        for line in [
+            &host[..],
+            &["PIPELINING"],
+            size,
+            &["8BITMIME"],
+            &["SMTPUTF8"],
+            &["ENHANCEDSTATUSCODES"],
+            &["CHUNKING"],
+            &["BINARYMIME"],
+            &["DSN"],
+        ] {
+            lines[n] = line;
+            n += 1;
         }
-        text.push_str("\n8BITMIME\nSMTPUTF8\nENHANCEDSTATUSCODES\nCHUNKING\nBINARYMIME\nDSN");
         if self.cfg.starttls && self.tls.is_none() {
-            text.push_str("\nSTARTTLS");
+            lines[n] = &["STARTTLS"];
+            n += 1;
         }
         if self.auth_available() && self.auth.is_none() {
-            text.push_str("\nAUTH ");
-            text.push_str(crate::policy::auth::MECHANISMS);
+            lines[n] = &["AUTH ", crate::policy::auth::MECHANISMS];
+            n += 1;
         }
-        crate::wire::write_reply(&mut self.out, 250, "", &text);
+        crate::wire::write_reply_lines(&mut self.out, 250, "", &lines[..n]);
     }
 
     fn starttls(&mut self) {

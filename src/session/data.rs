@@ -91,8 +91,8 @@ impl Session {
             self.hand_off(now);
         } else {
             self.phase = Phase::Command;
-            let text = format!("Ok: {} octets received", self.tx.content_len);
-            crate::wire::write_reply(&mut self.out, 250, "2.0.0", &text);
+            let len = crate::util::stack_str::dec(self.tx.content_len);
+            crate::wire::write_reply_lines(&mut self.out, 250, "2.0.0", &[&["Ok: ", len.as_str(), " octets received"]]);
         }
     }
 
@@ -133,7 +133,9 @@ impl Session {
             IpAddr::V6(a) => write!(b, " (unknown [IPv6:{a}])"),
         };
         if let Some(tls) = &self.tls {
-            let _ = write!(b, "\r\n\t(using {} with cipher {})", tls.version, tls.cipher);
+            for p in ["\r\n\t(using ", &tls.version, " with cipher ", &tls.cipher, ")"] {
+                b.extend_from_slice(p.as_bytes());
+            }
         }
         // RFC 3848 and RFC 6531 §4.3: S for TLS, A for an authenticated session.
         let proto = match (env.smtputf8, self.esmtp, self.tls.is_some(), self.auth.is_some()) {
@@ -147,11 +149,19 @@ impl Session {
             (false, true, true, true) => "ESMTPSA",
             (false, false, _, _) => "SMTP",
         };
-        let _ = write!(b, "\r\n\tby {} (ringmx) with {} id {}", self.cfg.hostname, proto, id);
-        if let [only] = env.rcpts.as_slice() {
-            let _ = write!(b, "\r\n\tfor <{}>", only.address);
+        // Every message's header: pieces copied, no formatting machinery.
+        let (id_text, date) = (id.text(), crate::util::time::rfc5322_text(now.unix_secs()));
+        for p in ["\r\n\tby ", &self.cfg.hostname, " (ringmx) with ", proto, " id ", id_text.as_str()] {
+            b.extend_from_slice(p.as_bytes());
         }
-        let _ = write!(b, "; {}\r\n", rfc5322(now.unix_secs()));
+        if let [only] = env.rcpts.as_slice() {
+            for p in ["\r\n\tfor <", &only.address, ">"] {
+                b.extend_from_slice(p.as_bytes());
+            }
+        }
+        for p in ["; ", date.as_str(), "\r\n"] {
+            b.extend_from_slice(p.as_bytes());
+        }
         if self.ptr_found == Some(false) && self.auth.is_none() && self.cfg.policy.ptr_check == PtrCheck::Tag {
             let _ = write!(b, "{}: none (client {} has no PTR record)\r\n", self.cfg.policy.ptr_header, ip);
         }

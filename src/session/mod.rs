@@ -721,8 +721,7 @@ impl Session {
             Ok(id) => {
                 self.exchange_queued(id);
                 self.messages += 1;
-                let text = format!("Ok: queued as {id}");
-                crate::wire::write_reply(&mut self.out, 250, "2.0.0", &text);
+                crate::wire::write_reply_lines(&mut self.out, 250, "2.0.0", &[&["Ok: queued as ", id.text().as_str()]]);
                 if let Some((from, rcpts, size)) = spooled {
                     let what = crate::obs::What::Received {
                         id,

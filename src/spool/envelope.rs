@@ -24,6 +24,14 @@ impl QueueId {
     }
 }
 
+impl QueueId {
+    /// The id as [`fmt::Display`] writes it, on the stack (a reply and a header of every
+    /// message carry it).
+    pub fn text(&self) -> crate::util::stack_str::StackStr<16> {
+        crate::util::stack_str::hex16(self.0)
+    }
+}
+
 impl fmt::Display for QueueId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:016X}", self.0)

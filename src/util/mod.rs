@@ -4,5 +4,6 @@ pub mod logger;
 pub mod mem;
 pub mod notify;
 pub mod slab;
+pub mod stack_str;
 pub mod time;
 pub mod units;

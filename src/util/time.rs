@@ -67,10 +67,31 @@ pub fn utc(unix_secs: u64) -> (i64, u32, u32, u64, u64, u64) {
 
 /// RFC 5322 §3.3 date-time in UTC: `Sun, 22 Nov 2026 04:28:17 +0000`.
 pub fn rfc5322(unix_secs: u64) -> String {
+    rfc5322_text(unix_secs).as_str().to_string()
+}
+
+/// [`rfc5322`] on the stack, for the greeting and the Received header of every message.
+pub fn rfc5322_text(unix_secs: u64) -> crate::util::stack_str::StackStr<40> {
     const WD: [&str; 7] = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"];
     const MON: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
     let p = parts(unix_secs);
-    format!("{}, {} {} {} {:02}:{:02}:{:02} +0000", WD[p.wd], p.d, MON[p.mo as usize - 1], p.y, p.h, p.mi, p.s)
+    let mut s = crate::util::stack_str::StackStr::default();
+    s.push_str(WD[p.wd]);
+    s.push_str(", ");
+    s.push_dec(p.d as u64);
+    s.push_str(" ");
+    s.push_str(MON[p.mo as usize - 1]);
+    s.push_str(" ");
+    // Years before the epoch do not occur (unsigned seconds).
+    s.push_dec(p.y.max(0) as u64);
+    s.push_str(" ");
+    s.push_dec2(p.h);
+    s.push_str(":");
+    s.push_dec2(p.mi);
+    s.push_str(":");
+    s.push_dec2(p.s);
+    s.push_str(" +0000");
+    s
 }
 
 /// RFC 3339 in UTC with milliseconds: `2026-11-22T04:28:17.123Z`.
@@ -87,6 +108,7 @@ mod tests {
     fn formats() {
         assert_eq!(rfc5322(0), "Thu, 1 Jan 1970 00:00:00 +0000");
         assert_eq!(rfc5322(1_795_321_697), "Sun, 22 Nov 2026 04:28:17 +0000");
+        assert_eq!(rfc5322(253_402_300_799), "Fri, 31 Dec 9999 23:59:59 +0000");
         assert_eq!(rfc3339_ms(1_795_321_697_123), "2026-11-22T04:28:17.123Z");
         assert_eq!(rfc3339_ms(951_782_400_000), "2000-02-29T00:00:00.000Z");
     }

@@ -22,4 +22,4 @@ pub use command::{Body, Command, CommandError, MailParams, Mailbox, Notify, Path
 pub use data::{BareLinePolicy, DataProgress, DataScanner, DataStatus};
 pub use line::{LineError, next_line};
 pub use proxy::{ProxyError, ProxyHeader};
-pub use reply::{Reply, write_reply};
+pub use reply::{Reply, write_reply, write_reply_lines};

@@ -38,6 +38,30 @@ impl std::fmt::Display for Reply {
     }
 }
 
+/// Appends a reply of `lines`, each line the concatenation of its parts: the replies of
+/// every session (the greeting, EHLO, QUIT, a queue id) without a string made for them.
+/// A part's CR and LF are dropped: a part never ends its line.
+pub fn write_reply_lines(out: &mut Vec<u8>, code: u16, status: &str, lines: &[&[&str]]) {
+    debug_assert!((200..600).contains(&code));
+    let digits = [b'0' + (code / 100) as u8, b'0' + (code / 10 % 10) as u8, b'0' + (code % 10) as u8];
+    for (i, parts) in lines.iter().enumerate() {
+        out.extend_from_slice(&digits);
+        out.push(if i + 1 < lines.len() { b'-' } else { b' ' });
+        if !status.is_empty() {
+            out.extend_from_slice(status.as_bytes());
+            out.push(b' ');
+        }
+        for p in *parts {
+            if p.bytes().any(|b| b == b'\r' || b == b'\n') {
+                out.extend(p.bytes().filter(|&b| b != b'\r' && b != b'\n'));
+            } else {
+                out.extend_from_slice(p.as_bytes());
+            }
+        }
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
 /// Appends `code[-| ]status text CRLF` for each line of `text`.
 pub fn write_reply(out: &mut Vec<u8>, code: u16, status: &str, text: &str) {
     debug_assert!((200..600).contains(&code));
@@ -70,6 +94,12 @@ mod tests {
         assert_eq!(out, b"250-mx.example\r\n250-PIPELINING\r\n250 SIZE 10240000\r\n");
         out.clear();
         Reply::new(554, "5.7.1", "Access denied").write(&mut out);
+        let mut parts = Vec::new();
+        write_reply_lines(&mut parts, 250, "", &[&["mx.example"], &["PIPELINING"], &["SIZE ", "10240000"]]);
+        assert_eq!(parts, b"250-mx.example\r\n250-PIPELINING\r\n250 SIZE 10240000\r\n");
+        parts.clear();
+        write_reply_lines(&mut parts, 221, "2.0.0", &[&["mx\r\n.example", " Bye"]]);
+        assert_eq!(parts, b"221 2.0.0 mx.example Bye\r\n", "a part never ends its line");
         assert_eq!(out, b"554 5.7.1 Access denied\r\n");
         assert_eq!(Reply::new(220, "", "ready").to_string(), "220 ready");
     }
