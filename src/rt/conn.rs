@@ -82,6 +82,13 @@ pub struct Conn {
     tally: Rc<RefCell<Tally>>,
 }
 
+impl Drop for Conn {
+    /// The send queue is kept for the next connection of this shard.
+    fn drop(&mut self) {
+        crate::util::spare::give(std::mem::take(&mut self.outq));
+    }
+}
+
 /// A TLS failure; the connection is closed after any alert in `outq` is sent.
 #[derive(Debug)]
 pub struct TlsFailure;
@@ -100,7 +107,7 @@ impl Conn {
             tally,
             tls: None,
             tls_pending_info: false,
-            outq: Vec::new(),
+            outq: crate::util::spare::take(0),
             closing: false,
             spooling: false,
             counted_ip,

@@ -222,11 +222,7 @@ impl Server {
             let session = Arc::new(session);
             sessions.push(session.clone());
             for (i, socket) in socks.into_iter().enumerate() {
-                per_shard[i].push(ShardListener {
-                    socket,
-                    session: session.clone(),
-                    implicit_tls: l.tls == ListenerTls::Implicit,
-                });
+                per_shard[i].push(ShardListener::new(socket, session.clone(), l.tls == ListenerTls::Implicit));
             }
         }
         let live = Arc::new(reload::Live::new(sessions, tls.clone()));

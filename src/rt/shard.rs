@@ -23,6 +23,17 @@ pub struct ShardListener {
     pub socket: TcpListener,
     pub session: Arc<SessionConfig>,
     pub implicit_tls: bool,
+    /// The address it is bound to, when that is one address (not a wildcard): then it is
+    /// the address every connection reached, and the W3C log needs no `getsockname` per
+    /// connection to name it.
+    pub bound: Option<SocketAddr>,
+}
+
+impl ShardListener {
+    pub fn new(socket: TcpListener, session: Arc<SessionConfig>, implicit_tls: bool) -> Self {
+        let bound = socket.local_addr().ok().filter(|a| !a.ip().is_unspecified());
+        ShardListener { socket, session, implicit_tls, bound }
+    }
 }
 
 /// How often a busy shard copies its tally for the metrics endpoint.
@@ -118,9 +129,10 @@ impl Shard {
         let id = (self.id as u64) << 56 | self.sessions;
         let mut session =
             Session::new(lst.session.clone(), self.ids.clone(), self.directory.current(), peer, None, now, id);
-        // The W3C log names the address the client reached (one getsockname, only then).
+        // The W3C log names the address the client reached: the listener's own, or with a
+        // wildcard one, from getsockname (only then).
         if lst.session.w3c
-            && let Ok(local) = super::listener::local_addr(fd)
+            && let Some(local) = lst.bound.or_else(|| super::listener::local_addr(fd).ok())
         {
             session.set_local(local);
         }

@@ -390,6 +390,8 @@ impl Driver {
             if let Some(mut s) = self.conns.remove(token) {
                 shard.conn_closed(&mut s.conn);
                 drop(s.fd);
+                // No send is in flight (`flushed`): the kernel is done with the buffer.
+                crate::util::spare::give(std::mem::take(&mut s.io.sending));
             }
             return;
         }

@@ -363,6 +363,9 @@ impl Drop for Session {
         if let (Some(ip), Some(l)) = (self.counted_ip, &self.cfg.conn_limits) {
             l.release_ip(ip);
         }
+        // For the next session of this thread (a shard's).
+        crate::util::spare::give(std::mem::take(&mut self.out));
+        crate::util::spare::give(std::mem::take(&mut self.body));
     }
 }
 
@@ -399,9 +402,9 @@ impl Session {
             esmtp: false,
             tls,
             tx: Transaction::default(),
-            body: Vec::new(),
+            body: crate::util::spare::take(0),
             pending: Vec::new(),
-            out: Vec::with_capacity(512),
+            out: crate::util::spare::take(512),
             actions: VecDeque::new(),
             errors: 0,
             received_hdr_len: 0,
