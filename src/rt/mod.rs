@@ -453,7 +453,12 @@ impl Server {
                 .map_err(ServeError::Thread)?;
             threads.push(t);
         }
-        let spares = spawn_housekeeping(spare_flags, cfg.spool.segment_size, directory.clone(), shutdown.clone())?;
+        let spares = spawn_housekeeping(
+            spare_flags,
+            (cfg.spool.segment_size, cfg.spool.direct_io),
+            directory.clone(),
+            shutdown.clone(),
+        )?;
         let (metrics_addr, metrics) = match cfg.metrics.listen {
             None => (None, None),
             Some(addr) => {
@@ -640,7 +645,7 @@ impl Server {
 ///   SIGHUP: connections keep the directory they started with.
 fn spawn_housekeeping(
     spare_flags: Vec<(std::path::PathBuf, Arc<AtomicBool>)>,
-    segment_size: u64,
+    (segment_size, direct): (u64, bool),
     directory: Arc<DirectoryHandle>,
     stop: Arc<AtomicBool>,
 ) -> Result<std::thread::JoinHandle<()>, ServeError> {
@@ -655,7 +660,7 @@ fn spawn_housekeeping(
                 }
                 for (dir, wanted) in &spare_flags {
                     if wanted.swap(false, Ordering::Relaxed)
-                        && let Err(e) = crate::spool::log::prepare_spare(dir, segment_size)
+                        && let Err(e) = crate::spool::log::prepare_spare(dir, segment_size, direct)
                     {
                         log::warn!("spool: preparing a spare segment in {}: {e}", dir.display());
                     }

@@ -256,7 +256,8 @@ impl ShardLog {
                 }
                 Segment { file, seq, end, size }
             }
-            None => create_segment(&dir, shard, seq, segment_size)?,
+            // Batches are not yet direct (`use_direct_io` comes after): through the cache.
+            None => create_segment(&dir, shard, seq, segment_size, false)?,
         };
         Ok(ShardLog {
             dir,
@@ -358,7 +359,7 @@ impl ShardLog {
             let seq = self.active.seq + 1;
             // Whole pages, so that direct I/O's padded writes stay inside the file.
             let size = self.segment_size.max(first + SEGMENT_HEADER_LEN as u64).next_multiple_of(PAGE as u64);
-            let created = create_segment(&self.dir, self.shard, seq, size).and_then(|seg| {
+            let created = create_segment(&self.dir, self.shard, seq, size, self.direct.is_some()).and_then(|seg| {
                 if let Some(d) = self.direct.as_mut() {
                     let path = segment_path(&self.dir, seq);
                     d.file = open_direct(&path).map_err(|e| SpoolError::io("open segment (O_DIRECT)", &path, 0, e))?.0;
@@ -590,7 +591,7 @@ fn reseal(seq: u64, e: &mut Queued) {
 /// new preallocated file; header written and synced under a temporary name, then renamed
 /// into place and the directory synced, so that the segment exists, whole, before any
 /// record in it is acknowledged.
-fn create_segment(dir: &Path, shard: u8, seq: u64, size: u64) -> Result<Segment, SpoolError> {
+fn create_segment(dir: &Path, shard: u8, seq: u64, size: u64, direct: bool) -> Result<Segment, SpoolError> {
     let path = segment_path(dir, seq);
     let tmp = path.with_extension("tmp");
     let reused = take_free(dir).and_then(|free| std::fs::rename(&free, &tmp).ok());
@@ -608,7 +609,7 @@ fn create_segment(dir: &Path, shard: u8, seq: u64, size: u64) -> Result<Segment,
     // keeps its size and its written blocks.
     let have = file.metadata().map_err(fail)?.len();
     if have < size {
-        fill_zeros(&file, &tmp, have, size).map_err(fail)?;
+        fill_zeros(&file, direct.then_some(tmp.as_path()), have, size).map_err(fail)?;
     }
     let created_ms = crate::util::time::Now::system().unix_ms;
     let mut head = [0u8; SEGMENT_HEADER_LEN + END_MARK.len()];
@@ -622,18 +623,19 @@ fn create_segment(dir: &Path, shard: u8, seq: u64, size: u64) -> Result<Segment,
 
 /// Writes zeros over `from..to` of `file` (the blocks become written, not just allocated).
 ///
-/// The aligned part goes by direct I/O (`path` opened again with `O_DIRECT`) where the file
-/// system takes it: the device is sent zeros from one buffer, instead of a whole segment
+/// With `direct` (the file's path, given when batches go by direct I/O: `[spool]
+/// direct_io = false` keeps every write of the spool buffered) the aligned part goes by
+/// direct I/O, the path opened again with `O_DIRECT`, where the file system takes it: the device is sent zeros from one buffer, instead of a whole segment
 /// copied into the page cache, written back by a kernel worker and left there to be
 /// evicted (buffered, 3 µs of the machine's CPU per message a 64 MiB segment holds, more
 /// than the shard's own work on a message). The ragged ends, and every byte where direct
 /// I/O is refused (tmpfs), are written through the page cache as before.
-fn fill_zeros(file: &File, path: &Path, from: u64, to: u64) -> std::io::Result<()> {
+fn fill_zeros(file: &File, direct: Option<&Path>, from: u64, to: u64) -> std::io::Result<()> {
     const CHUNK: usize = 1 << 20;
     let zeros = vec![0u8; CHUNK + PAGE];
     // A page-aligned window of the buffer: direct I/O wants its memory aligned too.
     let zeros = &zeros[zeros.as_ptr().align_offset(PAGE)..][..CHUNK];
-    let mut direct = open_direct(path).ok();
+    let mut direct = direct.and_then(|p| open_direct(p).ok());
     let mut at = from;
     while at < to {
         let n = ((to - at) as usize).min(CHUNK);
@@ -667,7 +669,7 @@ fn fill_zeros(file: &File, path: &Path, from: u64, to: u64) -> std::io::Result<(
 /// then named `*.free`, for the shard's next segment. Returns whether it made one. Run off
 /// the shards (it writes a whole segment), when the shard's log asks
 /// ([`ShardLog::want_spares`]), so that its next rotation finds a spare ready.
-pub fn prepare_spare(dir: &Path, size: u64) -> std::io::Result<bool> {
+pub fn prepare_spare(dir: &Path, size: u64, direct: bool) -> std::io::Result<bool> {
     if take_free(dir).is_some() || !dir.exists() {
         return Ok(false);
     }
@@ -675,7 +677,7 @@ pub fn prepare_spare(dir: &Path, size: u64) -> std::io::Result<bool> {
     let tmp = dir.join(format!("spare-{stamp}.tmp"));
     let r = (|| {
         let file = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
-        fill_zeros(&file, &tmp, 0, size)?;
+        fill_zeros(&file, direct.then_some(tmp.as_path()), 0, size)?;
         file.sync_data()?;
         std::fs::rename(&tmp, tmp.with_extension(FREE_EXT))
     })();
@@ -765,7 +767,7 @@ mod tests {
             std::fs::write(&path, vec![0xA5u8; 1000]).unwrap();
             let file = OpenOptions::new().read(true).write(true).open(&path).unwrap();
             let to = 3 * (1 << 20) + 5 * PAGE as u64 + 77;
-            fill_zeros(&file, &path, 1000, to).unwrap();
+            fill_zeros(&file, Some(&path), 1000, to).unwrap();
             let back = std::fs::read(&path).unwrap();
             assert_eq!(back.len() as u64, to, "{}", path.display());
             assert!(back[..1000].iter().all(|&b| b == 0xA5), "the bytes before are kept");

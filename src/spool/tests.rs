@@ -273,8 +273,8 @@ fn spare_asked_at_half_and_taken_at_rotation() {
     assert!(!flag.load(Ordering::Relaxed), "20 KiB of 64: not yet");
     write(&mut log, 20);
     assert!(flag.swap(false, Ordering::Relaxed), "past half");
-    assert!(log::prepare_spare(&sd, 64 << 10).unwrap());
-    assert!(!log::prepare_spare(&sd, 64 << 10).unwrap(), "one spare is enough");
+    assert!(log::prepare_spare(&sd, 64 << 10, true).unwrap());
+    assert!(!log::prepare_spare(&sd, 64 << 10, true).unwrap(), "one spare is enough");
     let spare: Vec<_> = std::fs::read_dir(&sd)
         .unwrap()
         .map(|e| e.unwrap().path())
