@@ -81,7 +81,16 @@ fn text(b: &[u8], max: usize) -> String {
 
 /// The code of the last complete reply in `out` (0: none).
 fn last_code(out: &[u8]) -> u16 {
-    crate::obs::tally::reply_lines(out).filter_map(|(code, _)| u16::try_from(code).ok()).last().unwrap_or(0)
+    // Every exchange ends here: the last line is looked at first (a reply ends the output
+    // but for a client that left first), the others only when it is not a reply's end.
+    let body = out.strip_suffix(b"\r\n").unwrap_or(out);
+    let last = &body[body.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1)..];
+    match last {
+        [a, b, c] | [a, b, c, b' ', ..] if [a, b, c].iter().all(|d| d.is_ascii_digit()) => {
+            [a, b, c].iter().fold(0u16, |n, &&d| n * 10 + (d - b'0') as u16)
+        }
+        _ => crate::obs::tally::reply_lines(out).filter_map(|(code, _)| u16::try_from(code).ok()).last().unwrap_or(0),
+    }
 }
 
 impl Session {
@@ -91,7 +100,8 @@ impl Session {
         self.close_exchange(now.mono);
         let line = self.cfg.w3c.then(|| {
             if self.w3c_lines.capacity() == 0 {
-                self.w3c_lines.reserve(8);
+                // A batch's room at once, not grown by copying as its lines come.
+                self.w3c_lines.reserve(BATCH);
                 self.w3c_text.reserve(256);
             }
             let start = self.w3c_text.len() as u32;
