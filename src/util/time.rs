@@ -70,8 +70,9 @@ pub fn rfc5322(unix_secs: u64) -> String {
     rfc5322_text(unix_secs).as_str().to_string()
 }
 
-/// [`rfc5322`] on the stack, for the greeting and the Received header of every message.
-pub fn rfc5322_text(unix_secs: u64) -> crate::util::stack_str::StackStr<40> {
+/// [`rfc5322`] on the stack, for the greeting and the Received header of every message
+/// (room for any year a `u64` of seconds reaches: 48 bytes at most).
+pub fn rfc5322_text(unix_secs: u64) -> crate::util::stack_str::StackStr<64> {
     const WD: [&str; 7] = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"];
     const MON: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
     let p = parts(unix_secs);
@@ -109,6 +110,7 @@ mod tests {
         assert_eq!(rfc5322(0), "Thu, 1 Jan 1970 00:00:00 +0000");
         assert_eq!(rfc5322(1_795_321_697), "Sun, 22 Nov 2026 04:28:17 +0000");
         assert_eq!(rfc5322(253_402_300_799), "Fri, 31 Dec 9999 23:59:59 +0000");
+        assert!(rfc5322(u64::MAX).ends_with(" +0000"), "any time fits");
         assert_eq!(rfc3339_ms(1_795_321_697_123), "2026-11-22T04:28:17.123Z");
         assert_eq!(rfc3339_ms(951_782_400_000), "2000-02-29T00:00:00.000Z");
     }
