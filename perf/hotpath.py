@@ -8,6 +8,8 @@ Postfix's smtp-source drives, in interleaved rounds, each of:
   ringmx-fdatasync ringmx, io_uring driver, [spool] direct_io = false (buffered writes and
                    fdatasync, as before decision 007); ringmx-epoll-fdatasync the same with
                    epoll (ringmx-uring and ringmx-epoll write with direct I/O, the default)
+  ringmx-onebatch  ringmx-uring with one spool batch in flight at a time
+                   (`[spool] batches_in_flight = 1`; the default lets two go together)
   ringmx-nolog     ringmx, io_uring driver, the activity log off (`[log] activity = false`;
                    ringmx-uring writes it, the default); no W3C log, no metrics endpoint
   ringmx-alllogs   ringmx, io_uring driver, every log and the metrics on: the activity
@@ -135,7 +137,7 @@ def policy_config():
 
 
 class Ringmx:
-    def __init__(self, binary, io, fsync, tmp, extra="", direct=None):
+    def __init__(self, binary, io, fsync, tmp, extra="", direct=None, inflight=None):
         self.port = free_port()
         self.dir = tempfile.mkdtemp(dir=tmp)
         cfg = os.path.join(self.dir, "ringmx.toml")
@@ -145,6 +147,8 @@ class Ringmx:
             f.write(f"[spool]\nfsync = {'true' if fsync else 'false'}\n")
             if direct is not None:
                 f.write(f"direct_io = {'true' if direct else 'false'}\n")
+            if inflight is not None:
+                f.write(f"batches_in_flight = {inflight}\n")
             f.write("[limits]\nmax_connections_per_ip = 100000\nmax_connections = 100000\n")
             f.write(extra)
             f.write(RINGMX_RUNTIME)
@@ -357,13 +361,16 @@ def main():
                     help="also count the servers' context switches and system calls per message (perf stat)")
     ap.add_argument("--loadgen", default=os.path.join(os.path.dirname(__file__), "..", "target", "release",
                                                       "ringmx-loadgen"))
+    ap.add_argument("--data-root", default=None,
+                    help="where the servers keep their files (default: a temporary directory), to "
+                         "measure on another file system or device")
     a = ap.parse_args()
     global SERVER_CPUS, CLIENT_CPUS, RINGMX_RUNTIME
     SERVER_CPUS, CLIENT_CPUS = a.cores or None, a.client_cores or None
     if a.shards:
         RINGMX_RUNTIME = f"[runtime]\ningress_cores = {a.shards}\n"
 
-    tmp = tempfile.mkdtemp(prefix="ringmx-perf-")
+    tmp = tempfile.mkdtemp(prefix="ringmx-perf-", dir=a.data_root)
     shm = []  # log directories on /dev/shm, removed at the end
 
     def shm_dir():
@@ -392,6 +399,7 @@ def main():
         "ringmx-epoll": lambda: Ringmx(a.ringmx, "epoll", True, tmp),
         "ringmx-nofsync": lambda: Ringmx(a.ringmx, "uring", False, tmp),
         "ringmx-fdatasync": lambda: Ringmx(a.ringmx, "uring", True, tmp, direct=False),
+        "ringmx-onebatch": lambda: Ringmx(a.ringmx, "uring", True, tmp, inflight=1),
         "ringmx-epoll-fdatasync": lambda: Ringmx(a.ringmx, "epoll", True, tmp, direct=False),
         "ringmx-nolog": lambda: Ringmx(a.ringmx, "uring", True, tmp, "[log]\nactivity = false\n"),
         "ringmx-rspamd": ringmx_rspamd,
