@@ -8,8 +8,6 @@ Postfix's smtp-source drives, in interleaved rounds, each of:
   ringmx-fdatasync ringmx, io_uring driver, [spool] direct_io = false (buffered writes and
                    fdatasync, as before decision 007); ringmx-epoll-fdatasync the same with
                    epoll (ringmx-uring and ringmx-epoll write with direct I/O, the default)
-  ringmx-onebatch  ringmx-uring with one spool batch in flight at a time
-                   (`[spool] batches_in_flight = 1`; the default lets two go together)
   ringmx-nolog     ringmx, io_uring driver, the activity log off (`[log] activity = false`;
                    ringmx-uring writes it, the default); no W3C log, no metrics endpoint
   ringmx-alllogs   ringmx, io_uring driver, every log and the metrics on: the activity
@@ -137,7 +135,7 @@ def policy_config():
 
 
 class Ringmx:
-    def __init__(self, binary, io, fsync, tmp, extra="", direct=None, inflight=None):
+    def __init__(self, binary, io, fsync, tmp, extra="", direct=None):
         self.port = free_port()
         self.dir = tempfile.mkdtemp(dir=tmp)
         cfg = os.path.join(self.dir, "ringmx.toml")
@@ -147,8 +145,6 @@ class Ringmx:
             f.write(f"[spool]\nfsync = {'true' if fsync else 'false'}\n")
             if direct is not None:
                 f.write(f"direct_io = {'true' if direct else 'false'}\n")
-            if inflight is not None:
-                f.write(f"batches_in_flight = {inflight}\n")
             f.write("[limits]\nmax_connections_per_ip = 100000\nmax_connections = 100000\n")
             f.write(extra)
             f.write(RINGMX_RUNTIME)
@@ -399,7 +395,6 @@ def main():
         "ringmx-epoll": lambda: Ringmx(a.ringmx, "epoll", True, tmp),
         "ringmx-nofsync": lambda: Ringmx(a.ringmx, "uring", False, tmp),
         "ringmx-fdatasync": lambda: Ringmx(a.ringmx, "uring", True, tmp, direct=False),
-        "ringmx-onebatch": lambda: Ringmx(a.ringmx, "uring", True, tmp, inflight=1),
         "ringmx-epoll-fdatasync": lambda: Ringmx(a.ringmx, "epoll", True, tmp, direct=False),
         "ringmx-nolog": lambda: Ringmx(a.ringmx, "uring", True, tmp, "[log]\nactivity = false\n"),
         "ringmx-rspamd": ringmx_rspamd,

@@ -1072,25 +1072,12 @@ pub struct SpoolConfig {
     /// system refuses it (tmpfs) the server says so once at start and writes as without.
     #[serde(default = "yes")]
     pub direct_io: bool,
-    /// Batches a shard may have on their way to the disk at once, with direct I/O under
-    /// io_uring (spool/log.rs, "Batches in flight"). Default 2; 1 to 8.
-    #[serde(default = "default_batches_in_flight")]
-    pub batches_in_flight: usize,
 }
 
 impl Default for SpoolConfig {
     fn default() -> Self {
-        SpoolConfig {
-            segment_size: default_segment_size(),
-            fsync: true,
-            direct_io: true,
-            batches_in_flight: default_batches_in_flight(),
-        }
+        SpoolConfig { segment_size: default_segment_size(), fsync: true, direct_io: true }
     }
-}
-
-fn default_batches_in_flight() -> usize {
-    2
 }
 
 /// `[limits]`.
@@ -1419,9 +1406,6 @@ impl Config {
         }
         if self.spool.segment_size < 64 * 1024 {
             bad("spool.segment_size", "at least 64KiB".into());
-        }
-        if !(1..=8).contains(&self.spool.batches_in_flight) {
-            bad("spool.batches_in_flight", "1 to 8".into());
         }
         if self.spool.segment_size > 4 << 30 {
             bad("spool.segment_size", "at most 4GiB (the queue keeps offsets in 32 bits)".into());

@@ -402,14 +402,6 @@ impl Server {
             {
                 log::warn!("[spool] direct_io: {}: {e}; writing with fdatasync instead", dir.display());
             }
-            // Batches in flight together only under io_uring (the epoll driver writes
-            // with blocking calls); then a last segment with anything past its end is left.
-            if driver == Driver::Uring
-                && log.pipeline(cfg.spool.batches_in_flight) > 1
-                && tail.is_some_and(|t| !t.clean)
-            {
-                log.rotate_before_next_batch();
-            }
             let max_id = rec.max_id;
             let tls = tls.clone();
             let directory = directory.clone();

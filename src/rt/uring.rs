@@ -46,8 +46,6 @@ const K_RECV: u64 = 2 << 56;
 const K_SEND: u64 = 3 << 56;
 const K_SPOOL_WRITE: u64 = 5 << 56;
 const K_SPOOL_SYNC: u64 = 6 << 56;
-/// Beside a spool write's batch number: no linked sync follows (direct I/O, or no fsync).
-const K_SPOOL_ALONE: u64 = 1 << 55;
 const K_CANCEL_ACCEPT: u64 = 7 << 56;
 const K_WAKE: u64 = 8 << 56;
 /// The completion of an AsyncCancel of a connection's recv or send (nothing to do: the
@@ -88,9 +86,11 @@ struct Driver {
     /// Tokens to look at after this turn's completions (send, close, re-arm).
     touched: Vec<u64>,
     accept_armed: Vec<bool>,
-    /// A buffered batch's write result, kept until its linked sync completes (such a batch
-    /// is alone in flight).
+    /// The spool write's result, kept until its linked sync completes.
     spool_write: Option<i32>,
+    /// The batch in flight is a direct write (durable on completion, no linked sync).
+    spool_direct: bool,
+    spool_inflight: bool,
 }
 
 /// Runs a shard until shutdown is requested and drained.
@@ -105,6 +105,8 @@ pub fn run(mut shard: Shard) -> io::Result<ShardStats> {
         touched: Vec::new(),
         accept_armed: vec![false; shard.listeners.len()],
         spool_write: None,
+        spool_direct: false,
+        spool_inflight: false,
     };
     let result = d.run(&mut shard, &mut bufs);
     let stats = shard.final_stats();
@@ -139,8 +141,8 @@ impl Driver {
                     K_RECV => self.on_recv(shard, bufs, token, res, flags, now),
                     K_SEND => self.on_send(token, res),
                     K_CANCEL_OP => {}
-                    K_SPOOL_WRITE => self.on_spool_write(shard, token, res, now),
-                    K_SPOOL_SYNC => self.on_spool_sync(shard, token, res, now),
+                    K_SPOOL_WRITE => self.on_spool_write(shard, res, now),
+                    K_SPOOL_SYNC => self.on_spool_sync(shard, res, now),
                     K_CANCEL_ACCEPT => {}
                     K_WAKE => {
                         for t in shard.waker.take() {
@@ -194,7 +196,7 @@ impl Driver {
                     }
                     self.touched.push(t);
                 }
-                if self.conns.is_empty() && shard.log.inflight_count() == 0 {
+                if self.conns.is_empty() && !self.spool_inflight {
                     break;
                 }
                 if now.mono >= deadline {
@@ -423,17 +425,13 @@ impl Driver {
         }
     }
 
-    /// Group commit: queue the write of every waiting record (a direct write with
-    /// `RWF_DSYNC`, or a write linked to one fdatasync), as many batches as the log lets be
-    /// in flight together.
+    /// Group commit: queue the write of every waiting record, linked to one fdatasync.
     fn start_spool_batch(&mut self, shard: &mut Shard) {
-        while shard.log.wants_batch() && self.start_one_spool_batch(shard) {}
-    }
-
-    /// Starts one batch; false when none could start now.
-    fn start_one_spool_batch(&mut self, shard: &mut Shard) -> bool {
+        if self.spool_inflight || !shard.log.wants_batch() {
+            return;
+        }
         let fsync = shard.fsync;
-        let (write, fd, direct, id) = match shard.log.begin_batch() {
+        let (write, fd, direct) = match shard.log.begin_batch() {
             Ok(Some(b)) => {
                 let iov = b.iovecs();
                 // A direct write is durable when it completes (RWF_DSYNC): no fdatasync, and no
@@ -443,46 +441,43 @@ impl Driver {
                     .offset(b.offset)
                     .rw_flags(flags)
                     .build();
-                (w, b.fd, b.direct, b.id)
+                (w, b.fd, b.direct)
             }
-            // Not now (a new segment waits until nothing is in flight): the loop comes back.
-            Ok(None) => return false,
+            Ok(None) => return,
             Err(failed) => {
                 let now = Now::system();
                 for c in failed {
                     let result = shard.stored(c.result);
                     self.complete(shard, c.token, result, c.data, now);
                 }
-                return true;
+                return;
             }
         };
+        self.spool_inflight = true;
+        self.spool_write = None;
+        self.spool_direct = direct;
         if fsync && !direct {
-            self.spool_write = None;
-            self.push(write.flags(squeue::Flags::IO_LINK).user_data(K_SPOOL_WRITE | id));
-            let sync = opcode::Fsync::new(Fd(fd)).flags(FsyncFlags::DATASYNC).build().user_data(K_SPOOL_SYNC | id);
+            self.push(write.flags(squeue::Flags::IO_LINK).user_data(K_SPOOL_WRITE));
+            let sync = opcode::Fsync::new(Fd(fd)).flags(FsyncFlags::DATASYNC).build().user_data(K_SPOOL_SYNC);
             self.push(sync);
         } else {
-            // A direct write is durable when it completes; without fsync, written is enough.
-            self.push(write.user_data(K_SPOOL_WRITE | id | K_SPOOL_ALONE));
-        }
-        true
-    }
-
-    fn on_spool_write(&mut self, shard: &mut Shard, token: u64, res: i32, now: Now) {
-        if token & K_SPOOL_ALONE != 0 {
-            self.spool_write = Some(res);
-            self.finish_spool_batch(shard, token & !K_SPOOL_ALONE, 0, now);
-        } else {
-            self.spool_write = Some(res);
+            self.push(write.user_data(K_SPOOL_WRITE));
         }
     }
 
-    fn on_spool_sync(&mut self, shard: &mut Shard, token: u64, res: i32, now: Now) {
-        self.finish_spool_batch(shard, token, res, now);
+    fn on_spool_write(&mut self, shard: &mut Shard, res: i32, now: Now) {
+        self.spool_write = Some(res);
+        if !shard.fsync || self.spool_direct {
+            self.finish_spool_batch(shard, 0, now);
+        }
     }
 
-    fn finish_spool_batch(&mut self, shard: &mut Shard, id: u64, sync_res: i32, now: Now) {
-        let expected = shard.log.inflight_len(id);
+    fn on_spool_sync(&mut self, shard: &mut Shard, res: i32, now: Now) {
+        self.finish_spool_batch(shard, res, now);
+    }
+
+    fn finish_spool_batch(&mut self, shard: &mut Shard, sync_res: i32, now: Now) {
+        let expected = shard.log.inflight_len();
         let result = match self.spool_write.take() {
             Some(w) if w < 0 => Err(io::Error::from_raw_os_error(-w)),
             Some(w) if Some(w as u64) != expected => {
@@ -492,7 +487,8 @@ impl Driver {
             Some(_) if sync_res < 0 => Err(io::Error::from_raw_os_error(-sync_res)),
             Some(_) => Ok(()),
         };
-        for c in shard.log.finish_batch(id, result) {
+        self.spool_inflight = false;
+        for c in shard.log.finish_batch(result) {
             let result = shard.stored(c.result);
             self.complete(shard, c.token, result, c.data, now);
         }

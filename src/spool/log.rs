@@ -3,11 +3,10 @@
 //! The shard appends finished messages with [`ShardLog::append`]; nothing is written yet.
 //! Once per loop turn the driver asks for a [`Batch`] ([`ShardLog::begin_batch`]): every
 //! queued record, as one vectored write at the end of the active segment, to be followed by
-//! one `fdatasync`. One batch is in flight at a time (with direct I/O, up to
-//! [`ShardLog::pipeline`]'s depth: see "Batches in flight"); what is appended meanwhile
-//! waits for the next, which is how records gather into a group commit. When the sync
-//! completes, [`ShardLog::finish_batch`] hands back each record's token and result: the
-//! session may say 250 only then.
+//! one `fdatasync`. Only one batch is in flight at a time; what is appended meanwhile waits
+//! for the next, which is how records gather into a group commit. When the sync completes,
+//! [`ShardLog::finish_batch`] hands back each record's token and result: the session may
+//! say 250 only then.
 //!
 //! The driver does the I/O (io_uring: linked `WRITEV` + `FSYNC(DATASYNC)`); the
 //! [`ShardLog::flush_sync`] path does it with plain syscalls for the epoll driver and for
@@ -32,26 +31,6 @@
 //! the end of the log), which the next batch overwrites. A segment file that held an
 //! earlier segment's records therefore still ends cleanly at its last batch.
 //!
-//! # Batches in flight
-//!
-//! With direct I/O a second batch may be written while the first is still on its way to
-//! the device ([`ShardLog::pipeline`]): the device takes both at once (fio on this
-//! project's VM: 7,400 durable 8 KiB writes a second one at a time, 13,900 two at a time),
-//! so a shard that has filled a batch need not wait for the last one's flush to send it.
-//! Two writes in flight may reach the disk in either order, so they must not share a
-//! block: each batch then ends with a pad record up to the next block boundary, and the
-//! batch written while it is in flight starts on that boundary. Replay steps over pads;
-//! what follows the last pad and does not check is the end of the log.
-//!
-//! Order is kept where it matters: a batch's records are handed back (the 250s said) only
-//! once every batch before it completed, so an acknowledged record never lies beyond one
-//! that may be torn. A failed batch fails every batch written after it, and the next batch
-//! goes to a new segment, as does the first one after a start whose last segment holds
-//! anything past its end ([`ShardLog::rotate_before_next_batch`]): records of a write a
-//! crash or a failure cut short may lie beyond the end there, and a later pad could
-//! otherwise lead replay onto them. When nothing is in flight, a batch starts at the end of
-//! the records as before, writing over the last pad.
-//!
 //! # Segment files
 //!
 //! A new segment is prepared under a temporary name (`<seq>.tmp`: header written and
@@ -66,10 +45,9 @@
 
 use super::envelope::Envelope;
 use super::envelope::QueueId;
-use super::record::{MIN_PAD, Mark, SEGMENT_HEADER_LEN, SegmentHeader, encode_mark, encode_message_header, encode_pad};
+use super::record::{Mark, SEGMENT_HEADER_LEN, SegmentHeader, encode_mark, encode_message_header};
 use super::{SpoolError, segment_path};
 use crate::spool::NewMessage;
-use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
@@ -114,8 +92,6 @@ struct Queued {
 /// A write in flight: `iov` points into the records it owns (or, with direct I/O, into its
 /// staging buffer), which do not move until [`ShardLog::finish_batch`].
 pub struct Batch {
-    /// This batch's number, for [`ShardLog::finish_batch`].
-    pub id: u64,
     pub fd: i32,
     pub offset: u64,
     /// Bytes written, end-of-log marker (and, with direct I/O, the rewritten block head and
@@ -125,13 +101,6 @@ pub struct Batch {
     pub direct: bool,
     /// Where the first record goes (`offset` but for direct I/O's rewritten block head).
     start: u64,
-    /// The segment written to.
-    seq: u64,
-    /// Where a batch written while this one is in flight starts: the block boundary its pad
-    /// reaches. `None` when it has no pad: nothing may be written until it completes.
-    chain_end: Option<u64>,
-    /// The write's outcome, once it came and batches before it are still in flight.
-    result: Option<std::io::Result<()>>,
     /// Bytes of records: how far the end of the log moves once the batch is durable.
     records_len: u64,
     iov: Vec<libc::iovec>,
@@ -149,11 +118,6 @@ impl Batch {
     /// The slices to write, as the kernel wants them.
     pub fn iovecs(&self) -> &[libc::iovec] {
         &self.iov
-    }
-
-    /// Writes the batch with a blocking `pwritev2` (`flags`: `RWF_DSYNC` or 0).
-    pub(super) fn write_blocking(&self, flags: i32) -> std::io::Result<()> {
-        write_all_vectored_at(self.fd, &self.iov, self.offset, self.len, flags)
     }
 }
 
@@ -229,8 +193,8 @@ struct Direct {
     /// The active segment's bytes from the start of the block holding its end up to the
     /// end; `None` until read from the file (after opening or rotation).
     tail: Option<Vec<u8>>,
-    /// Staging buffers, reused from batch to batch.
-    bufs: Vec<AlignedBuf>,
+    /// Reused from batch to batch.
+    buf: Option<AlignedBuf>,
 }
 
 struct Segment {
@@ -249,15 +213,7 @@ pub struct ShardLog {
     segment_size: u64,
     active: Segment,
     queue: Vec<Queued>,
-    /// Batches written and not yet completed, oldest first.
-    inflight: VecDeque<Batch>,
-    /// How many batches may be in flight at once ([`ShardLog::pipeline`]).
-    depth: usize,
-    next_batch: u64,
-    /// A batch failed while later ones were in flight: they fail with it.
-    broken: Option<SpoolError>,
-    /// The next batch starts a new segment (see "Batches in flight").
-    rotate_first: bool,
+    inflight: Option<Batch>,
     stats: LogStats,
     /// Spare header buffers.
     spare: Vec<Vec<u8>>,
@@ -309,11 +265,7 @@ impl ShardLog {
             segment_size,
             active,
             queue: Vec::new(),
-            inflight: VecDeque::new(),
-            depth: 1,
-            next_batch: 0,
-            broken: None,
-            rotate_first: false,
+            inflight: None,
             stats: LogStats::default(),
             spare: Vec::new(),
             spare_wanted: None,
@@ -328,21 +280,8 @@ impl ShardLog {
     pub fn use_direct_io(&mut self) -> std::io::Result<()> {
         let path = segment_path(&self.dir, self.active.seq);
         let (file, align) = open_direct(&path)?;
-        self.direct = Some(Direct { file, align, tail: None, bufs: Vec::new() });
+        self.direct = Some(Direct { file, align, tail: None, buf: None });
         Ok(())
-    }
-
-    /// Lets up to `depth` batches be in flight at once (see "Batches in flight"); only with
-    /// direct I/O, else one. Returns the depth in effect.
-    pub fn pipeline(&mut self, depth: usize) -> usize {
-        self.depth = if self.direct.is_some() { depth.clamp(1, 64) } else { 1 };
-        self.depth
-    }
-
-    /// Starts a new segment before the next batch: the last one may hold records of an
-    /// unfinished write beyond its end (recovery found it not clean).
-    pub fn rotate_before_next_batch(&mut self) {
-        self.rotate_first = true;
     }
 
     /// True when batches go as direct writes.
@@ -397,68 +336,54 @@ impl ShardLog {
         &self.dir
     }
 
-    /// True when records wait for a batch and one may be written now: none is in flight,
-    /// or fewer than the depth and the last one ends on a pad.
+    /// True when records wait for a batch and none is in flight.
     pub fn wants_batch(&self) -> bool {
-        if self.queue.is_empty() {
-            return false;
-        }
-        match self.inflight.back() {
-            None => true,
-            Some(last) => self.inflight.len() < self.depth && last.chain_end.is_some() && self.broken.is_none(),
-        }
+        self.inflight.is_none() && !self.queue.is_empty()
     }
 
-    /// Bytes of in-flight batch `id`, if it is.
-    pub fn inflight_len(&self, id: u64) -> Option<u64> {
-        self.inflight.iter().find(|b| b.id == id).map(|b| b.len)
+    /// Bytes of the batch in flight, if any.
+    pub fn inflight_len(&self) -> Option<u64> {
+        self.inflight.as_ref().map(|b| b.len)
     }
 
-    /// In-flight batch `id`.
-    #[cfg(test)]
-    pub(super) fn inflight_batch(&self, id: u64) -> Option<&Batch> {
-        self.inflight.iter().find(|b| b.id == id)
-    }
-
-    /// Batches in flight.
-    pub fn inflight_count(&self) -> usize {
-        self.inflight.len()
-    }
-
-    /// Takes the queued records into a batch: at the end of the log, or with a batch in
-    /// flight right after it (its pad's boundary), moving to a new segment first when they
-    /// do not fit (or [`ShardLog::rotate_before_next_batch`] asked), which waits until
-    /// nothing is in flight. Returns `None` when no batch may start now or nothing waits. On
-    /// error (e.g. the disk is full when creating a segment) the queued records fail and are
-    /// returned as completions.
+    /// Takes the queued records into a batch at the end of the active segment, moving to a
+    /// new segment first when they do not fit. Returns `None` when a batch is already in
+    /// flight or nothing waits. On error (e.g. the disk is full when creating a segment) the
+    /// queued records fail and are returned as completions.
     pub fn begin_batch(&mut self) -> Result<Option<&Batch>, Vec<Completion>> {
         if !self.wants_batch() {
             return Ok(None);
         }
         let first = rec_len(&self.queue[0]);
-        let at = match self.inflight.back() {
-            None => self.active.end,
-            Some(last) => match last.chain_end {
-                Some(at) => at,
-                None => return Ok(None),
-            },
-        };
-        let full = at + first > self.active.size && at > SEGMENT_HEADER_LEN as u64;
-        if self.rotate_first || full {
-            if !self.inflight.is_empty() {
-                return Ok(None);
-            }
-            if let Err(e) = self.rotate(first) {
-                let q = std::mem::take(&mut self.queue);
-                return Err(q
-                    .into_iter()
-                    .map(|r| Completion { token: r.token, result: Err(e.clone()), data: r.data })
-                    .collect());
+        if self.active.end + first > self.active.size && self.active.end > SEGMENT_HEADER_LEN as u64 {
+            let seq = self.active.seq + 1;
+            // Whole pages, so that direct I/O's padded writes stay inside the file.
+            let size = self.segment_size.max(first + SEGMENT_HEADER_LEN as u64).next_multiple_of(PAGE as u64);
+            let created = create_segment(&self.dir, self.shard, seq, size, self.direct.is_some()).and_then(|seg| {
+                if let Some(d) = self.direct.as_mut() {
+                    let path = segment_path(&self.dir, seq);
+                    d.file = open_direct(&path).map_err(|e| SpoolError::io("open segment (O_DIRECT)", &path, 0, e))?.0;
+                    d.tail = None;
+                }
+                Ok(seg)
+            });
+            match created {
+                Ok(seg) => {
+                    self.active = seg;
+                    self.stats.segments_created += 1;
+                    self.spare_asked = false;
+                }
+                Err(e) => {
+                    let q = std::mem::take(&mut self.queue);
+                    return Err(q
+                        .into_iter()
+                        .map(|r| Completion { token: r.token, result: Err(e.clone()), data: r.data })
+                        .collect());
+                }
             }
         }
-        let at = if self.inflight.is_empty() { self.active.end } else { at };
         let seq = self.active.seq;
-        let room = self.active.size.saturating_sub(at).max(first);
+        let room = self.active.size.saturating_sub(self.active.end).max(first);
         let mut len = 0u64;
         let mut n = 0;
         for r in &self.queue {
@@ -470,112 +395,77 @@ impl ShardLog {
             n += 1;
         }
         let mut entries: Vec<Queued> = self.queue.drain(..n).collect();
+        let mut iov = Vec::with_capacity(n * 2 + 1);
         for e in &mut entries {
             // Re-seal if the record was encoded for another segment.
             if e.sealed != seq {
                 reseal(seq, e);
             }
-        }
-        let id = self.next_batch;
-        self.next_batch += 1;
-        if self.direct.is_some() {
-            return match self.stage_direct(id, entries, len, at) {
-                Ok(()) => Ok(self.inflight.back()),
-                Err((e, entries)) => Err(entries
-                    .into_iter()
-                    .map(|r| Completion { token: r.token, result: Err(e.clone()), data: r.data })
-                    .collect()),
-            };
-        }
-        let mut iov = Vec::with_capacity(n * 2 + 1);
-        for e in &entries {
             iov.push(libc::iovec { iov_base: e.header.as_ptr() as *mut _, iov_len: e.header.len() });
             if !e.data.is_empty() {
                 iov.push(libc::iovec { iov_base: e.data.as_ptr() as *mut _, iov_len: e.data.len() });
             }
         }
         let records_len = len;
-        if at + len + END_MARK.len() as u64 <= self.active.size {
+        let end_mark = self.active.end + len + END_MARK.len() as u64 <= self.active.size;
+        if end_mark {
             iov.push(libc::iovec { iov_base: END_MARK.as_ptr() as *mut _, iov_len: END_MARK.len() });
             len += END_MARK.len() as u64;
         }
-        self.inflight.push_back(Batch {
-            id,
+        let start = self.active.end;
+        if self.direct.is_some() {
+            return match self.stage_direct(entries, records_len, end_mark) {
+                Ok(()) => Ok(self.inflight.as_ref()),
+                Err((e, entries)) => Err(entries
+                    .into_iter()
+                    .map(|r| Completion { token: r.token, result: Err(e.clone()), data: r.data })
+                    .collect()),
+            };
+        }
+        self.inflight = Some(Batch {
             fd: self.active.file.as_raw_fd(),
-            offset: at,
+            offset: start,
             len,
             direct: false,
-            start: at,
-            seq,
-            chain_end: None,
-            result: None,
+            start,
             records_len,
             iov,
             entries,
             staged: None,
         });
-        Ok(self.inflight.back())
+        Ok(self.inflight.as_ref())
     }
 
-    /// Moves to a new segment, big enough for a first record of `first` bytes.
-    fn rotate(&mut self, first: u64) -> Result<(), SpoolError> {
-        let seq = self.active.seq + 1;
-        // Whole pages, so that direct I/O's padded writes stay inside the file.
-        let size = self.segment_size.max(first + SEGMENT_HEADER_LEN as u64).next_multiple_of(PAGE as u64);
-        let seg = create_segment(&self.dir, self.shard, seq, size, self.direct.is_some())?;
-        if let Some(d) = self.direct.as_mut() {
-            let path = segment_path(&self.dir, seq);
-            d.file = open_direct(&path).map_err(|e| SpoolError::io("open segment (O_DIRECT)", &path, 0, e))?.0;
-            d.tail = None;
-        }
-        self.active = seg;
-        self.stats.segments_created += 1;
-        self.spare_asked = false;
-        self.rotate_first = false;
-        Ok(())
-    }
-
-    /// Direct I/O's batch at `at`: the block head (when `at` is inside a block), the
-    /// records, then a pad to the next boundary (when batches may be in flight together) or
-    /// the end mark, padded with zeros to the alignment, all copied into an aligned buffer.
+    /// Direct I/O's batch: the block head, the records and the end mark copied into the
+    /// aligned buffer, padded to the alignment.
     fn stage_direct(
         &mut self,
-        id: u64,
         entries: Vec<Queued>,
         records_len: u64,
-        at: u64,
+        end_mark: bool,
     ) -> Result<(), (SpoolError, Vec<Queued>)> {
-        let seq = self.active.seq;
-        let size = self.active.size;
+        let end = self.active.end;
         let d = self.direct.as_mut().expect("direct I/O on");
-        let from = at - at % d.align;
-        if from < at && d.tail.is_none() {
-            // Only a batch at the end of the log starts inside a block (a batch after one in
-            // flight starts on its pad's boundary): the block's head is what precedes the end.
-            debug_assert_eq!(at, self.active.end);
-            let mut head = vec![0u8; (at - from) as usize];
+        let from = end - end % d.align;
+        if d.tail.is_none() {
+            let mut head = vec![0u8; (end - from) as usize];
             if let Err(e) = self.active.file.read_exact_at(&mut head, from) {
-                return Err((SpoolError::io("read segment", &segment_path(&self.dir, seq), from, e), entries));
+                return Err((
+                    SpoolError::io("read segment", &segment_path(&self.dir, self.active.seq), from, e),
+                    entries,
+                ));
             }
             d.tail = Some(head);
         }
-        let head = if from < at { d.tail.as_deref().unwrap_or_default() } else { &[] };
-        let records_end = at + records_len;
-        // A pad needs room for its prefix and kind byte before the boundary.
-        let pad_to =
-            (self.depth > 1).then(|| (records_end + MIN_PAD as u64).next_multiple_of(d.align)).filter(|&p| p <= size);
-        let end_mark = pad_to.is_none() && records_end + END_MARK.len() as u64 <= size;
-        let used = match pad_to {
-            Some(p) => p - from,
-            None => records_end - from + if end_mark { END_MARK.len() as u64 } else { 0 },
-        };
+        let head = d.tail.as_deref().unwrap_or_default();
+        let used = head.len() as u64 + records_len + if end_mark { END_MARK.len() as u64 } else { 0 };
         let padded = used.div_ceil(d.align) * d.align;
-        let mut buf = d.bufs.pop().unwrap_or_default();
+        let mut buf = d.buf.take().unwrap_or_default();
         let bytes = buf.bytes_mut(padded as usize);
-        let mut put_at = 0;
+        let mut at = 0;
         let mut put = |b: &[u8]| {
-            bytes[put_at..put_at + b.len()].copy_from_slice(b);
-            put_at += b.len();
+            bytes[at..at + b.len()].copy_from_slice(b);
+            at += b.len();
         };
         put(head);
         for e in &entries {
@@ -585,22 +475,14 @@ impl ShardLog {
         if end_mark {
             put(&END_MARK);
         }
-        let rest = &mut bytes[put_at..];
-        match pad_to {
-            Some(_) => encode_pad(seq, rest),
-            None => rest.fill(0),
-        }
+        bytes[at..].fill(0);
         let iov = vec![libc::iovec { iov_base: bytes.as_mut_ptr().cast(), iov_len: padded as usize }];
-        self.inflight.push_back(Batch {
-            id,
+        self.inflight = Some(Batch {
             fd: d.file.as_raw_fd(),
             offset: from,
             len: padded,
             direct: true,
-            start: at,
-            seq,
-            chain_end: pad_to,
-            result: None,
+            start: end,
             records_len,
             iov,
             entries,
@@ -609,41 +491,10 @@ impl ShardLog {
         Ok(())
     }
 
-    /// Batch `id`'s write (and sync) finished with `result`. Returns one completion per
-    /// record of every batch now complete in order: this one's, and those of later batches
-    /// that completed before it, once no earlier one is still in flight.
-    pub fn finish_batch(&mut self, id: u64, result: std::io::Result<()>) -> Vec<Completion> {
-        let Some(batch) = self.inflight.iter_mut().find(|b| b.id == id) else { return Vec::new() };
-        batch.result = Some(result);
-        let mut out = Vec::new();
-        while self.inflight.front().is_some_and(|b| b.result.is_some()) {
-            if let Some(b) = self.inflight.pop_front() {
-                self.complete(b, &mut out);
-            }
-        }
-        if self.inflight.is_empty() {
-            self.broken = None;
-        }
-        out
-    }
-
-    /// Hands back the records of `batch`, the oldest in flight, now that it completed.
-    fn complete(&mut self, mut batch: Batch, out: &mut Vec<Completion>) {
-        let err = match (batch.result.take(), &self.broken) {
-            (Some(Err(e)), _) => {
-                let e = SpoolError::from_write(e, &segment_path(&self.dir, batch.seq), batch.offset);
-                if self.depth > 1 {
-                    // Later batches may have reached the disk beyond this one: they fail too,
-                    // and nothing more is written in this segment.
-                    self.broken = Some(e.clone());
-                    self.rotate_first = true;
-                }
-                Some(e)
-            }
-            (_, Some(e)) => Some(e.clone()),
-            (_, None) => None,
-        };
-        let ok = err.is_none();
+    /// The batch's write and sync finished with `result`. Returns one completion per record.
+    pub fn finish_batch(&mut self, result: std::io::Result<()>) -> Vec<Completion> {
+        let Some(mut batch) = self.inflight.take() else { return Vec::new() };
+        let ok = result.is_ok();
         if let (Some(d), Some(mut buf)) = (self.direct.as_mut(), batch.staged.take()) {
             // The new end's block head, for the next batch (on failure the old one stands).
             if ok {
@@ -654,12 +505,10 @@ impl ShardLog {
                 tail.clear();
                 tail.extend_from_slice(&buf.bytes_mut(to)[from..]);
             }
-            if d.bufs.len() < self.depth {
-                d.bufs.push(buf);
-            }
+            d.buf = Some(buf);
         }
         if ok {
-            self.active.end = batch.start + batch.records_len;
+            self.active.end += batch.records_len;
             if !self.spare_asked
                 && self.active.end > self.active.size / 2
                 && let Some(flag) = &self.spare_wanted
@@ -673,9 +522,10 @@ impl ShardLog {
             self.stats.written += batch.len;
         }
         // On failure the end does not move: the next batch overwrites whatever part of this
-        // one reached the file (or, with batches in flight together, goes to a new segment),
-        // and no session was told 250 for it.
-        out.reserve(batch.entries.len());
+        // one reached the file, and no session was told 250 for it.
+        let err =
+            result.err().map(|e| SpoolError::from_write(e, &segment_path(&self.dir, self.active.seq), batch.offset));
+        let mut out = Vec::with_capacity(batch.entries.len());
         let mut offset = batch.start;
         for e in batch.entries {
             let location = Location {
@@ -699,6 +549,7 @@ impl ShardLog {
                 data: e.data,
             });
         }
+        out
     }
 
     /// Writes everything queued with plain syscalls, and syncs it when `sync`; returns the
@@ -708,14 +559,14 @@ impl ShardLog {
         while self.wants_batch() {
             match self.begin_batch() {
                 Ok(Some(batch)) if batch.direct => {
-                    let res = batch.write_blocking(if sync { libc::RWF_DSYNC } else { 0 });
-                    let id = batch.id;
-                    done.extend(self.finish_batch(id, res));
+                    let flags = if sync { libc::RWF_DSYNC } else { 0 };
+                    let res = write_all_vectored_at(batch.fd, batch.iovecs(), batch.offset, batch.len, flags);
+                    done.extend(self.finish_batch(res));
                 }
                 Ok(Some(batch)) => {
-                    let res = batch.write_blocking(0).and_then(|_| if sync { fdatasync(batch.fd) } else { Ok(()) });
-                    let id = batch.id;
-                    done.extend(self.finish_batch(id, res));
+                    let res = write_all_vectored_at(batch.fd, batch.iovecs(), batch.offset, batch.len, 0)
+                        .and_then(|_| if sync { fdatasync(batch.fd) } else { Ok(()) });
+                    done.extend(self.finish_batch(res));
                 }
                 Ok(None) => break,
                 Err(failed) => done.extend(failed),

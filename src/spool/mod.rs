@@ -167,13 +167,8 @@ impl StoredMessage {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ShardTail {
     pub seq: u64,
-    /// Offset after the last valid record of segment `seq` (a pad that ends the log not
-    /// counted: the next batch may write over it).
+    /// Offset after the last valid record of segment `seq`.
     pub end: u64,
-    /// Nothing but zeros follows the end: no record of an unfinished write can lie beyond it.
-    /// When false, a log that writes batches in flight together starts a new segment rather
-    /// than appending here (spool/log.rs, "Batches in flight").
-    pub clean: bool,
 }
 
 /// What replay found; `M` is what it keeps of each unfinished message.
@@ -488,12 +483,12 @@ fn replay<C: Collector>(spool: &Path, mut c: C) -> Result<Recovery<C::Message>, 
         for (i, (seq, path)) in segs.iter().enumerate() {
             let last = i + 1 == segs.len();
             // A running server may retire a segment meanwhile: it held nothing unfinished.
-            let Some((end, clean)) = replay_segment(shard, *seq, path, &mut c, &mut marks, &mut rec, last)? else {
+            let Some(end) = replay_segment(shard, *seq, path, &mut c, &mut marks, &mut rec, last)? else {
                 continue;
             };
             rec.reclaimer.segment_seen(shard, *seq);
             if last {
-                rec.tails.insert(shard, ShardTail { seq: *seq, end, clean });
+                rec.tails.insert(shard, ShardTail { seq: *seq, end });
             }
         }
     }
@@ -519,7 +514,7 @@ fn replay_segment<C: Collector>(
     marks: &mut Vec<(u64, Mark)>,
     rec: &mut Recovery<C::Message>,
     last: bool,
-) -> Result<Option<(u64, bool)>, SpoolError> {
+) -> Result<Option<u64>, SpoolError> {
     let data = match std::fs::read(path) {
         Ok(d) => d,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -534,14 +529,8 @@ fn replay_segment<C: Collector>(
         });
     }
     let mut pos = SEGMENT_HEADER_LEN;
-    // Where the pad that was read last starts, while nothing but it follows the records.
-    let mut pad_at: Option<usize> = None;
     loop {
-        let record = decode_record(seq, &data[pos..]);
-        if !matches!(record, Ok((Record::Pad, _)) | Err(_)) {
-            pad_at = None;
-        }
-        match record {
+        match decode_record(seq, &data[pos..]) {
             Ok((Record::Message { envelope, content }, len)) => {
                 let content_offset = (pos + len - content.len()) as u64;
                 let location =
@@ -554,14 +543,7 @@ fn replay_segment<C: Collector>(
                 marks.push((seq, m));
                 pos += len;
             }
-            Ok((Record::Pad, len)) => {
-                pad_at.get_or_insert(pos);
-                pos += len;
-            }
             Err(DecodeError::End) => break,
-            // After a pad the next batch may never have been written, or only in part: the
-            // end of the log, not damage (its records were not acknowledged).
-            Err(_) if pad_at.is_some() => break,
             // Fewer bytes left than a record prefix: the segment was full.
             Err(DecodeError::Truncated) if data.len() - pos < record::RECORD_PREFIX_LEN => break,
             Err(e) => {
@@ -576,8 +558,7 @@ fn replay_segment<C: Collector>(
             }
         }
     }
-    let clean = last && data[pos..].iter().all(|&b| b == 0);
-    Ok(Some((pad_at.unwrap_or(pos) as u64, clean)))
+    Ok(Some(pos as u64))
 }
 
 /// The last marks in control segment `seq` of the (message, recipient) pairs in `wanted`:

@@ -6,7 +6,7 @@
 //!
 //! ```text
 //! 0..8    magic "RINGMXSG"
-//! 8..12   format version (u32 LE) = 2 (1: written before pad records existed; read alike)
+//! 8..12   format version (u32 LE) = 1
 //! 12..16  shard (u32 LE)
 //! 16..24  segment sequence number (u64 LE)
 //! 24..32  creation time, Unix ms (u64 LE)
@@ -19,14 +19,9 @@
 //! ```text
 //! 0..4    n = length of what follows the 8-byte prefix (u32 LE), never 0
 //! 4..8    CRC32C over (segment sequence as u64 LE) ++ the n bytes
-//! 8       kind: 1 message, 2 recipient state mark, 3 pad
+//! 8       kind: 1 message, 2 recipient state mark
 //! 9..8+n  body of that kind
 //! ```
-//!
-//! A pad's body is zeros: it fills a batch written with direct I/O up to the block
-//! boundary where the next batch, written while this one is still in flight, starts
-//! (spool/log.rs, "Batches in flight"). Replay steps over it; whatever follows a pad that
-//! does not check is the end of the log, not damage.
 //!
 //! Seeding each record's CRC with the segment's sequence number means that a record left
 //! over from an earlier use of the same file never passes as a record of this one, so
@@ -46,17 +41,12 @@ use super::envelope::{Envelope, QueueId, Recipient};
 use crate::wire::{Body, Notify, Ret};
 
 pub const MAGIC: &[u8; 8] = b"RINGMXSG";
-pub const VERSION: u32 = 2;
-/// The oldest format version this build reads.
-pub const MIN_VERSION: u32 = 1;
+pub const VERSION: u32 = 1;
 pub const SEGMENT_HEADER_LEN: usize = 64;
 pub const RECORD_PREFIX_LEN: usize = 8;
 
 pub const KIND_MESSAGE: u8 = 1;
 pub const KIND_MARK: u8 = 2;
-pub const KIND_PAD: u8 = 3;
-/// The shortest pad: the prefix and the kind byte.
-pub const MIN_PAD: usize = RECORD_PREFIX_LEN + 1;
 
 /// Decoding failures; replay treats any of them as the end of the valid log.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -108,7 +98,7 @@ impl SegmentHeader {
             return Err(DecodeError::Truncated);
         }
         if &b[0..8] != MAGIC
-            || !(MIN_VERSION..=VERSION).contains(&u32::from_le_bytes(b[8..12].try_into().unwrap()))
+            || u32::from_le_bytes(b[8..12].try_into().unwrap()) != VERSION
             || crc32c::crc32c(&b[0..32]) != u32::from_le_bytes(b[32..36].try_into().unwrap())
         {
             return Err(DecodeError::BadHeader);
@@ -173,25 +163,8 @@ impl Mark {
 /// One decoded record; a message's content stays in the buffer it was read from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Record<'a> {
-    Message {
-        envelope: Envelope,
-        content: &'a [u8],
-    },
+    Message { envelope: Envelope, content: &'a [u8] },
     Mark(Mark),
-    /// Filler up to a block boundary; nothing to apply.
-    Pad,
-}
-
-/// Writes into `out` (at least [`MIN_PAD`] bytes) a pad record for segment `seq` that fills
-/// it exactly.
-pub fn encode_pad(seq: u64, out: &mut [u8]) {
-    debug_assert!(out.len() >= MIN_PAD);
-    let n = out.len() - RECORD_PREFIX_LEN;
-    out[RECORD_PREFIX_LEN..].fill(0);
-    out[RECORD_PREFIX_LEN] = KIND_PAD;
-    let crc = crc32c::crc32c_append(crc32c::crc32c(&seq.to_le_bytes()), &out[RECORD_PREFIX_LEN..]);
-    out[0..4].copy_from_slice(&(n as u32).to_le_bytes());
-    out[4..8].copy_from_slice(&crc.to_le_bytes());
 }
 
 fn put_str(out: &mut Vec<u8>, s: &str) {
@@ -367,7 +340,6 @@ pub fn decode_record(seq: u64, b: &[u8]) -> Result<(Record<'_>, usize), DecodeEr
             let text = r.string("mark text")?;
             Record::Mark(Mark { id, rcpt: (rcpt != u16::MAX).then_some(rcpt), status, attempts, next_attempt_ms, text })
         }
-        KIND_PAD => Record::Pad,
         k => return Err(DecodeError::UnknownKind(k)),
     };
     Ok((rec, total))
@@ -457,32 +429,6 @@ mod tests {
         let (r, l) = decode_record(1, &b).unwrap();
         assert_eq!((r, l), (Record::Mark(m), len));
         assert_eq!(decode_record(1, &b[len..]).unwrap_err(), DecodeError::End);
-    }
-
-    #[test]
-    fn pad_fills_exactly_and_checks_against_its_segment_only() {
-        for len in [MIN_PAD, 100, 4096] {
-            let mut b = vec![0xEEu8; len + 8];
-            encode_pad(3, &mut b[..len]);
-            assert_eq!(decode_record(3, &b).unwrap(), (Record::Pad, len));
-            assert_eq!(decode_record(4, &b).unwrap_err(), DecodeError::BadChecksum);
-            let mut torn = b.clone();
-            torn[len - 1] = 1;
-            assert_eq!(decode_record(3, &torn).unwrap_err(), DecodeError::BadChecksum);
-        }
-    }
-
-    #[test]
-    fn segments_of_the_first_format_version_still_read() {
-        let mut b = SegmentHeader { shard: 1, seq: 9, created_ms: 5 }.encode();
-        b[8..12].copy_from_slice(&1u32.to_le_bytes());
-        let crc = crc32c::crc32c(&b[0..32]);
-        b[32..36].copy_from_slice(&crc.to_le_bytes());
-        assert_eq!(SegmentHeader::decode(&b).unwrap().seq, 9);
-        b[8..12].copy_from_slice(&3u32.to_le_bytes());
-        let crc = crc32c::crc32c(&b[0..32]);
-        b[32..36].copy_from_slice(&crc.to_le_bytes());
-        assert_eq!(SegmentHeader::decode(&b), Err(DecodeError::BadHeader), "a newer format is refused");
     }
 
     #[test]

@@ -66,8 +66,7 @@ fn torn_tail_is_cut_and_overwritten() {
         f.write_all_at(&full[..cut], tail.end).unwrap();
         let r = recover(dir.path()).unwrap();
         assert_eq!(r.messages.len(), 3, "cut at {cut}");
-        assert_eq!((r.tails[&0].seq, r.tails[&0].end), (tail.seq, tail.end));
-        assert!(!r.tails[&0].clean);
+        assert_eq!(r.tails[&0], tail);
         assert_eq!(r.notes.len(), 1, "{:?}", r.notes);
     }
     // The writer resumes at the tail; new records replace the torn bytes.
@@ -108,11 +107,11 @@ fn failed_batch_fails_its_records_only() {
     let dir = tempfile::tempdir().unwrap();
     let mut log = open_fresh(dir.path(), 1 << 20);
     log.append(1, request(1, "one"));
-    let (end_before, id) = {
+    let end_before = {
         let b = log.begin_batch().ok().flatten().unwrap();
-        (b.offset, b.id)
+        b.offset
     };
-    let done = log.finish_batch(id, Err(std::io::Error::from_raw_os_error(libc::EIO)));
+    let done = log.finish_batch(Err(std::io::Error::from_raw_os_error(libc::EIO)));
     assert_eq!(done.len(), 1);
     let err = done[0].result.as_ref().unwrap_err();
     assert_eq!(err.smtp_reply().code, 451);
@@ -123,8 +122,7 @@ fn failed_batch_fails_its_records_only() {
     log.append(2, request(2, "two"));
     let b = log.begin_batch().ok().flatten().unwrap();
     assert_eq!(b.offset, end_before);
-    let id = b.id;
-    let _ = log.finish_batch(id, Ok(()));
+    let _ = log.finish_batch(Ok(()));
     assert_eq!(recover(dir.path()).unwrap().messages.len(), 0, "the batch was never written");
 }
 
@@ -425,8 +423,7 @@ fn direct_io_survives_a_torn_final_block() {
         let mut ids: Vec<u64> = r.messages.iter().map(|m| m.envelope.id.0).collect();
         ids.sort_unstable();
         assert_eq!(ids, [1, 2, 3], "the acknowledged records, whole; the torn one cut");
-        assert_eq!((r.tails[&0].seq, r.tails[&0].end), (tail.seq, tail.end));
-        assert!(!r.tails[&0].clean, "the torn record's bytes lie past the end");
+        assert_eq!(r.tails[&0], tail);
         for m in &r.messages {
             assert_eq!(m.read_content().unwrap(), request(m.envelope.id.0, &"durable ".repeat(40)).data);
         }
@@ -440,134 +437,4 @@ fn direct_io_survives_a_torn_final_block() {
     ids.sort_unstable();
     assert_eq!(ids, [1, 2, 3, 5]);
     assert!(r.notes.is_empty(), "the torn bytes were overwritten: {:?}", r.notes);
-}
-
-fn ids_of(r: &Recovery) -> Vec<u64> {
-    let mut ids: Vec<u64> = r.messages.iter().map(|m| m.envelope.id.0).collect();
-    ids.sort_unstable();
-    ids
-}
-
-/// Appends `ids` and starts their batch; returns its number, offset and length.
-fn start(log: &mut ShardLog, ids: std::ops::RangeInclusive<u64>, body: &str) -> (u64, u64, u64) {
-    for i in ids {
-        log.append(i, request(i, body));
-    }
-    let b = log.begin_batch().ok().flatten().expect("a batch may start");
-    (b.id, b.offset, b.len)
-}
-
-/// Writes batch `id` (still in flight) with a blocking durable write.
-fn write(log: &ShardLog, id: u64) {
-    let b = log.inflight_batch(id).unwrap();
-    b.write_blocking(libc::RWF_DSYNC).unwrap();
-}
-
-/// Batches in flight together (direct I/O): the second starts on the block boundary the
-/// first one's pad reaches, completions come back in the order the batches were written
-/// whatever order the writes finish in, and replay steps over the pads; with nothing in
-/// flight a batch writes over the last pad, and a reopened log keeps appending.
-#[test]
-fn batches_in_flight_together_complete_in_order_and_replay_across_pads() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut log = open_fresh(dir.path(), 1 << 20);
-    log.use_direct_io().unwrap();
-    assert_eq!(log.pipeline(2), 2);
-    let (a, a_off, a_len) = start(&mut log, 1..=3, &"a".repeat(300));
-    let (b, b_off, b_len) = start(&mut log, 4..=5, &"b".repeat(700));
-    assert_eq!(b_off, a_off + a_len, "the second batch starts where the first one's pad ends");
-    assert_eq!(b_off % 512, 0, "on a block of its own");
-    log.append(6, request(6, "waits"));
-    assert!(!log.wants_batch(), "two in flight: the third waits");
-    write(&log, b);
-    assert!(log.finish_batch(b, Ok(())).is_empty(), "the second finished first: nothing said yet");
-    write(&log, a);
-    let done = log.finish_batch(a, Ok(()));
-    assert_eq!(done.iter().map(|c| c.token).collect::<Vec<_>>(), [1, 2, 3, 4, 5]);
-    assert!(done.iter().all(|c| c.result.is_ok()));
-    // Nothing in flight: the next batch starts at the end of the records, over the pad.
-    let (c, c_off, _) = start(&mut log, 7..=7, "c");
-    assert!(c_off >= b_off && c_off < b_off + b_len, "in the last block of the second batch");
-    write(&log, c);
-    assert_eq!(log.finish_batch(c, Ok(())).len(), 2, "6 and 7");
-    let r = recover(dir.path()).unwrap();
-    assert!(r.notes.is_empty(), "{:?}", r.notes);
-    assert_eq!(ids_of(&r), (1..=7).collect::<Vec<_>>());
-    assert!(r.tails[&0].clean, "zeros after the last pad");
-    for m in &r.messages {
-        let i = m.envelope.id.0;
-        let body = match i {
-            1..=3 => "a".repeat(300),
-            4..=5 => "b".repeat(700),
-            6 => "waits".into(),
-            _ => "c".into(),
-        };
-        assert_eq!(m.read_content().unwrap(), request(i, &body).data);
-    }
-    drop(log);
-    let mut log = reopen(dir.path(), 1 << 20);
-    log.use_direct_io().unwrap();
-    log.pipeline(2);
-    log.append(8, request(8, "after a clean restart"));
-    let done = log.flush_sync(true);
-    assert_eq!(done[0].result.as_ref().unwrap().location.seq, 1, "a clean end is appended to");
-    assert_eq!(ids_of(&recover(dir.path()).unwrap()), (1..=8).collect::<Vec<_>>());
-}
-
-/// A batch that fails fails the batches written after it (their records may lie beyond a
-/// hole), and the next batch goes to a new segment.
-#[test]
-fn a_failed_batch_fails_the_later_ones_in_flight_and_the_next_starts_a_segment() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut log = open_fresh(dir.path(), 1 << 20);
-    log.use_direct_io().unwrap();
-    log.pipeline(2);
-    let (a, _, _) = start(&mut log, 1..=2, "first");
-    let (b, _, _) = start(&mut log, 3..=4, "second");
-    write(&log, b);
-    assert!(log.finish_batch(b, Ok(())).is_empty());
-    let done = log.finish_batch(a, Err(std::io::Error::from_raw_os_error(libc::EIO)));
-    assert_eq!(done.len(), 4);
-    assert!(done.iter().all(|c| c.result.as_ref().is_err_and(|e| e.smtp_reply().code == 451)));
-    log.append(5, request(5, "after the failure"));
-    let done = log.flush_sync(true);
-    assert_eq!(done[0].result.as_ref().unwrap().location.seq, 2, "a new segment");
-    assert_eq!(ids_of(&recover(dir.path()).unwrap()), [5], "what was refused does not come back");
-}
-
-/// A crash with two batches in flight: the second reached the disk, the first did not.
-/// Neither was acknowledged; replay stops where the first should be and finds the end not
-/// clean, so the restarted log writes in a new segment: a pad of its own could otherwise
-/// end where the lost batch's successor begins and bring its records back after a later
-/// restart, their ids minted again meanwhile.
-#[test]
-fn a_crash_between_two_batches_in_flight_brings_neither_back() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut log = open_fresh(dir.path(), 1 << 20);
-    log.use_direct_io().unwrap();
-    log.pipeline(2);
-    let (_a, _, _) = start(&mut log, 1..=2, &"lost ".repeat(100));
-    let (b, _, _) = start(&mut log, 3..=4, &"landed ".repeat(100));
-    write(&log, b);
-    std::mem::forget(log); // the process died: no completion, no drop
-    let r = recover(dir.path()).unwrap();
-    assert!(ids_of(&r).is_empty());
-    assert!(!r.tails[&0].clean, "the landed batch lies past the end");
-    let t = r.tails[&0];
-    let mut log = ShardLog::open(&shard_dir(dir.path(), 0), 0, 1 << 20, t.seq, Some(t.end)).unwrap();
-    log.use_direct_io().unwrap();
-    log.pipeline(2);
-    log.rotate_before_next_batch();
-    // The same records again (ids minted again after the restart): a batch the size of the
-    // lost one, whose pad would end where the landed batch begins.
-    for round in 0..3 {
-        let ids = round * 10 + 1..=round * 10 + 2;
-        let (id, _, _) = start(&mut log, ids, &"lost ".repeat(100));
-        write(&log, id);
-        let done = log.finish_batch(id, Ok(()));
-        assert!(done.iter().all(|c| c.result.as_ref().unwrap().location.seq == 2));
-    }
-    drop(log);
-    let r = recover(dir.path()).unwrap();
-    assert_eq!(ids_of(&r), [1, 2, 11, 12, 21, 22]);
 }
