@@ -12,6 +12,7 @@
 #   PERF_ARGS    perf record's options (-g; e.g. "--call-graph dwarf,16384 -F 1000")
 #   OUT          where the run's files and perf.data go (a new temporary directory)
 #   SERVER_CPUS, CLIENT_CPUS  taskset lists (0 and 1)
+#   SESSIONS     smtp-source's parallel sessions (20)
 # Loopback only; the run ends when smtp-source has sent MESSAGES (30,000).
 set -euo pipefail
 mode=${1:-cpm}
@@ -43,12 +44,13 @@ done
 args=()
 [ "$mode" = persistent ] && args=(-d)
 # A warm-up, then the recorded run.
-taskset -c "$client_cpus" "$smtp_source" "${args[@]}" -s 20 -l 1024 -m 2000 -f a@example.test -t b@example.test "127.0.0.1:$port"
+sessions=${SESSIONS:-20}
+taskset -c "$client_cpus" "$smtp_source" "${args[@]}" -s "$sessions" -l 1024 -m 2000 -f a@example.test -t b@example.test "127.0.0.1:$port"
 # shellcheck disable=SC2086
 perf record -q ${PERF_ARGS:--g} -p "$server" -o "$out/perf.data" 2> /dev/null &
 recorder=$!
 sleep 0.2
-taskset -c "$client_cpus" "$smtp_source" "${args[@]}" -s 20 -l 1024 -m "$n" -f a@example.test -t b@example.test "127.0.0.1:$port"
+taskset -c "$client_cpus" "$smtp_source" "${args[@]}" -s "$sessions" -l 1024 -m "$n" -f a@example.test -t b@example.test "127.0.0.1:$port"
 kill -INT "$recorder"
 wait "$recorder" || true
 kill "$server"
@@ -56,7 +58,7 @@ wait "$server" || true
 trap - EXIT
 
 report() { perf report -i "$out/perf.data" --no-children -g none "$@" 2> /dev/null | grep -E '^ +[0-9]' | sort -rn; }
-echo "== $mode, $n messages; samples by thread ($out/perf.data)"
+echo "== $mode, $n messages, $sessions sessions; samples by thread ($out/perf.data)"
 report --sort comm -F sample,comm
 echo "== by thread and object"
 report --sort comm,dso -F sample,comm,dso | head -12
